@@ -1,0 +1,59 @@
+"""Target-side entry point: argparse only, standard library only.
+
+This module, and everything it imports, must run under `python3 -I -S` from
+a zipapp on a host with nothing installed (tests/test_agent_stdlib.py proves
+it). Subcommands register lazily so `roost fetch --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+
+from roost import __version__
+from roost.errors import RoostError
+
+#: subcommand -> "module:function" that adds its arguments and returns a runner
+AGENT_COMMANDS: dict[str, str] = {
+    "fetch": "roost.engine.commands:add_fetch",
+    "seed": "roost.engine.commands:add_seed",
+    "activate": "roost.release:add_activate",
+}
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+def build_parser(command: str) -> tuple[argparse.ArgumentParser, Runner]:
+    module_name, func_name = AGENT_COMMANDS[command].split(":")
+    parser = argparse.ArgumentParser(prog=f"roost {command}")
+    parser.add_argument("--version", action="version", version=f"roost {__version__}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RoostError(f"'roost {command}' is not available in this build ({exc})") from None
+    adder: Callable[[argparse.ArgumentParser], Runner] = getattr(module, func_name)
+    return parser, adder(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in AGENT_COMMANDS:
+        names = ", ".join(sorted(AGENT_COMMANDS))
+        print(f"roost-agent: error: expected one of: {names}", file=sys.stderr)
+        return 2
+    command = args[0]
+    try:
+        parser, runner = build_parser(command)
+        ns = parser.parse_args(args[1:])
+        return runner(ns)
+    except RoostError as exc:
+        if "--json" in args:
+            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
+        print(f"roost {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"roost {command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,82 @@
+"""`roost show`: what a .torrent holds, for people and (--json) machines."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from roost.errors import UsageError
+from roost.metainfo import Metainfo, parse
+
+MAX_TORRENT_BYTES = 256 * 1024 * 1024
+
+
+def describe(meta: Metainfo) -> dict[str, Any]:
+    info = meta.info
+    return {
+        "name": info.name,
+        "info_hash": meta.info_hash.hex(),
+        "magnet": meta.magnet(),
+        "total_length": info.total_length,
+        "piece_length": info.piece_length,
+        "pieces": info.num_pieces,
+        "private": info.private,
+        "single_file": info.single_file,
+        "trackers": [list(t) for t in meta.trackers],
+        "comment": meta.comment,
+        "created_by": meta.created_by,
+        "creation_date": meta.creation_date,
+        "files": [{"path": f.relpath, "length": f.length} for f in info.files],
+    }
+
+
+def read_torrent(path: Path) -> Metainfo:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    if size > MAX_TORRENT_BYTES:
+        raise UsageError(f"{path} is {size} bytes, too large for a torrent file")
+    return parse(path.read_bytes())
+
+
+@click.command(name="show")
+@click.argument("torrent", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--files/--no-files", default=True, help="List the files.")
+def command(torrent: Path, as_json: bool, files: bool) -> None:
+    """Show what the .torrent file TORRENT holds."""
+    meta = read_torrent(torrent)
+    data = describe(meta)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row("name", data["name"])
+    summary.add_row("info-hash", data["info_hash"])
+    summary.add_row("size", f"{data['total_length']:,} bytes")
+    summary.add_row("pieces", f"{data['pieces']:,} x {data['piece_length']:,} bytes")
+    summary.add_row("private", "yes" if data["private"] else "no")
+    for i, tier in enumerate(data["trackers"]):
+        summary.add_row(f"tracker tier {i}", ", ".join(tier))
+    if data["comment"]:
+        summary.add_row("comment", data["comment"])
+    if data["creation_date"]:
+        when = datetime.datetime.fromtimestamp(data["creation_date"], datetime.timezone.utc)
+        summary.add_row("created", when.isoformat())
+    if data["created_by"]:
+        summary.add_row("created by", data["created_by"])
+    summary.add_row("magnet", data["magnet"])
+    console.print(summary)
+    if files and not meta.info.single_file:
+        table = Table("path", "bytes")
+        for f in data["files"]:
+            table.add_row(f["path"], f"{f['length']:,}")
+        console.print(table)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, then pytest (interop and lab tests included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+"$PY" -m ruff check roost tests bench
+"$PY" -m mypy
+exec "$PY" -m pytest "$@"
