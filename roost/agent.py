@@ -21,6 +21,10 @@ AGENT_COMMANDS: dict[str, str] = {
     "fetch": "roost.engine.commands:add_fetch",
     "seed": "roost.engine.commands:add_seed",
     "activate": "roost.release:add_activate",
+    "host-prepare": "roost.hostops:add_prepare",
+    "host-status": "roost.hostops:add_status",
+    "host-clean": "roost.hostops:add_clean",
+    "host-rollback": "roost.hostops:add_rollback",
 }
 
 Runner = Callable[[argparse.Namespace], int]

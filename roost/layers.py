@@ -25,6 +25,7 @@ RANKS: dict[str, int] = {
     "roost.hashing": 2,
     "roost.engine": 2,
     "roost.release": 2,
+    "roost.hostops": 2,
     "roost.tracker.server": 2,
     "roost.tracker.state": 2,
     "roost.agent": 3,
@@ -84,6 +85,7 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.hashing",
     "roost.engine",
     "roost.release",
+    "roost.hostops",
     "roost.agent",
 )
 

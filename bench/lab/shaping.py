@@ -74,7 +74,7 @@ def htb_batch(dev: str, rate_mbit: float, peer_ips: Sequence[str], match: str) -
         lines.append(
             f"qdisc add dev {dev} parent {cid} handle {minor:x}: pfifo limit {CLASS_QUEUE_PACKETS}"
         )
-    for minor, ip in zip(minors[1:], peer_ips):
+    for minor, ip in zip(minors[1:], peer_ips, strict=True):
         lines.append(
             f"filter add dev {dev} parent 1: protocol ip prio 1 u32 "
             f"match ip {match} {ip}/32 flowid 1:{minor:x}"

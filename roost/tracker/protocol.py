@@ -75,7 +75,7 @@ class AnnounceRequest:
 def unquote(raw: bytes) -> bytes:
     """Strict percent-decoding to bytes; '+' is a space (form encoding)."""
     if b"%" not in raw:
-        return raw.replace(b"+", b" ")
+        return raw.replace(b"+", b" ") if b"+" in raw else raw
     if _BAD_ESCAPE.search(raw):
         raise TrackerRequestError("malformed percent-encoding in query")
     parts = raw.replace(b"+", b" ").split(b"%")
@@ -100,7 +100,11 @@ def parse_query(raw: bytes) -> dict[bytes, list[bytes]]:
         if not piece:
             continue
         name, _, value = piece.partition(b"=")
-        params.setdefault(unquote(name), []).append(unquote(value))
+        if b"%" in value or b"+" in value:
+            value = unquote(value)
+        if b"%" in name or b"+" in name:
+            name = unquote(name)
+        params.setdefault(name, []).append(value)
     return params
 
 
@@ -245,8 +249,21 @@ def compact_peer(ip: str, port: int) -> bytes:
     return ipaddress.ip_address(ip).packed + port.to_bytes(2, "big")
 
 
+def _encode_flat(items: Iterable[tuple[bytes, int | bytes]]) -> bytes:
+    """Bencode a flat dict of int/bytes values; the hot path skips the generic codec."""
+    out = [b"d"]
+    for key, value in sorted(items):
+        out.append(b"%d:%s" % (len(key), key))
+        if isinstance(value, int):
+            out.append(b"i%de" % value)
+        else:
+            out.append(b"%d:%s" % (len(value), value))
+    out.append(b"e")
+    return b"".join(out)
+
+
 def failure(reason: str) -> bytes:
-    return bencode.encode({b"failure reason": reason.encode("utf-8", "replace")})
+    return _encode_flat([(b"failure reason", reason.encode("utf-8", "replace"))])
 
 
 def announce_response(
@@ -268,18 +285,20 @@ def announce_response(
         b"complete": complete,
         b"incomplete": incomplete,
     }
-    if compact:
-        body[b"peers"] = b"".join(p.compact for p in peers if not p.is_v6)
-        six = b"".join(p.compact for p in peers if p.is_v6)
-        if six:
-            body[b"peers6"] = six
-    else:
-        body[b"peers"] = [_peer_dict(p, no_peer_id) for p in peers]
     if trackerid:
         body[b"tracker id"] = trackerid
     for name, value in (extra or {}).items():
         body[name.encode()] = value
-    return bencode.encode(body)
+    if not compact:
+        body[b"peers"] = [_peer_dict(p, no_peer_id) for p in peers]
+        return bencode.encode(body)
+    blob = b"".join([p.compact for p in peers])
+    if len(blob) == 6 * len(peers):  # the common case: IPv4 only
+        body[b"peers"] = blob
+    else:
+        body[b"peers"] = b"".join([p.compact for p in peers if len(p.compact) == 6])
+        body[b"peers6"] = b"".join([p.compact for p in peers if len(p.compact) == 18])
+    return _encode_flat(body.items())
 
 
 def _peer_dict(peer: PeerEntry, no_peer_id: bool) -> dict[bytes, Any]:

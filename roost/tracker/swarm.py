@@ -104,8 +104,22 @@ class _PeerSet:
             self.pos[last.peer_id] = index
 
     def sample(self, k: int, exclude: bytes, rng: random.Random) -> list[Peer]:
-        extra = 1 if exclude in self.pos else 0
-        picked = rng.sample(self.items, min(k + extra, len(self.items)))
+        """Up to k distinct peers other than `exclude`, in O(k).
+
+        A random start and a random step coprime with n walk an arithmetic
+        progression mod n, which visits k distinct items; several times
+        faster than random.sample at tracker rates, and random enough for
+        peer lists (start and step change on every call).
+        """
+        items = self.items
+        n = len(items)
+        if k + 1 >= n:
+            return [p for p in items if p.peer_id != exclude][:k]
+        start = int(rng.random() * n)
+        step = 1 + int(rng.random() * (n - 1))
+        while math.gcd(step, n) != 1:  # bounded: gcd(1, n) == 1
+            step -= 1
+        picked = [items[(start + i * step) % n] for i in range(k + 1)]
         return [p for p in picked if p.peer_id != exclude][:k]
 
     def __len__(self) -> int:
@@ -256,7 +270,7 @@ class Swarm:
         picked: list[Peer] = []
         for zone, k in zip(order, quota, strict=True):
             if k:
-                picked += self._rng.sample(zone.items, k)
+                picked += zone.sample(k, b"", self._rng)
         return picked
 
     # --- completion policy & stats -----------------------------------------
@@ -279,6 +293,8 @@ class Swarm:
 
     def done_count(self) -> int:
         """Distinct peers that finished or were marked failed."""
+        if not self.record.failed:  # the hot path of every announce
+            return len(self.record.finished)
         failed_ids = {bytes.fromhex(k[5:]) for k in self.record.failed if k.startswith("peer:")}
         unresolved = sum(1 for k in self.record.failed if k.startswith("addr:"))
         return len(self.record.finished | failed_ids) + unresolved

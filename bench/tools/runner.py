@@ -1,0 +1,155 @@
+"""Run one tool once in a lab and measure it (see bench/efficiency.py).
+
+The clock (t0) starts right after the last receiver has been launched, for
+every tool alike. A host's completion time is its ``t_verified - t0`` (the
+tool said it was complete and the SHA-256 of its copy matched). All
+processes of the run stay alive until every host is done (or the run fails
+or times out), then all are stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.lab import Lab, NotRun
+from bench.lab.cpu import CpuSampler
+from bench.tools.base import RunContext, Tool, log_tail
+
+POLL_S = 0.1
+
+
+@dataclass
+class ToolResult:
+    tool: str
+    status: str  # "ok", "failed" or "not run"
+    reason: str = ""
+    times: dict[str, float] = field(default_factory=dict)  # host -> seconds after t0
+    t_complete: dict[str, float] = field(default_factory=dict)
+    cpu_avg: float | None = None
+    cpu_peak: float | None = None
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def metrics(self, t_min: float, n: int) -> dict[str, Any]:
+        if self.status != "ok" or len(self.times) < n:
+            return {"t_all": None, "first": None, "median": None, "p99": None,
+                    "efficiency": None}
+        ts = sorted(self.times.values())
+        t_all = ts[-1]
+        return {
+            "t_all": t_all,
+            "first": ts[0],
+            "median": statistics.median(ts),
+            "p99": ts[max(0, math.ceil(0.99 * len(ts)) - 1)],
+            "efficiency": t_min / t_all if t_all > 0 else None,
+        }
+
+
+def lower_bound_s(size: int, origin_up_mbit: float, recv_up: list[float],
+                  recv_down: list[float]) -> float:
+    """Kumar & Ross fluid bound: max(S/u0, S/d_min, N*S/(u0 + sum u_i)), in seconds."""
+    bits = size * 8
+    n = len(recv_up)
+    return max(
+        bits / (origin_up_mbit * 1e6),
+        bits / (min(recv_down) * 1e6),
+        n * bits / ((origin_up_mbit + sum(recv_up)) * 1e6),
+    )
+
+
+def _read_done(path: Path) -> dict[str, Any] | None:
+    try:
+        rec: dict[str, Any] = json.loads(path.read_text())
+        return rec
+    except (OSError, ValueError):
+        return None
+
+
+def run_tool(tool: Tool, lab: Lab, ctx: RunContext, timeout_s: float) -> ToolResult:
+    res = ToolResult(tool=tool.name, status="failed")
+    start = time.monotonic()
+    try:
+        tool.check_available()
+    except NotRun as e:
+        res.status, res.reason = "not run", str(e)
+        return res
+    receivers = lab.receivers
+    try:
+        tool.start_origin(ctx)
+        for host in receivers:
+            tool.launch_receiver(ctx, host)
+        t0 = time.time()
+        with CpuSampler() as cpu:
+            _wait_all(ctx, res, t0, timeout_s, tool.receivers_upload)
+        res.cpu_avg, res.cpu_peak = cpu.avg, cpu.peak
+    except Exception as e:  # a failing tool is a result, not a crash
+        res.status, res.reason = "failed", f"{type(e).__name__}: {e}"
+    finally:
+        for proc in ctx.procs:
+            with contextlib.suppress(Exception):
+                lab.stop(proc)
+        res.commands = dict(ctx.commands)
+        res.wall_s = time.monotonic() - start
+        # Receivers' copies can be large (tmpfs): drop them now.
+        shutil.rmtree(ctx.run_dir / "data", ignore_errors=True)
+    return res
+
+
+def _wait_all(
+    ctx: RunContext, res: ToolResult, t0: float, timeout_s: float, keeps_uploading: bool
+) -> None:
+    receivers = ctx.lab.receivers
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for host in receivers:
+            if host.name in res.times:
+                continue
+            rec = _read_done(ctx.done_file(host))
+            if rec is None:
+                continue
+            if not rec.get("sha256_ok"):
+                why = rec.get("error") or "sha256 mismatch"
+                res.reason = f"{host.name}: copy failed verification ({why})"
+                return
+            res.times[host.name] = float(rec["t_verified"]) - t0
+            res.t_complete[host.name] = float(rec["t_complete"]) - t0
+        if len(res.times) == len(receivers):
+            res.status = "ok"
+            return
+        reason = _early_exit(ctx, tool_keeps_uploading=keeps_uploading)
+        if reason:
+            res.reason = reason
+            return
+        time.sleep(POLL_S)
+    missing = [h.name for h in receivers if h.name not in res.times]
+    res.reason = f"timed out after {timeout_s:.0f}s; {len(missing)} hosts not done: " \
+                 f"{', '.join(missing[:8])}"
+
+
+def _early_exit(ctx: RunContext, tool_keeps_uploading: bool) -> str:
+    """Why the run cannot finish because one of its processes exited, or ''."""
+    for p in ctx.procs:
+        if p.poll() is None:
+            continue
+        argv = [str(a) for a in p.args]  # ["ip", "netns", "exec", NS, ...]
+        ns = argv[3] if len(argv) > 3 else ""
+        host = next((h for h in ctx.lab.hosts if h.netns == ns), None)
+        if host is None:
+            continue
+        if host is ctx.origin:
+            return f"origin process exited ({p.returncode}): {' '.join(argv[4:])[:200]}"
+        done = ctx.done_file(host).exists()
+        if not done:
+            return (f"{host.name} receiver exited ({p.returncode}) before completing: "
+                    f"{log_tail(ctx.log(host, 'receiver'))}")
+        if tool_keeps_uploading:
+            return f"{host.name} receiver exited after completing instead of seeding on"
+    return ""

@@ -1,0 +1,1 @@
+"""`roost deploy`: the operator-side orchestrator (see docs/deploy.md)."""

@@ -1,0 +1,84 @@
+"""Turn a deploy source into a payload + manifest.
+
+A directory becomes a tarball by default (the only way modes, symlinks, empty
+directories and owners survive BitTorrent, which carries bytes only),
+optionally zstd-compressed; `--format dir` sends it as a multi-file payload
+(contents only). A file goes as is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from roost.errors import UsageError
+from roost.release import Manifest, check_tag, payload_digest
+
+
+@dataclass(frozen=True)
+class Packed:
+    payload: Path  # the file or directory to seed
+    manifest: Manifest
+
+
+def _reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # names of owners mean nothing on another host; numeric ids are what root restores
+    info.uname = info.gname = ""
+    return info
+
+
+def write_tar(src: Path, out: Path) -> None:
+    """A POSIX tar of the tree under `src` (members relative, the root as ".")."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(src, arcname=".", recursive=False, filter=_reset)
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            for name in sorted(dirnames) + sorted(filenames):
+                path = Path(dirpath) / name
+                tar.add(path, arcname=path.relative_to(src).as_posix(), recursive=False,
+                        filter=_reset)
+
+
+def zstd_compress(path: Path, level: int = 3) -> Path:
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        raise UsageError("--compress zstd needs the zstd program on the deploy host")
+    out = path.with_name(path.name + ".zst")
+    subprocess.run([zstd, "-q", f"-{level}", "-T0", "--rm", "-o", str(out), str(path)],
+                   check=True, timeout=3600)
+    return out
+
+
+def pack(src: Path, work: Path, tag: str, *, fmt: str = "auto", compress: bool = False
+         ) -> Packed:
+    """Make the payload for `src` inside the scratch directory `work`."""
+    check_tag(tag)
+    if not src.exists():
+        raise UsageError(f"{src} does not exist")
+    if src.is_dir():
+        fmt = "tar" if fmt == "auto" else fmt
+        if fmt not in ("tar", "dir"):
+            raise UsageError(f"a directory is sent as 'tar' or 'dir', not {fmt!r}")
+        if fmt == "dir":
+            return _packed(src, "dir", tag)
+        tar_path = work / f"{tag}.tar"
+        write_tar(src, tar_path)
+        if compress:
+            return _packed(zstd_compress(tar_path), "tar.zst", tag)
+        return _packed(tar_path, "tar", tag)
+    if not src.is_file():
+        raise UsageError(f"{src} is neither a file nor a directory")
+    if fmt not in ("auto", "file"):
+        raise UsageError(f"a file is sent as is, not as {fmt!r}")
+    return _packed(src, "file", tag)
+
+
+def _packed(payload: Path, fmt: str, tag: str) -> Packed:
+    size = (sum(p.stat().st_size for p in payload.rglob("*") if p.is_file())
+            if payload.is_dir() else payload.stat().st_size)
+    manifest = Manifest(tag, fmt, payload.name, payload_digest(payload, fmt), size)
+    return Packed(payload, manifest)

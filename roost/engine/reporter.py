@@ -1,0 +1,81 @@
+"""What a running peer tells the world: JSON event lines or a progress line.
+
+`--json` prints one JSON object per line on stdout (the orchestrator reads
+them over SSH); otherwise a single self-rewriting progress line goes to
+stderr when it is a terminal. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Reporter:
+    def __init__(self, *, as_json: bool, stream: TextIO | None = None, quiet: bool = False) -> None:
+        self.as_json = as_json
+        self.out = stream or (sys.stdout if as_json else sys.stderr)
+        self.tty = (not as_json) and not quiet and self.out.isatty()
+        self.quiet = quiet
+        self.started = time.monotonic()
+        self._line_open = False
+
+    def event(self, name: str, **fields: Any) -> None:
+        """A state change: always reported (as JSON, or as a line for people)."""
+        if self.as_json:
+            record = {"event": name, "t": round(time.monotonic() - self.started, 3), **fields}
+            self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self.out.flush()
+            return
+        if self.quiet:
+            return
+        self._end_line()
+        detail = " ".join(f"{k}={v}" for k, v in fields.items())
+        self.out.write(f"roost: {name} {detail}\n".rstrip() + "\n")
+        self.out.flush()
+
+    def progress(
+        self, *, done: int, total: int, down_rate: float, up_rate: float, peers: int, state: str
+    ) -> None:
+        """Periodic progress: a JSON line, or a redrawn line on a terminal."""
+        if self.as_json:
+            self.event(
+                "progress",
+                state=state,
+                bytes_done=done,
+                bytes_total=total,
+                down_Bps=int(down_rate),
+                up_Bps=int(up_rate),
+                peers=peers,
+            )
+            return
+        if not self.tty:
+            return
+        pct = 100.0 * done / total if total else 100.0
+        width = 30
+        filled = int(width * pct / 100)
+        bar = "#" * filled + "-" * (width - filled)
+        self.out.write(
+            f"\r{state:<11} [{bar}] {pct:5.1f}%  down {_rate(down_rate)}  up {_rate(up_rate)}"
+            f"  peers {peers}   "
+        )
+        self.out.flush()
+        self._line_open = True
+
+    def _end_line(self) -> None:
+        if self._line_open:
+            self.out.write("\n")
+            self._line_open = False
+
+    def close(self) -> None:
+        self._end_line()
+
+
+def _rate(bps: float) -> str:
+    for unit in ("B/s", "KB/s", "MB/s", "GB/s"):
+        if bps < 1000 or unit == "GB/s":
+            return f"{bps:6.1f} {unit}"
+        bps /= 1000
+    return f"{bps:.1f}"

@@ -1,0 +1,260 @@
+"""Target-side helper subcommands the deploy host runs over SSH (standard library only).
+
+    roost host-prepare   make <dest>/.roost/deploys/<id>/ from a JSON blob on stdin
+                         (manifest + base64 torrent); report the address to announce,
+                         free space, and whether the release is already here
+    roost host-status    current release, staged releases, live roost processes
+    roost host-clean     stop this deploy's (or every) roost process by its pid file,
+                         remove deploy dirs and half-unpacked releases; idempotent
+    roost host-rollback  switch `current` back
+
+They are named host-* so they never shadow the operator commands
+`roost status|clean|rollback`, which run them on every host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from roost.errors import UsageError
+from roost.release import (
+    Dest,
+    Manifest,
+    ReleaseError,
+    Runner,
+    _remove_tree,
+    add_dest_args,
+    atomic_write,
+    emit,
+    rollback,
+)
+
+DEPLOYS = "deploys"
+MAX_PREPARE_INPUT = 96 * 1024 * 1024
+STOP_WAIT = 5.0
+
+
+def _deploy_id(text: str) -> str:
+    if not text or not all(c.isalnum() or c in "-_" for c in text) or len(text) > 64:
+        raise UsageError(f"deploy id {text!r} must be 1-64 characters of [A-Za-z0-9_-]")
+    return text
+
+
+def deploy_dir(dest: Dest, deploy_id: str) -> Path:
+    return dest.meta / DEPLOYS / _deploy_id(deploy_id)
+
+
+# --- addressing: what this host announces, with no DNS involved ------------------
+
+
+def route_source(target: str, port: int) -> str:
+    """The source address of this host's route to `target` (a UDP connect sends nothing)."""
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((target, port or 9))
+        return str(s.getsockname()[0])
+
+
+def interface_address(name: str, want_v6: bool = False) -> str:
+    """The first address of interface `name` (global IPv6 from /proc, IPv4 by ioctl)."""
+    if want_v6:
+        with contextlib.suppress(OSError), open("/proc/net/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[5] == name and fields[3] == "00":
+                    return str(ipaddress.IPv6Address(bytes.fromhex(fields[0])))
+        raise ReleaseError(f"interface {name} has no global IPv6 address")
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            raise ReleaseError(f"interface {name} has no IPv4 address") from None
+    return socket.inet_ntoa(packed[20:24])
+
+
+# --- host-prepare ------------------------------------------------------------------
+
+
+def add_prepare(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = "Prepare a deploy directory from a JSON blob on stdin."
+    add_dest_args(parser)
+    parser.add_argument("--deploy-id", required=True)
+    parser.add_argument("--tracker-host", help="report the source address of the route here")
+    parser.add_argument("--tracker-port", type=int, default=0)
+    parser.add_argument("--interface", help="report this interface's address instead")
+    parser.add_argument("--address", help="announce this address (from configuration)")
+    return run_prepare
+
+
+def run_prepare(ns: argparse.Namespace) -> int:
+    blob = sys.stdin.buffer.read(MAX_PREPARE_INPUT + 1)
+    if len(blob) > MAX_PREPARE_INPUT:
+        raise UsageError("host-prepare input is too large")
+    try:
+        data = json.loads(blob)
+        manifest = Manifest.load(data["manifest"])
+        torrent = base64.b64decode(data["torrent"], validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"bad host-prepare input: {exc}") from None
+    dest = Dest(ns.dest)
+    dest.ensure()
+    work = deploy_dir(dest, ns.deploy_id)
+    (work / "staging").mkdir(parents=True, exist_ok=True)
+    atomic_write(work / "manifest.json", json.dumps(manifest.to_dict()).encode())
+    atomic_write(work / "payload.torrent", torrent)
+    state = dest.load_state()
+    known = state["releases"].get(manifest.tag)
+    have = bool(known and known.get("sha256") == manifest.sha256
+                and (dest.releases / manifest.tag).is_dir())
+    vfs = os.statvfs(ns.dest)
+    result: dict[str, Any] = {
+        "dir": str(work), "have": have, "current": dest.current_tag(),
+        "free_bytes": vfs.f_bavail * vfs.f_frsize, "address": _address(ns),
+        "euid": os.geteuid(),
+    }
+    emit(result, ns.json)
+    return 0
+
+
+def _address(ns: argparse.Namespace) -> str | None:
+    if ns.address:
+        return str(ipaddress.ip_address(ns.address))
+    v6 = bool(ns.tracker_host and ":" in ns.tracker_host)
+    if ns.interface:
+        return interface_address(ns.interface, v6)
+    if ns.tracker_host:
+        return route_source(ns.tracker_host, ns.tracker_port)
+    return None
+
+
+# --- host-status / host-clean / host-rollback ----------------------------------------
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def roost_alive(pid: int) -> bool:
+    """Alive and still a roost process (a recycled pid is not ours to touch)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"roost" in cmdline and (b"fetch" in cmdline or b"seed" in cmdline)
+
+
+def running(dest: Dest) -> list[dict[str, Any]]:
+    out = []
+    for pidfile in sorted((dest.meta / DEPLOYS).glob("*/*.pid")):
+        pid = _read_pid(pidfile)
+        if pid is not None and roost_alive(pid):
+            out.append({"pid": pid, "deploy_id": pidfile.parent.name, "what": pidfile.stem})
+    return out
+
+
+def add_status(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = "Show the current release, staged releases and live roost processes."
+    add_dest_args(parser)
+    return run_status
+
+
+def run_status(ns: argparse.Namespace) -> int:
+    dest = Dest(ns.dest)
+    if not dest.root.is_dir():
+        emit({"dest": str(dest.root), "exists": False, "current": None, "releases": [],
+              "running": [], "deploys": []}, ns.json)
+        return 0
+    state = dest.load_state() if dest.meta.is_dir() else {"releases": {}, "history": []}
+    deploys = sorted(p.name for p in (dest.meta / DEPLOYS).glob("*")) if dest.meta.is_dir() else []
+    emit({
+        "dest": str(dest.root), "exists": True, "current": dest.current_tag(),
+        "releases": [{"tag": t, "sha256": state["releases"].get(t, {}).get("sha256"),
+                      "staged_at": state["releases"].get(t, {}).get("staged_at")}
+                     for t in dest.release_tags()],
+        "running": running(dest), "deploys": deploys,
+    }, ns.json)
+    return 0
+
+
+def add_clean(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = "Stop roost processes started by deploys and remove their files."
+    add_dest_args(parser)
+    parser.add_argument("--deploy-id", help="only this deploy (default: every deploy)")
+    return run_clean
+
+
+def stop_pid(pid: int, wait: float = STOP_WAIT) -> bool:
+    """SIGTERM, then SIGKILL after `wait` s. True when it had to be stopped."""
+    if not roost_alive(pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and roost_alive(pid):
+        time.sleep(0.05)
+    if roost_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def clean(dest: Dest, deploy_id: str | None) -> dict[str, Any]:
+    base = dest.meta / DEPLOYS
+    dirs = [deploy_dir(dest, deploy_id)] if deploy_id else sorted(base.glob("*"))
+    stopped: list[int] = []
+    removed: list[str] = []
+    for work in dirs:
+        for pidfile in work.glob("*.pid"):
+            pid = _read_pid(pidfile)
+            if pid is not None and stop_pid(pid):
+                stopped.append(pid)
+        if work.exists():
+            _remove_tree(work)
+            removed.append(work.name)
+    # half-unpacked releases of a killed stage (nobody holds the lock when we get it)
+    if dest.releases.is_dir():
+        with dest.locked(timeout=10):
+            for tmp in dest.releases.glob(".*.tmp-*"):
+                _remove_tree(tmp)
+                removed.append(tmp.name)
+            for tmp in dest.releases.glob(".*.del-*"):
+                _remove_tree(tmp)
+    return {"dest": str(dest.root), "stopped": stopped, "removed": removed}
+
+
+def run_clean(ns: argparse.Namespace) -> int:
+    dest = Dest(ns.dest)
+    if not dest.root.is_dir():
+        emit({"dest": str(dest.root), "stopped": [], "removed": []}, ns.json)
+        return 0
+    emit(clean(dest, ns.deploy_id), ns.json)
+    return 0
+
+
+def add_rollback(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = "Make the previous (or the given) release current again."
+    add_dest_args(parser)
+    parser.add_argument("--to", help="release tag (default: the previous one)")
+    return run_rollback
+
+
+def run_rollback(ns: argparse.Namespace) -> int:
+    emit({"dest": str(ns.dest), **rollback(Dest(ns.dest), ns.to)}, ns.json)
+    return 0

@@ -1,0 +1,543 @@
+"""Piece picker: which blocks to request from which peer. Pure: no I/O, no clock.
+
+Theory of operation
+-------------------
+Pieces are split into blocks of `block_size` bytes, fixed for the picker's
+lifetime (the last block of a piece, and the last piece, may be shorter). A
+roost-to-roost swarm that negotiated bigger blocks simply builds its picker
+with a bigger `block_size`; one picker never mixes layouts, so a block is
+always identified by (index, begin) with a known length.
+
+Every piece is in exactly one state:
+
+* fresh      not started: all blocks FREE, no per-block record kept;
+* partial    started: one byte of state per block, FREE / REQUESTED /
+             RECEIVED, plus who requested each block and who delivered it;
+* verifying  every block RECEIVED, waiting for the engine's hash check;
+* have       verified (or known at start).
+
+`pick` fills a peer's request queue in this order: (1) FREE blocks of partial
+pieces, the pieces this peer already works on first, then the oldest; (2) a
+new piece: a `prefer()`-ed one if the peer has it, a random one while we have
+fewer than `random_first` pieces, otherwise the rarest (random tie-break);
+(3) endgame, once no FREE block is left anywhere: blocks already requested
+from other peers, at most `endgame_dup` requesters per block.
+
+Rarest first without scanning every piece: fresh pieces sit in buckets by
+availability (an insertion-ordered dict per count; a random initial order is
+the tie-break). A peer that announced HaveAll or a full bitfield is a seed and
+counted once in `_seeds`, not per piece. Changing one piece's availability
+moves it between two buckets in O(1); `pick` walks buckets from the rarest up
+and stops at the first pieces the peer has. Partial pieces with FREE blocks
+are kept in their own small set, so the common pick never touches `fresh`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+
+from roost.bitfield import Bitfield
+from roost.errors import RemoteProtocolError, UsageError
+
+BLOCK_SIZE = 16384
+FREE, REQUESTED, RECEIVED = 0, 1, 2
+_FREE_BYTE = bytes((FREE,))
+#: when starting a rarest piece, consider this many equally rare candidates
+_TIE_SAMPLE = 16
+#: random tries before the random-first phase falls back to rarest-first
+_RANDOM_TRIES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRequest:
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockOutcome:
+    """What a received block changed.
+
+    `new`: the block was needed and is now RECEIVED (write it; otherwise drop
+    it). `piece_complete`: every block of the piece is now received: hash it,
+    then call piece_verified or piece_failed. `cancels`: (peer, request) pairs
+    to send Cancel for (endgame duplicates of this block)."""
+
+    new: bool
+    piece_complete: bool
+    cancels: list[tuple[Hashable, BlockRequest]] = field(default_factory=list)
+
+
+class _Partial:
+    """Block states of one started piece."""
+
+    __slots__ = ("free", "owners", "received", "senders", "state")
+
+    def __init__(self, nblocks: int) -> None:
+        self.state = bytearray(nblocks)  # FREE everywhere
+        self.owners: dict[int, list[Hashable]] = {}  # block -> peers that requested it
+        self.senders: dict[int, Hashable] = {}  # block -> peer that delivered it
+        self.free = nblocks
+        self.received = 0
+
+
+class _Peer:
+    __slots__ = ("bits", "exhausted", "needed", "pieces", "requests", "seed")
+
+    def __init__(self, bits: Bitfield | None, needed: int) -> None:
+        self.bits = bits  # None for a seed
+        self.seed = bits is None
+        self.needed = needed  # pieces it has that we do not (bitfield peers only)
+        self.requests: set[BlockRequest] = set()
+        self.pieces: dict[int, int] = {}  # piece -> outstanding requests to this peer
+        # no fresh piece is left that it has; fresh only shrinks, so this stays
+        # true until the peer announces a new piece
+        self.exhausted = False
+
+
+class PiecePicker:
+    """Block-level piece picker. Peers are identified by any hashable key."""
+
+    def __init__(
+        self,
+        num_pieces: int,
+        piece_length: int,
+        total_length: int,
+        *,
+        block_size: int = BLOCK_SIZE,
+        have: Bitfield | None = None,
+        rng: random.Random | None = None,
+        random_first: int = 4,
+        endgame_dup: int = 2,
+    ) -> None:
+        if piece_length <= 0 or block_size <= 0 or num_pieces < 0:
+            raise UsageError("piece_length and block_size must be positive")
+        if num_pieces != -(-total_length // piece_length):
+            raise UsageError(f"{num_pieces} pieces do not match {total_length} bytes")
+        if have is not None and len(have) != num_pieces:
+            raise UsageError("have bitfield does not match the piece count")
+        self.num_pieces = num_pieces
+        self.piece_length = piece_length
+        self.total_length = total_length
+        self.block_size = block_size
+        self.random_first = random_first
+        self.endgame_dup = endgame_dup
+        self._rng = rng or random.Random()
+        self._have = have.copy() if have is not None else Bitfield(num_pieces)
+        self._have_bytes = sum(self.piece_size(i) for i in self._have.iter_set())
+        self._avail = [0] * num_pieces  # non-seed peers having each piece
+        self._seeds = 0
+        self._peers: dict[Hashable, _Peer] = {}
+        self._partial: dict[int, _Partial] = {}  # started (verifying ones too)
+        self._with_free: dict[int, None] = {}  # partial pieces with a FREE block, oldest first
+        self._verifying: set[int] = set()
+        self._preferred: dict[int, None] = {}
+        fresh = list(self._have.iter_unset())
+        self._rng.shuffle(fresh)
+        self._buckets: list[dict[int, None]] = [dict.fromkeys(fresh)]
+        self._deleted = [0]  # deletions per bucket since its last compaction
+        self._fresh: set[int] = set(fresh)
+
+    # ------------------------------------------------------------ geometry
+
+    def piece_size(self, index: int) -> int:
+        if not 0 <= index < self.num_pieces:
+            raise IndexError(f"piece {index} out of range")
+        if index == self.num_pieces - 1:
+            return self.total_length - index * self.piece_length
+        return self.piece_length
+
+    def num_blocks(self, index: int) -> int:
+        return -(-self.piece_size(index) // self.block_size)
+
+    def block(self, index: int, block: int) -> BlockRequest:
+        begin = block * self.block_size
+        return BlockRequest(index, begin, min(self.block_size, self.piece_size(index) - begin))
+
+    # ------------------------------------------------------------ availability
+
+    def add_peer(self, key: Hashable, bitfield: Bitfield) -> None:
+        """A peer joined with this bitfield (an empty one if it sent none)."""
+        if key in self._peers:
+            raise UsageError(f"peer {key!r} already added")
+        if len(bitfield) != self.num_pieces:
+            raise UsageError("bitfield does not match the piece count")
+        if bitfield.all() and self.num_pieces:
+            self.add_peer_have_all(key)
+            return
+        bits = bitfield.copy()
+        mine = int.from_bytes(self._have.to_bytes(), "big")
+        needed = (int.from_bytes(bits.to_bytes(), "big") & ~mine).bit_count()
+        self._peers[key] = _Peer(bits, needed)
+        for index in bits.iter_set():
+            self._bump(index, 1)
+
+    def add_peer_have_all(self, key: Hashable) -> None:
+        if key in self._peers:
+            raise UsageError(f"peer {key!r} already added")
+        self._peers[key] = _Peer(None, 0)
+        self._seeds += 1
+
+    def peer_has(self, key: Hashable, index: int) -> None:
+        """The peer announced Have(index)."""
+        peer = self._peers[key]
+        if peer.bits is None or not peer.bits.set(index):
+            return
+        if not self._have[index]:
+            peer.needed += 1
+        if index in self._fresh:
+            peer.exhausted = False
+        self._bump(index, 1)
+        if peer.bits.all():  # it became a seed: count it once
+            for i in range(self.num_pieces):
+                self._bump(i, -1)
+            peer.bits, peer.seed, peer.needed = None, True, 0
+            self._seeds += 1
+
+    def remove_peer(self, key: Hashable) -> list[BlockRequest]:
+        """The peer left; its outstanding requests become FREE again (returned)."""
+        freed = self.cancel_peer_requests(key)
+        peer = self._peers.pop(key)
+        if peer.bits is None:
+            self._seeds -= 1
+        else:
+            for index in peer.bits.iter_set():
+                self._bump(index, -1)
+        return freed
+
+    def availability(self, index: int) -> int:
+        return self._avail[index] + self._seeds
+
+    def is_interesting(self, key: Hashable) -> bool:
+        """The peer has a piece we do not have yet."""
+        peer = self._peers[key]
+        return not self._have.all() if peer.seed else peer.needed > 0
+
+    def _bump(self, index: int, delta: int) -> None:
+        old = self._avail[index]
+        self._avail[index] = old + delta
+        if index in self._fresh:
+            self._unbucket(index, old)
+            buckets = self._buckets
+            if old + delta == len(buckets):
+                buckets.append({})
+                self._deleted.append(0)
+            buckets[old + delta][index] = None
+
+    def _unbucket(self, index: int, avail: int) -> None:
+        """Remove a fresh piece from its bucket. A dict never shrinks on
+        deletion and iterating it walks the dead slots too, so a bucket that
+        lost most of its pieces is copied (amortised O(1))."""
+        bucket = self._buckets[avail]
+        del bucket[index]
+        dead = self._deleted[avail] + 1
+        if dead > 32 and dead > 2 * len(bucket):
+            self._buckets[avail] = dict(bucket)
+            dead = 0
+        self._deleted[avail] = dead
+
+    # ------------------------------------------------------------ picking
+
+    def prefer(self, index: int) -> None:
+        """Start this piece before others when a peer has it (SuggestPiece, super-seed offers)."""
+        if index in self._fresh:
+            self._preferred[index] = None
+
+    def pick(
+        self, key: Hashable, max_blocks: int, *, allowed: set[int] | None = None
+    ) -> list[BlockRequest]:
+        """Choose up to `max_blocks` blocks to request from this peer, and mark
+        them requested by it. `allowed` restricts the pieces (AllowedFast set
+        while the peer chokes us)."""
+        peer = self._peers[key]
+        out: list[BlockRequest] = []
+        if max_blocks <= 0:
+            return out
+        for index in self._partials_for(peer, allowed):
+            self._take_free(key, peer, index, max_blocks, out)
+            if len(out) >= max_blocks:
+                return out
+        while len(out) < max_blocks:
+            started = self._start_piece(peer, allowed)
+            if started is None:
+                break
+            self._take_free(key, peer, started, max_blocks, out)
+        if len(out) < max_blocks and not self._fresh and not self._with_free:
+            self._endgame(key, peer, max_blocks, allowed, out)
+        return out
+
+    def _has(self, peer: _Peer, index: int, allowed: set[int] | None) -> bool:
+        if allowed is not None and index not in allowed:
+            return False
+        return peer.bits is None or peer.bits[index]
+
+    def _partials_for(self, peer: _Peer, allowed: set[int] | None) -> list[int]:
+        """Partial pieces with FREE blocks the peer can serve: its own first."""
+        if not self._with_free:
+            return []
+        own = [i for i in peer.pieces if i in self._with_free]
+        rest = [i for i in self._with_free if i not in peer.pieces]
+        return [i for i in own + rest if self._has(peer, i, allowed)]
+
+    def _take_free(
+        self, key: Hashable, peer: _Peer, index: int, max_blocks: int, out: list[BlockRequest]
+    ) -> None:
+        part = self._partial[index]
+        state = part.state
+        j = state.find(_FREE_BYTE)
+        while j >= 0 and len(out) < max_blocks:
+            state[j] = REQUESTED
+            part.free -= 1
+            part.owners[j] = [key]
+            req = self.block(index, j)
+            self._add_request(peer, req)
+            out.append(req)
+            j = state.find(_FREE_BYTE, j + 1)
+        if part.free == 0:
+            self._with_free.pop(index, None)
+
+    def _add_request(self, peer: _Peer, req: BlockRequest) -> None:
+        peer.requests.add(req)
+        peer.pieces[req.index] = peer.pieces.get(req.index, 0) + 1
+
+    def _drop_request(self, peer: _Peer, req: BlockRequest) -> bool:
+        if req not in peer.requests:
+            return False
+        peer.requests.discard(req)
+        left = peer.pieces[req.index] - 1
+        if left:
+            peer.pieces[req.index] = left
+        else:
+            del peer.pieces[req.index]
+        return True
+
+    def _start_piece(self, peer: _Peer, allowed: set[int] | None) -> int | None:
+        """Move one fresh piece the peer has to partial; return it or None."""
+        index = self._choose_fresh(peer, allowed)
+        if index is not None:
+            self._start_fresh(index)
+        return index
+
+    def _choose_fresh(self, peer: _Peer, allowed: set[int] | None) -> int | None:
+        if not self._fresh or peer.exhausted or (not peer.seed and peer.needed == 0):
+            return None
+        for index in self._preferred:
+            if self._has(peer, index, allowed):
+                return index
+        if self._have.count() < self.random_first:
+            for _ in range(_RANDOM_TRIES):
+                index = self._rng.randrange(self.num_pieces)
+                if index in self._fresh and self._has(peer, index, allowed):
+                    return index
+        rarest = self._rarest(peer, allowed)
+        if rarest is None and allowed is None:
+            peer.exhausted = True
+        return rarest
+
+    def _rarest(self, peer: _Peer, allowed: set[int] | None) -> int | None:
+        """Rarest fresh piece the peer has; random among the first few equals."""
+        for bucket in self._buckets[0 if peer.seed else 1 :]:
+            found: list[int] = []
+            for index in bucket:
+                if self._has(peer, index, allowed):
+                    found.append(index)
+                    if len(found) >= _TIE_SAMPLE:
+                        break
+            if found:
+                return self._rng.choice(found)
+        return None
+
+    def _endgame(
+        self,
+        key: Hashable,
+        peer: _Peer,
+        max_blocks: int,
+        allowed: set[int] | None,
+        out: list[BlockRequest],
+    ) -> None:
+        """Duplicate requests for blocks other peers are still fetching."""
+        for index, part in self._partial.items():
+            if not self._has(peer, index, allowed):
+                continue
+            for j, owners in part.owners.items():
+                if len(owners) >= self.endgame_dup or key in owners:
+                    continue
+                if part.state[j] != REQUESTED:
+                    continue
+                owners.append(key)
+                req = self.block(index, j)
+                self._add_request(peer, req)
+                out.append(req)
+                if len(out) >= max_blocks:
+                    return
+
+    @property
+    def in_endgame(self) -> bool:
+        """No FREE block is left: only duplicate requests can be handed out."""
+        return not self._fresh and not self._with_free and bool(self._partial)
+
+    # ------------------------------------------------------------ outcomes
+
+    def _locate(self, index: int, begin: int, length: int) -> int:
+        """Block number of (index, begin, length); RemoteProtocolError if it does not fit."""
+        if not 0 <= index < self.num_pieces or begin % self.block_size:
+            raise RemoteProtocolError(f"block {index}:{begin} does not fit the layout", ban=True)
+        j = begin // self.block_size
+        if j >= self.num_blocks(index) or self.block(index, j).length != length:
+            raise RemoteProtocolError(f"block {index}:{begin}+{length} has a bad size", ban=True)
+        return j
+
+    def block_received(self, key: Hashable, index: int, begin: int, length: int) -> BlockOutcome:
+        """A block arrived from `key`. Unrequested blocks are accepted when still needed."""
+        j = self._locate(index, begin, length)
+        peer = self._peers.get(key)
+        req = BlockRequest(index, begin, length)
+        if peer is not None:
+            self._drop_request(peer, req)
+        part = self._partial.get(index)
+        if part is None:
+            if index not in self._fresh:
+                return BlockOutcome(False, False)  # have or verifying: a late duplicate
+            self._start_fresh(index)
+            part = self._partial[index]
+        state = part.state[j]
+        if state == RECEIVED:
+            return BlockOutcome(False, False)
+        if state == FREE:
+            part.free -= 1
+        cancels: list[tuple[Hashable, BlockRequest]] = []
+        for other in part.owners.pop(j, ()):
+            if other != key and self._drop_request(self._peers[other], req):
+                cancels.append((other, req))
+        part.state[j] = RECEIVED
+        part.senders[j] = key
+        part.received += 1
+        if part.free == 0:
+            self._with_free.pop(index, None)
+        complete = part.received == len(part.state)
+        if complete:
+            self._verifying.add(index)
+        return BlockOutcome(True, complete, cancels)
+
+    def _start_fresh(self, index: int) -> None:
+        self._fresh.discard(index)
+        self._unbucket(index, self._avail[index])
+        self._preferred.pop(index, None)
+        self._partial[index] = _Partial(self.num_blocks(index))
+        self._with_free[index] = None
+
+    def _free_block(self, key: Hashable, req: BlockRequest) -> None:
+        """`key` no longer fetches `req`: FREE it if nobody else does."""
+        part = self._partial.get(req.index)
+        if part is None:
+            return
+        j = req.begin // self.block_size
+        owners = part.owners.get(j)
+        if owners is None or key not in owners:
+            return
+        owners.remove(key)
+        if not owners:
+            del part.owners[j]
+            if part.state[j] == REQUESTED:
+                part.state[j] = FREE
+                part.free += 1
+                self._with_free[req.index] = None
+
+    def cancel_peer_requests(self, key: Hashable) -> list[BlockRequest]:
+        """The peer choked us or left: its outstanding blocks go back to FREE."""
+        peer = self._peers[key]
+        freed = sorted(peer.requests, key=lambda r: (r.index, r.begin))
+        for req in freed:
+            self._free_block(key, req)
+        peer.requests.clear()
+        peer.pieces.clear()
+        return freed
+
+    def request_rejected(self, key: Hashable, req: BlockRequest) -> None:
+        """The peer rejected (BEP 6) or we cancelled one request."""
+        peer = self._peers[key]
+        if self._drop_request(peer, req):
+            self._free_block(key, req)
+
+    def piece_verified(self, index: int) -> None:
+        """The hash matched."""
+        if index not in self._verifying:
+            raise UsageError(f"piece {index} is not waiting for verification")
+        self._verifying.discard(index)
+        self._mark_have(index)
+
+    def piece_failed(self, index: int) -> set[Hashable]:
+        """The hash did not match: every block becomes FREE again; returns the
+        peers that delivered blocks of it (ban candidates)."""
+        if index not in self._verifying:
+            raise UsageError(f"piece {index} is not waiting for verification")
+        self._verifying.discard(index)
+        part = self._partial[index]
+        senders = set(part.senders.values())
+        self._partial[index] = _Partial(len(part.state))
+        self._with_free[index] = None
+        return senders
+
+    def have(self, index: int) -> list[tuple[Hashable, BlockRequest]]:
+        """We have the piece by other means; returns outstanding requests to cancel."""
+        if self._have[index]:
+            return []
+        cancels: list[tuple[Hashable, BlockRequest]] = []
+        for key, peer in self._peers.items():
+            for req in [r for r in peer.requests if r.index == index]:
+                self._drop_request(peer, req)
+                cancels.append((key, req))
+        if index in self._fresh:
+            self._fresh.discard(index)
+            self._unbucket(index, self._avail[index])
+            self._preferred.pop(index, None)
+        self._verifying.discard(index)
+        self._mark_have(index)
+        return cancels
+
+    def _mark_have(self, index: int) -> None:
+        self._partial.pop(index, None)
+        self._with_free.pop(index, None)
+        self._have.set(index)
+        self._have_bytes += self.piece_size(index)
+        for peer in self._peers.values():
+            if peer.bits is not None and peer.bits[index]:
+                peer.needed -= 1
+
+    # ------------------------------------------------------------ queries
+
+    def complete(self) -> bool:
+        return self._have.all()
+
+    def missing_count(self) -> int:
+        return self.num_pieces - self._have.count()
+
+    def bytes_left(self) -> int:
+        return self.total_length - self._have_bytes
+
+    def have_bitfield(self) -> Bitfield:
+        return self._have.copy()
+
+    def requests_of(self, key: Hashable) -> set[BlockRequest]:
+        return set(self._peers[key].requests)
+
+    def peers(self) -> Iterable[Hashable]:
+        return self._peers.keys()
+
+    def block_state(self, index: int, begin: int) -> int:
+        """FREE / REQUESTED / RECEIVED of one block (RECEIVED for verifying and had pieces)."""
+        part = self._partial.get(index)
+        if part is not None:
+            return part.state[begin // self.block_size]
+        return FREE if index in self._fresh else RECEIVED
+
+    def piece_state(self, index: int) -> str:
+        """'fresh', 'partial', 'verifying' or 'have'."""
+        if self._have[index]:
+            return "have"
+        if index in self._verifying:
+            return "verifying"
+        return "partial" if index in self._partial else "fresh"

@@ -1,0 +1,629 @@
+"""Target-side release handling: safe unpack, atomic switch, prune, rollback.
+
+Standard library only: this module ships in the zipapp and runs on bare hosts.
+
+Theory of operation. A destination directory looks like this:
+
+    <dest>/releases/<tag>/...          one directory per release, never edited
+    <dest>/current -> releases/<tag>   a relative symlink, switched atomically
+    <dest>/.roost/state.json           releases (tag -> payload SHA-256) + history
+    <dest>/.roost/lock                 flock: one roost operation at a time
+    <dest>/.roost/deploys/<id>/        one deploy's torrent, manifest, staging
+                                       payload and fetch pid; removed by `clean`
+
+Staging unpacks into `releases/.<tag>.tmp-XXXX` and renames it to
+`releases/<tag>` only once every byte is written, so a release directory that
+exists is whole. `current` is switched by making a symlink under a temporary
+name and os.replace()-ing it over `current`: readers see the old or the new
+release, never neither. The payload's SHA-256 (from the manifest, which came
+over SSH, the trusted channel) is checked before anything is unpacked, and is
+recorded in the state file, so staging a tag the host already has with the
+same digest is a no-op, and the same tag with other bytes is refused.
+
+Unpacking trusts nothing in the archive: every member path must be relative,
+without `..`, and its parent must be a real directory made by this unpack
+(never a symlink), so nothing can be written outside the release; symlinks
+must resolve inside the release; hard links must point at an earlier file;
+device files and FIFOs are refused. Files are created with O_EXCL|O_NOFOLLOW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from roost.errors import RoostError, UsageError
+
+STATE_DIR = ".roost"
+STATE_FILE = "state.json"
+FORMATS = ("tar", "tar.zst", "dir", "file")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}\Z")
+HISTORY_MAX = 200
+CHUNK = 1 << 20
+Runner = Callable[[argparse.Namespace], int]
+
+
+class ReleaseError(RoostError):
+    """A release operation failed on this host (message says why)."""
+
+
+class DiskFullError(ReleaseError):
+    exit_code = 4
+
+
+def check_tag(tag: str) -> str:
+    if not _TAG.match(tag) or ".." in tag:
+        raise UsageError(f"tag {tag!r} must be 1-128 characters of [A-Za-z0-9._+-]")
+    return tag
+
+
+# --- the manifest (what the deploy host promises about the payload) ---------
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tag: str
+    format: str  # one of FORMATS
+    name: str  # the payload's name inside the staging directory
+    sha256: str  # of the payload file, or of the tree listing for "dir"
+    size: int
+
+    @staticmethod
+    def load(data: dict[str, Any]) -> Manifest:
+        try:
+            m = Manifest(
+                str(data["tag"]), str(data["format"]), str(data["name"]),
+                str(data["sha256"]).lower(), int(data["size"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"bad manifest: {exc}") from None
+        check_tag(m.tag)
+        if m.format not in FORMATS:
+            raise UsageError(f"bad manifest: unknown format {m.format!r}")
+        if not re.fullmatch(r"[0-9a-f]{64}", m.sha256):
+            raise UsageError("bad manifest: sha256 is not 64 hex digits")
+        if "/" in m.name or m.name in ("", ".", ".."):
+            raise UsageError(f"bad manifest: payload name {m.name!r}")
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tag": self.tag, "format": self.format, "name": self.name,
+                "sha256": self.sha256, "size": self.size}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(root: Path) -> str:
+    """Digest of a directory's regular files: sorted "path NUL size NUL sha256 LF".
+
+    The multi-file payload format carries contents only (BitTorrent has no
+    modes or links), so this is what "the same payload" means for it."""
+    lines = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            lines.append(f"{rel}\0{path.stat().st_size}\0{sha256_file(path)}\n")
+    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def payload_digest(path: Path, fmt: str) -> str:
+    return sha256_tree(path) if fmt == "dir" else sha256_file(path)
+
+
+# --- state and locking --------------------------------------------------------
+
+
+class Dest:
+    """One destination directory and its state file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.releases = root / "releases"
+        self.meta = root / STATE_DIR
+        self.current = root / "current"
+
+    def ensure(self) -> None:
+        try:
+            self.releases.mkdir(parents=True, exist_ok=True)
+            self.meta.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, f"cannot create {self.root}") from None
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float = 60.0) -> Iterator[None]:
+        """Hold the destination's lock (bounded wait: a stuck peer is reported)."""
+        self.ensure()
+        fd = os.open(self.meta / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ReleaseError(f"{self.root} is locked by another roost") from None
+                    time.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)
+
+    def load_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.meta / STATE_FILE).read_text())
+        except FileNotFoundError:
+            return {"releases": {}, "history": []}
+        except (OSError, ValueError) as exc:
+            raise ReleaseError(f"cannot read {self.meta / STATE_FILE}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ReleaseError(f"{self.meta / STATE_FILE} is not a JSON object")
+        data.setdefault("releases", {})
+        data.setdefault("history", [])
+        return data
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        state["history"] = state["history"][-HISTORY_MAX:]
+        atomic_write(self.meta / STATE_FILE, json.dumps(state, indent=1).encode())
+
+    def current_tag(self) -> str | None:
+        try:
+            target = os.readlink(self.current)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise ReleaseError(f"{self.current} exists and is not a symlink") from None
+            raise
+        parts = Path(target).parts
+        return parts[-1] if parts and parts[-2:-1] == ("releases",) else None
+
+    def release_tags(self) -> list[str]:
+        if not self.releases.is_dir():
+            return []
+        return sorted(p.name for p in self.releases.iterdir()
+                      if not p.name.startswith(".") and p.is_dir())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _os_error(exc: OSError, what: str) -> ReleaseError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"disk full: {what}")
+    return ReleaseError(f"{what}: {exc.strerror or exc}")
+
+
+# --- safe unpacking -------------------------------------------------------------
+
+
+def _member_parts(name: str) -> tuple[str, ...]:
+    if name.startswith("/"):
+        raise ReleaseError(f"archive member {name!r} has an absolute path")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if any(p == ".." for p in parts):
+        raise ReleaseError(f"archive member {name!r} climbs out with '..'")
+    return parts
+
+
+def _parent_dir(root: Path, parts: tuple[str, ...], made: set[tuple[str, ...]]) -> Path:
+    """The member's parent, created as real directories; never through a symlink."""
+    path = root
+    for i in range(1, len(parts)):
+        path = path / parts[i - 1]
+        prefix = parts[:i]
+        if prefix in made:
+            continue
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o700)
+            made.add(prefix)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise ReleaseError(f"archive member {'/'.join(parts)!r} goes through a non-directory")
+        made.add(prefix)
+    return path
+
+
+def _link_inside(parts: tuple[str, ...], target: str) -> bool:
+    if not target or target.startswith("/"):
+        return False
+    depth = len(parts) - 1  # the link's own directory, counted from the root
+    for piece in target.split("/"):
+        if piece in ("", "."):
+            continue
+        depth += -1 if piece == ".." else 1
+        if depth < 0:
+            return False
+    return True
+
+
+@dataclass
+class _Pending:
+    path: Path
+    mode: int
+    mtime: float
+    uid: int
+    gid: int
+
+
+def unpack_tar(stream: IO[bytes], root: Path, *, owners: bool) -> int:
+    """Unpack a tar stream into the empty directory `root`; returns files written."""
+    made: set[tuple[str, ...]] = set()
+    dirs: list[_Pending] = []
+    seen_files: dict[tuple[str, ...], Path] = {}
+    count = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                count += _unpack_member(tar, member, root, made, dirs, seen_files, owners)
+    except tarfile.TarError as exc:
+        raise ReleaseError(f"the payload is not a valid tar archive: {exc}") from None
+    for d in reversed(dirs):  # deepest last-made first, so read-only dirs do not block
+        _apply_meta(d, owners, is_dir=True)
+    return count
+
+
+def _unpack_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path, made: set[tuple[str, ...]],
+    dirs: list[_Pending], seen_files: dict[tuple[str, ...], Path], owners: bool,
+) -> int:
+    parts = _member_parts(member.name)
+    meta = _Pending(root, member.mode & 0o7777, member.mtime, member.uid, member.gid)
+    if not parts:  # the archive's "." entry: the release root itself
+        if member.isdir():
+            dirs.append(meta)
+        return 0
+    parent = _parent_dir(root, parts, made)
+    path = parent / parts[-1]
+    meta.path = path
+    if member.isdir():
+        if parts not in made:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    raise ReleaseError(f"archive member {member.name!r} is duplicated") from None
+            made.add(parts)
+        dirs.append(meta)
+        return 0
+    if member.issym():
+        if not _link_inside(parts, member.linkname):
+            raise ReleaseError(
+                f"symlink {member.name!r} -> {member.linkname!r} escapes the release")
+        os.symlink(member.linkname, path)
+        if owners:
+            os.lchown(path, member.uid, member.gid)
+        return 0
+    if member.islnk():
+        target = seen_files.get(_member_parts(member.linkname))
+        if target is None:
+            raise ReleaseError(f"hard link {member.name!r} points at no earlier file")
+        os.link(target, path)
+        return 0
+    if not member.isreg():
+        raise ReleaseError(f"archive member {member.name!r} is a device, FIFO or other special")
+    source = tar.extractfile(member)
+    assert source is not None  # a regular member always has a file object
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(source, out, CHUNK)
+    _apply_meta(meta, owners, is_dir=False)
+    seen_files[parts] = path
+    return 1
+
+
+def _apply_meta(p: _Pending, owners: bool, *, is_dir: bool) -> None:
+    if owners:
+        os.chown(p.path, p.uid, p.gid)
+    # setuid/setgid bits survive only for root: a user cannot hand them out anyway
+    mode = p.mode if owners else p.mode & 0o1777
+    os.chmod(p.path, mode | (0o700 if is_dir and not owners else 0))
+    os.utime(p.path, (p.mtime, p.mtime))
+
+
+def copy_tree(src: Path, root: Path) -> int:
+    """The multi-file payload: copy regular files and directories (contents only)."""
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        for d in dirnames:
+            (root / rel / d).mkdir(mode=0o755)
+        for name in filenames:
+            source = Path(dirpath) / name
+            if source.is_symlink() or not source.is_file():
+                raise ReleaseError(f"payload entry {rel / name} is not a regular file")
+            shutil.copyfile(source, root / rel / name)
+            os.chmod(root / rel / name, 0o644)
+            count += 1
+    os.chmod(root, 0o755)
+    return count
+
+
+def unpack(payload: Path, fmt: str, root: Path, *, owners: bool) -> int:
+    """Fill the empty directory `root` from the payload in format `fmt`."""
+    if fmt == "file":
+        shutil.copy2(payload, root / payload.name)
+        os.chmod(root, 0o755)
+        return 1
+    if fmt == "dir":
+        return copy_tree(payload, root)
+    if fmt == "tar":
+        with payload.open("rb") as f:
+            return unpack_tar(f, root, owners=owners)
+    return _unpack_zstd(payload, root, owners=owners)
+
+
+def _unpack_zstd(payload: Path, root: Path, *, owners: bool) -> int:
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        raise ReleaseError("the payload is zstd-compressed and this host has no zstd binary")
+    with subprocess.Popen([zstd, "-dcq", "--", str(payload)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        try:
+            count = unpack_tar(proc.stdout, root, owners=owners)
+            proc.stdout.read()  # drain, so zstd can finish
+        finally:
+            proc.stdout.close()
+            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            code = proc.wait(timeout=60)
+    if code != 0:
+        raise ReleaseError(f"zstd failed: {stderr.strip() or f'exit {code}'}")
+    return count
+
+
+# --- staging, switching, pruning ---------------------------------------------------
+
+
+def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None = None
+          ) -> dict[str, Any]:
+    """Verify the payload and make `releases/<tag>`; a no-op when it is already there."""
+    owners = os.geteuid() == 0 if owners is None else owners
+    with dest.locked():
+        state = dest.load_state()
+        known = state["releases"].get(manifest.tag)
+        final = dest.releases / manifest.tag
+        if known and final.is_dir():
+            if known.get("sha256") != manifest.sha256:
+                raise ReleaseError(f"release {manifest.tag} already exists with other content")
+            return {"tag": manifest.tag, "staged": False, "reason": "already present"}
+        if final.exists() or final.is_symlink():
+            raise ReleaseError(f"{final} exists but roost did not make it; remove it first")
+        if not payload.exists():
+            raise ReleaseError(f"payload {payload} is missing")
+        digest = payload_digest(payload, manifest.format)
+        if digest != manifest.sha256:
+            raise ReleaseError(f"payload SHA-256 {digest[:16]}... does not match the manifest")
+        files = _unpack_fresh(dest, manifest, payload, final, owners)
+        state["releases"][manifest.tag] = {"sha256": manifest.sha256, "format": manifest.format,
+                                           "staged_at": time.time(), "files": files}
+        state["history"].append({"at": time.time(), "action": "stage", "tag": manifest.tag})
+        dest.save_state(state)
+    return {"tag": manifest.tag, "staged": True, "files": files}
+
+
+def _unpack_fresh(dest: Dest, manifest: Manifest, payload: Path, final: Path,
+                  owners: bool) -> int:
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.tag}.tmp-", dir=dest.releases))
+    except OSError as exc:
+        raise _os_error(exc, f"cannot create a directory in {dest.releases}") from None
+    try:
+        files = unpack(payload, manifest.format, tmp, owners=owners)
+        os.rename(tmp, final)
+    except OSError as exc:
+        _remove_tree(tmp)
+        raise _os_error(exc, f"unpacking {manifest.tag} into {dest.releases}") from None
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    return files
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that also copes with read-only directories from the archive."""
+    def fix(func: Callable[..., Any], p: str, _exc: object) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    if path.exists():
+        shutil.rmtree(path, onerror=fix)  # onexc is 3.12+; onerror still works there
+
+
+def switch(dest: Dest, tag: str) -> str | None:
+    """Point `current` at releases/<tag> atomically; returns the previous tag."""
+    if not (dest.releases / tag).is_dir():
+        raise ReleaseError(f"release {tag} is not staged on this host")
+    previous = dest.current_tag()
+    tmp = dest.root / f".current.tmp-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.symlink(f"releases/{tag}", tmp)
+        os.replace(tmp, dest.current)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _os_error(exc, f"cannot switch {dest.current}") from None
+    return previous
+
+
+def previous_tag(dest: Dest, state: dict[str, Any]) -> str | None:
+    """The release that was current before the current one (and still exists)."""
+    current = dest.current_tag()
+    present = set(dest.release_tags())
+    for entry in reversed(state["history"]):
+        if entry.get("action") == "switch" and entry.get("from") not in (None, current) \
+                and entry["from"] in present:
+            return str(entry["from"])
+    return None
+
+
+def prune(dest: Dest, state: dict[str, Any], keep: int) -> list[str]:
+    """Delete all but the newest `keep` releases; never current or previous."""
+    protected = {dest.current_tag(), previous_tag(dest, state)}
+    def staged_at(tag: str) -> float:
+        return float(state["releases"].get(tag, {}).get("staged_at", 0.0))
+    tags = sorted(dest.release_tags(), key=staged_at, reverse=True)
+    removed = []
+    for tag in tags[max(keep, 0):]:
+        if tag in protected:
+            continue
+        trash = dest.releases / f".{tag}.del-{os.getpid()}"
+        os.rename(dest.releases / tag, trash)  # gone at once, deleted at leisure
+        _remove_tree(trash)
+        state["releases"].pop(tag, None)
+        removed.append(tag)
+    return removed
+
+
+def run_hook(command: str, cwd: Path, tag: str, dest: Path, timeout: float) -> None:
+    env = {**os.environ, "ROOST_TAG": tag, "ROOST_DEST": str(dest),
+           "ROOST_RELEASE": str(cwd)}
+    try:
+        result = subprocess.run(["/bin/sh", "-c", command], cwd=cwd, env=env, timeout=timeout,
+                                capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        raise ReleaseError(f"hook {command!r} timed out after {timeout:g} s") from None
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+        raise ReleaseError(f"hook {command!r} failed (exit {result.returncode}) {tail[0]}".strip())
+
+
+def activate(dest: Dest, tag: str, *, keep: int = 5, pre: list[str] | None = None,
+             post: list[str] | None = None, hook_timeout: float = 300.0) -> dict[str, Any]:
+    """pre hooks -> switch -> post hooks (a failure switches back) -> prune."""
+    check_tag(tag)
+    with dest.locked():
+        state = dest.load_state()
+        release = dest.releases / tag
+        if not release.is_dir():
+            raise ReleaseError(f"release {tag} is not staged on this host")
+        for command in pre or []:
+            run_hook(command, release, tag, dest.root, hook_timeout)
+        previous = switch(dest, tag)
+        try:
+            for command in post or []:
+                run_hook(command, release, tag, dest.root, hook_timeout)
+        except ReleaseError as exc:
+            if previous and previous != tag:
+                switch(dest, previous)
+                raise ReleaseError(f"{exc}; switched back to {previous}") from None
+            raise
+        if previous != tag:
+            state["history"].append({"at": time.time(), "action": "switch", "tag": tag,
+                                     "from": previous})
+        removed = prune(dest, state, keep)
+        dest.save_state(state)
+    return {"tag": tag, "previous": previous, "changed": previous != tag, "pruned": removed}
+
+
+def rollback(dest: Dest, to: str | None = None) -> dict[str, Any]:
+    with dest.locked():
+        state = dest.load_state()
+        target = check_tag(to) if to else previous_tag(dest, state)
+        if target is None:
+            raise ReleaseError("there is no previous release to roll back to")
+        previous = switch(dest, target)
+        state["history"].append({"at": time.time(), "action": "switch", "tag": target,
+                                 "from": previous, "rollback": True})
+        dest.save_state(state)
+    return {"tag": target, "previous": previous}
+
+
+# --- the agent subcommand `roost activate` -------------------------------------------
+
+
+def add_dest_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dest", type=Path, required=True, help="destination directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_activate(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = ("Make releases/<tag> current: pre hooks, atomic switch, post hooks "
+                          "(a failing one switches back), prune. With --payload, stage first.")
+    add_dest_args(parser)
+    parser.add_argument("--tag", help="release to activate (default: the manifest's)")
+    parser.add_argument("--manifest", type=Path, help="stage this manifest's payload first")
+    parser.add_argument("--payload", type=Path, help="the payload file or directory to stage")
+    parser.add_argument("--keep", type=int, default=5, help="releases to keep (default: 5)")
+    parser.add_argument("--pre", action="append", default=[], help="pre-activate command")
+    parser.add_argument("--post", action="append", default=[], help="post-activate command")
+    parser.add_argument("--hook-timeout", type=float, default=300.0)
+    parser.add_argument("--no-switch", action="store_true", help="stage only")
+    return run_activate
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read manifest {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"manifest {path} is not a JSON object")
+    return Manifest.load(data)
+
+
+def run_activate(ns: argparse.Namespace) -> int:
+    dest = Dest(ns.dest)
+    result: dict[str, Any] = {"dest": str(ns.dest)}
+    tag = ns.tag
+    if ns.manifest is not None:
+        manifest = read_manifest(ns.manifest)
+        payload = ns.payload or ns.manifest.parent / "staging" / manifest.name
+        result["stage"] = stage(dest, manifest, payload)
+        tag = tag or manifest.tag
+    if tag is None:
+        raise UsageError("give --tag or --manifest")
+    if not ns.no_switch:
+        result.update(activate(dest, check_tag(tag), keep=ns.keep, pre=ns.pre, post=ns.post,
+                               hook_timeout=ns.hook_timeout))
+    emit(result, ns.json)
+    return 0
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result), flush=True)
+        return
+    for key, value in result.items():
+        print(f"{key}: {value}")

@@ -1,0 +1,381 @@
+"""Piece picker, with states built from strings such as availability "1110"."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from roost.bitfield import Bitfield
+from roost.errors import RemoteProtocolError, RoostError
+from roost.picker import FREE, RECEIVED, REQUESTED, BlockRequest, PiecePicker
+
+BS = 4  # tiny blocks keep the arithmetic readable
+
+
+def bits(s: str) -> Bitfield:
+    bf = Bitfield(len(s))
+    for i, c in enumerate(s):
+        if c == "1":
+            bf.set(i)
+    return bf
+
+
+def make(
+    have: str,
+    peers: dict[Hashable, str] | None = None,
+    *,
+    blocks: int = 1,
+    last: int | None = None,
+    seed: int = 1,
+    random_first: int = 0,
+    endgame_dup: int = 2,
+) -> PiecePicker:
+    """A picker over len(have) pieces of `blocks` blocks of BS bytes; the last
+    piece has `last` bytes. Peers are given as bitfield strings."""
+    n = len(have)
+    plen = blocks * BS
+    total = plen * (n - 1) + (plen if last is None else last)
+    p = PiecePicker(
+        n,
+        plen,
+        total,
+        block_size=BS,
+        have=bits(have),
+        rng=random.Random(seed),
+        random_first=random_first,
+        endgame_dup=endgame_dup,
+    )
+    for key, s in (peers or {}).items():
+        p.add_peer(key, bits(s))
+    return p
+
+
+def pieces(reqs: list[BlockRequest]) -> list[int]:
+    return [r.index for r in reqs]
+
+
+def finish(p: PiecePicker, key: Hashable, reqs: list[BlockRequest]) -> None:
+    for r in reqs:
+        out = p.block_received(key, r.index, r.begin, r.length)
+        if out.piece_complete:
+            p.piece_verified(r.index)
+
+
+def test_availability_from_strings() -> None:
+    p = make("0000", {"a": "1100", "b": "0110", "s": "1111"})
+    assert [p.availability(i) for i in range(4)] == [2, 3, 2, 1]
+    p.peer_has("a", 3)
+    assert p.availability(3) == 2
+    p.remove_peer("s")
+    assert [p.availability(i) for i in range(4)] == [1, 2, 1, 1]
+    p.remove_peer("a")
+    assert [p.availability(i) for i in range(4)] == [0, 1, 1, 0]
+
+
+def test_peer_completing_its_bitfield_becomes_a_seed() -> None:
+    p = make("000", {"a": "110", "b": "100"})
+    p.peer_has("a", 2)
+    assert [p.availability(i) for i in range(3)] == [2, 1, 1]
+    p.remove_peer("a")
+    assert [p.availability(i) for i in range(3)] == [1, 0, 0]
+
+
+def test_rarest_first() -> None:
+    p = make("0000", {"s": "1111", "b": "1110", "c": "0110"})
+    # availability 2 3 3 1: piece 3 first, then 0, then 1 and 2 in either order
+    got = pieces(p.pick("s", 4))
+    assert got[:2] == [3, 0]
+    assert sorted(got[2:]) == [1, 2]
+
+
+def test_rarest_only_among_what_the_peer_has() -> None:
+    p = make("0000", {"b": "1110", "c": "0110", "d": "0011"})
+    assert pieces(p.pick("b", 1)) == [0]  # availability 1 2 3 1; b lacks 3
+
+
+def test_we_never_pick_what_we_have_or_what_the_peer_lacks() -> None:
+    p = make("1010", {"a": "1110"})
+    assert pieces(p.pick("a", 10)) == [1]
+    assert p.pick("a", 10) == []  # nothing else: not endgame-duplicable either
+
+
+def test_random_first_spreads_the_first_pieces() -> None:
+    firsts = set()
+    for seed in range(20):
+        p = make("0" * 50, {"s": "1" * 50}, seed=seed, random_first=4)
+        firsts.add(p.pick("s", 1)[0].index)
+    assert len(firsts) > 5
+    # after random_first pieces, rarest first takes over
+    p = make("1111" + "0" * 6, {"s": "1" * 10, "b": "0000000001"}, random_first=4)
+    assert pieces(p.pick("s", 1)) != [9]  # 9 is the most common piece
+
+
+def test_partial_pieces_first_and_own_first() -> None:
+    p = make("000", {"a": "111", "b": "111"}, blocks=4)
+    first = p.pick("a", 2)
+    assert len({r.index for r in first}) == 1
+    mine = first[0].index
+    # b finishes a's partial piece before starting another
+    got = p.pick("b", 3)
+    assert pieces(got)[:2] == [mine, mine] and got[2].index != mine
+    other = got[2].index
+    # a prefers the piece it works on... which has no free block; then b's partial
+    assert pieces(p.pick("a", 1)) == [other]
+    # blocks are handed out in order and never twice
+    assert {(r.index, r.begin) for r in first} == {(mine, 0), (mine, 4)}
+
+
+def test_allowed_restricts() -> None:
+    p = make("0000", {"a": "1111"})
+    assert set(pieces(p.pick("a", 5, allowed={2}))) == {2}
+    assert p.pick("a", 5, allowed={2}) == []
+    assert p.pick("a", 1, allowed=set()) == []
+
+
+def test_geometry_of_last_piece_and_block() -> None:
+    p = make("00", {"a": "11"}, blocks=3, last=5)  # last piece: blocks of 4 and 1
+    reqs = p.pick("a", 10)
+    assert sorted((r.index, r.begin, r.length) for r in reqs) == [
+        (0, 0, 4), (0, 4, 4), (0, 8, 4), (1, 0, 4), (1, 4, 1),
+    ]  # fmt: skip
+    assert p.bytes_left() == 17
+    finish(p, "a", reqs)
+    assert p.complete() and p.bytes_left() == 0 and p.missing_count() == 0
+
+
+def test_bad_block_geometry_is_remote_error() -> None:
+    p = make("00", {"a": "11"}, blocks=3, last=5)
+    for index, begin, length in [(0, 2, 4), (0, 0, 3), (1, 4, 4), (1, 8, 1), (5, 0, 4)]:
+        with pytest.raises(RemoteProtocolError):
+            p.block_received("a", index, begin, length)
+
+
+def test_receive_verify_and_duplicates() -> None:
+    p = make("00", {"a": "11"}, blocks=2)
+    reqs = p.pick("a", 2)
+    assert all(r.index == reqs[0].index for r in reqs)
+    i = reqs[0].index
+    o1 = p.block_received("a", i, 0, BS)
+    assert o1.new and not o1.piece_complete
+    assert not p.block_received("a", i, 0, BS).new  # duplicate
+    o2 = p.block_received("a", i, BS, BS)
+    assert o2.new and o2.piece_complete
+    assert p.piece_state(i) == "verifying"
+    assert not p.block_received("a", i, 0, BS).new
+    p.piece_verified(i)
+    assert p.piece_state(i) == "have" and p.missing_count() == 1
+    with pytest.raises(RoostError):
+        p.piece_verified(i)
+
+
+def test_piece_failed_returns_senders_and_frees_blocks() -> None:
+    p = make("0", {"a": "1", "b": "1", "c": "1"}, blocks=2)
+    ra = p.pick("a", 1)
+    rb = p.pick("b", 1)
+    finish(p, "a", ra)
+    out = p.block_received("b", rb[0].index, rb[0].begin, rb[0].length)
+    assert out.piece_complete
+    assert p.piece_failed(0) == {"a", "b"}
+    assert p.block_state(0, 0) == FREE and p.block_state(0, BS) == FREE
+    assert len(p.pick("c", 5)) == 2
+
+
+def test_cancel_peer_requests_and_reject_free_blocks() -> None:
+    p = make("00", {"a": "11", "b": "11"}, blocks=2)
+    reqs = p.pick("a", 3)
+    assert p.requests_of("a") == set(reqs)
+    p.request_rejected("a", reqs[0])
+    assert p.block_state(reqs[0].index, reqs[0].begin) == FREE
+    assert set(p.cancel_peer_requests("a")) == set(reqs[1:])
+    assert p.requests_of("a") == set()
+    assert all(p.block_state(r.index, r.begin) == FREE for r in reqs)
+    assert len(p.pick("b", 10)) == 4
+
+
+def test_endgame_duplicates_and_cancels() -> None:
+    p = make("0", {"a": "1", "b": "1", "c": "1"}, blocks=2, endgame_dup=2)
+    ra = p.pick("a", 5)
+    assert len(ra) == 2
+    assert p.in_endgame
+    assert p.pick("a", 5) == []  # never its own blocks twice
+    rb = p.pick("b", 5)
+    assert set(rb) == set(ra)  # duplicates from another peer
+    assert p.pick("c", 5) == []  # duplicate cap reached
+    r = rb[0]
+    out = p.block_received("b", r.index, r.begin, r.length)
+    assert out.new and out.cancels == [("a", r)]
+    assert r not in p.requests_of("a")
+    # a chokes us: its remaining block stays requested by b
+    p.cancel_peer_requests("a")
+    r2 = ra[1] if ra[1] != r else ra[0]
+    assert p.block_state(r2.index, r2.begin) == REQUESTED
+    p.cancel_peer_requests("b")
+    assert p.block_state(r2.index, r2.begin) == FREE
+    assert p.block_state(r.index, r.begin) == RECEIVED
+
+
+def test_unrequested_block_accepted_when_needed() -> None:
+    p = make("00", {"a": "11", "b": "11"}, blocks=2)
+    out = p.block_received("b", 1, 0, BS)
+    assert out.new and p.piece_state(1) == "partial"
+    assert [(r.index, r.begin) for r in p.pick("a", 1)] == [(1, BS)]
+
+
+def test_is_interesting() -> None:
+    p = make("10", {"a": "10", "b": "01", "s": "11"})
+    assert not p.is_interesting("a")
+    assert p.is_interesting("b") and p.is_interesting("s")
+    finish(p, "b", p.pick("b", 1))
+    assert not p.is_interesting("b") and not p.is_interesting("s")
+    assert p.complete()
+
+
+def test_have_cancels_outstanding() -> None:
+    p = make("00", {"a": "11"}, blocks=2)
+    reqs = p.pick("a", 4)
+    cancels = p.have(reqs[0].index)
+    assert {r for _, r in cancels} == {r for r in reqs if r.index == reqs[0].index}
+    assert p.piece_state(reqs[0].index) == "have"
+
+
+def test_prefer() -> None:
+    p = make("0000", {"s": "1111", "b": "1110"})
+    p.prefer(1)
+    assert pieces(p.pick("s", 1)) == [1]
+
+
+def test_peer_exhaustion_is_reset_by_have() -> None:
+    p = make("000", {"a": "100", "b": "111"})
+    assert pieces(p.pick("a", 1)) == [0]
+    assert p.pick("a", 1) == []
+    p.peer_has("a", 2)
+    assert pieces(p.pick("a", 1)) == [2]
+
+
+# ------------------------------------------------------------ simulation / properties
+
+
+def check_invariants(p: PiecePicker) -> None:
+    """Cross-check the internal structures against a brute-force view."""
+    owners_seen: dict[BlockRequest, set[Hashable]] = {}
+    for key in list(p.peers()):
+        for r in p.requests_of(key):
+            owners_seen.setdefault(r, set()).add(key)
+            assert p.block_state(r.index, r.begin) in (REQUESTED, RECEIVED)
+    for i in range(p.num_pieces):
+        state = p.piece_state(i)
+        for j in range(p.num_blocks(i)):
+            r = p.block(i, j)
+            s = p.block_state(i, r.begin)
+            if s == REQUESTED:
+                assert r in owners_seen, (i, j)
+            if s == FREE:
+                assert r not in owners_seen
+        fresh = state == "fresh"
+        in_bucket = [i in b for b in p._buckets]
+        assert any(in_bucket) == fresh
+        if fresh:
+            assert in_bucket.index(True) == p._avail[i]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 12), st.integers(1, 4), st.integers(1, 6))
+def test_random_swarm_downloads_everything(seed: int, n: int, blocks: int, npeers: int) -> None:
+    rng = random.Random(seed)
+    p = PiecePicker(n, blocks * BS, n * blocks * BS - rng.randrange(BS), block_size=BS, rng=rng)
+    peers = {k: "".join(rng.choice("01") for _ in range(n)) for k in range(npeers)}
+    peers[npeers] = "1" * n  # one seed so the download can finish
+    for k, s in peers.items():
+        p.add_peer(k, bits(s))
+    outstanding: dict[int, list[BlockRequest]] = {k: [] for k in peers}
+    received_new: set[tuple[int, int]] = set()
+    bad_piece = rng.randrange(n)
+    for _step in range(10_000):
+        if p.complete():
+            break
+        k = rng.choice(list(peers))
+        action = rng.random()
+        if action < 0.5:
+            outstanding[k] += p.pick(k, rng.randint(1, 4))
+        elif action < 0.9 and outstanding[k]:
+            r = outstanding[k].pop(rng.randrange(len(outstanding[k])))
+            if r not in p.requests_of(k):
+                continue  # cancelled (endgame) or freed
+            out = p.block_received(k, r.index, r.begin, r.length)
+            if out.new:
+                assert (r.index, r.begin) not in received_new
+                received_new.add((r.index, r.begin))
+            for other, c in out.cancels:
+                assert c == r and other != k
+            if out.piece_complete:
+                if r.index == bad_piece:
+                    bad_piece = -1
+                    assert k in p.piece_failed(r.index)
+                    received_new = {b for b in received_new if b[0] != r.index}
+                else:
+                    p.piece_verified(r.index)
+        elif action < 0.95:
+            p.cancel_peer_requests(k)
+            outstanding[k] = []
+        else:
+            i = rng.randrange(n)
+            p.peer_has(k, i)
+        check_invariants(p)
+    assert p.complete(), "the swarm with a seed must finish"
+    assert p.bytes_left() == 0
+
+
+def test_bigger_blocks_fixed_per_picker() -> None:
+    p = PiecePicker(2, 64 * 1024, 100 * 1024, block_size=32 * 1024)
+    p.add_peer_have_all("s")
+    reqs = p.pick("s", 10)
+    assert sorted((r.index, r.begin, r.length) for r in reqs) == [
+        (0, 0, 32768), (0, 32768, 32768), (1, 0, 32768), (1, 32768, 4096),
+    ]  # fmt: skip
+
+
+def test_large_torrent_is_fast_enough() -> None:
+    """256 MiB in 16 KiB pieces (16k pieces) with 64 peers: a full simulated download."""
+    import time
+
+    n = 16384
+    rng = random.Random(7)
+    p = PiecePicker(n, 16384, n * 16384, rng=rng)
+    for k in range(64):
+        bf = Bitfield(n)
+        for i in rng.sample(range(n), n // 2):
+            bf.set(i)
+        p.add_peer(k, bf)
+    start = time.perf_counter()
+    queues: dict[int, list[BlockRequest]] = {k: p.pick(k, 8) for k in range(64)}
+    done = 0
+    while not p.complete():
+        for k in range(64):
+            for r in queues[k][:2]:
+                out = p.block_received(k, r.index, r.begin, r.length)
+                if out.piece_complete:
+                    p.piece_verified(r.index)
+                    done += 1
+            queues[k] = [r for r in queues[k][2:] if r in p.requests_of(k)]
+            queues[k] += p.pick(k, 8 - len(queues[k]))
+        if done == 0 and time.perf_counter() - start > 5:
+            break
+    assert p.complete()
+    assert time.perf_counter() - start < 10
+
+
+def test_own_partial_piece_before_older_partials() -> None:
+    p = make("00", {"a": "11", "b": "10"}, blocks=4)
+    assert [(r.index, r.begin) for r in p.pick("b", 1)] == [(0, 0)]  # piece 0 started first
+    assert [(r.index, r.begin) for r in p.pick("a", 1, allowed={1})] == [(1, 0)]
+    assert [(r.index, r.begin) for r in p.pick("a", 1)] == [(1, BS)]  # its own piece first
+    assert [(r.index, r.begin) for r in p.pick("a", 4)][:3] == [(1, 2 * BS), (1, 3 * BS), (0, BS)]
+
+
+def test_rarest_tie_break_differs_between_hosts() -> None:
+    chosen = {make("0" * 40, {"s": "1" * 40}, seed=s).pick("s", 1)[0].index for s in range(20)}
+    assert len(chosen) > 5

@@ -1,0 +1,429 @@
+"""Peer wire codec: fed bytes, checked events; no sockets."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from roost import bencode
+from roost.bitfield import Bitfield
+from roost.errors import RemoteProtocolError, RoostError
+from roost.wire import (
+    BLOCK_SIZE,
+    HANDSHAKE_LEN,
+    PROTOCOL,
+    AllowedFast,
+    BitfieldMsg,
+    Cancel,
+    Choke,
+    Extended,
+    ExtendedHandshake,
+    Handshake,
+    Have,
+    HaveAll,
+    HaveNone,
+    Interested,
+    KeepAlive,
+    NotInterested,
+    PeerConnection,
+    Piece,
+    Port,
+    RejectRequest,
+    Request,
+    SuggestPiece,
+    Unchoke,
+    allowed_fast_set,
+    reserved_bytes,
+)
+
+IH = bytes(range(20))
+PID_A = b"-RO0001-aaaaaaaaaaaa"
+PID_B = b"-RO0001-bbbbbbbbbbbb"
+N = 20
+
+
+def pair(
+    *, fast_a: bool = True, fast_b: bool = True, ext_a: bool = True, ext_b: bool = True
+) -> tuple[PeerConnection, PeerConnection]:
+    """Two connected codecs after the handshake exchange (a dialled b)."""
+    a = PeerConnection(IH, PID_A, N, fast=fast_a, extended=ext_a)
+    b = PeerConnection(IH, PID_B, N, fast=fast_b, extended=ext_b)
+    ev_b = b.receive(a.initiate())
+    assert ev_b == [Handshake(IH, PID_A, fast_a, ext_a, reserved_bytes(fast=fast_a, extended=ext_a))]
+    ev_a = a.receive(b.initiate())
+    assert len(ev_a) == 1 and isinstance(ev_a[0], Handshake)
+    assert a.handshake_done and b.handshake_done
+    return a, b
+
+
+def frame(mid: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">IB", 1 + len(payload), mid) + payload
+
+
+def test_handshake_layout() -> None:
+    a = PeerConnection(IH, PID_A, N)
+    hs = a.handshake_bytes()
+    assert len(hs) == HANDSHAKE_LEN
+    assert hs.startswith(PROTOCOL)
+    assert hs[25] & 0x10 and hs[27] & 0x04
+    assert hs[28:48] == IH and hs[48:] == PID_A
+    plain = PeerConnection(IH, PID_A, N, fast=False, extended=False).handshake_bytes()
+    assert plain[20:28] == bytes(8)
+
+
+def test_initiate_only_once() -> None:
+    a = PeerConnection(IH, PID_A, N)
+    a.initiate()
+    with pytest.raises(RoostError):
+        a.initiate()
+
+
+@pytest.mark.parametrize("fa,fb", [(True, True), (True, False), (False, True), (False, False)])
+def test_negotiation(fa: bool, fb: bool) -> None:
+    a, b = pair(fast_a=fa, fast_b=fb, ext_a=fb, ext_b=True)
+    assert a.fast == b.fast == (fa and fb)
+    assert a.extended == b.extended == fb
+    assert a.remote_peer_id == PID_B and b.remote_peer_id == PID_A
+
+
+def test_wrong_protocol_rejected_early() -> None:
+    b = PeerConnection(IH, PID_B, N)
+    with pytest.raises(RemoteProtocolError):
+        b.receive(b"GET / HTTP/1.1\r\n")
+    with pytest.raises(RoostError):  # dead after the error
+        b.receive(b"x")
+
+
+def test_wrong_info_hash_rejected_at_48_bytes() -> None:
+    b = PeerConnection(IH, PID_B, N)
+    other = PeerConnection(b"\xff" * 20, PID_A, N).handshake_bytes()
+    with pytest.raises(RemoteProtocolError):
+        b.receive(other[:48])
+
+
+def test_unbound_incoming_accept_flow() -> None:
+    a = PeerConnection(IH, PID_A, N)
+    server = PeerConnection(None, PID_B, 0)
+    # the dialler pipelines handshake + a message (allowed: it may not wait)
+    events = server.receive(a.initiate() + b"\x00\x00\x00\x00" + frame(2))
+    assert len(events) == 1 and isinstance(events[0], Handshake)
+    assert events[0].info_hash == IH
+    assert not server.handshake_done
+    with pytest.raises(RoostError):
+        server.initiate()  # no torrent yet
+    rest = server.accept(IH, N)
+    assert rest == [KeepAlive(), Interested()]
+    assert server.handshake_done and server.num_pieces == N
+    a.receive(server.initiate())
+    assert a.fast and server.fast
+
+
+def test_unbound_flood_before_accept() -> None:
+    server = PeerConnection(None, PID_B, 0)
+    server.receive(PeerConnection(IH, PID_A, N).handshake_bytes())
+    with pytest.raises(RemoteProtocolError):
+        for _ in range(100):
+            server.receive(b"\x00" * 65536)
+
+
+def all_messages(a: PeerConnection) -> tuple[bytes, list[object]]:
+    bf = Bitfield(N)
+    bf.set(0)
+    bf.set(19)
+    ext = {"m": {"ut_metadata": 3, "roost_bigblock": 7}, "v": "roost 0.1", "reqq": 500, "p": 6881}
+    parts = [
+        (a.send_extended_handshake(ext), None),
+        (a.send_bitfield(bf), BitfieldMsg(bf)),
+        (a.send_keepalive(), KeepAlive()),
+        (a.send_choke(), Choke()),
+        (a.send_unchoke(), Unchoke()),
+        (a.send_interested(), Interested()),
+        (a.send_not_interested(), NotInterested()),
+        (a.send_have(5), Have(5)),
+        (a.send_request(1, 16384, 16384), Request(1, 16384, 16384)),
+        (a.send_piece(2, 0, b"x" * 100), Piece(2, 0, b"x" * 100)),
+        (a.send_piece_header(3, 5, 3) + b"abc", Piece(3, 5, b"abc")),
+        (a.send_cancel(1, 16384, 16384), Cancel(1, 16384, 16384)),
+        (a.send_port(6881), Port(6881)),
+        (a.send_suggest(7), SuggestPiece(7)),
+        (a.send_reject(1, 0, 100), RejectRequest(1, 0, 100)),
+        (a.send_allowed_fast(4), AllowedFast(4)),
+        (a.send_extended(3, b"d8:msg_typei0e5:piecei0ee"), Extended(3, b"d8:msg_typei0e5:piecei0ee")),
+    ]
+    data = b"".join(p for p, _ in parts)
+    return data, [e for _, e in parts]
+
+
+def test_every_message_roundtrips() -> None:
+    a, b = pair()
+    data, expected = all_messages(a)
+    events = b.receive(data)
+    assert isinstance(events[0], ExtendedHandshake)
+    hs = events[0]
+    assert hs.m == {"ut_metadata": 3, "roost_bigblock": 7}
+    assert hs.v == "roost 0.1" and hs.reqq == 500 and hs.p == 6881
+    assert events[1:] == expected[1:]
+
+
+def test_byte_at_a_time_gives_same_events() -> None:
+    a, b = pair()
+    data, _ = all_messages(a)
+    whole = pair()[1].receive(data)
+    events = []
+    for i in range(len(data)):
+        events += b.receive(data[i : i + 1])
+    assert events == whole
+    assert b.buffered == 0
+
+
+def test_receive_accepts_reused_bytearray_and_memoryview() -> None:
+    a, b = pair()
+    msg = a.send_piece(1, 0, b"y" * 1000)
+    scratch = bytearray(msg)
+    events = b.receive(memoryview(scratch)[:500])
+    assert events == []
+    scratch[:] = b"\x00" * len(scratch)  # the engine reuses its read buffer
+    events = b.receive(bytearray(msg[500:]))
+    assert events == [Piece(1, 0, b"y" * 1000)]
+
+
+def test_have_all_none_need_fast_and_first() -> None:
+    a, b = pair()
+    assert b.receive(a.send_extended_handshake({"m": {}}) + a.send_have_all())[1] == HaveAll()
+    a, b = pair()
+    assert b.receive(a.send_have_none()) == [HaveNone()]
+    a, b = pair()
+    b.receive(a.send_have(1))
+    with pytest.raises(RemoteProtocolError):
+        b.receive(a.send_have_all())
+    a, b = pair(fast_a=False)
+    with pytest.raises(RemoteProtocolError):
+        b.receive(frame(14))
+    with pytest.raises(RoostError):
+        a.send_have_all()
+
+
+def test_bitfield_only_first() -> None:
+    a, b = pair()
+    b.receive(a.send_interested())
+    with pytest.raises(RemoteProtocolError) as e:
+        b.receive(a.send_bitfield(Bitfield(N)))
+    assert e.value.ban
+    a, b = pair()
+    b.receive(a.send_bitfield(Bitfield(N)))
+    with pytest.raises(RemoteProtocolError):
+        b.receive(a.send_bitfield(Bitfield(N)))
+
+
+def test_bitfield_wrong_size_or_spare_bits() -> None:
+    _, b = pair()
+    with pytest.raises(RemoteProtocolError):
+        b.receive(frame(5, b"\xff\xff"))  # 20 pieces need 3 bytes
+    _, b = pair()
+    with pytest.raises(RemoteProtocolError):
+        b.receive(frame(5, b"\xff\xff\xff"))  # spare bits set
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        frame(4, struct.pack(">I", N)),  # have out of range
+        frame(6, struct.pack(">III", N, 0, 10)),  # request out of range
+        frame(7, struct.pack(">II", N, 0) + b"x"),  # piece out of range
+        frame(8, struct.pack(">III", 99, 0, 10)),  # cancel out of range
+        frame(13, struct.pack(">I", N)),
+        frame(17, struct.pack(">I", 2**32 - 1)),
+        frame(16, struct.pack(">III", N, 0, 10)),
+        frame(4, b"\x00\x00\x00"),  # have too short
+        frame(0, b"\x00"),  # choke too long
+        frame(6, struct.pack(">II", 0, 0)),  # request too short
+        frame(7, struct.pack(">II", 0, 0)),  # empty block
+    ],
+)
+def test_bannable_violations(data: bytes) -> None:
+    _, b = pair()
+    with pytest.raises(RemoteProtocolError) as e:
+        b.receive(data)
+    assert e.value.ban
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        frame(6, struct.pack(">III", 0, 0, 0)),  # zero-length request
+        frame(6, struct.pack(">III", 0, 0, BLOCK_SIZE + 1)),  # too big
+        frame(8, struct.pack(">III", 0, 0, BLOCK_SIZE * 2)),
+        frame(99),  # unknown id
+        frame(21, b"\x00" * 40),  # BEP 52 hash request: unknown to us
+    ],
+)
+def test_other_violations(data: bytes) -> None:
+    _, b = pair()
+    with pytest.raises(RemoteProtocolError):
+        b.receive(data)
+
+
+def test_oversized_piece_refused_from_header_alone() -> None:
+    _, b = pair()
+    header = struct.pack(">IBII", 9 + BLOCK_SIZE + 1, 7, 0, 0)
+    with pytest.raises(RemoteProtocolError):
+        b.receive(header[:5])  # refused before any body arrives
+    _, b = pair()
+    with pytest.raises(RemoteProtocolError):
+        b.receive(struct.pack(">IB", 2**32 - 1, 20))
+
+
+def test_bigger_negotiated_block() -> None:
+    a, b = pair()
+    b.max_block = 4 * BLOCK_SIZE
+    block = bytes(4 * BLOCK_SIZE)
+    assert b.receive(a.send_request(0, 0, len(block))) == [Request(0, 0, len(block))]
+    assert b.receive(a.send_piece(0, 0, block)) == [Piece(0, 0, block)]
+    with pytest.raises(RoostError):
+        b.max_block = (1 << 20) + 1
+
+
+def test_extended_needs_negotiation_and_valid_dict() -> None:
+    a, b = pair(ext_b=False)
+    with pytest.raises(RemoteProtocolError):
+        b.receive(frame(20, b"\x00de"))
+    with pytest.raises(RoostError):
+        a.send_extended(1, b"")
+    _, b = pair()
+    with pytest.raises(RemoteProtocolError):
+        b.receive(frame(20, b"\x00i1e"))  # not a dict
+    _, b = pair()
+    with pytest.raises(RemoteProtocolError):
+        b.receive(frame(20, b"\x00d1:"))  # broken bencoding
+
+
+def test_extended_handshake_tolerant_readers() -> None:
+    hs = ExtendedHandshake({b"m": {b"x": b"bad", b"y": 2}, b"v": 5, b"reqq": -1, b"p": 70000})
+    assert hs.m == {"y": 2}
+    assert hs.v is None and hs.reqq is None and hs.p is None
+    assert ExtendedHandshake({}).m == {}
+
+
+def test_local_misuse_raises() -> None:
+    a, _ = pair(fast_a=False)
+    for call in (
+        lambda: a.send_have_none(),
+        lambda: a.send_reject(0, 0, 1),
+        lambda: a.send_allowed_fast(0),
+        lambda: a.send_suggest(0),
+        lambda: a.send_have(N),
+        lambda: a.send_request(-1, 0, 1),
+        lambda: a.send_bitfield(Bitfield(N + 1)),
+    ):
+        with pytest.raises(RoostError):
+            call()
+
+
+def test_allowed_fast_bep6_vector() -> None:
+    ip = bytes([80, 4, 4, 200])
+    ih = b"\xaa" * 20
+    assert allowed_fast_set(ip, ih, 1313, 7) == [1059, 431, 808, 1217, 287, 376, 1188]
+    assert allowed_fast_set(ip, ih, 1313, 9) == [1059, 431, 808, 1217, 287, 376, 1188, 353, 508]
+    # the /24 is what counts
+    assert allowed_fast_set(bytes([80, 4, 4, 1]), ih, 1313, 9) == allowed_fast_set(ip, ih, 1313, 9)
+    assert sorted(allowed_fast_set(ip, ih, 3, 10)) == [0, 1, 2]  # k capped, terminates
+    assert len(set(allowed_fast_set(bytes(16), ih, 50, 10))) == 10
+
+
+# ------------------------------------------------------------ property tests
+
+message_strategy = st.one_of(
+    st.just(("keepalive",)),
+    st.just(("choke",)),
+    st.just(("unchoke",)),
+    st.just(("interested",)),
+    st.tuples(st.just("have"), st.integers(0, N - 1)),
+    st.tuples(
+        st.just("request"),
+        st.integers(0, N - 1),
+        st.integers(0, 2**32 - 1),
+        st.integers(1, BLOCK_SIZE),
+    ),
+    st.tuples(st.just("piece"), st.integers(0, N - 1), st.integers(0, 2**20), st.binary(min_size=1, max_size=300)),
+    st.tuples(st.just("extended"), st.integers(1, 255), st.binary(max_size=50)),
+)
+
+
+def encode(a: PeerConnection, m: tuple) -> bytes:  # type: ignore[type-arg]
+    if m[0] == "piece":
+        return a.send_piece(m[1], m[2], m[3])
+    if m[0] == "extended":
+        return a.send_extended(m[1], m[2])
+    return getattr(a, f"send_{m[0]}")(*m[1:])  # type: ignore[no-any-return]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(message_strategy, max_size=30), st.lists(st.integers(1, 400), max_size=40))
+def test_any_split_gives_the_same_events(msgs: list, cuts: list[int]) -> None:  # type: ignore[type-arg]
+    a, b = pair()
+    _, ref = pair()
+    data = b"".join(encode(a, m) for m in msgs)
+    expected = ref.receive(data)
+    assert len(expected) == len(msgs)
+    events, pos = [], 0
+    for c in cuts:
+        events += b.receive(data[pos : pos + c])
+        pos += c
+    events += b.receive(data[pos:])
+    assert events == expected
+    assert b.buffered == 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=2000), st.integers(1, 64))
+def test_arbitrary_bytes_events_or_protocol_error(data: bytes, chunk: int) -> None:
+    _, b = pair()
+    try:
+        for i in range(0, len(data), chunk):
+            b.receive(data[i : i + chunk])
+            assert b.buffered < b.max_frame
+    except RemoteProtocolError:
+        pass
+
+
+frame_strategy = st.builds(
+    lambda mid, body, extra: struct.pack(">IB", len(body) + 1 + extra, mid) + body,
+    st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 14, 15, 16, 17, 20, 99]),
+    st.binary(max_size=40),
+    st.sampled_from([0, 0, 0, 1, 2**31]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(frame_strategy, max_size=10), st.booleans())
+def test_arbitrary_frames_events_or_protocol_error(frames: list[bytes], fast: bool) -> None:
+    _, b = pair(fast_a=fast)
+    try:
+        events = b.receive(b"".join(frames))
+    except RemoteProtocolError:
+        return
+    assert b.buffered < b.max_frame
+    assert all(not isinstance(e, Handshake) for e in events)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_handshake_bytes(data: bytes) -> None:
+    for ih in (IH, None):
+        b = PeerConnection(ih, PID_B, N)
+        try:
+            b.receive(PROTOCOL + data)
+        except RemoteProtocolError:
+            pass
+
+
+def test_extended_handshake_bencode_roundtrip() -> None:
+    a, b = pair()
+    d = {"m": {"ut_pex": 1}, "yourip": b"\x7f\x00\x00\x01", "metadata_size": 1234}
+    (hs,) = b.receive(a.send_extended_handshake(d))
+    assert isinstance(hs, ExtendedHandshake)
+    assert hs.data == bencode.decode(bencode.encode(d))
+    assert hs.metadata_size == 1234 and hs.get_int(b"metadata_size") == 1234

