@@ -43,8 +43,9 @@ MiB = 1 << 20
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("equal", "hetero", "loss", "latency")
 HTTP_MAX_MATRIX_SIZE = 64 * MiB
-CPU_BOUND_AVG = 0.70
-CPU_BOUND_PEAK = 0.95
+TOOL_COLORS = {"roost": "tab:blue", "aria2c": "tab:orange", "libtorrent": "tab:green",
+               "http": "tab:red"}
+CPU_BOUND_AVG = 0.70  # machine CPU average above which a row is flagged CPU-bound
 
 
 @dataclass(frozen=True)
@@ -99,14 +100,45 @@ def build_matrix(rates: list[float], tools: list[str]) -> list[tuple[Config, lis
                 out.append((Config("equal", n, size, rate), t))
     headline = rates[-1]
     no_http = [x for x in tools if x != "http"]
-    out.append((Config("hetero", 16, 64 * MiB, headline), no_http))
+    # hetero's bound is 10 S/R (the slow hosts' download): run it at the fast rate
+    out.append((Config("hetero", 16, 64 * MiB, rates[0]), no_http))
     out.append((Config("loss", 16, 64 * MiB, headline, loss_pct=2.0), no_http))
     return out
 
 
+def report_from_jsonl(out: Path) -> int:
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    commands: dict[str, None] = {}
+    for line in (out / "efficiency.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        latest[(row["scenario"], row["n"], row["size"], row["rate_mbit"], row["tool"])] = row
+    rows = list(latest.values())
+    for r in rows:
+        commands.setdefault(r.get("command", "?"), None)
+    write_markdown(out / "efficiency.md", rows, " ; ".join(commands))
+    write_plot(out / "efficiency.png", rows)
+    print(f"wrote {out / 'efficiency.md'} and efficiency.png from {len(rows)} rows")
+    return 0
+
+
+def print_plan(plan: list[tuple[Config, list[str]]]) -> None:
+    """Each run and a rough duration: swarm tools at efficiency 0.5, http at N bounds."""
+    total = 0.0
+    for cfg, names in plan:
+        up = [cfg.slow_hosts().get(i, cfg.rate_mbit) for i in range(1, cfg.n + 1)]
+        t_min = lower_bound_s(cfg.size, cfg.rate_mbit, up, up)
+        est = sum((cfg.n * t_min if t == "http" else 2 * t_min) + 15 for t in names) + 10
+        total += est
+        print(f"{cfg.scenario:7} N={cfg.n:<3} S={cfg.size // MiB:>4}MiB R={cfg.rate_mbit:g}"
+              f"{f' loss={cfg.loss_pct:g}%' if cfg.loss_pct else ''}  T_min={t_min:6.1f}s "
+              f"tools={','.join(names)}  ~{est / 60:.1f} min")
+    print(f"total ~{total / 60:.0f} min")
+
+
 def run_config(cfg: Config, tools: list[Tool], args: argparse.Namespace,
                log: Any) -> list[dict[str, Any]]:
-    base = {"scenario": cfg.scenario, "n": cfg.n, "size": cfg.size, "rate_mbit": cfg.rate_mbit,
+    base = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "scenario": cfg.scenario, "n": cfg.n, "size": cfg.size, "rate_mbit": cfg.rate_mbit,
             "loss_pct": cfg.loss_pct, "piece_size": args.piece_size, "shaper": args.shaper,
             "slow_hosts": {f"h{i}": r for i, r in cfg.slow_hosts().items()}}
     rows: list[dict[str, Any]] = []
@@ -115,7 +147,11 @@ def run_config(cfg: Config, tools: list[Tool], args: argparse.Namespace,
                   slow_hosts=cfg.slow_hosts(), shaper=args.shaper,
                   latency_ms=20.0 if cfg.scenario == "latency" else 0.0)
     except NotRun as e:
-        return [{**base, "tool": t.name, "status": "not run", "reason": str(e)} for t in tools]
+        rows = [{**base, "tool": t.name, "status": "not run", "reason": str(e),
+                 "command": args.command} for t in tools]
+        for row in rows:
+            _append_jsonl(args.out / "efficiency.jsonl", row)
+        return rows
     with lab:
         ceiling = None
         if not args.no_selfcheck:
@@ -146,6 +182,7 @@ def run_config(cfg: Config, tools: list[Tool], args: argparse.Namespace,
             log(f"  {tool.name}: running (bound {t_min:.1f}s, timeout {timeout:.0f}s)")
             res = run_tool(tool, lab, ctx, timeout)
             row = _row(base, res, t_min, cfg.n, ceiling, mk_argv, sha)
+            row["command"] = args.command
             log(f"  {tool.name}: {row['status']} {_short(row)}")
             rows.append(row)
             _append_jsonl(args.out / "efficiency.jsonl", row)
@@ -156,12 +193,12 @@ def run_config(cfg: Config, tools: list[Tool], args: argparse.Namespace,
 def _row(base: dict[str, Any], res: ToolResult, t_min: float, n: int, ceiling: float | None,
          mk_argv: list[str], sha: str) -> dict[str, Any]:
     m = res.metrics(t_min, n)
-    cpu_bound = res.cpu_avg is not None and (
-        res.cpu_avg > CPU_BOUND_AVG or (res.cpu_peak or 0) >= CPU_BOUND_PEAK)
+    cpu_bound = res.cpu_avg is not None and res.cpu_avg > CPU_BOUND_AVG
     return {
         **base, "tool": res.tool, "status": res.status, "reason": res.reason,
         "t_min": t_min, **m,
-        "cpu_avg": res.cpu_avg, "cpu_peak": res.cpu_peak, "cpu_bound": cpu_bound,
+        "cpu_avg": res.cpu_avg, "cpu_peak": res.cpu_peak, "cpu_procs": res.cpu_procs,
+        "cpu_bound": cpu_bound,
         "link_ceiling": ceiling,
         "host_times": dict(sorted(res.times.items(), key=lambda kv: int(kv[0][1:]))),
         "host_t_complete": res.t_complete,
@@ -172,7 +209,7 @@ def _row(base: dict[str, Any], res: ToolResult, t_min: float, n: int, ceiling: f
 
 def _short(row: dict[str, Any]) -> str:
     if row.get("status") != "ok":
-        return row.get("reason", "")
+        return str(row.get("reason", ""))
     return (f"T_all {row['t_all']:.1f}s eff {row['efficiency']:.3f} "
             f"cpu {row['cpu_avg']:.0%}/{row['cpu_peak']:.0%}")
 
@@ -181,6 +218,13 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def _when(rows: list[dict[str, Any]]) -> str:
+    stamps = sorted(str(r["when"]) for r in rows if r.get("when"))
+    if not stamps:
+        return f"at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    return f"from {stamps[0]} to {stamps[-1]}" if stamps[0] != stamps[-1] else f"at {stamps[0]}"
 
 
 def _fmt(x: Any, spec: str = ".1f") -> str:
@@ -192,28 +236,34 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], command: str) -> None
     lines = [
         "# roost efficiency benchmark",
         "",
-        f"Command: `{command}`  ",
-        f"Run at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+        f"Command{'s' if ' ; ' in command else ''}: `{command}`  ",
+        f"Runs {_when(rows)} on "
         f"{platform.node()} ({os.cpu_count()} cores, Linux {platform.release()}).  ",
         "Efficiency = T_min / T_all, T_min the fluid bound of design.md at the configured "
         "rate; times in seconds after the last receiver was launched; CPU is the whole "
-        "machine (avg / peak) during the run.  ",
+        "machine (avg / peak over 0.5 s samples of /proc/stat) during the run, and in "
+        "parentheses the share of all cores used by the run's own processes (the rest is "
+        "the kernel's packet work and anything else on the machine).  ",
         "Measured single-flow link ceiling (iperf3, fraction of configured rate): "
         + (", ".join(f"{c:.3f}" for c in ceilings) or "not measured") + ".",
         "",
         "| scenario | N | S | R Mbit/s | tool | status | T_min | T_all | first | median "
-        "| p99 | efficiency | CPU avg / peak | note |",
+        "| p99 | efficiency | CPU avg / peak (own) | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cpu = ("–" if r.get("cpu_avg") is None
-               else f"{r['cpu_avg']:.0%} / {r['cpu_peak']:.0%}")
-        note = r.get("reason", "") if r["status"] != "ok" else (
-            "CPU-bound (2 cores), not link-bound" if r.get("cpu_bound") else "")
-        if r.get("loss_pct"):
-            note = f"{r['loss_pct']}% loss; " + note
+               else f"{r['cpu_avg']:.0%} / {r['cpu_peak']:.0%} ({r.get('cpu_procs') or 0:.0%})")
+        notes = []
         if r.get("slow_hosts"):
-            note = f"{len(r['slow_hosts'])} hosts at R/10; " + note
+            notes.append(f"{len(r['slow_hosts'])} hosts at R/10")
+        if r.get("loss_pct"):
+            notes.append(f"{r['loss_pct']:g}% loss")
+        if r["status"] != "ok":
+            notes.append(str(r.get("reason", "")))
+        elif r.get("cpu_bound"):
+            notes.append(f"CPU-bound: machine CPU avg > {CPU_BOUND_AVG:.0%}")
+        note = "; ".join(notes)
         lines.append(
             f"| {r['scenario']} | {r['n']} | {r['size'] // MiB} MiB | {r['rate_mbit']:g} "
             f"| {r['tool']} | {r['status']} | {_fmt(r.get('t_min'))} | {_fmt(r.get('t_all'))} "
@@ -229,6 +279,7 @@ def write_plot(path: Path, rows: list[dict[str, Any]]) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError:
         return False
     configs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -241,21 +292,26 @@ def write_plot(path: Path, rows: list[dict[str, Any]]) -> bool:
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
     for ax, (key, rs) in zip(axes.flat, configs.items(), strict=False):
         scen, n, size, rate = key
+        widest = 1.0
         for r in rs:
             times = sorted(r.get("host_times", {}).values())
             if r["status"] != "ok" or not times:
                 continue
             xs = [t / r["t_min"] for t in times]
             ys = [(i + 1) / n for i in range(len(xs))]
-            ax.step([0, *xs], [0, *ys], where="post",
+            widest = max(widest, xs[-1])
+            ax.step([0, *xs], [0, *ys], where="post", color=TOOL_COLORS.get(r["tool"]),
                     label=f"{r['tool']} (eff {r['efficiency']:.2f})")
         ax.axvline(1.0, color="k", linestyle="--", linewidth=1, label="bound T_min")
         ax.set_title(f"{scen}: N={n}, {size // MiB} MiB, {rate:g} Mbit/s", fontsize=9)
         ax.set_xlabel("host completion time / T_min")
         ax.set_ylabel("fraction of hosts done")
-        ax.set_xscale("log")
+        if widest <= 4:
+            ax.set_xlim(0, widest * 1.05)
+        else:
+            _log_x(ax, ticker)
         ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
         ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[k:]:
         ax.set_visible(False)
@@ -263,6 +319,13 @@ def write_plot(path: Path, rows: list[dict[str, Any]]) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _log_x(ax: Any, ticker: Any) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(ticker.FuncFormatter(
+        lambda x, _: f"{x:g}" if f"{x:g}"[0] in "235" else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,15 +343,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shaper", choices=("htb", "tbf"), default="htb")
     ap.add_argument("--matrix", action="store_true",
                     help="N in 8,16,32 x S in 64,256 MiB x each --rate (default 100,40), "
-                    "plus hetero and loss at the last rate; http only at 64 MiB")
+                    "plus hetero (N=16, 64 MiB, first rate) and loss (N=16, 64 MiB, 2%%, "
+                    "last rate); http only at 64 MiB")
     ap.add_argument("--timeout", type=float, default=0, help="per tool run (0: from the bound)")
+    ap.add_argument("--report", action="store_true",
+                    help="run nothing; rewrite efficiency.md/.png from the latest row per "
+                    "(scenario, N, S, R, tool) in <out>/efficiency.jsonl")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the runs and a rough time estimate, run nothing")
     ap.add_argument("--no-selfcheck", action="store_true", help="skip the iperf3 ceiling check")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--roost-seed-cmd",
                     help="template for roost's origin (see bench/tools/roost.py)")
     ap.add_argument("--roost-fetch-cmd", help="template for roost's receivers")
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
+    if args.report:
+        return report_from_jsonl(args.out)
+    if os.geteuid() != 0 and not args.plan:
         print("bench.efficiency needs root (network namespaces, tc)", file=sys.stderr)
         return 2
     unknown = [t for t in args.tools if t not in TOOLS]
@@ -311,8 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plan = [(Config(s, n, size, r, args.loss if s == "loss" else 0.0), args.tools)
                 for s in args.scenario for r in args.rate for n in args.n for size in args.size]
+    if args.plan:
+        print_plan(plan)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.efficiency " + shlex.join(argv if argv is not None else sys.argv[1:])
+    args.command = command
 
     def log(msg: str) -> None:
         print(msg, flush=True)

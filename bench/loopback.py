@@ -48,12 +48,19 @@ class Run:
 
     def spawn(self, argv: list[str], name: str, watch: str | None = None, **kw: Any) -> None:
         self.commands.append(argv)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True, start_new_session=True, **kw)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+            **kw,
+        )
         self.procs.append(proc)
         if watch is not None:
-            threading.Thread(target=self._watch, args=(proc.stdout, name, watch),
-                             daemon=True).start()
+            threading.Thread(
+                target=self._watch, args=(proc.stdout, name, watch), daemon=True
+            ).start()
 
     def _watch(self, stream: IO[str], name: str, needle: str) -> None:
         for line in stream:
@@ -87,50 +94,136 @@ def roost_cmd(*args: str) -> list[str]:
 
 
 def start_roost(run: Run, torrent: Path, origin: Path, dests: list[Path], tracker: str) -> None:
-    run.spawn(roost_cmd("seed", str(torrent), "-d", str(origin), "--skip-check", "--json",
-                        "--bind", "127.0.0.1", "--port", "0", "--tracker", tracker,
-                        "--super-seed" if len(dests) > 1 else "--quiet"), "origin")
+    run.spawn(
+        roost_cmd(
+            "seed",
+            str(torrent),
+            "-d",
+            str(origin),
+            "--skip-check",
+            "--json",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tracker",
+            tracker,
+            "--super-seed" if len(dests) > 1 else "--quiet",
+        ),
+        "origin",
+    )
     time.sleep(0.5)
     for i, dest in enumerate(dests):
-        run.spawn(roost_cmd("fetch", str(torrent), "-d", str(dest), "--json", "--bind",
-                            "127.0.0.1", "--port", "0", "--tracker", tracker,
-                            "--linger", "600"), f"r{i}", watch='"event":"complete"')
+        run.spawn(
+            roost_cmd(
+                "fetch",
+                str(torrent),
+                "-d",
+                str(dest),
+                "--json",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--tracker",
+                tracker,
+                "--linger",
+                "600",
+            ),
+            f"r{i}",
+            watch='"event":"complete"',
+        )
 
 
-def start_libtorrent(run: Run, torrent: Path, origin: Path, dests: list[Path],
-                     tracker: str) -> None:
+def start_libtorrent(
+    run: Run, torrent: Path, origin: Path, dests: list[Path], tracker: str
+) -> None:
     port = free_port()
-    run.spawn([sys.executable, str(LT_DRIVER), "--torrent", str(torrent), "--save",
-               str(origin), "--port", str(port), "--seed"], "origin")
+    run.spawn(
+        [
+            sys.executable,
+            str(LT_DRIVER),
+            "--torrent",
+            str(torrent),
+            "--save",
+            str(origin),
+            "--port",
+            str(port),
+            "--seed",
+        ],
+        "origin",
+    )
     time.sleep(0.5)
     for i, dest in enumerate(dests):
-        run.spawn([sys.executable, str(LT_DRIVER), "--torrent", str(torrent), "--save",
-                   str(dest), "--port", str(free_port()), "--peer", f"127.0.0.1:{port}"],
-                  f"r{i}", watch="complete")
+        run.spawn(
+            [
+                sys.executable,
+                str(LT_DRIVER),
+                "--torrent",
+                str(torrent),
+                "--save",
+                str(dest),
+                "--port",
+                str(free_port()),
+                "--peer",
+                f"127.0.0.1:{port}",
+            ],
+            f"r{i}",
+            watch="complete",
+        )
 
 
 def start_aria2(run: Run, torrent: Path, origin: Path, dests: list[Path], tracker: str) -> None:
-    common = ["aria2c", "--enable-dht=false", "--bt-enable-lpd=false",
-              "--enable-peer-exchange=false", "--seed-ratio=0.0", "--file-allocation=none",
-              "--console-log-level=warn", "--summary-interval=0", "--bt-max-peers=0",
-              "--bt-tracker-interval=2", "--check-integrity=false"]
-    run.spawn([*common, f"--listen-port={free_port()}", "--bt-seed-unverified=true",
-               "-V", "-d", str(origin), str(torrent)], "origin")
+    common = [
+        "aria2c",
+        "--enable-dht=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--seed-ratio=0.0",
+        "--file-allocation=none",
+        "--console-log-level=warn",
+        "--summary-interval=0",
+        "--bt-max-peers=0",
+        "--bt-tracker-interval=2",
+        "--check-integrity=false",
+    ]
+    run.spawn(
+        [
+            *common,
+            f"--listen-port={free_port()}",
+            "--bt-seed-unverified=true",
+            "-V",
+            "-d",
+            str(origin),
+            str(torrent),
+        ],
+        "origin",
+    )
     time.sleep(0.5)
     for i, dest in enumerate(dests):
         hook = dest / "done.sh"
         dest.mkdir(parents=True, exist_ok=True)
         hook.write_text(f"#!/bin/sh\necho complete\ntouch {dest}/.complete\n")
         hook.chmod(0o755)
-        run.spawn([*common, f"--listen-port={free_port()}", "-d", str(dest),
-                   f"--on-bt-download-complete={hook}", str(torrent)], f"r{i}")
+        run.spawn(
+            [
+                *common,
+                f"--listen-port={free_port()}",
+                "-d",
+                str(dest),
+                f"--on-bt-download-complete={hook}",
+                str(torrent),
+            ],
+            f"r{i}",
+        )
 
 
 STARTERS = {"roost": start_roost, "libtorrent": start_libtorrent, "aria2c": start_aria2}
 
 
-def run_tool(tool: str, torrent: Path, origin: Path, work: Path, n: int, tracker: str,
-             timeout: float) -> dict[str, Any]:
+def run_tool(
+    tool: str, torrent: Path, origin: Path, work: Path, n: int, tracker: str, timeout: float
+) -> dict[str, Any]:
     dests = [work / f"{tool}-{i}" for i in range(n)]
     run = Run(tool)
     try:
@@ -148,11 +241,15 @@ def run_tool(tool: str, torrent: Path, origin: Path, work: Path, n: int, tracker
     finally:
         run.stop()
     times = sorted(t - t0 for t in run.done_at.values())
-    return {"tool": tool, "done": len(times), "of": n,
-            "t_all": round(times[-1], 3) if len(times) == n else None,
-            "t_first": round(times[0], 3) if times else None,
-            "peak_rss_mib": round(run.peak_rss_kib / 1024, 1),
-            "commands": [" ".join(c) for c in run.commands]}
+    return {
+        "tool": tool,
+        "done": len(times),
+        "of": n,
+        "t_all": round(times[-1], 3) if len(times) == n else None,
+        "t_first": round(times[0], 3) if times else None,
+        "peak_rss_mib": round(run.peak_rss_kib / 1024, 1),
+        "commands": [" ".join(c) for c in run.commands],
+    }
 
 
 def make_payload(path: Path, size: int) -> None:
@@ -176,23 +273,56 @@ def main() -> int:
     size = args.size_mib << 20
     results = []
     tracker_port = free_port()
-    tracker = subprocess.Popen(["opentracker", "-i", "127.0.0.1", "-p", str(tracker_port),
-                                "-P", str(tracker_port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{tracker_port}/announce"
-    try:
-        with tempfile.TemporaryDirectory(dir=args.dir, prefix="roost-loopback-") as tmp:
-            work = Path(tmp)
-            origin = work / "origin"
-            origin.mkdir()
-            make_payload(origin / "payload.bin", size)
-            torrent = work / "payload.torrent"
-            subprocess.run(roost_cmd("make", str(origin / "payload.bin"), "-o", str(torrent),
-                                     "--public", "-t", url, "--no-date"), check=True,
-                           stdout=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="roost-loopback-") as tmp:
+        work = Path(tmp)
+        origin = work / "origin"
+        origin.mkdir()
+        make_payload(origin / "payload.bin", size)
+        torrent = work / "payload.torrent"
+        made = subprocess.run(
+            roost_cmd(
+                "make",
+                str(origin / "payload.bin"),
+                "-o",
+                str(torrent),
+                "--public",
+                "-t",
+                url,
+                "--no-date",
+                "--json",
+            ),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        # Debian's opentracker serves only whitelisted info-hashes
+        # it reads the list after dropping to "nobody": make the path readable
+        work.chmod(0o755)
+        whitelist = work / "whitelist"
+        whitelist.write_text(json.loads(made.stdout)["info_hash"] + "\n")
+        tracker = subprocess.Popen(
+            [
+                "opentracker",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(tracker_port),
+                "-P",
+                str(tracker_port),
+                "-w",
+                str(whitelist),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
             for tool in args.tools.split(","):
-                if tool != "roost" and shutil.which(tool if tool == "aria2c" else "python3") \
-                        is None:
+                if (
+                    tool != "roost"
+                    and shutil.which(tool if tool == "aria2c" else "python3") is None
+                ):
                     continue
                 result = run_tool(tool, torrent, origin, work, n, url, args.timeout)
                 if result["t_all"]:
@@ -202,19 +332,23 @@ def main() -> int:
                 print(json.dumps(result), flush=True)
                 for i in range(n):
                     shutil.rmtree(work / f"{tool}-{i}", ignore_errors=True)
-    finally:
-        tracker.terminate()
-        tracker.wait(10)
+        finally:
+            tracker.terminate()
+            tracker.wait(10)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
         for r in results:
-            f.write(json.dumps({**r, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                         time.gmtime())}) + "\n")
-    print(f"\n| tool | peers | T_all s | MB/s per fetcher | peak RSS MiB |", file=sys.stderr)
+            f.write(
+                json.dumps({**r, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n"
+            )
+    print("\n| tool | peers | T_all s | MB/s per fetcher | peak RSS MiB |", file=sys.stderr)
     print("|---|---|---|---|---|", file=sys.stderr)
     for r in results:
-        print(f"| {r['tool']} | {r['peers']} | {r['t_all']} | {r.get('MBps_per_peer')} | "
-              f"{r['peak_rss_mib']} |", file=sys.stderr)
+        print(
+            f"| {r['tool']} | {r['peers']} | {r['t_all']} | {r.get('MBps_per_peer')} | "
+            f"{r['peak_rss_mib']} |",
+            file=sys.stderr,
+        )
     return 0
 
 

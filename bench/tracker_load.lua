@@ -11,7 +11,8 @@ local swarms = {}
 local peers_per_swarm = tonumber(os.getenv("LOAD_PEERS") or "500")
 local max_requests = tonumber(os.getenv("LOAD_MAX") or "1000000")
 local close = os.getenv("LOAD_CLOSE") == "1"
-local responses, failures, non200 = 0, 0, 0
+-- globals (not locals), so that done() can read them with thread:get()
+responses, failures, non200 = 0, 0, 0
 
 local function pct(raw)
   return (raw:gsub(".", function(c) return string.format("%%%02X", string.byte(c)) end))
@@ -36,6 +37,13 @@ function setup(thread)
   threads[#threads + 1] = thread
 end
 
+-- 20-byte peer_ids: 8-byte client prefix + 12 digits; one identity per peer number,
+-- percent-encoded once here so request() stays cheap
+local peer_ids = {}
+for n = 1, peers_per_swarm do
+  peer_ids[n] = pct(string.format("-LD0001-%012d", n))
+end
+
 function init(args)
   math.randomseed(os.time() + math.floor(os.clock() * 1e6))
 end
@@ -43,12 +51,10 @@ end
 function request()
   local s = swarms[math.random(#swarms)]
   local n = math.random(peers_per_swarm)
-  -- 20-byte peer_id: 8-byte client prefix + 12 digits; one identity per peer number
-  local peer_id = string.format("-LD0001-%012d", n)
   local left = (math.random(4) == 1) and 0 or math.random(1, 1000000)
   local path = string.format(
     "%s?info_hash=%s&peer_id=%s&port=%d&uploaded=0&downloaded=0&left=%d&compact=1&numwant=50",
-    s.prefix, s.ih, pct(peer_id), 10000 + n, left)
+    s.prefix, s.ih, peer_ids[n], 10000 + n, left)
   return wrk.format("GET", path, headers)
 end
 

@@ -80,7 +80,8 @@ class Bitfield:
             raise IndexError(f"bit {index} out of range for a bitfield of {self._length}")
 
     def __getitem__(self, index: int) -> bool:
-        self._check(index)
+        if not 0 <= index < self._length:  # inlined _check: this is the hot path
+            self._check(index)
         return bool(self._bits[index >> 3] & (0x80 >> (index & 7)))
 
     def __len__(self) -> int:
@@ -98,7 +99,8 @@ class Bitfield:
 
     def set(self, index: int) -> bool:
         """Set bit `index`; return True if it was clear before."""
-        self._check(index)
+        if not 0 <= index < self._length:
+            self._check(index)
         mask = 0x80 >> (index & 7)
         byte = self._bits[index >> 3]
         if byte & mask:
@@ -109,7 +111,8 @@ class Bitfield:
 
     def clear(self, index: int) -> bool:
         """Clear bit `index`; return True if it was set before."""
-        self._check(index)
+        if not 0 <= index < self._length:
+            self._check(index)
         mask = 0x80 >> (index & 7)
         byte = self._bits[index >> 3]
         if not byte & mask:

@@ -30,6 +30,9 @@ counted once in `_seeds`, not per piece. Changing one piece's availability
 moves it between two buckets in O(1); `pick` walks buckets from the rarest up
 and stops at the first pieces the peer has. Partial pieces with FREE blocks
 are kept in their own small set, so the common pick never touches `fresh`.
+Pieces only ever leave `fresh` (a failed piece goes back to partial with every
+block FREE), so a peer found to have no fresh piece is marked exhausted and
+not scanned again until it announces a new piece.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ BLOCK_SIZE = 16384
 FREE, REQUESTED, RECEIVED = 0, 1, 2
 _FREE_BYTE = bytes((FREE,))
 #: when starting a rarest piece, consider this many equally rare candidates
-_TIE_SAMPLE = 16
+_TIE_SAMPLE = 8
 #: random tries before the random-first phase falls back to rarest-first
 _RANDOM_TRIES = 32
 
@@ -286,16 +289,21 @@ class PiecePicker:
         self, key: Hashable, peer: _Peer, index: int, max_blocks: int, out: list[BlockRequest]
     ) -> None:
         part = self._partial[index]
-        state = part.state
+        state, owners, requests = part.state, part.owners, peer.requests
+        size, bs = self.piece_size(index), self.block_size
+        taken = 0
         j = state.find(_FREE_BYTE)
         while j >= 0 and len(out) < max_blocks:
             state[j] = REQUESTED
-            part.free -= 1
-            part.owners[j] = [key]
-            req = self.block(index, j)
-            self._add_request(peer, req)
+            owners[j] = [key]
+            begin = j * bs
+            req = BlockRequest(index, begin, min(bs, size - begin))
+            requests.add(req)
             out.append(req)
+            taken += 1
             j = state.find(_FREE_BYTE, j + 1)
+        part.free -= taken
+        peer.pieces[index] = peer.pieces.get(index, 0) + taken
         if part.free == 0:
             self._with_free.pop(index, None)
 
@@ -338,11 +346,13 @@ class PiecePicker:
         return rarest
 
     def _rarest(self, peer: _Peer, allowed: set[int] | None) -> int | None:
-        """Rarest fresh piece the peer has; random among the first few equals."""
-        for bucket in self._buckets[0 if peer.seed else 1 :]:
+        """Rarest fresh piece the peer has; random among the first few equals
+        (the buckets start in a random order, so this only adds spread)."""
+        bits = peer.bits
+        for bucket in self._buckets[0 if bits is None else 1 :]:
             found: list[int] = []
             for index in bucket:
-                if self._has(peer, index, allowed):
+                if (allowed is None or index in allowed) and (bits is None or bits[index]):
                     found.append(index)
                     if len(found) >= _TIE_SAMPLE:
                         break
@@ -385,10 +395,10 @@ class PiecePicker:
         """Block number of (index, begin, length); RemoteProtocolError if it does not fit."""
         if not 0 <= index < self.num_pieces or begin % self.block_size:
             raise RemoteProtocolError(f"block {index}:{begin} does not fit the layout", ban=True)
-        j = begin // self.block_size
-        if j >= self.num_blocks(index) or self.block(index, j).length != length:
+        left = self.piece_size(index) - begin
+        if left <= 0 or length != min(self.block_size, left):
             raise RemoteProtocolError(f"block {index}:{begin}+{length} has a bad size", ban=True)
-        return j
+        return begin // self.block_size
 
     def block_received(self, key: Hashable, index: int, begin: int, length: int) -> BlockOutcome:
         """A block arrived from `key`. Unrequested blocks are accepted when still needed."""
@@ -504,7 +514,8 @@ class PiecePicker:
         self._have.set(index)
         self._have_bytes += self.piece_size(index)
         for peer in self._peers.values():
-            if peer.bits is not None and peer.bits[index]:
+            bits = peer.bits
+            if bits is not None and bits[index]:
                 peer.needed -= 1
 
     # ------------------------------------------------------------ queries

@@ -427,9 +427,8 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
             raise ReleaseError(f"{final} exists but roost did not make it; remove it first")
         if not payload.exists():
             raise ReleaseError(f"payload {payload} is missing")
-        digest = payload_digest(payload, manifest.format)
-        if digest != manifest.sha256:
-            raise ReleaseError(f"payload SHA-256 {digest[:16]}... does not match the manifest")
+        if manifest.format != "tar":  # a plain tar is hashed while it is unpacked
+            _check_digest(payload_digest(payload, manifest.format), manifest)
         files = _unpack_fresh(dest, manifest, payload, final, owners)
         state["releases"][manifest.tag] = {"sha256": manifest.sha256, "format": manifest.format,
                                            "staged_at": time.time(), "files": files}
@@ -438,14 +437,44 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
     return {"tag": manifest.tag, "staged": True, "files": files}
 
 
+def _check_digest(digest: str, manifest: Manifest) -> None:
+    if digest != manifest.sha256:
+        raise ReleaseError(f"payload SHA-256 {digest[:16]}... does not match the manifest")
+
+
+class _HashingReader:
+    """A read-only file that hashes what passes through: one pass verifies and unpacks."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.digest = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.digest.update(data)
+        return data
+
+    def finish(self) -> str:
+        for chunk in iter(lambda: self.read(CHUNK), b""):  # the tar's trailing padding
+            del chunk
+        return self.digest.hexdigest()
+
+
 def _unpack_fresh(dest: Dest, manifest: Manifest, payload: Path, final: Path,
                   owners: bool) -> int:
+    """Unpack into a temporary directory; only a whole, verified tree gets the tag's name."""
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.tag}.tmp-", dir=dest.releases))
     except OSError as exc:
         raise _os_error(exc, f"cannot create a directory in {dest.releases}") from None
     try:
-        files = unpack(payload, manifest.format, tmp, owners=owners)
+        if manifest.format == "tar":
+            with payload.open("rb") as f:
+                reader = _HashingReader(f)
+                files = unpack_tar(reader, tmp, owners=owners)  # type: ignore[arg-type]
+                _check_digest(reader.finish(), manifest)
+        else:
+            files = unpack(payload, manifest.format, tmp, owners=owners)
         os.rename(tmp, final)
     except OSError as exc:
         _remove_tree(tmp)

@@ -29,8 +29,11 @@ Extended messages, because real clients (Transmission) send their BEP 10
 handshake before the bitfield. Violations raise RemoteProtocolError;
 `ban=True` when the bytes look broken on purpose or by fault (wrong frame
 sizes, indices out of range, spare bits set), `ban=False` for mere disagreement
-(unknown message ids, unnegotiated extensions, a block bigger than we allow).
-After an error the connection is dead and every further call raises.
+(unknown message ids, unnegotiated extensions, a block bigger than we allow,
+messages out of order).
+Given `piece_length` and `total_length`, a requested or delivered block must
+also fit inside its piece. After an error the connection is dead and every
+further call raises.
 """
 
 from __future__ import annotations
@@ -86,9 +89,6 @@ _FIXED_LEN = {
 _FAST_IDS = frozenset({SUGGEST, HAVE_ALL, HAVE_NONE, REJECT, ALLOWED_FAST})
 # messages that may come before the Bitfield / HaveAll / HaveNone without closing its window
 _PRELUDE_IDS = frozenset({PORT, ALLOWED_FAST, EXTENDED})
-
-
-# ---------------------------------------------------------------- messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,16 +259,10 @@ Message: TypeAlias = (
 Event: TypeAlias = Handshake | Message
 
 _KEEPALIVE = KeepAlive()
-_CHOKE, _UNCHOKE = Choke(), Unchoke()
-_INTERESTED, _NOT_INTERESTED = Interested(), NotInterested()
-_HAVE_ALL, _HAVE_NONE = HaveAll(), HaveNone()
 _SIMPLE: dict[int, Message] = {
-    CHOKE: _CHOKE, UNCHOKE: _UNCHOKE, INTERESTED: _INTERESTED,
-    NOT_INTERESTED: _NOT_INTERESTED, HAVE_ALL: _HAVE_ALL, HAVE_NONE: _HAVE_NONE,
+    CHOKE: Choke(), UNCHOKE: Unchoke(), INTERESTED: Interested(),
+    NOT_INTERESTED: NotInterested(), HAVE_ALL: HaveAll(), HAVE_NONE: HaveNone(),
 }  # fmt: skip
-
-
-# ---------------------------------------------------------------- helpers
 
 
 def reserved_bytes(*, fast: bool, extended: bool, dht: bool = False) -> bytes:
@@ -325,9 +319,6 @@ def _ban(message: str) -> RemoteProtocolError:
     return RemoteProtocolError(message, ban=True)
 
 
-# ---------------------------------------------------------------- connection
-
-
 class PeerConnection:
     """Codec and protocol checker for one peer connection. See module docstring."""
 
@@ -340,6 +331,8 @@ class PeerConnection:
         fast: bool = True,
         extended: bool = True,
         max_block: int = BLOCK_SIZE,
+        piece_length: int = 0,
+        total_length: int = 0,
     ) -> None:
         if info_hash is not None and len(info_hash) != 20:
             raise UsageError("info_hash must be 20 bytes")
@@ -350,6 +343,7 @@ class PeerConnection:
         self._info_hash = info_hash
         self._peer_id = bytes(our_peer_id)
         self._num_pieces = num_pieces
+        self._set_geometry(piece_length, total_length)
         self._want_fast = fast
         self._want_extended = extended
         self._max_block = BLOCK_SIZE
@@ -433,7 +427,28 @@ class PeerConnection:
         self._sent_handshake = True
         return data
 
-    def accept(self, info_hash: bytes, num_pieces: int) -> list[Event]:
+    def _set_geometry(self, piece_length: int, total_length: int) -> None:
+        """With piece sizes known (both > 0), blocks must also fit inside their
+        piece; with 0 (unknown) only the index and the length are checked."""
+        if piece_length < 0 or total_length < 0:
+            raise UsageError("piece_length and total_length must be >= 0")
+        if piece_length and total_length:
+            if self._num_pieces != -(-total_length // piece_length):
+                raise UsageError("num_pieces does not match piece_length and total_length")
+            last = total_length - (self._num_pieces - 1) * piece_length
+        else:
+            piece_length = last = 0
+        self._piece_length = piece_length
+        self._last_length = last
+
+    def _check_span(self, index: int, begin: int, length: int) -> None:
+        plen = self._last_length if index == self._num_pieces - 1 else self._piece_length
+        if plen and begin + length > plen:
+            raise _ban(f"block {index}:{begin}+{length} runs past the end of the piece")
+
+    def accept(
+        self, info_hash: bytes, num_pieces: int, *, piece_length: int = 0, total_length: int = 0
+    ) -> list[Event]:
         """For a connection made with info_hash=None: adopt the torrent the
         remote asked for, and return events for messages already buffered."""
         if self._state is not _State.AWAIT_ACCEPT:
@@ -445,6 +460,7 @@ class PeerConnection:
             raise UsageError("num_pieces must be >= 0")
         self._info_hash = bytes(info_hash)
         self._num_pieces = num_pieces
+        self._set_geometry(piece_length, total_length)
         self._state = _State.MESSAGES
         return self.receive(b"")
 
@@ -543,6 +559,8 @@ class PeerConnection:
                 index, begin = unpack_ii(mv, pos + 5)
                 if index >= num_pieces:
                     raise _ban(f"piece index {index} out of range")
+                if self._piece_length:
+                    self._check_span(index, begin, length - 9)
                 self._bitfield_window = False
                 append(Piece(index, begin, bytes(mv[pos + 13 : pos + 4 + length])))
             else:
@@ -576,7 +594,7 @@ class PeerConnection:
             window = self._bitfield_window
             self._bitfield_window = False
             if mid in (BITFIELD, HAVE_ALL, HAVE_NONE) and not window:
-                raise _ban("bitfield, have-all or have-none after other messages")
+                raise RemoteProtocolError("bitfield, have-all or have-none after other messages")
         simple = _SIMPLE.get(mid)
         if simple is not None:
             return simple
@@ -591,6 +609,7 @@ class PeerConnection:
             self._check_index(index)
             if not 1 <= length <= self._max_block:
                 raise RemoteProtocolError(f"request length {length} outside 1..{self._max_block}")
+            self._check_span(index, begin, length)
             if mid == REQUEST:
                 return Request(index, begin, length)
             return (

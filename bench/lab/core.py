@@ -157,6 +157,11 @@ class Lab:
         self.close()
 
     def open(self) -> None:
+        """Bring the lab up (a no-op when it is already up)."""
+        if not self._closed:
+            return
+        if self.hosts:
+            raise LabError("a closed lab cannot be reopened; make a new Lab")
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, tc)")
         for tool in ("ip", "tc") + (("nft",) if self.loss_pct else ()):

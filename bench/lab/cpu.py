@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -47,3 +50,62 @@ class CpuSampler:
         dt = end[1] - self._start[1]
         self.avg = (end[0] - self._start[0]) / dt if dt > 0 else 0.0
         self.peak = max(self.samples, default=self.avg)
+
+
+def _proc_jiffies(pid: int) -> int | None:
+    """utime+stime+cutime+cstime of `pid` (own and reaped children's CPU)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    # after ")": state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+    return sum(int(x) for x in fields[11:15])
+
+
+class ProcessCpuSampler(CpuSampler):
+    """Like CpuSampler, and also the CPU used by processes of `pids_fn()`.
+
+    `.procs_avg` is that CPU as a fraction of the whole machine (all cores)
+    over the run; it leaves out other users of the machine (and the kernel's
+    softirq work for shaping, which no process is charged for).
+    """
+
+    def __init__(self, pids_fn: Callable[[], list[int]], interval_s: float = 0.5) -> None:
+        super().__init__(interval_s)
+        self.pids_fn = pids_fn
+        self.procs_avg = 0.0
+        self._first: dict[int, int] = {}
+        self._last: dict[int, int] = {}
+        self._t_start = 0.0
+
+    def _sample_procs(self) -> None:
+        for pid in self.pids_fn():
+            j = _proc_jiffies(pid)
+            if j is not None:
+                self._first.setdefault(pid, j)
+                self._last[pid] = j
+
+    def _loop(self) -> None:
+        prev = _read()
+        while not self._stop.wait(self.interval_s):
+            cur = _read()
+            dt = cur[1] - prev[1]
+            if dt > 0:
+                self.samples.append((cur[0] - prev[0]) / dt)
+            prev = cur
+            self._sample_procs()
+
+    def __enter__(self) -> ProcessCpuSampler:
+        self._t_start = time.monotonic()
+        self._sample_procs()
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sample_procs()
+        super().__exit__(*exc)
+        used = sum(self._last[p] - self._first[p] for p in self._last) / os.sysconf("SC_CLK_TCK")
+        wall = time.monotonic() - self._t_start
+        ncpu = os.cpu_count() or 1
+        self.procs_avg = used / (wall * ncpu) if wall > 0 else 0.0

@@ -39,6 +39,7 @@ class RunContext:
     done_dir: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     commands: dict[str, list[str]] = field(default_factory=dict)
+    roles: dict[int, tuple[Host, str]] = field(default_factory=dict)  # pid -> (host, role)
 
     @property
     def origin(self) -> Host:
@@ -62,6 +63,7 @@ class RunContext:
         with open(self.log(host, role), "ab") as logf:
             proc = self.lab.spawn(host, argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
         self.procs.append(proc)
+        self.roles[proc.pid] = (host, role)
         # Record the origin-side commands and the first receiver's, verbatim.
         self.commands.setdefault(role, [str(x) for x in argv])
         return proc

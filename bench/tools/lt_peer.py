@@ -48,7 +48,7 @@ def main() -> int:
         "enable_outgoing_utp": False,
         "alert_mask": 0,
     }
-    ses = lt.session(settings)
+    ses = lt.session(settings)  # type: ignore[call-overload]  # a dict works
     atp = lt.add_torrent_params()
     atp.ti = lt.torrent_info(a.torrent)
     atp.save_path = a.save

@@ -18,7 +18,9 @@ The contract, the same as for aria2c and libtorrent: a receiver prints JSON
 event lines on stdout and emits ``{"event": "complete", ...}`` once the
 payload is complete; roost_peer.py (which wraps it) then verifies the copy
 and records the time. The receiver must KEEP UPLOADING until it gets SIGTERM
-(hence the huge --linger); the origin seeds until SIGTERM. The tracker is
+(hence the huge --linger); the origin seeds until SIGTERM (with opentracker
+there is no expected peer count, so --until-complete never fires and the
+seeder does not stop after its default 10 s without interest). The tracker is
 opentracker, as for the others; to measure roost's own tracker instead, start
 it in start_origin below.
 
@@ -41,7 +43,7 @@ from bench.tools.metainfo import info_hash
 
 SEED_ARGV = [
     "{python}", "-m", "roost", "seed", "{torrent}", "--dir", "{payload_dir}",
-    "--bind", "{ip}", "--port", "{port}", "--skip-check", "--quiet",
+    "--bind", "{ip}", "--port", "{port}", "--skip-check", "--until-complete", "--quiet",
 ]
 FETCH_ARGV = [
     "{python}", "-m", "roost", "fetch", "{torrent}", "--dir", "{dest}",

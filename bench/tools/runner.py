@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.lab import Lab, NotRun
-from bench.lab.cpu import CpuSampler
+from bench.lab.cpu import ProcessCpuSampler
+from bench.lab.procs import pids_in_netns
 from bench.tools.base import RunContext, Tool, log_tail
 
 POLL_S = 0.1
@@ -35,6 +36,7 @@ class ToolResult:
     t_complete: dict[str, float] = field(default_factory=dict)
     cpu_avg: float | None = None
     cpu_peak: float | None = None
+    cpu_procs: float | None = None  # the run's own processes, share of all cores
     commands: dict[str, list[str]] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -87,9 +89,10 @@ def run_tool(tool: Tool, lab: Lab, ctx: RunContext, timeout_s: float) -> ToolRes
         for host in receivers:
             tool.launch_receiver(ctx, host)
         t0 = time.time()
-        with CpuSampler() as cpu:
+        namespaces = [h.netns for h in lab.hosts]
+        with ProcessCpuSampler(lambda: pids_in_netns(namespaces)) as cpu:
             _wait_all(ctx, res, t0, timeout_s, tool.receivers_upload)
-        res.cpu_avg, res.cpu_peak = cpu.avg, cpu.peak
+        res.cpu_avg, res.cpu_peak, res.cpu_procs = cpu.avg, cpu.peak, cpu.procs_avg
     except Exception as e:  # a failing tool is a result, not a crash
         res.status, res.reason = "failed", f"{type(e).__name__}: {e}"
     finally:
@@ -137,19 +140,15 @@ def _wait_all(
 def _early_exit(ctx: RunContext, tool_keeps_uploading: bool) -> str:
     """Why the run cannot finish because one of its processes exited, or ''."""
     for p in ctx.procs:
-        if p.poll() is None:
+        if p.poll() is None or p.pid not in ctx.roles:
             continue
-        argv = [str(a) for a in p.args]  # ["ip", "netns", "exec", NS, ...]
-        ns = argv[3] if len(argv) > 3 else ""
-        host = next((h for h in ctx.lab.hosts if h.netns == ns), None)
-        if host is None:
-            continue
+        host, role = ctx.roles[p.pid]
+        tail = log_tail(ctx.log(host, role))
         if host is ctx.origin:
-            return f"origin process exited ({p.returncode}): {' '.join(argv[4:])[:200]}"
-        done = ctx.done_file(host).exists()
-        if not done:
-            return (f"{host.name} receiver exited ({p.returncode}) before completing: "
-                    f"{log_tail(ctx.log(host, 'receiver'))}")
+            return f"origin {role} exited ({p.returncode}): {tail}"
+        if not ctx.done_file(host).exists():
+            return f"{host.name} {role} exited ({p.returncode}) before completing: {tail}"
         if tool_keeps_uploading:
-            return f"{host.name} receiver exited after completing instead of seeding on"
+            return f"{host.name} {role} exited ({p.returncode}) after completing instead " \
+                   f"of uploading until all were done: {tail}"
     return ""

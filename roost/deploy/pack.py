@@ -15,7 +15,10 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from roost import __version__
 from roost.errors import UsageError
+from roost.hashing import hash_payload, scan_payload
+from roost.metainfo import build_info, build_torrent, choose_piece_length
 from roost.release import Manifest, check_tag, payload_digest
 
 
@@ -82,3 +85,18 @@ def _packed(payload: Path, fmt: str, tag: str) -> Packed:
             if payload.is_dir() else payload.stat().st_size)
     manifest = Manifest(tag, fmt, payload.name, payload_digest(payload, fmt), size)
     return Packed(payload, manifest)
+
+
+def make_metainfo(payload: Path) -> bytes:
+    """A private torrent of the payload, with no announce URL: every peer gets the
+    swarm's secret announce URL on its command line (over SSH) instead."""
+    scanned = scan_payload(payload)
+    piece_length = choose_piece_length(scanned.total_length)
+    pieces = hash_payload(scanned, piece_length)
+    files: int | list[tuple[tuple[str, ...], int]]
+    if scanned.single_file:
+        files = scanned.total_length
+    else:
+        files = [(f.path, f.length) for f in scanned.files]
+    info = build_info(scanned.name, files, piece_length, pieces, private=True)
+    return build_torrent(info, [], created_by=f"roost {__version__}")

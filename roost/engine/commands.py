@@ -32,37 +32,64 @@ Runner = Callable[[argparse.Namespace], int]
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("torrent", type=Path, help="the .torrent file")
-    parser.add_argument("-d", "--dir", type=Path, default=Path("."),
-                        help="directory that holds (or will hold) the payload (default: .)")
+    parser.add_argument(
+        "-d",
+        "--dir",
+        type=Path,
+        default=Path("."),
+        help="directory that holds (or will hold) the payload (default: .)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON event lines on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
-    parser.add_argument("--port", default="6881-6999",
-                        help="listen port or range LOW-HIGH; 0 for any (default: 6881-6999)")
+    parser.add_argument(
+        "--port",
+        default="6881-6999",
+        help="listen port or range LOW-HIGH; 0 for any (default: 6881-6999)",
+    )
     parser.add_argument("--bind", default="0.0.0.0", help="listen address (default: 0.0.0.0)")
     parser.add_argument("--announce-ip", help="address we are known by (for self-detection)")
-    parser.add_argument("--tracker", action="append", default=[],
-                        help="announce URL to use instead of the torrent's (repeatable)")
+    parser.add_argument(
+        "--tracker",
+        action="append",
+        default=[],
+        help="announce URL to use instead of the torrent's (repeatable)",
+    )
     parser.add_argument("--no-tracker", action="store_true", help="use only --peer addresses")
-    parser.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
-                        help="connect to this peer directly (repeatable)")
-    parser.add_argument("--allow", action="append", default=[], metavar="CIDR",
-                        help="accept and make connections only with these addresses")
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="connect to this peer directly (repeatable)",
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="accept and make connections only with these addresses",
+    )
     parser.add_argument("--max-peers", type=int, default=60)
     parser.add_argument("--unchoke-slots", type=int, default=8)
     parser.add_argument("--upload-rate", type=parse_rate, help="cap, e.g. 20M (bytes/s) or 100mbit")
     parser.add_argument("--download-rate", type=parse_rate, help="cap, as --upload-rate")
     parser.add_argument("--location", help="location label (rack/zone) sent to the tracker")
-    parser.add_argument("--expected-peers", type=int,
-                        help="peers the deploy expects; the tracker may also say")
+    parser.add_argument(
+        "--expected-peers", type=int, help="peers the deploy expects; the tracker may also say"
+    )
     parser.add_argument("--timeout", type=float, help="give up after this many seconds")
 
 
 def add_fetch(parser: argparse.ArgumentParser) -> Runner:
     parser.description = "Download a payload, verify every piece, and seed it to the swarm."
     add_common(parser)
-    parser.add_argument("--linger", type=float, default=10.0,
-                        help="after completing, seed until no peer was interested for this "
-                             "long, when the expected peer count is unknown (default: 10)")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=10.0,
+        help="after completing, seed until no peer was interested for this "
+        "long, when the expected peer count is unknown (default: 10)",
+    )
     parser.add_argument("--no-seed", action="store_true", help="exit as soon as complete")
     parser.add_argument("--sha256", help="also check the SHA-256 of a single-file payload")
     return run_fetch
@@ -71,12 +98,21 @@ def add_fetch(parser: argparse.ArgumentParser) -> Runner:
 def add_seed(parser: argparse.ArgumentParser) -> Runner:
     parser.description = "Seed a payload that is already on disk."
     add_common(parser)
-    parser.add_argument("--super-seed", action="store_true",
-                        help="BEP 16: send each piece once before any piece twice (origins)")
-    parser.add_argument("--until-complete", action="store_true",
-                        help="stop when the tracker reports every expected peer complete")
-    parser.add_argument("--skip-check", action="store_true",
-                        help="trust the data on disk instead of hashing it first")
+    parser.add_argument(
+        "--super-seed",
+        action="store_true",
+        help="BEP 16: send each piece once before any piece twice (origins)",
+    )
+    parser.add_argument(
+        "--until-complete",
+        action="store_true",
+        help="stop when the tracker reports every expected peer complete",
+    )
+    parser.add_argument(
+        "--skip-check",
+        action="store_true",
+        help="trust the data on disk instead of hashing it first",
+    )
     return run_seed
 
 
@@ -164,8 +200,9 @@ def run_fetch(ns: argparse.Namespace) -> int:
 
 def run_seed(ns: argparse.Namespace) -> int:
     meta = load_torrent(ns.torrent)
-    config = make_config(ns, super_seed=ns.super_seed,
-                         stop_when_swarm_complete=ns.until_complete)
+    config = make_config(
+        ns, super_seed=ns.super_seed, linger=None, stop_when_swarm_complete=ns.until_complete
+    )
     reporter = Reporter(as_json=ns.json, quiet=ns.quiet)
     try:
         complete = _run(meta, ns, config, reporter, create=False, check=not ns.skip_check)
@@ -177,16 +214,26 @@ def run_seed(ns: argparse.Namespace) -> int:
 
 
 def _run(
-    meta: Metainfo, ns: argparse.Namespace, config: SessionConfig, reporter: Reporter,
-    *, create: bool, check: bool,
+    meta: Metainfo,
+    ns: argparse.Namespace,
+    config: SessionConfig,
+    reporter: Reporter,
+    *,
+    create: bool,
+    check: bool,
 ) -> bool:
     runner = _event_loop_runner()
     return runner(_session_main(meta, ns, config, reporter, create=create, check=check))
 
 
 async def _session_main(
-    meta: Metainfo, ns: argparse.Namespace, config: SessionConfig, reporter: Reporter,
-    *, create: bool, check: bool,
+    meta: Metainfo,
+    ns: argparse.Namespace,
+    config: SessionConfig,
+    reporter: Reporter,
+    *,
+    create: bool,
+    check: bool,
 ) -> bool:
     storage = Storage(meta.info, ns.dir)
     loop = asyncio.get_running_loop()

@@ -20,9 +20,10 @@ session's upload token bucket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from roost import __version__
 from roost.bitfield import Bitfield
@@ -94,12 +95,15 @@ class Peer(asyncio.Protocol):
             session.info_hash,
             session.peer_id,
             session.num_pieces,
-            max_block=MAX_BLOCK,
+            piece_length=session.info.piece_length,
+            total_length=session.info.total_length,
         )
         self.remote_id: bytes | None = None
         self.client = "?"
         self.ready = False
         self.closed = False
+        self.forgotten = False  # the session dropped it
+        self.in_picker = False  # the picker knows its availability
         # choke/interest, BEP 3 names: am_* is us, peer_* is them
         self.am_choking = True
         self.am_interested = False
@@ -127,15 +131,13 @@ class Peer(asyncio.Protocol):
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        transport.set_write_buffer_limits(high=4 * 1024 * 1024, low=1024 * 1024)
+        self.transport.set_write_buffer_limits(high=4 * 1024 * 1024, low=1024 * 1024)
         if self.outgoing:
             self.send(self.wire.handshake_bytes())
         self.session.on_connected(self)
@@ -242,8 +244,12 @@ class Peer(asyncio.Protocol):
         if self.wire.extended:
             self.send(
                 self.wire.send_extended_handshake(
-                    {b"m": {}, b"v": f"roost {__version__}".encode(), b"reqq": OUR_REQQ,
-                     BIG_BLOCK_KEY: self.session.config.big_block}
+                    {
+                        b"m": {},
+                        b"v": f"roost {__version__}".encode(),
+                        b"reqq": OUR_REQQ,
+                        BIG_BLOCK_KEY: self.session.config.big_block,
+                    }
                 )
             )
         self.send(self.session.initial_availability(self))
@@ -256,14 +262,19 @@ class Peer(asyncio.Protocol):
             self.reqq = reqq
         big = data.get(BIG_BLOCK_KEY)
         if isinstance(big, int) and BLOCK_SIZE <= big <= MAX_BLOCK:
+            # a roost peer: both sides may now use bigger blocks; anyone else
+            # stays capped at the standard 16 KiB
             self.big_block = min(big, self.session.config.big_block)
+            self.wire.max_block = max(self.big_block, self.session.config.big_block)
 
     # ---- downloading ----
     def update_interest(self) -> None:
         interested = self.session.picker.is_interesting(self.key)
         if interested != self.am_interested:
             self.am_interested = interested
-            self.send(self.wire.send_interested() if interested else self.wire.send_not_interested())
+            self.send(
+                self.wire.send_interested() if interested else self.wire.send_not_interested()
+            )
 
     def pipeline_blocks(self) -> int:
         target = max(MIN_PIPELINE_BYTES, int(self.down.rate * PIPELINE_SECONDS))
@@ -304,8 +315,11 @@ class Peer(asyncio.Protocol):
         for req in picks:
             if merged and self.big_block > BLOCK_SIZE:
                 index, begin, length = merged[-1]
-                if (index == req.index and begin + length == req.begin
-                        and length + req.length <= self.big_block):
+                if (
+                    index == req.index
+                    and begin + length == req.begin
+                    and length + req.length <= self.big_block
+                ):
                     merged[-1] = (index, begin, length + req.length)
                     continue
             merged.append((req.index, req.begin, req.length))
@@ -330,8 +344,9 @@ class Peer(asyncio.Protocol):
     def drop_requests(self, *, send_cancel: bool) -> None:
         """Give every outstanding request back to the picker (choked, snubbed, closing)."""
         if send_cancel:
-            self.send(b"".join(self.wire.send_cancel(i, b, n)
-                               for (i, b), n in self.outstanding.items()))
+            self.send(
+                b"".join(self.wire.send_cancel(i, b, n) for (i, b), n in self.outstanding.items())
+            )
         for (index, begin), length in list(self.outstanding.items()):
             self.session.release_blocks(self, index, begin, length)
         self.outstanding.clear()

@@ -69,7 +69,7 @@ class SessionConfig:
     download_rate: float | None = None
     super_seed: bool = False
     seed: bool = True  # keep uploading after completion
-    linger: float = 10.0
+    linger: float | None = 10.0  # None: never stop for lack of interest
     expected_peers: int | None = None
     stop_when_swarm_complete: bool = False
     location: str | None = None
@@ -103,11 +103,18 @@ class Session:
         self.peer_id = config.peer_id_prefix + suffix
         self.have = have
         self.picker = PiecePicker(
-            self.num_pieces, self.info.piece_length, self.info.total_length,
-            have=have, rng=self.rng,
+            self.num_pieces,
+            self.info.piece_length,
+            self.info.total_length,
+            have=have,
+            rng=self.rng,
         )
         self.choker = Choker(slots=config.unchoke_slots, rng=self.rng)
-        self.superseeder = SuperSeeder(self.num_pieces, rng=self.rng) if config.super_seed else None
+        self.superseeder = (
+            SuperSeeder(self.num_pieces, rng=self.rng, max_offers=OFFERS_PER_PEER)
+            if config.super_seed
+            else None
+        )
         self.up_bucket = TokenBucket(config.upload_rate)
         self.down_bucket = TokenBucket(config.download_rate)
         tiers = trackers if trackers is not None else [list(t) for t in meta.trackers]
@@ -124,8 +131,9 @@ class Session:
         self.block_from: dict[int, dict[int, tuple[str, int]]] = {}
         self.suspects: dict[int, list[tuple[int, bytes, bytes | None, tuple[str, int]]]] = {}
         self.verifying: set[int] = set()
-        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                       thread_name_prefix="roost-verify")
+        self.pool = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 2, thread_name_prefix="roost-verify"
+        )
         self.uploaded = 0
         self.downloaded = 0
         self.wasted_bytes = 0
@@ -165,14 +173,22 @@ class Session:
         self._install_signals()
         if self._tiers:
             self.tracker = TrackerClient(
-                self._tiers, info_hash=self.info_hash, peer_id=self.peer_id,
-                port=self.port, location=self.config.location,
+                self._tiers,
+                info_hash=self.info_hash,
+                peer_id=self.peer_id,
+                port=self.port,
+                location=self.config.location,
             )
         for address in self.config.initial_peers:
             self.candidates[address] = 0.0
-        self.reporter.event("started", port=self.port, peer_id=self.peer_id.decode("latin-1"),
-                            pieces=self.num_pieces, have=self.have.count(),
-                            state="seeding" if self.complete else "downloading")
+        self.reporter.event(
+            "started",
+            port=self.port,
+            peer_id=self.peer_id.hex(),
+            pieces=self.num_pieces,
+            have=self.have.count(),
+            state="seeding" if self.complete else "downloading",
+        )
         if self.complete:
             self.completed_at = self.now()
         self.last_interest_at = self.now()
@@ -203,7 +219,9 @@ class Session:
             try:
                 self.server = await self.loop.create_server(
                     lambda: Peer(self, ("?", 0), outgoing=False),
-                    self.config.listen_host, port, reuse_address=True,
+                    self.config.listen_host,
+                    port,
+                    reuse_address=True,
                 )
             except OSError as exc:
                 last = exc
@@ -238,8 +256,11 @@ class Session:
         if self.tracker is None:
             return None
         return await self.tracker.announce(
-            event=event, uploaded=self.uploaded, downloaded=self.downloaded,
-            left=self.picker.bytes_left(), numwant=self.config.numwant,
+            event=event,
+            uploaded=self.uploaded,
+            downloaded=self.downloaded,
+            left=self.picker.bytes_left(),
+            numwant=self.config.numwant,
         )
 
     async def _announce_loop(self) -> None:
@@ -371,11 +392,14 @@ class Session:
         return {i for i in pieces if self.have[i]}
 
     def on_closed(self, peer: Peer) -> None:
+        if peer.forgotten:
+            return
+        peer.forgotten = True
         if self.peers.get(peer.key) is peer:
             del self.peers[peer.key]
         if peer.remote_id is not None and self.by_id.get(peer.remote_id) is peer:
             del self.by_id[peer.remote_id]
-        if peer.ready:
+        if peer.in_picker:
             peer.drop_requests(send_cancel=False)
             self.picker.remove_peer(peer.key)
             if self.superseeder is not None:
@@ -383,8 +407,12 @@ class Session:
 
     def log_close(self, peer: Peer, reason: str) -> None:
         if reason and reason != "shutting down":
-            self.reporter.event("peer_closed", peer=f"{peer.address[0]}:{peer.address[1]}",
-                                client=peer.client, reason=reason)
+            self.reporter.event(
+                "peer_closed",
+                peer=f"{peer.address[0]}:{peer.address[1]}",
+                client=peer.client,
+                reason=reason,
+            )
 
     def protocol_error(self, peer: Peer, exc: RemoteProtocolError) -> None:
         if exc.ban:
@@ -401,8 +429,12 @@ class Session:
         with contextlib.suppress(ValueError):
             if not ipaddress.ip_address(peer.address[0]).is_loopback:
                 self.banned_ips.add(peer.address[0])
-        self.reporter.event("peer_banned", peer=f"{peer.address[0]}:{peer.address[1]}",
-                            client=peer.client, reason=reason)
+        self.reporter.event(
+            "peer_banned",
+            peer=f"{peer.address[0]}:{peer.address[1]}",
+            client=peer.client,
+            reason=reason,
+        )
         peer.close(f"banned: {reason}")
 
     def _connect_more(self) -> None:
@@ -414,8 +446,13 @@ class Session:
         for address, not_before in list(self.candidates.items()):
             if room <= 0:
                 break
-            if (not_before > now or address in connected or address in self.connecting
-                    or address in self.banned_addrs or not self.allowed_address(address[0])):
+            if (
+                not_before > now
+                or address in connected
+                or address in self.connecting
+                or address in self.banned_addrs
+                or not self.allowed_address(address[0])
+            ):
                 continue
             room -= 1
             self.connecting.add(address)
@@ -437,22 +474,33 @@ class Session:
 
     # ---- availability ----
     def on_bitfield(self, peer: Peer) -> None:
+        if peer.in_picker:
+            self.picker.remove_peer(peer.key)
+        peer.in_picker = True
         if peer.is_seed:
             self.picker.add_peer_have_all(peer.key)
         else:
             self.picker.add_peer(peer.key, peer.bitfield)
         if self.superseeder is not None:
-            self.superseeder.add_peer(peer.key, peer.bitfield)
-        if self.complete and peer.is_seed and not self.config.super_seed:
+            # it was added empty at handshake time; now we know what it has
+            self.superseeder.set_bitfield(peer.key, peer.bitfield)
+            self.offer(peer)
+        if self.complete and peer.is_seed:
             peer.close("both seeds")
             return
         peer.update_interest()
 
     def on_have(self, peer: Peer, index: int) -> None:
+        if not peer.in_picker:  # a Have with no bitfield first: it had nothing before
+            peer.in_picker = True
+            self.picker.add_peer(peer.key, Bitfield(self.num_pieces))
         self.picker.peer_has(peer.key, index)
         if self.superseeder is not None:
-            self.superseeder.on_peer_has(peer.key, index)
-            self.offer_all()
+            # only the peers whose offer this Have released get a new one
+            for key in self.superseeder.on_peer_has(peer.key, index):
+                freed = self.peers.get(key)  # type: ignore[call-overload]
+                if freed is not None:
+                    self.offer(freed)
         if not peer.am_interested and not self.have[index]:
             peer.update_interest()
 
@@ -533,7 +581,10 @@ class Session:
         return True
 
     def _verified(
-        self, index: int, buf: bytearray, sources: dict[int, tuple[str, int]],
+        self,
+        index: int,
+        buf: bytearray,
+        sources: dict[int, tuple[str, int]],
         future: asyncio.Future[bool],
     ) -> None:
         self.verifying.discard(index)
@@ -590,8 +641,12 @@ class Session:
 
     async def _finish(self) -> None:
         await self.loop.run_in_executor(self.pool, self.storage.flush)
-        self.reporter.event("complete", bytes=self.info.total_length,
-                            downloaded=self.downloaded, wasted=self.wasted_bytes)
+        self.reporter.event(
+            "complete",
+            bytes=self.info.total_length,
+            downloaded=self.downloaded,
+            wasted=self.wasted_bytes,
+        )
         for peer in list(self.peers.values()):
             if peer.is_seed:
                 peer.close("both seeds")
@@ -628,8 +683,6 @@ class Session:
         if self.superseeder is None or not peer.ready:
             return
         for _ in range(OFFERS_PER_PEER):
-            if self.superseeder.outstanding_offers(peer.key) >= OFFERS_PER_PEER:
-                return
             index = self.superseeder.next_offer(peer.key)
             if index is None:
                 return
@@ -654,15 +707,21 @@ class Session:
             self._check_peer(peer, now)
         if self._ticks % 4 == 1:
             self._rechoke()
+        if self.superseeder is not None:
+            self.offer_all()  # a sweep, in case a release was missed
         self._connect_more()
         for peer in list(self.peers.values()):
             if peer.ready and not peer.closed:
                 peer.fill_requests()
         state = "seeding" if self.complete else "downloading"
-        self.reporter.progress(done=self.bytes_done(), total=self.info.total_length,
-                               down_rate=down, up_rate=up,
-                               peers=sum(1 for p in self.peers.values() if p.ready),
-                               state=state)
+        self.reporter.progress(
+            done=self.bytes_done(),
+            total=self.info.total_length,
+            down_rate=down,
+            up_rate=up,
+            peers=sum(1 for p in self.peers.values() if p.ready),
+            state=state,
+        )
         self._apply_policy(now)
 
     def _check_peer(self, peer: Peer, now: float) -> None:
@@ -680,11 +739,18 @@ class Session:
 
     def _rechoke(self) -> None:
         stats = [
-            PeerStat(key=p.key, interested=p.peer_interested, download_rate=p.down.rate,
-                     upload_rate=p.up.rate, is_seed=p.is_seed, snubbed=p.snubbed)
-            for p in self.peers.values() if p.ready
+            PeerStat(
+                key=p.key,
+                interested=p.peer_interested,
+                download_rate=p.down.rate,
+                upload_rate=p.up.rate,
+                is_seed=p.is_seed,
+                snubbed=p.snubbed,
+            )
+            for p in self.peers.values()
+            if p.ready
         ]
-        unchoked = self.choker.rechoke(stats)
+        unchoked = self.choker.rechoke(stats, seeding=self.complete)
         for peer in list(self.peers.values()):
             if peer.ready:
                 peer.set_choking(peer.key not in unchoked)
@@ -695,16 +761,18 @@ class Session:
         if not self.config.seed:
             return
         expected = self.swarm_expected
-        if expected is not None and self.swarm_complete is not None:
-            if self.swarm_complete >= expected and (
-                self.config.stop_when_swarm_complete or self.config.linger >= 0
-            ):
-                self.stop("every expected peer is complete")
-                return
-        if self.config.stop_when_swarm_complete:
-            return  # seed: only the swarm's completion (or a signal) stops it
-        if expected is None and now - self.last_interest_at >= self.config.linger:
-            self.stop(f"no interested peer for {self.config.linger:g} s")
+        linger = self.config.linger
+        swarm_done = (
+            expected is not None
+            and self.swarm_complete is not None
+            and self.swarm_complete >= expected
+        )
+        # a fetch (linger set) leaves once everyone is done; a seed only when asked to
+        if swarm_done and (linger is not None or self.config.stop_when_swarm_complete):
+            self.stop("every expected peer is complete")
+            return
+        if expected is None and linger is not None and now - self.last_interest_at >= linger:
+            self.stop(f"no interested peer for {linger:g} s")
 
 
 def parse_allow(entries: list[str]) -> list[Network]:

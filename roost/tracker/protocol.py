@@ -21,7 +21,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from roost import bencode
 
@@ -35,8 +35,9 @@ MAX_SHORT = 256  # key, trackerid, location, ip text
 
 EVENTS = frozenset({"", "started", "completed", "stopped", "paused"})
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-_HEX = {f"{i:02x}".encode(): bytes([i]) for i in range(256)}
-_HEX.update({f"{i:02X}".encode(): bytes([i]) for i in range(256)})
+_HEXDIGITS = b"0123456789abcdefABCDEF"
+#: every two-hex-digit escape in any mix of case ("aF" too) -> its byte
+_HEX = {bytes([a, b]): bytes([int(bytes([a, b]), 16)]) for a in _HEXDIGITS for b in _HEXDIGITS}
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 
 
@@ -52,9 +53,9 @@ class TrackerRequestError(ValueError):
         self.kind = kind
 
 
-@dataclass(frozen=True, slots=True)
-class AnnounceRequest:
-    """One validated announce. `ip` is the client's claim, honoured only by policy."""
+class AnnounceRequest(NamedTuple):
+    """One validated announce (immutable; a NamedTuple because it is built
+    on every announce). `ip` is the client's claim, honoured only by policy."""
 
     info_hash: bytes
     peer_id: bytes
@@ -76,6 +77,15 @@ def unquote(raw: bytes) -> bytes:
     """Strict percent-decoding to bytes; '+' is a space (form encoding)."""
     if b"%" not in raw:
         return raw.replace(b"+", b" ") if b"+" in raw else raw
+    n = len(raw) // 3
+    if len(raw) == 3 * n and raw[::3] == b"%" * n:  # fully escaped (aria2c, wrk): C speed
+        try:
+            decoded = bytes.fromhex(raw.replace(b"%", b"").decode("ascii"))
+        except ValueError:
+            decoded = b""
+        if len(decoded) != n:  # fromhex skips whitespace: "% 1" must not pass as one byte
+            raise TrackerRequestError("malformed percent-encoding in query")
+        return decoded
     if _BAD_ESCAPE.search(raw):
         raise TrackerRequestError("malformed percent-encoding in query")
     parts = raw.replace(b"+", b" ").split(b"%")
@@ -108,30 +118,42 @@ def parse_query(raw: bytes) -> dict[bytes, list[bytes]]:
     return params
 
 
-def _one(params: Mapping[bytes, list[bytes]], name: bytes) -> bytes | None:
-    values = params.get(name)
-    if values is None:
-        return None
-    if len(values) != 1:
-        raise TrackerRequestError(f"parameter {name.decode()} given more than once")
-    return values[0]
+_ANNOUNCE_PARAMS = frozenset(
+    b"info_hash peer_id port uploaded downloaded left event compact numwant no_peer_id "
+    b"key trackerid ip location".split()
+)
 
 
-def _required(params: Mapping[bytes, list[bytes]], name: bytes) -> bytes:
-    value = _one(params, name)
-    if value is None:
-        raise TrackerRequestError(f"missing {name.decode()}")
-    return value
+def _single_values(raw: bytes) -> dict[bytes, bytes]:
+    """parse_query for announces: one value per known name (a repeat is an error)."""
+    if len(raw) > MAX_QUERY:
+        raise TrackerRequestError(f"query too long (over {MAX_QUERY} bytes)")
+    pieces = raw.split(b"&") if raw else []
+    if len(pieces) > MAX_PARAMS:
+        raise TrackerRequestError(f"too many query parameters (over {MAX_PARAMS})")
+    params: dict[bytes, bytes] = {}
+    for piece in pieces:
+        if not piece:
+            continue
+        name, _, value = piece.partition(b"=")
+        if b"%" in value or b"+" in value:
+            value = unquote(value)
+        if b"%" in name or b"+" in name:
+            name = unquote(name)
+        if name in params and name in _ANNOUNCE_PARAMS:
+            raise TrackerRequestError(f"parameter {name.decode()} given more than once")
+        params[name] = value
+    return params
 
 
-def _int(params: Mapping[bytes, list[bytes]], name: bytes, default: int | None = None) -> int:
-    value = _one(params, name)
+def _int(params: Mapping[bytes, bytes], name: bytes, default: int | None = None) -> int:
+    value = params.get(name)
     if value is None:
         if default is None:
             raise TrackerRequestError(f"missing {name.decode()}")
         return default
     # isdigit on bytes is ASCII-only; the length cap stops huge-number DoS
-    if not value.isdigit() or len(value) > 19:
+    if len(value) > 19 or not value.isdigit():
         raise TrackerRequestError(f"invalid {name.decode()}: not a non-negative integer")
     number = int(value)
     if number > MAX_COUNTER:
@@ -139,23 +161,25 @@ def _int(params: Mapping[bytes, list[bytes]], name: bytes, default: int | None =
     return number
 
 
-def _flag(params: Mapping[bytes, list[bytes]], name: bytes, default: bool) -> bool:
-    value = _one(params, name)
-    if value is None or value == b"":
+def _flag(params: Mapping[bytes, bytes], name: bytes, default: bool) -> bool:
+    value = params.get(name)
+    if not value:
         return default
     if value not in (b"0", b"1"):
         raise TrackerRequestError(f"invalid {name.decode()}: must be 0 or 1")
     return value == b"1"
 
 
-def _hash20(value: bytes, name: str) -> bytes:
+def _hash20(value: bytes | None, name: str) -> bytes:
+    if value is None:
+        raise TrackerRequestError(f"missing {name}")
     if len(value) != 20:
         raise TrackerRequestError(f"invalid {name}: must be 20 bytes, got {len(value)}")
     return value
 
 
-def _short(params: Mapping[bytes, list[bytes]], name: bytes) -> bytes:
-    value = _one(params, name) or b""
+def _short(params: Mapping[bytes, bytes], name: bytes) -> bytes:
+    value = params.get(name, b"")
     if len(value) > MAX_SHORT:
         raise TrackerRequestError(f"invalid {name.decode()}: too long")
     return value
@@ -189,32 +213,32 @@ def parse_location(text: bytes) -> str:
 
 def parse_announce(raw_query: bytes) -> AnnounceRequest:
     """Validate an announce query (BEP 3 + BEP 23 + BEP 7 + our `location`)."""
-    params = parse_query(raw_query)
-    info_hash = _hash20(_required(params, b"info_hash"), "info_hash")
-    peer_id = _hash20(_required(params, b"peer_id"), "peer_id")
+    params = _single_values(raw_query)
+    info_hash = _hash20(params.get(b"info_hash"), "info_hash")
+    peer_id = _hash20(params.get(b"peer_id"), "peer_id")
     port = _int(params, b"port")
     if not 1 <= port <= 65535:
         raise TrackerRequestError("invalid port: must be 1-65535")
-    event = (_one(params, b"event") or b"").decode("ascii", "replace")
+    event = params.get(b"event", b"").decode("ascii", "replace")
     if event not in EVENTS:
         raise TrackerRequestError("invalid event")
     ip_raw = _short(params, b"ip")
     location_raw = _short(params, b"location")
     return AnnounceRequest(
-        info_hash=info_hash,
-        peer_id=peer_id,
-        port=port,
-        uploaded=_int(params, b"uploaded", 0),
-        downloaded=_int(params, b"downloaded", 0),
-        left=_int(params, b"left"),
-        event="" if event == "paused" else event,  # BEP 21 "paused" is a regular update
-        compact=_flag(params, b"compact", True),
-        numwant=min(_int(params, b"numwant", DEFAULT_NUMWANT), MAX_NUMWANT),
-        no_peer_id=_flag(params, b"no_peer_id", False),
-        key=_short(params, b"key"),
-        trackerid=_short(params, b"trackerid"),
-        ip=parse_ip(ip_raw) if ip_raw else None,
-        location=parse_location(location_raw) if location_raw else None,
+        info_hash,
+        peer_id,
+        port,
+        _int(params, b"uploaded", 0),
+        _int(params, b"downloaded", 0),
+        _int(params, b"left"),
+        "" if event == "paused" else event,  # BEP 21 "paused" is a regular update
+        _flag(params, b"compact", True),
+        min(_int(params, b"numwant", DEFAULT_NUMWANT), MAX_NUMWANT),
+        _flag(params, b"no_peer_id", False),
+        _short(params, b"key"),
+        _short(params, b"trackerid"),
+        parse_ip(ip_raw) if ip_raw else None,
+        parse_location(location_raw) if location_raw else None,
     )
 
 
@@ -277,28 +301,77 @@ def announce_response(
     no_peer_id: bool,
     trackerid: bytes = b"",
     extra: Mapping[str, int] | None = None,
+    compact_peers: Sequence[bytes] | None = None,
 ) -> bytes:
-    """A successful announce reply; v6 peers go to `peers6` in compact mode."""
+    """A successful announce reply; v6 peers go to `peers6` in compact mode.
+
+    `compact_peers`, when given, are the peers' compact forms already (the
+    tracker keeps them ready), and `peers` is then only used for compact=0.
+    """
+    extras = sorted((k.encode(), v) for k, v in (extra or {}).items())
+    if not compact or trackerid or any(not k.startswith(b"roost.") for k, _ in extras):
+        return _generic_response(
+            peers,
+            interval,
+            min_interval,
+            complete,
+            incomplete,
+            compact,
+            no_peer_id,
+            trackerid,
+            extras,
+            compact_peers,
+        )
+    comps = [p.compact for p in peers] if compact_peers is None else compact_peers
+    blob = b"".join(comps)
+    six = b""
+    if len(blob) != 6 * len(comps):  # some IPv6 peers: split them out (BEP 7)
+        blob = b"".join([c for c in comps if len(c) == 6])
+        six = b"".join([c for c in comps if len(c) == 18])
+    # the hot path: keys in bencode (sorted) order, written directly
+    out = [
+        b"d8:completei%de10:incompletei%de8:intervali%de12:min intervali%de5:peers%d:"
+        % (complete, incomplete, interval, min_interval, len(blob)),
+        blob,
+    ]
+    if six:
+        out.append(b"6:peers6%d:" % len(six))
+        out.append(six)
+    out.extend(b"%d:%si%de" % (len(k), k, v) for k, v in extras)
+    out.append(b"e")
+    return b"".join(out)
+
+
+def _generic_response(
+    peers: Sequence[PeerEntry],
+    interval: int,
+    min_interval: int,
+    complete: int,
+    incomplete: int,
+    compact: bool,
+    no_peer_id: bool,
+    trackerid: bytes,
+    extras: list[tuple[bytes, int]],
+    compact_peers: Sequence[bytes] | None,
+) -> bytes:
     body: dict[bytes, Any] = {
         b"interval": interval,
         b"min interval": min_interval,
         b"complete": complete,
         b"incomplete": incomplete,
+        **dict(extras),
     }
     if trackerid:
         body[b"tracker id"] = trackerid
-    for name, value in (extra or {}).items():
-        body[name.encode()] = value
-    if not compact:
-        body[b"peers"] = [_peer_dict(p, no_peer_id) for p in peers]
-        return bencode.encode(body)
-    blob = b"".join([p.compact for p in peers])
-    if len(blob) == 6 * len(peers):  # the common case: IPv4 only
-        body[b"peers"] = blob
+    if compact:
+        comps = [p.compact for p in peers] if compact_peers is None else compact_peers
+        body[b"peers"] = b"".join([c for c in comps if len(c) == 6])
+        six = b"".join([c for c in comps if len(c) == 18])
+        if six:
+            body[b"peers6"] = six
     else:
-        body[b"peers"] = b"".join([p.compact for p in peers if len(p.compact) == 6])
-        body[b"peers6"] = b"".join([p.compact for p in peers if len(p.compact) == 18])
-    return _encode_flat(body.items())
+        body[b"peers"] = [_peer_dict(p, no_peer_id) for p in peers]
+    return bencode.encode(body)
 
 
 def _peer_dict(peer: PeerEntry, no_peer_id: bool) -> dict[bytes, Any]:

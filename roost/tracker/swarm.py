@@ -5,8 +5,9 @@ info-hash, keyed by peer_id. Every announce upserts its peer and stamps
 `last_seen = now` (the caller passes `now`; nothing here reads a clock);
 `stopped` removes the peer at once; `expire(now)` drops peers silent for
 longer than the timeout. Peers are also indexed per location label in
-`_PeerSet`s (list + position map, O(1) add/remove) so that a random sample is
-O(numwant), not O(swarm), via `random.sample` on a list.
+`_PeerSet`s (array + position map, O(1) add/remove, compact forms kept in a
+parallel array) so that a peer list costs O(numwant), not O(swarm): it is a
+window of the array at a random offset (see `_PeerSet.sample`).
 
 Locality. A requester with a label gets mostly same-label peers, but a share
 of every list (`foreign_fraction`, at least one peer from each other label
@@ -28,6 +29,7 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from roost.tracker.protocol import (
     AnnounceRequest,
@@ -83,44 +85,67 @@ class SwarmRecord:
     failed: set[str] = field(default_factory=set)  # "peer:<hex>" or "addr:<ip[:port]>"
 
 
-class _PeerSet:
-    """Peers of one label, sampleable in O(k)."""
+Picked = tuple[list["Peer"], list[bytes]]  # peers and their compact forms, in step
 
-    __slots__ = ("items", "pos")
+
+class _PeerSet:
+    """Peers of one label, with their compact forms in a parallel list.
+
+    Removal swaps the last peer into the hole (O(1)); sampling takes a window
+    at a random start, wrapping around, so a peer list is two list slices
+    and one bytes join, with no Python-level loop over peers.
+    """
+
+    __slots__ = ("compacts", "items", "pos")
 
     def __init__(self) -> None:
         self.items: list[Peer] = []
+        self.compacts: list[bytes] = []
         self.pos: dict[bytes, int] = {}
 
     def add(self, peer: Peer) -> None:
         self.pos[peer.peer_id] = len(self.items)
         self.items.append(peer)
+        self.compacts.append(peer.entry.compact)
 
     def remove(self, peer_id: bytes) -> None:
         index = self.pos.pop(peer_id)
         last = self.items.pop()
+        last_compact = self.compacts.pop()
         if index < len(self.items):  # move the last one into the hole
             self.items[index] = last
+            self.compacts[index] = last_compact
             self.pos[last.peer_id] = index
 
-    def sample(self, k: int, exclude: bytes, rng: random.Random) -> list[Peer]:
-        """Up to k distinct peers other than `exclude`, in O(k).
+    def sample(self, k: int, exclude: bytes, rng: random.Random) -> Picked:
+        """Up to k peers other than `exclude`: a window at a random offset.
 
-        A random start and a random step coprime with n walk an arithmetic
-        progression mod n, which visits k distinct items; several times
-        faster than random.sample at tracker rates, and random enough for
-        peer lists (start and step change on every call).
+        The array order is arbitrary (arrival order shuffled by removals) and
+        the offset changes on every call, so over a few announces each peer
+        hears of peers all over the swarm.
         """
-        items = self.items
+        items, compacts = self.items, self.compacts
         n = len(items)
-        if k + 1 >= n:
-            return [p for p in items if p.peer_id != exclude][:k]
+        skip = self.pos.get(exclude)
+        if k <= 0 or n == 0:
+            return [], []
+        if k >= n - (skip is not None):
+            peers, comps = items[:], compacts[:]
+            if skip is not None:
+                del peers[skip], comps[skip]
+            return peers, comps
         start = int(rng.random() * n)
-        step = 1 + int(rng.random() * (n - 1))
-        while math.gcd(step, n) != 1:  # bounded: gcd(1, n) == 1
-            step -= 1
-        picked = [items[(start + i * step) % n] for i in range(k + 1)]
-        return [p for p in picked if p.peer_id != exclude][:k]
+        stop = start + k + (skip is not None)
+        if stop <= n:
+            peers, comps = items[start:stop], compacts[start:stop]
+        else:
+            peers = items[start:] + items[: stop - n]
+            comps = compacts[start:] + compacts[: stop - n]
+        if skip is not None:
+            offset = (skip - start) % n
+            drop = offset if offset < len(peers) else len(peers) - 1
+            del peers[drop], comps[drop]
+        return peers, comps
 
     def __len__(self) -> int:
         return len(self.items)
@@ -128,7 +153,8 @@ class _PeerSet:
 
 @dataclass(frozen=True, slots=True)
 class AnnounceResult:
-    peers: list[PeerEntry]
+    peers: list[Peer]
+    compacts: list[bytes]
     complete: int
     incomplete: int
 
@@ -168,16 +194,14 @@ class Swarm:
         if req.event == "stopped":
             if peer is not None:
                 self._remove(peer)
-            self._note_finished(req, None)
-            return AnnounceResult([], self.seeders, len(self.peers) - self.seeders)
+            self._note_finished(req)
+            return AnnounceResult([], [], self.seeders, len(self.peers) - self.seeders)
         if peer is None and len(self.peers) >= self.max_peers:
             raise TrackerRequestError("swarm is full", kind="full")
         peer = self._upsert(peer, req, ip, location, now)
-        self._note_finished(req, peer)
-        chosen = self.select(peer, numwant, policy) if numwant > 0 else []
-        return AnnounceResult(
-            [p.entry for p in chosen], self.seeders, len(self.peers) - self.seeders
-        )
+        self._note_finished(req)
+        peers, compacts = self.select(peer, numwant, policy)
+        return AnnounceResult(peers, compacts, self.seeders, len(self.peers) - self.seeders)
 
     def _upsert(
         self, peer: Peer | None, req: AnnounceRequest, ip: str, location: str, now: float
@@ -185,6 +209,7 @@ class Swarm:
         if peer is not None and (peer.ip, peer.port, peer.location) != (ip, req.port, location):
             self._remove(peer)  # address or label changed: re-index from scratch
             peer = None
+        is_new = peer is None
         if peer is None:
             entry = PeerEntry(req.peer_id, ip, req.port, compact_peer(ip, req.port))
             peer = Peer(req.peer_id, ip, req.port, 0, 0, req.left, now, now, location, b"", entry)
@@ -197,11 +222,13 @@ class Swarm:
         peer.last_seen = now
         peer.key = peer.key or req.key
         self.seeders += int(peer.complete) - int(was_complete)
-        if req.event == "completed" or (not was_complete and peer.complete):
+        # scrape "downloaded": a download finishing, counted once per transition
+        # (a first-seen `completed` counts too: e.g. announced after a tracker restart)
+        if (not was_complete and peer.complete) or (is_new and req.event == "completed"):
             self.times_completed += 1
         return peer
 
-    def _note_finished(self, req: AnnounceRequest, peer: Peer | None) -> None:
+    def _note_finished(self, req: AnnounceRequest) -> None:
         if (req.left == 0 or req.event == "completed") and req.peer_id not in self.record.finished:
             self.record.finished.add(req.peer_id)
             self.dirty = True
@@ -224,7 +251,7 @@ class Swarm:
 
     # --- selection ---------------------------------------------------------
 
-    def select(self, me: Peer, numwant: int, policy: LocalityPolicy) -> list[Peer]:
+    def select(self, me: Peer, numwant: int, policy: LocalityPolicy) -> Picked:
         """Up to `numwant` other peers, same-location first (see module doc)."""
         others = [z for label, z in self._zones.items() if label != me.location]
         if me.location == NO_LOCATION or not others:
@@ -234,11 +261,8 @@ class Swarm:
         foreign_total = sum(len(z) for z in others)
         want = min(numwant, own_count + foreign_total)
         # a full list keeps a foreign share: the fraction, or one per other label
-        share = min(
-            want,
-            foreign_total,
-            max(min(len(others), want // 2), int(want * policy.foreign_fraction + 0.5)),
-        )
+        wanted_share = max(min(len(others), want // 2), int(want * policy.foreign_fraction + 0.5))
+        share = min(want, foreign_total, wanted_share)
         local = min(own_count, want - share)
         foreign = share
         if local == own_count:
@@ -246,19 +270,22 @@ class Swarm:
             # yet never shorter than min_peers, so a thin label is not starved
             ratio = policy.foreign_fraction / (1 - policy.foreign_fraction)
             cap = max(len(others), math.ceil(local * ratio))
-            foreign = min(
-                foreign_total, want - local, max(cap, min(numwant, policy.min_peers) - local)
-            )
-        chosen = own.sample(local, me.peer_id, self._rng)
-        return chosen + self._round_robin(others, foreign)
+            floor = min(numwant, policy.min_peers) - local
+            foreign = min(foreign_total, want - local, max(cap, floor))
+        peers, compacts = own.sample(local, me.peer_id, self._rng)
+        for zone, k in self._spread(others, foreign):
+            more_peers, more_compacts = zone.sample(k, b"", self._rng)
+            peers += more_peers
+            compacts += more_compacts
+        return peers, compacts
 
-    def _round_robin(self, zones: list[_PeerSet], count: int) -> list[Peer]:
-        """`count` peers spread evenly over `zones` (random order, random peers)."""
+    def _spread(self, zones: list[_PeerSet], count: int) -> list[tuple[_PeerSet, int]]:
+        """Split `count` evenly over `zones` (in random order), within each one's size."""
         order = list(zones)
         self._rng.shuffle(order)
         quota = [0] * len(order)
         remaining = count
-        while remaining > 0:  # bounded: each pass places >= 1 peer or stops
+        while remaining > 0:  # bounded: each pass places >= 1 or stops
             placed = 0
             for i, zone in enumerate(order):
                 if remaining and quota[i] < len(zone):
@@ -267,11 +294,7 @@ class Swarm:
                     placed += 1
             if not placed:
                 break
-        picked: list[Peer] = []
-        for zone, k in zip(order, quota, strict=True):
-            if k:
-                picked += zone.sample(k, b"", self._rng)
-        return picked
+        return [(zone, k) for zone, k in zip(order, quota, strict=True) if k]
 
     # --- completion policy & stats -----------------------------------------
 
@@ -299,7 +322,7 @@ class Swarm:
         unresolved = sum(1 for k in self.record.failed if k.startswith("addr:"))
         return len(self.record.finished | failed_ids) + unresolved
 
-    def status(self, now: float) -> dict[str, object]:
+    def status(self, now: float) -> dict[str, Any]:
         """Operator/orchestrator view (JSON-ready)."""
         rec = self.record
         peers = [
@@ -463,7 +486,8 @@ class Tracker:
             return Outcome(failure(exc.reason), exc.kind)
         rec = swarm.record
         body = announce_response(
-            result.peers,
+            [p.entry for p in result.peers] if not req.compact else (),
+            compact_peers=result.compacts,
             interval=self.policy.interval,
             min_interval=self.policy.min_interval,
             complete=result.complete,

@@ -379,3 +379,26 @@ def test_own_partial_piece_before_older_partials() -> None:
 def test_rarest_tie_break_differs_between_hosts() -> None:
     chosen = {make("0" * 40, {"s": "1" * 40}, seed=s).pick("s", 1)[0].index for s in range(20)}
     assert len(chosen) > 5
+
+
+def from_availability(avail: str, have: str | None = None) -> PiecePicker:
+    """A picker whose piece i is held by int(avail[i]) peers named 0, 1, ...
+    (peer j has piece i when j < avail[i])."""
+    n = len(avail)
+    counts = [int(c) for c in avail]
+    peers: dict[Hashable, str] = {
+        j: "".join("1" if j < c else "0" for c in counts) for j in range(max(counts))
+    }
+    return make(have or "0" * n, peers)
+
+
+def test_pickers_from_availability_strings() -> None:
+    p = from_availability("1110")
+    assert [p.availability(i) for i in range(4)] == [1, 1, 1, 0]
+    assert sorted(pieces(p.pick(0, 10))) == [0, 1, 2]
+    p = from_availability("3121", have="0100")
+    p.add_peer_have_all("s")
+    # s can serve anything: rarest missing first (3 held by 1 peer, then 2, then 0)
+    assert pieces(p.pick("s", 3)) == [3, 2, 0]
+    assert p.in_endgame  # every missing block is requested
+    assert pieces(p.pick(2, 3)) == [0]  # peer 2 has only piece 0: an endgame duplicate

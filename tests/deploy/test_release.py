@@ -189,3 +189,15 @@ def test_agent_activate_via_zipapp_json(tmp_path: Path) -> None:
     bad = subprocess.run([*cmd[:4], "activate", "--dest", str(dest), "--tag", "nope"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "not staged" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_owners_are_kept_when_root(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("owners are restored only by root")
+    src = make_sample_tree(tmp_path / "src")
+    os.chown(src / "etc" / "app.conf", 1234, 2345)
+    os.lchown(src / "run", 1234, 2345)
+    dest = staged(tmp_path, src, "v1")
+    st = os.stat(dest.releases / "v1" / "etc" / "app.conf")
+    assert (st.st_uid, st.st_gid) == (1234, 2345)
+    assert os.lstat(dest.releases / "v1" / "run").st_uid == 1234

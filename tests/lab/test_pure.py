@@ -105,7 +105,8 @@ def test_matrix_shape() -> None:
         assert ("http" in tools) == (cfg.scenario == "equal" and cfg.size == 64 * MiB)
     scen = {c.scenario: c for c, _ in plan}
     assert scen["loss"].loss_pct == 2.0
-    assert scen["hetero"].slow_hosts() == {i: 4.0 for i in (13, 14, 15, 16)}
+    assert scen["hetero"].slow_hosts() == {i: 10.0 for i in (13, 14, 15, 16)}
+    assert scen["loss"].rate_mbit == 40.0
 
 
 def test_config_hetero_quarter_of_receivers() -> None:

@@ -22,10 +22,22 @@ from typing import Any
 class RoostProc:
     def __init__(self, argv: list[str], name: str) -> None:
         self.name = name
-        self.argv = [sys.executable, "-m", "roost", *argv, "--json", "--port", "0",
-                     "--bind", "127.0.0.1"]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "roost",
+            *argv,
+            "--json",
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+        ]
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             start_new_session=True,
         )
         self.events: list[dict[str, Any]] = []

@@ -34,13 +34,32 @@ def payload(tmp_path: Path, size: int, piece: int = 64 * 1024) -> tuple[Path, Pa
 
 def test_origin_and_eight_peers_complete_identically(tmp_path: Path, procs: Procs) -> None:
     src, torrent = payload(tmp_path, 24 * MIB)
-    origin = procs.start(["seed", str(torrent), "-d", str(src.parent), "--no-tracker",
-                          "--skip-check", "--super-seed"], "origin")
+    origin = procs.start(
+        [
+            "seed",
+            str(torrent),
+            "-d",
+            str(src.parent),
+            "--no-tracker",
+            "--skip-check",
+            "--super-seed",
+        ],
+        "origin",
+    )
     ports = [origin.port]
     peers = []
     for i in range(8):
-        argv = ["fetch", str(torrent), "-d", str(tmp_path / f"peer{i}"), "--no-tracker",
-                "--linger", "3", "--timeout", "120"]
+        argv = [
+            "fetch",
+            str(torrent),
+            "-d",
+            str(tmp_path / f"peer{i}"),
+            "--no-tracker",
+            "--linger",
+            "3",
+            "--timeout",
+            "120",
+        ]
         for port in ports:
             argv += ["--peer", f"127.0.0.1:{port}"]
         peer = procs.start(argv, f"peer{i}")
@@ -51,8 +70,9 @@ def test_origin_and_eight_peers_complete_identically(tmp_path: Path, procs: Proc
         assert peer.wait(150) == 0, "".join(peer.stderr)[-2000:]
         assert tree_digest(tmp_path / peer.name / "release") == want
     # the swarm did the work, not just the origin: peers uploaded to each other
-    uploaded_by_peers = sum(1 for p in peers if any(
-        e.get("up_Bps", 0) > 0 for e in p.named("progress")))
+    uploaded_by_peers = sum(
+        1 for p in peers if any(e.get("up_Bps", 0) > 0 for e in p.named("progress"))
+    )
     assert uploaded_by_peers >= 4
 
 
@@ -64,16 +84,43 @@ def test_corrupt_peer_is_banned_and_everyone_completes(tmp_path: Path, procs: Pr
         for offset in range(0, 4 * MIB, 64 * 1024):  # spoil many pieces
             f.seek(offset + 100)
             f.write(b"\x00" * 64)
-    origin = procs.start(["seed", str(torrent), "-d", str(src.parent), "--no-tracker",
-                          "--skip-check", "--upload-rate", "2M"], "origin")
-    liar = procs.start(["seed", str(torrent), "-d", str(bad_root), "--no-tracker",
-                        "--skip-check"], "liar")
+    origin = procs.start(
+        [
+            "seed",
+            str(torrent),
+            "-d",
+            str(src.parent),
+            "--no-tracker",
+            "--skip-check",
+            "--upload-rate",
+            "2M",
+        ],
+        "origin",
+    )
+    liar = procs.start(
+        ["seed", str(torrent), "-d", str(bad_root), "--no-tracker", "--skip-check"], "liar"
+    )
     fetchers = []
     for i in range(3):
-        fetchers.append(procs.start(
-            ["fetch", str(torrent), "-d", str(tmp_path / f"f{i}"), "--no-tracker", "--no-seed",
-             "--timeout", "90", "--peer", f"127.0.0.1:{liar.port}",
-             "--peer", f"127.0.0.1:{origin.port}"], f"f{i}"))
+        fetchers.append(
+            procs.start(
+                [
+                    "fetch",
+                    str(torrent),
+                    "-d",
+                    str(tmp_path / f"f{i}"),
+                    "--no-tracker",
+                    "--no-seed",
+                    "--timeout",
+                    "90",
+                    "--peer",
+                    f"127.0.0.1:{liar.port}",
+                    "--peer",
+                    f"127.0.0.1:{origin.port}",
+                ],
+                f"f{i}",
+            )
+        )
     want = tree_digest(src)
     for fetcher in fetchers:
         assert fetcher.wait(120) == 0, "".join(fetcher.stderr)[-2000:]
@@ -87,11 +134,32 @@ def test_corrupt_peer_is_banned_and_everyone_completes(tmp_path: Path, procs: Pr
 def test_killed_fetch_resumes_without_refetching(tmp_path: Path, procs: Procs) -> None:
     size = 16 * MIB
     src, torrent = payload(tmp_path, size)
-    origin = procs.start(["seed", str(torrent), "-d", str(src.parent), "--no-tracker",
-                          "--skip-check", "--upload-rate", "4M"], "origin")
+    origin = procs.start(
+        [
+            "seed",
+            str(torrent),
+            "-d",
+            str(src.parent),
+            "--no-tracker",
+            "--skip-check",
+            "--upload-rate",
+            "4M",
+        ],
+        "origin",
+    )
     dest = tmp_path / "resumer"
-    argv = ["fetch", str(torrent), "-d", str(dest), "--no-tracker", "--no-seed",
-            "--timeout", "120", "--peer", f"127.0.0.1:{origin.port}"]
+    argv = [
+        "fetch",
+        str(torrent),
+        "-d",
+        str(dest),
+        "--no-tracker",
+        "--no-seed",
+        "--timeout",
+        "120",
+        "--peer",
+        f"127.0.0.1:{origin.port}",
+    ]
     first = procs.start(argv, "first")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

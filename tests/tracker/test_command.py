@@ -74,10 +74,31 @@ def test_runs_standalone_and_stops_gracefully(tmp_path: Path, sig: int) -> None:
     assert saved["admin_token"] == info["admin_token"]
 
 
-def test_bad_arguments_are_one_clear_line() -> None:
-    result = CliRunner().invoke(command, ["--trust-ip-from", "not-a-net", "--port", "0"])
-    assert result.exit_code != 0
-    assert "not a network" in str(result.exception) or "not a network" in result.output
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trust-ip-from", "not-a-net"], "not a network"),
+        (["--location", "10.0.0.0/8"], "CIDR=LABEL"),
+        (["--location", "bogus=rack1"], "not a network"),
+        (["--admin-token", "short"], "at least 16 characters"),
+    ],
+)
+def test_bad_arguments_are_one_clear_line(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "roost", "tracker", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_command_object_is_a_click_command_named_tracker() -> None:
+    assert command.name == "tracker"
+    result = CliRunner().invoke(command, ["--help"])
+    assert result.exit_code == 0 and "--trust-ip-from" in result.output
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:

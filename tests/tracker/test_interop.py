@@ -174,9 +174,11 @@ def test_libtorrent_seeds_aria2c_fetches(
     fetched = tmp_path / "fetch" / "payload.bin"
     wait_for(
         "aria2c to finish",
-        lambda: fetched.exists()
-        and fetched.stat().st_size == SIZE
-        and t.call(t.server.status, ih)["done"],
+        lambda: (
+            fetched.exists()
+            and fetched.stat().st_size == SIZE
+            and t.call(t.server.status, ih)["done"]
+        ),
     )
     check_done(t, ih, payload, fetched)
 

@@ -65,7 +65,7 @@ def metric(t: Any, name: str) -> float:
     status, text = t.get("/metrics")
     assert status == 200
     for line in text.decode().splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+        if line.split(" ")[0] == name:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -79,13 +79,18 @@ def test_register_announce_status_scrape(start_tracker: Any) -> None:
     assert first[b"peers"] == b"" and first[b"roost.expected"] == 2
     second = announce(t, token, announce_query(IH, pid(2), port=7002, left=10, event="started"))
     assert second[b"peers"] == bytes([127, 0, 0, 1]) + (7001).to_bytes(2, "big")
-    assert (second[b"complete"], second[b"incomplete"], second[b"roost.complete_peers"]) == (1, 1, 1)
+    assert (second[b"complete"], second[b"incomplete"], second[b"roost.complete_peers"]) == (
+        1,
+        1,
+        1,
+    )
     for path in (f"/status/{token}",):
         status, raw = t.get(path)
         assert status == 200
     status, st = t.admin("GET", f"/admin/swarms/{IH.hex()}")
     assert status == 200 and st["totals"]["complete"] == 1 and st["expected_peers"] == 2
     assert {p["port"] for p in st["peers"]} == {7001, 7002}
+    assert all(abs(p["last_seen"] - time.time()) < 30 for p in st["peers"])
     status, raw = t.get(f"/scrape/{token}?info_hash={quote_from_bytes(IH, safe='')}")
     files = bencode.decode(raw)[b"files"]  # type: ignore[index]
     assert files[IH] == {b"complete": 1, b"downloaded": 0, b"incomplete": 1}  # type: ignore[index]
@@ -127,16 +132,24 @@ def test_hostile_input_gets_bencoded_failures_and_server_keeps_serving(start_tra
         assert reason in failure_of(*t.get(target)), target
     # percent-encoded NUL and non-UTF-8 bytes are fine bytes to us: a reasoned failure
     reply = raw_request(
-        t.port, b"GET /announce/" + token.encode() + b"?info_hash=" + b"%00%ff" * 10 +
-        b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        t.port,
+        b"GET /announce/"
+        + token.encode()
+        + b"?info_hash="
+        + b"%00%ff" * 10
+        + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     assert reply.startswith(b"HTTP/1.1 200") and b"d14:failure reason" in reply, reply[:200]
     # raw (unencoded) bytes >= 0x80 or NUL are not HTTP (RFC 3986): the HTTP layer
     # refuses them with a 400 before any handler runs; never a 500 or a traceback
     for junk in (b"\xff\xfe\x80", b"\x00\x00"):
         reply = raw_request(
-            t.port, b"GET /announce/" + token.encode() + b"?info_hash=" + junk +
-            b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            t.port,
+            b"GET /announce/"
+            + token.encode()
+            + b"?info_hash="
+            + junk
+            + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
         assert reply.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400")), reply[:200]
         assert b"Traceback" not in reply
@@ -183,8 +196,9 @@ def test_admin_api_auth_and_validation(start_tracker: Any) -> None:
     assert t.admin("GET", "/admin/swarms/" + "00" * 20)[0] == 404
     assert t.admin("GET", "/admin/swarms/zz")[0] == 404
     assert t.admin("DELETE", f"/admin/swarms/{IH.hex()}")[0] == 200
-    assert "invalid secret" in failure_of(*t.get("/announce/" + "A" * 20 + "?" +
-                                                 announce_query(IH, pid(1)).decode()))
+    assert "invalid secret" in failure_of(
+        *t.get("/announce/" + "A" * 20 + "?" + announce_query(IH, pid(1)).decode())
+    )
 
 
 def test_register_by_torrent_and_mark_failed(start_tracker: Any) -> None:
@@ -192,10 +206,13 @@ def test_register_by_torrent_and_mark_failed(start_tracker: Any) -> None:
     data = make_torrent(b"x" * 40000, "payload.bin", "http://example.invalid/announce")
     meta = parse(data)
     status, reg = t.admin(
-        "POST", "/admin/swarms",
+        "POST",
+        "/admin/swarms",
         {"torrent": base64.b64encode(data).decode(), "expected_peers": 3},
     )
-    assert status == 201 and reg["info_hash"] == meta.info_hash.hex() and reg["name"] == "payload.bin"
+    assert (
+        status == 201 and reg["info_hash"] == meta.info_hash.hex() and reg["name"] == "payload.bin"
+    )
     ih, token = meta.info_hash, reg["token"]
     announce(t, token, announce_query(ih, pid(1), left=0, port=7001))
     announce(t, token, announce_query(ih, pid(2), left=5, port=7002))
@@ -206,6 +223,10 @@ def test_register_by_torrent_and_mark_failed(start_tracker: Any) -> None:
     status, res = t.admin("POST", path, {"address": "127.0.0.1:7002"})
     assert status == 200 and res["added"] == 1 and res["complete_peers"] == 2
     status, res = t.admin("POST", path, {"peer_id": pid(3).hex()})
+    assert status == 200 and res["added"] == 1
+    t.run(t.server.set_expected_peers(ih, 4))
+    assert t.call(t.server.status, ih)["expected_peers"] == 4
+    t.run(t.server.set_expected_peers(ih, 3))
     body = announce(t, token, announce_query(ih, pid(1), left=0, port=7001))
     assert (body[b"roost.expected"], body[b"roost.complete_peers"]) == (3, 3)
     assert t.admin("GET", f"/admin/swarms/{ih.hex()}")[1]["done"] is True
@@ -255,8 +276,9 @@ def test_torrent_directory_registration(start_tracker: Any, tmp_path: Path) -> N
             break
         time.sleep(0.05)
     assert [s["name"] for s in swarms] == ["second.tar"]  # generated token for this one
-    assert "invalid secret" in failure_of(*t.get(f"/announce/{tok}?" +
-                                                 announce_query(ih, pid(1)).decode()))
+    assert "invalid secret" in failure_of(
+        *t.get(f"/announce/{tok}?" + announce_query(ih, pid(1)).decode())
+    )
 
 
 def test_silent_peers_expire_on_the_server(start_tracker: Any) -> None:
@@ -292,8 +314,10 @@ def test_ipv6_listener_and_peers6(start_tracker: Any) -> None:
     q1 = announce_query(IH, pid(1), port=7001).decode()
     q2 = announce_query(IH, pid(2), port=7002).decode()
     for q in (q1, q2):
-        reply = raw_request6(t.port, f"GET /announce/{token}?{q} HTTP/1.1\r\nHost: x\r\n"
-                            "Connection: close\r\n\r\n".encode())
+        reply = raw_request6(
+            t.port,
+            f"GET /announce/{token}?{q} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+        )
     body = bencode.decode(reply.split(b"\r\n\r\n", 1)[1])
     assert body[b"peers6"] == bytes(15) + b"\x01" + (7001).to_bytes(2, "big")  # type: ignore[index]
     assert t.server.url.startswith("http://[::1]:")
@@ -313,3 +337,45 @@ def raw_request6(port: int, data: bytes) -> bytes:
                 break
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def test_ip_policy_and_location_over_http(start_tracker: Any) -> None:
+    import ipaddress
+
+    trusted = TrackerPolicy(
+        ip_override="trusted", trusted_networks=(ipaddress.ip_network("127.0.0.0/8"),)
+    )
+    for policy, want in ((TrackerPolicy(), "127.0.0.1"), (trusted, "10.1.2.3")):
+        t = start_tracker(policy=policy)
+        token = register(t)["token"]
+        announce(t, token, announce_query(IH, pid(1), ip="10.1.2.3", location="rack-9"))
+        (peer,) = t.admin("GET", f"/admin/swarms/{IH.hex()}")[1]["peers"]
+        assert (peer["address"], peer["location"]) == (want, "rack-9")
+
+
+def test_embeds_in_another_asyncio_program() -> None:
+    """The deploy command's way: same event loop, no threads, no signals touched."""
+    import asyncio
+    import signal
+
+    import aiohttp
+    from yarl import URL
+
+    from roost.tracker.server import TrackerConfig, TrackerServer
+
+    async def main() -> dict[bytes, Any]:
+        before = signal.getsignal(signal.SIGTERM)
+        async with TrackerServer(TrackerConfig(port=0)) as tracker:
+            reg = await tracker.register(IH, expected_peers=1)
+            query = announce_query(IH, pid(1), left=0).decode()
+            async with aiohttp.ClientSession() as http:
+                url = URL(f"{reg['announce_url']}?{query}", encoded=True)
+                async with http.get(url) as resp:
+                    body = bencode.decode(await resp.read())
+            assert tracker.status(IH)["done"] is True
+        assert signal.getsignal(signal.SIGTERM) == before
+        assert isinstance(body, dict)
+        return body
+
+    body = asyncio.run(main())
+    assert (body[b"roost.expected"], body[b"roost.complete_peers"]) == (1, 1)

@@ -12,8 +12,9 @@ from roost.tracker.swarm import SwarmRecord
 
 
 def sample() -> state.TrackerState:
-    rec = SwarmRecord(b"\x01" * 20, "tok-0123456789abcdef", "app", 5, "api", {b"\x02" * 20},
-                      {"addr:10.0.0.1"})
+    rec = SwarmRecord(
+        b"\x01" * 20, "tok-0123456789abcdef", "app", 5, "api", {b"\x02" * 20}, {"addr:10.0.0.1"}
+    )
     return state.TrackerState("admin-secret", [rec])
 
 
@@ -45,8 +46,14 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize(
     "text",
-    [b"", b"{", b"[]", b'{"version": 99}', b'{"version": 1, "swarms": [{"token": "x"}]}',
-     b'{"version": 1, "swarms": [{"info_hash": "0101", "token": "x"}]}'],
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'{"version": 99}',
+        b'{"version": 1, "swarms": [{"token": "x"}]}',
+        b'{"version": 1, "swarms": [{"info_hash": "0101", "token": "x"}]}',
+    ],
 )
 def test_corrupt_files_raise_state_error(tmp_path: Path, text: bytes) -> None:
     path = tmp_path / "state.json"

@@ -6,13 +6,18 @@ import ipaddress
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from roost import bencode
+from roost.tracker.protocol import PeerEntry, compact_peer
 from roost.tracker.swarm import (
     LocalityPolicy,
+    Peer,
     SwarmRecord,
     Tracker,
     TrackerPolicy,
+    _PeerSet,
     split_address,
 )
 
@@ -109,7 +114,9 @@ def test_ip_parameter_needs_policy() -> None:
     ok(off, query, "10.0.0.1")
     assert off.swarms[IH].peers[pid(1)].ip == "10.0.0.1"
     trusted = make(
-        TrackerPolicy(ip_override="trusted", trusted_networks=(ipaddress.ip_network("10.9.0.0/16"),))
+        TrackerPolicy(
+            ip_override="trusted", trusted_networks=(ipaddress.ip_network("10.9.0.0/16"),)
+        )
     )
     ok(trusted, query, "10.0.0.1")  # not from a trusted network: ignored
     assert trusted.swarms[IH].peers[pid(1)].ip == "10.0.0.1"
@@ -122,7 +129,9 @@ def test_ipv6_peers_go_to_peers6() -> None:
     ok(tracker, announce_query(IH, pid(1), port=7001), "2001:db8::1")
     body = ok(tracker, announce_query(IH, pid(2), port=7002), "10.0.0.2")
     assert body[b"peers"] == b""
-    assert body[b"peers6"] == ipaddress.IPv6Address("2001:db8::1").packed + (7001).to_bytes(2, "big")
+    assert body[b"peers6"] == ipaddress.IPv6Address("2001:db8::1").packed + (7001).to_bytes(
+        2, "big"
+    )
     body = ok(tracker, announce_query(IH, pid(3), compact=0), "10.0.0.3")
     ips = {d[b"ip"] for d in body[b"peers"]}
     assert ips == {b"2001:db8::1", b"10.0.0.2"}
@@ -163,8 +172,13 @@ def test_status_shape() -> None:
     assert peer["address"] == "10.0.0.1" and peer["left"] == 7 and peer["completed"] is False
     assert peer["uploaded"] == 3 and peer["downloaded"] == 4 and peer["last_seen_ago"] == 2.5
     assert st["totals"] == {  # type: ignore[comparison-overlap]
-        "peers": 1, "complete": 0, "incomplete": 1, "downloaded": 0,
-        "bytes_uploaded": 3, "bytes_downloaded": 4, "bytes_left": 7,
+        "peers": 1,
+        "complete": 0,
+        "incomplete": 1,
+        "downloaded": 0,
+        "bytes_uploaded": 3,
+        "bytes_downloaded": 4,
+        "bytes_left": 7,
     }
 
 
@@ -241,3 +255,65 @@ def test_every_peer_is_reachable_across_zones() -> None:
             for ip, _ in peers_of(ok(tracker, q, f"10.{z}.0.{n + 1}", now=1)):
                 heard.setdefault(f"zone{z}", set()).add(ip.split(".")[1])
     assert all(seen == {"0", "1", "2", "3"} for seen in heard.values())
+
+
+# --- the O(k) sampler ------------------------------------------------------------
+
+
+def _peer(n: int) -> Peer:
+    ip = f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
+    entry = PeerEntry(pid(n), ip, 1000 + n % 60000, compact_peer(ip, 1000 + n % 60000))
+    return Peer(pid(n), ip, entry.port, 0, 0, 1, 0.0, 0.0, "", b"", entry)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=120),
+    st.integers(0, 60),
+    st.integers(0, 45),
+    st.integers(0, 2**32),
+)
+def test_peerset_sample_is_distinct_excludes_me_and_full(
+    ops: list[tuple[bool, int]], k: int, me: int, seed: int
+) -> None:
+    ps, live = _PeerSet(), set()
+    for add, n in ops:
+        if add and n not in live:
+            ps.add(_peer(n))
+            live.add(n)
+        elif not add and n in live:
+            ps.remove(pid(n))
+            live.discard(n)
+    assert sorted(ps.pos) == sorted(pid(n) for n in live)
+    assert all(ps.items[i].peer_id == key for key, i in ps.pos.items())
+    assert ps.compacts == [p.entry.compact for p in ps.items]
+    peers, compacts = ps.sample(k, pid(me), random.Random(seed))
+    ids = [p.peer_id for p in peers]
+    assert len(set(ids)) == len(ids)
+    assert pid(me) not in ids
+    others = len(live - {me})
+    assert len(ids) == min(k, others)
+    assert compacts == [p.entry.compact for p in peers]
+
+
+def test_sampling_reaches_everyone() -> None:
+    """Random windows: over many lists, every peer is handed out."""
+    ps = _PeerSet()
+    for n in range(300):
+        ps.add(_peer(n))
+    rng = random.Random(1)
+    seen: set[bytes] = set()
+    for _ in range(60):
+        seen.update(p.peer_id for p in ps.sample(50, pid(0), rng)[0])
+    assert seen == {pid(n) for n in range(1, 300)}
+
+
+def test_scrape_downloaded_counts_each_finish_once() -> None:
+    tracker = make()
+    swarm = tracker.swarms[IH]
+    ok(tracker, announce_query(IH, pid(1), left=0))  # a seeder: not a download
+    ok(tracker, announce_query(IH, pid(2), left=9))
+    ok(tracker, announce_query(IH, pid(2), left=0))  # finished (no event)
+    ok(tracker, announce_query(IH, pid(2), left=0, event="completed"))  # late event
+    ok(tracker, announce_query(IH, pid(3), left=0, event="completed"))  # first seen completing
+    assert swarm.times_completed == 2

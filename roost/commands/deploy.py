@@ -1,0 +1,177 @@
+"""`roost deploy SRC`: push a release to every host over a swarm, then activate it.
+
+Exit codes: 0 at least --min-success hosts have the release current (or
+staged, with --no-activate); 1 a local error (packing, tracker, origin);
+2 bad arguments or configuration; 3 fewer than --min-success hosts staged
+the release, so nothing was switched; 4 activation left fewer than
+--min-success hosts on the new release; 130 interrupted (everything cleaned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from roost.deploy.config import DeployConfig, load_config, resolve_hosts
+from roost.deploy.run import (
+    EXIT_INTERRUPTED,
+    Connector,
+    Deploy,
+    default_tag,
+    new_deploy,
+    run_deploy,
+    ssh_connector,
+)
+
+
+def deploy_options(func: Any) -> Any:
+    """Flags shared by deploy and demo; each overrides roost.toml."""
+    options = [
+        click.option("--tag", help="release name (default: UTC time + git commit)"),
+        click.option("--keep", type=int, help="releases to keep per host (default 5)"),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["auto", "tar", "dir", "file"]),
+            help="payload format (directory default: tar)",
+        ),
+        click.option("--compress", is_flag=True, default=None, help="zstd-compress the tar"),
+        click.option("--min-success", help="hosts needed: a count, 0.9 or 90% (default 100%)"),
+        click.option("--no-activate", is_flag=True, help="stage only; leave `current` alone"),
+        click.option("--pre", "pre_activate", multiple=True, help="pre-activate command"),
+        click.option("--post", "post_activate", multiple=True, help="post-activate command"),
+        click.option("--timeout", type=float, help="fetch phase limit in seconds (default 900)"),
+        click.option("--upload-rate", help="per-peer upload cap, e.g. 100mbit or 20M"),
+        click.option("--download-rate", help="per-peer download cap"),
+        click.option("--link-rate", help="the hosts' link rate R, to report the bound S·8/R"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def overrides(params: dict[str, Any]) -> dict[str, Any]:
+    mapping = {
+        "dest": "dest",
+        "tag": "tag",
+        "keep": "keep",
+        "fmt": "format",
+        "compress": "compress",
+        "min_success": "min_success",
+        "timeout": "timeout",
+        "upload_rate": "upload_rate",
+        "download_rate": "download_rate",
+        "link_rate": "link_rate",
+        "concurrency": "concurrency",
+        "pre_activate": "pre_activate",
+        "post_activate": "post_activate",
+        "hosts": "hosts",
+        "hosts_file": "hosts_file",
+        "inventory": "inventory",
+        "groups": "groups",
+        "user": "user",
+        "ssh_port": "ssh_port",
+        "key": "key",
+        "known_hosts": "known_hosts",
+        "connect_timeout": "connect_timeout",
+        "python": "python",
+        "listen": "listen",
+    }
+    out = {mapping[k]: v for k, v in params.items() if k in mapping}
+    for key in ("pre_activate", "post_activate", "hosts", "groups"):
+        if key in out:
+            out[key] = list(out[key] or [])
+    if params.get("no_activate"):
+        out["activate"] = False
+    return out
+
+
+def execute(
+    deploy: Deploy, src: Path, connect: Connector, *, as_json: bool, listen: str | None = None
+) -> int:
+    """Run a deploy with the live view; print the table (or JSON); return the exit code."""
+    from rich.console import Console
+
+    from roost.deploy.view import final_table, live_view, report
+
+    err = Console(stderr=True)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        # SIGTERM (a CI job cancelled, a supervisor stopping us) cleans up like Ctrl-C
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        async with live_view(deploy, err, enabled=not as_json and err.is_terminal):
+            await run_deploy(deploy, src, connect, listen=listen)
+
+    try:
+        asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        deploy.interrupted = True
+        deploy.exit_code = EXIT_INTERRUPTED
+        deploy.message = "interrupted; remote fetches stopped and temp files removed"
+    if as_json:
+        click.echo(json.dumps(report(deploy), indent=1))
+    else:
+        final_table(deploy, Console(stderr=False) if sys.stdout.isatty() else err)
+    return deploy.exit_code
+
+
+def host_options(func: Any) -> Any:
+    """Which hosts and how to reach them (deploy, status, rollback, clean)."""
+    options = [
+        click.option(
+            "-c",
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path),
+            help="roost.toml to read (default: ./roost.toml if present)",
+        ),
+        click.option("--hosts", multiple=True, help="hosts, comma separated: [user@]host[:port]"),
+        click.option("--hosts-file", help="file with one host per line"),
+        click.option("-i", "--inventory", help="Ansible inventory (INI or YAML)"),
+        click.option("-g", "--group", "groups", multiple=True, help="inventory group (repeatable)"),
+        click.option("--dest", help="destination directory on every host (absolute)"),
+        click.option("--user", help="SSH user"),
+        click.option("--ssh-port", type=int, help="SSH port (default 22)"),
+        click.option("--key", help="SSH private key file"),
+        click.option("--known-hosts", help="known_hosts file, or 'off' to skip host key checks"),
+        click.option("--connect-timeout", type=float, help="SSH connect timeout (default 10 s)"),
+        click.option("--concurrency", type=int, help="hosts contacted at once (default 50)"),
+        click.option("--python", help="python3 on the hosts (default: python3)"),
+        click.option("--json", "as_json", is_flag=True, help="print a JSON report on stdout"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def host_config(config_path: Path | None, params: dict[str, Any]) -> DeployConfig:
+    config = load_config(config_path, overrides(params))
+    if not config.dest:
+        raise click.UsageError("give --dest (or deploy.dest in roost.toml)")
+    return config
+
+
+@click.command(name="deploy")
+@click.argument("src", type=click.Path(path_type=Path))
+@host_options
+@click.option(
+    "--listen",
+    help="address the tracker and origin bind (default: the source "
+    "address of our route to the hosts)",
+)
+@deploy_options
+def command(src: Path, config_path: Path | None, as_json: bool, **params: Any) -> int:
+    """Deploy SRC (a directory or a file) to every host."""
+    config = host_config(config_path, params)
+    hosts = resolve_hosts(config)
+    tag = config.tag or default_tag(src)
+    deploy = new_deploy(config, hosts, tag)
+    return execute(deploy, src, ssh_connector(config), as_json=as_json)

@@ -1,0 +1,249 @@
+"""Deploy configuration: roost.toml, overridden by command-line flags.
+
+Hosts come from an inline list, a file (one per line), or an Ansible
+inventory (INI or YAML) narrowed to groups. A host entry is
+`[user@]name[:port]`; inventories may add ansible_host/ansible_port/
+ansible_user and roost's own variables roost_address (the address to
+announce), roost_interface (announce that interface's address) and
+roost_location (a rack/zone label for the tracker).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from roost.errors import UsageError
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    address: str  # where SSH connects
+    port: int = 22
+    user: str | None = None
+    location: str | None = None
+    announce: str | None = None  # address to announce, from configuration
+    interface: str | None = None  # or this interface's address
+    groups: tuple[str, ...] = ()
+    dest: str | None = None  # overrides the deploy's destination on this host
+
+
+@dataclass
+class DeployConfig:
+    dest: str = ""
+    tag: str | None = None
+    keep: int = 5
+    format: str = "auto"
+    compress: bool = False
+    min_success: str = "100%"
+    activate: bool = True
+    pre_activate: list[str] = field(default_factory=list)
+    post_activate: list[str] = field(default_factory=list)
+    hook_timeout: float = 300.0
+    hosts: list[str] = field(default_factory=list)
+    hosts_file: str | None = None
+    inventory: str | None = None
+    groups: list[str] = field(default_factory=list)
+    user: str | None = None
+    ssh_port: int = 22
+    key: str | None = None
+    known_hosts: str | None = None  # a path, or "off"; None: asyncssh's default
+    connect_timeout: float = 10.0
+    concurrency: int = 50
+    timeout: float = 900.0  # the whole fetch phase
+    python: str = "python3"
+    listen: str | None = None  # tracker/origin address; default: route source to hosts
+    port_range: str = "6881-6999"
+    upload_rate: str | None = None
+    download_rate: str | None = None
+    link_rate: str | None = None  # the hosts' link rate, for the bound S·8/R only
+    interface: str | None = None
+    locations: dict[str, str] = field(default_factory=dict)  # host name -> label
+
+
+#: roost.toml [section] key -> DeployConfig attribute
+TOML_KEYS: dict[str, dict[str, str]] = {
+    "deploy": {
+        k: k
+        for k in (
+            "dest",
+            "tag",
+            "keep",
+            "format",
+            "compress",
+            "min_success",
+            "activate",
+            "pre_activate",
+            "post_activate",
+            "hook_timeout",
+            "timeout",
+        )
+    },
+    "hosts": {
+        "list": "hosts",
+        "file": "hosts_file",
+        "inventory": "inventory",
+        "groups": "groups",
+        "locations": "locations",
+    },
+    "ssh": {
+        "user": "user",
+        "port": "ssh_port",
+        "key": "key",
+        "known_hosts": "known_hosts",
+        "connect_timeout": "connect_timeout",
+        "concurrency": "concurrency",
+        "python": "python",
+    },
+    "network": {
+        "listen": "listen",
+        "port_range": "port_range",
+        "upload_rate": "upload_rate",
+        "download_rate": "download_rate",
+        "link_rate": "link_rate",
+        "interface": "interface",
+    },
+}
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> DeployConfig:
+    """roost.toml (if any) then the flags that were given (None means not given)."""
+    config = DeployConfig()
+    if path is None and Path("roost.toml").is_file():
+        path = Path("roost.toml")
+    if path is not None:
+        config = _apply_toml(config, _read_toml(path), path)
+    given = {k: v for k, v in overrides.items() if v not in (None, (), [])}
+    valid = {f.name for f in fields(DeployConfig)}
+    unknown = set(given) - valid
+    if unknown:
+        raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return replace(config, **given)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:  # by name: tomllib is 3.11+, and mypy checks against 3.10
+        tomllib = importlib.import_module("tomllib")
+    except ImportError:
+        raise UsageError("reading roost.toml needs Python 3.11 or later") from None
+    try:
+        with path.open("rb") as f:
+            data: dict[str, Any] = tomllib.load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}") from None
+    return data
+
+
+def _apply_toml(config: DeployConfig, data: dict[str, Any], path: Path) -> DeployConfig:
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        keys = TOML_KEYS.get(section)
+        if keys is None or not isinstance(table, dict):
+            raise UsageError(f"{path}: unknown section [{section}]")
+        for key, value in table.items():
+            if key not in keys:
+                raise UsageError(f"{path}: unknown key {key!r} in [{section}]")
+            values[keys[key]] = value
+    if isinstance(values.get("min_success"), int | float):
+        values["min_success"] = str(values["min_success"])
+    try:
+        return replace(config, **values)
+    except TypeError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+# --- hosts -------------------------------------------------------------------------------
+
+_HOST = re.compile(
+    r"(?:(?P<user>[^@\s]+)@)?(?P<host>\[[0-9a-fA-F:.]+\]|[^:\s\[\]]+)"
+    r"(?::(?P<port>\d+))?\Z"
+)
+
+
+def parse_host(text: str, default_port: int = 22, **extra: Any) -> HostSpec:
+    match = _HOST.match(text.strip())
+    if not match:
+        raise UsageError(f"host {text!r} is not [user@]host[:port]")
+    address = match["host"].strip("[]")
+    return HostSpec(
+        name=address,
+        address=address,
+        port=int(match["port"] or default_port),
+        user=match["user"],
+        **extra,
+    )
+
+
+def resolve_hosts(config: DeployConfig) -> list[HostSpec]:
+    hosts: list[HostSpec] = []
+    for item in config.hosts:
+        for text in str(item).replace(",", " ").split():
+            hosts.append(parse_host(text, config.ssh_port))
+    if config.hosts_file:
+        hosts += _hosts_file(Path(config.hosts_file).expanduser(), config.ssh_port)
+    if config.inventory:
+        from roost.deploy.inventory import load_inventory
+
+        hosts += load_inventory(Path(config.inventory).expanduser(), config.groups, config.ssh_port)
+    seen: set[str] = set()
+    unique: list[HostSpec] = []
+    for host in hosts:
+        if host.name in seen:
+            continue
+        seen.add(host.name)
+        location = config.locations.get(host.name, host.location)
+        unique.append(
+            replace(
+                host,
+                location=location,
+                user=host.user or config.user,
+                interface=host.interface or config.interface,
+            )
+        )
+    if not unique:
+        raise UsageError("no hosts: give --hosts, --hosts-file or --inventory (or roost.toml)")
+    return unique
+
+
+def _hosts_file(path: Path, port: int) -> list[HostSpec]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read hosts file {path}: {exc.strerror}") from None
+    return [parse_host(line.split("#")[0], port) for line in lines if line.split("#")[0].strip()]
+
+
+def parse_min_success(text: str, total: int) -> int:
+    """'100%', '0.9' (a fraction) or '12' (a count) -> hosts needed."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            need = -(-total * float(value[:-1]) // 100)
+        elif "." in value:
+            need = -(-total * float(value) // 1)
+        else:
+            need = int(value)
+    except ValueError:
+        raise UsageError(
+            f"--min-success {text!r} is not a count, a fraction or a percent"
+        ) from None
+    if need < 0 or need > total:
+        raise UsageError(f"--min-success {text!r} asks for {int(need)} of {total} hosts")
+    return int(need)
+
+
+def parse_rate(text: str) -> float:
+    """'20M' -> bytes/s (binary units); '100mbit' -> 12.5e6 bytes/s; as `roost fetch`."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmg]?)(bit|b|)?\s*", text.lower())
+    if not match:
+        raise UsageError(f"{text!r} is not a rate like 20M or 100mbit")
+    value = float(match.group(1))
+    if match.group(3) == "bit":
+        return value * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2)] / 8
+    return value * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]

@@ -1,0 +1,96 @@
+"""Run one agent command on every host: `roost status`, `rollback` and `clean`.
+
+Same transport, same agent push and same per-host failure reporting as
+deploy; each host's JSON answer becomes a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from roost.deploy.config import DeployConfig, HostSpec
+from roost.deploy.host import HostRun
+from roost.deploy.run import Connector, make_agent
+from roost.deploy.transport import HostFailure
+
+
+@dataclass
+class OpResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.rows if r["status"] == "failed")
+
+
+async def run_everywhere(
+    config: DeployConfig, hosts: list[HostSpec], connect: Connector, command: str, *args: str
+) -> OpResult:
+    agent = make_agent(config.python)
+    limit = asyncio.Semaphore(max(1, config.concurrency))
+
+    async def one(spec: HostSpec) -> dict[str, Any]:
+        run = HostRun(spec)
+        row: dict[str, Any] = {"host": spec.name, "address": spec.address}
+        try:
+            async with limit:
+                run.transport = await connect(spec)
+                await run.ensure_agent(agent)
+                result = await run.transport.run(
+                    run.agent_cmd(agent, command, "--dest", run.dest(config), "--json", *args),
+                    timeout=120,
+                )
+            if result.code != 0:
+                message = result.last_error().split("error: ", 1)[-1]
+                raise HostFailure(command.removeprefix("host-"), message)
+            row.update(json.loads(result.stdout.strip().splitlines()[-1]))
+            row["status"] = "ok"
+        except HostFailure as exc:
+            row.update(status="failed", kind=exc.kind, reason=str(exc))
+        except (ValueError, IndexError):
+            row.update(status="failed", kind=command, reason="unreadable agent output")
+        finally:
+            if run.transport is not None:
+                await run.transport.close()
+        return row
+
+    return OpResult(list(await asyncio.gather(*(one(h) for h in hosts))))
+
+
+def run_op(
+    config: DeployConfig,
+    command: str,
+    args: list[str],
+    as_json: bool,
+    title: str,
+    columns: list[tuple[str, Any]],
+) -> int:
+    """Run `command` on every host; print a table (or JSON); 0 when every host answered."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from roost.deploy.config import resolve_hosts
+    from roost.deploy.run import ssh_connector
+
+    hosts = resolve_hosts(config)
+    result = asyncio.run(run_everywhere(config, hosts, ssh_connector(config), command, *args))
+    code = 1 if result.failed else 0
+    if as_json:
+        print(
+            json.dumps({"hosts": result.rows, "failed": result.failed, "exit_code": code}, indent=1)
+        )
+        return code
+    table = Table(title=title, title_justify="left")
+    for name, _ in columns:
+        table.add_column(name)
+    table.add_column("problem")
+    for row in result.rows:
+        cells = [str(getter(row)) if row["status"] == "ok" else "-" for _, getter in columns]
+        cells[0] = row["host"]
+        problem = f"[{row['kind']}] {row['reason']}" if row["status"] == "failed" else ""
+        table.add_row(*cells, problem)
+    Console().print(table)
+    return code

@@ -1,0 +1,331 @@
+"""One target host's part of a deploy: agent push, prepare, fetch, stage, activate, clean.
+
+Theory of operation. Every step is one shell command sent through a
+Transport (SSH, or local for the demo). The agent is `python3 -I <pyz>`:
+the zipapp is cached on the host under ~/.cache/roost by version and
+content hash and pushed only when missing, so hosts need nothing but
+CPython >= 3.10. `fetch` writes its pid into the deploy's directory before
+exec'ing, so `host-clean` can stop exactly that process later — on success,
+failure or Ctrl-C — and nothing keyed on a process name is ever killed.
+
+A HostRun records what happened (phase, status, reason) for the live view
+and the final table; failures are HostFailure and stay on their host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from roost.deploy.config import DeployConfig, HostSpec
+from roost.deploy.transport import HostFailure, Stream, Transport
+from roost.release import Manifest
+
+MIN_PYTHON = (3, 10)
+
+
+@dataclass
+class Agent:
+    """The zipapp to run on hosts."""
+
+    data: bytes
+    name: str  # roost-<version>-<sha12>.pyz
+    python: str = "python3"
+
+
+@dataclass
+class FetchPlan:
+    tracker_url: str
+    tracker_host: str
+    tracker_port: int
+    expected_peers: int
+    port_range: str
+    upload_rate: str | None = None
+    download_rate: str | None = None
+    timeout: float = 900.0
+
+
+@dataclass
+class HostRun:
+    spec: HostSpec
+    status: str = "waiting"  # waiting|connecting|fetching|staged|activated|ok|failed|...
+    phase: str = "connect"
+    kind: str = ""
+    reason: str = ""
+    bytes_done: int = 0
+    bytes_total: int = 0
+    rate: float = 0.0
+    pushed_agent: bool = False
+    already_had: bool = False
+    address: str | None = None
+    previous: str | None = None
+    times: dict[str, float] = field(default_factory=dict)
+    transport: Transport | None = None
+    pyz: str = ""
+    work: str = ""
+    fetch_stream: Stream | None = None
+    fetch_exit: int | None = None
+    fetch_task: asyncio.Task[None] | None = None
+    peer_id: bytes | None = None  # from fetch's `started` event
+
+    def dest(self, config: DeployConfig) -> str:
+        return self.spec.dest or config.dest
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    def fail(self, exc: HostFailure) -> None:
+        if not self.failed:
+            self.status, self.kind, self.reason = "failed", exc.kind, str(exc)
+
+    def mark(self, name: str) -> None:
+        self.times[name] = time.monotonic()
+
+    # --- the steps ----------------------------------------------------------------------
+
+    async def ensure_agent(self, agent: Agent) -> None:
+        """Check python3 and push the zipapp if this host lacks this exact build."""
+        assert self.transport is not None
+        self.phase = "agent"
+        probe = (
+            f"command -v {shlex.quote(agent.python)} >/dev/null 2>&1 || "
+            "{ echo nopython; exit 0; }; "
+            f"{shlex.quote(agent.python)} -c 'import sys; print(\"py\", *sys.version_info[:2])'; "
+            'echo "home $HOME"; '
+            f'test -f "$HOME/.cache/roost/{agent.name}" && echo have || echo missing'
+        )
+        result = await self.transport.run(probe, timeout=60)
+        words = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+        if "nopython" in result.stdout:
+            raise HostFailure("python", f"no {agent.python} on this host")
+        version = tuple(int(v) for v in words.get("py", "0 0").split())
+        if version < MIN_PYTHON:
+            raise HostFailure("python", f"{agent.python} is {version}; roost needs >= 3.10")
+        home = words.get("home", "").strip()
+        if not home.startswith("/"):
+            raise HostFailure("agent", "cannot find the remote home directory")
+        self.pyz = f"{home}/.cache/roost/{agent.name}"
+        if "have" not in result.stdout.split():
+            await self._push_agent(agent)
+
+    async def _push_agent(self, agent: Agent) -> None:
+        assert self.transport is not None
+        target = shlex.quote(self.pyz)
+        command = (
+            f'mkdir -p "$HOME/.cache/roost" && cat > {target}.tmp.$$ && '
+            f"chmod 755 {target}.tmp.$$ && mv -f {target}.tmp.$$ {target}"
+        )
+        result = await self.transport.run(command, input=agent.data, timeout=120)
+        if result.code != 0:
+            raise HostFailure(
+                _kind_of(result.stderr, "agent"),
+                f"cannot install the roost agent: {result.last_error()}",
+            )
+        self.pushed_agent = True
+
+    def agent_cmd(self, agent: Agent, *args: str) -> str:
+        return " ".join(shlex.quote(a) for a in (agent.python, "-I", self.pyz, *args))
+
+    async def prepare(
+        self,
+        agent: Agent,
+        dest: str,
+        deploy_id: str,
+        manifest: Manifest,
+        torrent: bytes,
+        plan: FetchPlan,
+    ) -> dict[str, Any]:
+        assert self.transport is not None
+        self.phase = "prepare"
+        args = [
+            "host-prepare",
+            "--dest",
+            dest,
+            "--deploy-id",
+            deploy_id,
+            "--json",
+            "--tracker-host",
+            plan.tracker_host,
+            "--tracker-port",
+            str(plan.tracker_port),
+        ]
+        if self.spec.announce:
+            args += ["--address", self.spec.announce]
+        elif self.spec.interface:
+            args += ["--interface", self.spec.interface]
+        blob = json.dumps(
+            {"manifest": manifest.to_dict(), "torrent": base64.b64encode(torrent).decode()}
+        ).encode()
+        result = await self.transport.run(self.agent_cmd(agent, *args), input=blob, timeout=120)
+        info = _json_result(result, "prepare")
+        self.work = str(info["dir"])
+        self.address = info.get("address")
+        self.previous = info.get("current")
+        self.already_had = bool(info.get("have"))
+        # staging holds the payload, and a tarball is unpacked beside it
+        need = manifest.size * (1 if manifest.format == "file" else 2)
+        if not self.already_had and int(info.get("free_bytes", need)) < need:
+            raise HostFailure(
+                "disk-full",
+                f"disk full: {dest} has {_mib(info['free_bytes'])} "
+                f"free, the release needs {_mib(need)}",
+            )
+        return info
+
+    async def start_fetch(self, agent: Agent, plan: FetchPlan, location: str | None) -> None:
+        assert self.transport is not None
+        self.phase = "fetch"
+        args = [
+            "fetch",
+            f"{self.work}/payload.torrent",
+            "-d",
+            f"{self.work}/staging",
+            "--json",
+            "--tracker",
+            plan.tracker_url,
+            "--expected-peers",
+            str(plan.expected_peers),
+            "--port",
+            plan.port_range,
+            "--timeout",
+            f"{plan.timeout:g}",
+        ]
+        if self.address and not self.address.startswith("127."):
+            args += ["--announce-ip", self.address]
+        if location:
+            args += ["--location", location]
+        if plan.upload_rate:
+            args += ["--upload-rate", plan.upload_rate]
+        if plan.download_rate:
+            args += ["--download-rate", plan.download_rate]
+        pidfile = shlex.quote(f"{self.work}/fetch.pid")
+        command = f"echo $$ > {pidfile} && exec {self.agent_cmd(agent, *args)}"
+        self.fetch_stream = await self.transport.start(command)
+        self.mark("fetch_started")
+
+    async def follow_fetch(self, completed: asyncio.Event) -> None:
+        """Read fetch's JSON events until it exits; set `completed` on `complete`."""
+        assert self.fetch_stream is not None
+        error = ""
+        async for line in self.fetch_stream.lines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            name = event.get("event") if isinstance(event, dict) else None
+            if name == "started" and isinstance(event.get("peer_id"), str):
+                self.peer_id = event["peer_id"].encode("latin-1")
+            elif name == "progress":
+                self.bytes_done = int(event.get("bytes_done", self.bytes_done))
+                self.bytes_total = int(event.get("bytes_total", self.bytes_total))
+                self.rate = float(event.get("down_Bps", 0))
+            elif name == "complete":
+                self.bytes_done = self.bytes_total = int(event.get("bytes", self.bytes_total))
+                self.rate = 0.0
+                self.mark("fetched")
+                completed.set()
+            elif name == "error":
+                error = str(event.get("message", "fetch failed"))
+        self.fetch_exit = await self.fetch_stream.wait()
+        if not completed.is_set():
+            detail = error or f"fetch exited with {self.fetch_exit} before completing"
+            raise HostFailure(_kind_of(detail, "fetch"), detail)
+
+    async def stage(self, agent: Agent, dest: str) -> None:
+        assert self.transport is not None
+        self.phase = "stage"
+        result = await self.transport.run(
+            self.agent_cmd(
+                agent,
+                "activate",
+                "--dest",
+                dest,
+                "--manifest",
+                f"{self.work}/manifest.json",
+                "--no-switch",
+                "--json",
+            ),
+            timeout=1800,
+        )
+        _json_result(result, "stage")
+        self.status = "staged"
+        self.mark("staged")
+
+    async def activate(
+        self,
+        agent: Agent,
+        dest: str,
+        tag: str,
+        keep: int,
+        pre: list[str],
+        post: list[str],
+        hook_timeout: float,
+    ) -> None:
+        assert self.transport is not None
+        self.phase = "activate"
+        args = [
+            "activate",
+            "--dest",
+            dest,
+            "--tag",
+            tag,
+            "--keep",
+            str(keep),
+            "--json",
+            "--hook-timeout",
+            f"{hook_timeout:g}",
+        ]
+        for command in pre:
+            args += ["--pre", command]
+        for command in post:
+            args += ["--post", command]
+        result = await self.transport.run(
+            self.agent_cmd(agent, *args), timeout=hook_timeout * (len(pre) + len(post) + 1)
+        )
+        info = _json_result(result, "activate")
+        self.previous = info.get("previous")
+        self.status = "activated"
+        self.mark("activated")
+
+    async def clean(self, agent: Agent, dest: str, deploy_id: str) -> None:
+        """Stop this deploy's fetch by pid and remove its files (idempotent)."""
+        if self.transport is None or not self.pyz:
+            return
+        result = await self.transport.run(
+            self.agent_cmd(agent, "host-clean", "--dest", dest, "--deploy-id", deploy_id, "--json"),
+            timeout=60,
+        )
+        _json_result(result, "clean")
+
+
+def _json_result(result: Any, step: str) -> dict[str, Any]:
+    if result.code != 0:
+        message = result.last_error().removeprefix("roost activate: error: ")
+        for prefix in ("roost host-prepare: error: ", "roost host-clean: error: "):
+            message = message.removeprefix(prefix)
+        kind = "hook" if "hook" in message else _kind_of(message, step)
+        raise HostFailure(kind, message)
+    try:
+        data = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise HostFailure(step, f"{step}: unreadable agent output") from None
+    if not isinstance(data, dict):
+        raise HostFailure(step, f"{step}: unreadable agent output")
+    return data
+
+
+def _kind_of(message: str, default: str) -> str:
+    text = message.lower()
+    if "disk full" in text or "no space" in text or "enospc" in text:
+        return "disk-full"
+    return default
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"

@@ -1,0 +1,331 @@
+"""The deploy flow: pack, metainfo, tracker + origin, hosts in parallel, policy, activate, clean.
+
+Theory of operation. Phase 1 (fetch) runs one task per host: connect,
+push the agent if needed, prepare, launch `roost fetch`, follow its events,
+and stage (verify SHA-256, unpack into releases/<tag>) as soon as the
+payload is complete — while fetch keeps seeding for the others. Launch
+steps share a semaphore (`concurrency`); the fetches themselves all run at
+once, since they form the swarm. A host failure ends that host's task only;
+it is marked on the tracker so peers do not wait for it. Phase 1 ends when
+every host is staged or failed, or at `timeout`.
+
+Phase 2 (activate) runs only when at least `min_success` hosts staged:
+those hosts switch `current` and run their hooks. Whatever happens —
+success, failure, Ctrl-C (a CancelledError here) — `finally` stops every
+remote fetch by its pid file, removes every deploy directory, stops the
+origin and the tracker, and deletes the local scratch directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from roost import __version__
+from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
+from roost.deploy.host import Agent, FetchPlan, HostRun
+from roost.deploy.pack import Packed, make_metainfo, pack
+from roost.deploy.swarm import Origin, Swarm, listen_address
+from roost.deploy.transport import HostFailure, Transport, ssh_connect
+from roost.errors import UsageError
+from roost.metainfo import parse
+from roost.zipapp import build_zipapp_bytes
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_FETCH_BELOW_MIN = 3
+EXIT_ACTIVATE_BELOW_MIN = 4
+EXIT_INTERRUPTED = 130
+CLEAN_TIMEOUT = 30.0
+
+Connector = Callable[[HostSpec], Awaitable[Transport]]
+
+
+@dataclass
+class Deploy:
+    """Everything one deploy knows; the live view reads it."""
+
+    config: DeployConfig
+    hosts: list[HostRun]
+    tag: str
+    deploy_id: str
+    need: int
+    payload: Packed | None = None
+    times: dict[str, float] = field(default_factory=dict)
+    activated: bool = False
+    interrupted: bool = False
+    phase: str = "pack"
+    exit_code: int = EXIT_ERROR
+    message: str = ""
+
+    def mark(self, name: str) -> None:
+        self.times[name] = time.monotonic()
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for h in self.hosts:
+            out[h.status] = out.get(h.status, 0) + 1
+        return out
+
+
+def default_tag(src: Path) -> str:
+    """<UTC time>[-<git short commit>]: sortable, and traceable to the source."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(
+            ["git", "-C", str(src if src.is_dir() else src.parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            return f"{stamp}-{result.stdout.strip()}"
+    return stamp
+
+
+def make_agent(python: str) -> Agent:
+    data = build_zipapp_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    return Agent(data, f"roost-{__version__}-{digest}.pyz", python)
+
+
+def ssh_connector(config: DeployConfig) -> Connector:
+    async def connect(spec: HostSpec) -> Transport:
+        return await ssh_connect(spec, config)
+
+    return connect
+
+
+async def run_deploy(
+    deploy: Deploy,
+    src: Path,
+    connect: Connector,
+    *,
+    listen: str | None = None,
+    on_ready: Callable[[Deploy], None] | None = None,
+) -> Deploy:
+    """Run the whole flow; sets deploy.exit_code. Raises only for local mistakes."""
+    config = deploy.config
+    for run in deploy.hosts:
+        if not run.dest(config).startswith("/"):
+            raise UsageError("the destination (--dest) must be an absolute path")
+    agent = make_agent(config.python)
+    scratch = Path(tempfile.mkdtemp(prefix="roost-deploy-"))
+    swarm: Swarm | None = None
+    origin: Origin | None = None
+    deploy.mark("start")
+    try:
+        deploy.payload = await asyncio.to_thread(
+            pack, src, scratch, deploy.tag, fmt=config.format, compress=config.compress
+        )
+        torrent = await asyncio.to_thread(make_metainfo, deploy.payload.payload)
+        (scratch / "payload.torrent").write_bytes(torrent)
+        deploy.mark("packed")
+        meta = parse(torrent)
+        where = listen or listen_address([h.spec for h in deploy.hosts], config.listen)
+        swarm = await Swarm.start(where, meta.info_hash, deploy.tag, len(deploy.hosts))
+        origin = await Origin.start(
+            scratch / "payload.torrent",
+            deploy.payload.payload.parent,
+            where,
+            swarm.announce_url,
+            swarm.expected,
+            config.upload_rate,
+        )
+        deploy.mark("origin_started")
+        if on_ready:
+            on_ready(deploy)
+        plan = FetchPlan(
+            swarm.announce_url,
+            where,
+            swarm.tracker.port,
+            swarm.expected,
+            config.port_range,
+            config.upload_rate,
+            config.download_rate,
+            config.timeout,
+        )
+        deploy.phase = "fetch"
+        await _fetch_phase(deploy, agent, torrent, plan, swarm, connect)
+        deploy.mark("fetched")
+        await _activate_phase(deploy, agent)
+        deploy.mark("activated")
+    except asyncio.CancelledError:
+        deploy.interrupted = True
+        deploy.exit_code = EXIT_INTERRUPTED
+        deploy.message = "interrupted; cleaned up"
+        raise
+    finally:
+        deploy.phase = "clean"
+        await _cleanup(deploy, agent)
+        if origin is not None:
+            await origin.stop()
+        if swarm is not None:
+            await swarm.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+        deploy.mark("end")
+        deploy.phase = "done"
+    return deploy
+
+
+async def _fetch_phase(
+    deploy: Deploy, agent: Agent, torrent: bytes, plan: FetchPlan, swarm: Swarm, connect: Connector
+) -> None:
+    config = deploy.config
+    assert deploy.payload is not None
+    manifest = deploy.payload.manifest
+    launch = asyncio.Semaphore(max(1, config.concurrency))
+
+    async def one(run: HostRun) -> None:
+        try:
+            async with launch:
+                run.status = "connecting"
+                run.mark("connect")
+                run.transport = await connect(run.spec)
+                run.mark("connected")
+                await run.ensure_agent(agent)
+                await run.prepare(
+                    agent, run.dest(config), deploy.deploy_id, manifest, torrent, plan
+                )
+                if run.already_had:
+                    run.status = "staged"
+                    run.bytes_done = run.bytes_total = manifest.size
+                    await swarm.one_fewer()
+                    return
+                await run.start_fetch(agent, plan, run.spec.location)
+                run.status = "fetching"
+            completed = asyncio.Event()
+            run.fetch_task = asyncio.create_task(run.follow_fetch(completed))
+            await _first(completed.wait(), run.fetch_task)
+            if not completed.is_set():
+                await run.fetch_task  # raises the fetch's failure
+            await run.stage(agent, run.dest(config))
+        except HostFailure as exc:
+            run.fail(exc)
+            run.mark("failed")
+            if run.fetch_stream is not None:
+                await swarm.host_failed(run.peer_id, run.address)  # count it as done
+            else:
+                await swarm.one_fewer()  # it never joined: stop waiting for it
+
+    tasks = [asyncio.create_task(one(run)) for run in deploy.hosts]
+    try:
+        _, pending = await asyncio.wait(tasks, timeout=config.timeout)
+        for task in pending:
+            task.cancel()
+        for run, task in zip(deploy.hosts, tasks, strict=True):
+            if task in pending:
+                run.fail(HostFailure("timeout", f"not staged within {config.timeout:g} s"))
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _first(*aws: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks[:1]:  # the event waiter; the fetch task lives on
+            task.cancel()
+
+
+async def _activate_phase(deploy: Deploy, agent: Agent) -> None:
+    config = deploy.config
+    staged = [h for h in deploy.hosts if h.status == "staged"]
+    if len(staged) < deploy.need:
+        deploy.exit_code = EXIT_FETCH_BELOW_MIN
+        deploy.message = (
+            f"only {len(staged)} of {len(deploy.hosts)} hosts staged the "
+            f"release (need {deploy.need}); nothing was switched"
+        )
+        for h in staged:
+            h.status = "not-activated"
+        return
+    if not config.activate:
+        deploy.exit_code = EXIT_OK
+        deploy.message = f"staged on {len(staged)} hosts; not activated (--no-activate)"
+        return
+    deploy.phase = "activate"
+
+    async def one(run: HostRun) -> None:
+        try:
+            await run.activate(
+                agent,
+                run.dest(config),
+                deploy.tag,
+                config.keep,
+                config.pre_activate,
+                config.post_activate,
+                config.hook_timeout,
+            )
+            run.status = "ok"
+        except HostFailure as exc:
+            run.fail(exc)
+
+    await asyncio.gather(*(one(h) for h in staged))
+    deploy.activated = True
+    ok = sum(1 for h in deploy.hosts if h.status == "ok")
+    if ok >= deploy.need:
+        deploy.exit_code = EXIT_OK
+        deploy.message = f"{deploy.tag} is current on {ok} of {len(deploy.hosts)} hosts"
+    else:
+        deploy.exit_code = EXIT_ACTIVATE_BELOW_MIN
+        deploy.message = (
+            f"{deploy.tag} is current on only {ok} of {len(deploy.hosts)} hosts "
+            f"(need {deploy.need})"
+        )
+
+
+async def _cleanup(deploy: Deploy, agent: Agent) -> None:
+    """Stop remote fetches by pid, remove deploy dirs, close connections (bounded)."""
+
+    async def one(run: HostRun) -> None:
+        if run.fetch_task is not None:
+            if run.fetch_task.done():
+                if not run.fetch_task.cancelled():
+                    run.fetch_task.exception()  # retrieved: it was reported already
+            else:
+                run.fetch_task.cancel()
+        try:
+            await run.clean(agent, run.dest(deploy.config), deploy.deploy_id)
+        except HostFailure as exc:
+            if not run.failed:
+                run.fail(HostFailure("clean", f"cleanup failed: {exc}"))
+        finally:
+            if run.fetch_stream is not None:
+                run.fetch_stream.close()
+            if run.transport is not None:
+                await run.transport.close()
+
+    tasks = [asyncio.create_task(one(h)) for h in deploy.hosts]
+    if tasks:
+        # shielded: a second Ctrl-C must not leave fetches running on the hosts
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(asyncio.gather(*tasks, return_exceptions=True)), CLEAN_TIMEOUT
+            )
+
+
+def new_deploy(config: DeployConfig, hosts: list[HostSpec], tag: str) -> Deploy:
+    import secrets
+
+    need = parse_min_success(config.min_success, len(hosts))
+    return Deploy(
+        config,
+        [HostRun(h) for h in hosts],
+        tag,
+        f"{tag[:40]}-{secrets.token_hex(4)}".replace(".", "_").replace("+", "_"),
+        need,
+    )

@@ -1,0 +1,183 @@
+"""The deploy host's side of the swarm: the embedded tracker and the origin seeder.
+
+The tracker runs in this process (roost.tracker.server's public API); the
+swarm is registered under a secret token with the number of peers expected
+to finish (hosts + the origin), so peers stop seeding once all are done,
+and hosts that fail are marked so they do not hold the others up. The
+origin is `roost seed --super-seed` in its own process group: stopping it is
+one killpg of a group we made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from roost.deploy.config import HostSpec
+from roost.errors import RoostError, UsageError
+from roost.tracker.server import TrackerConfig, TrackerServer
+from roost.tracker.swarm import TrackerPolicy
+
+STOP_WAIT = 5.0
+
+
+def route_source(address: str) -> str:
+    """Our source address toward `address` (what hosts reach us at); no DNS guessing."""
+    try:
+        infos = socket.getaddrinfo(address, 22, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot resolve {address}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(sockaddr)
+        except OSError as exc:
+            raise UsageError(f"no route to {address}: {exc.strerror}") from None
+        return str(s.getsockname()[0])
+
+
+def listen_address(hosts: list[HostSpec], configured: str | None) -> str:
+    if configured:
+        return configured
+    for host in hosts:
+        with contextlib.suppress(UsageError):
+            return route_source(host.address)
+    raise UsageError("no route to any host; set network.listen in roost.toml")
+
+
+@dataclass
+class Swarm:
+    tracker: TrackerServer
+    info_hash: bytes
+    announce_url: str
+    expected: int
+
+    @classmethod
+    async def start(cls, listen: str, info_hash: bytes, name: str, hosts: int) -> Swarm:
+        policy = TrackerPolicy(interval=2, min_interval=1, peer_timeout=15.0)
+        tracker = TrackerServer(
+            TrackerConfig(host=listen, port=0, policy=policy, housekeeping_interval=0.5)
+        )
+        await tracker.start()
+        try:
+            summary = await tracker.register(info_hash, name=name, expected_peers=hosts + 1)
+        except BaseException:
+            await tracker.stop()
+            raise
+        return cls(tracker, info_hash, str(summary["announce_url"]), hosts + 1)
+
+    async def one_fewer(self) -> None:
+        """A host already had the release: it will not join, do not wait for it."""
+        self.expected = max(1, self.expected - 1)
+        record = self.tracker.tracker.swarms[self.info_hash].record
+        await self.tracker.register(
+            self.info_hash, token=record.token, name=record.name, expected_peers=self.expected
+        )
+
+    async def host_failed(self, peer_id: bytes | None, address: str | None) -> None:
+        """Count a failed host as done; by peer id when known (loopback peers share
+        an address), else by address."""
+        with contextlib.suppress(KeyError, ValueError):
+            if peer_id is not None:
+                await self.tracker.mark_failed(self.info_hash, peer_id=peer_id)
+            elif address:
+                await self.tracker.mark_failed(self.info_hash, address=address)
+
+    def totals(self) -> dict[str, object]:
+        return self.tracker.status(self.info_hash)
+
+    async def stop(self) -> None:
+        await self.tracker.stop()
+
+
+class Origin:
+    """`roost seed --super-seed` for the payload, as a child process group."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(
+        cls,
+        torrent: Path,
+        payload_dir: Path,
+        listen: str,
+        tracker_url: str,
+        expected: int,
+        upload_rate: str | None,
+    ) -> Origin:
+        args = [
+            sys.executable,
+            "-m",
+            "roost",
+            "seed",
+            str(torrent),
+            "-d",
+            str(payload_dir),
+            "--super-seed",
+            "--skip-check",
+            "--json",
+            "--quiet",
+            "--port",
+            "0",
+            "--bind",
+            listen,
+            "--tracker",
+            tracker_url,
+            "--expected-peers",
+            str(expected),
+        ]
+        if upload_rate:
+            args += ["--upload-rate", upload_rate]
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        origin = cls(proc)
+        await origin._wait_started()
+        return origin
+
+    async def _wait_started(self) -> None:
+        assert self.proc.stdout is not None
+        while True:  # bounded by the process: it starts, or exits with an error
+            try:
+                line = await asyncio.wait_for(self.proc.stdout.readline(), 120)
+            except (asyncio.TimeoutError, TimeoutError):
+                await self.stop()
+                raise RoostError("the origin seeder did not start within 120 s") from None
+            if not line:
+                err = b""
+                if self.proc.stderr is not None:
+                    err = await self.proc.stderr.read()
+                await self.stop()
+                text = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise RoostError(f"the origin seeder failed: {text[0]}")
+            if b'"event":"started"' in line.replace(b" ", b""):
+                asyncio.get_running_loop().create_task(self._drain())
+                return
+
+    async def _drain(self) -> None:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        with contextlib.suppress(Exception):
+            await asyncio.gather(self.proc.stdout.read(), self.proc.stderr.read())
+
+    async def stop(self) -> None:
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), STOP_WAIT)
+        except (asyncio.TimeoutError, TimeoutError):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()

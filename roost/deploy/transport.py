@@ -1,0 +1,251 @@
+"""How the orchestrator runs shell commands on a host: over SSH, or locally (demo).
+
+Both transports take the same shell command text, so `roost demo` runs the
+very commands `roost deploy` sends over SSH. Failures become HostFailure
+with a `kind` (unreachable, auth, hostkey, lost, timeout, ...) that the
+final table and --json report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncssh
+
+from roost.deploy.config import DeployConfig, HostSpec
+
+MAX_LINE = 1 << 20
+LOST_MID_TRANSFER = "the host died or its network went away mid-transfer (SSH connection lost)"
+
+
+class HostFailure(Exception):
+    """A failure confined to one host; `kind` is a short machine-readable reason."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def last_error(self) -> str:
+        lines = [line for line in self.stderr.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit {self.code}"
+
+
+class Stream(Protocol):
+    def lines(self) -> AsyncIterator[str]: ...
+    async def wait(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    async def run(
+        self, command: str, *, input: bytes | None = None, timeout: float = 120.0
+    ) -> Result: ...
+    async def start(self, command: str) -> Stream: ...
+    async def close(self) -> None: ...
+
+
+# --- SSH ---------------------------------------------------------------------------------
+
+
+def _known_hosts(config: DeployConfig) -> Any:
+    if config.known_hosts == "off":
+        return None  # asyncssh: no host key check (documented as unsafe)
+    if config.known_hosts:
+        return str(Path(config.known_hosts).expanduser())
+    return ()  # asyncssh's default: ~/.ssh/known_hosts
+
+
+async def ssh_connect(spec: HostSpec, config: DeployConfig) -> SSHTransport:
+    options: dict[str, Any] = {
+        "port": spec.port,
+        "known_hosts": _known_hosts(config),
+        "connect_timeout": config.connect_timeout,
+        # a host that dies mid-transfer is noticed in ~15 s, not at TCP timeout
+        "keepalive_interval": 5,
+        "keepalive_count_max": 3,
+    }
+    if spec.user:
+        options["username"] = spec.user
+    if config.key:
+        options["client_keys"] = [str(Path(config.key).expanduser())]
+    if options["known_hosts"] == ():
+        del options["known_hosts"]
+    try:
+        conn = await asyncssh.connect(spec.address, **options)
+    except asyncssh.PermissionDenied:
+        raise HostFailure("auth", "authentication failed") from None
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise HostFailure("hostkey", f"host key not verified: {exc.reason}") from None
+    except (asyncio.TimeoutError, TimeoutError):
+        raise HostFailure("unreachable", f"no answer within {config.connect_timeout:g} s") from None
+    except OSError as exc:
+        raise HostFailure("unreachable", exc.strerror or str(exc)) from None
+    except asyncssh.Error as exc:
+        raise HostFailure("ssh", f"SSH failed: {exc.reason}") from None
+    except ValueError as exc:  # e.g. an unreadable key file
+        raise HostFailure("ssh", str(exc)) from None
+    return SSHTransport(conn)
+
+
+class _SSHStream:
+    def __init__(self, process: asyncssh.SSHClientProcess[str]) -> None:
+        self.process = process
+
+    async def lines(self) -> AsyncIterator[str]:
+        try:
+            async for line in self.process.stdout:
+                yield line
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as exc:
+            raise HostFailure("lost", f"{LOST_MID_TRANSFER} ({exc})") from None
+
+    async def wait(self) -> int:
+        try:
+            result = await self.process.wait()
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as exc:
+            raise HostFailure("lost", f"{LOST_MID_TRANSFER} ({exc})") from None
+        if result.exit_status is None:
+            raise HostFailure("lost", LOST_MID_TRANSFER)
+        return int(result.exit_status)
+
+    def close(self) -> None:
+        self.process.close()
+
+
+class SSHTransport:
+    def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.conn = conn
+
+    async def run(
+        self, command: str, *, input: bytes | None = None, timeout: float = 120.0
+    ) -> Result:
+        try:
+            result = await asyncio.wait_for(
+                self.conn.run(command, input=input, encoding=None, check=False), timeout
+            )
+        except (asyncio.TimeoutError, TimeoutError):
+            raise HostFailure("timeout", f"a command took over {timeout:g} s") from None
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as exc:
+            raise HostFailure("lost", f"connection lost: {exc}") from None
+        if result.exit_status is None:
+            raise HostFailure("lost", "connection lost before the command finished")
+        return Result(result.exit_status, _text(result.stdout), _text(result.stderr))
+
+    async def start(self, command: str) -> Stream:
+        try:
+            process = await self.conn.create_process(command, stdin=asyncssh.DEVNULL)
+        except (
+            asyncssh.ConnectionLost,
+            asyncssh.DisconnectError,
+            OSError,
+            asyncssh.ChannelOpenError,
+        ) as exc:
+            raise HostFailure("lost", f"cannot start a command: {exc}") from None
+        return _SSHStream(process)
+
+    async def close(self) -> None:
+        self.conn.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.conn.wait_closed(), 5)
+
+
+def _text(data: object) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return str(data or "")
+
+
+# --- local (the demo's hosts are directories and processes on this machine) -------------
+
+
+class _LocalStream:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def lines(self) -> AsyncIterator[str]:
+        assert self.proc.stdout is not None
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                return
+            yield line.decode(errors="replace")
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+
+
+class LocalTransport:
+    """Runs commands with /bin/sh in `home` (its own $HOME: its own zipapp cache).
+
+    `prefix` wraps the shell, e.g. ["ip", "netns", "exec", NS] for a namespace host."""
+
+    def __init__(self, home: Path, prefix: list[str] | None = None) -> None:
+        self.home = home
+        self.prefix = prefix or []
+        home.mkdir(parents=True, exist_ok=True)
+        # a bare environment, like a fresh SSH session: nothing leaks from ours
+        self.env = {
+            "HOME": str(home),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+        }
+
+    async def run(
+        self, command: str, *, input: bytes | None = None, timeout: float = 120.0
+    ) -> Result:
+        proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
+            "/bin/sh",
+            "-c",
+            command,
+            cwd=self.home,
+            env=self.env,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            proc.kill()
+            await proc.wait()
+            raise HostFailure("timeout", f"a command took over {timeout:g} s") from None
+        return Result(
+            proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+        )
+
+    async def start(self, command: str) -> Stream:
+        proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
+            "/bin/sh",
+            "-c",
+            command,
+            cwd=self.home,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            limit=MAX_LINE,
+            start_new_session=True,
+        )
+        return _LocalStream(proc)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,239 @@
+"""What the operator sees: a live rich view, the final per-host table, and --json."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from roost.deploy.config import parse_rate
+from roost.deploy.run import Deploy
+
+STYLE = {
+    "ok": "green",
+    "activated": "green",
+    "staged": "cyan",
+    "fetching": "yellow",
+    "failed": "bold red",
+    "not-activated": "magenta",
+}
+
+
+def _rate(bps: float) -> str:
+    for unit in ("B/s", "KB/s", "MB/s", "GB/s"):
+        if bps < 1000 or unit == "GB/s":
+            return f"{bps:.1f} {unit}"
+        bps /= 1000
+    return f"{bps:.1f}"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f}"
+
+
+def progress(deploy: Deploy) -> dict[str, Any]:
+    size = deploy.payload.manifest.size if deploy.payload else 0
+    total = size * len(deploy.hosts)
+    done = sum(min(h.bytes_done, size) for h in deploy.hosts)
+    counts = deploy.counts()
+    running = [h for h in deploy.hosts if h.status in ("connecting", "fetching")]
+    slow = sorted(running, key=lambda h: h.bytes_done)[:3]
+    return {
+        "percent": 100.0 * done / total if total else 0.0,
+        "rate": sum(h.rate for h in deploy.hosts),
+        "done": sum(counts.get(s, 0) for s in ("staged", "ok", "activated", "not-activated")),
+        "running": len(running),
+        "failed": counts.get("failed", 0),
+        "slowest": [
+            (h.spec.name, 100.0 * h.bytes_done / h.bytes_total if h.bytes_total else 0)
+            for h in slow
+        ],
+    }
+
+
+def live_panel(deploy: Deploy) -> Group:
+    p = progress(deploy)
+    width = 24
+    filled = int(width * p["percent"] / 100)
+    bar = Text("█" * filled + "░" * (width - filled), style="cyan")
+    head = Text.assemble(
+        (f"roost deploy {deploy.tag} ", "bold"),
+        (f"[{deploy.phase}] ", "dim"),
+        bar,
+        f" {p['percent']:5.1f}%  {_rate(p['rate'])}",
+    )
+    counts = Text.assemble(
+        ("done ", "dim"),
+        (str(p["done"]), "green"),
+        ("  running ", "dim"),
+        (str(p["running"]), "yellow"),
+        ("  failed ", "dim"),
+        (str(p["failed"]), "red"),
+        (f"  of {len(deploy.hosts)} hosts", "dim"),
+    )
+    parts: list[Any] = [head, counts]
+    if p["slowest"]:
+        parts.append(
+            Text("slowest: " + ", ".join(f"{n} {pct:.0f}%" for n, pct in p["slowest"]), style="dim")
+        )
+    return Group(*parts)
+
+
+@contextlib.asynccontextmanager
+async def live_view(deploy: Deploy, console: Console, enabled: bool) -> AsyncIterator[None]:
+    """Redraw the panel 4 times a second while the deploy runs (stderr, transient)."""
+    if not enabled:
+        yield
+        return
+    from rich.live import Live
+
+    with Live(live_panel(deploy), console=console, refresh_per_second=4, transient=True) as live:
+
+        async def refresh() -> None:
+            while True:
+                live.update(live_panel(deploy))
+                await asyncio.sleep(0.25)
+
+        task = asyncio.create_task(refresh())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def host_rows(deploy: Deploy) -> list[dict[str, Any]]:
+    rows = []
+    for h in deploy.hosts:
+        start = h.times.get("connect")
+        end = h.times.get("activated") or h.times.get("staged") or h.times.get("failed")
+        fetch_s = (
+            h.times["fetched"] - h.times["fetch_started"]
+            if "fetched" in h.times and "fetch_started" in h.times
+            else None
+        )
+        rows.append(
+            {
+                "host": h.spec.name,
+                "address": h.spec.address,
+                "announce": h.address,
+                "status": h.status,
+                "phase": h.phase,
+                "kind": h.kind or None,
+                "reason": h.reason or None,
+                "previous": h.previous,
+                "already_had": h.already_had,
+                "bytes_done": h.bytes_done,
+                "pushed_agent": h.pushed_agent,
+                "fetch_seconds": round(fetch_s, 3) if fetch_s is not None else None,
+                "seconds": round(end - start, 3) if start and end else None,
+            }
+        )
+    return rows
+
+
+def timings(deploy: Deploy) -> dict[str, Any]:
+    t = deploy.times
+    out: dict[str, Any] = {}
+
+    def span(a: str, b: str) -> float | None:
+        return round(t[b] - t[a], 3) if a in t and b in t else None
+
+    out["pack_and_hash"] = span("start", "packed")
+    out["tracker_and_origin"] = span("packed", "origin_started")
+    starts = [h.times["fetch_started"] for h in deploy.hosts if "fetch_started" in h.times]
+    connects = [h.times["connect"] for h in deploy.hosts if "connect" in h.times]
+    fetched = [h.times["fetched"] for h in deploy.hosts if "fetched" in h.times]
+    staged = [h.times["staged"] for h in deploy.hosts if "staged" in h.times]
+    if starts and connects:
+        out["launch"] = round(max(starts) - min(connects), 3)
+    if starts and fetched:
+        out["transfer"] = round(max(fetched) - min(starts), 3)
+    if fetched and staged:
+        out["stage_after_last_fetch"] = round(max(staged) - max(fetched), 3)
+    out["activate"] = span("fetched", "activated")
+    out["cleanup"] = span("activated", "end")
+    out["total"] = span("start", "end")
+    return out
+
+
+def bound(deploy: Deploy) -> dict[str, Any] | None:
+    """S·8/R: the time one host needs at the link rate; efficiency = bound / transfer."""
+    rate_text = (deploy.config.link_rate or deploy.config.download_rate
+                 or deploy.config.upload_rate)
+    if not rate_text or deploy.payload is None:
+        return None
+    rate = parse_rate(rate_text)
+    if rate <= 0:
+        return None
+    seconds = deploy.payload.manifest.size / rate
+    transfer = timings(deploy).get("transfer")
+    # an efficiency only means something when every host got the payload
+    total = timings(deploy).get("total") if deploy.exit_code == 0 else None
+    return {
+        "rate_Bps": rate,
+        "bound_seconds": round(seconds, 3),
+        "efficiency_transfer": round(seconds / transfer, 3) if transfer else None,
+        "efficiency_total": round(seconds / total, 3) if total else None,
+    }
+
+
+def report(deploy: Deploy) -> dict[str, Any]:
+    m = deploy.payload.manifest if deploy.payload else None
+    return {
+        "tag": deploy.tag,
+        "dest": deploy.config.dest,
+        "deploy_id": deploy.deploy_id,
+        "payload": m.to_dict() if m else None,
+        "exit_code": deploy.exit_code,
+        "message": deploy.message,
+        "activated": deploy.activated,
+        "interrupted": deploy.interrupted,
+        "min_success": deploy.need,
+        "counts": deploy.counts(),
+        "hosts": host_rows(deploy),
+        "timings": timings(deploy),
+        "bound": bound(deploy),
+    }
+
+
+def final_table(deploy: Deploy, console: Console) -> None:
+    table = Table(title=f"roost deploy {deploy.tag}", title_justify="left")
+    for column in ("host", "status", "time", "agent", "reason"):
+        table.add_column(column, no_wrap=column != "reason")
+    for row in host_rows(deploy):
+        status = row["status"] + (" (had it)" if row["already_had"] else "")
+        table.add_row(
+            row["host"],
+            Text(status, style=STYLE.get(row["status"], "")),
+            f"{row['seconds']:.1f} s" if row["seconds"] is not None else "-",
+            "pushed" if row["pushed_agent"] else "cached",
+            f"[{row['kind']}] {row['reason']}" if row["reason"] else "",
+        )
+    console.print(table)
+    t = timings(deploy)
+    if deploy.payload:
+        console.print(
+            f"payload {_size(deploy.payload.manifest.size)} "
+            f"({deploy.payload.manifest.format}); "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if v is not None)
+        )
+    b = bound(deploy)
+    if b and b["efficiency_transfer"]:
+        console.print(
+            f"bound S·8/R = {b['bound_seconds']:.2f} s; efficiency "
+            f"{b['efficiency_transfer']:.2f} (transfer), "
+            f"{b['efficiency_total']:.2f} (whole deploy)"
+        )
+    style = "green" if deploy.exit_code == 0 else "red"
+    console.print(Text(f"{deploy.message} (exit {deploy.exit_code})", style=style))
