@@ -264,9 +264,13 @@ def _link_inside(parts: tuple[str, ...], target: str) -> bool:
     if not target or target.startswith("/"):
         return False
     depth = len(parts) - 1  # the link's own directory, counted from the root
+    descended = False  # ".." after a name may climb out of a symlink: "l/.." with l -> ".."
     for piece in target.split("/"):
         if piece in ("", "."):
             continue
+        if piece == ".." and descended:
+            return False
+        descended = descended or piece != ".."
         depth += -1 if piece == ".." else 1
         if depth < 0:
             return False

@@ -169,7 +169,17 @@ def host_config(config_path: Path | None, params: dict[str, Any]) -> DeployConfi
 )
 @deploy_options
 def command(src: Path, config_path: Path | None, as_json: bool, **params: Any) -> int:
-    """Deploy SRC (a directory or a file) to every host."""
+    """Deploy SRC (a directory or a file) to every host.
+
+    \b
+    Exit codes:
+      0    at least --min-success hosts run the release (staged, with --no-activate)
+      1    a local error (packing, tracker, origin)
+      2    bad arguments or configuration
+      3    fewer than --min-success hosts staged it: nothing was switched
+      4    after activation (hooks) fewer than --min-success hosts run it
+      130  interrupted; remote fetches stopped, temp files removed
+    """
     config = host_config(config_path, params)
     hosts = resolve_hosts(config)
     tag = config.tag or default_tag(src)

@@ -52,6 +52,9 @@ async def run_everywhere(
             row.update(status="failed", kind=exc.kind, reason=str(exc))
         except (ValueError, IndexError):
             row.update(status="failed", kind=command, reason="unreadable agent output")
+        except Exception as exc:  # one host's surprise stays in its row
+            row.update(status="failed", kind="internal",
+                       reason=f"unexpected {type(exc).__name__}: {exc}")
         finally:
             if run.transport is not None:
                 await run.transport.close()

@@ -196,8 +196,12 @@ class HostRun:
             "--timeout",
             f"{plan.timeout:g}",
         ]
-        if self.address and not self.address.startswith("127."):
-            args += ["--announce-ip", self.address]
+        if self.address:
+            # listen where we announce: the engine's default 0.0.0.0 is IPv4-only, and an
+            # IPv6 swarm whose peers cannot reach each other stalls behind a super-seeder
+            args += ["--bind", self.address]
+            if not self.address.startswith("127."):
+                args += ["--announce-ip", self.address]
         if location:
             args += ["--location", location]
         if plan.upload_rate:

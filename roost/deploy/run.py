@@ -210,8 +210,8 @@ async def _fetch_phase(
             if not completed.is_set():
                 await run.fetch_task  # raises the fetch's failure
             await run.stage(agent, run.dest(config))
-        except HostFailure as exc:
-            run.fail(exc)
+        except (HostFailure, Exception) as exc:  # one host's bug stays on that host
+            run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
             run.mark("failed")
             if run.fetch_stream is not None:
                 await swarm.host_failed(run.peer_id, run.address)  # count it as done
@@ -271,8 +271,8 @@ async def _activate_phase(deploy: Deploy, agent: Agent) -> None:
                 config.hook_timeout,
             )
             run.status = "ok"
-        except HostFailure as exc:
-            run.fail(exc)
+        except (HostFailure, Exception) as exc:
+            run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
 
     await asyncio.gather(*(one(h) for h in staged))
     deploy.activated = True
@@ -300,7 +300,7 @@ async def _cleanup(deploy: Deploy, agent: Agent) -> None:
                 run.fetch_task.cancel()
         try:
             await run.clean(agent, run.dest(deploy.config), deploy.deploy_id)
-        except HostFailure as exc:
+        except (HostFailure, Exception) as exc:
             if not run.failed:
                 run.fail(HostFailure("clean", f"cleanup failed: {exc}"))
         finally:
@@ -316,6 +316,11 @@ async def _cleanup(deploy: Deploy, agent: Agent) -> None:
             await asyncio.wait_for(
                 asyncio.shield(asyncio.gather(*tasks, return_exceptions=True)), CLEAN_TIMEOUT
             )
+
+
+def _unexpected(exc: BaseException) -> HostFailure:
+    """A bug or an unforeseen error, kept on its host and reported, not a traceback."""
+    return HostFailure("internal", f"unexpected {type(exc).__name__}: {exc}")
 
 
 def new_deploy(config: DeployConfig, hosts: list[HostSpec], tag: str) -> Deploy:

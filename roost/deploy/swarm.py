@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roost.deploy.config import HostSpec
+from roost.deploy.transport import die_with_parent
 from roost.errors import RoostError, UsageError
 from roost.tracker.server import TrackerConfig, TrackerServer
 from roost.tracker.swarm import TrackerPolicy
@@ -141,6 +142,7 @@ class Origin:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         origin = cls(proc)
         await origin._wait_started()

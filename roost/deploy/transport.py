@@ -24,6 +24,17 @@ MAX_LINE = 1 << 20
 LOST_MID_TRANSFER = "the host died or its network went away mid-transfer (SSH connection lost)"
 
 
+def die_with_parent() -> None:
+    """In a child, before exec: get SIGTERM when the deploy process dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG), so a killed deploy leaves no origin or local peer behind."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+
 class HostFailure(Exception):
     """A failure confined to one host; `kind` is a short machine-readable reason."""
 
@@ -244,6 +255,7 @@ class LocalTransport:
             stderr=asyncio.subprocess.DEVNULL,
             limit=MAX_LINE,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         return _LocalStream(proc)
 

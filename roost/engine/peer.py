@@ -61,7 +61,10 @@ if TYPE_CHECKING:
 BIG_BLOCK_KEY = b"roost_block"
 OUR_REQQ = 4096
 DEFAULT_REQQ = 250  # what a peer that does not say accepts, per libtorrent's default
-MIN_PIPELINE_BYTES = 2 * 1024 * 1024
+# Requests in flight per peer: about PIPELINE_SECONDS of its measured rate.
+# The floor is small on purpose: on a slow link a deep queue of requests to
+# one peer locks pieces away from faster peers and makes the tail long.
+MIN_PIPELINE_BYTES = 512 * 1024
 MAX_PIPELINE_BYTES = 32 * 1024 * 1024
 PIPELINE_SECONDS = 1.0
 
@@ -292,6 +295,8 @@ class Peer(asyncio.Protocol):
     def fill_requests(self) -> None:
         if not self.am_interested or self.session.picker.complete():
             return
+        if self.session.backlogged():
+            return  # the disk is behind: requesting more would only grow memory
         allowed: set[int] | None = None
         if self.peer_choking:
             if not self.allowed_fast:
@@ -406,7 +411,9 @@ class Peer(asyncio.Protocol):
             self.head_paid = False
             self.upload_queue.popleft()
             data = session.storage.read_block(index, begin, length)
-            self.send(self.wire.send_piece_header(index, begin, length) + data)
+            # two writes, not header + data: that would copy the block once more
+            self.send(self.wire.send_piece_header(index, begin, length))
+            self.send(data)
             self.up.add(length)
             session.on_uploaded(self, index, begin, length)
 

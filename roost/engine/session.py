@@ -45,6 +45,7 @@ from roost.ratelimit import TokenBucket
 from roost.wire import BLOCK_SIZE, allowed_fast_set
 
 TICK = 0.5
+RECHOKE_TICKS = 20  # a full rechoke every 10 s, as BEP 3 clients do
 SNUB_SECONDS = 15.0
 KEEPALIVE_SECONDS = 60.0
 IDLE_SECONDS = 180.0
@@ -131,6 +132,10 @@ class Session:
         self.block_from: dict[int, dict[int, tuple[str, int]]] = {}
         self.suspects: dict[int, list[tuple[int, bytes, bytes | None, tuple[str, int]]]] = {}
         self.verifying: set[int] = set()
+        self.verifying_bytes = 0
+        # pieces waiting for hash + write may hold at most this much memory;
+        # past it, peers stop requesting (backpressure instead of growth)
+        self.max_verifying_bytes = max(64 * 1024 * 1024, 8 * meta.info.piece_length)
         self.pool = ThreadPoolExecutor(
             max_workers=os.cpu_count() or 2, thread_name_prefix="roost-verify"
         )
@@ -192,6 +197,7 @@ class Session:
         if self.complete:
             self.completed_at = self.now()
         self.last_interest_at = self.now()
+        self._connect_more()
         self._spawn(self._announce_loop())
         try:
             while not self.stopping.is_set():
@@ -302,6 +308,7 @@ class Session:
             if self._is_self(address) or address in self.peers:
                 continue
             self.candidates.setdefault(address, 0.0)
+        self._connect_more()  # now, not at the next tick: startup time matters
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -399,11 +406,14 @@ class Session:
             del self.peers[peer.key]
         if peer.remote_id is not None and self.by_id.get(peer.remote_id) is peer:
             del self.by_id[peer.remote_id]
+        if not peer.am_choking and not self.stopping.is_set():
+            self.loop.call_soon(self._rechoke)  # its upload slot is free now
         if peer.in_picker:
             peer.drop_requests(send_cancel=False)
             self.picker.remove_peer(peer.key)
-            if self.superseeder is not None:
-                self.superseeder.remove_peer(peer.key)
+        if self.superseeder is not None and peer.ready:
+            # added at handshake (on_ready), even if it never sent its availability
+            self.superseeder.remove_peer(peer.key)
 
     def log_close(self, peer: Peer, reason: str) -> None:
         if reason and reason != "shutting down":
@@ -505,10 +515,18 @@ class Session:
             peer.update_interest()
 
     def on_interest_changed(self, peer: Peer) -> None:
+        """Fill a free upload slot at once instead of waiting for the next round;
+        a full rechoke runs only every RECHOKE_TICKS (choke churn drops queued
+        requests, which costs a round trip and bandwidth on every switch)."""
         if peer.peer_interested:
             self.last_interest_at = self.now()
-            if not any(not p.am_choking for p in self.peers.values()):
-                self._rechoke()  # first interested peer: do not make it wait a round
+            if peer.am_choking and self._unchoked_count() < self.config.unchoke_slots + 1:
+                peer.set_choking(False)
+        elif not peer.am_choking:
+            self.loop.call_soon(self._rechoke)
+
+    def _unchoked_count(self) -> int:
+        return sum(1 for p in self.peers.values() if p.ready and not p.am_choking)
 
     # ---- downloading ----
     def on_block(self, peer: Peer, index: int, begin: int, block: bytes) -> None:
@@ -524,13 +542,14 @@ class Session:
             buf = self.buffers[index] = bytearray(self.piece_size(index))
             self.block_from[index] = {}
         sources = self.block_from[index]
+        view = memoryview(block)  # slices without copying; the copy is into buf
         complete = False
         for offset in range(0, len(block), BLOCK_SIZE):
             at = begin + offset
             size = min(BLOCK_SIZE, len(block) - offset)
             outcome = self.picker.block_received(peer.key, index, at, size)
             if outcome.new:
-                buf[at : at + size] = block[offset : offset + size]
+                buf[at : at + size] = view[offset : offset + size]
                 sources[at] = peer.key
             else:
                 self.wasted_bytes += size
@@ -541,6 +560,9 @@ class Session:
             complete = complete or outcome.piece_complete
         if complete:
             self._verify(index)
+
+    def backlogged(self) -> bool:
+        return self.verifying_bytes >= self.max_verifying_bytes
 
     def release_blocks(self, peer: Peer, index: int, begin: int, length: int) -> None:
         for offset in range(0, length, BLOCK_SIZE):
@@ -571,6 +593,7 @@ class Session:
         buf = self.buffers.pop(index)
         sources = self.block_from.pop(index, {})
         self.verifying.add(index)
+        self.verifying_bytes += len(buf)
         future = self.loop.run_in_executor(self.pool, self._check_and_write, index, buf)
         future.add_done_callback(lambda f: self._verified(index, buf, sources, f))
 
@@ -588,6 +611,12 @@ class Session:
         future: asyncio.Future[bool],
     ) -> None:
         self.verifying.discard(index)
+        was_backlogged = self.backlogged()
+        self.verifying_bytes -= len(buf)
+        if was_backlogged and not self.backlogged():
+            for peer in list(self.peers.values()):
+                if peer.ready and not peer.closed:
+                    peer.fill_requests()
         if self.stopping.is_set() and future.cancelled():
             return
         try:
@@ -705,7 +734,7 @@ class Session:
             down += peer.down.rate
             up += peer.up.rate
             self._check_peer(peer, now)
-        if self._ticks % 4 == 1:
+        if self._ticks % RECHOKE_TICKS == 1:
             self._rechoke()
         if self.superseeder is not None:
             self.offer_all()  # a sweep, in case a release was missed

@@ -522,7 +522,7 @@ class TrackerServer:
             chunks.append(chunk)
         try:
             data = json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
             raise AdminError(400, "body must be a JSON object") from None
         if not isinstance(data, dict):
             raise AdminError(400, "body must be a JSON object")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,13 +26,26 @@ def deploy_argv(fleet: Fleet, src: Path, hosts: list[str], *extra: str,
 
 
 def run_roost(argv: list[str], timeout: float = 300) -> tuple[int, dict[str, Any], str]:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    """Run roost; past `timeout` it gets SIGINT (so it cleans up), then SIGKILL."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
     try:
-        report = json.loads(result.stdout)
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        raise AssertionError(f"roost took over {timeout} s:\n{out[-3000:]}\n{err[-3000:]}"
+                             ) from None
+    try:
+        report = json.loads(out)
     except ValueError:
-        raise AssertionError(f"no JSON report (exit {result.returncode}):\n"
-                             f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}") from None
-    return result.returncode, report, result.stderr
+        raise AssertionError(f"no JSON report (exit {proc.returncode}):\n"
+                             f"{out[-2000:]}\n{err[-3000:]}") from None
+    return proc.returncode, report, err
 
 
 def by_host(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -47,7 +47,9 @@ def assert_nothing_left(fleet: Fleet, hosts: range | list[int]) -> None:
         out = fleet.ssh(i, f"ls -A {fleet.dest}/.roost/deploys 2>/dev/null; "
                            f"ls -A {fleet.dest}/releases | grep -e '^\\.' || true")
         assert out.stdout.strip() == "", f"files left on h{i}: {out.stdout}"
-    leftovers = [p for p in _our_processes() if "roost-deploy-" in p]
+    # an origin of ours binds this fleet's gateway (other runs may deploy at the same time)
+    leftovers = [p for p in _our_processes() if "roost-deploy-" in p
+                 and (f"--bind {fleet.gateway} " in p or f"--bind {fleet.gateway6} " in p)]
     assert leftovers == [], leftovers
 
 
@@ -104,7 +106,7 @@ def test_second_deploy_redeploy_and_rollback(fleet8: Fleet, src: Path) -> None:
         assert fleet8.ssh(i, f"cat {fleet8.dest}/current/version").stdout == "2"
     # the same tag again: a no-op on every host, checked by hash
     code, report, _ = run_roost(deploy_argv(fleet8, src, addresses(fleet8, EIGHT),
-                                            "--tag", "v2"))
+                                            "--tag", "v2", "--compress"))
     assert code == 0 and all(r["already_had"] for r in report["hosts"])
     code, report, stderr = run_roost(deploy_argv(fleet8, src, addresses(fleet8, EIGHT),
                                                  command="rollback"))
@@ -143,6 +145,25 @@ def test_a_failing_hook_fails_its_host_only_and_switches_back(fleet8: Fleet, src
     assert [current_of(fleet8, i) for i in (0, 1, 2)] == ["releases/v5", "releases/v5",
                                                           "releases/v1"]
     assert_nothing_left(fleet8, [0, 1, 2])
+
+
+def test_auth_hostkey_and_python_failures_are_named(fleet8: Fleet, src: Path,
+                                                   tmp_path: Path) -> None:
+    wrong_key = tmp_path / "wrong"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)],
+                   check=True)
+    empty_known = tmp_path / "known_hosts"
+    empty_known.write_text("")
+    host = addresses(fleet8, [0])
+    before = current_of(fleet8, 0)
+    cases = [(["--key", str(wrong_key)], "auth"),
+             (["--known-hosts", str(empty_known)], "hostkey"),
+             (["--python", "python3-not-installed"], "python")]
+    for extra, kind in cases:
+        code, report, _ = run_roost(deploy_argv(fleet8, src, host, "--tag", "vx", *extra))
+        assert code == 3 and report["hosts"][0]["kind"] == kind, report["hosts"]
+    assert current_of(fleet8, 0) == before
+    assert_nothing_left(fleet8, [0])
 
 
 def test_deploy_over_ipv6(fleet8: Fleet, src: Path) -> None:
@@ -206,7 +227,7 @@ def test_failures_stay_on_their_hosts(fleet8: Fleet, tmp_path: Path) -> None:
     import json
 
     report = json.loads(out)
-    assert proc.returncode == 0, (report["message"], err[-2000:])
+    assert proc.returncode == 0, (report["message"], report["hosts"], err[-2000:])
     rows = by_host(report)
     assert rows[fleet8.unused_address()]["kind"] == "unreachable"
     assert rows[fleet8.hosts[8].address]["kind"] == "disk-full"
