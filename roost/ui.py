@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
-
 @contextmanager
 def progress_bar(label: str, total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
     """Yield an `advance(nbytes)` callback; draws a bar on stderr when enabled."""

@@ -272,7 +272,8 @@ class Peer(asyncio.Protocol):
 
     # ---- downloading ----
     def update_interest(self) -> None:
-        interested = self.session.picker.is_interesting(self.key)
+        # a peer that never said what it has (no bitfield, no Have) has nothing
+        interested = self.in_picker and self.session.picker.is_interesting(self.key)
         if interested != self.am_interested:
             self.am_interested = interested
             self.send(

@@ -255,7 +255,17 @@ class Session:
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A background task that dies is a bug: say so and stop, never hang."""
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self.error = f"internal error: {type(exc).__name__}: {exc}"
+        self.reporter.event("error", message=self.error)
+        self.stop("internal error")
 
     # ---- tracker ----
     async def _announce(self, event: str | None) -> AnnounceResponse | None:

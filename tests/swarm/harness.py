@@ -70,7 +70,7 @@ class RoostProc:
                     if event.get("event") == name:
                         return event
                 left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None and not self._pending(name):
+                if left <= 0 or (self.proc.poll() is not None and not self._pending(name)):
                     raise AssertionError(
                         f"{self.name}: no {name!r} event in {timeout} s; exit "
                         f"{self.proc.poll()}; stderr: {''.join(self.stderr)[-2000:]}"
@@ -128,7 +128,7 @@ def make_tree(root: Path, total: int, seed: int = 1) -> Path:
     sizes = [total // 2, total // 3, total - total // 2 - total // 3]
     names = ["big.bin", "sub/mid.bin", "sub/tail.bin"]
     state = hashlib.sha256(str(seed).encode()).digest()
-    for name, size in zip(names, sizes):
+    for name, size in zip(names, sizes, strict=False):
         chunks = []
         made = 0
         while made < size:
