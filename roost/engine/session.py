@@ -52,7 +52,7 @@ IDLE_SECONDS = 180.0
 CONNECT_TIMEOUT = 5.0
 HANDSHAKE_TIMEOUT = 10.0
 ALLOWED_FAST_K = 8
-OFFERS_PER_PEER = 2  # super-seeding: pieces revealed to a peer at a time
+OFFERS_PER_PEER = 4  # super-seeding: pieces revealed to a peer at a time
 MAX_UPLOAD_LOG = 2_000_000
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

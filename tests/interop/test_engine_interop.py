@@ -11,7 +11,10 @@ the torrent registered with its admin API under the announce URL's secret):
 
 Every result is checked byte for byte by SHA-256 against the source. Payloads
 are a few MiB, multi-file (with an empty file and a sub-directory) or single
-file, never a whole number of pieces. Torrents are private v1 (roost make).
+file, never a whole number of pieces. Torrents are private v1 (roost make), so
+the clients use only the tracker (no DHT, PEX or LSD). Each test also fails when
+a roost process closed a connection for a protocol error, banned a peer, failed
+a hash or printed a traceback.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from tests.swarm.harness import Procs, RoostProc, make_tree
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 PIECE = 64 * 1024
+SIZE = 3 * MIB + 54321  # not a whole number of pieces
+TIMEOUT = 30.0
 #: why a roost peer may close a connection in a healthy swarm
 BENIGN_CLOSES = {
     "both seeds",
@@ -50,8 +55,6 @@ BENIGN_CLOSES = {
 #: aria2c first tries an MSE/PE (encrypted) handshake, which roost does not speak
 #: by design, then retries in plain BEP 3; only before any handshake is this benign
 MSE_ATTEMPT = "not a BitTorrent handshake"
-SIZE = 3 * MIB + 54321  # not a whole number of pieces
-TIMEOUT = 30.0
 
 
 class Swarm:
@@ -172,16 +175,21 @@ class Swarm:
         return bool(self.status()["done"])
 
     def close(self) -> None:
+        """End everything (each one even if another failed to end), then remove the dir."""
+        closers = [*(p.close for p in self.lt), *(a.close for a in self.aria), self.roost.close]
+        if self.tracker is not None:
+            closers.append(self.tracker.close)
+        errors: list[Exception] = []
         try:
-            for lt_peer in self.lt:
-                lt_peer.close()
-            for aria in self.aria:
-                aria.close()
-            self.roost.close()
-            if self.tracker is not None:
-                self.tracker.close()
+            for close in closers:
+                try:
+                    close()
+                except Exception as exc:  # keep ending the others
+                    errors.append(exc)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture
