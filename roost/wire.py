@@ -593,8 +593,10 @@ class PeerConnection:
         if mid not in _PRELUDE_IDS:
             window = self._bitfield_window
             self._bitfield_window = False
-            if mid in (BITFIELD, HAVE_ALL, HAVE_NONE) and not window:
-                raise RemoteProtocolError("bitfield, have-all or have-none after other messages")
+            # a late Bitfield or HaveAll is tolerated: aria2c sends one instead of
+            # several Haves whenever it is shorter (DefaultBtInteractive::checkHave)
+            if mid == HAVE_NONE and not window:
+                raise RemoteProtocolError("have-none after other messages")
         simple = _SIMPLE.get(mid)
         if simple is not None:
             return simple

@@ -160,6 +160,9 @@ class Peer(asyncio.Protocol):
         except RemoteProtocolError as exc:
             self.session.protocol_error(self, exc)
             self.close(str(exc))
+        except Exception as exc:  # a bug here must cost one connection, not the process
+            self.session.internal_error(self, exc)
+            self.close(f"internal error: {type(exc).__name__}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -202,6 +205,8 @@ class Peer(asyncio.Protocol):
             self.session.on_have(self, event.index)
         elif isinstance(event, Handshake):
             self.on_handshake(event)
+        elif isinstance(event, (BitfieldMsg, HaveAll)) and self.in_picker:
+            self.on_late_bitfield(event)
         elif isinstance(event, BitfieldMsg):
             self.bitfield = event.bitfield
             self.is_seed = self.bitfield.all()
@@ -235,6 +240,17 @@ class Peer(asyncio.Protocol):
             self.on_extended_handshake(event.data)
         elif isinstance(event, (KeepAlive, SuggestPiece, Port, Extended)):
             pass
+
+    def on_late_bitfield(self, event: BitfieldMsg | HaveAll) -> None:
+        """A Bitfield or HaveAll after other messages (aria2c sends one instead of
+        several Haves): each newly set piece counts as a Have; pieces are never unset."""
+        if isinstance(event, HaveAll):
+            bits = Bitfield.full(self.session.num_pieces)
+        else:
+            bits = event.bitfield
+        for index in bits.iter_set():
+            if not self.bitfield[index]:
+                self.handle(Have(index))
 
     def on_handshake(self, event: Handshake) -> None:
         self.remote_id = event.peer_id

@@ -438,6 +438,10 @@ class Session:
         if exc.ban:
             self.ban(peer, str(exc))
 
+    def internal_error(self, peer: Peer, exc: Exception) -> None:
+        self.reporter.event("internal_error", peer=f"{peer.address[0]}:{peer.address[1]}",
+                            error=f"{type(exc).__name__}: {exc}")
+
     def ban(self, peer: Peer, reason: str) -> None:
         """Refuse this peer from now on: by peer id, by address, by IP unless loopback.
 

@@ -202,10 +202,15 @@ def test_have_all_none_need_fast_and_first() -> None:
     assert b.receive(a.send_extended_handshake({"m": {}}) + a.send_have_all())[1] == HaveAll()
     a, b = pair()
     assert b.receive(a.send_have_none()) == [HaveNone()]
+    # a late HaveAll is tolerated (aria2c sends one once complete); a late
+    # HaveNone would take pieces back, which the protocol never does
+    a, b = pair()
+    b.receive(a.send_have(1))
+    assert b.receive(a.send_have_all()) == [HaveAll()]
     a, b = pair()
     b.receive(a.send_have(1))
     with pytest.raises(RemoteProtocolError):
-        b.receive(a.send_have_all())
+        b.receive(a.send_have_none())
     a, b = pair(fast_a=False)
     with pytest.raises(RemoteProtocolError):
         b.receive(frame(14))
@@ -213,16 +218,16 @@ def test_have_all_none_need_fast_and_first() -> None:
         a.send_have_all()
 
 
-def test_bitfield_only_first() -> None:
+def test_late_bitfield_is_tolerated() -> None:
+    """aria2c sends a whole Bitfield instead of several Haves mid-connection."""
     a, b = pair()
     b.receive(a.send_interested())
-    with pytest.raises(RemoteProtocolError) as e:
-        b.receive(a.send_bitfield(Bitfield(N)))
-    assert not e.value.ban  # out of order, not corrupt
+    late = Bitfield(N)
+    late.set(3)
+    assert b.receive(a.send_bitfield(late)) == [BitfieldMsg(late)]
     a, b = pair()
     b.receive(a.send_bitfield(Bitfield(N)))
-    with pytest.raises(RemoteProtocolError):
-        b.receive(a.send_bitfield(Bitfield(N)))
+    assert len(b.receive(a.send_bitfield(Bitfield(N)))) == 1
 
 
 def test_bitfield_wrong_size_or_spare_bits() -> None:

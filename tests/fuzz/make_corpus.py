@@ -118,8 +118,12 @@ def _roost_torrent(single: Path) -> bytes:
 # --- mutation ----------------------------------------------------------------------------
 
 
-def mutants(name: str, data: bytes, count: int, rng: random.Random) -> dict[str, bytes]:
-    """Deterministic structure-unaware mutants: flip, truncate, duplicate, splice digits."""
+def mutants(name: str, data: bytes, count: int) -> dict[str, bytes]:
+    """Deterministic structure-unaware mutants: flip, truncate, duplicate, splice digits.
+
+    Each seed has its own RNG (seeded by its name), so one mutant set does not
+    depend on which other seeds exist (e.g. whether the torrent tools ran)."""
+    rng = random.Random(f"roost-corpus:{name}")
     out: dict[str, bytes] = {}
     for i in range(count):
         buf = bytearray(data)
@@ -469,7 +473,6 @@ def admin_api_cases() -> dict[str, bytes]:
 
 
 def build(use_tools: bool = True) -> Corpus:
-    rng = random.Random(20261126)
     corpus: Corpus = {
         "bencode": bencode_cases(),
         "metainfo": metainfo_cases(),
@@ -484,7 +487,7 @@ def build(use_tools: bool = True) -> Corpus:
     for name, data in torrents.items():
         corpus["metainfo"][f"real-{name}"] = data
         corpus["bencode"][f"real-{name}"] = data
-        corpus["metainfo"].update(mutants(f"real-{name}", data, MUTANTS_PER_SEED, rng))
+        corpus["metainfo"].update(mutants(f"real-{name}", data, MUTANTS_PER_SEED))
     seeds = {
         "wire": ["valid-session", "valid-fast"],
         "tracker_query": ["announce-compact-event", "announce-location-ip"],
@@ -493,7 +496,7 @@ def build(use_tools: bool = True) -> Corpus:
     }
     for parser, names in seeds.items():
         for name in names:
-            corpus[parser].update(mutants(name, corpus[parser][name], MUTANTS_PER_SEED, rng))
+            corpus[parser].update(mutants(name, corpus[parser][name], MUTANTS_PER_SEED))
     return corpus
 
 

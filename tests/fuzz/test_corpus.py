@@ -87,3 +87,34 @@ def test_valid_seeds_are_accepted_by_their_parser() -> None:
                 for size in (0, 6, 15):
                     chunked = bytes([size]) + path.read_bytes()
                     assert check(TARGETS["wire_chunked"], chunked) == "ok", (path, size)
+
+
+def test_real_tools_still_make_torrents_we_parse(tmp_path: Path) -> None:
+    """Fresh torrents from the installed mktorrent, transmission-create and libtorrent."""
+    from tests.conftest import require_module, require_tool
+    from tests.fuzz.make_corpus import real_torrents
+
+    require_tool("mktorrent")
+    require_tool("transmission-create")
+    require_module("libtorrent")
+    made = real_torrents(tmp_path)
+    assert len(made) == 7, sorted(made)
+    for name, data in made.items():
+        assert check(TARGETS["metainfo"], data) == "ok", name
+
+
+def test_checked_in_corpus_matches_make_corpus(tmp_path: Path) -> None:
+    """The corpus is what tests/fuzz/make_corpus.py writes (so it can be regenerated).
+
+    transmission-create stamps a creation date, so its torrents and their
+    mutants are compared by name only."""
+    from tests.fuzz.make_corpus import build, write
+
+    write(build(use_tools=False), tmp_path)
+    fresh = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.glob("*/*.bin")}
+    stored = {str(p.relative_to(CORPUS)): p.read_bytes() for p in FILES}
+    no_tools = {k: v for k, v in stored.items() if "real-" not in k}
+    assert set(fresh) == set(no_tools)
+    assert all(fresh[k] == no_tools[k] for k in fresh), [
+        k for k in fresh if fresh[k] != no_tools[k]
+    ]

@@ -46,14 +46,9 @@ def peak(fn: Callable[[], object]) -> int:
         tracemalloc.stop()
 
 
-def _wire(frame: bytes) -> Callable[[], object]:
-    conn = _conn()
-    conn.receive(handshake())
-    return lambda: conn.receive(frame)
-
-
 def _wire_trickle(header: bytes, body_bytes: int) -> Callable[[], object]:
-    """A frame whose header promises a lot, then a megabyte of body in 64 KiB reads."""
+    """A frame header that promises a lot, then `body_bytes` of body in 64 KiB reads;
+    the connection must refuse it, or at least never buffer more than one capped frame."""
 
     def run() -> None:
         conn = _conn()
@@ -61,9 +56,13 @@ def _wire_trickle(header: bytes, body_bytes: int) -> Callable[[], object]:
         conn.receive(header)
         for _ in range(body_bytes // 65536):
             conn.receive(b"\x00" * 65536)
-            assert conn.buffered <= conn.max_frame
+            assert conn.buffered <= conn.max_frame, f"buffered {conn.buffered} bytes"
 
     return run
+
+
+def _huge(mid: int) -> Callable[[], object]:
+    return _wire_trickle(struct.pack(">IB", GIB4 - 1, mid), 8 << 20)
 
 
 NESTED = b"l" * 10**6
@@ -87,10 +86,10 @@ CASES: dict[str, Callable[[], object]] = {
         )
     ),
     "metainfo 10^6-deep info": lambda: metainfo.parse(b"d4:info" + NESTED),
-    "wire 4 GiB piece frame": _wire(struct.pack(">IB", GIB4 - 1, wire.PIECE)),
-    "wire 4 GiB bitfield frame": _wire(struct.pack(">IB", GIB4 - 1, wire.BITFIELD)),
-    "wire 4 GiB extended frame": _wire(struct.pack(">IB", GIB4 - 1, wire.EXTENDED)),
-    "wire 4 GiB unknown-id frame": _wire(struct.pack(">IB", GIB4 - 1, 200)),
+    "wire 4 GiB piece frame": _huge(wire.PIECE),
+    "wire 4 GiB bitfield frame": _huge(wire.BITFIELD),
+    "wire 4 GiB extended frame": _huge(wire.EXTENDED),
+    "wire 4 GiB unknown-id frame": _huge(200),
     "wire max extended frame trickled": _wire_trickle(
         struct.pack(">IB", wire.MAX_EXTENDED + 2, wire.EXTENDED), 1 << 20
     ),
@@ -135,12 +134,26 @@ def test_huge_numwant_is_clamped() -> None:
     assert req.numwant == protocol.MAX_NUMWANT
 
 
-def test_oversized_frame_is_refused_from_its_header_alone() -> None:
+@pytest.mark.parametrize(
+    ("mid", "length"),
+    [
+        (wire.PIECE, GIB4 - 1),
+        (wire.PIECE, wire.BLOCK_SIZE + 10),
+        (wire.BITFIELD, GIB4 - 1),
+        (wire.BITFIELD, 100),
+        (wire.EXTENDED, GIB4 - 1),
+        (wire.EXTENDED, wire.MAX_EXTENDED + 3),
+        (wire.CHOKE, GIB4 - 1),
+        (wire.REQUEST, 1 << 20),
+        (200, 10),
+    ],
+)
+def test_oversized_frame_is_refused_from_its_header_alone(mid: int, length: int) -> None:
     """The refusal comes after 5 bytes, before any of the claimed body arrives."""
     conn = _conn()
     conn.receive(handshake())
     with pytest.raises(RemoteProtocolError):
-        conn.receive(struct.pack(">IB", GIB4 - 1, wire.PIECE))
+        conn.receive(struct.pack(">IB", length, mid))
     assert conn.buffered == 0
 
 
