@@ -12,6 +12,7 @@ second, and the origin's upload rate. Root only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -43,22 +44,46 @@ def main() -> int:
         payload.parent.mkdir(parents=True)
         payload.write_bytes(os.urandom(args.size_mib << 20))
         torrent = work / "p.torrent"
-        subprocess.run([sys.executable, "-m", "roost", "make", str(payload), "-o", str(torrent),
-                        "--piece-size", f"{args.piece_kib}K"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "roost",
+                "make",
+                str(payload),
+                "-o",
+                str(torrent),
+                "--piece-size",
+                f"{args.piece_kib}K",
+            ],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         events: dict[str, list[tuple[float, dict[str, Any]]]] = {}
 
         def reader(name: str, stream: Any) -> None:
             for line in stream:
-                try:
+                with contextlib.suppress(ValueError):
                     events.setdefault(name, []).append((time.time(), json.loads(line)))
-                except ValueError:
-                    pass
 
         def launch(host: Any, argv: list[str], name: str) -> None:
-            proc = lab.spawn(host, [sys.executable, "-m", "roost", *argv, "--json", "--bind",
-                                    host.ip, "--port", str(PORT)], stdout=subprocess.PIPE,
-                             env=env)
+            proc = lab.spawn(
+                host,
+                [
+                    sys.executable,
+                    "-m",
+                    "roost",
+                    *argv,
+                    "--json",
+                    "--bind",
+                    host.ip,
+                    "--port",
+                    str(PORT),
+                ],
+                stdout=subprocess.PIPE,
+                env=env,
+            )
             threading.Thread(target=reader, args=(name, proc.stdout), daemon=True).start()
 
         seed = ["seed", str(torrent), "-d", str(payload.parent), "--no-tracker", "--skip-check"]
@@ -66,8 +91,16 @@ def main() -> int:
         lab.wait_listen(lab.origin, PORT)
         everyone = [h.ip for h in lab.hosts]
         for i, host in enumerate(lab.receivers):
-            argv = ["fetch", str(torrent), "-d", str(work / f"r{i}"), "--no-tracker",
-                    "--linger", "1000", *args.extra.split()]
+            argv = [
+                "fetch",
+                str(torrent),
+                "-d",
+                str(work / f"r{i}"),
+                "--no-tracker",
+                "--linger",
+                "1000",
+                *args.extra.split(),
+            ]
             for ip in everyone:
                 if ip != host.ip:
                     argv += ["--peer", f"{ip}:{PORT}"]
@@ -75,8 +108,11 @@ def main() -> int:
         t0 = time.time()
         deadline = t0 + 30 + 20 * (args.size_mib * 8 / args.rate)
         while time.time() < deadline:
-            done = [n for n, ev in events.items() if n != "origin"
-                    and any(e.get("event") == "complete" for _, e in ev)]
+            done = [
+                n
+                for n, ev in events.items()
+                if n != "origin" and any(e.get("event") == "complete" for _, e in ev)
+            ]
             if len(done) == args.n:
                 break
             time.sleep(0.2)
@@ -94,12 +130,17 @@ def main() -> int:
         for t, e in evs:
             if e.get("event") == "progress" and name != "origin":
                 per_sec[int(t - t0)] = per_sec.get(int(t - t0), 0) + e["down_Bps"] / 2
-    origin_up = {int(t - t0): e["up_Bps"] for t, e in events.get("origin", [])
-                 if e.get("event") == "progress"}
+    origin_up = {
+        int(t - t0): e["up_Bps"]
+        for t, e in events.get("origin", [])
+        if e.get("event") == "progress"
+    }
     link = args.rate * 1e6 / 8
     for sec in sorted(per_sec):
-        print(f"t={sec:3d}s  fleet down {per_sec[sec] / link:5.2f} links  "
-              f"origin up {origin_up.get(sec, 0) / link:4.2f} link")
+        print(
+            f"t={sec:3d}s  fleet down {per_sec[sec] / link:5.2f} links  "
+            f"origin up {origin_up.get(sec, 0) / link:4.2f} link"
+        )
     return 0
 
 
