@@ -34,6 +34,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=40)
     ap.add_argument("--piece-kib", type=int, default=256)
     ap.add_argument("--super-seed", action="store_true")
+    ap.add_argument("--timeout", type=float, default=0, help="seconds (0: 30 + 20 x bound)")
     ap.add_argument("--extra", default="", help="extra args for every fetch")
     args = ap.parse_args()
     repo = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def main() -> int:
                     argv += ["--peer", f"{ip}:{PORT}"]
             launch(host, argv, f"r{i}")
         t0 = time.time()
-        deadline = t0 + 30 + 20 * (args.size_mib * 8 / args.rate)
+        deadline = t0 + (args.timeout or 30 + 20 * (args.size_mib * 8 / args.rate))
         while time.time() < deadline:
             done = [
                 n
@@ -125,6 +126,10 @@ def main() -> int:
         done = next((t - t0 for t, e in evs if e.get("event") == "complete"), None)
         other = [e["event"] for _, e in evs if e["event"] not in ("progress",)]
         print(f"{name:7} first-byte~{first} complete {done} events {sorted(set(other))}")
+    for name in sorted(events):
+        stalls = [e for _, e in events[name] if e.get("event") == "stalled"]
+        if stalls:
+            print(name, "STALLED", json.dumps(stalls[-1])[:1500])
     per_sec: dict[int, float] = {}
     for name, evs in events.items():
         for t, e in evs:

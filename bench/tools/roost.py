@@ -44,7 +44,6 @@ from bench.tools.metainfo import info_hash
 SEED_ARGV = [
     "{python}", "-m", "roost", "seed", "{torrent}", "--dir", "{payload_dir}",
     "--bind", "{ip}", "--port", "{port}", "--skip-check", "--until-complete", "--quiet",
-    "--super-seed",
 ]
 FETCH_ARGV = [
     "{python}", "-m", "roost", "fetch", "{torrent}", "--dir", "{dest}",

@@ -50,6 +50,10 @@ def deploy_options(func: Any) -> Any:
         click.option("--upload-rate", help="per-peer upload cap, e.g. 100mbit or 20M"),
         click.option("--download-rate", help="per-peer download cap"),
         click.option("--link-rate", help="the hosts' link rate R, to report the bound S·8/R"),
+        click.option("--tracker", help="an external `roost tracker` base URL (admin token in "
+                     "$ROOST_TRACKER_TOKEN); default: a tracker inside this process"),
+        click.option("--super-seed/--no-super-seed", default=None,
+                     help="BEP 16 super-seeding on the origin (default: off)"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -68,6 +72,8 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
         "upload_rate": "upload_rate",
         "download_rate": "download_rate",
         "link_rate": "link_rate",
+        "super_seed": "super_seed",
+        "tracker": "tracker",
         "concurrency": "concurrency",
         "pre_activate": "pre_activate",
         "post_activate": "post_activate",

@@ -61,6 +61,9 @@ class DeployConfig:
     upload_rate: str | None = None
     download_rate: str | None = None
     link_rate: str | None = None  # the hosts' link rate, for the bound S·8/R only
+    super_seed: bool = False  # BEP 16 on the origin (see roost.deploy.swarm.Origin)
+    tracker: str | None = None  # an external `roost tracker` base URL; default: embedded
+    tracker_token: str | None = None  # its admin token (or $ROOST_TRACKER_TOKEN)
     interface: str | None = None
     locations: dict[str, str] = field(default_factory=dict)  # host name -> label
 
@@ -105,6 +108,9 @@ TOML_KEYS: dict[str, dict[str, str]] = {
         "upload_rate": "upload_rate",
         "download_rate": "download_rate",
         "link_rate": "link_rate",
+        "super_seed": "super_seed",
+        "tracker": "tracker",
+        "tracker_token": "tracker_token",
         "interface": "interface",
     },
 }

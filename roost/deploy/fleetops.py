@@ -74,6 +74,7 @@ def run_op(
     """Run `command` on every host; print a table (or JSON); 0 when every host answered."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from roost.deploy.config import resolve_hosts
     from roost.deploy.run import ssh_connector
@@ -91,9 +92,13 @@ def run_op(
         table.add_column(name)
     table.add_column("problem")
     for row in result.rows:
-        cells = [str(getter(row)) if row["status"] == "ok" else "-" for _, getter in columns]
-        cells[0] = row["host"]
-        problem = f"[{row['kind']}] {row['reason']}" if row["status"] == "failed" else ""
+        cells = [Text(str(getter(row)) if row["status"] == "ok" else "-")
+                 for _, getter in columns]
+        cells[0] = Text(row["host"])
+        # Text, not str: rich would take "[unreachable]" for markup and drop it
+        problem = Text()
+        if row["status"] == "failed":
+            problem = Text.assemble((row["reason"], "red"), (f" [{row['kind']}]", "dim"))
         table.add_row(*cells, problem)
     Console().print(table)
     return code

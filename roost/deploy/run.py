@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -34,7 +35,7 @@ from roost import __version__
 from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
 from roost.deploy.pack import Packed, make_metainfo, pack
-from roost.deploy.swarm import Origin, Swarm, listen_address
+from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_address
 from roost.deploy.transport import HostFailure, Transport, ssh_connect
 from roost.errors import UsageError
 from roost.metainfo import parse
@@ -121,7 +122,7 @@ async def run_deploy(
             raise UsageError("the destination (--dest) must be an absolute path")
     agent = make_agent(config.python)
     scratch = Path(tempfile.mkdtemp(prefix="roost-deploy-"))
-    swarm: Swarm | None = None
+    swarm: SwarmControl | None = None
     origin: Origin | None = None
     deploy.mark("start")
     try:
@@ -133,7 +134,7 @@ async def run_deploy(
         deploy.mark("packed")
         meta = parse(torrent)
         where = listen or listen_address([h.spec for h in deploy.hosts], config.listen)
-        swarm = await Swarm.start(where, meta.info_hash, deploy.tag, len(deploy.hosts))
+        swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, len(deploy.hosts))
         origin = await Origin.start(
             scratch / "payload.torrent",
             deploy.payload.payload.parent,
@@ -141,14 +142,14 @@ async def run_deploy(
             swarm.announce_url,
             swarm.expected,
             config.upload_rate,
+            config.super_seed,
         )
         deploy.mark("origin_started")
         if on_ready:
             on_ready(deploy)
         plan = FetchPlan(
             swarm.announce_url,
-            where,
-            swarm.tracker.port,
+            *swarm.route_target,
             swarm.expected,
             config.port_range,
             config.upload_rate,
@@ -178,8 +179,21 @@ async def run_deploy(
     return deploy
 
 
+async def _start_swarm(config: DeployConfig, listen: str, info_hash: bytes, tag: str,
+                       hosts: int) -> SwarmControl:
+    """The embedded tracker (default), or a swarm registered on network.tracker."""
+    if not config.tracker:
+        return await Swarm.start(listen, info_hash, tag, hosts)
+    token = config.tracker_token or os.environ.get("ROOST_TRACKER_TOKEN", "")
+    if not token:
+        raise UsageError("an external tracker needs its admin token: set network.tracker_token "
+                         "or ROOST_TRACKER_TOKEN")
+    return await RemoteSwarm.start(config.tracker, token, info_hash, tag, hosts)
+
+
 async def _fetch_phase(
-    deploy: Deploy, agent: Agent, torrent: bytes, plan: FetchPlan, swarm: Swarm, connect: Connector
+    deploy: Deploy, agent: Agent, torrent: bytes, plan: FetchPlan, swarm: SwarmControl,
+    connect: Connector
 ) -> None:
     config = deploy.config
     assert deploy.payload is not None

@@ -4,8 +4,8 @@ The tracker runs in this process (roost.tracker.server's public API); the
 swarm is registered under a secret token with the number of peers expected
 to finish (hosts + the origin), so peers stop seeding once all are done,
 and hosts that fail are marked so they do not hold the others up. The
-origin is `roost seed --super-seed` in its own process group: stopping it is
-one killpg of a group we made.
+origin is `roost seed` (`--super-seed` with network.super_seed) in its own
+process group: stopping it is one killpg of a group we made.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
 
 from roost.deploy.config import HostSpec
 from roost.deploy.transport import die_with_parent
@@ -93,12 +97,105 @@ class Swarm:
     def totals(self) -> dict[str, object]:
         return self.tracker.status(self.info_hash)
 
+    @property
+    def route_target(self) -> tuple[str, int]:
+        """Where hosts find their route to the tracker (for the address they announce)."""
+        return self.tracker.config.host, self.tracker.port
+
     async def stop(self) -> None:
         await self.tracker.stop()
 
 
+class SwarmControl(Protocol):
+    """What a deploy needs from its tracker, embedded (Swarm) or external (RemoteSwarm)."""
+
+    announce_url: str
+    expected: int
+
+    @property
+    def route_target(self) -> tuple[str, int]: ...
+    async def one_fewer(self) -> None: ...
+    async def host_failed(self, peer_id: bytes | None, address: str | None) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class RemoteSwarm:
+    """A swarm on an external `roost tracker`, driven through its admin API."""
+
+    def __init__(self, base: str, session: aiohttp.ClientSession, info_hash: bytes,
+                 announce_url: str, expected: int) -> None:
+        self.base = base
+        self.session = session
+        self.info_hash = info_hash
+        self.announce_url = announce_url
+        self.expected = expected
+
+    @classmethod
+    async def start(cls, url: str, admin_token: str, info_hash: bytes, name: str, hosts: int
+                    ) -> RemoteSwarm:
+        base = url.rstrip("/")
+        if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).hostname:
+            raise UsageError(f"tracker URL {url!r} is not http(s)://host:port")
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=15),
+            headers={"Authorization": f"Bearer {admin_token}"})
+        try:
+            summary = await _admin(session, "POST", f"{base}/admin/swarms", {
+                "info_hash": info_hash.hex(), "name": name, "expected_peers": hosts + 1})
+        except BaseException:
+            await session.close()
+            raise
+        return cls(base, session, info_hash, str(summary["announce_url"]), hosts + 1)
+
+    @property
+    def route_target(self) -> tuple[str, int]:
+        parts = urlsplit(self.announce_url)
+        return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+    async def one_fewer(self) -> None:
+        self.expected = max(1, self.expected - 1)
+        with contextlib.suppress(RoostError):
+            await _admin(self.session, "PATCH", f"{self.base}/admin/swarms/{self.info_hash.hex()}",
+                         {"expected_peers": self.expected})
+
+    async def host_failed(self, peer_id: bytes | None, address: str | None) -> None:
+        if peer_id is None and not address:
+            return
+        body: dict[str, object] = (
+            {"peer_id": peer_id.hex()} if peer_id is not None else {"address": address})
+        with contextlib.suppress(RoostError):
+            await _admin(self.session, "POST",
+                         f"{self.base}/admin/swarms/{self.info_hash.hex()}/failed", body)
+
+    async def stop(self) -> None:
+        """Unregister the swarm: the tracker forgets the deploy's secret announce URL."""
+        try:
+            with contextlib.suppress(RoostError):
+                await _admin(self.session, "DELETE",
+                             f"{self.base}/admin/swarms/{self.info_hash.hex()}", None)
+        finally:
+            await self.session.close()
+
+
+async def _admin(session: aiohttp.ClientSession, method: str, url: str,
+                 body: dict[str, object] | None) -> dict[str, Any]:
+    try:
+        async with session.request(method, url, json=body) as response:
+            data = await response.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        raise RoostError(f"tracker admin call {method} {url} failed: {exc}") from None
+    if response.status >= 300 or not isinstance(data, dict):
+        error = data.get("error") if isinstance(data, dict) else data
+        raise RoostError(f"the tracker refused {method} {urlsplit(url).path}: {error}")
+    return data
+
+
 class Origin:
-    """`roost seed --super-seed` for the payload, as a child process group."""
+    """`roost seed` for the payload, as a child process group.
+
+    Super-seeding (BEP 16) is off by default: the engine's super-seeder does not yet
+    re-offer a piece it revealed only to a peer that then died, so one host killed
+    mid-transfer could stall every other host on that piece (seen in the fleet tests)."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -112,6 +209,7 @@ class Origin:
         tracker_url: str,
         expected: int,
         upload_rate: str | None,
+        super_seed: bool = False,
     ) -> Origin:
         args = [
             sys.executable,
@@ -121,7 +219,7 @@ class Origin:
             str(torrent),
             "-d",
             str(payload_dir),
-            "--super-seed",
+            *(["--super-seed"] if super_seed else []),
             "--skip-check",
             "--json",
             "--quiet",

@@ -135,6 +135,7 @@ def host_rows(deploy: Deploy) -> list[dict[str, Any]]:
                 "already_had": h.already_had,
                 "bytes_done": h.bytes_done,
                 "pushed_agent": h.pushed_agent,
+                "agent": "pushed" if h.pushed_agent else ("cached" if h.pyz else "-"),
                 "fetch_seconds": round(fetch_s, 3) if fetch_s is not None else None,
                 "seconds": round(end - start, 3) if start and end else None,
             }
@@ -214,11 +215,13 @@ def final_table(deploy: Deploy, console: Console) -> None:
     for row in host_rows(deploy):
         status = row["status"] + (" (had it)" if row["already_had"] else "")
         table.add_row(
-            row["host"],
+            Text(row["host"]),
             Text(status, style=STYLE.get(row["status"], "")),
             f"{row['seconds']:.1f} s" if row["seconds"] is not None else "-",
-            "pushed" if row["pushed_agent"] else "cached",
-            f"[{row['kind']}] {row['reason']}" if row["reason"] else "",
+            row["agent"],
+            # Text, not a str: rich would read "[disk-full]" as markup and drop it
+            Text.assemble((row["reason"], "red"), (f" [{row['kind']}]", "dim"))
+            if row["reason"] else "",
         )
     console.print(table)
     t = timings(deploy)

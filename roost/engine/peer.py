@@ -129,6 +129,8 @@ class Peer(asyncio.Protocol):
         self.last_send_at = session.now()
         self.last_recv_at = session.now()
         self.snubbed = False
+        self.last_upload_at = 0.0  # when we last sent it a block
+        self.offered_at = 0.0  # super-seeding: when we last revealed a piece to it
         # bytes of each piece we uploaded to this peer (for super-seeding)
         self.sent_bytes: dict[int, int] = {}
 
@@ -350,6 +352,8 @@ class Peer(asyncio.Protocol):
     def on_piece(self, event: Piece) -> None:
         length = self.outstanding.pop((event.index, event.begin), None)
         if length is None or length != len(event.block):
+            if length is not None:  # not what we asked for: ask again, elsewhere
+                self.session.release_blocks(self, event.index, event.begin, length)
             self.session.wasted(len(event.block))
             return
         now = self.session.now()
@@ -386,13 +390,19 @@ class Peer(asyncio.Protocol):
         self.am_choking = choke
         if choke:
             self.send(self.wire.send_choke())
+            # allowed-fast requests survive a choke (BEP 6); the rest are
+            # rejected when the peer understands Reject, else dropped (BEP 3)
+            fast = self.session.allowed_fast_for(self) if self.wire.fast else set()
+            kept = deque(r for r in self.upload_queue if r[0] in fast)
             if self.wire.fast:
                 for i, b, n in self.upload_queue:
-                    if i not in self.session.allowed_fast_for(self):
+                    if i not in fast:
                         self.send(self.wire.send_reject(i, b, n))
-            self.upload_queue.clear()
+            self.upload_queue = kept
+            self.session.on_choked(self)
         else:
             self.send(self.wire.send_unchoke())
+            self.session.on_unchoked(self)
 
     def on_request(self, req: Request) -> None:
         if not self.session.may_serve(self, req.index) or (
@@ -432,6 +442,7 @@ class Peer(asyncio.Protocol):
             self.send(self.wire.send_piece_header(index, begin, length))
             self.send(data)
             self.up.add(length)
+            self.last_upload_at = session.now()
             session.on_uploaded(self, index, begin, length)
 
     def _serve_later(self) -> None:

@@ -45,6 +45,8 @@ from roost.ratelimit import TokenBucket
 from roost.wire import BLOCK_SIZE, allowed_fast_set
 
 TICK = 0.5
+STALL_SECONDS = 10.0
+STALE_OFFER_SECONDS = 3.0
 RECHOKE_TICKS = 20  # a full rechoke every 10 s, as BEP 3 clients do
 SNUB_SECONDS = 15.0
 KEEPALIVE_SECONDS = 60.0
@@ -156,6 +158,8 @@ class Session:
         self._last_tick = self.loop.time()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rate_paused_until = 0.0
+        self._stall_mark = -1
+        self._stall_since = 0.0
 
     # ---- small accessors used by Peer ----
     def now(self) -> float:
@@ -721,18 +725,40 @@ class Session:
                 self.superseeder.on_sent(peer.key, index)
                 self.offer(peer)
 
+    def on_choked(self, peer: Peer) -> None:
+        pass
+
+    def _withdraw_stale_offers(self, now: float) -> None:
+        """Pieces revealed to a peer that has not fetched anything from us for
+        STALE_OFFER_SECONDS (it is choked, slow or gone) are revealed to others
+        instead; otherwise the last uncovered pieces can wait forever."""
+        assert self.superseeder is not None
+        for peer in self.peers.values():
+            if not peer.ready or peer.forgotten:
+                continue
+            idle_since = max(peer.last_upload_at, peer.offered_at)
+            if now - idle_since > STALE_OFFER_SECONDS and self.superseeder.offers_of(peer.key):
+                self.superseeder.withdraw(peer.key)
+
+    def on_unchoked(self, peer: Peer) -> None:
+        self.offer(peer)
+
     def offer(self, peer: Peer) -> None:
-        """Super-seeding: reveal pieces one at a time, each to as few peers as possible."""
-        if self.superseeder is None or not peer.ready:
+        """Super-seeding: reveal pieces one at a time, each to as few peers as
+        possible, and only to peers we upload to (unchoked)."""
+        if self.superseeder is None or not peer.ready or peer.forgotten:
             return
         for _ in range(OFFERS_PER_PEER):
             index = self.superseeder.next_offer(peer.key)
             if index is None:
                 return
             peer.send(peer.wire.send_have(index))
+            peer.offered_at = self.now()
+            peer.offered_at = self.now()
 
     def offer_all(self) -> None:
-        for peer in self.peers.values():
+        # peers we upload to first: a piece revealed to a choked peer waits
+        for peer in sorted(self.peers.values(), key=lambda p: p.am_choking):
             self.offer(peer)
 
     # ---- periodic work ----
@@ -751,6 +777,7 @@ class Session:
         if self._ticks % RECHOKE_TICKS == 1:
             self._rechoke()
         if self.superseeder is not None:
+            self._withdraw_stale_offers(now)
             self.offer_all()  # a sweep, in case a release was missed
         self._connect_more()
         for peer in list(self.peers.values()):
@@ -765,7 +792,29 @@ class Session:
             peers=sum(1 for p in self.peers.values() if p.ready),
             state=state,
         )
+        self._report_stall(now)
         self._apply_policy(now)
+
+    def _report_stall(self, now: float) -> None:
+        """No verified piece for STALL_SECONDS while incomplete: say why, once a
+        period, so a stuck swarm can be diagnosed from the JSON log alone."""
+        done = self.bytes_done()
+        if done != self._stall_mark:
+            self._stall_mark, self._stall_since = done, now
+            return
+        if self.complete or now - self._stall_since < STALL_SECONDS:
+            return
+        self._stall_since = now
+        missing = [i for i in range(self.num_pieces) if not self.have[i]][:8]
+        peers = [
+            {"peer": f"{p.address[0]}:{p.address[1]}", "choked_us": p.peer_choking,
+             "interested": p.am_interested, "outstanding": len(p.outstanding),
+             "has_missing": sum(1 for i in missing if p.bitfield[i]), "snubbed": p.snubbed,
+             "write_paused": p.write_paused, "queue": len(p.upload_queue)}
+            for p in self.peers.values() if p.ready
+        ]
+        self.reporter.event("stalled", missing=missing, verifying=len(self.verifying),
+                            buffers=len(self.buffers), peers=peers)
 
     def _check_peer(self, peer: Peer, now: float) -> None:
         if not peer.ready:

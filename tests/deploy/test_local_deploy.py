@@ -83,3 +83,33 @@ def test_a_failing_pre_hook_gives_exit_4_and_keeps_the_old_release(tmp_path: Pat
     d = deploy(base, src, "h3", min_success="1",
                pre_activate=["test \"$HOME\" != \"${HOME%p1/home}p1/home\""])
     assert d.exit_code == 0
+
+
+def test_an_external_tracker_via_its_admin_api(tmp_path: Path) -> None:
+    """network.tracker: the swarm is registered on a separate `roost tracker`, then removed."""
+    import json
+    import subprocess
+    import urllib.request
+
+    token = "t0ken-for-the-deploy-test"
+    tracker = subprocess.Popen(
+        [sys.executable, "-u", "-m", "roost", "tracker", "--host", "127.0.0.1", "--port", "0",
+         "--admin-token", token, "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True)
+    try:
+        assert tracker.stdout is not None
+        url = json.loads(tracker.stdout.readline())["url"]
+        src = make_sample_tree(tmp_path / "src", big=100_000)
+        d = deploy(tmp_path / "hosts", src, "x1", n=2, tracker=url, tracker_token=token)
+        assert d.exit_code == 0, (d.message, [h.reason for h in d.hosts])
+        request = urllib.request.Request(f"{url}/admin/swarms",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["swarms"] == []  # unregistered at the end
+        from roost.errors import RoostError
+
+        with pytest.raises(RoostError, match="admin token"):  # the CLI: one line, exit 1
+            deploy(tmp_path / "hosts", src, "x2", tracker=url, tracker_token="wrong-token-123")
+    finally:
+        tracker.terminate()
+        tracker.wait(timeout=10)
