@@ -443,8 +443,11 @@ class Session:
             self.ban(peer, str(exc))
 
     def internal_error(self, peer: Peer, exc: Exception) -> None:
-        self.reporter.event("internal_error", peer=f"{peer.address[0]}:{peer.address[1]}",
-                            error=f"{type(exc).__name__}: {exc}")
+        self.reporter.event(
+            "internal_error",
+            peer=f"{peer.address[0]}:{peer.address[1]}",
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
     def ban(self, peer: Peer, reason: str) -> None:
         """Refuse this peer from now on: by peer id, by address, by IP unless loopback.
@@ -807,14 +810,26 @@ class Session:
         self._stall_since = now
         missing = [i for i in range(self.num_pieces) if not self.have[i]][:8]
         peers = [
-            {"peer": f"{p.address[0]}:{p.address[1]}", "choked_us": p.peer_choking,
-             "interested": p.am_interested, "outstanding": len(p.outstanding),
-             "has_missing": sum(1 for i in missing if p.bitfield[i]), "snubbed": p.snubbed,
-             "write_paused": p.write_paused, "queue": len(p.upload_queue)}
-            for p in self.peers.values() if p.ready
+            {
+                "peer": f"{p.address[0]}:{p.address[1]}",
+                "choked_us": p.peer_choking,
+                "interested": p.am_interested,
+                "outstanding": len(p.outstanding),
+                "has_missing": sum(1 for i in missing if p.bitfield[i]),
+                "snubbed": p.snubbed,
+                "write_paused": p.write_paused,
+                "queue": len(p.upload_queue),
+            }
+            for p in self.peers.values()
+            if p.ready
         ]
-        self.reporter.event("stalled", missing=missing, verifying=len(self.verifying),
-                            buffers=len(self.buffers), peers=peers)
+        self.reporter.event(
+            "stalled",
+            missing=missing,
+            verifying=len(self.verifying),
+            buffers=len(self.buffers),
+            peers=peers,
+        )
 
     def _check_peer(self, peer: Peer, now: float) -> None:
         if not peer.ready:
