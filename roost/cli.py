@@ -44,7 +44,12 @@ def _available(module: str) -> bool:
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = [n for n, (m, _) in COMMANDS.items() if _available(m)]
-        names += [n for n, spec in AGENT_COMMANDS.items() if _available(spec.split(":")[0])]
+        # host-* are the deploy's remote plumbing: callable, but not advertised
+        names += [
+            n
+            for n, spec in AGENT_COMMANDS.items()
+            if not n.startswith("host-") and _available(spec.split(":")[0])
+        ]
         return sorted(names)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
