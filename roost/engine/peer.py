@@ -399,7 +399,6 @@ class Peer(asyncio.Protocol):
                     if i not in fast:
                         self.send(self.wire.send_reject(i, b, n))
             self.upload_queue = kept
-            self.session.on_choked(self)
         else:
             self.send(self.wire.send_unchoke())
             self.session.on_unchoked(self)

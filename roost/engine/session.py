@@ -27,7 +27,6 @@ import ipaddress
 import os
 import random
 import signal
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -728,9 +727,6 @@ class Session:
                 self.superseeder.on_sent(peer.key, index)
                 self.offer(peer)
 
-    def on_choked(self, peer: Peer) -> None:
-        pass
-
     def _withdraw_stale_offers(self, now: float) -> None:
         """Pieces revealed to a peer that has not fetched anything from us for
         STALE_OFFER_SECONDS (it is choked, slow or gone) are revealed to others
@@ -892,7 +888,3 @@ def parse_allow(entries: list[str]) -> list[Network]:
             except ValueError:
                 raise RoostError(f"--allow: {item!r} is not an address or network") from None
     return nets
-
-
-def on_loop(func: Callable[[], None]) -> None:
-    asyncio.get_running_loop().call_soon(func)
