@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -65,7 +66,17 @@ class Swarm:
 
     @classmethod
     async def start(cls, listen: str, info_hash: bytes, name: str, hosts: int) -> Swarm:
-        policy = TrackerPolicy(interval=2, min_interval=1, peer_timeout=15.0)
+        # Hosts advertise the address the deploy configured (`ip=`), which may
+        # differ from their route's source. Honouring it from anywhere is safe
+        # here: the swarm is private and only holders of its secret, handed out
+        # over SSH, can announce at all.
+        policy = TrackerPolicy(
+            interval=2,
+            min_interval=1,
+            peer_timeout=15.0,
+            ip_override="trusted",
+            trusted_networks=(ip_network("0.0.0.0/0"), ip_network("::/0")),
+        )
         tracker = TrackerServer(
             TrackerConfig(host=listen, port=0, policy=policy, housekeeping_interval=0.5)
         )
@@ -122,8 +133,14 @@ class SwarmControl(Protocol):
 class RemoteSwarm:
     """A swarm on an external `roost tracker`, driven through its admin API."""
 
-    def __init__(self, base: str, session: aiohttp.ClientSession, info_hash: bytes,
-                 announce_url: str, expected: int) -> None:
+    def __init__(
+        self,
+        base: str,
+        session: aiohttp.ClientSession,
+        info_hash: bytes,
+        announce_url: str,
+        expected: int,
+    ) -> None:
         self.base = base
         self.session = session
         self.info_hash = info_hash
@@ -131,17 +148,23 @@ class RemoteSwarm:
         self.expected = expected
 
     @classmethod
-    async def start(cls, url: str, admin_token: str, info_hash: bytes, name: str, hosts: int
-                    ) -> RemoteSwarm:
+    async def start(
+        cls, url: str, admin_token: str, info_hash: bytes, name: str, hosts: int
+    ) -> RemoteSwarm:
         base = url.rstrip("/")
         if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).hostname:
             raise UsageError(f"tracker URL {url!r} is not http(s)://host:port")
         session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=15),
-            headers={"Authorization": f"Bearer {admin_token}"})
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
         try:
-            summary = await _admin(session, "POST", f"{base}/admin/swarms", {
-                "info_hash": info_hash.hex(), "name": name, "expected_peers": hosts + 1})
+            summary = await _admin(
+                session,
+                "POST",
+                f"{base}/admin/swarms",
+                {"info_hash": info_hash.hex(), "name": name, "expected_peers": hosts + 1},
+            )
         except BaseException:
             await session.close()
             raise
@@ -155,30 +178,41 @@ class RemoteSwarm:
     async def one_fewer(self) -> None:
         self.expected = max(1, self.expected - 1)
         with contextlib.suppress(RoostError):
-            await _admin(self.session, "PATCH", f"{self.base}/admin/swarms/{self.info_hash.hex()}",
-                         {"expected_peers": self.expected})
+            await _admin(
+                self.session,
+                "PATCH",
+                f"{self.base}/admin/swarms/{self.info_hash.hex()}",
+                {"expected_peers": self.expected},
+            )
 
     async def host_failed(self, peer_id: bytes | None, address: str | None) -> None:
         if peer_id is None and not address:
             return
         body: dict[str, object] = (
-            {"peer_id": peer_id.hex()} if peer_id is not None else {"address": address})
+            {"peer_id": peer_id.hex()} if peer_id is not None else {"address": address}
+        )
         with contextlib.suppress(RoostError):
-            await _admin(self.session, "POST",
-                         f"{self.base}/admin/swarms/{self.info_hash.hex()}/failed", body)
+            await _admin(
+                self.session,
+                "POST",
+                f"{self.base}/admin/swarms/{self.info_hash.hex()}/failed",
+                body,
+            )
 
     async def stop(self) -> None:
         """Unregister the swarm: the tracker forgets the deploy's secret announce URL."""
         try:
             with contextlib.suppress(RoostError):
-                await _admin(self.session, "DELETE",
-                             f"{self.base}/admin/swarms/{self.info_hash.hex()}", None)
+                await _admin(
+                    self.session, "DELETE", f"{self.base}/admin/swarms/{self.info_hash.hex()}", None
+                )
         finally:
             await self.session.close()
 
 
-async def _admin(session: aiohttp.ClientSession, method: str, url: str,
-                 body: dict[str, object] | None) -> dict[str, Any]:
+async def _admin(
+    session: aiohttp.ClientSession, method: str, url: str, body: dict[str, object] | None
+) -> dict[str, Any]:
     try:
         async with session.request(method, url, json=body) as response:
             data = await response.json(content_type=None)

@@ -186,6 +186,7 @@ class Session:
                 peer_id=self.peer_id,
                 port=self.port,
                 location=self.config.location,
+                ip=self.config.announce_ip,
             )
         for address in self.config.initial_peers:
             self.candidates[address] = 0.0

@@ -516,6 +516,7 @@ class TrackerClient:
         peer_id: bytes,
         port: int,
         location: str | None = None,
+        ip: str | None = None,
         rng: random.Random | None = None,
         timeout: float = 10.0,
         retry_base: float = 2.0,
@@ -531,6 +532,7 @@ class TrackerClient:
         self.peer_id = peer_id
         self.port = port
         self.location = location
+        self.ip = ip  # the address to advertise, when the route's source is not it
         self.timeout = timeout
         self.retry_base = retry_base
         self.retry_max = retry_max
@@ -567,6 +569,7 @@ class TrackerClient:
                         key=self.key,
                         tracker_id=self.tracker_id,
                         location=self.location,
+                        ip=self.ip,
                         timeout=self.timeout,
                     )
                 except TrackerError as exc:

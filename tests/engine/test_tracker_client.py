@@ -372,6 +372,25 @@ def test_failover_across_tiers_and_promotion_within_a_tier() -> None:
     run(main())
 
 
+def test_client_advertises_the_configured_address() -> None:
+    """Deploy hosts advertise the address configured for them (ip=), which may
+    differ from the source address of their route to the tracker."""
+    body = bencode.encode({b"interval": 5, b"peers": b""})
+
+    async def main() -> None:
+        async with FakeTracker(lambda t: http(body)) as tr:
+            with_ip = TrackerClient(
+                [[tr.url]], info_hash=INFO_HASH, peer_id=PEER_ID, port=7000, ip="fd00::7"
+            )
+            await with_ip.announce("started", 0, 0, 100)
+            assert query_of(tr.targets[-1])["ip"] == b"fd00::7"
+            without = TrackerClient([[tr.url]], info_hash=INFO_HASH, peer_id=PEER_ID, port=7000)
+            await without.announce("started", 0, 0, 100)
+            assert "ip" not in query_of(tr.targets[-1])
+
+    run(main())
+
+
 def test_every_tracker_failing_lists_each_and_backs_off() -> None:
     async def main() -> None:
         dead = f"http://127.0.0.1:{closed_port()}/announce"
