@@ -319,10 +319,7 @@ def main() -> int:
         )
         try:
             for tool in args.tools.split(","):
-                if (
-                    tool != "roost"
-                    and shutil.which(tool if tool == "aria2c" else "python3") is None
-                ):
+                if tool == "aria2c" and shutil.which("aria2c") is None:
                     continue
                 result = run_tool(tool, torrent, origin, work, n, url, args.timeout)
                 if result["t_all"]:

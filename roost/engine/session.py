@@ -131,7 +131,7 @@ class Session:
         self.banned_ips: set[str] = set()
         self.buffers: dict[int, bytearray] = {}
         self.block_from: dict[int, dict[int, tuple[str, int]]] = {}
-        self.suspects: dict[int, list[tuple[int, bytes, bytes | None, tuple[str, int]]]] = {}
+        self.suspects: dict[int, list[tuple[int, bytes, tuple[str, int]]]] = {}
         self.verifying: set[int] = set()
         self.verifying_bytes = 0
         # pieces waiting for hash + write may hold at most this much memory;
@@ -655,7 +655,7 @@ class Session:
     def _piece_passed(self, index: int, buf: bytearray) -> None:
         self.picker.piece_verified(index)
         self.have.set(index)
-        for begin, digest, _, key in self.suspects.pop(index, []):
+        for begin, digest, key in self.suspects.pop(index, []):
             good = hashlib.sha1(buf[begin : begin + BLOCK_SIZE]).digest()
             peer = self.peers.get(key)
             if digest != good and peer is not None:
@@ -682,7 +682,7 @@ class Session:
         suspects = self.suspects.setdefault(index, [])
         for begin, key in sources.items():
             digest = hashlib.sha1(buf[begin : begin + BLOCK_SIZE]).digest()
-            suspects.append((begin, digest, None, key))
+            suspects.append((begin, digest, key))
 
     def _on_complete(self) -> None:
         self.completed_at = self.now()

@@ -127,7 +127,9 @@ def test_corrupt_peer_is_banned_and_everyone_completes(tmp_path: Path, procs: Pr
         assert tree_digest(tmp_path / fetcher.name / "release") == want
         bans = fetcher.named("peer_banned")
         assert bans, f"{fetcher.name} never banned the corrupt peer"
-        assert all(str(liar.port) not in b["peer"] or True for b in bans)
+        # the liar (and only the liar) was banned: fetchers reach it on its listen port
+        assert any(b["peer"].endswith(f":{liar.port}") for b in bans), bans
+        assert not any(b["peer"].endswith(f":{origin.port}") for b in bans), bans
         assert fetcher.named("hash_failed")
 
 
