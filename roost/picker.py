@@ -200,6 +200,19 @@ class PiecePicker:
             peer.bits, peer.seed, peer.needed = None, True, 0
             self._seeds += 1
 
+    def peer_lacks(self, key: Hashable, index: int) -> None:
+        """The peer refused a request for this piece while unchoking us (a
+        super-seeding origin whose offer moved on does that): stop asking it
+        for the piece until it announces Have again. Without this the piece,
+        now partial, is picked first from the same peer forever."""
+        peer = self._peers[key]
+        if peer.bits is None or not peer.bits[index]:
+            return  # a seed refusing is overloaded, not missing the piece
+        peer.bits.clear(index)
+        if not self._have[index]:
+            peer.needed -= 1
+        self._bump(index, -1)
+
     def remove_peer(self, key: Hashable) -> list[BlockRequest]:
         """The peer left; its outstanding requests become FREE again (returned)."""
         freed = self.cancel_peer_requests(key)

@@ -364,8 +364,17 @@ class Peer(asyncio.Protocol):
 
     def on_reject(self, index: int, begin: int) -> None:
         length = self.outstanding.pop((index, begin), None)
-        if length is not None:
-            self.session.release_blocks(self, index, begin, length)
+        if length is None:
+            return
+        self.session.release_blocks(self, index, begin, length)
+        # a refusal while we may ask means it will not serve this piece now:
+        # look elsewhere (rejects after a Choke are the choke's, not the piece's)
+        if self.peer_choking:
+            self.allowed_fast.discard(index)
+        elif not self.is_seed:
+            self.bitfield.clear(index)
+            self.session.picker.peer_lacks(self.key, index)
+            self.update_interest()
 
     def drop_requests(self, *, send_cancel: bool) -> None:
         """Give every outstanding request back to the picker (choked, snubbed, closing)."""

@@ -402,3 +402,33 @@ def test_pickers_from_availability_strings() -> None:
     assert pieces(p.pick("s", 3)) == [3, 2, 0]
     assert p.in_endgame  # every missing block is requested
     assert pieces(p.pick(2, 3)) == [0]  # peer 2 has only piece 0: an endgame duplicate
+
+
+def test_a_piece_refused_by_an_unchoking_peer_is_asked_of_others() -> None:
+    # piece 0 is partial; "origin" refuses it (its super-seed offer moved on).
+    # Partial-first picking would ask "origin" for it again forever.
+    p = make("000", {"origin": "110", "b": "000"}, blocks=2)
+    first = p.pick("origin", 1)
+    assert len(first) == 1
+    refused = first[0].index
+    p.request_rejected("origin", first[0])
+    p.peer_lacks("origin", refused)
+    assert p.availability(refused) == 0
+    assert refused not in pieces(p.pick("origin", 8))
+    assert not p.is_interesting("b")
+    p.peer_has("b", refused)
+    assert pieces(p.pick("b", 8)) == [refused, refused]
+    # a Have from "origin" again makes it a source once more
+    p.peer_has("origin", refused)
+    assert p.availability(refused) == 2
+
+
+def test_peer_lacks_keeps_seeds_and_counts_needed() -> None:
+    p = make("100", {"a": "110"}, blocks=1)
+    p.add_peer_have_all("seed")
+    p.peer_lacks("seed", 1)  # a seed refusing is busy, not missing the piece
+    assert p.availability(1) == 2
+    p.peer_lacks("a", 1)
+    assert not p.is_interesting("a") and p.availability(1) == 1
+    p.peer_lacks("a", 1)  # twice is harmless
+    assert p.availability(1) == 1
