@@ -44,7 +44,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("equal", "hetero", "loss", "latency")
 HTTP_MAX_MATRIX_SIZE = 64 * MiB
 TOOL_COLORS = {"roost": "tab:blue", "aria2c": "tab:orange", "libtorrent": "tab:green",
-               "http": "tab:red"}
+               "http": "tab:red", "roost-tls": "tab:purple"}
 CPU_BOUND_AVG = 0.70  # machine CPU average above which a row is flagged CPU-bound
 
 

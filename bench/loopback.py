@@ -9,6 +9,8 @@ last fetcher holds a verified copy. Prints JSON lines and a table.
 
     python -m bench.loopback --shape pair --size-mib 1024
     python -m bench.loopback --shape swarm --peers 8 --size-mib 256
+    python -m bench.loopback --shape pair --tools roost,roost-tls   # TLS's cost
+    python -m bench.loopback --shape pair --tools roost,roost-copy  # zero-copy's gain
 """
 
 from __future__ import annotations
@@ -93,7 +95,15 @@ def roost_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "roost", *args]
 
 
-def start_roost(run: Run, torrent: Path, origin: Path, dests: list[Path], tracker: str) -> None:
+def start_roost(
+    run: Run,
+    torrent: Path,
+    origin: Path,
+    dests: list[Path],
+    tracker: str,
+    tls: dict[str, list[str]] | None = None,
+) -> None:
+    tls = tls or {}
     run.spawn(
         roost_cmd(
             "seed",
@@ -109,6 +119,7 @@ def start_roost(run: Run, torrent: Path, origin: Path, dests: list[Path], tracke
             "--tracker",
             tracker,
             "--super-seed" if len(dests) > 1 else "--quiet",
+            *tls.get("origin", []),
         ),
         "origin",
     )
@@ -129,10 +140,34 @@ def start_roost(run: Run, torrent: Path, origin: Path, dests: list[Path], tracke
                 tracker,
                 "--linger",
                 "600",
+                *tls.get(f"r{i}", []),
             ),
             f"r{i}",
             watch='"event":"complete"',
         )
+
+
+def start_roost_copy(
+    run: Run, torrent: Path, origin: Path, dests: list[Path], tracker: str
+) -> None:
+    """roost uploading with pread + write instead of sendfile: zero-copy's gain."""
+    names = ["origin", *(f"r{i}" for i in range(len(dests)))]
+    start_roost(run, torrent, origin, dests, tracker, {n: ["--no-zero-copy"] for n in names})
+
+
+def start_roost_tls(run: Run, torrent: Path, origin: Path, dests: list[Path], tracker: str) -> None:
+    """roost with mutual TLS between peers (`roost deploy --peer-tls`): one CA for the run."""
+    from roost.deploy.pki import DeployCA  # operator side: needs `cryptography`
+
+    ca = DeployCA("loopback bench")
+    tls_dir = origin.parent / "tls"
+    shutil.rmtree(tls_dir, ignore_errors=True)
+    tls: dict[str, list[str]] = {}
+    for name in ["origin", *(f"r{i}" for i in range(len(dests)))]:
+        (tls_dir / name).mkdir(parents=True)
+        cert, key, ca_file = ca.issue(name).write(tls_dir / name)
+        tls[name] = ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca_file)]
+    start_roost(run, torrent, origin, dests, tracker, tls)
 
 
 def start_libtorrent(
@@ -218,7 +253,13 @@ def start_aria2(run: Run, torrent: Path, origin: Path, dests: list[Path], tracke
         )
 
 
-STARTERS = {"roost": start_roost, "libtorrent": start_libtorrent, "aria2c": start_aria2}
+STARTERS = {
+    "roost": start_roost,
+    "roost-tls": start_roost_tls,
+    "roost-copy": start_roost_copy,
+    "libtorrent": start_libtorrent,
+    "aria2c": start_aria2,
+}
 
 
 def run_tool(

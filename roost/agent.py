@@ -25,6 +25,8 @@ AGENT_COMMANDS: dict[str, str] = {
     "host-status": "roost.hostops:add_status",
     "host-clean": "roost.hostops:add_clean",
     "host-rollback": "roost.hostops:add_rollback",
+    "host-health": "roost.hostops:add_health",
+    "host-lock": "roost.hostlock:add_lock",
 }
 
 Runner = Callable[[argparse.Namespace], int]
@@ -55,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         return runner(ns)
     except RoostError as exc:
         if "--json" in args:
-            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
+            # a failing hook's captured output travels with its error (HookError.details)
+            details = getattr(exc, "details", None)
+            extra = details if isinstance(details, dict) else {}
+            print(json.dumps({**extra, "event": "error", "message": str(exc)}), flush=True)
         print(f"roost {command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

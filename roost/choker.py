@@ -16,11 +16,13 @@ and a chance to prove a rate.
 SuperSeeder (BEP 16). The origin announces no pieces (HaveNone / an empty
 bitfield) and reveals pieces one at a time per peer with Have messages, and
 serves only what it revealed to that peer (`may_serve`). Until every piece is
-*covered* (sent by the origin at least once, or announced by some connected
-peer), a piece is revealed to at most one peer at a time and only while it is
+*covered* (sent by the origin to a peer still connected, or announced by some
+connected peer), a piece is revealed to at most one peer at a time and only while it is
 uncovered; so with peers that request what they are offered, the origin
 never uploads a piece twice before it uploaded every piece once. After that
-it offers the piece sent the fewest times among those the peer lacks.
+it offers the piece sent the fewest times among those the peer lacks. A piece
+sent only to a peer that left before announcing it is uncovered again: the
+copy died with the peer, and phase 1 must not end without it.
 
 A peer gets its next offer only once its previous one is released: the offer
 was fully sent (`on_sent`) and then either another peer announced the piece
@@ -101,12 +103,13 @@ class Choker:
 
 
 class _Offers:
-    __slots__ = ("awaiting", "bits", "offered")
+    __slots__ = ("awaiting", "bits", "offered", "unconfirmed")
 
     def __init__(self, bits: Bitfield) -> None:
         self.bits = bits
         self.offered: set[int] = set()  # revealed, not yet fully sent
         self.awaiting: set[int] = set()  # sent, waiting for the piece to spread
+        self.unconfirmed: set[int] = set()  # sent, its own Have not seen yet
 
 
 class SuperSeeder:
@@ -121,6 +124,7 @@ class SuperSeeder:
         self.max_offers = max_offers
         self._rng = rng or random.Random()
         self._sent = [0] * num_pieces
+        self._in_flight = [0] * num_pieces  # sent to connected peers, not yet announced
         self._holders = [0] * num_pieces  # connected peers announcing the piece
         self._pending = [0] * num_pieces  # peers it is offered to, not yet sent
         self._peers: dict[Hashable, _Offers] = {}
@@ -133,7 +137,7 @@ class SuperSeeder:
     # ------------------------------------------------------------ bookkeeping
 
     def _covered(self, index: int) -> bool:
-        return self._sent[index] > 0 or self._holders[index] > 0
+        return self._in_flight[index] > 0 or self._holders[index] > 0
 
     def _pool_remove(self, index: int) -> None:
         pos = self._pos.pop(index, None)
@@ -171,8 +175,13 @@ class SuperSeeder:
         self._withdraw(peer)
         for index in peer.awaiting:
             self._unawait(key, index)
+        lost = set(peer.unconfirmed)
+        for index in peer.unconfirmed:
+            self._in_flight[index] -= 1
         for index in peer.bits.iter_set():
             self._holders[index] -= 1
+            lost.add(index)
+        for index in lost:
             if not self._covered(index):
                 self._uncovered += 1
                 self._pool_restore(index)
@@ -233,6 +242,9 @@ class SuperSeeder:
             return []
         was = self._covered(index)
         self._holders[index] += 1
+        if index in peer.unconfirmed:
+            peer.unconfirmed.discard(index)
+            self._in_flight[index] -= 1
         self._cover(index, was)
         self._await(key, peer, index)  # it got it elsewhere first: the offer moves on
         freed: list[Hashable] = []
@@ -245,12 +257,15 @@ class SuperSeeder:
 
     def on_sent(self, key: Hashable, index: int) -> None:
         """We uploaded the whole piece to the peer."""
-        was = self._covered(index)
         self._sent[index] += 1
-        self._cover(index, was)
         peer = self._peers.get(key)
-        if peer is not None:
-            self._await(key, peer, index)
+        if peer is None or peer.bits[index] or index in peer.unconfirmed:
+            return
+        was = self._covered(index)
+        self._in_flight[index] += 1
+        peer.unconfirmed.add(index)
+        self._cover(index, was)
+        self._await(key, peer, index)
 
     # ------------------------------------------------------------ decisions
 

@@ -6,7 +6,8 @@
     roost host-status    current release, staged releases, live roost processes
     roost host-clean     stop this deploy's (or every) roost process by its pid file,
                          remove deploy dirs and half-unpacked releases; idempotent
-    roost host-rollback  switch `current` back
+    roost host-rollback  switch `current` back (--none: the host had no release before)
+    roost host-health    run a health check in `current`, report exit code and output
 
 They are named host-* so they never shadow the operator commands
 `roost status|clean|rollback`, which run them on every host.
@@ -30,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from roost.errors import UsageError
+from roost.hostlock import history, inspect_lock
 from roost.release import (
     Dest,
+    HookError,
     Manifest,
     ReleaseError,
     Runner,
@@ -40,11 +43,14 @@ from roost.release import (
     atomic_write,
     emit,
     rollback,
+    run_hook,
 )
 
 DEPLOYS = "deploys"
 MAX_PREPARE_INPUT = 96 * 1024 * 1024
 STOP_WAIT = 5.0
+#: host-prepare's `tls` keys -> files in the deploy directory (fetch's --tls-* flags)
+PEER_TLS = {"cert": "peer-cert.pem", "key": "peer-key.pem", "ca": "peer-ca.pem"}
 
 
 def _deploy_id(text: str) -> str:
@@ -108,6 +114,7 @@ def run_prepare(ns: argparse.Namespace) -> int:
         data = json.loads(blob)
         manifest = Manifest.load(data["manifest"])
         torrent = base64.b64decode(data["torrent"], validate=True)
+        tls = _peer_tls(data.get("tls"))
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"bad host-prepare input: {exc}") from None
     dest = Dest(ns.dest)
@@ -116,6 +123,8 @@ def run_prepare(ns: argparse.Namespace) -> int:
     (work / "staging").mkdir(parents=True, exist_ok=True)
     atomic_write(work / "manifest.json", json.dumps(manifest.to_dict()).encode())
     atomic_write(work / "payload.torrent", torrent)
+    for filename, pem in tls.items():  # 0600: atomic_write's mkstemp
+        atomic_write(work / filename, pem)
     state = dest.load_state()
     known = state["releases"].get(manifest.tag)
     have = bool(known and known.get("sha256") == manifest.sha256
@@ -128,6 +137,16 @@ def run_prepare(ns: argparse.Namespace) -> int:
     }
     emit(result, ns.json)
     return 0
+
+
+def _peer_tls(tls: Any) -> dict[str, bytes]:
+    """`--peer-tls`: file name -> PEM of this host's certificate, key and the deploy CA
+    (checked before anything is written; host-clean removes them with the deploy dir)."""
+    if tls is None:
+        return {}
+    if not isinstance(tls, dict) or not all(isinstance(tls.get(k), str) for k in PEER_TLS):
+        raise UsageError("bad host-prepare input: tls needs cert, key and ca (PEM)")
+    return {filename: tls[name].encode() for name, filename in PEER_TLS.items()}
 
 
 def _address(ns: argparse.Namespace) -> str | None:
@@ -189,6 +208,7 @@ def run_status(ns: argparse.Namespace) -> int:
                       "staged_at": state["releases"].get(t, {}).get("staged_at")}
                      for t in dest.release_tags()],
         "running": running(dest), "deploys": deploys,
+        "lock": inspect_lock(dest), "history": history(dest),
     }, ns.json)
     return 0
 
@@ -252,9 +272,44 @@ def add_rollback(parser: argparse.ArgumentParser) -> Runner:
     parser.description = "Make the previous (or the given) release current again."
     add_dest_args(parser)
     parser.add_argument("--to", help="release tag (default: the previous one)")
+    parser.add_argument("--none", action="store_true",
+                        help="remove `current` (undo a first deploy: there was no release)")
     return run_rollback
 
 
 def run_rollback(ns: argparse.Namespace) -> int:
-    emit({"dest": str(ns.dest), **rollback(Dest(ns.dest), ns.to)}, ns.json)
+    dest = Dest(ns.dest)
+    if ns.none:
+        with dest.locked():
+            previous = dest.current_tag()
+            with contextlib.suppress(FileNotFoundError):
+                dest.current.unlink()
+        emit({"dest": str(ns.dest), "tag": None, "previous": previous}, ns.json)
+        return 0
+    emit({"dest": str(ns.dest), **rollback(dest, ns.to)}, ns.json)
+    return 0
+
+
+def add_health(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = "Run a health-check command in <dest>/current; report exit and output."
+    add_dest_args(parser)
+    parser.add_argument("--command", required=True, help="shell command; exit 0 = healthy")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--previous", help="the release before this one (for ROOST_PREVIOUS)")
+    return run_health
+
+
+def run_health(ns: argparse.Namespace) -> int:
+    """Always exits 0 with a verdict: a failing check is a result, not an agent error."""
+    dest = Dest(ns.dest)
+    tag = dest.current_tag()
+    if tag is None:
+        raise ReleaseError(f"{dest.current} does not point at a release")
+    try:
+        record = run_hook(ns.command, dest.releases / tag, tag, dest.root, ns.timeout,
+                          ns.previous, "health")
+        record["ok"] = True
+    except HookError as exc:
+        record = {**exc.details, "ok": False, "reason": str(exc)}
+    emit({"dest": str(dest.root), "tag": tag, **record}, ns.json)
     return 0

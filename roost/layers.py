@@ -26,6 +26,8 @@ RANKS: dict[str, int] = {
     "roost.engine": 2,
     "roost.release": 2,
     "roost.hostops": 2,
+    "roost.hostlock": 2,
+    "roost.preflight": 2,
     "roost.tracker.server": 2,
     "roost.tracker.state": 2,
     "roost.agent": 3,
@@ -86,6 +88,8 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.engine",
     "roost.release",
     "roost.hostops",
+    "roost.hostlock",
+    "roost.preflight",
     "roost.agent",
 )
 

@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import tarfile
@@ -549,45 +550,96 @@ def prune(dest: Dest, state: dict[str, Any], keep: int) -> list[str]:
     return removed
 
 
-def run_hook(command: str, cwd: Path, tag: str, dest: Path, timeout: float) -> None:
-    env = {**os.environ, "ROOST_TAG": tag, "ROOST_DEST": str(dest),
-           "ROOST_RELEASE": str(cwd)}
+HOOK_OUTPUT_MAX = 4000  # characters of a hook's output kept for the report
+
+
+class HookError(ReleaseError):
+    """A hook failed; `details` (command, exit, output) goes into the JSON error."""
+
+    def __init__(self, message: str, details: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def hook_env(tag: str, dest: Path, release: Path, previous: str | None,
+             phase: str) -> dict[str, str]:
+    """The documented hook environment (docs/deploy.md, "Hook environment")."""
+    return {
+        "ROOST_TAG": tag,
+        "ROOST_DEST": str(dest),
+        "ROOST_RELEASE": str(release),
+        "ROOST_PREVIOUS": previous or "",
+        "ROOST_PREVIOUS_RELEASE": str(dest / "releases" / previous) if previous else "",
+        "ROOST_HOOK": phase,
+    }
+
+
+def run_hook(command: str, cwd: Path, tag: str, dest: Path, timeout: float,
+             previous: str | None = None, phase: str = "hook") -> dict[str, Any]:
+    """Run one hook; returns {command, phase, exit, seconds, output} or raises HookError."""
+    env = {**os.environ, **hook_env(tag, dest, cwd, previous, phase)}
+    started = time.monotonic()
+    # its own session, so a timeout kills the hook's children too (not just the shell)
+    proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd, env=env, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        result = subprocess.run(["/bin/sh", "-c", command], cwd=cwd, env=env, timeout=timeout,
-                                capture_output=True, text=True)
+        output, _ = proc.communicate(timeout=timeout)
+        code: int | None = proc.returncode
     except subprocess.TimeoutExpired:
-        raise ReleaseError(f"hook {command!r} timed out after {timeout:g} s") from None
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-        raise ReleaseError(f"hook {command!r} failed (exit {result.returncode}) {tail[0]}".strip())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        code = None
+    record = {"command": command, "phase": phase, "exit": code,
+              "seconds": round(time.monotonic() - started, 3),
+              "output": (output or "")[-HOOK_OUTPUT_MAX:]}
+    what = "health check" if phase == "health" else f"{phase} hook"
+    if code is None:
+        raise HookError(f"{what} {command!r} timed out after {timeout:g} s", record)
+    if code != 0:
+        tail = (output or "").strip().splitlines()[-1:] or [""]
+        raise HookError(f"{what} {command!r} failed (exit {code}) {tail[0]}".strip(), record)
+    return record
 
 
 def activate(dest: Dest, tag: str, *, keep: int = 5, pre: list[str] | None = None,
              post: list[str] | None = None, hook_timeout: float = 300.0) -> dict[str, Any]:
     """pre hooks -> switch -> post hooks (a failure switches back) -> prune."""
     check_tag(tag)
+    hooks: list[dict[str, Any]] = []
     with dest.locked():
         state = dest.load_state()
         release = dest.releases / tag
         if not release.is_dir():
             raise ReleaseError(f"release {tag} is not staged on this host")
-        for command in pre or []:
-            run_hook(command, release, tag, dest.root, hook_timeout)
+        before = dest.current_tag()
+        try:
+            for command in pre or []:
+                hooks.append(run_hook(command, release, tag, dest.root, hook_timeout,
+                                      before, "pre"))
+        except HookError as exc:
+            exc.details = {"hooks": [*hooks, exc.details]}
+            raise
         previous = switch(dest, tag)
         try:
             for command in post or []:
-                run_hook(command, release, tag, dest.root, hook_timeout)
-        except ReleaseError as exc:
+                hooks.append(run_hook(command, release, tag, dest.root, hook_timeout,
+                                      previous, "post"))
+        except HookError as exc:
+            details = {"hooks": [*hooks, exc.details]}
             if previous and previous != tag:
                 switch(dest, previous)
-                raise ReleaseError(f"{exc}; switched back to {previous}") from None
+                raise HookError(f"{exc}; switched back to {previous}", details) from None
+            exc.details = details
             raise
         if previous != tag:
             state["history"].append({"at": time.time(), "action": "switch", "tag": tag,
                                      "from": previous})
         removed = prune(dest, state, keep)
         dest.save_state(state)
-    return {"tag": tag, "previous": previous, "changed": previous != tag, "pruned": removed}
+    return {"tag": tag, "previous": previous, "changed": previous != tag, "pruned": removed,
+            "hooks": hooks}
 
 
 def rollback(dest: Dest, to: str | None = None) -> dict[str, Any]:

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(aria2 opentracker mktorrent transmission-cli openssh-server openssh-client
-      iperf3 wrk nftables iproute2 zstd procps util-linux)
+      iperf3 wrk nftables iproute2 zstd procps util-linux
+      sudo)  # sudo: the fleet tests' non-root deploy user
 missing=()
 for pkg in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

@@ -26,6 +26,11 @@ it in start_origin below.
 
 If PROBE_ARGV does not exit 0 with "--dir" in its help text, the tool is
 reported "not run: roost engine not available".
+
+"roost-tls" (RoostTlsTool) is the same with mutual TLS between every pair of
+peers, as `roost deploy --peer-tls` runs it: one CA for the run
+(roost.deploy.pki), a certificate per host, `--tls-cert/--tls-key/--tls-ca`
+appended to both command lines. Run it beside "roost" to measure TLS's cost.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from bench.tools.metainfo import info_hash
 SEED_ARGV = [
     "{python}", "-m", "roost", "seed", "{torrent}", "--dir", "{payload_dir}",
     "--bind", "{ip}", "--port", "{port}", "--skip-check", "--until-complete", "--quiet",
+    "--super-seed",
 ]
 FETCH_ARGV = [
     "{python}", "-m", "roost", "fetch", "{torrent}", "--dir", "{dest}",
@@ -87,10 +93,15 @@ class RoostTool(Tool):
             "tracker": tracker.announce_url(ctx.origin.ip), "sha256": ctx.sha256,
         }
 
+    def extra_args(self, ctx: RunContext, host: Host) -> list[str]:
+        """Appended to this host's seed/fetch command line (RoostTlsTool: its TLS files)."""
+        return []
+
     def start_origin(self, ctx: RunContext) -> None:
         tracker.start_opentracker(ctx)
         f = self._fields(ctx, ctx.origin)
-        ctx.spawn(ctx.origin, "seeder", [a.format(**f) for a in self.seed_argv], env=self._env())
+        argv = [a.format(**f) for a in self.seed_argv] + self.extra_args(ctx, ctx.origin)
+        ctx.spawn(ctx.origin, "seeder", argv, env=self._env())
         ctx.lab.wait_listen(ctx.origin, PEER_PORT)
         tracker.wait_seeder_announced(ctx, info_hash(ctx.torrent.read_bytes()))
 
@@ -98,5 +109,25 @@ class RoostTool(Tool):
         f = self._fields(ctx, host)
         argv = [sys.executable, str(WRAPPER), "--file", str(ctx.data_dir(host) / ctx.payload.name),
                 "--sha256", ctx.sha256, "--out", str(ctx.done_file(host)), "--host", host.name,
-                "--", *[a.format(**f) for a in self.fetch_argv]]
+                "--", *[a.format(**f) for a in self.fetch_argv], *self.extra_args(ctx, host)]
         return ctx.spawn(host, "receiver", argv, env=self._env())
+
+
+class RoostTlsTool(RoostTool):
+    """roost with mutual TLS between peers (one CA per run, a certificate per host)."""
+
+    name = "roost-tls"
+
+    def extra_args(self, ctx: RunContext, host: Host) -> list[str]:
+        from roost.deploy.pki import DeployCA  # operator side: needs `cryptography`
+
+        tls_dir = ctx.run_dir / "tls"
+        if not tls_dir.exists():  # the first call (the origin's) makes the run's CA
+            tls_dir.mkdir(mode=0o700)
+            ca = DeployCA(f"bench {ctx.run_dir.name}")
+            for h in ctx.lab.hosts:
+                (tls_dir / h.name).mkdir()
+                ca.issue(h.name).write(tls_dir / h.name)
+        cert, key, ca_file = (tls_dir / host.name / n
+                              for n in ("peer-cert.pem", "peer-key.pem", "peer-ca.pem"))
+        return ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca_file)]

@@ -4,7 +4,9 @@ Exit codes: 0 at least --min-success hosts have the release current (or
 staged, with --no-activate); 1 a local error (packing, tracker, origin);
 2 bad arguments or configuration; 3 fewer than --min-success hosts staged
 the release, so nothing was switched; 4 activation left fewer than
---min-success hosts on the new release; 130 interrupted (everything cleaned).
+--min-success hosts on the new release; 5 the rollout stopped at a failing
+batch (rolled back); 6 refused by another deploy's lock; 7 --dry-run found a
+problem; 130 interrupted (everything cleaned).
 """
 
 from __future__ import annotations
@@ -53,7 +55,15 @@ def deploy_options(func: Any) -> Any:
         click.option("--tracker", help="an external `roost tracker` base URL (admin token in "
                      "$ROOST_TRACKER_TOKEN); default: a tracker inside this process"),
         click.option("--super-seed/--no-super-seed", default=None,
-                     help="BEP 16 super-seeding on the origin (default: off)"),
+                     help="BEP 16 super-seeding on the origin (default: on)"),
+        click.option("--batch", help="activate N hosts (or N%) at a time (default: all at once)"),
+        click.option("--canary", type=int, help="activate N hosts first, alone (default 0)"),
+        click.option("--health-check", help="command run in `current` after each batch; "
+                     "a non-zero exit stops the rollout and rolls that batch back"),
+        click.option("--health-timeout", type=float, help="health check limit (default 30 s)"),
+        click.option("--peer-tls/--no-peer-tls", default=None,
+                     help="mutual TLS between peers with a per-deploy CA: hosts outside "
+                     "the deploy can neither read nor join the transfer (default: off)"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -73,6 +83,13 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
         "download_rate": "download_rate",
         "link_rate": "link_rate",
         "super_seed": "super_seed",
+        "batch": "batch",
+        "canary": "canary",
+        "health_check": "health_check",
+        "health_timeout": "health_timeout",
+        "ssh_config": "ssh_config",
+        "sudo_user": "sudo_user",
+        "peer_tls": "peer_tls",
         "tracker": "tracker",
         "concurrency": "concurrency",
         "pre_activate": "pre_activate",
@@ -95,6 +112,9 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
             out[key] = list(out[key] or [])
     if params.get("no_activate"):
         out["activate"] = False
+    for flag in ("sudo", "dry_run", "break_lock"):  # flags only ever switch these on
+        if params.get(flag):
+            out[flag] = True
     return out
 
 
@@ -148,6 +168,12 @@ def host_options(func: Any) -> Any:
         click.option("--ssh-port", type=int, help="SSH port (default 22)"),
         click.option("--key", help="SSH private key file"),
         click.option("--known-hosts", help="known_hosts file, or 'off' to skip host key checks"),
+        click.option("--ssh-config", help="OpenSSH client config (default: ~/.ssh/config): "
+                     "Host aliases, HostName, User, Port, IdentityFile, ProxyJump"),
+        click.option("--sudo", is_flag=True, default=None,
+                     help="run roost on the hosts through `sudo -n` (a non-root SSH user)"),
+        click.option("--sudo-user", help="... as this user, the destination's owner "
+                     "(default root; implies --sudo)"),
         click.option("--connect-timeout", type=float, help="SSH connect timeout (default 10 s)"),
         click.option("--concurrency", type=int, help="hosts contacted at once (default 50)"),
         click.option("--python", help="python3 on the hosts (default: python3)"),
@@ -173,6 +199,10 @@ def host_config(config_path: Path | None, params: dict[str, Any]) -> DeployConfi
     help="address the tracker and origin bind (default: the source "
     "address of our route to the hosts)",
 )
+@click.option("--dry-run", is_flag=True,
+              help="preflight checks on every host and what would happen; change nothing")
+@click.option("--break-lock", is_flag=True,
+              help="take over a stale lock left on a host by a deploy that died")
 @deploy_options
 def command(src: Path, config_path: Path | None, as_json: bool, **params: Any) -> int:
     """Deploy SRC (a directory or a file) to every host.
@@ -184,6 +214,10 @@ def command(src: Path, config_path: Path | None, as_json: bool, **params: Any) -
       2    bad arguments or configuration
       3    fewer than --min-success hosts staged it: nothing was switched
       4    after activation (hooks) fewer than --min-success hosts run it
+      5    rollout stopped: a batch failed (health check or hook) and was rolled
+           back; later batches kept their previous release
+      6    refused: another deploy holds the lock on some host; nothing changed
+      7    --dry-run: some host failed a preflight check (nothing was changed)
       130  interrupted; remote fetches stopped, temp files removed
     """
     config = host_config(config_path, params)

@@ -22,8 +22,8 @@ from roost.errors import UsageError
 @dataclass(frozen=True)
 class HostSpec:
     name: str
-    address: str  # where SSH connects
-    port: int = 22
+    address: str  # where SSH connects (an ~/.ssh/config alias works)
+    port: int | None = None  # None: ~/.ssh/config's Port, else 22
     user: str | None = None
     location: str | None = None
     announce: str | None = None  # address to announce, from configuration
@@ -49,7 +49,10 @@ class DeployConfig:
     inventory: str | None = None
     groups: list[str] = field(default_factory=list)
     user: str | None = None
-    ssh_port: int = 22
+    ssh_port: int | None = None  # None: ~/.ssh/config's Port, else 22
+    ssh_config: str | None = None  # default: ~/.ssh/config when it exists
+    sudo: bool = False  # run roost on the hosts through `sudo -n`
+    sudo_user: str | None = None  # ... as this user, the destination's owner (implies sudo)
     key: str | None = None
     known_hosts: str | None = None  # a path, or "off"; None: asyncssh's default
     connect_timeout: float = 10.0
@@ -61,11 +64,18 @@ class DeployConfig:
     upload_rate: str | None = None
     download_rate: str | None = None
     link_rate: str | None = None  # the hosts' link rate, for the bound S·8/R only
-    super_seed: bool = False  # BEP 16 on the origin (see roost.deploy.swarm.Origin)
+    super_seed: bool = True  # BEP 16 on the origin (see roost.deploy.swarm.Origin)
+    peer_tls: bool = False  # mutual TLS between peers, per-deploy CA (roost.deploy.pki)
     tracker: str | None = None  # an external `roost tracker` base URL; default: embedded
     tracker_token: str | None = None  # its admin token (or $ROOST_TRACKER_TOKEN)
     interface: str | None = None
     locations: dict[str, str] = field(default_factory=dict)  # host name -> label
+    batch: str | None = None  # activate N hosts (or N%) at a time; None: all at once
+    canary: int = 0  # hosts activated (and health-checked) alone, before the batches
+    health_check: str | None = None  # run in `current` after each batch; exit 0 = healthy
+    health_timeout: float = 30.0
+    break_lock: bool = False  # take over a stale lock left by a deploy that died
+    dry_run: bool = False  # preflight checks only; change nothing
 
 
 #: roost.toml [section] key -> DeployConfig attribute
@@ -84,6 +94,10 @@ TOML_KEYS: dict[str, dict[str, str]] = {
             "post_activate",
             "hook_timeout",
             "timeout",
+            "batch",
+            "canary",
+            "health_check",
+            "health_timeout",
         )
     },
     "hosts": {
@@ -101,6 +115,9 @@ TOML_KEYS: dict[str, dict[str, str]] = {
         "connect_timeout": "connect_timeout",
         "concurrency": "concurrency",
         "python": "python",
+        "config": "ssh_config",
+        "sudo": "sudo",
+        "sudo_user": "sudo_user",
     },
     "network": {
         "listen": "listen",
@@ -109,6 +126,7 @@ TOML_KEYS: dict[str, dict[str, str]] = {
         "download_rate": "download_rate",
         "link_rate": "link_rate",
         "super_seed": "super_seed",
+        "peer_tls": "peer_tls",
         "tracker": "tracker",
         "tracker_token": "tracker_token",
         "interface": "interface",
@@ -156,6 +174,8 @@ def _apply_toml(config: DeployConfig, data: dict[str, Any], path: Path) -> Deplo
             if key not in keys:
                 raise UsageError(f"{path}: unknown key {key!r} in [{section}]")
             values[keys[key]] = value
+    if isinstance(values.get("batch"), int):
+        values["batch"] = str(values["batch"])
     if isinstance(values.get("min_success"), int | float):
         values["min_success"] = str(values["min_success"])
     try:
@@ -172,7 +192,7 @@ _HOST = re.compile(
 )
 
 
-def parse_host(text: str, default_port: int = 22, **extra: Any) -> HostSpec:
+def parse_host(text: str, default_port: int | None = None, **extra: Any) -> HostSpec:
     match = _HOST.match(text.strip())
     if not match:
         raise UsageError(f"host {text!r} is not [user@]host[:port]")
@@ -180,7 +200,7 @@ def parse_host(text: str, default_port: int = 22, **extra: Any) -> HostSpec:
     return HostSpec(
         name=address,
         address=address,
-        port=int(match["port"] or default_port),
+        port=int(match["port"]) if match["port"] else default_port,
         user=match["user"],
         **extra,
     )
@@ -217,7 +237,7 @@ def resolve_hosts(config: DeployConfig) -> list[HostSpec]:
     return unique
 
 
-def _hosts_file(path: Path, port: int) -> list[HostSpec]:
+def _hosts_file(path: Path, port: int | None) -> list[HostSpec]:
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roost.deploy.config import DeployConfig, HostSpec
+from roost.deploy.pki import CA_FILE, CERT_FILE, KEY_FILE, DeployCA
 from roost.deploy.transport import HostFailure, Stream, Transport
 from roost.release import Manifest
 
@@ -48,6 +49,7 @@ class FetchPlan:
     upload_rate: str | None = None
     download_rate: str | None = None
     timeout: float = 900.0
+    pki: DeployCA | None = None  # --peer-tls: issues each host's certificate
 
 
 @dataclass
@@ -72,6 +74,11 @@ class HostRun:
     fetch_exit: int | None = None
     fetch_task: asyncio.Task[None] | None = None
     peer_id: bytes | None = None  # from fetch's `started` event
+    batch: int | None = None  # rollout batch (0 = the canary when there is one)
+    current: str | None = None  # the release this host runs now, as far as we know
+    hooks: list[dict[str, Any]] = field(default_factory=list)  # each hook's captured output
+    health: dict[str, Any] | None = None  # the health check's verdict and output
+    lock_stream: Stream | None = None  # `roost host-lock`, alive while we hold the lock
 
     def dest(self, config: DeployConfig) -> str:
         return self.spec.dest or config.dest
@@ -159,14 +166,18 @@ class HostRun:
             args += ["--address", self.spec.announce]
         elif self.spec.interface:
             args += ["--interface", self.spec.interface]
-        blob = json.dumps(
-            {"manifest": manifest.to_dict(), "torrent": base64.b64encode(torrent).decode()}
-        ).encode()
+        request: dict[str, Any] = {
+            "manifest": manifest.to_dict(),
+            "torrent": base64.b64encode(torrent).decode(),
+        }
+        if plan.pki is not None:  # over SSH, the trusted channel; written 0600 by the agent
+            request["tls"] = plan.pki.issue(self.spec.name).to_dict()
+        blob = json.dumps(request).encode()
         result = await self.transport.run(self.agent_cmd(agent, *args), input=blob, timeout=120)
         info = _json_result(result, "prepare")
         self.work = str(info["dir"])
         self.address = info.get("address")
-        self.previous = info.get("current")
+        self.previous = self.current = info.get("current")
         self.already_had = bool(info.get("have"))
         # staging holds the payload, and a tarball is unpacked beside it
         need = manifest.size * (1 if manifest.format == "file" else 2)
@@ -208,6 +219,9 @@ class HostRun:
             args += ["--upload-rate", plan.upload_rate]
         if plan.download_rate:
             args += ["--download-rate", plan.download_rate]
+        if plan.pki is not None:
+            for flag, name in (("cert", CERT_FILE), ("key", KEY_FILE), ("ca", CA_FILE)):
+                args += [f"--tls-{flag}", f"{self.work}/{name}"]
         pidfile = shlex.quote(f"{self.work}/fetch.pid")
         command = f"echo $$ > {pidfile} && exec {self.agent_cmd(agent, *args)}"
         self.fetch_stream = await self.transport.start(command)
@@ -292,8 +306,10 @@ class HostRun:
         result = await self.transport.run(
             self.agent_cmd(agent, *args), timeout=hook_timeout * (len(pre) + len(post) + 1)
         )
+        self.hooks = _hooks_of(result.stdout)
         info = _json_result(result, "activate")
         self.previous = info.get("previous")
+        self.current = tag
         self.status = "activated"
         self.mark("activated")
 
@@ -322,6 +338,18 @@ def _json_result(result: Any, step: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise HostFailure(step, f"{step}: unreadable agent output")
     return data
+
+
+def _hooks_of(stdout: str) -> list[dict[str, Any]]:
+    """The hooks' captured output, from activate's JSON (success or error)."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        hooks = data.get("hooks") if isinstance(data, dict) else None
+        return [h for h in hooks if isinstance(h, dict)] if isinstance(hooks, list) else []
+    return []
 
 
 def _kind_of(message: str, default: str) -> str:

@@ -44,7 +44,7 @@ class _Inventory:
     def groups_of(self, name: str) -> list[str]:
         return [g for g in set(self.members) | set(self.children) if name in self.group_hosts(g)]
 
-    def specs(self, groups: list[str], default_port: int) -> list[HostSpec]:
+    def specs(self, groups: list[str], default_port: int | None) -> list[HostSpec]:
         known = set(self.members) | set(self.children) | {"all"}
         for group in groups:
             if group not in known:
@@ -63,7 +63,7 @@ class _Inventory:
                 HostSpec(
                     name=name,
                     address=str(hv.get("ansible_host", name)),
-                    port=int(hv.get("ansible_port", default_port)),
+                    port=_port(hv.get("ansible_port", default_port)),
                     user=hv.get("ansible_user"),
                     location=hv.get("roost_location"),
                     announce=hv.get("roost_address"),
@@ -73,6 +73,10 @@ class _Inventory:
                 )
             )
         return out
+
+
+def _port(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _expand(name: str) -> list[str]:
@@ -90,7 +94,8 @@ def _expand(name: str) -> list[str]:
     ]
 
 
-def load_inventory(path: Path, groups: list[str], default_port: int = 22) -> list[HostSpec]:
+def load_inventory(path: Path, groups: list[str], default_port: int | None = None
+                   ) -> list[HostSpec]:
     try:
         text = path.read_text()
     except OSError as exc:

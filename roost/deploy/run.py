@@ -1,7 +1,12 @@
 """The deploy flow: pack, metainfo, tracker + origin, hosts in parallel, policy, activate, clean.
 
-Theory of operation. Phase 1 (fetch) runs one task per host: connect,
-push the agent if needed, prepare, launch `roost fetch`, follow its events,
+Theory of operation. Phase 0 (reach), before any byte moves: connect to
+every host, push the agent if needed and take the host's deploy lock
+(roost.deploy.locking); one host locked by another deploy refuses the whole
+deploy (exit 6). With --dry-run, phase 0 only connects, then runs the
+read-only preflight probe (roost.deploy.dryrun) and stops there.
+
+Phase 1 (fetch) runs one task per host: prepare, launch `roost fetch`, follow its events,
 and stage (verify SHA-256, unpack into releases/<tag>) as soon as the
 payload is complete — while fetch keeps seeding for the others. Launch
 steps share a semaphore (`concurrency`); the fetches themselves all run at
@@ -10,9 +15,12 @@ it is marked on the tracker so peers do not wait for it. Phase 1 ends when
 every host is staged or failed, or at `timeout`.
 
 Phase 2 (activate) runs only when at least `min_success` hosts staged:
-those hosts switch `current` and run their hooks. Whatever happens —
+those hosts switch `current` and run their hooks — all at once, or batch by
+batch behind a health check (roost.deploy.rollout), stopping and rolling
+back the failing batch. Whatever happens —
 success, failure, Ctrl-C (a CancelledError here) — `finally` stops every
-remote fetch by its pid file, removes every deploy directory, stops the
+remote fetch by its pid file, removes every deploy directory, releases
+the locks (the hosts record the outcome in their history), stops the
 origin and the tracker, and deletes the local scratch directory.
 """
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import os
 import shutil
@@ -27,16 +36,19 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from roost import __version__
+from roost.deploy import dryrun, locking, rollout
+from roost.deploy.batches import plan_batches
 from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
 from roost.deploy.pack import Packed, make_metainfo, pack
+from roost.deploy.pki import DeployCA
 from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_address
-from roost.deploy.transport import HostFailure, Transport, ssh_connect
+from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_hostname
 from roost.errors import UsageError
 from roost.metainfo import parse
 from roost.zipapp import build_zipapp_bytes
@@ -46,6 +58,9 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_FETCH_BELOW_MIN = 3
 EXIT_ACTIVATE_BELOW_MIN = 4
+EXIT_ROLLOUT_STOPPED = rollout.EXIT_ROLLOUT_STOPPED  # 5: a batch failed its health check
+EXIT_LOCKED = locking.EXIT_LOCKED  # 6: another deploy holds a host's lock
+EXIT_PREFLIGHT_FAILED = dryrun.EXIT_PREFLIGHT_FAILED  # 7: --dry-run found a problem
 EXIT_INTERRUPTED = 130
 CLEAN_TIMEOUT = 30.0
 
@@ -68,6 +83,7 @@ class Deploy:
     phase: str = "pack"
     exit_code: int = EXIT_ERROR
     message: str = ""
+    who: str = field(default_factory=locking.operator)
 
     def mark(self, name: str) -> None:
         self.times[name] = time.monotonic()
@@ -120,6 +136,9 @@ async def run_deploy(
     for run in deploy.hosts:
         if not run.dest(config).startswith("/"):
             raise UsageError("the destination (--dest) must be an absolute path")
+    plan_batches(len(deploy.hosts), config.batch, config.canary)  # bad --batch: fail now
+    if config.health_timeout <= 0:
+        raise UsageError("--health-timeout must be more than 0 seconds")
     agent = make_agent(config.python)
     scratch = Path(tempfile.mkdtemp(prefix="roost-deploy-"))
     swarm: SwarmControl | None = None
@@ -133,8 +152,19 @@ async def run_deploy(
         (scratch / "payload.torrent").write_bytes(torrent)
         deploy.mark("packed")
         meta = parse(torrent)
-        where = listen or listen_address([h.spec for h in deploy.hosts], config.listen)
-        swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, len(deploy.hosts))
+        where = listen or listen_address(
+            [replace(h.spec, address=ssh_hostname(h.spec.address, config)) for h in deploy.hosts],
+            config.listen)
+        deploy.phase = "preflight" if config.dry_run else "lock"
+        await _reach_phase(deploy, agent, connect)
+        if config.dry_run:
+            await _dry_run(deploy, where)
+            return deploy
+        if _refused_by_lock(deploy):
+            return deploy
+        reached = sum(1 for h in deploy.hosts if not h.failed)
+        pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
+        swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached)
         origin = await Origin.start(
             scratch / "payload.torrent",
             deploy.payload.payload.parent,
@@ -143,6 +173,7 @@ async def run_deploy(
             swarm.expected,
             config.upload_rate,
             config.super_seed,
+            origin_tls,
         )
         deploy.mark("origin_started")
         if on_ready:
@@ -155,9 +186,12 @@ async def run_deploy(
             config.upload_rate,
             config.download_rate,
             config.timeout,
+            pki,
         )
         deploy.phase = "fetch"
         await _fetch_phase(deploy, agent, torrent, plan, swarm, connect)
+        if origin.proc.returncode is not None:
+            _blame_dead_origin(deploy, origin.proc.returncode)
         deploy.mark("fetched")
         await _activate_phase(deploy, agent)
         deploy.mark("activated")
@@ -177,6 +211,21 @@ async def run_deploy(
         deploy.mark("end")
         deploy.phase = "done"
     return deploy
+
+
+def _peer_tls(
+    config: DeployConfig, deploy_id: str, scratch: Path
+) -> tuple[DeployCA | None, tuple[Path, Path, Path] | None]:
+    """--peer-tls: this deploy's CA (its key stays in memory) and the origin's files,
+    written 0600 into the scratch dir that cleanup removes."""
+    if not config.peer_tls:
+        return None, None
+    # named by the deploy id's random part only: any client that connects sees the CA's name
+    pki = DeployCA(deploy_id.rpartition("-")[2],
+                   lifetime=datetime.timedelta(seconds=2 * config.timeout))
+    tls_dir = scratch / "tls"
+    tls_dir.mkdir(mode=0o700)
+    return pki, pki.issue("origin").write(tls_dir)
 
 
 async def _start_swarm(config: DeployConfig, listen: str, info_hash: bytes, tag: str,
@@ -202,12 +251,7 @@ async def _fetch_phase(
 
     async def one(run: HostRun) -> None:
         try:
-            async with launch:
-                run.status = "connecting"
-                run.mark("connect")
-                run.transport = await connect(run.spec)
-                run.mark("connected")
-                await run.ensure_agent(agent)
+            async with launch:  # connected, agent in place and locked: _reach_phase
                 await run.prepare(
                     agent, run.dest(config), deploy.deploy_id, manifest, torrent, plan
                 )
@@ -232,18 +276,78 @@ async def _fetch_phase(
             else:
                 await swarm.one_fewer()  # it never joined: stop waiting for it
 
-    tasks = [asyncio.create_task(one(run)) for run in deploy.hosts]
+    runs = [run for run in deploy.hosts if not run.failed]
+    tasks = [asyncio.create_task(one(run)) for run in runs]
     try:
-        _, pending = await asyncio.wait(tasks, timeout=config.timeout)
+        _, pending = await asyncio.wait(tasks, timeout=config.timeout) if tasks else (
+            set(), set())
         for task in pending:
             task.cancel()
-        for run, task in zip(deploy.hosts, tasks, strict=True):
+        for run, task in zip(runs, tasks, strict=True):
             if task in pending:
                 run.fail(HostFailure("timeout", f"not staged within {config.timeout:g} s"))
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None:
+    """Before any byte moves: connect to every host; unless this is a dry run, put
+    the agent in place and take the host's deploy lock."""
+    config = deploy.config
+    launch = asyncio.Semaphore(max(1, config.concurrency))
+
+    async def one(run: HostRun) -> None:
+        try:
+            async with launch:
+                run.status = "connecting"
+                run.mark("connect")
+                run.transport = await connect(run.spec)
+                run.mark("connected")
+                if config.dry_run:
+                    return
+                await run.ensure_agent(agent)
+                await locking.acquire(run, agent, run.dest(config), deploy.deploy_id,
+                                      deploy.tag, deploy.who, config.break_lock)
+        except (HostFailure, Exception) as exc:
+            run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
+            run.mark("failed")
+
+    await asyncio.gather(*(one(run) for run in deploy.hosts))
+
+
+def _refused_by_lock(deploy: Deploy) -> bool:
+    """Another deploy holds some host: change nothing anywhere (our locks are released
+    in cleanup, recording `refused` in those hosts' history)."""
+    locked = [h for h in deploy.hosts if h.kind == "locked"]
+    if not locked:
+        return False
+    deploy.exit_code = EXIT_LOCKED
+    deploy.message = (f"refused: {len(locked)} host(s) locked by another deploy "
+                      f"({locked[0].spec.name}: {locked[0].reason}); nothing was changed")
+    for run in deploy.hosts:
+        if not run.failed:
+            run.status, run.reason = "refused", "another deploy holds a host's lock"
+    return True
+
+
+async def _dry_run(deploy: Deploy, tracker_host: str) -> None:
+    async def one(run: HostRun) -> None:
+        if run.failed:
+            return
+        try:
+            await dryrun.preflight(run, deploy, tracker_host)
+        except (HostFailure, Exception) as exc:
+            run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
+
+    await asyncio.gather(*(one(run) for run in deploy.hosts))
+    bad = [h for h in deploy.hosts if h.failed]
+    deploy.exit_code = EXIT_PREFLIGHT_FAILED if bad else EXIT_OK
+    deploy.message = (f"dry run: {len(bad)} of {len(deploy.hosts)} hosts would fail; "
+                      "nothing was changed" if bad else
+                      f"dry run: every check passed on {len(deploy.hosts)} hosts; "
+                      "nothing was changed")
 
 
 async def _first(*aws: Awaitable[Any]) -> None:
@@ -288,7 +392,12 @@ async def _activate_phase(deploy: Deploy, agent: Agent) -> None:
         except (HostFailure, Exception) as exc:
             run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
 
-    await asyncio.gather(*(one(h) for h in staged))
+    if rollout.staged_rollout_wanted(deploy):
+        if await rollout.staged_activation(deploy, agent, one):
+            deploy.activated = True
+            return  # stopped at a failing batch: exit code and message are set
+    else:
+        await asyncio.gather(*(one(h) for h in staged))
     deploy.activated = True
     ok = sum(1 for h in deploy.hosts if h.status == "ok")
     if ok >= deploy.need:
@@ -313,11 +422,15 @@ async def _cleanup(deploy: Deploy, agent: Agent) -> None:
             else:
                 run.fetch_task.cancel()
         try:
-            await run.clean(agent, run.dest(deploy.config), deploy.deploy_id)
+            if not deploy.config.dry_run:
+                await run.clean(agent, run.dest(deploy.config), deploy.deploy_id)
         except (HostFailure, Exception) as exc:
             if not run.failed:
                 run.fail(HostFailure("clean", f"cleanup failed: {exc}"))
         finally:
+            # last: the lock covers the cleanup too; the outcome goes to the host's history
+            with contextlib.suppress(Exception):
+                await locking.release(run, locking.outcome(run, deploy.exit_code))
             if run.fetch_stream is not None:
                 run.fetch_stream.close()
             if run.transport is not None:
@@ -330,6 +443,16 @@ async def _cleanup(deploy: Deploy, agent: Agent) -> None:
             await asyncio.wait_for(
                 asyncio.shield(asyncio.gather(*tasks, return_exceptions=True)), CLEAN_TIMEOUT
             )
+
+
+def _blame_dead_origin(deploy: Deploy, code: int) -> None:
+    """The origin never exits on its own during the fetch phase; if it died, hosts
+    left incomplete say so (their missing pieces may have existed nowhere else),
+    instead of a bare timeout."""
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    for run in deploy.hosts:
+        if run.failed and run.kind in ("timeout", "fetch", "lost"):
+            run.reason = f"{run.reason}; the origin seeder {how} during the transfer"
 
 
 def _unexpected(exc: BaseException) -> HostFailure:

@@ -227,9 +227,10 @@ async def _admin(
 class Origin:
     """`roost seed` for the payload, as a child process group.
 
-    Super-seeding (BEP 16) is off by default: the engine's super-seeder does not yet
-    re-offer a piece it revealed only to a peer that then died, so one host killed
-    mid-transfer could stall every other host on that piece (seen in the fleet tests)."""
+    Super-seeding (BEP 16) is on by default (network.super_seed): each piece leaves
+    the origin once before any leaves twice, so the origin's link feeds the swarm
+    new pieces instead of copies; a piece whose only copy died with its host is
+    offered again (roost.choker.SuperSeeder)."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -243,7 +244,8 @@ class Origin:
         tracker_url: str,
         expected: int,
         upload_rate: str | None,
-        super_seed: bool = False,
+        super_seed: bool = True,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> Origin:
         args = [
             sys.executable,
@@ -268,6 +270,9 @@ class Origin:
         ]
         if upload_rate:
             args += ["--upload-rate", upload_rate]
+        if tls is not None:  # --peer-tls: (cert, key, ca) of the origin
+            for flag, path in zip(("cert", "key", "ca"), tls, strict=True):
+                args += [f"--tls-{flag}", str(path)]
         proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.DEVNULL,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +59,14 @@ class Stream(Protocol):
     def lines(self) -> AsyncIterator[str]: ...
     async def wait(self) -> int: ...
     def close(self) -> None: ...
+    async def send(self, text: str, eof: bool = False) -> None: ...
 
 
 class Transport(Protocol):
     async def run(
         self, command: str, *, input: bytes | None = None, timeout: float = 120.0
     ) -> Result: ...
-    async def start(self, command: str) -> Stream: ...
+    async def start(self, command: str, *, stdin: bool = False) -> Stream: ...
     async def close(self) -> None: ...
 
 
@@ -79,15 +81,38 @@ def _known_hosts(config: DeployConfig) -> Any:
     return ()  # asyncssh's default: ~/.ssh/known_hosts
 
 
-async def ssh_connect(spec: HostSpec, config: DeployConfig) -> SSHTransport:
+def ssh_hostname(alias: str, config: DeployConfig) -> str:
+    """The address an ~/.ssh/config alias stands for (its HostName), else `alias`:
+    the deploy host needs it to pick the address its tracker binds."""
+    import getpass
+
+    from asyncssh.config import SSHClientConfig
+
+    path = Path(config.ssh_config or "~/.ssh/config").expanduser()
+    if not path.is_file():
+        return alias
+    with contextlib.suppress(Exception):  # a config asyncssh rejects fails at connect, clearly
+        parsed = SSHClientConfig.load(None, [path], False, False, False, getpass.getuser(),
+                                      "", alias, ())
+        return str(parsed.get("Hostname") or alias)
+    return alias
+
+
+async def ssh_connect(spec: HostSpec, config: DeployConfig) -> Transport:
+    """Connect as OpenSSH would: ~/.ssh/config (or ssh.config) supplies HostName, User,
+    Port, IdentityFile, ProxyJump and UserKnownHostsFile unless a flag overrides them;
+    keys come from ssh-agent ($SSH_AUTH_SOCK) too."""
     options: dict[str, Any] = {
-        "port": spec.port,
         "known_hosts": _known_hosts(config),
         "connect_timeout": config.connect_timeout,
         # a host that dies mid-transfer is noticed in ~15 s, not at TCP timeout
         "keepalive_interval": 5,
         "keepalive_count_max": 3,
     }
+    if spec.port is not None:
+        options["port"] = spec.port
+    if config.ssh_config:
+        options["config"] = [str(Path(config.ssh_config).expanduser())]
     if spec.user:
         options["username"] = spec.user
     if config.key:
@@ -108,7 +133,10 @@ async def ssh_connect(spec: HostSpec, config: DeployConfig) -> SSHTransport:
         raise HostFailure("ssh", f"SSH failed: {exc.reason}") from None
     except ValueError as exc:  # e.g. an unreadable key file
         raise HostFailure("ssh", str(exc)) from None
-    return SSHTransport(conn)
+    transport: Transport = SSHTransport(conn)
+    if config.sudo or config.sudo_user:
+        transport = SudoTransport(transport, config.sudo_user or "root")
+    return transport
 
 
 class _SSHStream:
@@ -134,6 +162,14 @@ class _SSHStream:
     def close(self) -> None:
         self.process.close()
 
+    async def send(self, text: str, eof: bool = False) -> None:
+        try:
+            self.process.stdin.write(text)
+            if eof:
+                self.process.stdin.write_eof()
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            pass  # the process is gone; its exit status tells the rest
+
 
 class SSHTransport:
     def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -148,15 +184,17 @@ class SSHTransport:
             )
         except (asyncio.TimeoutError, TimeoutError):
             raise HostFailure("timeout", f"a command took over {timeout:g} s") from None
-        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as exc:
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError,
+                OSError) as exc:  # ChannelOpenError: the host died between two commands
             raise HostFailure("lost", f"connection lost: {exc}") from None
         if result.exit_status is None:
             raise HostFailure("lost", "connection lost before the command finished")
         return Result(result.exit_status, _text(result.stdout), _text(result.stderr))
 
-    async def start(self, command: str) -> Stream:
+    async def start(self, command: str, *, stdin: bool = False) -> Stream:
         try:
-            process = await self.conn.create_process(command, stdin=asyncssh.DEVNULL)
+            process = await self.conn.create_process(
+                command, **({} if stdin else {"stdin": asyncssh.DEVNULL}))
         except (
             asyncssh.ConnectionLost,
             asyncssh.DisconnectError,
@@ -176,6 +214,41 @@ def _text(data: object) -> str:
     if isinstance(data, bytes):
         return data.decode(errors="replace")
     return str(data or "")
+
+
+SUDO_REFUSALS = ("password is required", "not allowed", "not in the sudoers", "unknown user",
+                 "no tty present")
+
+
+class SudoTransport:
+    """Every command through `sudo -n -u USER`: a non-root login runs roost as the
+    destination's owner. -n: never prompt (a password prompt would hang the deploy);
+    sudo sets $HOME to the owner's, so the agent cache lives there too."""
+
+    def __init__(self, inner: Transport, user: str) -> None:
+        self.inner = inner
+        self.user = user
+
+    def wrap(self, command: str) -> str:
+        return f"sudo -n -u {shlex.quote(self.user)} -H -- /bin/sh -c {shlex.quote(command)}"
+
+    async def run(
+        self, command: str, *, input: bytes | None = None, timeout: float = 120.0
+    ) -> Result:
+        result = await self.inner.run(self.wrap(command), input=input, timeout=timeout)
+        refusal = [line for line in result.stderr.splitlines() if line.startswith("sudo: ")
+                   and any(w in line for w in SUDO_REFUSALS)]
+        if result.code != 0 and refusal:
+            raise HostFailure("sudo", f"sudo -n -u {self.user} refused: {refusal[0][6:]}")
+        if result.code == 127 and "sudo" in result.stderr and "not found" in result.stderr:
+            raise HostFailure("sudo", "sudo is not installed on this host")
+        return result
+
+    async def start(self, command: str, *, stdin: bool = False) -> Stream:
+        return await self.inner.start(self.wrap(command), stdin=stdin)
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 # --- local (the demo's hosts are directories and processes on this machine) -------------
@@ -200,6 +273,15 @@ class _LocalStream:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
+
+    async def send(self, text: str, eof: bool = False) -> None:
+        if self.proc.stdin is None:
+            return
+        with contextlib.suppress(OSError, BrokenPipeError, ConnectionResetError):
+            self.proc.stdin.write(text.encode())
+            await self.proc.stdin.drain()
+            if eof:
+                self.proc.stdin.close()
 
 
 class LocalTransport:
@@ -242,7 +324,7 @@ class LocalTransport:
             proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
         )
 
-    async def start(self, command: str) -> Stream:
+    async def start(self, command: str, *, stdin: bool = False) -> Stream:
         proc = await asyncio.create_subprocess_exec(
             *self.prefix,
             "/bin/sh",
@@ -250,7 +332,7 @@ class LocalTransport:
             command,
             cwd=self.home,
             env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
             limit=MAX_LINE,

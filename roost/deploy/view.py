@@ -12,6 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from roost.deploy.config import parse_rate
+from roost.deploy.dryrun import need_bytes
+from roost.deploy.rollout import placement
 from roost.deploy.run import Deploy
 
 STYLE = {
@@ -21,6 +23,10 @@ STYLE = {
     "fetching": "yellow",
     "failed": "bold red",
     "not-activated": "magenta",
+    "rolled-back": "magenta",
+    "refused": "magenta",
+    "would-deploy": "green",
+    "would-skip": "cyan",
 }
 
 
@@ -132,6 +138,10 @@ def host_rows(deploy: Deploy) -> list[dict[str, Any]]:
                 "kind": h.kind or None,
                 "reason": h.reason or None,
                 "previous": h.previous,
+                "current": h.current,
+                "batch": h.batch,
+                "health": h.health,
+                "hooks": h.hooks,
                 "already_had": h.already_had,
                 "bytes_done": h.bytes_done,
                 "pushed_agent": h.pushed_agent,
@@ -202,28 +212,49 @@ def report(deploy: Deploy) -> dict[str, Any]:
         "interrupted": deploy.interrupted,
         "min_success": deploy.need,
         "counts": deploy.counts(),
+        "dry_run": deploy.config.dry_run,
         "hosts": host_rows(deploy),
+        "placement": placement(deploy),
         "timings": timings(deploy),
         "bound": bound(deploy),
     }
 
 
 def final_table(deploy: Deploy, console: Console) -> None:
+    if deploy.config.dry_run:
+        dry_run_table(deploy, console)
+        return
+    staged = any(h.batch is not None for h in deploy.hosts)
     table = Table(title=f"roost deploy {deploy.tag}", title_justify="left")
-    for column in ("host", "status", "time", "agent", "reason"):
+    columns = ["host", *(["batch"] if staged else []), "status", "runs now", "time", "agent",
+               "reason"]
+    for column in columns:
         table.add_column(column, no_wrap=column != "reason")
-    for row in host_rows(deploy):
+    for h, row in zip(deploy.hosts, host_rows(deploy), strict=True):
         status = row["status"] + (" (had it)" if row["already_had"] else "")
-        table.add_row(
-            Text(row["host"]),
+        cells = [Text(row["host"])]
+        if staged:
+            cells.append(Text(_batch_label(deploy, h.batch)))
+        cells += [
             Text(status, style=STYLE.get(row["status"], "")),
-            f"{row['seconds']:.1f} s" if row["seconds"] is not None else "-",
-            row["agent"],
+            Text(row["current"] or "-"),
+            Text(f"{row['seconds']:.1f} s" if row["seconds"] is not None else "-"),
+            Text(row["agent"]),
             # Text, not a str: rich would read "[disk-full]" as markup and drop it
-            Text.assemble((row["reason"], "red"), (f" [{row['kind']}]", "dim"))
-            if row["reason"] else "",
-        )
+            Text.assemble((row["reason"], "red" if row["kind"] else ""),
+                          (f" [{row['kind']}]" if row["kind"] else "", "dim"))
+            if row["reason"] else Text(""),
+        ]
+        table.add_row(*cells)
     console.print(table)
+    for h in deploy.hosts:  # what hooks and health checks printed, host by host
+        for hook in [*h.hooks, *([h.health] if h.health and "command" in h.health else [])]:
+            output = str(hook.get("output") or "").rstrip()
+            if output:
+                verdict = "ok" if hook.get("exit") == 0 else f"exit {hook.get('exit')}"
+                console.print(Text(f"{h.spec.name} {hook.get('phase')} {hook.get('command')!r} "
+                                   f"({verdict}):", style="dim"))
+                console.print(Text("  " + output.replace("\n", "\n  ")))
     t = timings(deploy)
     if deploy.payload:
         console.print(
@@ -238,5 +269,45 @@ def final_table(deploy: Deploy, console: Console) -> None:
             f"{b['efficiency_transfer']:.2f} (transfer), "
             f"{b['efficiency_total']:.2f} (whole deploy)"
         )
+    if deploy.activated and any(h.batch is not None for h in deploy.hosts):
+        console.print("runs now: " + "; ".join(
+            f"{tag}: {', '.join(names)}" for tag, names in placement(deploy).items()))
+    style = "green" if deploy.exit_code == 0 else "red"
+    console.print(Text(f"{deploy.message} (exit {deploy.exit_code})", style=style))
+
+
+def _batch_label(deploy: Deploy, batch: int | None) -> str:
+    if batch is None:
+        return "-"
+    return "canary" if batch == 0 and deploy.config.canary else str(batch + (
+        0 if deploy.config.canary else 1))
+
+
+CHECKS = ("python", "disk", "writable", "port", "clock", "lock")
+
+
+def dry_run_table(deploy: Deploy, console: Console) -> None:
+    """One row per host: each preflight check, and what the deploy would do there."""
+    table = Table(title=f"roost deploy {deploy.tag} --dry-run (nothing changed)",
+                  title_justify="left")
+    for column in ("host", *CHECKS, "runs now", "would"):
+        table.add_column(column, no_wrap=column not in ("would", "port", "disk"))
+    colour = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+    for h in deploy.hosts:
+        checks = (h.health or {}).get("checks", {})
+        cells = [Text(h.spec.name)]
+        for name in CHECKS:
+            c = checks.get(name)
+            cells.append(Text(c["detail"], style=colour.get(c["verdict"], "")) if c
+                         else Text("-"))
+        would = (Text.assemble(("fail: ", "bold red"), (h.reason, "red"), (f" [{h.kind}]", "dim"))
+                 if h.failed else Text(f"{h.reason or 'fetch ' + deploy.tag + ', then switch'}"))
+        cells += [Text(h.current or "-"), would]
+        table.add_row(*cells)
+    console.print(table)
+    if deploy.payload:
+        console.print(f"payload {_size(deploy.payload.manifest.size)} "
+                      f"({deploy.payload.manifest.format}); a host needs "
+                      f"{_size(need_bytes(deploy))} free to fetch and unpack it")
     style = "green" if deploy.exit_code == 0 else "red"
     console.print(Text(f"{deploy.message} (exit {deploy.exit_code})", style=style))

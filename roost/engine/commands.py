@@ -22,6 +22,7 @@ from roost.bitfield import Bitfield
 from roost.engine.reporter import Reporter
 from roost.engine.session import Session, SessionConfig, parse_allow
 from roost.engine.storage import Storage
+from roost.engine.tls import peer_tls_from_args
 from roost.errors import RoostError, UsageError
 from roost.metainfo import Metainfo, parse
 
@@ -75,9 +76,20 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download-rate", type=parse_rate, help="cap, as --upload-rate")
     parser.add_argument("--location", help="location label (rack/zone) sent to the tracker")
     parser.add_argument(
+        "--no-zero-copy",
+        action="store_true",
+        help="upload with pread + write instead of sendfile (for comparison)",
+    )
+    parser.add_argument(
         "--expected-peers", type=int, help="peers the deploy expects; the tracker may also say"
     )
     parser.add_argument("--timeout", type=float, help="give up after this many seconds")
+    tls = parser.add_argument_group(
+        "peer TLS", "mutual TLS 1.3 with every peer: all three files, or none"
+    )
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="this peer's certificate")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    tls.add_argument("--tls-ca", type=Path, metavar="PEM", help="accept only peers signed by it")
 
 
 def add_fetch(parser: argparse.ArgumentParser) -> Runner:
@@ -102,6 +114,11 @@ def add_seed(parser: argparse.ArgumentParser) -> Runner:
         "--super-seed",
         action="store_true",
         help="BEP 16: send each piece once before any piece twice (origins)",
+    )
+    parser.add_argument(
+        "--upload-log",
+        metavar="FILE",
+        help="append a JSON line per whole piece uploaded (time, peer, piece)",
     )
     parser.add_argument(
         "--until-complete",
@@ -170,6 +187,8 @@ def make_config(ns: argparse.Namespace, **extra: object) -> SessionConfig:
         location=ns.location,
         expected_peers=ns.expected_peers,
         initial_peers=[parse_peer(p) for p in ns.peer],
+        tls=peer_tls_from_args(ns.tls_cert, ns.tls_key, ns.tls_ca),
+        zero_copy=not ns.no_zero_copy,
     )
     for key, value in extra.items():
         setattr(config, key, value)
@@ -201,7 +220,11 @@ def run_fetch(ns: argparse.Namespace) -> int:
 def run_seed(ns: argparse.Namespace) -> int:
     meta = load_torrent(ns.torrent)
     config = make_config(
-        ns, super_seed=ns.super_seed, linger=None, stop_when_swarm_complete=ns.until_complete
+        ns,
+        super_seed=ns.super_seed,
+        linger=None,
+        stop_when_swarm_complete=ns.until_complete,
+        upload_log=ns.upload_log,
     )
     reporter = Reporter(as_json=ns.json, quiet=ns.quiet)
     try:
@@ -237,6 +260,11 @@ async def _session_main(
 ) -> bool:
     storage = Storage(meta.info, ns.dir)
     loop = asyncio.get_running_loop()
+    if config.tls is not None:
+        # refused handshakes never reach a Peer (asyncio drops them first): report here
+        config.tls.on_refused = lambda reason, server_side: reporter.event(
+            "tls_refused", reason=reason, side="incoming" if server_side else "outgoing"
+        )
     # re-check before open(): preallocation would make every file full size,
     # and hashing zeros would only waste time
     if check:

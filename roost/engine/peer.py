@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from roost import __version__
 from roost.bitfield import Bitfield
+from roost.engine.zerocopy import send_direct, socket_fd
 from roost.errors import RemoteProtocolError
 from roost.picker import BlockRequest
 from roost.wire import (
@@ -131,8 +132,9 @@ class Peer(asyncio.Protocol):
         self.snubbed = False
         self.last_upload_at = 0.0  # when we last sent it a block
         self.offered_at = 0.0  # super-seeding: when we last revealed a piece to it
-        # bytes of each piece we uploaded to this peer (for super-seeding)
-        self.sent_bytes: dict[int, int] = {}
+        # blocks of each piece we uploaded to this peer (for super-seeding)
+        self.sent_blocks: dict[int, set[int]] = {}
+        self.zero_copy_fd: int | None = None  # the socket, when uploads may use sendfile
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,6 +145,7 @@ class Peer(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=4 * 1024 * 1024, low=1024 * 1024)
+        self.zero_copy_fd = socket_fd(transport) if self.session.config.zero_copy else None
         if self.outgoing:
             self.send(self.wire.handshake_bytes())
         self.session.on_connected(self)
@@ -445,13 +448,33 @@ class Peer(asyncio.Protocol):
                     return
             self.head_paid = False
             self.upload_queue.popleft()
-            data = session.storage.read_block(index, begin, length)
-            # two writes, not header + data: that would copy the block once more
-            self.send(self.wire.send_piece_header(index, begin, length))
-            self.send(data)
+            if not self._send_block(index, begin, length):
+                return
             self.up.add(length)
             self.last_upload_at = session.now()
             session.on_uploaded(self, index, begin, length)
+
+    def _send_block(self, index: int, begin: int, length: int) -> bool:
+        """One Piece message: zero-copy while the transport has nothing queued,
+        else (and for whatever the socket did not take) pread + transport."""
+        header = self.wire.send_piece_header(index, begin, length)
+        storage = self.session.storage
+        head = sent = 0
+        fd, transport = self.zero_copy_fd, self.transport
+        if fd is not None and transport is not None and not transport.get_write_buffer_size():
+            try:
+                with storage.pinned_spans(index, begin, length) as spans:
+                    head, sent = send_direct(fd, header, spans)
+            except OSError as exc:
+                self.close(f"send failed: {exc.strerror or exc}")
+                return False
+            self.last_send_at = self.session.now()
+        if head < len(header):
+            self.send(header[head:])
+        if sent < length:
+            # two writes, not header + data: that would copy the block once more
+            self.send(storage.read_block(index, begin + sent, length - sent))
+        return True
 
     def _serve_later(self) -> None:
         self.serve_scheduled = False

@@ -24,18 +24,20 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
+import json
 import os
 import random
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from roost.bitfield import Bitfield
 from roost.choker import Choker, PeerStat, SuperSeeder
 from roost.engine.peer import Peer
 from roost.engine.reporter import Reporter
 from roost.engine.storage import Storage
+from roost.engine.tls import PeerTLS
 from roost.engine.tracker_client import AnnounceResponse, TrackerClient, TrackerError
 from roost.errors import RemoteProtocolError, RoostError
 from roost.metainfo import Metainfo
@@ -54,7 +56,6 @@ CONNECT_TIMEOUT = 5.0
 HANDSHAKE_TIMEOUT = 10.0
 ALLOWED_FAST_K = 8
 OFFERS_PER_PEER = 4  # super-seeding: pieces revealed to a peer at a time
-MAX_UPLOAD_LOG = 2_000_000
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -79,6 +80,9 @@ class SessionConfig:
     initial_peers: list[tuple[str, int]] = field(default_factory=list)
     numwant: int = 200
     peer_id_prefix: bytes = b"-RO0100-"
+    zero_copy: bool = True  # sendfile uploads where the transport allows (roost.engine.zerocopy)
+    upload_log: str | None = None  # a JSON line per whole piece uploaded (BEP 16 audits)
+    tls: PeerTLS | None = None  # mutual TLS with the deploy CA (roost.engine.tls)
 
 
 class Session:
@@ -143,7 +147,7 @@ class Session:
         self.uploaded = 0
         self.downloaded = 0
         self.wasted_bytes = 0
-        self.upload_log: list[tuple[float, tuple[str, int], int]] = []
+        self.upload_log: IO[str] | None = None
         self.port = 0
         self.server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()
@@ -177,6 +181,11 @@ class Session:
     # ---- lifecycle ----
     async def run(self) -> bool:
         """Take part in the swarm until the policy says stop. True when complete."""
+        if self.config.upload_log:
+            try:
+                self.upload_log = open(self.config.upload_log, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise RoostError(f"cannot open the upload log: {exc}") from None
         await self._listen()
         self._install_signals()
         if self._tiers:
@@ -232,6 +241,8 @@ class Session:
                     self.config.listen_host,
                     port,
                     reuse_address=True,
+                    ssl=self.config.tls.server if self.config.tls else None,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.config.tls else None,
                 )
             except OSError as exc:
                 last = exc
@@ -252,6 +263,8 @@ class Session:
             with contextlib.suppress(TrackerError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._announce("stopped"), 3.0)
         self.pool.shutdown(wait=True)
+        if self.upload_log is not None:
+            self.upload_log.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 self.loop.remove_signal_handler(sig)
@@ -493,7 +506,11 @@ class Session:
         try:
             await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: Peer(self, address, outgoing=True), address[0], address[1]
+                    lambda: Peer(self, address, outgoing=True),
+                    address[0],
+                    address[1],
+                    ssl=self.config.tls.client if self.config.tls else None,
+                    local_addr=self._source_address(),
                 ),
                 CONNECT_TIMEOUT,
             )
@@ -502,6 +519,15 @@ class Session:
             self.candidates[address] = self.now() + 3.0
         finally:
             self.connecting.discard(address)
+
+    def _source_address(self) -> tuple[str, int] | None:
+        """Connect from the address we listen on, when it is a specific one:
+        peers' allowlists and the tracker know us by it, not by whatever
+        address the route would pick on a multi-homed host."""
+        host = self.config.listen_host
+        if host in ("", "0.0.0.0", "::"):
+            return None
+        return (host, 0)
 
     # ---- availability ----
     def on_bitfield(self, peer: Peer) -> None:
@@ -718,12 +744,15 @@ class Session:
 
     def on_uploaded(self, peer: Peer, index: int, begin: int, length: int) -> None:
         self.uploaded += length
-        sent = peer.sent_bytes.get(index, 0) + length
-        peer.sent_bytes[index] = sent
-        if sent >= self.piece_size(index):
-            del peer.sent_bytes[index]
-            if len(self.upload_log) < MAX_UPLOAD_LOG:
-                self.upload_log.append((self.now(), peer.key, index))
+        # distinct blocks, not bytes: a block sent twice (re-requested after a
+        # snub or in endgame) must not make a half-sent piece count as sent
+        blocks = peer.sent_blocks.setdefault(index, set())
+        blocks.update(range(begin // BLOCK_SIZE, -(-(begin + length) // BLOCK_SIZE)))
+        if len(blocks) * BLOCK_SIZE >= self.piece_size(index):
+            del peer.sent_blocks[index]
+            if self.upload_log is not None:
+                line = {"t": round(self.now(), 4), "peer": f"{peer.key[0]}:{peer.key[1]}"}
+                self.upload_log.write(json.dumps({**line, "piece": index}) + "\n")
             if self.superseeder is not None:
                 self.superseeder.on_sent(peer.key, index)
                 self.offer(peer)

@@ -296,3 +296,25 @@ def test_on_peer_has_names_the_peers_it_frees() -> None:
     assert s.on_peer_has("c", pa) == ["a"]  # pa spread from a to c
     assert s.on_peer_has("b", pa) == []  # b is still on its own offer; a was freed already
     assert s.next_offer("a") not in (None, pa, pb)
+
+
+def test_a_piece_whose_only_copy_left_with_its_peer_is_offered_again() -> None:
+    s = SuperSeeder(2, random.Random(7))
+    for k in "abc":
+        s.add_peer(k, empty(2))
+    pa = s.next_offer("a")
+    pb = s.next_offer("b")
+    assert pa is not None and pb is not None
+    assert s.next_offer("c") is None  # both pieces are taken, phase 1
+    s.on_sent("a", pa)
+    s.remove_peer("a")  # died before announcing pa: that copy is gone
+    assert s.next_offer("c") == pa
+    # announced copies survive their sender: b's piece spreads to c, b leaves
+    s.on_sent("b", pb)
+    s.on_peer_has("b", pb)
+    s.on_peer_has("c", pb)
+    s.remove_peer("b")
+    s.on_sent("c", pa)
+    s.on_peer_has("c", pa)
+    assert s.next_offer("c") is None  # c has everything
+    assert s.sent_counts() == [1 + (pa == 0), 1 + (pa == 1)]

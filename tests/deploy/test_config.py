@@ -58,7 +58,7 @@ def test_toml_then_flags_override(tmp_path: Path) -> None:
     config = load_config(toml, {"keep": 7, "tag": None})
     assert (config.dest, config.keep, config.min_success) == ("/srv/app", 7, "0.9")
     hosts = resolve_hosts(config)
-    assert [(h.address, h.port, h.user) for h in hosts] == [("a", 22, "deploy"),
+    assert [(h.address, h.port, h.user) for h in hosts] == [("a", None, "deploy"),
                                                            ("b", 2222, "root")]
 
 
@@ -101,7 +101,7 @@ def test_hosts_file_and_ipv6(tmp_path: Path) -> None:
     f = tmp_path / "hosts.txt"
     f.write_text("# fleet\n10.0.0.1\nops@[fd00::5]:2200  # v6\n\n")
     hosts = resolve_hosts(load_config(None, {"hosts_file": str(f)}))
-    assert [(h.address, h.port, h.user) for h in hosts] == [("10.0.0.1", 22, None),
+    assert [(h.address, h.port, h.user) for h in hosts] == [("10.0.0.1", None, None),
                                                            ("fd00::5", 2200, "ops")]
     with pytest.raises(UsageError):
         parse_host("a b")

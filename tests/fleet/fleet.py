@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
+DEPLOY_USER = "deployer"  # a non-root login with passwordless sudo (Fleet(users=True))
+APP_USER = "appowner"  # owns the application's destination
 BASE = Path("/var/tmp")  # not /tmp: hosts get a private tmpfs on /tmp
 START_TIMEOUT = 20.0
 
@@ -70,6 +72,7 @@ class Fleet:
     subnet: int = 0
     run_dir: Path = Path()
     started: bool = False
+    users: bool = False  # add DEPLOY_USER (passwordless sudo) and APP_USER on every host
 
     # --- naming ---------------------------------------------------------------------
 
@@ -110,12 +113,15 @@ class Fleet:
         self.started = True
         self.subnet = _free_subnet()
         self.run_dir = BASE / f"roost-fleet-{self.tag}"
-        self.run_dir.mkdir(mode=0o700)
+        self.run_dir.mkdir(mode=0o711 if self.users else 0o700)  # users' sshd reads keys here
         self.dest.mkdir()
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privsep dir
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key))
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.run_dir / "hostkey"))
         shutil.copy(self.key.with_suffix(".pub"), self.run_dir / "authorized_keys")
+        (self.run_dir / "authorized_keys").chmod(0o644)
+        if self.users:
+            self._write_user_db()
         self._make_switch()
         for i in range(self.n):
             self._make_host(i)
@@ -173,7 +179,8 @@ class Fleet:
             f"mount -t tmpfs -o size={host.dest_size},mode=0755 roost-dest {self.dest} && "
             f"mount -t tmpfs -o size=64m,mode=1777 roost-tmp /tmp && "
             f"mount -t tmpfs -o size=64m,mode=0700 roost-home /root && "
-            f"exec {SSHD} -D -e -f {config}"
+            + (self._user_mounts() if self.users else "")
+            + f"exec {SSHD} -D -e -f {config}"
         )
         log = (self.run_dir / f"sshd-{host.name}.log").open("wb")
         host.proc = subprocess.Popen(
@@ -236,6 +243,15 @@ class Fleet:
         """Processes in host i other than its sshd listener (what a deploy left)."""
         return [p for p in self.pids(i) if p != self.hosts[i].sshd_pid]
 
+    def fetching(self, i: int) -> bool:
+        """A `roost fetch` runs on host i (not merely the deploy's lock holder)."""
+        for pid in self.extra_pids(i):
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if b"fetch" in argv and any(a.endswith(b".pyz") for a in argv):
+                    return True
+        return False
+
     def kill_host(self, i: int) -> None:
         """The host dies: every process in it is killed and its link goes down."""
         in_ns(self.switch_ns, "ip", "link", "set", f"v{i}", "down", check=False)
@@ -243,13 +259,56 @@ class Fleet:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def ssh(self, i: int, command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def ssh_argv(self, i: int, command: str, user: str = "root") -> list[str]:
+        return ["ssh", "-i", str(self.key), "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=5", f"{user}@{self.hosts[i].address}", command]
+
+    def ssh(self, i: int, command: str, timeout: float = 30, user: str = "root"
+            ) -> subprocess.CompletedProcess[str]:
         """Run a command on host i with the OpenSSH client (independent of roost)."""
-        return subprocess.run(
-            ["ssh", "-i", str(self.key), "-o", f"UserKnownHostsFile={self.known_hosts}",
-             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-             "-o", "ConnectTimeout=5", f"root@{self.hosts[i].address}", command],
-            capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(self.ssh_argv(i, command, user), capture_output=True, text=True,
+                              timeout=timeout)
+
+    # --- users and firewalls -----------------------------------------------------------
+
+    def _write_user_db(self) -> None:
+        """Copies of passwd/group/shadow/sudoers with the test users, bind-mounted over
+        /etc inside each host's mount namespace only: the machine's own files stay as
+        they are."""
+        extra = {DEPLOY_USER: 4242, APP_USER: 4243}
+        passwd = Path("/etc/passwd").read_text() + "".join(
+            f"{u}:x:{uid}:{uid}::/home/{u}:/bin/sh\n" for u, uid in extra.items())
+        group = Path("/etc/group").read_text() + "".join(
+            f"{u}:x:{uid}:\n" for u, uid in extra.items())
+        shadow = Path("/etc/shadow").read_text() + "".join(
+            f"{u}:*:19000:0:99999:7:::\n" for u in extra)
+        sudoers = (f"Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n"
+                   f"{DEPLOY_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+        for name, text, mode in (("passwd", passwd, 0o644), ("group", group, 0o644),
+                                 ("shadow", shadow, 0o640), ("sudoers", sudoers, 0o440)):
+            path = self.run_dir / f"etc-{name}"
+            path.write_text(text)
+            path.chmod(mode)
+
+    def _user_mounts(self) -> str:
+        binds = "".join(f"mount --bind {self.run_dir}/etc-{n} /etc/{n} && "
+                        for n in ("passwd", "group", "shadow", "sudoers"))
+        homes = " && ".join(f"mkdir -m 0750 /home/{u} && chown {u}:{u} /home/{u}"
+                            for u in (DEPLOY_USER, APP_USER))
+        return f"{binds}mount -t tmpfs -o size=64m,mode=0755 roost-homes /home && {homes} && "
+
+    def block(self, i: int, ports: str, source: str | None = None) -> None:
+        """Drop TCP to `ports` (e.g. "22" or "6881-6999") on host i from `source`
+        (default: the deploy host), with nftables inside the host's namespace."""
+        src = source or self.gateway
+        rules = ("table inet rooststest {\n chain input {\n"
+                 "  type filter hook input priority 0; policy accept;\n"
+                 f"  ip saddr {src} tcp dport {{ {ports} }} drop\n }}\n}}\n")
+        in_ns(self.hosts[i].ns, "nft", "-f", "-", input=rules)
+
+    def unblock(self, i: int) -> None:
+        in_ns(self.hosts[i].ns, "nft", "delete", "table", "inet", "rooststest", check=False)
 
     # --- teardown ----------------------------------------------------------------------
 

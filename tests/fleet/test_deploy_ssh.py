@@ -188,7 +188,7 @@ def test_ctrl_c_during_a_deploy_cleans_up(fleet8: Fleet, tmp_path: Path) -> None
                             text=True)
     try:
         deadline = time.monotonic() + 60
-        while not fleet8.extra_pids(3) and time.monotonic() < deadline:
+        while not fleet8.fetching(3) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(2.0)
         assert proc.poll() is None, "the deploy finished before it could be interrupted"
@@ -215,7 +215,7 @@ def test_failures_stay_on_their_hosts(fleet8: Fleet, tmp_path: Path) -> None:
                             text=True)
     try:
         deadline = time.monotonic() + 60
-        while not fleet8.extra_pids(7) and time.monotonic() < deadline:
+        while not fleet8.fetching(7) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.5)
         fleet8.kill_host(7)

@@ -20,7 +20,7 @@ from typing import Any
 
 
 class RoostProc:
-    def __init__(self, argv: list[str], name: str) -> None:
+    def __init__(self, argv: list[str], name: str, bind: str = "127.0.0.1") -> None:
         self.name = name
         self.argv = [
             sys.executable,
@@ -31,7 +31,7 @@ class RoostProc:
             "--port",
             "0",
             "--bind",
-            "127.0.0.1",
+            bind,
         ]
         self.proc = subprocess.Popen(
             self.argv,
@@ -111,8 +111,8 @@ class Procs:
     def __init__(self) -> None:
         self.all: list[RoostProc] = []
 
-    def start(self, argv: list[str], name: str) -> RoostProc:
-        proc = RoostProc(argv, name)
+    def start(self, argv: list[str], name: str, bind: str = "127.0.0.1") -> RoostProc:
+        proc = RoostProc(argv, name, bind)
         self.all.append(proc)
         return proc
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from roost.commands.make import make_torrent
+from roost.metainfo import parse as parse_metainfo
 from tests.swarm.harness import Procs, make_tree, tree_digest
 
 MIB = 1024 * 1024
@@ -34,6 +36,7 @@ def payload(tmp_path: Path, size: int, piece: int = 64 * 1024) -> tuple[Path, Pa
 
 def test_origin_and_eight_peers_complete_identically(tmp_path: Path, procs: Procs) -> None:
     src, torrent = payload(tmp_path, 24 * MIB)
+    upload_log = tmp_path / "origin-uploads.jsonl"
     origin = procs.start(
         [
             "seed",
@@ -43,6 +46,8 @@ def test_origin_and_eight_peers_complete_identically(tmp_path: Path, procs: Proc
             "--no-tracker",
             "--skip-check",
             "--super-seed",
+            "--upload-log",
+            str(upload_log),
         ],
         "origin",
     )
@@ -74,6 +79,17 @@ def test_origin_and_eight_peers_complete_identically(tmp_path: Path, procs: Proc
         1 for p in peers if any(e.get("up_Bps", 0) > 0 for e in p.named("progress"))
     )
     assert uploaded_by_peers >= 4
+    # BEP 16 on the real origin: no piece left it twice before every piece left once
+    origin.stop()
+    log = [json.loads(line)["piece"] for line in upload_log.read_text().splitlines()]
+    pieces = parse_metainfo(torrent.read_bytes()).info.num_pieces
+    assert set(log) == set(range(pieces))
+    seen: set[int] = set()
+    for index in log:
+        if len(seen) == pieces:
+            break
+        assert index not in seen, f"piece {index} left the origin twice before all left once"
+        seen.add(index)
 
 
 def test_corrupt_peer_is_banned_and_everyone_completes(tmp_path: Path, procs: Procs) -> None:

@@ -1,0 +1,130 @@
+"""`roost deploy --dry-run`: preflight checks on every host; nothing is written anywhere.
+
+Each host runs roost/preflight.py as the text of `python3 -I -c` (no agent
+push, no file written), which reports what it sees and listens on a peer
+port; we connect to that port from here — the tracker host — and compare
+clocks. Each check is ok / warn / fail; the row also says what the deploy
+would do on that host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import roost.preflight
+from roost.deploy.host import MIN_PYTHON, HostRun
+from roost.deploy.transport import HostFailure
+
+if TYPE_CHECKING:
+    from roost.deploy.run import Deploy
+
+EXIT_PREFLIGHT_FAILED = 7
+SKEW_WARN = 5.0  # seconds: logs and history stop lining up; BitTorrent does not care
+PORT_TIMEOUT = 3.0
+
+
+def probe_command(python: str, dest: str, tag: str, tracker_host: str, port_range: str,
+                  address: str | None) -> str:
+    source = Path(roost.preflight.__file__).read_text()
+    args = ["--dest", dest, "--tag", tag, "--tracker-host", tracker_host,
+            "--port-range", port_range, "--wait", f"{PORT_TIMEOUT + 3:g}"]
+    if address:
+        args += ["--address", address]
+    return " ".join(shlex.quote(a) for a in (python, "-I", "-c", source, *args))
+
+
+def need_bytes(deploy: Deploy) -> int:
+    """The payload, plus as much again to unpack it (as host-prepare requires)."""
+    assert deploy.payload is not None
+    m = deploy.payload.manifest
+    return m.size * (1 if m.format == "file" else 2)
+
+
+async def preflight(run: HostRun, deploy: Deploy, tracker_host: str) -> None:
+    """Probe one host; the verdicts go to run.health (reused as the check table)."""
+    assert run.transport is not None
+    config = deploy.config
+    run.phase = "preflight"
+    stream = await run.transport.start(probe_command(
+        config.python, run.dest(config), deploy.tag, tracker_host, config.port_range,
+        run.spec.announce))
+    sent = time.time()
+    lines = stream.lines()
+    try:
+        first = await asyncio.wait_for(lines.__anext__(), 30)
+        info: dict[str, Any] = json.loads(first)
+    except (StopAsyncIteration, ValueError):
+        code = await stream.wait()
+        kind = "python" if code in (126, 127) else "preflight"
+        raise HostFailure(kind, f"cannot run {config.python} (exit {code})") from None
+    except (asyncio.TimeoutError, TimeoutError):
+        stream.close()
+        raise HostFailure("timeout", "the preflight probe did not answer") from None
+    received = time.time()
+    checks = _checks(info, deploy, run, skew=float(info["time"]) - (sent + received) / 2)
+    checks["port"] = await _port_check(info)
+    with contextlib.suppress(StopAsyncIteration, asyncio.TimeoutError, TimeoutError):
+        await asyncio.wait_for(lines.__anext__(), PORT_TIMEOUT + 10)
+    with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+        await asyncio.wait_for(stream.wait(), 10)
+    stream.close()
+    run.previous = run.current = info.get("current")
+    run.address = info.get("address")
+    run.already_had = bool(info.get("have_tag"))
+    run.health = {"checks": checks}
+    failed = [f"{name}: {c['detail']}" for name, c in checks.items() if c["verdict"] == "fail"]
+    if failed:
+        raise HostFailure("preflight", "; ".join(failed))
+    run.status = "would-deploy" if not run.already_had else "would-skip"
+    run.reason = "already has this tag (no-op)" if run.already_had else ""
+
+
+def _check(ok: bool, detail: str, warn: bool = False) -> dict[str, str]:
+    return {"verdict": "ok" if ok else ("warn" if warn else "fail"), "detail": detail}
+
+
+def _checks(info: dict[str, Any], deploy: Deploy, run: HostRun, skew: float
+            ) -> dict[str, dict[str, str]]:
+    version = tuple(int(v) for v in info.get("python", [0, 0])[:2])
+    need = need_bytes(deploy)
+    free = int(info.get("free_bytes", 0))
+    lock = str(info.get("lock", "free"))
+    return {
+        "python": _check(version >= MIN_PYTHON, ".".join(map(str, info.get("python", []))) +
+                         ("" if version >= MIN_PYTHON else " (roost needs >= 3.10)")),
+        "disk": _check(run.already_had or free >= need,
+                       f"{_mib(free)} free in {info.get('checked_dir')}, need {_mib(need)}"),
+        "writable": _check(bool(info.get("writable")), f"{info.get('checked_dir')} "
+                           + ("is writable" if info.get("writable") else
+                              f"is not writable by uid {info.get('euid')}")),
+        "clock": _check(abs(skew) <= SKEW_WARN, f"skew {skew:+.1f} s", warn=True),
+        "lock": _check(lock == "free" or (lock == "stale" and deploy.config.break_lock),
+                       {"free": "free", "held": "held by a running deploy",
+                        "stale": "stale (a deploy died); --break-lock takes it"}.get(lock, lock)),
+    }
+
+
+async def _port_check(info: dict[str, Any]) -> dict[str, str]:
+    address, port = info.get("address"), info.get("port")
+    if not address or not port:
+        return _check(False, str(info.get("address_error") or "no free port in the range"))
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), PORT_TIMEOUT)
+    except (OSError, asyncio.TimeoutError, TimeoutError) as exc:
+        timed_out = isinstance(exc, (asyncio.TimeoutError, TimeoutError))
+        why = "timed out" if timed_out else (getattr(exc, "strerror", None) or str(exc))
+        return _check(False, f"{address} port {port} not reachable from here: {why}")
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return _check(True, f"{address} port {port} reachable")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"

@@ -1,0 +1,179 @@
+"""Target side: the per-destination deploy lock and the deploy history (standard library only).
+
+Theory of operation. `roost host-lock` is started by a deploy over SSH and
+lives as long as that deploy: it holds flock() on <dest>/.roost/deploy.lock
+and writes who holds it (deploy id, operator, tag, start time) into the file.
+The deploy ends it by writing one line `release <json>` on its stdin; the
+holder then appends the outcome to the deploy history, empties the file and
+exits. If the deploy dies, its SSH channel closes, the holder reads EOF and
+exits *without* emptying the file: the flock is gone but the record stays.
+So a second deploy sees one of three states:
+
+    file empty / missing            free
+    flock held                      a live deploy holds it: refused, always
+    record present, flock free      stale (its deploy died): refused unless
+                                    --break-lock, which logs the dead deploy
+                                    as "died" in the history and takes over
+
+A stale lock is not broken silently: a deploy that died mid-activation may
+have left hosts on mixed releases, which the operator should look at first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from roost.errors import RoostError
+from roost.release import Dest, Runner, add_dest_args
+
+LOCK_FILE = "deploy.lock"
+DEPLOYS_MAX = 100
+MAX_RELEASE_LINE = 64 * 1024
+
+
+class LockedError(RoostError):
+    """The destination is held by another deploy (live or stale)."""
+
+    exit_code = 3
+
+
+def lock_path(dest: Dest) -> Path:
+    return dest.meta / LOCK_FILE
+
+
+def _read_record(fd: int) -> dict[str, Any] | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 64 * 1024)
+    if not data.strip():
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return {"deploy_id": "?", "who": "?", "note": "unreadable lock record"}
+    return record if isinstance(record, dict) else {"deploy_id": "?", "who": "?"}
+
+
+def _write_record(fd: int, record: dict[str, Any] | None) -> None:
+    os.ftruncate(fd, 0)
+    if record is not None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(record).encode())
+    os.fsync(fd)
+
+
+def describe(record: dict[str, Any]) -> str:
+    since = record.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since)) if since else "?"
+    return (f"deploy {record.get('deploy_id', '?')} of {record.get('tag', '?')} "
+            f"by {record.get('who', '?')} since {when}")
+
+
+def inspect_lock(dest: Dest) -> dict[str, Any]:
+    """free / held (a live deploy) / stale (its deploy died); read-only."""
+    try:
+        fd = os.open(lock_path(dest), os.O_RDONLY)
+    except FileNotFoundError:
+        return {"state": "free"}
+    except OSError as exc:
+        return {"state": "unknown", "error": exc.strerror}
+    try:
+        record = _read_record(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            live = False
+        except BlockingIOError:
+            live = True
+        if record is None and not live:
+            return {"state": "free"}
+        return {"state": "held" if live else "stale", "holder": record or {}}
+    finally:
+        os.close(fd)
+
+
+def append_history(dest: Dest, entry: dict[str, Any]) -> None:
+    """One line per deploy in state.json's `deploys` (newest last, capped)."""
+    with dest.locked():
+        state = dest.load_state()
+        deploys = state.setdefault("deploys", [])
+        deploys.append(entry)
+        state["deploys"] = deploys[-DEPLOYS_MAX:]
+        dest.save_state(state)
+
+
+def history(dest: Dest, last: int = 10) -> list[dict[str, Any]]:
+    if not dest.meta.is_dir():
+        return []
+    deploys = dest.load_state().get("deploys", [])
+    return list(deploys[-last:]) if isinstance(deploys, list) else []
+
+
+# --- roost host-lock ----------------------------------------------------------------
+
+
+def add_lock(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = ("Hold the deploy lock on --dest until `release <json>` arrives on "
+                          "stdin (or stdin closes: the lock is then left stale).")
+    add_dest_args(parser)
+    parser.add_argument("--deploy-id", required=True)
+    parser.add_argument("--who", required=True, help="operator, e.g. alice@laptop")
+    parser.add_argument("--tag", required=True)
+    parser.add_argument("--break-lock", action="store_true",
+                        help="take over a stale lock left by a deploy that died")
+    return run_lock
+
+
+def acquire(dest: Dest, record: dict[str, Any], break_stale: bool) -> tuple[int, Any]:
+    """Take the lock; returns (fd, the stale record broken or None). Raises LockedError."""
+    dest.ensure()
+    fd = os.open(lock_path(dest), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_record(fd) or {}
+            raise LockedError(f"locked by a running {describe(holder)}") from None
+        stale = _read_record(fd)
+        if stale is not None and not break_stale:
+            raise LockedError(f"stale lock: {describe(stale)} died without releasing it; "
+                              "check the hosts, then deploy with --break-lock")
+        if stale is not None:
+            append_history(dest, {**stale, "ended": time.time(), "result": "died",
+                                  "broken_by": record.get("who")})
+        _write_record(fd, record)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, stale
+
+
+def run_lock(ns: argparse.Namespace) -> int:
+    dest = Dest(ns.dest)
+    record = {"deploy_id": ns.deploy_id, "who": ns.who, "tag": ns.tag,
+              "started": time.time(), "pid": os.getpid()}
+    fd, stale = acquire(dest, record, ns.break_lock)
+    try:
+        print(json.dumps({"locked": True, "broke": stale}), flush=True)
+        line = sys.stdin.readline(MAX_RELEASE_LINE)
+        if not line.startswith("release"):
+            return 1  # EOF: our deploy died; the record stays (stale) for the next one
+        try:
+            outcome = json.loads(line[len("release"):].strip() or "{}")
+        except ValueError:
+            outcome = {}
+        if not isinstance(outcome, dict):
+            outcome = {}
+        append_history(dest, {**record, **outcome, "ended": time.time()})
+        _write_record(fd, None)
+        print(json.dumps({"released": True}), flush=True)
+        return 0
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -1,0 +1,27 @@
+"""An ~/.ssh/config alias resolves to its HostName (for the tracker's bind address)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from roost.deploy.config import DeployConfig, load_config, resolve_hosts
+from roost.deploy.transport import ssh_hostname
+
+
+def test_alias_resolves_through_the_configured_file(tmp_path: Path) -> None:
+    path = tmp_path / "ssh_config"
+    path.write_text("Host app-behind\n  HostName 10.1.2.3\n  ProxyJump bastion\n"
+                    "Host web-*\n  HostName %h.internal.example\n")
+    config = DeployConfig(ssh_config=str(path))
+    assert ssh_hostname("app-behind", config) == "10.1.2.3"
+    assert ssh_hostname("web-1", config) == "web-1.internal.example"
+    assert ssh_hostname("10.9.9.9", config) == "10.9.9.9"  # no alias: itself
+    assert ssh_hostname("app-behind", DeployConfig(ssh_config=str(tmp_path / "none"))) == (
+        "app-behind")
+
+
+def test_no_port_given_leaves_it_to_ssh_config(tmp_path: Path) -> None:
+    hosts = resolve_hosts(load_config(None, {"hosts": ["app-behind", "b:2222"]}))
+    assert [(h.address, h.port) for h in hosts] == [("app-behind", None), ("b", 2222)]
+    hosts = resolve_hosts(load_config(None, {"hosts": ["a"], "ssh_port": 2200}))
+    assert hosts[0].port == 2200
