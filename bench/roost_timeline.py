@@ -36,6 +36,7 @@ def main() -> int:
     ap.add_argument("--super-seed", action="store_true")
     ap.add_argument("--timeout", type=float, default=0, help="seconds (0: 30 + 20 x bound)")
     ap.add_argument("--extra", default="", help="extra args for every fetch")
+    ap.add_argument("--events", type=Path, help="also write every JSON event here (JSONL)")
     args = ap.parse_args()
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
@@ -118,6 +119,11 @@ def main() -> int:
                 break
             time.sleep(0.2)
         t_end = time.time()
+    if args.events:
+        with args.events.open("w") as out:
+            for name, evs in sorted(events.items()):
+                for t, e in evs:
+                    out.write(json.dumps({"host": name, "t": round(t - t0, 3), **e}) + "\n")
     bound = args.size_mib * 8 * 1.048576 / args.rate
     print(f"bound S*8/R = {bound:.2f} s; all done at {t_end - t0:.2f} s")
     for name in sorted(events):
