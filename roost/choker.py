@@ -6,12 +6,12 @@ Choker. A roost fleet is cooperative, so tit-for-tat is only used to put our
 upload where it moves the swarm fastest. Every rechoke round (the engine
 calls it every ~10 s and when a peer's interest changes) we unchoke up to
 `slots` peers among the interested peers that still need data (seeds never:
-they need nothing). Regular slots go to the best rates: the rate we upload to
-them when we are seeding (the fastest receivers), the rate they upload to us
-otherwise (reciprocation); snubbed peers get no regular slot while we
-download. One slot is optimistic: a random other candidate, kept for
-`optimistic_every` rounds and then rotated, so new peers get a first piece
-and a chance to prove a rate.
+they need nothing). While we download, regular slots go to the peers that
+upload to us fastest (reciprocation; snubbed peers get none). Once we seed,
+they go to the peers furthest behind, then the fastest receivers: the deploy
+ends when its last host does, so the laggards are fed first. One slot is
+optimistic: a random other candidate, kept for `optimistic_every` rounds and
+then rotated, so new peers get a first piece and a chance to prove a rate.
 
 SuperSeeder (BEP 16). The origin announces no pieces (HaveNone / an empty
 bitfield) and reveals pieces one at a time per peer with Have messages, and
@@ -48,6 +48,7 @@ class PeerStat:
     upload_rate: float  # bytes/s we send it
     is_seed: bool
     snubbed: bool = False
+    missing: int = 0  # pieces it still lacks, as far as we know
 
 
 class Choker:
@@ -72,7 +73,9 @@ class Choker:
     def rechoke(self, peers: list[PeerStat], *, seeding: bool = False) -> set[Hashable]:
         """Return the keys to unchoke; every other peer is choked.
 
-        `seeding`: we have the whole payload, so rank by our upload rate to them."""
+        `seeding`: we have the whole payload and nothing to reciprocate, so the
+        peers furthest behind come first (then our upload rate to them): in a
+        fleet the deploy waits for the last host, not the first."""
         candidates = [p for p in peers if p.interested and not p.is_seed]
         rotate = self._round % self.optimistic_every == 0
         self._round += 1
@@ -81,7 +84,7 @@ class Choker:
             return {p.key for p in candidates}
         self._rng.shuffle(candidates)  # random order among equal rates
         if seeding:
-            ranked = sorted(candidates, key=lambda p: -p.upload_rate)
+            ranked = sorted(candidates, key=lambda p: (-p.missing, -p.upload_rate))
         else:
             ranked = sorted(candidates, key=lambda p: (p.snubbed, -p.download_rate))
         regular_slots = self.slots - 1 if self.slots > 1 else self.slots

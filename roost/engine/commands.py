@@ -71,7 +71,12 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         help="accept and make connections only with these addresses",
     )
     parser.add_argument("--max-peers", type=int, default=60)
-    parser.add_argument("--unchoke-slots", type=int, default=8)
+    parser.add_argument(
+        "--unchoke-slots",
+        type=int,
+        help="peers we upload to at once (default: --max-peers, i.e. every peer "
+        "that wants data: a fleet is cooperative, and shared links stay fair)",
+    )
     parser.add_argument("--upload-rate", type=parse_rate, help="cap, e.g. 20M (bytes/s) or 100mbit")
     parser.add_argument("--download-rate", type=parse_rate, help="cap, as --upload-rate")
     parser.add_argument("--location", help="location label (rack/zone) sent to the tracker")
@@ -180,7 +185,7 @@ def make_config(ns: argparse.Namespace, **extra: object) -> SessionConfig:
         ports=parse_ports(ns.port),
         announce_ip=ns.announce_ip,
         max_peers=ns.max_peers,
-        unchoke_slots=ns.unchoke_slots,
+        unchoke_slots=ns.unchoke_slots or ns.max_peers,
         allow=parse_allow(ns.allow) if ns.allow else None,
         upload_rate=ns.upload_rate,
         download_rate=ns.download_rate,

@@ -66,7 +66,10 @@ class SessionConfig:
     ports: tuple[int, int] = (6881, 6999)
     announce_ip: str | None = None
     max_peers: int = 60
-    unchoke_slots: int = 8
+    # upload to every interested peer: with fewer slots than peers, ranking by
+    # rate lets the leaders pull ahead and the last host ends the deploy late
+    # (lab, N=16: hosts finished 3.8 s apart with 8 slots, 0.7 s with all)
+    unchoke_slots: int = 60
     allow: list[Network] | None = None
     upload_rate: float | None = None
     download_rate: float | None = None
@@ -714,6 +717,7 @@ class Session:
         self.completed_at = self.now()
         self.last_interest_at = self.now()
         self._spawn(self._finish())
+        self.loop.call_soon(self._rechoke)  # now seeding: slots go to the laggards
 
     async def _finish(self) -> None:
         await self.loop.run_in_executor(self.pool, self.storage.flush)
@@ -879,6 +883,7 @@ class Session:
                 upload_rate=p.up.rate,
                 is_seed=p.is_seed,
                 snubbed=p.snubbed,
+                missing=self.num_pieces - p.bitfield.count(),
             )
             for p in self.peers.values()
             if p.ready

@@ -42,11 +42,20 @@ def test_best_rates_plus_one_optimistic() -> None:
     assert opt in {"a", "d", "e", "f"} and opt in got
 
 
-def test_seeding_ranks_by_upload_rate() -> None:
+def test_seeding_ranks_by_upload_rate_among_equals() -> None:
     c = Choker(slots=3, rng=random.Random(3))
     peers = [stat(k, down=100 - i, up=i) for i, k in enumerate("abcdef")]
     got = c.rechoke(peers, seeding=True)
     assert {"f", "e"} <= got
+
+
+def test_seeding_feeds_the_peers_furthest_behind_first() -> None:
+    c = Choker(slots=3, rng=random.Random(3))
+    peers = [stat(k, up=100 - i) for i, k in enumerate("abcdef")]
+    for p, missing in zip(peers, [1, 2, 90, 3, 80, 4], strict=True):
+        p.missing = missing
+    got = c.rechoke(peers, seeding=True)
+    assert {"c", "e"} <= got  # the laggards, though we upload to them slowest
 
 
 def test_snubbed_peers_only_get_the_optimistic_slot() -> None:
