@@ -130,9 +130,11 @@ def run_prepare(ns: argparse.Namespace) -> int:
     have = bool(known and known.get("sha256") == manifest.sha256
                 and (dest.releases / manifest.tag).is_dir())
     vfs = os.statvfs(ns.dest)
+    address = _address(ns)
     result: dict[str, Any] = {
         "dir": str(work), "have": have, "current": dest.current_tag(),
-        "free_bytes": vfs.f_bavail * vfs.f_frsize, "address": _address(ns),
+        "free_bytes": vfs.f_bavail * vfs.f_frsize, "address": address,
+        "address_local": address is None or is_local(address),
         "euid": os.geteuid(),
     }
     emit(result, ns.json)
@@ -147,6 +149,18 @@ def _peer_tls(tls: Any) -> dict[str, bytes]:
     if not isinstance(tls, dict) or not all(isinstance(tls.get(k), str) for k in PEER_TLS):
         raise UsageError("bad host-prepare input: tls needs cert, key and ca (PEM)")
     return {filename: tls[name].encode() for name, filename in PEER_TLS.items()}
+
+
+def is_local(address: str) -> bool:
+    """Whether this host can bind `address`; a configured one may be another box's
+    (a NAT or load balancer forwarding to us), to announce but not to listen on."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError:
+            return False
+    return True
 
 
 def _address(ns: argparse.Namespace) -> str | None:

@@ -64,7 +64,8 @@ class HostRun:
     rate: float = 0.0
     pushed_agent: bool = False
     already_had: bool = False
-    address: str | None = None
+    address: str | None = None  # what this host announces
+    address_local: bool = True  # ... and can listen on (not a NAT's address)
     previous: str | None = None
     times: dict[str, float] = field(default_factory=dict)
     transport: Transport | None = None
@@ -177,6 +178,7 @@ class HostRun:
         info = _json_result(result, "prepare")
         self.work = str(info["dir"])
         self.address = info.get("address")
+        self.address_local = bool(info.get("address_local", True))
         self.previous = self.current = info.get("current")
         self.already_had = bool(info.get("have"))
         # staging holds the payload, and a tarball is unpacked beside it
@@ -210,7 +212,10 @@ class HostRun:
         if self.address:
             # listen where we announce: the engine's default 0.0.0.0 is IPv4-only, and an
             # IPv6 swarm whose peers cannot reach each other stalls behind a super-seeder
-            args += ["--bind", self.address]
+            # an address forwarded to us (not ours): listen on every address of its
+            # family and announce it; binding it would fail with EADDRNOTAVAIL
+            wildcard = "::" if ":" in self.address else "0.0.0.0"
+            args += ["--bind", self.address if self.address_local else wildcard]
             if not self.address.startswith("127."):
                 args += ["--announce-ip", self.address]
         if location:

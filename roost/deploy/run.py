@@ -189,7 +189,10 @@ async def run_deploy(
             pki,
         )
         deploy.phase = "fetch"
-        await _fetch_phase(deploy, agent, torrent, plan, swarm, connect)
+        await _fetch_phase(
+            deploy, agent, torrent, plan, swarm, connect,
+            origin_dead=lambda: origin.proc.returncode is not None,
+        )
         if origin.proc.returncode is not None:
             _blame_dead_origin(deploy, origin.proc.returncode)
         deploy.mark("fetched")
@@ -242,7 +245,7 @@ async def _start_swarm(config: DeployConfig, listen: str, info_hash: bytes, tag:
 
 async def _fetch_phase(
     deploy: Deploy, agent: Agent, torrent: bytes, plan: FetchPlan, swarm: SwarmControl,
-    connect: Connector
+    connect: Connector, origin_dead: Callable[[], bool] = lambda: False,
 ) -> None:
     config = deploy.config
     assert deploy.payload is not None
@@ -279,8 +282,17 @@ async def _fetch_phase(
     runs = [run for run in deploy.hosts if not run.failed]
     tasks = [asyncio.create_task(one(run)) for run in runs]
     try:
-        _, pending = await asyncio.wait(tasks, timeout=config.timeout) if tasks else (
-            set(), set())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.timeout
+        pending, orphaned = await _wait_fetches(tasks, runs, deadline, origin_dead)
+        if orphaned:  # give up on the incomplete hosts; those staging may finish
+            for run, task in zip(runs, tasks, strict=True):
+                if task in pending and run.bytes_done < run.bytes_total:
+                    task.cancel()
+                    run.fail(HostFailure("fetch", orphaned))
+                    pending.discard(task)
+            if pending:
+                _, pending = await asyncio.wait(pending, timeout=max(0, deadline - loop.time()))
         for task in pending:
             task.cancel()
         for run, task in zip(runs, tasks, strict=True):
@@ -443,6 +455,36 @@ async def _cleanup(deploy: Deploy, agent: Agent) -> None:
             await asyncio.wait_for(
                 asyncio.shield(asyncio.gather(*tasks, return_exceptions=True)), CLEAN_TIMEOUT
             )
+
+
+#: after the origin died, this long without a byte gained by any host means
+#: the pieces only it had are gone: stop waiting for --timeout
+ORPHAN_GRACE = 20.0
+
+
+async def _wait_fetches(
+    tasks: list[asyncio.Task[None]], runs: list[HostRun], deadline: float,
+    origin_dead: Callable[[], bool],
+) -> tuple[set[asyncio.Task[None]], str]:
+    """Wait for the hosts' fetch tasks until done or the loop time `deadline`;
+    returns the pending ones and, when the swarm lost its source, why."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set(tasks)
+    progress, progress_at = -1, loop.time()
+    while pending:
+        left = deadline - loop.time()
+        if left <= 0:
+            return pending, ""
+        _, pending = await asyncio.wait(pending, timeout=min(1.0, left))
+        done_bytes = sum(run.bytes_done for run in runs)
+        if done_bytes != progress:
+            progress, progress_at = done_bytes, loop.time()
+        elif origin_dead() and loop.time() - progress_at >= ORPHAN_GRACE:
+            return pending, (
+                f"the origin seeder died and no host gained a byte for {ORPHAN_GRACE:g} s: "
+                "the pieces only it had are gone"
+            )
+    return pending, ""
 
 
 def _blame_dead_origin(deploy: Deploy, code: int) -> None:
