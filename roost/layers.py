@@ -28,6 +28,7 @@ RANKS: dict[str, int] = {
     "roost.hostops": 2,
     "roost.hostlock": 2,
     "roost.preflight": 2,
+    "roost.torrentfile": 2,
     "roost.tracker.server": 2,
     "roost.tracker.state": 2,
     "roost.agent": 3,
@@ -90,6 +91,7 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.hostops",
     "roost.hostlock",
     "roost.preflight",
+    "roost.torrentfile",
     "roost.agent",
 )
 

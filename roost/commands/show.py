@@ -11,10 +11,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from roost.errors import UsageError
-from roost.metainfo import Metainfo, parse
-
-MAX_TORRENT_BYTES = 256 * 1024 * 1024
+from roost.metainfo import Metainfo
+from roost.torrentfile import read_torrent
 
 
 def describe(meta: Metainfo) -> dict[str, Any]:
@@ -34,16 +32,6 @@ def describe(meta: Metainfo) -> dict[str, Any]:
         "creation_date": meta.creation_date,
         "files": [{"path": f.relpath, "length": f.length} for f in info.files],
     }
-
-
-def read_torrent(path: Path) -> Metainfo:
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    if size > MAX_TORRENT_BYTES:
-        raise UsageError(f"{path} is {size} bytes, too large for a torrent file")
-    return parse(path.read_bytes())
 
 
 @click.command(name="show")

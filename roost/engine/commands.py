@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from roost.bitfield import Bitfield
+from roost.engine.config import SessionConfig, parse_allow
 from roost.engine.reporter import Reporter
-from roost.engine.session import Session, SessionConfig, parse_allow
+from roost.engine.session import Session
 from roost.engine.storage import Storage
 from roost.engine.tls import peer_tls_from_args
 from roost.errors import RoostError, UsageError
-from roost.metainfo import Metainfo, parse
+from roost.metainfo import Metainfo
+from roost.torrentfile import read_torrent
 
 EXIT_INCOMPLETE = 3
-MAX_TORRENT_BYTES = 256 * 1024 * 1024
 Runner = Callable[[argparse.Namespace], int]
 
 
@@ -170,15 +171,6 @@ def parse_peer(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def load_torrent(path: Path) -> Metainfo:
-    try:
-        if path.stat().st_size > MAX_TORRENT_BYTES:
-            raise UsageError(f"{path} is too large to be a torrent file")
-        return parse(path.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-
-
 def make_config(ns: argparse.Namespace, **extra: object) -> SessionConfig:
     config = SessionConfig(
         listen_host=ns.bind,
@@ -209,7 +201,7 @@ def trackers_of(ns: argparse.Namespace, meta: Metainfo) -> list[list[str]]:
 
 
 def run_fetch(ns: argparse.Namespace) -> int:
-    meta = load_torrent(ns.torrent)
+    meta = read_torrent(ns.torrent)
     config = make_config(ns, linger=ns.linger, seed=not ns.no_seed)
     reporter = Reporter(as_json=ns.json, quiet=ns.quiet)
     try:
@@ -223,7 +215,7 @@ def run_fetch(ns: argparse.Namespace) -> int:
 
 
 def run_seed(ns: argparse.Namespace) -> int:
-    meta = load_torrent(ns.torrent)
+    meta = read_torrent(ns.torrent)
     config = make_config(
         ns,
         super_seed=ns.super_seed,

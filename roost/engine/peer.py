@@ -70,6 +70,58 @@ MAX_PIPELINE_BYTES = 32 * 1024 * 1024
 PIPELINE_SECONDS = 1.0
 
 
+def _blocks(length: int) -> int:
+    """16 KiB picker blocks in a request of `length` bytes (merged requests hold several)."""
+    return -(-length // BLOCK_SIZE)
+
+
+class Outstanding:
+    """What we asked a peer for, (index, begin) -> length, and how many picker
+    blocks that is. fill_requests reads `blocks` on every call (a hot path), so
+    it is kept up to date by every change instead of re-summed; change the
+    requests only through these methods."""
+
+    __slots__ = ("_requests", "blocks")
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[int, int], int] = {}
+        self.blocks = 0
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        return key in self._requests
+
+    def __setitem__(self, key: tuple[int, int], length: int) -> None:
+        old = self._requests.get(key)
+        if old is not None:
+            self.blocks -= _blocks(old)
+        self._requests[key] = length
+        self.blocks += _blocks(length)
+
+    def __delitem__(self, key: tuple[int, int]) -> None:
+        self.blocks -= _blocks(self._requests.pop(key))
+
+    def get(self, key: tuple[int, int]) -> int | None:
+        return self._requests.get(key)
+
+    def pop(self, key: tuple[int, int]) -> int | None:
+        """The length asked for at `key` and forget it; None when not asked."""
+        length = self._requests.pop(key, None)
+        if length is not None:
+            self.blocks -= _blocks(length)
+        return length
+
+    def items(self) -> list[tuple[tuple[int, int], int]]:
+        """A snapshot: safe to iterate while changing the requests."""
+        return list(self._requests.items())
+
+    def clear(self) -> None:
+        self._requests.clear()
+        self.blocks = 0
+
+
 class RateMeter:
     """Bytes per second, smoothed over a few ticks."""
 
@@ -119,7 +171,7 @@ class Peer(asyncio.Protocol):
         self.reqq = DEFAULT_REQQ
         self.big_block = BLOCK_SIZE
         # (index, begin) -> length of what we asked for
-        self.outstanding: dict[tuple[int, int], int] = {}
+        self.outstanding = Outstanding()
         self.upload_queue: deque[tuple[int, int, int]] = deque()
         self.write_paused = False
         self.serve_scheduled = False
@@ -312,7 +364,7 @@ class Peer(asyncio.Protocol):
         return min(blocks, self.reqq * per_request)
 
     def outstanding_blocks(self) -> int:
-        return sum(-(-length // BLOCK_SIZE) for length in self.outstanding.values())
+        return self.outstanding.blocks
 
     def fill_requests(self) -> None:
         if not self.am_interested or self.session.picker.complete():
@@ -353,7 +405,7 @@ class Peer(asyncio.Protocol):
         return merged
 
     def on_piece(self, event: Piece) -> None:
-        length = self.outstanding.pop((event.index, event.begin), None)
+        length = self.outstanding.pop((event.index, event.begin))
         if length is None or length != len(event.block):
             if length is not None:  # not what we asked for: ask again, elsewhere
                 self.session.release_blocks(self, event.index, event.begin, length)
@@ -366,7 +418,7 @@ class Peer(asyncio.Protocol):
         self.session.on_block(self, event.index, event.begin, event.block)
 
     def on_reject(self, index: int, begin: int) -> None:
-        length = self.outstanding.pop((index, begin), None)
+        length = self.outstanding.pop((index, begin))
         if length is None:
             return
         self.session.release_blocks(self, index, begin, length)
@@ -385,7 +437,7 @@ class Peer(asyncio.Protocol):
             self.send(
                 b"".join(self.wire.send_cancel(i, b, n) for (i, b), n in self.outstanding.items())
             )
-        for (index, begin), length in list(self.outstanding.items()):
+        for (index, begin), length in self.outstanding.items():
             self.session.release_blocks(self, index, begin, length)
         self.outstanding.clear()
 

@@ -1,53 +1,60 @@
 """One torrent's swarm membership: peers, pieces, tracker, policy.
 
-Theory of operation. A Session owns the pure decision makers (PiecePicker,
-Choker, SuperSeeder) and the adapters (Storage, TrackerClient, the listening
-socket). Peers (engine.peer.Peer) call back into it for every event. A tick
+Theory of operation. A Session is the coordinator: it owns the pure decision
+makers (PiecePicker, Choker) and the adapters (Storage, TrackerClient, the
+listening socket), and delegates one job each to its helpers:
+
+* engine.verify.PieceVerifier: assembles downloaded blocks into pieces,
+  hash-checks and writes them in worker threads, bans peers that sent bad
+  data (smart ban), and applies backpressure while the disk is behind;
+* engine.offers.Offers: the origin's super-seeding (BEP 16) and upload log;
+* engine.announcer.Announcer: the tracker announces and what they return;
+* engine.diagnostics.StallReporter: says why a download makes no progress.
+
+Peers (engine.peer.Peer) call back into the Session for every event. A tick
 every 0.5 s updates rates, reports progress, rechokes, detects snubbed and
 idle peers, opens connections to known peers, and applies the completion
 policy.
-
-Downloaded blocks are assembled in a per-piece buffer; a full piece is
-SHA-1-checked and written in a worker thread (hashlib and os.pwrite release
-the GIL, so verification uses every core). Memory is bounded by the pieces in
-flight, not by the payload size.
-
-Bad data: a piece that fails its hash is re-fetched. If one peer sent all of
-it, that peer is banned at once. Otherwise the blocks' digests are kept, and
-when the piece later passes, the peers whose blocks differed from the good
-data are banned (libtorrent's "smart ban").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
-import json
 import os
 import random
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 from roost.bitfield import Bitfield
 from roost.choker import Choker, PeerStat, SuperSeeder
+from roost.engine.announcer import Announcer
+from roost.engine.config import Network as Network
+from roost.engine.config import SessionConfig as SessionConfig
+from roost.engine.config import parse_allow as parse_allow
+from roost.engine.diagnostics import STALL_SECONDS as STALL_SECONDS
+from roost.engine.diagnostics import StallReporter
+from roost.engine.offers import OFFERS_PER_PEER as OFFERS_PER_PEER
+from roost.engine.offers import STALE_OFFER_SECONDS as STALE_OFFER_SECONDS
+from roost.engine.offers import Offers
 from roost.engine.peer import Peer
 from roost.engine.reporter import Reporter
 from roost.engine.storage import Storage
-from roost.engine.tls import PeerTLS
-from roost.engine.tracker_client import AnnounceResponse, TrackerClient, TrackerError
+from roost.engine.tracker_client import TrackerClient
+from roost.engine.verify import PieceVerifier
 from roost.errors import RemoteProtocolError, RoostError
 from roost.metainfo import Metainfo
 from roost.picker import BlockRequest, PiecePicker
 from roost.ratelimit import TokenBucket
 from roost.wire import BLOCK_SIZE, allowed_fast_set
 
+# the "X as X" imports above re-export names that moved to the helper modules
+# (SessionConfig, parse_allow, Network, STALL_SECONDS, OFFERS_PER_PEER,
+# STALE_OFFER_SECONDS), so existing importers of roost.engine.session keep working
+
 TICK = 0.5
-STALL_SECONDS = 10.0
-STALE_OFFER_SECONDS = 3.0
 RECHOKE_TICKS = 20  # a full rechoke every 10 s, as BEP 3 clients do
 SNUB_SECONDS = 15.0
 KEEPALIVE_SECONDS = 60.0
@@ -55,37 +62,6 @@ IDLE_SECONDS = 180.0
 CONNECT_TIMEOUT = 5.0
 HANDSHAKE_TIMEOUT = 10.0
 ALLOWED_FAST_K = 8
-OFFERS_PER_PEER = 4  # super-seeding: pieces revealed to a peer at a time
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass
-class SessionConfig:
-    listen_host: str = "0.0.0.0"
-    ports: tuple[int, int] = (6881, 6999)
-    announce_ip: str | None = None
-    max_peers: int = 60
-    # upload to every interested peer: with fewer slots than peers, ranking by
-    # rate lets the leaders pull ahead and the last host ends the deploy late
-    # (lab, N=16: hosts finished 3.8 s apart with 8 slots, 0.7 s with all)
-    unchoke_slots: int = 60
-    allow: list[Network] | None = None
-    upload_rate: float | None = None
-    download_rate: float | None = None
-    super_seed: bool = False
-    seed: bool = True  # keep uploading after completion
-    linger: float | None = 10.0  # None: never stop for lack of interest
-    expected_peers: int | None = None
-    stop_when_swarm_complete: bool = False
-    location: str | None = None
-    big_block: int = 256 * 1024
-    initial_peers: list[tuple[str, int]] = field(default_factory=list)
-    numwant: int = 200
-    peer_id_prefix: bytes = b"-RO0100-"
-    zero_copy: bool = True  # sendfile uploads where the transport allows (roost.engine.zerocopy)
-    upload_log: str | None = None  # a JSON line per whole piece uploaded (BEP 16 audits)
-    tls: PeerTLS | None = None  # mutual TLS with the deploy CA (roost.engine.tls)
 
 
 class Session:
@@ -119,16 +95,10 @@ class Session:
             rng=self.rng,
         )
         self.choker = Choker(slots=config.unchoke_slots, rng=self.rng)
-        self.superseeder = (
-            SuperSeeder(self.num_pieces, rng=self.rng, max_offers=OFFERS_PER_PEER)
-            if config.super_seed
-            else None
-        )
         self.up_bucket = TokenBucket(config.upload_rate)
         self.down_bucket = TokenBucket(config.download_rate)
         tiers = trackers if trackers is not None else [list(t) for t in meta.trackers]
-        self.tracker: TrackerClient | None = None
-        self._tiers = tiers
+        self.announcer = Announcer(self, tiers)
         self.peers: dict[tuple[str, int], Peer] = {}
         self.by_id: dict[bytes, Peer] = {}
         self.candidates: dict[tuple[str, int], float] = {}  # address -> not before
@@ -136,21 +106,16 @@ class Session:
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[tuple[str, int]] = set()
         self.banned_ips: set[str] = set()
-        self.buffers: dict[int, bytearray] = {}
-        self.block_from: dict[int, dict[int, tuple[str, int]]] = {}
-        self.suspects: dict[int, list[tuple[int, bytes, tuple[str, int]]]] = {}
-        self.verifying: set[int] = set()
-        self.verifying_bytes = 0
-        # pieces waiting for hash + write may hold at most this much memory;
-        # past it, peers stop requesting (backpressure instead of growth)
-        self.max_verifying_bytes = max(64 * 1024 * 1024, 8 * meta.info.piece_length)
+        # hashing and disk writes (PieceVerifier), and the final flush
         self.pool = ThreadPoolExecutor(
             max_workers=os.cpu_count() or 2, thread_name_prefix="roost-verify"
         )
+        self.verifier = PieceVerifier(self, self.pool)
+        self.offers = Offers(self, super_seed=config.super_seed, rng=self.rng)
+        self.stall = StallReporter(self)
         self.uploaded = 0
         self.downloaded = 0
         self.wasted_bytes = 0
-        self.upload_log: IO[str] | None = None
         self.port = 0
         self.server: asyncio.AbstractServer | None = None
         self.stopping = asyncio.Event()
@@ -164,8 +129,6 @@ class Session:
         self._last_tick = self.loop.time()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rate_paused_until = 0.0
-        self._stall_mark = -1
-        self._stall_since = 0.0
 
     # ---- small accessors used by Peer ----
     def now(self) -> float:
@@ -181,25 +144,26 @@ class Session:
     def bytes_done(self) -> int:
         return self.info.total_length - self.picker.bytes_left()
 
+    @property
+    def superseeder(self) -> SuperSeeder | None:
+        return self.offers.superseeder
+
+    @property
+    def upload_log(self) -> IO[str] | None:
+        return self.offers.upload_log
+
+    @property
+    def tracker(self) -> TrackerClient | None:
+        return self.announcer.client
+
     # ---- lifecycle ----
     async def run(self) -> bool:
         """Take part in the swarm until the policy says stop. True when complete."""
         if self.config.upload_log:
-            try:
-                self.upload_log = open(self.config.upload_log, "a", encoding="utf-8")  # noqa: SIM115
-            except OSError as exc:
-                raise RoostError(f"cannot open the upload log: {exc}") from None
+            self.offers.open_log(self.config.upload_log)
         await self._listen()
         self._install_signals()
-        if self._tiers:
-            self.tracker = TrackerClient(
-                self._tiers,
-                info_hash=self.info_hash,
-                peer_id=self.peer_id,
-                port=self.port,
-                location=self.config.location,
-                ip=self.config.announce_ip,
-            )
+        self.announcer.start()
         for address in self.config.initial_peers:
             self.candidates[address] = 0.0
         self.reporter.event(
@@ -213,8 +177,8 @@ class Session:
         if self.complete:
             self.completed_at = self.now()
         self.last_interest_at = self.now()
-        self._connect_more()
-        self._spawn(self._announce_loop())
+        self.connect_more()
+        self._spawn(self.announcer.run())
         try:
             while not self.stopping.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -262,12 +226,9 @@ class Session:
             peer.close("shutting down")
         if self.server is not None:
             self.server.close()
-        if self.tracker is not None:
-            with contextlib.suppress(TrackerError, OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(self._announce("stopped"), 3.0)
+        await self.announcer.announce_stopped()
         self.pool.shutdown(wait=True)
-        if self.upload_log is not None:
-            self.upload_log.close()
+        self.offers.close_log()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 self.loop.remove_signal_handler(sig)
@@ -286,69 +247,6 @@ class Session:
         self.error = f"internal error: {type(exc).__name__}: {exc}"
         self.reporter.event("error", message=self.error)
         self.stop("internal error")
-
-    # ---- tracker ----
-    async def _announce(self, event: str | None) -> AnnounceResponse | None:
-        if self.tracker is None:
-            return None
-        return await self.tracker.announce(
-            event=event,
-            uploaded=self.uploaded,
-            downloaded=self.downloaded,
-            left=self.picker.bytes_left(),
-            numwant=self.config.numwant,
-        )
-
-    async def _announce_loop(self) -> None:
-        event: str | None = "started"
-        completed_sent = self.complete
-        failures = 0
-        while not self.stopping.is_set():
-            if self.tracker is None:
-                return
-            try:
-                response = await self._announce(event)
-            except TrackerError as exc:
-                failures += 1
-                self.reporter.event("tracker_error", message=str(exc))
-                await self._sleep_or_stop(min(30.0, 2.0 * failures))
-                continue
-            failures = 0
-            event = None
-            if response is not None:
-                self._on_announce(response)
-            if self.complete and not completed_sent:
-                event, completed_sent = "completed", True
-                continue
-            interval = self.tracker.next_announce_in()
-            waited = 0.0
-            # wake early to send `completed` at once
-            while waited < interval and not self.stopping.is_set():
-                await self._sleep_or_stop(0.25)
-                waited += 0.25
-                if self.complete and not completed_sent:
-                    break
-
-    def _on_announce(self, response: AnnounceResponse) -> None:
-        if response.expected_peers is not None:
-            self.swarm_expected = response.expected_peers
-        if response.complete_peers is not None:
-            self.swarm_complete = response.complete_peers
-        for address in response.peers:
-            if self._is_self(address) or address in self.peers:
-                continue
-            self.candidates.setdefault(address, 0.0)
-        self._connect_more()  # now, not at the next tick: startup time matters
-
-    async def _sleep_or_stop(self, seconds: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), seconds)
-
-    def _is_self(self, address: tuple[str, int]) -> bool:
-        if address[1] != self.port:
-            return False
-        own = {self.config.announce_ip, self.config.listen_host, "127.0.0.1", "::1"}
-        return address[0] in own
 
     # ---- connections ----
     def allowed_address(self, host: str) -> bool:
@@ -410,12 +308,11 @@ class Session:
         return wire.send_have_none() if wire.fast else b""
 
     def on_ready(self, peer: Peer) -> None:
-        if self.superseeder is not None:
-            self.superseeder.add_peer(peer.key, peer.bitfield)
+        self.offers.add_peer(peer)
         if peer.wire.fast and self.complete is False and self.have.any():
             for index in self.allowed_fast_for(peer):
                 peer.send(peer.wire.send_allowed_fast(index))
-        self.offer(peer)
+        self.offers.offer(peer)
 
     def allowed_fast_for(self, peer: Peer) -> set[int]:
         """BEP 6: pieces this peer may fetch from us while choked (only ones we have)."""
@@ -441,9 +338,7 @@ class Session:
         if peer.in_picker:
             peer.drop_requests(send_cancel=False)
             self.picker.remove_peer(peer.key)
-        if self.superseeder is not None and peer.ready:
-            # added at handshake (on_ready), even if it never sent its availability
-            self.superseeder.remove_peer(peer.key)
+        self.offers.remove_peer(peer)
 
     def log_close(self, peer: Peer, reason: str) -> None:
         if reason and reason != "shutting down":
@@ -484,7 +379,7 @@ class Session:
         )
         peer.close(f"banned: {reason}")
 
-    def _connect_more(self) -> None:
+    def connect_more(self) -> None:
         room = self.config.max_peers - len(self.peers) - len(self.connecting)
         if room <= 0 or (self.complete and not self.config.seed):
             return
@@ -541,10 +436,7 @@ class Session:
             self.picker.add_peer_have_all(peer.key)
         else:
             self.picker.add_peer(peer.key, peer.bitfield)
-        if self.superseeder is not None:
-            # it was added empty at handshake time; now we know what it has
-            self.superseeder.set_bitfield(peer.key, peer.bitfield)
-            self.offer(peer)
+        self.offers.on_bitfield(peer)
         if self.complete and peer.is_seed:
             peer.close("both seeds")
             return
@@ -555,12 +447,7 @@ class Session:
             peer.in_picker = True
             self.picker.add_peer(peer.key, Bitfield(self.num_pieces))
         self.picker.peer_has(peer.key, index)
-        if self.superseeder is not None:
-            # only the peers whose offer this Have released get a new one
-            for key in self.superseeder.on_peer_has(peer.key, index):
-                freed = self.peers.get(key)  # type: ignore[call-overload]
-                if freed is not None:
-                    self.offer(freed)
+        self.offers.on_have(peer, index)
         if not peer.am_interested and not self.have[index]:
             peer.update_interest()
 
@@ -584,35 +471,10 @@ class Session:
         wait = self.down_bucket.consume(len(block), self.now())
         if wait > 0:
             self._pause_reading(wait)
-        if self.have[index] or index in self.verifying:
-            self.wasted_bytes += len(block)
-            return
-        buf = self.buffers.get(index)
-        if buf is None:
-            buf = self.buffers[index] = bytearray(self.piece_size(index))
-            self.block_from[index] = {}
-        sources = self.block_from[index]
-        view = memoryview(block)  # slices without copying; the copy is into buf
-        complete = False
-        for offset in range(0, len(block), BLOCK_SIZE):
-            at = begin + offset
-            size = min(BLOCK_SIZE, len(block) - offset)
-            outcome = self.picker.block_received(peer.key, index, at, size)
-            if outcome.new:
-                buf[at : at + size] = view[offset : offset + size]
-                sources[at] = peer.key
-            else:
-                self.wasted_bytes += size
-            for other_key, req in outcome.cancels:
-                other = self.peers.get(other_key)  # type: ignore[call-overload]
-                if other is not None:
-                    other.cancel_block(req.index, req.begin, req.length)
-            complete = complete or outcome.piece_complete
-        if complete:
-            self._verify(index)
+        self.verifier.on_block(peer, index, begin, block)
 
     def backlogged(self) -> bool:
-        return self.verifying_bytes >= self.max_verifying_bytes
+        return self.verifier.backlogged()
 
     def release_blocks(self, peer: Peer, index: int, begin: int, length: int) -> None:
         for offset in range(0, length, BLOCK_SIZE):
@@ -639,56 +501,8 @@ class Session:
             if peer.transport is not None and not peer.closed:
                 peer.transport.resume_reading()
 
-    def _verify(self, index: int) -> None:
-        buf = self.buffers.pop(index)
-        sources = self.block_from.pop(index, {})
-        self.verifying.add(index)
-        self.verifying_bytes += len(buf)
-        future = self.loop.run_in_executor(self.pool, self._check_and_write, index, buf)
-        future.add_done_callback(lambda f: self._verified(index, buf, sources, f))
-
-    def _check_and_write(self, index: int, buf: bytearray) -> bool:
-        if hashlib.sha1(buf).digest() != self.info.piece_hash(index):
-            return False
-        self.storage.write_piece(index, buf)
-        return True
-
-    def _verified(
-        self,
-        index: int,
-        buf: bytearray,
-        sources: dict[int, tuple[str, int]],
-        future: asyncio.Future[bool],
-    ) -> None:
-        self.verifying.discard(index)
-        was_backlogged = self.backlogged()
-        self.verifying_bytes -= len(buf)
-        if was_backlogged and not self.backlogged():
-            for peer in list(self.peers.values()):
-                if peer.ready and not peer.closed:
-                    peer.fill_requests()
-        if self.stopping.is_set() and future.cancelled():
-            return
-        try:
-            ok = future.result()
-        except (OSError, RoostError) as exc:
-            self.error = f"cannot write piece {index}: {exc}"
-            self.reporter.event("error", message=self.error)
-            self.stop("disk error")
-            return
-        if ok:
-            self._piece_passed(index, buf)
-        else:
-            self._piece_failed(index, buf, sources)
-
-    def _piece_passed(self, index: int, buf: bytearray) -> None:
-        self.picker.piece_verified(index)
-        self.have.set(index)
-        for begin, digest, key in self.suspects.pop(index, []):
-            good = hashlib.sha1(buf[begin : begin + BLOCK_SIZE]).digest()
-            peer = self.peers.get(key)
-            if digest != good and peer is not None:
-                self.ban(peer, f"sent a corrupt block of piece {index}")
+    def on_piece_passed(self, index: int) -> None:
+        """The verifier wrote a good piece: tell every peer, maybe complete."""
         for peer in list(self.peers.values()):
             if peer.ready:
                 peer.send(peer.wire.send_have(index))
@@ -696,22 +510,6 @@ class Session:
                     peer.update_interest()
         if self.complete:
             self._on_complete()
-
-    def _piece_failed(
-        self, index: int, buf: bytearray, sources: dict[int, tuple[str, int]]
-    ) -> None:
-        self.picker.piece_failed(index)
-        senders = set(sources.values())
-        self.reporter.event("hash_failed", piece=index, peers=len(senders))
-        if len(senders) == 1:
-            peer = self.peers.get(next(iter(senders)))
-            if peer is not None:
-                self.ban(peer, f"sent piece {index} that failed its hash check")
-            return
-        suspects = self.suspects.setdefault(index, [])
-        for begin, key in sources.items():
-            digest = hashlib.sha1(buf[begin : begin + BLOCK_SIZE]).digest()
-            suspects.append((begin, digest, key))
 
     def _on_complete(self) -> None:
         self.completed_at = self.now()
@@ -737,62 +535,17 @@ class Session:
 
     # ---- uploading ----
     def may_serve(self, peer: Peer, index: int) -> bool:
-        if not self.have[index]:
-            return False
-        if self.superseeder is not None:
-            return bool(self.superseeder.may_serve(peer.key, index))
-        return True
+        return bool(self.have[index]) and self.offers.may_serve(peer, index)
 
     def upload_wait(self, nbytes: int) -> float:
         return self.up_bucket.consume(nbytes, self.now())
 
     def on_uploaded(self, peer: Peer, index: int, begin: int, length: int) -> None:
         self.uploaded += length
-        # distinct blocks, not bytes: a block sent twice (re-requested after a
-        # snub or in endgame) must not make a half-sent piece count as sent
-        blocks = peer.sent_blocks.setdefault(index, set())
-        blocks.update(range(begin // BLOCK_SIZE, -(-(begin + length) // BLOCK_SIZE)))
-        if len(blocks) * BLOCK_SIZE >= self.piece_size(index):
-            del peer.sent_blocks[index]
-            if self.upload_log is not None:
-                line = {"t": round(self.now(), 4), "peer": f"{peer.key[0]}:{peer.key[1]}"}
-                self.upload_log.write(json.dumps({**line, "piece": index}) + "\n")
-            if self.superseeder is not None:
-                self.superseeder.on_sent(peer.key, index)
-                self.offer(peer)
-
-    def _withdraw_stale_offers(self, now: float) -> None:
-        """Pieces revealed to a peer that has not fetched anything from us for
-        STALE_OFFER_SECONDS (it is choked, slow or gone) are revealed to others
-        instead; otherwise the last uncovered pieces can wait forever."""
-        assert self.superseeder is not None
-        for peer in self.peers.values():
-            if not peer.ready or peer.forgotten:
-                continue
-            idle_since = max(peer.last_upload_at, peer.offered_at)
-            if now - idle_since > STALE_OFFER_SECONDS and self.superseeder.offers_of(peer.key):
-                self.superseeder.withdraw(peer.key)
+        self.offers.on_uploaded(peer, index, begin, length)
 
     def on_unchoked(self, peer: Peer) -> None:
-        self.offer(peer)
-
-    def offer(self, peer: Peer) -> None:
-        """Super-seeding: reveal pieces one at a time, each to as few peers as
-        possible, and only to peers we upload to (unchoked)."""
-        if self.superseeder is None or not peer.ready or peer.forgotten:
-            return
-        for _ in range(OFFERS_PER_PEER):
-            index = self.superseeder.next_offer(peer.key)
-            if index is None:
-                return
-            peer.send(peer.wire.send_have(index))
-            peer.offered_at = self.now()
-            peer.offered_at = self.now()
-
-    def offer_all(self) -> None:
-        # peers we upload to first: a piece revealed to a choked peer waits
-        for peer in sorted(self.peers.values(), key=lambda p: p.am_choking):
-            self.offer(peer)
+        self.offers.offer(peer)
 
     # ---- periodic work ----
     def _tick(self) -> None:
@@ -809,10 +562,8 @@ class Session:
             self._check_peer(peer, now)
         if self._ticks % RECHOKE_TICKS == 1:
             self._rechoke()
-        if self.superseeder is not None:
-            self._withdraw_stale_offers(now)
-            self.offer_all()  # a sweep, in case a release was missed
-        self._connect_more()
+        self.offers.tick(now)
+        self.connect_more()
         for peer in list(self.peers.values()):
             if peer.ready and not peer.closed:
                 peer.fill_requests()
@@ -825,41 +576,8 @@ class Session:
             peers=sum(1 for p in self.peers.values() if p.ready),
             state=state,
         )
-        self._report_stall(now)
+        self.stall.check(now)
         self._apply_policy(now)
-
-    def _report_stall(self, now: float) -> None:
-        """No verified piece for STALL_SECONDS while incomplete: say why, once a
-        period, so a stuck swarm can be diagnosed from the JSON log alone."""
-        done = self.bytes_done()
-        if done != self._stall_mark:
-            self._stall_mark, self._stall_since = done, now
-            return
-        if self.complete or now - self._stall_since < STALL_SECONDS:
-            return
-        self._stall_since = now
-        missing = [i for i in range(self.num_pieces) if not self.have[i]][:8]
-        peers = [
-            {
-                "peer": f"{p.address[0]}:{p.address[1]}",
-                "choked_us": p.peer_choking,
-                "interested": p.am_interested,
-                "outstanding": len(p.outstanding),
-                "has_missing": sum(1 for i in missing if p.bitfield[i]),
-                "snubbed": p.snubbed,
-                "write_paused": p.write_paused,
-                "queue": len(p.upload_queue),
-            }
-            for p in self.peers.values()
-            if p.ready
-        ]
-        self.reporter.event(
-            "stalled",
-            missing=missing,
-            verifying=len(self.verifying),
-            buffers=len(self.buffers),
-            peers=peers,
-        )
 
     def _check_peer(self, peer: Peer, now: float) -> None:
         if not peer.ready:
@@ -911,15 +629,3 @@ class Session:
             return
         if expected is None and linger is not None and now - self.last_interest_at >= linger:
             self.stop(f"no interested peer for {linger:g} s")
-
-
-def parse_allow(entries: list[str]) -> list[Network]:
-    """CIDRs or addresses, as given to --allow."""
-    nets: list[Network] = []
-    for entry in entries:
-        for item in entry.replace(",", " ").split():
-            try:
-                nets.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                raise RoostError(f"--allow: {item!r} is not an address or network") from None
-    return nets
