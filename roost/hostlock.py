@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.errors import RoostError
-from roost.release import Dest, Runner, add_dest_args
+from roost.release import Dest, Runner, _os_error, add_dest_args
 
 LOCK_FILE = "deploy.lock"
 DEPLOYS_MAX = 100
@@ -43,6 +43,12 @@ class LockedError(RoostError):
     """The destination is held by another deploy (live or stale)."""
 
     exit_code = 3
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # travels in the agent's JSON error line: the deploy tells contention
+        # (refuse the whole deploy) from any other failure to lock (this host only)
+        self.details = {"refused": "locked"}
 
 
 def lock_path(dest: Dest) -> Path:
@@ -131,15 +137,29 @@ def add_lock(parser: argparse.ArgumentParser) -> Runner:
 
 
 def acquire(dest: Dest, record: dict[str, Any], break_stale: bool) -> tuple[int, Any]:
-    """Take the lock; returns (fd, the stale record broken or None). Raises LockedError."""
+    """Take the lock; returns (fd, the stale record broken or None). Raises
+    LockedError, or ReleaseError (one sentence) for a full disk, permissions..."""
+    try:
+        return _acquire(dest, record, break_stale)
+    except OSError as exc:
+        raise _os_error(exc, f"cannot take the deploy lock in {dest.meta}") from None
+
+
+def _acquire(dest: Dest, record: dict[str, Any], break_stale: bool) -> tuple[int, Any]:
     dest.ensure()
     fd = os.open(lock_path(dest), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_record(fd) or {}
-            raise LockedError(f"locked by a running {describe(holder)}") from None
+        for attempt in range(16):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _read_record(fd)
+                # no record: a `roost status` or dry-run probe holds LOCK_SH for an
+                # instant; only a holder that wrote its record is another deploy
+                if holder is not None or attempt == 15:
+                    raise LockedError(f"locked by a running {describe(holder or {})}") from None
+                time.sleep(0.1)
         stale = _read_record(fd)
         if stale is not None and not break_stale:
             raise LockedError(f"stale lock: {describe(stale)} died without releasing it; "
@@ -170,9 +190,16 @@ def run_lock(ns: argparse.Namespace) -> int:
             outcome = {}
         if not isinstance(outcome, dict):
             outcome = {}
-        append_history(dest, {**record, **outcome, "ended": time.time()})
-        _write_record(fd, None)
-        print(json.dumps({"released": True}), flush=True)
+        answer: dict[str, Any] = {"released": True}
+        try:
+            append_history(dest, {**record, **outcome, "ended": time.time()})
+        except (RoostError, OSError) as exc:  # the lock must still be freed
+            answer["warning"] = f"deploy history not written: {exc}"
+        try:
+            _write_record(fd, None)
+        except OSError as exc:
+            raise _os_error(exc, "cannot clear the deploy lock") from None
+        print(json.dumps(answer), flush=True)
         return 0
     finally:
         with contextlib.suppress(OSError):

@@ -288,6 +288,8 @@ def add_rollback(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--to", help="release tag (default: the previous one)")
     parser.add_argument("--none", action="store_true",
                         help="remove `current` (undo a first deploy: there was no release)")
+    parser.add_argument("--expect", metavar="TAG",
+                        help="with --none: only if `current` is this release")
     return run_rollback
 
 
@@ -296,6 +298,10 @@ def run_rollback(ns: argparse.Namespace) -> int:
     if ns.none:
         with dest.locked():
             previous = dest.current_tag()
+            if ns.expect is not None and previous != ns.expect:
+                raise ReleaseError(
+                    f"current is {previous or 'nothing'}, not {ns.expect}: left as it is"
+                )
             with contextlib.suppress(FileNotFoundError):
                 dest.current.unlink()
         emit({"dest": str(ns.dest), "tag": None, "previous": previous}, ns.json)

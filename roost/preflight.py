@@ -1,8 +1,9 @@
 """Target side: the read-only probe behind `roost deploy --dry-run` (standard library only).
 
 It is sent as the text of `python3 -I -c` — never installed — so a dry run
-writes nothing on a host; it therefore imports nothing from roost, and its
-syntax stays loadable by old interpreters so that it can report them. It
+writes nothing on a host; it therefore imports nothing from roost, and it
+keeps to syntax Python 3.7 loads, so that an old interpreter is reported by
+version rather than failing to start. It
 prints one JSON line (python version, clock, free space and writability of
 the destination or its nearest existing parent, current release, deploy lock
 state, the address it would announce), then listens on the first free port
@@ -32,8 +33,10 @@ def lock_state(dest: str) -> str:
     # the same rule as roost.hostlock.inspect_lock, repeated: this file travels alone
     try:
         fd = os.open(os.path.join(dest, ".roost", "deploy.lock"), os.O_RDONLY)
-    except OSError:
+    except FileNotFoundError:
         return "free"
+    except OSError:
+        return "unknown"
     try:
         record = os.read(fd, 65536).strip()
         try:
@@ -63,6 +66,17 @@ def listen_in_range(address: str, first: int, last: int) -> socket.socket | None
         except OSError:
             s.close()
     return None
+
+
+def _is_local(address: str) -> bool:
+    """Whether this host owns `address` (bind to port 0 works)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError:
+            return False
+    return True
 
 
 def probe(ns: argparse.Namespace) -> dict[str, object]:
@@ -101,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         address = ns.address or route_source(ns.tracker_host)
         result["address"] = address
         listener = listen_in_range(address, int(first), int(last or first))
+        if listener is None and ns.address and not _is_local(address):
+            # forwarded to this host (NAT): the fetch listens on the wildcard, so do we
+            result["forwarded"] = True
+            wildcard = "::" if ":" in address else "0.0.0.0"
+            listener = listen_in_range(wildcard, int(first), int(last or first))
     except (OSError, ValueError) as exc:
         result["address_error"] = str(exc)
     result["port"] = listener.getsockname()[1] if listener else None

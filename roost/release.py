@@ -631,6 +631,11 @@ def activate(dest: Dest, tag: str, *, keep: int = 5, pre: list[str] | None = Non
             if previous and previous != tag:
                 switch(dest, previous)
                 raise HookError(f"{exc}; switched back to {previous}", details) from None
+            if previous is None:
+                # a first deploy: there was nothing before, so nothing stays current
+                with contextlib.suppress(FileNotFoundError):
+                    dest.current.unlink()
+                raise HookError(f"{exc}; no release is current (first deploy)", details) from None
             exc.details = details
             raise
         if previous != tag:

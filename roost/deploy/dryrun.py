@@ -123,7 +123,8 @@ async def _port_check(info: dict[str, Any]) -> dict[str, str]:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
-    return _check(True, f"{address} port {port} reachable")
+    via = " (forwarded to the host)" if info.get("forwarded") else ""
+    return _check(True, f"{address} port {port} reachable{via}")
 
 
 def _mib(n: int) -> str:

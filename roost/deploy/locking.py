@@ -44,27 +44,30 @@ async def acquire(run: HostRun, agent: Agent, dest: str, deploy_id: str, tag: st
     if break_lock:
         args.append("--break-lock")
     stream = await run.transport.start(run.agent_cmd(agent, *args), stdin=True)
+    # from here on cleanup sends `release`: a holder that got the lock but whose
+    # answer we missed (timeout, Ctrl-C) frees it instead of leaving it stale
+    run.lock_stream = stream
 
     async def first_line() -> dict[str, Any]:
-        async for line in stream.lines():
+        async for line in stream.lines():  # skip shell noise until the JSON answer
             with contextlib.suppress(ValueError):
                 data = json.loads(line)
-                return data if isinstance(data, dict) else {}
-            return {}
+                if isinstance(data, dict):
+                    return data
         return {}
 
     try:
         answer = await asyncio.wait_for(first_line(), LOCK_ANSWER_TIMEOUT)
     except (asyncio.TimeoutError, TimeoutError):
-        stream.close()
         raise HostFailure("lock", "the lock command did not answer") from None
     if answer.get("locked"):
-        run.lock_stream = stream
         broke = answer.get("broke")
         return broke if isinstance(broke, dict) else None
+    run.lock_stream = None
     stream.close()
     message = str(answer.get("message") or "cannot take the deploy lock")
-    raise HostFailure("locked" if "lock" in message else "lock", message)
+    # only contention refuses the whole deploy; a full disk and the like fail this host
+    raise HostFailure("locked" if answer.get("refused") == "locked" else "lock", message)
 
 
 async def release(run: HostRun, outcome: dict[str, Any]) -> None:

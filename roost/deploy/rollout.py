@@ -50,10 +50,13 @@ async def health_check(run: HostRun, agent: Agent, dest: str, command: str,
 async def roll_back(run: HostRun, agent: Agent, dest: str, tag: str) -> None:
     """Put this host back on the release it ran before this deploy."""
     assert run.transport is not None
-    if run.current != tag:
-        return  # never switched, or its failing post hook already switched it back
+    if run.current != tag or run.previous == tag:
+        # never switched; its failing post hook already switched it back; or the
+        # tag was already live before this deploy, so there is nothing to undo
+        return
     run.phase = "rollback"
-    back = ["--to", run.previous] if run.previous and run.previous != tag else ["--none"]
+    # --expect: only a `current` that is still this deploy's tag is removed
+    back = ["--to", run.previous] if run.previous else ["--none", "--expect", tag]
     result = await run.transport.run(
         run.agent_cmd(agent, "host-rollback", "--dest", dest, "--json", *back), timeout=120)
     _json_result(result, "rollback")

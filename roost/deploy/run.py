@@ -287,7 +287,7 @@ async def _fetch_phase(
         pending, orphaned = await _wait_fetches(tasks, runs, deadline, origin_dead)
         if orphaned:  # give up on the incomplete hosts; those staging may finish
             for run, task in zip(runs, tasks, strict=True):
-                if task in pending and run.bytes_done < run.bytes_total:
+                if task in pending and (not run.bytes_total or run.bytes_done < run.bytes_total):
                     task.cancel()
                     run.fail(HostFailure("fetch", orphaned))
                     pending.discard(task)
@@ -470,16 +470,18 @@ async def _wait_fetches(
     returns the pending ones and, when the swarm lost its source, why."""
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set(tasks)
-    progress, progress_at = -1, loop.time()
+    progress, progress_at, dead = -1, loop.time(), False
     while pending:
         left = deadline - loop.time()
         if left <= 0:
             return pending, ""
         _, pending = await asyncio.wait(pending, timeout=min(1.0, left))
         done_bytes = sum(run.bytes_done for run in runs)
+        if not dead and origin_dead():
+            dead, progress_at = True, loop.time()  # the grace starts at the death
         if done_bytes != progress:
             progress, progress_at = done_bytes, loop.time()
-        elif origin_dead() and loop.time() - progress_at >= ORPHAN_GRACE:
+        elif dead and loop.time() - progress_at >= ORPHAN_GRACE:
             return pending, (
                 f"the origin seeder died and no host gained a byte for {ORPHAN_GRACE:g} s: "
                 "the pieces only it had are gone"
@@ -493,7 +495,7 @@ def _blame_dead_origin(deploy: Deploy, code: int) -> None:
     instead of a bare timeout."""
     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
     for run in deploy.hosts:
-        if run.failed and run.kind in ("timeout", "fetch", "lost"):
+        if run.failed and run.kind in ("timeout", "fetch"):
             run.reason = f"{run.reason}; the origin seeder {how} during the transfer"
 
 

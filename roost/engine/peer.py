@@ -68,6 +68,7 @@ DEFAULT_REQQ = 250  # what a peer that does not say accepts, per libtorrent's de
 MIN_PIPELINE_BYTES = 512 * 1024
 MAX_PIPELINE_BYTES = 32 * 1024 * 1024
 PIPELINE_SECONDS = 1.0
+REFUSAL_SECONDS = 10.0  # a piece a peer refused is asked of it again after this
 
 
 def _blocks(length: int) -> int:
@@ -168,6 +169,7 @@ class Peer(asyncio.Protocol):
         self.bitfield = Bitfield(session.num_pieces)
         self.is_seed = False
         self.allowed_fast: set[int] = set()
+        self.refused: dict[int, float] = {}  # piece -> when it refused it while unchoking us
         self.reqq = DEFAULT_REQQ
         self.big_block = BLOCK_SIZE
         # (index, begin) -> length of what we asked for
@@ -426,10 +428,25 @@ class Peer(asyncio.Protocol):
         # look elsewhere (rejects after a Choke are the choke's, not the piece's)
         if self.peer_choking:
             self.allowed_fast.discard(index)
-        elif not self.is_seed:
+        elif not self.is_seed and self.bitfield[index]:
             self.bitfield.clear(index)
             self.session.picker.peer_lacks(self.key, index)
+            self.refused[index] = self.session.now()
             self.update_interest()
+
+    def forgive_refusals(self, now: float) -> None:
+        """Ask again, REFUSAL_SECONDS later, for pieces it refused: a refusal may
+        have been a full queue, not a missing piece, and it will not send a
+        second Have for a piece it already announced."""
+        for index, at in list(self.refused.items()):
+            if now - at < REFUSAL_SECONDS:
+                continue
+            del self.refused[index]
+            if not self.bitfield[index]:
+                self.bitfield.set(index)
+                self.session.picker.peer_has(self.key, index)
+        self.is_seed = self.bitfield.all()
+        self.update_interest()
 
     def drop_requests(self, *, send_cancel: bool) -> None:
         """Give every outstanding request back to the picker (choked, snubbed, closing)."""

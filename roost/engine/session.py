@@ -161,7 +161,11 @@ class Session:
         """Take part in the swarm until the policy says stop. True when complete."""
         if self.config.upload_log:
             self.offers.open_log(self.config.upload_log)
-        await self._listen()
+        try:
+            await self._listen()
+        except BaseException:
+            self.offers.close_log()
+            raise
         self._install_signals()
         self.announcer.start()
         for address in self.config.initial_peers:
@@ -591,6 +595,8 @@ class Session:
             peer.close("idle")
         if peer.peer_interested:
             self.last_interest_at = now
+        if peer.refused:
+            peer.forgive_refusals(now)
 
     def _rechoke(self) -> None:
         stats = [

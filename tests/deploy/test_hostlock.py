@@ -56,7 +56,7 @@ def test_host_lock_holds_until_released_and_writes_the_history(tmp_path: Path) -
     other = host_lock(dest, "d2")
     out, err = other.communicate(timeout=30)
     assert other.returncode == 3 and "locked by a running deploy d1" in err
-    assert json.loads(out)["event"] == "error"
+    assert json.loads(out)["event"] == "error" and json.loads(out)["refused"] == "locked"
     out, _ = holder.communicate('release {"result": "ok", "current": "v2"}\n', timeout=30)
     assert holder.returncode == 0 and json.loads(out) == {"released": True}
     last = history(Dest(dest))[-1]
@@ -82,3 +82,14 @@ def test_hooks_get_the_documented_environment_and_their_output_is_kept(tmp_path:
     assert failed.value.details["hooks"][-1]["output"] == "about to fail\n"
     assert failed.value.details["hooks"][-1]["exit"] == 3
     assert dest.current_tag() == "v2"
+
+
+def test_a_lock_that_cannot_be_taken_is_one_sentence_not_contention(tmp_path: Path) -> None:
+    dest = tmp_path / "app"
+    (dest / ".roost" / "deploy.lock").mkdir(parents=True)  # not a file: cannot open it
+    proc = host_lock(dest, "d1")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert "cannot take the deploy lock" in err and len(err.strip().splitlines()) == 1
+    answer = json.loads(out)
+    assert answer["event"] == "error" and "refused" not in answer

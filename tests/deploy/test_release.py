@@ -114,6 +114,31 @@ def test_hooks_run_in_the_release_and_a_failing_post_hook_switches_back(tmp_path
     assert os.readlink(dest.current) == "releases/v1"
 
 
+def test_a_first_deploy_whose_post_hook_fails_leaves_nothing_current(tmp_path: Path) -> None:
+    dest = staged(tmp_path, make_sample_tree(tmp_path / "src"), "v1")
+    with pytest.raises(ReleaseError, match="no release is current"):
+        activate(dest, "v1", post=["exit 4"])
+    assert not dest.current.is_symlink() and not dest.current.exists()
+
+
+def _agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "roost", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_rollback_none_only_removes_the_expected_release(tmp_path: Path) -> None:
+    dest = staged(tmp_path, make_sample_tree(tmp_path / "src"), "v1")
+    activate(dest, "v1")
+    refused = _agent("host-rollback", "--dest", str(dest.root), "--none", "--expect", "v2")
+    assert refused.returncode != 0 and "left as it is" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert os.readlink(dest.current) == "releases/v1"
+    done = _agent("host-rollback", "--dest", str(dest.root), "--none", "--expect", "v1")
+    assert done.returncode == 0, done.stderr
+    assert not dest.current.is_symlink()
+
+
 # --- hostile archives -------------------------------------------------------------------
 
 

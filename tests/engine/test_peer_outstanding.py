@@ -17,7 +17,7 @@ import pytest
 
 from roost.bitfield import Bitfield
 from roost.engine.config import SessionConfig
-from roost.engine.peer import Outstanding, Peer
+from roost.engine.peer import REFUSAL_SECONDS, Outstanding, Peer
 from roost.engine.session import Session
 from roost.picker import PiecePicker
 from roost.wire import BLOCK_SIZE, Choke, Piece, RejectRequest, Unchoke
@@ -139,3 +139,29 @@ def test_peer_count_survives_every_path_that_changes_requests(seed: int) -> None
         assert peer.outstanding_blocks() == resummed(peer.outstanding.items())
     assert {"fill", "piece", "short piece", "reject", "cancel", "choke", "drop"} <= seen
     assert merged, "no merged (multi-block) request was exercised"
+
+
+def test_a_refused_piece_is_asked_elsewhere_then_again_later() -> None:
+    # a non-seed peer that refuses a piece while unchoking us (a super-seeding
+    # origin whose offer moved on, or a full queue) is not asked for it again
+    # at once, but is asked again after REFUSAL_SECONDS
+    session = StubSession(num_pieces=4, piece_length=4 * BLOCK_SIZE)
+    fake: Any = session
+    peer = Peer(fake, ("10.0.0.3", 6881), outgoing=True)
+    bits = Bitfield(4)
+    bits.set(2)
+    peer.bitfield = bits.copy()
+    session.picker.add_peer(peer.key, bits)
+    peer.in_picker, peer.am_interested, peer.peer_choking = True, True, False
+    peer.fill_requests()
+    asked = peer.outstanding.items()
+    assert asked and {index for (index, _), _ in asked} == {2}
+    for (index, begin), length in asked:  # it refuses every block of it
+        peer.handle(RejectRequest(index, begin, length))
+    assert session.picker.availability(2) == 0 and not peer.am_interested
+    peer.fill_requests()
+    assert not peer.outstanding.items(), "asked the refusing peer again at once"
+    peer.forgive_refusals(REFUSAL_SECONDS - 1)
+    assert session.picker.availability(2) == 0
+    peer.forgive_refusals(REFUSAL_SECONDS)
+    assert session.picker.availability(2) == 1 and peer.bitfield[2] and peer.am_interested
