@@ -91,6 +91,26 @@ def test_canary_failing_its_health_check_stops_the_rollout(fleet: Fleet,
     assert_nothing_left(fleet, FOUR)
 
 
+def test_redeploying_the_live_tag_with_a_failing_check_keeps_it_current(
+        fleet: Fleet, tmp_path: Path) -> None:
+    # the tag was live before this deploy: stopping the rollout must not take it away
+    hosts = addresses(fleet, [0, 1])
+    src = release(tmp_path, "r1", healthy=True)
+    other = f"{fleet.dest}/again"  # its own destination: the other tests' hosts stay on v1
+    code, report, err = run_roost(deploy_argv(fleet, src, hosts, "--tag", "r1", "--dest", other))
+    assert code == 0, (report["message"], err)
+    code, report, err = run_roost(deploy_argv(
+        fleet, src, hosts, "--tag", "r1", "--dest", other, "--canary", "1",
+        "--health-check", "exit 1"))
+    assert code == 5, (report["message"], err)
+    for i in (0, 1):
+        out = fleet.ssh(i, f"readlink {other}/current || true")
+        assert out.stdout.strip() == "releases/r1", out
+    assert report["placement"] == {"r1": hosts}
+    fleet.ssh(0, f"rm -rf {other}")
+    fleet.ssh(1, f"rm -rf {other}")
+
+
 def test_batches_go_through_when_healthy_and_hooks_see_their_environment(
         fleet: Fleet, tmp_path: Path) -> None:
     hosts = addresses(fleet, FOUR)
