@@ -55,7 +55,7 @@ def deploy_options(func: Any) -> Any:
         click.option("--tracker", help="an external `roost tracker` base URL (admin token in "
                      "$ROOST_TRACKER_TOKEN); default: a tracker inside this process"),
         click.option("--super-seed/--no-super-seed", default=None,
-                     help="BEP 16 super-seeding on the origin (default: on)"),
+                     help="BEP 16 super-seeding on the origin (default: off)"),
         click.option("--batch", help="activate N hosts (or N%) at a time (default: all at once)"),
         click.option("--canary", type=int, help="activate N hosts first, alone (default 0)"),
         click.option("--health-check", help="command run in `current` after each batch; "

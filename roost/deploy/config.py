@@ -64,7 +64,7 @@ class DeployConfig:
     upload_rate: str | None = None
     download_rate: str | None = None
     link_rate: str | None = None  # the hosts' link rate, for the bound S·8/R only
-    super_seed: bool = True  # BEP 16 on the origin (see roost.deploy.swarm.Origin)
+    super_seed: bool = False  # BEP 16 on the origin (see roost.deploy.swarm.Origin)
     peer_tls: bool = False  # mutual TLS between peers, per-deploy CA (roost.deploy.pki)
     tracker: str | None = None  # an external `roost tracker` base URL; default: embedded
     tracker_token: str | None = None  # its admin token (or $ROOST_TRACKER_TOKEN)

@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--rate-mbit", type=float, default=100)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--extra", default="", help="more `roost deploy` flags, e.g. --super-seed")
     ns = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="roost-figure-", dir="/var/tmp"))
     try:
@@ -56,7 +57,7 @@ def main() -> None:
             code, report, stderr = run_roost(
                 deploy_argv(fleet, src, [h.address for h in fleet.hosts], "--tag", "fig",
                             "--link-rate", f"{ns.rate_mbit:g}mbit", "--timeout", "1800",
-                            "--connect-timeout", "30"),
+                            "--connect-timeout", "30", *ns.extra.split()),
                 timeout=2400)
             wall = time.monotonic() - started
         report["wall_seconds_including_cli_start"] = round(wall, 3)

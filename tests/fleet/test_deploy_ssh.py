@@ -227,7 +227,8 @@ def test_failures_stay_on_their_hosts(fleet8: Fleet, tmp_path: Path) -> None:
     import json
 
     report = json.loads(out)
-    assert proc.returncode == 0, (report["message"], report["hosts"], err[-2000:])
+    why = [(h["address"], h["status"], h.get("kind"), h.get("reason")) for h in report["hosts"]]
+    assert proc.returncode == 0, (report["message"], why, err[-2000:])
     rows = by_host(report)
     assert rows[fleet8.unused_address()]["kind"] == "unreachable"
     assert rows[fleet8.hosts[8].address]["kind"] == "disk-full"
