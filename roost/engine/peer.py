@@ -534,6 +534,9 @@ class Peer(asyncio.Protocol):
             try:
                 with storage.pinned_spans(index, begin, length) as spans:
                     head, sent = send_direct(fd, header, spans)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close()  # the peer hung up: as quiet as the transport's own path
+                return False
             except OSError as exc:
                 self.close(f"send failed: {exc.strerror or exc}")
                 return False
