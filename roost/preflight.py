@@ -69,7 +69,8 @@ def listen_in_range(address: str, first: int, last: int) -> socket.socket | None
 
 
 def _is_local(address: str) -> bool:
-    """Whether this host owns `address` (bind to port 0 works)."""
+    """Whether this host owns `address` (bind to port 0 works). A copy of
+    roost.hostops.is_local: this file travels alone and imports nothing of roost."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         try:

@@ -4,24 +4,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from roost.commands.make import make_torrent
 from tests.swarm.harness import Procs, make_tree, tree_digest
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    registry = Procs()
-    try:
-        yield registry
-    finally:
-        registry.close()
 
 
 def payload(tmp_path: Path, size: int) -> tuple[Path, Path]:

@@ -6,25 +6,13 @@ import json
 import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from roost.commands.make import make_torrent
 from roost.metainfo import parse as parse_metainfo
 from tests.swarm.harness import Procs, make_tree, tree_digest
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    registry = Procs()
-    try:
-        yield registry
-    finally:
-        registry.close()
 
 
 def payload(tmp_path: Path, size: int, piece: int = 64 * 1024) -> tuple[Path, Path]:
