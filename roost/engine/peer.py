@@ -321,18 +321,22 @@ class Peer(asyncio.Protocol):
             self.send(self.wire.handshake_bytes())
         if self.wire.extended:
             self.send(
-                self.wire.send_extended_handshake(
-                    {
-                        b"m": {},
-                        b"v": f"roost {__version__}".encode(),
-                        b"reqq": OUR_REQQ,
-                        BIG_BLOCK_KEY: self.session.config.big_block,
-                    }
-                )
+                self.wire.send_extended_handshake(self._extended_handshake())
             )
         self.send(self.session.initial_availability(self))
         self.ready = True
         self.session.on_ready(self)
+
+    def _extended_handshake(self) -> dict[bytes, Any]:
+        data: dict[bytes, Any] = {
+            b"m": {},
+            b"v": f"roost {__version__}".encode(),
+            b"reqq": OUR_REQQ,
+            BIG_BLOCK_KEY: self.session.config.big_block,
+        }
+        if self.session.port:
+            data[b"p"] = self.session.port  # so the remote need not dial us back
+        return data
 
     def on_extended_handshake(self, data: dict[bytes, Any]) -> None:
         reqq = data.get(b"reqq")
@@ -344,6 +348,9 @@ class Peer(asyncio.Protocol):
             # stays capped at the standard 16 KiB
             self.big_block = min(big, self.session.config.big_block)
             self.wire.max_block = max(self.big_block, self.session.config.big_block)
+        port = data.get(b"p")
+        if not self.outgoing and isinstance(port, int) and 0 < port < 65536:
+            self.session.note_listen_port(self, port)
 
     # ---- downloading ----
     def update_interest(self) -> None:

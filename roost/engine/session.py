@@ -102,6 +102,10 @@ class Session:
         self.peers: dict[tuple[str, int], Peer] = {}
         self.by_id: dict[bytes, Peer] = {}
         self.candidates: dict[tuple[str, int], float] = {}  # address -> not before
+        # which peer a candidate address turned out to be: an incoming connection
+        # comes from an ephemeral port, so without this we would keep dialling
+        # peers we already talk to, only for the duplicate to be closed
+        self.candidate_ids: dict[tuple[str, int], bytes] = {}
         self.connecting: set[tuple[str, int]] = set()
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[tuple[str, int]] = set()
@@ -290,6 +294,8 @@ class Session:
         if rid == self.peer_id or rid in self.banned_ids:
             return False
         other = self.by_id.get(rid)
+        if peer.outgoing:
+            self.candidate_ids[peer.address] = rid
         if other is not None and not other.closed:
             # two connections to one peer: both ends keep the one opened by the
             # smaller peer id, so they agree without talking about it
@@ -395,6 +401,7 @@ class Session:
             if (
                 not_before > now
                 or address in connected
+                or self._talking_to(address)
                 or address in self.connecting
                 or address in self.banned_addrs
                 or not self.allowed_address(address[0])
@@ -403,6 +410,20 @@ class Session:
             room -= 1
             self.connecting.add(address)
             self._spawn(self._connect(address))
+
+    def _talking_to(self, address: tuple[str, int]) -> bool:
+        known = self.candidate_ids.get(address)
+        if known is None:
+            return False
+        peer = self.by_id.get(known)
+        return peer is not None and not peer.closed
+
+    def note_listen_port(self, peer: Peer, port: int) -> None:
+        """An incoming peer told us where it listens (BEP 10 `p`): if that is a
+        candidate we would dial, we now know it is this peer."""
+        address = (peer.address[0], port)
+        if peer.remote_id is not None and address in self.candidates:
+            self.candidate_ids[address] = peer.remote_id
 
     async def _connect(self, address: tuple[str, int]) -> None:
         try:

@@ -20,7 +20,7 @@ from typing import Any
 
 
 class RoostProc:
-    def __init__(self, argv: list[str], name: str, bind: str = "127.0.0.1") -> None:
+    def __init__(self, argv: list[str], name: str, bind: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
         self.argv = [
             sys.executable,
@@ -29,7 +29,7 @@ class RoostProc:
             *argv,
             "--json",
             "--port",
-            "0",
+            str(port),
             "--bind",
             bind,
         ]
@@ -111,8 +111,10 @@ class Procs:
     def __init__(self) -> None:
         self.all: list[RoostProc] = []
 
-    def start(self, argv: list[str], name: str, bind: str = "127.0.0.1") -> RoostProc:
-        proc = RoostProc(argv, name, bind)
+    def start(
+        self, argv: list[str], name: str, bind: str = "127.0.0.1", port: int = 0
+    ) -> RoostProc:
+        proc = RoostProc(argv, name, bind, port)
         self.all.append(proc)
         return proc
 

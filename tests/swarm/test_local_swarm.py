@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -185,3 +186,56 @@ def test_killed_fetch_resumes_without_refetching(tmp_path: Path, procs: Procs) -
     complete = second.wait_event("complete")
     assert complete["downloaded"] <= size - checked["have"] * 64 * 1024 + 8 * 64 * 1024
     assert tree_digest(dest / "release") == tree_digest(src)
+
+
+def free_port_on(addresses: list[str]) -> int:
+    """A port that is free on every one of these loopback addresses."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((addresses[0], 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for address in addresses[1:]:
+                with socket.socket() as other:
+                    other.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no port free on all of " + ", ".join(addresses))
+
+
+def test_peers_that_know_each_other_do_not_keep_redialling(
+    tmp_path: Path, procs: Procs
+) -> None:
+    # every fetcher is told about every other one, as a tracker would: once two
+    # of them are connected (whoever dialled), neither may dial the other again
+    # only to have the duplicate closed (that churn cost the lab's 32-host runs
+    # a redial per incoming peer every 5 s)
+    src, torrent = payload(tmp_path, 2 * MIB)
+    origin_port = procs.start(
+        ["seed", str(torrent), "-d", str(src.parent), "--no-tracker", "--skip-check"], "origin"
+    ).port
+    addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    port = free_port_on(addresses)
+    fetchers = []
+    for address in addresses:
+        others = [f"{a}:{port}" for a in addresses if a != address]
+        argv = [
+            "fetch", str(torrent), "-d", str(tmp_path / address), "--no-tracker",
+            "--linger", "3", "--download-rate", "150K",
+            "--peer", f"127.0.0.1:{origin_port}",
+            *(arg for other in others for arg in ("--peer", other)),
+        ]  # fmt: skip
+        fetchers.append(procs.start(argv, address, address, port))
+    for fetcher in fetchers:
+        assert fetcher.wait(120) == 0, "".join(fetcher.stderr)[-2000:]
+        assert tree_digest(tmp_path / fetcher.name / "release") == tree_digest(src)
+    churn = [
+        e
+        for fetcher in fetchers
+        for e in fetcher.named("peer_closed")
+        if e["reason"] in ("duplicate, banned or self connection", "replaced by a newer connection")
+    ]
+    # two peers dialling each other at the same moment may each close one
+    # duplicate: at most two closes per pair, whatever the run's length
+    assert len(churn) <= 2 * 3, churn
