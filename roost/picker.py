@@ -88,7 +88,7 @@ class _Partial:
 
 
 class _Peer:
-    __slots__ = ("bits", "exhausted", "needed", "pieces", "requests", "seed")
+    __slots__ = ("bits", "exhausted", "needed", "pieces", "requests", "seed", "version")
 
     def __init__(self, bits: Bitfield | None, needed: int) -> None:
         self.bits = bits  # None for a seed
@@ -99,6 +99,7 @@ class _Peer:
         # no fresh piece is left that it has; fresh only shrinks, so this stays
         # true until the peer announces a new piece
         self.exhausted = False
+        self.version = 0  # renewed whenever it announces a piece (see pick_state)
 
 
 class PiecePicker:
@@ -136,6 +137,8 @@ class PiecePicker:
         self._peers: dict[Hashable, _Peer] = {}
         self._partial: dict[int, _Partial] = {}  # started (verifying ones too)
         self._with_free: dict[int, None] = {}  # partial pieces with a FREE block, oldest first
+        self._freed = 0  # blocks that went back to FREE, ever (see pick_state)
+        self._versions = 0
         self._verifying: set[int] = set()
         self._preferred: dict[int, None] = {}
         fresh = list(self._have.iter_unset())
@@ -175,6 +178,7 @@ class PiecePicker:
         mine = int.from_bytes(self._have.to_bytes(), "big")
         needed = (int.from_bytes(bits.to_bytes(), "big") & ~mine).bit_count()
         self._peers[key] = _Peer(bits, needed)
+        self._peers[key].version = self._next_version()
         for index in bits.iter_set():
             self._bump(index, 1)
 
@@ -182,6 +186,7 @@ class PiecePicker:
         if key in self._peers:
             raise UsageError(f"peer {key!r} already added")
         self._peers[key] = _Peer(None, 0)
+        self._peers[key].version = self._next_version()
         self._seeds += 1
 
     def peer_has(self, key: Hashable, index: int) -> None:
@@ -189,6 +194,7 @@ class PiecePicker:
         peer = self._peers[key]
         if peer.bits is None or not peer.bits.set(index):
             return
+        peer.version = self._next_version()
         if not self._have[index]:
             peer.needed += 1
         if index in self._fresh:
@@ -256,6 +262,21 @@ class PiecePicker:
         self._deleted[avail] = dead
 
     # ------------------------------------------------------------ picking
+
+    def _next_version(self) -> int:
+        # picker-wide, so a peer removed and added again never reuses a value
+        self._versions += 1
+        return self._versions
+
+    def pick_state(self, key: Hashable) -> tuple[int, int] | None:
+        """A token that stays equal while a pick for this peer cannot find more
+        than it last did: nothing went back to FREE and the peer announced no
+        piece. None in endgame, where other peers' requests change the answer.
+        Lets a peer skip a pick that is sure to come back empty (most calls
+        in a large swarm, where each peer's pieces are soon all taken)."""
+        if self.in_endgame:
+            return None
+        return (self._freed, self._peers[key].version)
 
     def prefer(self, index: int) -> None:
         """Start this piece before others when a peer has it (SuggestPiece, super-seed offers)."""
@@ -468,6 +489,7 @@ class PiecePicker:
                 part.state[j] = FREE
                 part.free += 1
                 self._with_free[req.index] = None
+                self._freed += 1
 
     def cancel_peer_requests(self, key: Hashable) -> list[BlockRequest]:
         """The peer choked us or left: its outstanding blocks go back to FREE."""
@@ -502,6 +524,7 @@ class PiecePicker:
         senders = set(part.senders.values())
         self._partial[index] = _Partial(len(part.state))
         self._with_free[index] = None
+        self._freed += 1
         return senders
 
     def have(self, index: int) -> list[tuple[Hashable, BlockRequest]]:

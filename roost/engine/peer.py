@@ -172,6 +172,7 @@ class Peer(asyncio.Protocol):
         self.refused: dict[int, float] = {}  # piece -> when it refused it while unchoking us
         self.reqq = DEFAULT_REQQ
         self.big_block = BLOCK_SIZE
+        self._picked_dry: tuple[int, int] | None = None  # picker.pick_state when a pick fell short
         # (index, begin) -> length of what we asked for
         self.outstanding = Outstanding()
         self.upload_queue: deque[tuple[int, int, int]] = deque()
@@ -388,7 +389,12 @@ class Peer(asyncio.Protocol):
         want = self.pipeline_blocks() - self.outstanding_blocks()
         if want <= 0:
             return
-        picks = self.session.picker.pick(self.key, want, allowed=allowed)
+        picker = self.session.picker
+        state = picker.pick_state(self.key) if allowed is None else None
+        if state is not None and state == self._picked_dry:
+            return  # nothing it has became free since the last pick came back short
+        picks = picker.pick(self.key, want, allowed=allowed)
+        self._picked_dry = state if len(picks) < want else None
         if not picks:
             return
         out = []

@@ -432,3 +432,43 @@ def test_peer_lacks_keeps_seeds_and_counts_needed() -> None:
     assert not p.is_interesting("a") and p.availability(1) == 1
     p.peer_lacks("a", 1)  # twice is harmless
     assert p.availability(1) == 1
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2), st.integers(0, 3)), max_size=60))
+def test_pick_state_only_repeats_while_a_pick_would_come_back_short(
+    ops: list[tuple[int, int, int]],
+) -> None:
+    # peers skip a pick while pick_state is what it was when their last pick
+    # fell short; that is only sound if such a pick could not find anything
+    p = make("0000", {"a": "1100", "b": "0110", "c": "0000"}, blocks=2)
+    keys = ["a", "b", "c"]
+    dry: dict[str, tuple[int, int] | None] = {}
+    outstanding: list[tuple[str, BlockRequest]] = []
+    for op, who, arg in ops:
+        key = keys[who]
+        if op == 0:
+            p.peer_has(key, arg)
+        elif op in (1, 2):
+            state = p.pick_state(key)
+            picks = p.pick(key, 1 + arg % 3)
+            if state is not None and dry.get(key) == state:
+                assert picks == [], f"{key} skipped a pick that would have found {picks}"
+            dry[key] = state if len(picks) < 1 + arg % 3 else None
+            outstanding += [(key, r) for r in picks]
+        elif op == 3 and outstanding:
+            owner, req = outstanding.pop(arg % len(outstanding))
+            if req in p.requests_of(owner):
+                if p.block_received(owner, req.index, req.begin, req.length).piece_complete:
+                    if arg % 2:
+                        p.piece_verified(req.index)
+                    else:
+                        p.piece_failed(req.index)
+        elif op == 4 and outstanding:
+            owner, req = outstanding.pop(arg % len(outstanding))
+            if req in p.requests_of(owner):
+                p.request_rejected(owner, req)
+        elif op == 5:
+            p.remove_peer(key)
+            p.add_peer(key, bits("1001" if arg % 2 else "0111"))
+            outstanding = [(k, r) for k, r in outstanding if k != key]
