@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.lab import Lab
+from bench.tools.roost import precompile
 
 PORT = 6881
 
@@ -36,8 +37,10 @@ def main() -> int:
     ap.add_argument("--super-seed", action="store_true")
     ap.add_argument("--timeout", type=float, default=0, help="seconds (0: 30 + 20 x bound)")
     ap.add_argument("--extra", default="", help="extra args for every fetch")
+    ap.add_argument("--origin-extra", default="", help="extra args for the origin's seed")
     ap.add_argument("--events", type=Path, help="also write every JSON event here (JSONL)")
     args = ap.parse_args()
+    precompile()
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     with Lab(args.n + 1, args.rate) as lab:
@@ -89,7 +92,8 @@ def main() -> int:
             threading.Thread(target=reader, args=(name, proc.stdout), daemon=True).start()
 
         seed = ["seed", str(torrent), "-d", str(payload.parent), "--no-tracker", "--skip-check"]
-        launch(lab.origin, seed + (["--super-seed"] if args.super_seed else []), "origin")
+        seed += ["--super-seed"] if args.super_seed else []
+        launch(lab.origin, seed + args.origin_extra.split(), "origin")
         lab.wait_listen(lab.origin, PORT)
         everyone = [h.ip for h in lab.hosts]
         for i, host in enumerate(lab.receivers):

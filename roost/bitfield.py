@@ -21,9 +21,8 @@ from roost.errors import RemoteProtocolError
 _SET_BITS: tuple[tuple[int, ...], ...] = tuple(
     tuple(bit for bit in range(8) if value & (0x80 >> bit)) for value in range(256)
 )
-_UNSET_BITS: tuple[tuple[int, ...], ...] = tuple(
-    tuple(bit for bit in range(8) if not value & (0x80 >> bit)) for value in range(256)
-)
+# the bits unset in a byte are the bits set in its complement
+_UNSET_BITS: tuple[tuple[int, ...], ...] = tuple(_SET_BITS[value ^ 0xFF] for value in range(256))
 
 
 def nbytes(length: int) -> int:

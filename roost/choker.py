@@ -42,6 +42,8 @@ from roost.errors import UsageError
 
 @dataclass
 class PeerStat:
+    """One peer as a rechoke round sees it."""
+
     key: Hashable
     interested: bool
     download_rate: float  # bytes/s it sends us

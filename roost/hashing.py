@@ -31,6 +31,8 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class PayloadFile:
+    """One file of a Payload, and where its bytes are on disk."""
+
     path: tuple[str, ...]  # components relative to the payload root
     length: int
     source: Path  # where the bytes are on disk

@@ -78,6 +78,8 @@ class Info:
 
 @dataclass(frozen=True)
 class Metainfo:
+    """A validated .torrent: its `info`, the info hash of `raw_info`, and the rest."""
+
     info: Info
     info_hash: bytes
     raw_info: bytes

@@ -105,36 +105,40 @@ class Handshake:
 
 @dataclass(frozen=True, slots=True)
 class KeepAlive:
-    pass
+    """Keep-alive: a frame of length 0."""
 
 
 @dataclass(frozen=True, slots=True)
 class Choke:
-    pass
+    """Choke (id 0): the sender will not serve our requests."""
 
 
 @dataclass(frozen=True, slots=True)
 class Unchoke:
-    pass
+    """Unchoke (id 1): the sender will serve our requests."""
 
 
 @dataclass(frozen=True, slots=True)
 class Interested:
-    pass
+    """Interested (id 2): the sender wants pieces we have."""
 
 
 @dataclass(frozen=True, slots=True)
 class NotInterested:
-    pass
+    """Not interested (id 3): the sender wants nothing we have."""
 
 
 @dataclass(frozen=True, slots=True)
 class Have:
+    """Have (id 4): the sender now has piece `index`."""
+
     index: int
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class BitfieldMsg:
+    """Bitfield (id 5): every piece the sender has."""
+
     bitfield: Bitfield
 
     def __eq__(self, other: object) -> bool:
@@ -143,6 +147,8 @@ class BitfieldMsg:
 
 @dataclass(frozen=True, slots=True)
 class Request:
+    """Request (id 6): `length` bytes of piece `index` from offset `begin`."""
+
     index: int
     begin: int
     length: int
@@ -150,6 +156,8 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
+    """Piece (id 7): a block of piece `index` from offset `begin`."""
+
     index: int
     begin: int
     block: bytes
@@ -157,6 +165,8 @@ class Piece:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
+    """Cancel (id 8): withdraws a Request."""
+
     index: int
     begin: int
     length: int
@@ -164,26 +174,32 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class Port:
+    """Port (id 9): the sender's DHT port (BEP 5)."""
+
     port: int
 
 
 @dataclass(frozen=True, slots=True)
 class SuggestPiece:
+    """Suggest piece (id 13, BEP 6): a piece the sender would like us to request."""
+
     index: int
 
 
 @dataclass(frozen=True, slots=True)
 class HaveAll:
-    pass
+    """Have all (id 14, BEP 6): the sender has every piece."""
 
 
 @dataclass(frozen=True, slots=True)
 class HaveNone:
-    pass
+    """Have none (id 15, BEP 6): the sender has no piece."""
 
 
 @dataclass(frozen=True, slots=True)
 class RejectRequest:
+    """Reject request (id 16, BEP 6): the sender will not serve this Request."""
+
     index: int
     begin: int
     length: int
@@ -191,6 +207,8 @@ class RejectRequest:
 
 @dataclass(frozen=True, slots=True)
 class AllowedFast:
+    """Allowed fast (id 17, BEP 6): we may request piece `index` while choked."""
+
     index: int
 
 

@@ -16,6 +16,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass
 class SessionConfig:
+    """A Session's settings; `roost fetch` and `roost seed` set them from their flags."""
+
     listen_host: str = "0.0.0.0"
     ports: tuple[int, int] = (6881, 6999)
     announce_ip: str | None = None

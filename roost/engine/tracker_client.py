@@ -71,6 +71,8 @@ class TrackerError(RoostError):
 
 @dataclass(frozen=True)
 class AnnounceResponse:
+    """A validated announce reply; keys we do not know are kept in `extra`."""
+
     interval: int
     min_interval: int | None
     peers: list[tuple[str, int]]
@@ -93,6 +95,8 @@ class AnnounceResponse:
 
 @dataclass(frozen=True)
 class ScrapeStats:
+    """One torrent's counts in a scrape reply."""
+
     complete: int
     downloaded: int
     incomplete: int

@@ -458,12 +458,14 @@ def test_pick_state_only_repeats_while_a_pick_would_come_back_short(
             outstanding += [(key, r) for r in picks]
         elif op == 3 and outstanding:
             owner, req = outstanding.pop(arg % len(outstanding))
-            if req in p.requests_of(owner):
-                if p.block_received(owner, req.index, req.begin, req.length).piece_complete:
-                    if arg % 2:
-                        p.piece_verified(req.index)
-                    else:
-                        p.piece_failed(req.index)
+            if (
+                req in p.requests_of(owner)
+                and p.block_received(owner, req.index, req.begin, req.length).piece_complete
+            ):
+                if arg % 2:
+                    p.piece_verified(req.index)
+                else:
+                    p.piece_failed(req.index)
         elif op == 4 and outstanding:
             owner, req = outstanding.pop(arg % len(outstanding))
             if req in p.requests_of(owner):
