@@ -43,6 +43,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -551,6 +552,42 @@ def prune(dest: Dest, state: dict[str, Any], keep: int) -> list[str]:
 
 
 HOOK_OUTPUT_MAX = 4000  # characters of a hook's output kept for the report
+# after the hook's shell exits, how long its output may still be read: a
+# daemon it started can hold the pipe open for good (`service x restart`)
+HOOK_OUTPUT_DRAIN_SECONDS = 2.0
+
+
+class _OutputTail:
+    """Read a pipe in a thread, keeping only its last `limit` bytes: a chatty
+    hook must not fill the host's memory, and a silent one must not block us."""
+
+    def __init__(self, stream: IO[bytes] | None, limit: int) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        if self._stream is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            fd = self._stream.fileno()
+            while chunk := os.read(fd, 65536):
+                with self._lock:
+                    self._buf += chunk
+                    if len(self._buf) > 2 * self._limit:
+                        del self._buf[: -self._limit]
+
+    def finish(self, grace: float) -> str:
+        """What was read (its last `limit` bytes), waiting at most `grace` s for EOF."""
+        self._thread.join(grace)
+        with self._lock:
+            data = bytes(self._buf[-self._limit :])
+        if self._stream is not None and not self._thread.is_alive():
+            self._stream.close()  # else the reader still owns it; the daemon thread ends with it
+        return data.decode("utf-8", "replace")
 
 
 class HookError(ReleaseError):
@@ -580,25 +617,26 @@ def run_hook(command: str, cwd: Path, tag: str, dest: Path, timeout: float,
     env = {**os.environ, **hook_env(tag, dest, cwd, previous, phase)}
     started = time.monotonic()
     # its own session, so a timeout kills the hook's children too (not just the shell)
-    proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd, env=env, text=True,
+    proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    reader = _OutputTail(proc.stdout, HOOK_OUTPUT_MAX * 4)  # bytes: room for UTF-8
     try:
-        output, _ = proc.communicate(timeout=timeout)
-        code: int | None = proc.returncode
+        code: int | None = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
+        proc.wait()
         code = None
+    output = reader.finish(HOOK_OUTPUT_DRAIN_SECONDS)
     record = {"command": command, "phase": phase, "exit": code,
               "seconds": round(time.monotonic() - started, 3),
-              "output": (output or "")[-HOOK_OUTPUT_MAX:]}
+              "output": output[-HOOK_OUTPUT_MAX:]}
     what = "health check" if phase == "health" else f"{phase} hook"
     if code is None:
         raise HookError(f"{what} {command!r} timed out after {timeout:g} s", record)
     if code != 0:
-        tail = (output or "").strip().splitlines()[-1:] or [""]
+        tail = output.strip().splitlines()[-1:] or [""]
         raise HookError(f"{what} {command!r} failed (exit {code}) {tail[0]}".strip(), record)
     return record
 

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from roost.deploy.pack import pack
-from roost.release import Dest, ReleaseError, activate, rollback, stage
+from roost.release import (
+    HOOK_OUTPUT_MAX,
+    Dest,
+    ReleaseError,
+    activate,
+    rollback,
+    run_hook,
+    stage,
+)
 from tests.deploy.trees import make_sample_tree, tree_signature
 
 
@@ -226,3 +237,31 @@ def test_owners_are_kept_when_root(tmp_path: Path) -> None:
     st = os.stat(dest.releases / "v1" / "etc" / "app.conf")
     assert (st.st_uid, st.st_gid) == (1234, 2345)
     assert os.lstat(dest.releases / "v1" / "run").st_uid == 1234
+
+
+def test_a_hook_that_leaves_a_daemon_holding_its_output_does_not_hang(tmp_path: Path) -> None:
+    # `service x restart` often leaves a daemon that inherited the hook's stdout:
+    # waiting for EOF on it would hang the deploy until the hook timeout, or for good
+    pidfile = tmp_path / "daemon.pid"
+    command = f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & echo started"
+    started = time.monotonic()
+    try:
+        record = run_hook(command, tmp_path, "v1", tmp_path, timeout=30, phase="post")
+        elapsed = time.monotonic() - started
+    finally:
+        for _ in range(50):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert record["exit"] == 0 and record["output"].startswith("started")
+    assert elapsed < 15, f"the hook returned after {elapsed:.1f} s"
+
+
+def test_a_chatty_hook_keeps_only_the_tail_of_its_output(tmp_path: Path) -> None:
+    command = "head -c 20000000 /dev/zero | tr '\\0' x; echo; echo the-last-line"
+    record = run_hook(command, tmp_path, "v1", tmp_path, timeout=60, phase="post")
+    assert record["exit"] == 0
+    assert len(record["output"]) <= HOOK_OUTPUT_MAX
+    assert record["output"].endswith("x\nthe-last-line\n")
