@@ -26,6 +26,7 @@ import platform
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -181,6 +182,12 @@ def run_config(cfg: Config, tools: list[Tool], args: argparse.Namespace,
             timeout = args.timeout or max(60.0, 4 * tool.expected_factor(cfg.n) * t_min + 60)
             log(f"  {tool.name}: running (bound {t_min:.1f}s, timeout {timeout:.0f}s)")
             res = run_tool(tool, lab, ctx, timeout)
+            if args.keep_logs:
+                run = f"{cfg.scenario}-n{cfg.n}-{cfg.size // MiB}MiB-r{cfg.rate_mbit:g}-{tool.name}"
+                keep = args.keep_logs / run
+                keep.mkdir(parents=True, exist_ok=True)
+                for log_file in run_dir.glob("*.log"):
+                    shutil.copy2(log_file, keep / log_file.name)
             row = _row(base, res, t_min, cfg.n, ceiling, mk_argv, sha)
             row["command"] = args.command
             log(f"  {tool.name}: {row['status']} {_short(row)}")
@@ -353,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="print the runs and a rough time estimate, run nothing")
     ap.add_argument("--no-selfcheck", action="store_true", help="skip the iperf3 ceiling check")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--keep-logs", type=Path, metavar="DIR",
+                    help="copy every process's log of each run here (the lab's copy is removed)")
     ap.add_argument("--roost-seed-cmd",
                     help="template for roost's origin (see bench/tools/roost.py)")
     ap.add_argument("--roost-fetch-cmd", help="template for roost's receivers")

@@ -321,9 +321,11 @@ class Peer(asyncio.Protocol):
         if not self.outgoing:
             self.send(self.wire.handshake_bytes())
         if self.wire.extended:
-            self.send(
-                self.wire.send_extended_handshake(self._extended_handshake())
-            )
+            # we offer big blocks in this message, so a roost peer may ask for one
+            # as soon as it reads it, in the same read as its own extended
+            # handshake, whose event we handle only after the wire parsed both
+            self.wire.max_block = max(self.wire.max_block, self.session.config.big_block)
+            self.send(self.wire.send_extended_handshake(self._extended_handshake()))
         self.send(self.session.initial_availability(self))
         self.ready = True
         self.session.on_ready(self)
@@ -345,10 +347,10 @@ class Peer(asyncio.Protocol):
             self.reqq = reqq
         big = data.get(BIG_BLOCK_KEY)
         if isinstance(big, int) and BLOCK_SIZE <= big <= MAX_BLOCK:
-            # a roost peer: both sides may now use bigger blocks; anyone else
-            # stays capped at the standard 16 KiB
+            # a roost peer: we may ask it for bigger blocks; anyone else is
+            # asked for the standard 16 KiB (what we accept was set when we
+            # sent our own extended handshake)
             self.big_block = min(big, self.session.config.big_block)
-            self.wire.max_block = max(self.big_block, self.session.config.big_block)
         port = data.get(b"p")
         if not self.outgoing and isinstance(port, int) and 0 < port < 65536:
             self.session.note_listen_port(self, port)

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 from roost.commands.make import make_torrent
+from roost.metainfo import parse as parse_metainfo
+from roost.wire import ExtendedHandshake, PeerConnection, Piece, Unchoke
 from tests.swarm.harness import Procs, make_tree, tree_digest
 
 MIB = 1024 * 1024
@@ -87,3 +90,46 @@ def test_upload_cap_is_respected(tmp_path: Path, procs: Procs) -> None:
     elapsed = timed_fetch(procs, torrent, tmp_path / "slow", port)
     assert elapsed >= (size - cap) / cap * 0.9, f"{size} bytes at 1 MiB/s took {elapsed:.1f} s"
     assert tree_digest(tmp_path / "slow" / "release") == tree_digest(src)
+
+
+def test_a_big_request_in_the_same_read_as_the_extended_handshake_is_served(
+    tmp_path: Path, procs: Procs
+) -> None:
+    # a roost peer may ask for a big block as soon as it has read ours, and
+    # its request can then share a TCP read with its own extended handshake;
+    # the seeder used to check that request against 16 KiB and hang up
+    src, torrent = payload(tmp_path, 1 * MIB)
+    port = seed(procs, src, torrent)
+    meta = parse_metainfo(torrent.read_bytes())
+    wire = PeerConnection(meta.info_hash, b"-XX0001-" + bytes(12), meta.info.num_pieces,
+                          max_block=256 * 1024, piece_length=64 * 1024,
+                          total_length=meta.info.total_length)
+    events: list[object] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(wire.handshake_bytes())
+
+        def read_until(want: type, limit: float = 10.0) -> object:
+            deadline = time.monotonic() + limit
+            while time.monotonic() < deadline:
+                for event in events:
+                    if isinstance(event, want):
+                        events.remove(event)
+                        return event
+                data = conn.recv(1 << 20)
+                assert data, f"the seeder hung up; events so far: {events}"
+                events.extend(wire.receive(data))
+            raise AssertionError(f"no {want.__name__} within {limit} s: {events}")
+
+        theirs = read_until(ExtendedHandshake)
+        assert isinstance(theirs, ExtendedHandshake) and theirs.data.get(b"roost_block")
+        conn.sendall(  # one send: one read on the other side
+            wire.send_extended_handshake({b"m": {}, b"roost_block": 64 * 1024})
+            + wire.send_interested()
+            + wire.send_request(0, 0, 64 * 1024)
+        )
+        read_until(Unchoke)
+        conn.sendall(wire.send_request(1, 0, 64 * 1024))
+        got = read_until(Piece)
+        assert isinstance(got, Piece) and len(got.block) == 64 * 1024
+    refused = [e for e in procs.all[0].named("peer_closed") if "outside" in e["reason"]]
+    assert not refused, refused
