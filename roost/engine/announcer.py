@@ -93,6 +93,7 @@ class Announcer:
 
     def _on_response(self, response: AnnounceResponse) -> None:
         session = self.session
+        session.reporter.event("announced", peers=len(response.peers))
         if response.expected_peers is not None:
             session.swarm_expected = response.expected_peers
         if response.complete_peers is not None:

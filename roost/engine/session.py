@@ -107,6 +107,7 @@ class Session:
         # comes from an ephemeral port, so without this we would keep dialling
         # peers we already talk to, only for the duplicate to be closed
         self.candidate_ids: dict[tuple[str, int], bytes] = {}
+        self._connect_errors: dict[tuple[str, int], str] = {}  # the last one reported
         self.connecting: set[tuple[str, int]] = set()
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[tuple[str, int]] = set()
@@ -441,8 +442,14 @@ class Session:
                 CONNECT_TIMEOUT,
             )
             self.candidates[address] = self.now() + 5.0
-        except (OSError, asyncio.TimeoutError):
+            self._connect_errors.pop(address, None)
+        except (OSError, asyncio.TimeoutError) as exc:
             self.candidates[address] = self.now() + 3.0
+            error = str(exc) or type(exc).__name__
+            if self._connect_errors.get(address) != error:  # once per address and error
+                self._connect_errors[address] = error
+                peer = f"{address[0]}:{address[1]}"
+                self.reporter.event("connect_failed", peer=peer, error=error)
         finally:
             self.connecting.discard(address)
 

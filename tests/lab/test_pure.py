@@ -8,6 +8,7 @@ import pytest
 
 from bench.efficiency import Config, build_matrix, make_payload, parse_size
 from bench.lab import host_ip, shaping
+from bench.lab.core import host_mac, neighbor_batch
 from bench.tools.metainfo import info_hash
 from bench.tools.runner import ToolResult, lower_bound_s
 
@@ -112,3 +113,13 @@ def test_matrix_shape() -> None:
 def test_config_hetero_quarter_of_receivers() -> None:
     assert Config("hetero", 8, MiB, 100).slow_hosts() == {7: 10.0, 8: 10.0}
     assert Config("equal", 8, MiB, 100).slow_hosts() == {}
+
+
+def test_static_neighbours_cover_every_other_host() -> None:
+    hosts = [(host_ip(i), host_mac(i)) for i in range(300)]
+    assert len({mac for _, mac in hosts}) == 300
+    assert all(int(mac.split(":")[0], 16) & 0b10 for _, mac in hosts)  # locally administered
+    text = neighbor_batch(hosts, host_ip(7))
+    lines = text.splitlines()
+    assert len(lines) == 299 and not any(f" {host_ip(7)} " in line for line in lines)
+    assert lines[0] == f"neigh replace {host_ip(0)} lladdr {host_mac(0)} dev eth0 nud permanent"
