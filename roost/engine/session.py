@@ -108,6 +108,7 @@ class Session:
         # peers we already talk to, only for the duplicate to be closed
         self.candidate_ids: dict[tuple[str, int], bytes] = {}
         self._connect_errors: dict[tuple[str, int], str] = {}  # the last one reported
+        self.fellow_seeds: set[bytes] = set()  # peer ids closed as "both seeds"
         self.connecting: set[tuple[str, int]] = set()
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[tuple[str, int]] = set()
@@ -406,6 +407,7 @@ class Session:
                 not_before > now
                 or address in connected
                 or self._talking_to(address)
+                or (self.complete and self.candidate_ids.get(address) in self.fellow_seeds)
                 or address in self.connecting
                 or address in self.banned_addrs
                 or not self.allowed_address(address[0])
@@ -414,6 +416,14 @@ class Session:
             room -= 1
             self.connecting.add(address)
             self._spawn(self._connect(address))
+
+    def close_fellow_seed(self, peer: Peer) -> None:
+        """We are complete and so is it: nothing will ever pass between us, so
+        we also stop dialling it (a fleet of lingering seeds otherwise keeps
+        reconnecting to each other every few seconds, just to hang up)."""
+        if peer.remote_id is not None:
+            self.fellow_seeds.add(peer.remote_id)
+        peer.close("both seeds")
 
     def _talking_to(self, address: tuple[str, int]) -> bool:
         known = self.candidate_ids.get(address)
@@ -473,7 +483,7 @@ class Session:
             self.picker.add_peer(peer.key, peer.bitfield)
         self.offers.on_bitfield(peer)
         if self.complete and peer.is_seed:
-            peer.close("both seeds")
+            self.close_fellow_seed(peer)
             return
         peer.update_interest()
 
@@ -581,7 +591,7 @@ class Session:
         )
         for peer in list(self.peers.values()):
             if peer.is_seed:
-                peer.close("both seeds")
+                self.close_fellow_seed(peer)
             else:
                 peer.update_interest()
         if not self.config.seed:
