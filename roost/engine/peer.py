@@ -11,6 +11,8 @@ cover about a second of this peer's rate (at least 2 MiB), capped by the
 peer's `reqq`. Between roost peers, adjacent 16 KiB picker blocks are merged
 into one wire request of up to `big_block` bytes (negotiated through BEP 10)
 to cut per-message overhead; any other client sees plain 16 KiB requests.
+We accept requests of up to `big_block` from the moment our extended
+handshake offers it (the remote's request may share a read with its own).
 
 Uploads are served from `upload_queue` while the transport's buffer is below
 its high-water mark (`pause_writing` / `resume_writing`), paid for from the
