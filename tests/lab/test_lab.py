@@ -185,8 +185,8 @@ def test_no_loss_without_rule(lab4: Lab) -> None:
 
 ALL_PAIRS = textwrap.dedent(
     """
-    import socket, sys, threading, time
-    me, start, others = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+    import os, socket, sys, threading, time
+    me, ready, total, others = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((me, 7000))
@@ -195,7 +195,10 @@ ALL_PAIRS = textwrap.dedent(
         while True:
             server.accept()[0].close()
     threading.Thread(target=accept, daemon=True).start()
-    time.sleep(max(0.0, start - time.time()))  # every host dials at once, as a swarm starts
+    open(os.path.join(ready, me), "w").close()
+    deadline = time.monotonic() + 30
+    while len(os.listdir(ready)) < total and time.monotonic() < deadline:
+        time.sleep(0.05)  # every host dials at once, once all listen, as a swarm starts
     failed = []
     def dial(ip):
         sock = socket.socket()
@@ -210,26 +213,34 @@ ALL_PAIRS = textwrap.dedent(
     threads = [threading.Thread(target=dial, args=(ip,)) for ip in others]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    print(" ".join(failed))
+    print(" ".join(failed), flush=True)
+    open(os.path.join(ready, me + ".done"), "w").close()
+    deadline = time.monotonic() + 30
+    while len(os.listdir(ready)) < 2 * total and time.monotonic() < deadline:
+        time.sleep(0.05)  # keep listening until every host has dialled
     """
 )
 
 
-def test_every_host_reaches_every_other_in_a_33_host_lab(make_lab: Callable[..., Lab]) -> None:
+def test_every_host_reaches_every_other_in_a_33_host_lab(
+    make_lab: Callable[..., Lab], tmp_path: Path
+) -> None:
     # 33 hosts x 32 learned ARP entries overflowed the kernel's shared
     # neighbour table (gc_thresh3 = 1024): some pairs could never connect,
     # and a 32-receiver benchmark had a host with only 16 peers
     lab = make_lab(33, 40.0)
-    start = time.time() + 2.0
+    ready = tmp_path / "ready"
+    ready.mkdir()
     procs = [
-        (host, lab.spawn(host, [sys.executable, "-c", ALL_PAIRS, host.ip, str(start),
-                                *(o.ip for o in lab.hosts if o is not host)],
+        (host, lab.spawn(host, [sys.executable, "-c", ALL_PAIRS, host.ip, str(ready),
+                                str(len(lab.hosts)), *(o.ip for o in lab.hosts if o is not host)],
                          stdout=subprocess.PIPE))
         for host in lab.hosts
     ]
     unreachable = {}
     for host, proc in procs:
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=90)
         if out.strip():
             unreachable[host.name] = out.decode().strip()
+    assert len(list(ready.iterdir())) == 2 * len(lab.hosts), "not every host listened and dialled"
     assert not unreachable, unreachable
