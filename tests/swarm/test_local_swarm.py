@@ -11,7 +11,7 @@ from pathlib import Path
 
 from roost.commands.make import make_torrent
 from roost.metainfo import parse as parse_metainfo
-from tests.swarm.harness import Procs, make_tree, tree_digest
+from tests.swarm.harness import Procs, RoostProc, make_tree, tree_digest
 
 MIB = 1024 * 1024
 
@@ -204,31 +204,39 @@ def free_port_on(addresses: list[str]) -> int:
     raise AssertionError("no port free on all of " + ", ".join(addresses))
 
 
-def test_peers_that_know_each_other_do_not_keep_redialling(
-    tmp_path: Path, procs: Procs
-) -> None:
-    # every fetcher is told about every other one, as a tracker would: once two
-    # of them are connected (whoever dialled), neither may dial the other again
-    # only to have the duplicate closed (that churn cost the lab's 32-host runs
-    # a redial per incoming peer every 5 s)
-    src, torrent = payload(tmp_path, 2 * MIB)
+MESH = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+
+
+def fetch_mesh(
+    tmp_path: Path, procs: Procs, size: int, *extra: str
+) -> tuple[Path, list[RoostProc]]:
+    """An origin and three fetchers, each told about all the others (as a
+    tracker would tell them), all listening on one port; waits until all exit."""
+    src, torrent = payload(tmp_path, size)
     origin_port = procs.start(
         ["seed", str(torrent), "-d", str(src.parent), "--no-tracker", "--skip-check"], "origin"
     ).port
-    addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-    port = free_port_on(addresses)
+    port = free_port_on(MESH)
     fetchers = []
-    for address in addresses:
-        others = [f"{a}:{port}" for a in addresses if a != address]
+    for address in MESH:
+        others = [f"{a}:{port}" for a in MESH if a != address]
         argv = [
-            "fetch", str(torrent), "-d", str(tmp_path / address), "--no-tracker",
-            "--linger", "3", "--download-rate", "150K",
+            "fetch", str(torrent), "-d", str(tmp_path / address), "--no-tracker", *extra,
             "--peer", f"127.0.0.1:{origin_port}",
             *(arg for other in others for arg in ("--peer", other)),
         ]  # fmt: skip
         fetchers.append(procs.start(argv, address, address, port))
     for fetcher in fetchers:
         assert fetcher.wait(120) == 0, "".join(fetcher.stderr)[-2000:]
+    return src, fetchers
+
+
+def test_peers_that_know_each_other_do_not_keep_redialling(tmp_path: Path, procs: Procs) -> None:
+    # once two fetchers are connected (whoever dialled), neither may dial the
+    # other again only to have the duplicate closed (that churn cost the lab's
+    # 32-host runs a redial per incoming peer every 5 s)
+    src, fetchers = fetch_mesh(tmp_path, procs, 2 * MIB, "--linger", "3", "--download-rate", "150K")
+    for fetcher in fetchers:
         assert tree_digest(tmp_path / fetcher.name / "release") == tree_digest(src)
     churn = [
         e
@@ -247,23 +255,7 @@ def test_lingering_seeds_do_not_keep_reconnecting_to_each_other(
     # once complete, two seeds have nothing to trade; a fleet lingering to
     # serve its laggards used to redial every fellow seed every 5 s only to
     # hang up again ("both seeds"), spending CPU the laggards needed
-    src, torrent = payload(tmp_path, 1 * MIB)
-    origin_port = procs.start(
-        ["seed", str(torrent), "-d", str(src.parent), "--no-tracker", "--skip-check"], "origin"
-    ).port
-    addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-    port = free_port_on(addresses)
-    fetchers = []
-    for address in addresses:
-        others = [f"{a}:{port}" for a in addresses if a != address]
-        argv = [
-            "fetch", str(torrent), "-d", str(tmp_path / address), "--no-tracker",
-            "--linger", "16", "--peer", f"127.0.0.1:{origin_port}",
-            *(arg for other in others for arg in ("--peer", other)),
-        ]  # fmt: skip
-        fetchers.append(procs.start(argv, address, address, port))
-    for fetcher in fetchers:
-        assert fetcher.wait(120) == 0, "".join(fetcher.stderr)[-2000:]
+    _, fetchers = fetch_mesh(tmp_path, procs, 1 * MIB, "--linger", "16")
     for fetcher in fetchers:
         closes = [e for e in fetcher.named("peer_closed") if e["reason"] == "both seeds"]
         # at most one close per fellow seed for each side's dial (3 + 2 here),
