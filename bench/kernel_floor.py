@@ -43,7 +43,7 @@ def measure(n: int, rate_mbit: float, fanout: int, seconds: float) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--n", type=int, default=32, help="receivers (the origin is one more)")
     parser.add_argument("--rate", type=float, default=40.0, help="link Mbit/s")
     parser.add_argument("--fanout", type=int, default=8, help="flows each host sends")
