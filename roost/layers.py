@@ -19,6 +19,7 @@ RANKS: dict[str, int] = {
     "roost.wire": 1,
     "roost.picker": 1,
     "roost.choker": 1,
+    "roost.admission": 1,
     "roost.tracker": 1,  # the package __init__
     "roost.tracker.protocol": 1,
     "roost.tracker.swarm": 1,
@@ -30,6 +31,7 @@ RANKS: dict[str, int] = {
     "roost.preflight": 2,
     "roost.torrentfile": 2,
     "roost.tracker.server": 2,
+    "roost.tracker.connections": 2,
     "roost.tracker.state": 2,
     "roost.agent": 3,
     "roost.zipapp": 3,
@@ -85,6 +87,7 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.wire",
     "roost.picker",
     "roost.choker",
+    "roost.admission",
     "roost.hashing",
     "roost.engine",
     "roost.release",

@@ -186,6 +186,7 @@ class Peer(asyncio.Protocol):
         self.last_block_at = session.now()
         self.last_send_at = session.now()
         self.last_recv_at = session.now()
+        self.ready_at = session.now()  # set again when the handshake completes
         self.snubbed = False
         self.last_upload_at = 0.0  # when we last sent it a block
         self.offered_at = 0.0  # super-seeding: when we last revealed a piece to it
@@ -330,6 +331,7 @@ class Peer(asyncio.Protocol):
             self.send(self.wire.send_extended_handshake(self._extended_handshake()))
         self.send(self.session.initial_availability(self))
         self.ready = True
+        self.ready_at = self.session.now()
         self.session.on_ready(self)
 
     def _extended_handshake(self) -> dict[bytes, Any]:

@@ -28,6 +28,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
+from roost.admission import Admission, PeerView
 from roost.bitfield import Bitfield
 from roost.choker import Choker, PeerStat, SuperSeeder
 from roost.engine.announcer import Announcer
@@ -61,7 +62,7 @@ SNUB_SECONDS = 15.0
 KEEPALIVE_SECONDS = 60.0
 IDLE_SECONDS = 180.0
 CONNECT_TIMEOUT = 5.0
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 5.0  # TLS and BitTorrent handshakes (roost.admission)
 ALLOWED_FAST_K = 8
 
 
@@ -110,6 +111,8 @@ class Session:
         self._connect_errors: dict[tuple[str, int], str] = {}  # the last one reported
         self.fellow_seeds: set[bytes] = set()  # peer ids closed as "both seeds"
         self.connecting: set[tuple[str, int]] = set()
+        # who gets a slot: pending budget, per-address caps, eviction (pure policy)
+        self.admission = Admission(config.max_peers, handshake_seconds=HANDSHAKE_TIMEOUT)
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[tuple[str, int]] = set()
         self.banned_ips: set[str] = set()
@@ -237,6 +240,7 @@ class Session:
             task.cancel()
         for peer in list(self.peers.values()):
             peer.close("shutting down")
+        self._report_refusals(final=True)
         if self.server is not None:
             self.server.close()
         await self.announcer.announce_stopped()
@@ -281,17 +285,19 @@ class Session:
         if name:
             peer.address = (str(name[0]), int(name[1]))
         if not self.allowed_address(peer.address[0]):
-            peer.close("address not allowed")
+            self.admission.count("address not allowed", peer.address)
+            peer.close("")  # counted, not logged: a flood would flood the log
             return
-        if len(self.peers) >= self.config.max_peers and not peer.outgoing:
-            peer.close("connection cap reached")
-            return
+        # not yet handshaken: no slot of max_peers, only the small pending budget
+        for key in self.admission.arrive(peer.key, self.now(), incoming=not peer.outgoing):
+            self._drop(key)
         self.peers[peer.key] = peer
-        self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_deadline, peer)
 
-    def _handshake_deadline(self, peer: Peer) -> None:
-        if not peer.ready and not peer.closed:
-            peer.close("handshake timeout")
+    def _drop(self, key: tuple[str, int]) -> None:
+        """Close a connection the admission policy gave up on (it counted why)."""
+        peer = self.peers.get(key)
+        if peer is not None:
+            peer.close("" if peer.remote_id is None else "evicted for a peer that may trade")
 
     def accept_handshake(self, peer: Peer) -> bool:
         rid = peer.remote_id
@@ -309,8 +315,25 @@ class Session:
                 other.close("replaced by a newer connection")
             else:
                 return False
+        decision = self.admission.handshaken(peer.key, self.now(), self._peer_views())
+        if decision.evict is not None:
+            self._drop(decision.evict)
+        if not decision.admit:
+            peer.close(decision.reason)
+            return False
         self.by_id[rid] = peer
         return True
+
+    def _peer_views(self) -> list[PeerView]:
+        return [
+            PeerView(
+                p.key,
+                trading=p.peer_interested or p.am_interested or bool(p.upload_queue),
+                last_useful=max(p.ready_at, p.last_block_at, p.last_upload_at),
+            )
+            for p in self.peers.values()
+            if p.ready and not p.closed
+        ]
 
     def initial_availability(self, peer: Peer) -> bytes:
         wire = peer.wire
@@ -345,6 +368,7 @@ class Session:
             return
         peer.forgotten = True
         if self.peers.get(peer.key) is peer:
+            self.admission.gone(peer.key)
             del self.peers[peer.key]
         if peer.remote_id is not None and self.by_id.get(peer.remote_id) is peer:
             del self.by_id[peer.remote_id]
@@ -395,7 +419,7 @@ class Session:
         peer.close(f"banned: {reason}")
 
     def connect_more(self) -> None:
-        room = self.config.max_peers - len(self.peers) - len(self.connecting)
+        room = self.admission.room_to_dial(len(self.connecting))
         if room <= 0 or (self.complete and not self.config.seed):
             return
         now = self.now()
@@ -628,6 +652,9 @@ class Session:
         if self._ticks % RECHOKE_TICKS == 1:
             self._rechoke()
         self.offers.tick(now)
+        for key in self.admission.overdue(now):
+            self._drop(key)
+        self._report_refusals()
         self.connect_more()
         for peer in list(self.peers.values()):
             if peer.ready and not peer.closed:
@@ -658,6 +685,13 @@ class Session:
             self.last_interest_at = now
         if peer.refused:
             peer.forgive_refusals(now)
+
+    def _report_refusals(self, *, final: bool = False) -> None:
+        """Refused and dropped connections, counted by reason, once per interval."""
+        refused = self.admission.report(float("inf") if final else self.now())
+        if refused:
+            last = {r: f"{k[0]}:{k[1]}" for r, k in self.admission.last_refused.items()}
+            self.reporter.event("connections_refused", counts=refused, last=last)
 
     def _rechoke(self) -> None:
         stats = [
