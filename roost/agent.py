@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from roost import __version__
 from roost.errors import RoostError
+from roost.inert import inert
 
 #: subcommand -> "module:function" that adds its arguments and returns a runner
 AGENT_COMMANDS: dict[str, str] = {
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             details = getattr(exc, "details", None)
             extra = details if isinstance(details, dict) else {}
             print(json.dumps({**extra, "event": "error", "message": str(exc)}), flush=True)
-        print(f"roost {command}: error: {exc}", file=sys.stderr)
+        print(f"roost {command}: error: {inert(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"roost {command}: interrupted", file=sys.stderr)

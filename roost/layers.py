@@ -15,6 +15,7 @@ RANKS: dict[str, int] = {
     "roost.bitfield": 0,
     "roost.ratelimit": 0,
     "roost.layers": 0,
+    "roost.inert": 0,
     "roost.metainfo": 1,
     "roost.wire": 1,
     "roost.picker": 1,
@@ -80,6 +81,7 @@ FORBIDDEN_EDGES: tuple[tuple[str, str], ...] = (
 TARGET_SIDE: tuple[str, ...] = (
     "roost",
     "roost.errors",
+    "roost.inert",
     "roost.bencode",
     "roost.bitfield",
     "roost.ratelimit",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from roost.inert import inert
 
 
 @contextmanager
@@ -31,3 +34,19 @@ def progress_bar(label: str, total: int, *, enabled: bool) -> Iterator[Callable[
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task(label, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def inert_text(text: Any, *, keep_newlines: bool = False) -> Any:
+    """A rich Text (or plain str, made a Text) with outside characters escaped.
+
+    Text is never read as markup; this also escapes control and bidi
+    characters (roost.inert). A cell whose text needed escaping keeps its base
+    style but loses inner spans (their offsets would no longer match)."""
+    from rich.text import Text
+
+    if not isinstance(text, Text):
+        return Text(inert(text, keep_newlines=keep_newlines))
+    plain = text.plain.replace("\n", "") if keep_newlines else text.plain
+    if plain.isprintable():
+        return text
+    return Text(inert(text.plain, keep_newlines=keep_newlines), style=text.style)

@@ -15,6 +15,7 @@ from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.host import HostRun
 from roost.deploy.run import Connector, make_agent
 from roost.deploy.transport import HostFailure
+from roost.ui import inert_text
 
 
 @dataclass
@@ -99,6 +100,6 @@ def run_op(
         problem = Text()
         if row["status"] == "failed":
             problem = Text.assemble((row["reason"], "red"), (f" [{row['kind']}]", "dim"))
-        table.add_row(*cells, problem)
+        table.add_row(*(inert_text(c, keep_newlines=True) for c in [*cells, problem]))
     Console().print(table)
     return code

@@ -15,6 +15,8 @@ from roost.deploy.config import parse_rate
 from roost.deploy.dryrun import need_bytes
 from roost.deploy.rollout import placement
 from roost.deploy.run import Deploy
+from roost.inert import inert
+from roost.ui import inert_text
 
 STYLE = {
     "ok": "green",
@@ -88,9 +90,9 @@ def live_panel(deploy: Deploy) -> Group:
     )
     parts: list[Any] = [head, counts]
     if p["slowest"]:
-        parts.append(
+        parts.append(inert_text(
             Text("slowest: " + ", ".join(f"{n} {pct:.0f}%" for n, pct in p["slowest"]), style="dim")
-        )
+        ))
     return Group(*parts)
 
 
@@ -241,20 +243,20 @@ def final_table(deploy: Deploy, console: Console) -> None:
             Text(f"{row['seconds']:.1f} s" if row["seconds"] is not None else "-"),
             Text(row["agent"]),
             # Text, not a str: rich would read "[disk-full]" as markup and drop it
-            Text.assemble((row["reason"], "red" if row["kind"] else ""),
+            Text.assemble((inert(row["reason"]), "red" if row["kind"] else ""),
                           (f" [{row['kind']}]" if row["kind"] else "", "dim"))
             if row["reason"] else Text(""),
         ]
-        table.add_row(*cells)
+        table.add_row(*map(inert_text, cells))  # host strings: no escapes reach the terminal
     console.print(table)
     for h in deploy.hosts:  # what hooks and health checks printed, host by host
         for hook in [*h.hooks, *([h.health] if h.health and "command" in h.health else [])]:
             output = str(hook.get("output") or "").rstrip()
             if output:
                 verdict = "ok" if hook.get("exit") == 0 else f"exit {hook.get('exit')}"
-                console.print(Text(f"{h.spec.name} {hook.get('phase')} {hook.get('command')!r} "
-                                   f"({verdict}):", style="dim"))
-                console.print(Text("  " + output.replace("\n", "\n  ")))
+                console.print(Text(inert(f"{h.spec.name} {hook.get('phase')} "
+                                         f"{hook.get('command')!r} ({verdict}):"), style="dim"))
+                console.print(Text(inert("  " + output.replace("\n", "\n  "), keep_newlines=True)))
     t = timings(deploy)
     if deploy.payload:
         console.print(
@@ -270,10 +272,10 @@ def final_table(deploy: Deploy, console: Console) -> None:
             f"{b['efficiency_total']:.2f} (whole deploy)"
         )
     if deploy.activated and any(h.batch is not None for h in deploy.hosts):
-        console.print("runs now: " + "; ".join(
-            f"{tag}: {', '.join(names)}" for tag, names in placement(deploy).items()))
+        console.print(Text(inert("runs now: " + "; ".join(
+            f"{tag}: {', '.join(names)}" for tag, names in placement(deploy).items()))))
     style = "green" if deploy.exit_code == 0 else "red"
-    console.print(Text(f"{deploy.message} (exit {deploy.exit_code})", style=style))
+    console.print(Text(inert(f"{deploy.message} (exit {deploy.exit_code})"), style=style))
 
 
 def _batch_label(deploy: Deploy, batch: int | None) -> str:
@@ -303,11 +305,11 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
         would = (Text.assemble(("fail: ", "bold red"), (h.reason, "red"), (f" [{h.kind}]", "dim"))
                  if h.failed else Text(f"{h.reason or 'fetch ' + deploy.tag + ', then switch'}"))
         cells += [Text(h.current or "-"), would]
-        table.add_row(*cells)
+        table.add_row(*map(inert_text, cells))
     console.print(table)
     if deploy.payload:
         console.print(f"payload {_size(deploy.payload.manifest.size)} "
                       f"({deploy.payload.manifest.format}); a host needs "
                       f"{_size(need_bytes(deploy))} free to fetch and unpack it")
     style = "green" if deploy.exit_code == 0 else "red"
-    console.print(Text(f"{deploy.message} (exit {deploy.exit_code})", style=style))
+    console.print(Text(inert(f"{deploy.message} (exit {deploy.exit_code})"), style=style))

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from roost.inert import inert
+
 
 class Reporter:
     def __init__(self, *, as_json: bool, stream: TextIO | None = None, quiet: bool = False) -> None:
@@ -32,7 +34,8 @@ class Reporter:
         if self.quiet:
             return
         self._end_line()
-        detail = " ".join(f"{k}={v}" for k, v in fields.items())
+        # peers' and trackers' strings among them: escaped, never raw to a terminal
+        detail = " ".join(f"{k}={inert(v)}" for k, v in fields.items())
         self.out.write(f"roost: {name} {detail}\n".rstrip() + "\n")
         self.out.flush()
 
