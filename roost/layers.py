@@ -31,6 +31,7 @@ RANKS: dict[str, int] = {
     "roost.hostlock": 2,
     "roost.preflight": 2,
     "roost.torrentfile": 2,
+    "roost.pipes": 2,
     "roost.tracker.server": 2,
     "roost.tracker.connections": 2,
     "roost.tracker.state": 2,
@@ -97,6 +98,7 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.hostlock",
     "roost.preflight",
     "roost.torrentfile",
+    "roost.pipes",
     "roost.agent",
 )
 

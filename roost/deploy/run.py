@@ -139,6 +139,8 @@ async def run_deploy(
             raise UsageError("the destination (--dest) must be an absolute path")
     plan_batches(len(deploy.hosts), config.batch, config.canary)  # bad --batch: fail now
     check_extra(config.allow)  # a bad --allow: fail now, not after the hosts are locked
+    if config.keep < 0:
+        raise UsageError(f"--keep must be 0 or more, not {config.keep}")
     if config.health_timeout <= 0:
         raise UsageError("--health-timeout must be more than 0 seconds")
     agent = make_agent(config.python)

@@ -192,6 +192,8 @@ class Session:
         )
         if self.complete:
             self.completed_at = self.now()
+            if not self.config.seed:  # nothing to fetch, nobody to serve: done
+                self._spawn(self._finish())
         self.last_interest_at = self.now()
         self.connect_more()
         self._spawn(self.announcer.run())
