@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -50,3 +50,20 @@ def inert_text(text: Any, *, keep_newlines: bool = False) -> Any:
     if plain.isprintable():
         return text
     return Text(inert(text.plain, keep_newlines=keep_newlines), style=text.style)
+
+
+def print_reasons(console: Any, reasons: Iterable[tuple[str, str, str | None]]) -> None:
+    """Under a per-host table: each host's reason on a line of its own, in full.
+
+    A reason squeezed into a table column is cut or folded into a narrow strip
+    at 80 columns; here it wraps across the whole width. `reasons` holds
+    (host, reason, kind); kind is the machine-readable error kind or None.
+    Text objects, never markup: a reason is often text from the host.
+    """
+    from rich.text import Text
+
+    for host, reason, kind in reasons:
+        if reason:
+            console.print(Text.assemble((f"{inert(host)}: ", "bold"),
+                                        (inert(reason), "red" if kind else ""),
+                                        (f" [{kind}]" if kind else "", "dim")))
