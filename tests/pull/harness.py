@@ -131,3 +131,80 @@ def release_tree(base: Path, name: str, healthy: bool = True, size: int = 200_00
         "exit 0\n" if healthy else "echo 'FATAL: cannot reach its database' >&2\nexit 1\n"))
     check.chmod(0o755)
     return root
+
+
+class FakeChannel:
+    """A coordinator impersonator: serves whatever envelopes the test gives it and keeps
+    the reports agents send (http.server in a thread; the test side may use anything)."""
+
+    def __init__(self, envelopes: list[dict[str, Any]], torrent: bytes = b"") -> None:
+        import http.server
+        import threading
+
+        self.envelopes = envelopes
+        self.torrent = torrent
+        self.reports: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, body: bytes, kind: str = "application/json") -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/v1/channel"):
+                    time.sleep(0.3)  # a short "long poll"
+                    self._send(json.dumps({"version": 1, "envelopes": outer.envelopes}).encode())
+                else:
+                    self._send(outer.torrent, "application/x-bittorrent")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                outer.reports.append(json.loads(self.rfile.read(length)))
+                self._send(b"{}")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ChannelTap:
+    """Records every envelope a real coordinator serves (what an eavesdropper could keep)."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        self.url = url
+        self.seen: dict[str, dict[str, Any]] = {}
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self.stopping:
+            url = f"{self.url}/v1/channel?since=-1"
+            with contextlib.suppress(OSError, ValueError), \
+                    urllib.request.urlopen(url, timeout=2) as r:
+                for envelope in json.loads(r.read())["envelopes"]:
+                    self.seen.setdefault(envelope["body"], envelope)
+            time.sleep(0.1)
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.seen.values() if json.loads(e["body"])["kind"] == kind]
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.thread.join(timeout=5)
