@@ -212,6 +212,7 @@ async def run_publish(deploy: Deploy, src: Path, key: Path, listen: str, port: i
     """Pack, seed, publish, roll out; sets deploy.exit_code. Raises only for local mistakes."""
     config = deploy.config
     plan_batches(len(deploy.hosts), config.batch, config.canary)  # bad --batch: fail now
+    await asyncio.to_thread(sign, key, {"kind": "probe"})  # a key that cannot sign: fail now
     scratch = Path(tempfile.mkdtemp(prefix="roost-publish-"))
     coordinator = Coordinator(deploy, key, listen, port, tls)
     swarm: SwarmControl | None = None

@@ -184,7 +184,7 @@ class PullAgent:
         self.load()
         self.recover()
         self.log("ready", coordinator=self.base, dest=str(self.dest.root))
-        version, retry, down = -1, 0.5, False
+        version, retry, down = -1, 0.5, ""
         while True:
             query = urllib.parse.urlencode({"host": self.name, "since": version,
                                             "wait": self.poll_wait})
@@ -194,13 +194,13 @@ class PullAgent:
                 if not isinstance(data, dict) or not isinstance(data.get("envelopes"), list):
                     raise ValueError("the channel's answer is not {version, envelopes}")
             except (OSError, ValueError, urllib.error.URLError) as exc:
-                if not down:
+                if str(exc) != down:  # once per outage and cause, not once per attempt
                     self.log("coordinator_unreachable", error=str(exc)[:300])
-                down = True
+                down = str(exc)
                 time.sleep(retry)
                 retry = min(retry * 2, RETRY_MAX)
                 continue
-            down, retry = False, 0.5
+            down, retry = "", 0.5
             version = int(data.get("version", -1)) if isinstance(data.get("version"), int) else -1
             for envelope in sorted(data["envelopes"], key=_claimed_seq):
                 self.handle(envelope)
