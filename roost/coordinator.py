@@ -87,6 +87,7 @@ class Coordinator:
         self.seq = Sequence()
         self.runner: web.AppRunner | None = None
         self.peer_ids: dict[str, bytes] = {}
+        self.closing = False
 
     # --- the HTTP side -------------------------------------------------------------
 
@@ -114,6 +115,9 @@ class Coordinator:
 
     async def stop(self) -> None:
         if self.runner is not None:
+            self.closing = True  # long polls answer now instead of holding the shutdown
+            async with self.changed:
+                self.changed.notify_all()
             await self.runner.cleanup()
 
     async def _channel(self, request: web.Request) -> web.Response:
@@ -126,7 +130,8 @@ class Coordinator:
             async with self.changed:
                 with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                     await asyncio.wait_for(
-                        self.changed.wait_for(lambda: since != self.version), wait)
+                        self.changed.wait_for(lambda: since != self.version or self.closing),
+                        wait)
         return web.json_response({"version": self.version, "envelopes": self.envelopes})
 
     async def _torrent(self, request: web.Request) -> web.Response:
