@@ -132,6 +132,7 @@ class PullAgent:
         self.state: dict[str, Any] = {}
         self.fresh = Freshness()
         self.refused: set[str] = set()  # digests of envelopes already refused (report once)
+        self.done: set[str] = set()  # ... and of those applied: no ssh-keygen run per poll
         self.fetch: subprocess.Popen[bytes] | None = None
 
     # --- output ----------------------------------------------------------------------
@@ -206,13 +207,16 @@ class PullAgent:
                 self.handle(envelope)
 
     def handle(self, envelope: Any) -> None:
-        raw = envelope.get("body") if isinstance(envelope, dict) else None
-        digest = hashlib.sha256(str(raw).encode()).hexdigest()
-        if digest in self.refused:
+        # body and signature: an unsigned copy refused must not hide the signed original
+        parts = [envelope.get(k) for k in ("body", "signature")] if isinstance(
+            envelope, dict) else [None, None]
+        digest = hashlib.sha256(repr(parts).encode()).hexdigest()
+        if digest in self.refused or digest in self.done:
             return
         try:
             v = open_envelope(envelope, self.signers)
             if not self.fresh.check(v):
+                self.done.add(digest)
                 return
         except SignatureError as exc:
             self.refused.add(digest)
@@ -220,6 +224,7 @@ class PullAgent:
                         instruction=_claimed(envelope))
             return
         self.fresh.accept(v)
+        self.done.add(digest)
         self.save()
         action = {"release": self.on_release, "activate": self.on_activate,
                   "rollback": self.on_rollback, "finish": self.on_finish}.get(v.kind)

@@ -163,3 +163,21 @@ def test_a_coordinator_impersonator_with_its_own_key_gets_nothing(world: World) 
     assert {r["reason"] for r in refused} == {row["reason"]}
     assert refused[0]["instruction"]["kind"] == "release"
     untouched(world)
+
+
+def test_an_unsigned_copy_does_not_hide_the_signed_original(world: World) -> None:
+    """An impersonator that races the real channel with an unsigned copy of a genuine
+    instruction gets the copy refused; the signed original is still applied."""
+    body = {"kind": "finish", "deploy_id": world.deploy_ids[1], "seq": time.time_ns() // 1000,
+            "expires": time.time() + 60}
+    signed = sign(world.key, body)
+    fake = FakeChannel([{"body": signed["body"]}, signed])
+    agent = AgentProc("a0", world.dest, world.base / "race.log",
+                      agent_argv("a0", world.dest, fake.url, world.signers)).start()
+    try:
+        assert agent.wait_for(lambda a: bool(a.reports("finished")), 30), agent.events()
+    finally:
+        agent.stop()
+        fake.close()
+    assert [r["reason"][:8] for r in agent.reports("refused")] == ["unsigned"]
+    untouched(world)
