@@ -237,6 +237,9 @@ class PullAgent:
             action(v)
         except (RoostError, OSError) as exc:
             self.report("failed", kind=v.kind, reason=str(exc), seq=v.seq)
+        except (KeyError, TypeError, ValueError) as exc:  # signed, yet not what we expect
+            self.report("failed", kind="internal", seq=v.seq,
+                        reason=f"cannot apply {v.kind}: {type(exc).__name__}: {exc}")
 
     # --- release: fetch and stage --------------------------------------------------------
 
@@ -433,6 +436,13 @@ class PullAgent:
 
     def recover(self) -> None:
         """After a restart: no half-unpacked release stays; a fetch resumes."""
+        try:
+            self._recover()
+        except (KeyError, TypeError, ValueError) as exc:  # a state file from another version
+            self.log("state_ignored", error=f"{type(exc).__name__}: {exc}")
+            self.save(phase="failed")
+
+    def _recover(self) -> None:
         if self.dest.releases.is_dir():
             with self.dest.locked(timeout=10):
                 for tmp in self.dest.releases.glob(".*.tmp-*"):
