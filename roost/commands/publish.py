@@ -102,5 +102,5 @@ def execute(deploy: Deploy, src: Path, key: Path, listen: str, port: int,
         click.echo(report_json(deploy))
     else:
         console = Console(stderr=False) if sys.stdout.isatty() else err
-        final_table(deploy, console)
+        final_table(deploy, console, command="roost publish")
     return deploy.exit_code
