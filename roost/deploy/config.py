@@ -16,20 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from roost.deploy.hosts import HostSpec as HostSpec  # re-exported: importers name it here
 from roost.errors import UsageError
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    name: str
-    address: str  # where SSH connects (an ~/.ssh/config alias works)
-    port: int | None = None  # None: ~/.ssh/config's Port, else 22
-    user: str | None = None
-    location: str | None = None
-    announce: str | None = None  # address to announce, from configuration
-    interface: str | None = None  # or this interface's address
-    groups: tuple[str, ...] = ()
-    dest: str | None = None  # overrides the deploy's destination on this host
 
 
 @dataclass
