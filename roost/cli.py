@@ -61,6 +61,18 @@ class LazyGroup(click.Group):
         command: click.Command = module.command
         return command
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List commands from the one-liners above: importing each command module
+        just to read its help would pull in asyncssh, rich and aiohttp, and click
+        would cut every description to fit one line."""
+        rows = []
+        for name in self.list_commands(ctx):
+            text = COMMANDS[name][1] if name in COMMANDS else AGENT_HELP.get(name, "")
+            rows.append((name, text))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 def _agent_passthrough(name: str) -> click.Command:
     @click.command(
