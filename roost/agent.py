@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from roost import __version__
 from roost.errors import RoostError
+from roost.inert import inert
+from roost.pipes import EXIT_BROKEN_PIPE, reader_gone
 
 #: subcommand -> "module:function" that adds its arguments and returns a runner
 AGENT_COMMANDS: dict[str, str] = {
@@ -50,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(sorted(AGENT_COMMANDS))
         print(f"roost-agent: error: expected one of: {names}", file=sys.stderr)
         return 2
+    try:
+        return _run(args)
+    except BrokenPipeError:  # our reader went away: end quietly, as Unix tools do
+        reader_gone(sys.stdout)
+        return EXIT_BROKEN_PIPE
+
+
+def _run(args: list[str]) -> int:
     command = args[0]
     try:
         parser, runner = build_parser(command)
@@ -60,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             # a failing hook's captured output travels with its error (HookError.details)
             details = getattr(exc, "details", None)
             extra = details if isinstance(details, dict) else {}
+            print(f"roost {command}: error: {inert(exc)}", file=sys.stderr)
             print(json.dumps({**extra, "event": "error", "message": str(exc)}), flush=True)
-        print(f"roost {command}: error: {exc}", file=sys.stderr)
+        else:
+            print(f"roost {command}: error: {inert(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"roost {command}: interrupted", file=sys.stderr)

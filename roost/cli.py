@@ -18,6 +18,7 @@ import click
 from roost import __version__
 from roost.agent import AGENT_COMMANDS
 from roost.errors import RoostError
+from roost.inert import inert
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -101,7 +102,7 @@ def run(argv: list[str]) -> int:
     try:
         result: Any = main.main(args=argv, prog_name="roost", standalone_mode=False)
     except RoostError as exc:
-        click.echo(f"roost: error: {exc}", err=True)
+        click.echo(f"roost: error: {inert(exc)}", err=True)  # it may quote outside strings
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("roost: interrupted", err=True)

@@ -28,6 +28,7 @@ RANKS: dict[str, int] = {
     "roost.bitfield": 0,
     "roost.ratelimit": 0,
     "roost.layers": 0,
+    "roost.inert": 0,
     # the pure core
     "roost.core": 1,  # folder
     "roost.wire": 1,  # the old name of roost.core.wire, kept for outside importers
@@ -43,7 +44,9 @@ RANKS: dict[str, int] = {
     "roost.hostlock": 2,
     "roost.preflight": 2,
     "roost.torrentfile": 2,
+    "roost.pipes": 2,
     "roost.tracker.server": 2,
+    "roost.tracker.connections": 2,
     "roost.tracker.state": 2,
     # the operator side
     "roost.agent": 3,
@@ -93,6 +96,7 @@ FORBIDDEN_EDGES: tuple[tuple[str, str], ...] = (
 TARGET_SIDE: tuple[str, ...] = (
     "roost",
     "roost.errors",
+    "roost.inert",
     "roost.bencode",
     "roost.bitfield",
     "roost.ratelimit",
@@ -105,6 +109,7 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.hostlock",
     "roost.preflight",
     "roost.torrentfile",
+    "roost.pipes",
     "roost.agent",
 )
 

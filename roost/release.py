@@ -732,6 +732,8 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def run_activate(ns: argparse.Namespace) -> int:
+    if ns.keep < 0:  # prune() would read it as 0 and delete every old release
+        raise UsageError(f"--keep must be 0 or more, not {ns.keep}")
     dest = Dest(ns.dest)
     result: dict[str, Any] = {"dest": str(ns.dest)}
     tag = ns.tag

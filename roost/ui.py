@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from roost.inert import inert
+
 
 @contextmanager
 def progress_bar(label: str, total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
@@ -46,5 +48,22 @@ def print_reasons(console: Any, reasons: Iterable[tuple[str, str, str | None]]) 
 
     for host, reason, kind in reasons:
         if reason:
-            console.print(Text.assemble((f"{host}: ", "bold"), (reason, "red" if kind else ""),
+            console.print(Text.assemble((f"{inert(host)}: ", "bold"),
+                                        (inert(reason, keep_newlines=True), "red" if kind else ""),
                                         (f" [{kind}]" if kind else "", "dim")))
+
+
+def inert_text(text: Any, *, keep_newlines: bool = False) -> Any:
+    """A rich Text (or plain str, made a Text) with outside characters escaped.
+
+    Text is never read as markup; this also escapes control and bidi
+    characters (roost.inert). A cell whose text needed escaping keeps its base
+    style but loses inner spans (their offsets would no longer match)."""
+    from rich.text import Text
+
+    if not isinstance(text, Text):
+        return Text(inert(text, keep_newlines=keep_newlines))
+    plain = text.plain.replace("\n", "") if keep_newlines else text.plain
+    if plain.isprintable():
+        return text
+    return Text(inert(text.plain, keep_newlines=keep_newlines), style=text.style)

@@ -63,6 +63,9 @@ def deploy_options(func: Any) -> Any:
         click.option("--health-check", help="command run in `current` after each batch; "
                      "a non-zero exit stops the rollout and rolls that batch back"),
         click.option("--health-timeout", type=float, help="health check limit (default 30 s)"),
+        click.option("--allow", multiple=True, metavar="CIDR",
+                     help="let these addresses join the swarm too (default: only the "
+                     "deploy's own hosts and origin; 'any' lets anyone)"),
         click.option("--peer-tls/--no-peer-tls", default=None,
                      help="mutual TLS between peers with a per-deploy CA: hosts outside "
                      "the deploy can neither read nor join the transfer (default: off)"),
@@ -107,9 +110,10 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
         "connect_timeout": "connect_timeout",
         "python": "python",
         "listen": "listen",
+        "allow": "allow",
     }
     out = {mapping[k]: v for k, v in params.items() if k in mapping}
-    for key in ("pre_activate", "post_activate", "hosts", "groups"):
+    for key in ("pre_activate", "post_activate", "hosts", "groups", "allow"):
         if key in out:
             out[key] = list(out[key] or [])
     if params.get("no_activate"):

@@ -93,6 +93,8 @@ def command(
     out = output or Path(str(path).rstrip("/") + ".torrent")
     if out.exists() and not force:
         raise UsageError(f"{out} exists; pass --force to overwrite it")
+    if not out.absolute().parent.is_dir():  # say so before hashing, not after
+        raise UsageError(f"cannot write {out}: {out.parent} is not a directory")
     length = parse_piece_size(piece_size) if piece_size else None
     started = time.monotonic()
     size = sum(f.length for f in scan_payload(path).files)
@@ -106,8 +108,12 @@ def command(
         show_progress=not as_json and size >= PROGRESS_THRESHOLD,
     )
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     meta = parse(data)
     elapsed = time.monotonic() - started
     if as_json:

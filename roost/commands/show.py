@@ -13,6 +13,7 @@ from rich.table import Table
 
 from roost.metainfo import Metainfo
 from roost.torrentfile import read_torrent
+from roost.ui import inert_text
 
 
 def describe(meta: Metainfo) -> dict[str, Any]:
@@ -47,24 +48,36 @@ def command(torrent: Path, as_json: bool, files: bool) -> None:
         return
     console = Console()
     summary = Table.grid(padding=(0, 2))
-    summary.add_row("name", data["name"])
-    summary.add_row("info-hash", data["info_hash"])
-    summary.add_row("size", f"{data['total_length']:,} bytes")
-    summary.add_row("pieces", f"{data['pieces']:,} x {data['piece_length']:,} bytes")
-    summary.add_row("private", "yes" if data["private"] else "no")
+    # every string here comes from the file: shown as inert text, never as markup
+
+    def row(key: str, value: object) -> None:
+        summary.add_row(key, inert_text(value))
+
+    row("name", data["name"])
+    row("info-hash", data["info_hash"])
+    row("size", f"{data['total_length']:,} bytes")
+    row("pieces", f"{data['pieces']:,} x {data['piece_length']:,} bytes")
+    row("private", "yes" if data["private"] else "no")
     for i, tier in enumerate(data["trackers"]):
-        summary.add_row(f"tracker tier {i}", ", ".join(tier))
+        row(f"tracker tier {i}", ", ".join(tier))
     if data["comment"]:
-        summary.add_row("comment", data["comment"])
+        row("comment", data["comment"])
     if data["creation_date"]:
-        when = datetime.datetime.fromtimestamp(data["creation_date"], datetime.timezone.utc)
-        summary.add_row("created", when.isoformat())
+        row("created", _date(data["creation_date"]))
     if data["created_by"]:
-        summary.add_row("created by", data["created_by"])
-    summary.add_row("magnet", data["magnet"])
+        row("created by", data["created_by"])
+    row("magnet", data["magnet"])
     console.print(summary)
     if files and not meta.info.single_file:
         table = Table("path", "bytes")
         for f in data["files"]:
-            table.add_row(f["path"], f"{f['length']:,}")
+            table.add_row(inert_text(f["path"]), f"{f['length']:,}")
         console.print(table)
+
+
+def _date(stamp: int) -> str:
+    """A Unix time as ISO 8601 UTC; one outside what the platform can show, as the number."""
+    try:
+        return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return f"{stamp} (Unix time, out of range)"

@@ -17,8 +17,18 @@ from typing import Any
 import click
 
 from roost.errors import UsageError
+from roost.inert import inert
 from roost.tracker.server import TrackerConfig, TrackerServer
 from roost.tracker.swarm import IPNetwork, LocalityPolicy, TrackerPolicy
+
+
+class InertFormatter(logging.Formatter):
+    """Log lines with outside strings' control characters escaped (roost.inert)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # the message only: a newline in it could forge a log line; a traceback
+        # appended after it keeps its own lines
+        return inert(super().formatMessage(record))
 
 
 def _network(text: str) -> IPNetwork:
@@ -152,6 +162,8 @@ def command(
 ) -> None:
     """Run the roost HTTP tracker (private swarms, locality-aware peer lists)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # torrent names and paths in messages
+        handler.setFormatter(InertFormatter(logging.BASIC_FORMAT))
     policy = TrackerPolicy(
         interval=interval,
         min_interval=min(min_interval, interval),

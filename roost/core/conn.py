@@ -166,7 +166,7 @@ class Conn:
         self.waiting_room = False  # WantWritable sent, no WriteReady yet
         self.down = RateMeter()
         self.up = RateMeter()
-        self.connected_at = now
+        self.ready_at = now  # set again when the handshake completes
         self.last_block_at = now
         self.last_send_at = now
         self.last_recv_at = now

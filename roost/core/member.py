@@ -16,14 +16,14 @@ and carries out the actions in order. The member owns the pure deciders
 piece assembly (roost.core.assembly) and one `Conn` per connection
 (roost.core.conn: all per-connection state and its transitions).
 
-What it decides: whom to connect to and whom to refuse (allowlist, bans, the
-connection cap, duplicate connections), what to request from whom, whom to
-upload to (rechoke every RECHOKE_TICKS ticks, and at once when a slot frees),
-snubbed and idle peers, smart bans, when to announce, Have batching, the
+What it decides: whom to connect to and whom to refuse (allowlist, bans,
+duplicate connections; the slots by roost.core.admission), what to request
+from whom, whom to upload to (rechoke every RECHOKE_TICKS ticks, and at once
+when a slot frees), snubbed and idle peers, smart bans, when to announce, Have batching, the
 origin's super-seed offers, and when to leave (the completion policy).
 
 Time. A tick every TICK seconds updates rates, checks peers (handshake
-timeout, snub, keepalive, idle), connects, refills requests, reports
+deadline, snub, keepalive, idle), connects, refills requests, reports
 progress and applies the completion policy. Between ticks, deadlines for the
 Have batch, the download-rate pause, upload tokens and the next announce;
 `next_deadline` is the earliest of them.
@@ -64,6 +64,7 @@ from roost.core.actions import (
     WantWritable,
     WriteReady,
 )
+from roost.core.admission import EVICTED, NOT_ALLOWED, Admission, PeerView
 from roost.core.announce import REGULAR, AnnounceSchedule
 from roost.core.assembly import Assembly
 from roost.core.choker import Choker, PeerStat
@@ -101,7 +102,7 @@ RECHOKE_TICKS = 20  # a full rechoke every 10 s, as BEP 3 clients do
 SNUB_SECONDS = 15.0
 KEEPALIVE_SECONDS = 60.0
 IDLE_SECONDS = 180.0
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 5.0  # TLS and BitTorrent handshakes (roost.core.admission)
 STALL_SECONDS = 10.0
 ALLOWED_FAST_K = 8
 REDIAL_CONNECTED = 5.0  # a candidate we reached is not dialled again before this
@@ -179,6 +180,8 @@ class SwarmMember:
         self.connect_errors: dict[Address, str] = {}  # the last one reported
         self.fellow_seeds: set[bytes] = set()  # peer ids closed as "both seeds"
         self.connecting: set[Address] = set()
+        # who gets a slot: pending budget, per-address caps, eviction (pure policy)
+        self.admission = Admission(config.max_peers, handshake_seconds=HANDSHAKE_TIMEOUT)
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[Address] = set()
         self.banned_ips: set[str] = set()
@@ -233,6 +236,8 @@ class SwarmMember:
         )
         if self.complete:
             self.completed_at = now
+            if not self.config.seed:  # nothing to fetch, nobody to serve: done
+                out.append(Flush())
         self.last_interest_at = now
         self._next_tick = now + TICK
         self._last_tick = now
@@ -323,7 +328,13 @@ class SwarmMember:
 
     def next_deadline(self) -> float:
         deadline = self._next_tick
-        for at in (self._have_at, self._resume_at, self._serve_wake, self.schedule.deadline()):
+        for at in (
+            self._have_at,
+            self._resume_at,
+            self._serve_wake,
+            self.schedule.deadline(),
+            self.admission.next_deadline(),
+        ):
             if at is not None and at < deadline:
                 deadline = at
         return deadline
@@ -334,6 +345,7 @@ class SwarmMember:
         self.stopping = True
         for conn in list(self.conns.values()):
             self._close(conn, "shutting down", out, now)
+        self._report_refusals(out, float("inf"))
         if self.schedule.enabled:
             out.append(self.announce_action("stopped"))
         return out
@@ -383,9 +395,18 @@ class SwarmMember:
         if outgoing:
             conn.send(out, wire.handshake_bytes(), now)
         if not self.allowed_address(conn.address[0]):
-            self._close(conn, "address not allowed", out, now)
-        elif not outgoing and len(self.conns) > self.config.max_peers:
-            self._close(conn, "connection cap reached", out, now)
+            self.admission.count(NOT_ALLOWED, conn.address)
+            self._close(conn, "", out, now)  # counted, not logged: a flood would flood the log
+            return
+        # not yet handshaken: no slot of max_peers, only the small pending budget
+        for key in self.admission.arrive(conn.address, now, incoming=not outgoing):
+            self._drop(key, out, now)
+
+    def _drop(self, key: Address, out: list[Action], now: float) -> None:
+        """Close a connection the admission policy gave up on (it counted why)."""
+        for conn in list(self.conns.values()):
+            if conn.address == key:
+                self._close(conn, "" if conn.remote_id is None else EVICTED, out, now)
 
     def _connect_failed(self, ev: ConnectFailed, out: list[Action], now: float) -> None:
         self.connecting.discard(ev.address)
@@ -411,6 +432,7 @@ class SwarmMember:
     def _forget(self, conn: Conn, now: float) -> None:
         if self.conns.get(conn.id) is conn:
             del self.conns[conn.id]
+            self.admission.gone(conn.address)
         if conn.remote_id is not None and self.by_id.get(conn.remote_id) is conn:
             del self.by_id[conn.remote_id]
         if not conn.am_choking:
@@ -440,7 +462,7 @@ class SwarmMember:
         self._close(conn, f"banned: {reason}", out, now, ban=True)
 
     def _connect_more(self, out: list[Action], now: float) -> None:
-        room = self.config.max_peers - len(self.conns) - len(self.connecting)
+        room = self.admission.room_to_dial(len(self.connecting))
         if room <= 0 or (self.complete and not self.config.seed):
             return
         connected = {c.address for c in self.conns.values()}
@@ -562,6 +584,7 @@ class SwarmMember:
             conn.send(out, wire.send_extended_handshake(self._extended_handshake()), now)
         conn.send(out, self._initial_availability(conn), now)
         conn.ready = True
+        conn.ready_at = now
         conn.fast_for_it = self._allowed_fast_set(conn)
         if self.offers is not None:
             self.offers.add(conn)
@@ -587,8 +610,25 @@ class SwarmMember:
                 self._close(other, "replaced by a newer connection", out, now)
             else:
                 return False
+        decision = self.admission.handshaken(conn.address, now, self._peer_views())
+        if decision.evict is not None:
+            self._drop(decision.evict, out, now)
+        if not decision.admit:
+            self._close(conn, decision.reason, out, now)
+            return False
         self.by_id[rid] = conn
         return True
+
+    def _peer_views(self) -> list[PeerView]:
+        return [
+            PeerView(
+                c.address,
+                trading=c.peer_interested or c.am_interested or bool(c.upload_queue),
+                last_useful=max(c.ready_at, c.last_block_at, c.last_upload_at),
+            )
+            for c in self.conns.values()
+            if c.ready and not c.closed
+        ]
 
     def _extended_handshake(self) -> dict[bytes, Any]:
         data: dict[bytes, Any] = {
@@ -866,6 +906,9 @@ class SwarmMember:
             self._rechoke(out, now)
         if self.offers is not None:
             self.offers.tick(self.conns, out, now)
+        for key in self.admission.overdue(now):
+            self._drop(key, out, now)
+        self._report_refusals(out, now)
         self._connect_more(out, now)
         for conn in list(self.conns.values()):
             if conn.ready and not conn.closed:
@@ -885,9 +928,7 @@ class SwarmMember:
 
     def _check_peer(self, conn: Conn, out: list[Action], now: float) -> None:
         if not conn.ready:
-            if now - conn.connected_at >= HANDSHAKE_TIMEOUT:
-                self._close(conn, "handshake timeout", out, now)
-            return
+            return  # its handshake deadline is the admission policy's (overdue)
         if conn.outstanding and now - conn.last_block_at > SNUB_SECONDS and not conn.snubbed:
             conn.snubbed = True
             conn.drop_requests(self.picker, out, now)
@@ -919,6 +960,13 @@ class SwarmMember:
         for conn in list(self.conns.values()):
             if conn.ready and not conn.closed:
                 self._set_choking(conn, conn.id not in unchoked, out, now)
+
+    def _report_refusals(self, out: list[Action], now: float) -> None:
+        """Refused and dropped connections, counted by reason, once per interval."""
+        refused = self.admission.report(now)
+        if refused:
+            last = {r: f"{k[0]}:{k[1]}" for r, k in self.admission.last_refused.items()}
+            out.append(Report("connections_refused", {"counts": refused, "last": last}))
 
     def _check_stall(self, out: list[Action], now: float) -> None:
         """When no piece passed for STALL_SECONDS while incomplete, say why, once

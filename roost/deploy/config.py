@@ -48,6 +48,7 @@ class DeployConfig:
     timeout: float = 900.0  # the whole fetch phase
     python: str = "python3"
     listen: str | None = None  # tracker/origin address; default: route source to hosts
+    allow: list[str] = field(default_factory=list)  # beyond the fleet (roost.deploy.allowlist)
     port_range: str = "6881-6999"
     upload_rate: str | None = None
     download_rate: str | None = None
@@ -109,6 +110,7 @@ TOML_KEYS: dict[str, dict[str, str]] = {
     },
     "network": {
         "listen": "listen",
+        "allow": "allow",
         "port_range": "port_range",
         "upload_rate": "upload_rate",
         "download_rate": "download_rate",
@@ -162,6 +164,10 @@ def _apply_toml(config: DeployConfig, data: dict[str, Any], path: Path) -> Deplo
             if key not in keys:
                 raise UsageError(f"{path}: unknown key {key!r} in [{section}]")
             values[keys[key]] = value
+    if isinstance(values.get("allow"), str):
+        values["allow"] = [values["allow"]]
+    if "allow" in values and not all(isinstance(v, str) for v in values["allow"]):
+        raise UsageError(f"{path}: [network] allow must be a list of networks")
     if isinstance(values.get("batch"), int):
         values["batch"] = str(values["batch"])
     if isinstance(values.get("min_success"), int | float):

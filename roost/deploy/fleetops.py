@@ -15,6 +15,7 @@ from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.host import HostRun
 from roost.deploy.run import Connector, make_agent
 from roost.deploy.transport import HostFailure
+from roost.ui import inert_text
 
 
 @dataclass
@@ -97,7 +98,7 @@ def run_op(
         cells[0] = Text(row["host"])
         if row["status"] == "failed" and len(cells) > 1:  # the reason goes under the table
             cells[1] = Text("failed", style="red")
-        table.add_row(*cells)
+        table.add_row(*(inert_text(c, keep_newlines=True) for c in cells))
     console = Console()
     console.print(table)
     print_reasons(console, ((r["host"], r["reason"], r["kind"]) for r in result.rows

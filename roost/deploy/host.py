@@ -50,6 +50,7 @@ class FetchPlan:
     download_rate: str | None = None
     timeout: float = 900.0
     pki: DeployCA | None = None  # --peer-tls: issues each host's certificate
+    allow: list[str] | None = None  # whom peers accept and dial (roost.deploy.allowlist)
 
 
 @dataclass
@@ -218,6 +219,8 @@ class HostRun:
             args += ["--bind", self.address if self.address_local else wildcard]
             if not self.address.startswith("127."):
                 args += ["--announce-ip", self.address]
+        if plan.allow is not None:
+            args += ["--allow", ",".join(plan.allow)]
         if location:
             args += ["--location", location]
         if plan.upload_rate:

@@ -42,6 +42,7 @@ from typing import Any
 
 from roost import __version__
 from roost.deploy import dryrun, locking, rollout
+from roost.deploy.allowlist import check_extra, fleet_allowlist, resolve
 from roost.deploy.batches import plan_batches
 from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
@@ -110,6 +111,9 @@ async def run_deploy(
         if not run.dest(config).startswith("/"):
             raise UsageError("the destination (--dest) must be an absolute path")
     plan_batches(len(deploy.hosts), config.batch, config.canary)  # bad --batch: fail now
+    check_extra(config.allow)  # a bad --allow: fail now, not after the hosts are locked
+    if config.keep < 0:
+        raise UsageError(f"--keep must be 0 or more, not {config.keep}")
     if config.health_timeout <= 0:
         raise UsageError("--health-timeout must be more than 0 seconds")
     agent = make_agent(config.python)
@@ -136,6 +140,7 @@ async def run_deploy(
         if _refused_by_lock(deploy):
             return deploy
         reached = sum(1 for h in deploy.hosts if not h.failed)
+        allow = _fleet_allow(deploy, config, where)
         pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
         swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached)
         origin = await Origin.start(
@@ -147,6 +152,7 @@ async def run_deploy(
             config.upload_rate,
             config.super_seed,
             origin_tls,
+            allow,
         )
         deploy.mark("origin_started")
         if on_ready:
@@ -160,6 +166,7 @@ async def run_deploy(
             config.download_rate,
             config.timeout,
             pki,
+            allow,
         )
         deploy.phase = "fetch"
         await _fetch_phase(
@@ -187,6 +194,16 @@ async def run_deploy(
         deploy.mark("end")
         deploy.phase = "done"
     return deploy
+
+
+def _fleet_allow(deploy: Deploy, config: DeployConfig, origin: str) -> list[str] | None:
+    """The swarm admits only the deploy's own hosts and origin, unless widened."""
+    addresses: list[str | None] = [origin]
+    for run in deploy.hosts:
+        if not run.failed:
+            addresses.append(run.address)
+            addresses += resolve(ssh_hostname(run.spec.address, config))
+    return fleet_allowlist(addresses, config.allow)
 
 
 def _peer_tls(

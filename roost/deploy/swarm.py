@@ -247,6 +247,7 @@ class Origin:
         upload_rate: str | None,
         super_seed: bool = False,
         tls: tuple[Path, Path, Path] | None = None,
+        allow: list[str] | None = None,
     ) -> Origin:
         args = [
             sys.executable,
@@ -271,6 +272,8 @@ class Origin:
         ]
         if upload_rate:
             args += ["--upload-rate", upload_rate]
+        if allow is not None:  # the fleet only (roost.deploy.allowlist)
+            args += ["--allow", ",".join(allow)]
         if tls is not None:  # --peer-tls: (cert, key, ca) of the origin
             for flag, path in zip(("cert", "key", "ca"), tls, strict=True):
                 args += [f"--tls-{flag}", str(path)]

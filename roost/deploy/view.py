@@ -15,7 +15,8 @@ from roost.deploy.config import parse_rate
 from roost.deploy.dryrun import need_bytes
 from roost.deploy.rollout import placement
 from roost.deploy.state import Deploy
-from roost.ui import print_reasons
+from roost.inert import inert
+from roost.ui import inert_text, print_reasons
 
 STYLE = {
     "ok": "green",
@@ -89,9 +90,9 @@ def live_panel(deploy: Deploy) -> Group:
     )
     parts: list[Any] = [head, counts]
     if p["slowest"]:
-        parts.append(
+        parts.append(inert_text(
             Text("slowest: " + ", ".join(f"{n} {pct:.0f}%" for n, pct in p["slowest"]), style="dim")
-        )
+        ))
     return Group(*parts)
 
 
@@ -246,7 +247,7 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
             Text(f"{row['seconds']:.1f} s" if row["seconds"] is not None else "-"),
             Text(row["agent"]),
         ]
-        table.add_row(*cells)
+        table.add_row(*map(inert_text, cells))  # host strings: no escapes reach the terminal
     console.print(table)
     print_reasons(console, ((r["host"], r["reason"], r["kind"]) for r in rows))
     for h in deploy.hosts:  # what hooks and health checks printed, host by host
@@ -254,9 +255,9 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
             output = str(hook.get("output") or "").rstrip()
             if output:
                 verdict = "ok" if hook.get("exit") == 0 else f"exit {hook.get('exit')}"
-                console.print(Text(f"{h.spec.name} {hook.get('phase')} {hook.get('command')!r} "
-                                   f"({verdict}):", style="dim"))
-                console.print(Text("  " + output.replace("\n", "\n  ")))
+                console.print(Text(inert(f"{h.spec.name} {hook.get('phase')} "
+                                         f"{hook.get('command')!r} ({verdict}):"), style="dim"))
+                console.print(Text(inert("  " + output.replace("\n", "\n  "), keep_newlines=True)))
     t = timings(deploy)
     if deploy.payload:
         console.print(
@@ -272,12 +273,12 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
             f"{b['efficiency_total']:.2f} (whole deploy)"
         )
     if deploy.activated and any(h.batch is not None for h in deploy.hosts):
-        console.print("runs now: " + "; ".join(
-            f"{tag}: {', '.join(names)}" for tag, names in placement(deploy).items()))
+        console.print(Text(inert("runs now: " + "; ".join(
+            f"{tag}: {', '.join(names)}" for tag, names in placement(deploy).items()))))
     for line in notes or []:
-        console.print(Text(line))
+        console.print(Text(inert(line)))
     style = "green" if deploy.exit_code == 0 else "red"
-    console.print(Text(f"{deploy.message} (exit {deploy.exit_code})", style=style))
+    console.print(Text(inert(f"{deploy.message} (exit {deploy.exit_code})"), style=style))
 
 
 def _batch_label(deploy: Deploy, batch: int | None) -> str:
@@ -308,7 +309,7 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
         would = (Text("fail", style="bold red") if h.failed
                  else Text(f"{h.reason or 'fetch ' + deploy.tag + ', then switch'}"))
         cells += [Text(h.current or "-"), would]
-        table.add_row(*cells)
+        table.add_row(*map(inert_text, cells))
     console.print(table)
     print_reasons(console, ((h.spec.name, h.reason, h.kind) for h in deploy.hosts if h.failed))
     if deploy.payload:
@@ -316,4 +317,4 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
                       f"({deploy.payload.manifest.format}); a host needs "
                       f"{_size(need_bytes(deploy))} free to fetch and unpack it")
     style = "green" if deploy.exit_code == 0 else "red"
-    console.print(Text(f"{deploy.message} (exit {deploy.exit_code})", style=style))
+    console.print(Text(inert(f"{deploy.message} (exit {deploy.exit_code})"), style=style))

@@ -12,6 +12,9 @@ import sys
 import time
 from typing import Any, TextIO
 
+from roost.inert import inert
+from roost.pipes import reader_gone
+
 
 class Reporter:
     def __init__(self, *, as_json: bool, stream: TextIO | None = None, quiet: bool = False) -> None:
@@ -21,20 +24,33 @@ class Reporter:
         self.quiet = quiet
         self.started = time.monotonic()
         self._line_open = False
+        self.gone = False  # the reader of `out` went away
 
     def event(self, name: str, **fields: Any) -> None:
         """A state change: always reported (as JSON, or as a line for people)."""
         if self.as_json:
             record = {"event": name, "t": round(time.monotonic() - self.started, 3), **fields}
-            self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
-            self.out.flush()
+            self._write(json.dumps(record, separators=(",", ":")) + "\n")
             return
         if self.quiet:
             return
         self._end_line()
-        detail = " ".join(f"{k}={v}" for k, v in fields.items())
-        self.out.write(f"roost: {name} {detail}\n".rstrip() + "\n")
-        self.out.flush()
+        # peers' and trackers' strings among them: escaped, never raw to a terminal
+        detail = " ".join(f"{k}={inert(v)}" for k, v in fields.items())
+        self._write(f"roost: {name} {detail}\n".rstrip() + "\n")
+
+    def _write(self, text: str) -> None:
+        """Write and flush; if the reader went away, carry on without output
+        (a seeder keeps seeding when `| head` or a killed wrapper closes the pipe)."""
+        if self.gone:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:
+            self.gone = True
+            self.tty = False
+            reader_gone(self.out)
 
     def progress(
         self, *, done: int, total: int, down_rate: float, up_rate: float, peers: int, state: str
@@ -57,17 +73,16 @@ class Reporter:
         width = 30
         filled = int(width * pct / 100)
         bar = "#" * filled + "-" * (width - filled)
-        self.out.write(
+        self._write(
             f"\r{state:<11} [{bar}] {pct:5.1f}%  down {_rate(down_rate)}  up {_rate(up_rate)}"
             f"  peers {peers}   "
         )
-        self.out.flush()
         self._line_open = True
 
     def _end_line(self) -> None:
         if self._line_open:
-            self.out.write("\n")
             self._line_open = False
+            self._write("\n")
 
     def close(self) -> None:
         self._end_line()

@@ -43,6 +43,12 @@ from prometheus_client.registry import Collector
 from roost import metainfo
 from roost.errors import MetainfoError, UsageError
 from roost.tracker import state as state_file
+from roost.tracker.connections import (
+    MAX_CONNECTIONS,
+    CappedServer,
+    connection_cap,
+    raise_nofile_limit,
+)
 from roost.tracker.protocol import failure
 from roost.tracker.swarm import Swarm, SwarmRecord, Tracker, TrackerPolicy, valid_token
 
@@ -69,6 +75,7 @@ class TrackerConfig:
     public_url: str | None = None  # base of announce URLs; default http://host:port
     rescan_interval: float = 10.0
     housekeeping_interval: float = 1.0
+    max_connections: int = MAX_CONNECTIONS  # lowered to fit the fd limit (connections.py)
 
 
 class _Metrics:
@@ -188,11 +195,13 @@ class TrackerServer:
         self._last_rescan = float("-inf")
         self._port = 0
         self._routes = self._build_routes()
+        self._max_connections = self.config.max_connections
 
     # --- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
         logging.getLogger("aiohttp.server").addFilter(_QUIET)  # idempotent
+        self._max_connections = connection_cap(raise_nofile_limit(), self.config.max_connections)
         self._load_state()
         if self.config.torrent_dir is not None:
             self._scan_torrent_dir()
@@ -415,8 +424,9 @@ class TrackerServer:
 
     def make_handler(self) -> web.Server:
         """The aiohttp low-level server; serve it with web.ServerRunner."""
-        return web.Server(
+        return CappedServer(
             self._dispatch,
+            max_connections=self._max_connections,
             access_log=None,
             max_line_size=MAX_LINE,
             keepalive_timeout=30.0,  # idle keep-alive connections must not pile up

@@ -237,10 +237,10 @@ def test_corrupt_peer_is_banned_by_address_and_every_copy_verifies(make_lab: Mak
         assert all(b["peer"].startswith(f"{liar_host.ip}:") for b in banned), banned
         assert proc.named("hash_failed"), f"{proc.name} saw no bad piece"
         bans[proc.name] = len(proc.named("hash_failed"))
-        refused += sum(
-            1
-            for c in proc.named("peer_closed")
-            if c["peer"].startswith(f"{liar_host.ip}:") and c["reason"] == "address not allowed"
+        refused += sum(  # refusals are counted, reported once per interval
+            c["counts"]["address not allowed"]
+            for c in proc.named("connections_refused")
+            if c["last"].get("address not allowed", "").startswith(f"{liar_host.ip}:")
         )
     # the liar keeps reconnecting from new ports (its peer list comes from the
     # tracker); the ban by IP turns it away before any handshake

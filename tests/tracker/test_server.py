@@ -152,6 +152,7 @@ def test_hostile_input_gets_bencoded_failures_and_server_keeps_serving(start_tra
             + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
         assert reply.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400")), reply[:200]
+        assert reply.endswith(b"d14:failure reason22:malformed HTTP requeste"), reply[-200:]
         assert b"Traceback" not in reply
     assert metric(t, 'roost_tracker_rejected_total{kind="secret"}') >= 5
     assert metric(t, 'roost_tracker_rejected_total{kind="unregistered"}') == 1

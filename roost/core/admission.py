@@ -1,0 +1,180 @@
+"""Who gets a connection slot: the admission and eviction policy of a peer table.
+
+Theory of operation. A listening peer must not be lockable by whoever can
+reach its port. Three rules, all decided here without sockets or a clock (the
+caller passes `now`), so that a fake clock can test them:
+
+* A connection that has not completed the BitTorrent handshake is *pending*.
+  Pending connections do not count against `max_peers`; they have their own
+  small budget and a short deadline. When the budget is full, a newcomer
+  replaces the OLDEST pending connection: an honest peer handshakes within a
+  round trip, so the oldest is the one least likely to ever do so. Refusing
+  newcomers instead would let a few idle sockets lock the port for a whole
+  deadline, again and again.
+* A per-address cap on pending connections, with the same rule: one address
+  that opens many sockets only churns its own.
+* Peers that completed the handshake fill the table (`max_peers`). When it is
+  full, a new peer replaces the least useful one: a peer that trades with us
+  in neither direction (no interest either way), the one idle the longest.
+  Peers that trade are never evicted; when every peer trades, the newcomer is
+  refused. Outside loopback, one address may hold at most
+  `ready_per_address` peers (loopback is where local swarms and tests run many
+  peers from one address, so it is exempt, as from IP bans).
+
+Every refusal is counted by reason, and `report` hands the counts out at most
+once per interval, so a flood costs one log line per interval, not one per
+attempt.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+
+Key = tuple[str, int]
+
+HANDSHAKE_SECONDS = 5.0  # a pending connection's deadline to complete the handshake
+PENDING_BUDGET = 32  # pending incoming connections held at once
+PENDING_PER_ADDRESS = 4  # of which from one address
+READY_PER_ADDRESS = 8  # peers with a completed handshake per address (not loopback)
+REPORT_SECONDS = 10.0  # refusal counts are reported at most this often
+
+# reasons (also the keys of the refusal counts)
+NOT_ALLOWED = "address not allowed"
+PENDING_FULL = "pending budget full, oldest dropped"
+ADDRESS_FULL = "per-address cap, oldest dropped"
+HANDSHAKE_LATE = "no handshake in time"
+TABLE_FULL = "peer table full"
+EVICTED = "evicted for a peer that may trade"
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What the policy needs to know of a peer with a completed handshake."""
+
+    key: Key
+    trading: bool  # interest in either direction, or data in flight
+    last_useful: float  # when it last traded (or joined, if it never did)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on a peer that completed its handshake."""
+
+    admit: bool
+    evict: Key | None = None  # close this one to make room
+    reason: str = ""  # why refused, when not admitted
+
+
+@dataclass
+class Admission:
+    max_peers: int
+    pending_budget: int = PENDING_BUDGET
+    pending_per_address: int = PENDING_PER_ADDRESS
+    ready_per_address: int = READY_PER_ADDRESS
+    handshake_seconds: float = HANDSHAKE_SECONDS
+    report_seconds: float = REPORT_SECONDS
+    # key -> (arrival time, incoming); insertion order is arrival order
+    pending: dict[Key, tuple[float, bool]] = field(default_factory=dict)
+    ready: set[Key] = field(default_factory=set)
+    refused: Counter[str] = field(default_factory=Counter)
+    last_refused: dict[str, Key] = field(default_factory=dict)
+    _reported: Counter[str] = field(default_factory=Counter)
+    _report_at: float | None = None
+
+    # ---- connections before the handshake ----
+    def arrive(self, key: Key, now: float, *, incoming: bool = True) -> list[Key]:
+        """A new connection. Returns older pending connections to close for it.
+
+        Outgoing connections (we dialled them, within our own table's room)
+        get the deadline but take nothing from the incoming budget."""
+        self.pending[key] = (now, incoming)
+        if not incoming:
+            return []
+        drop: list[Key] = []
+        same = [k for k, (_, inc) in self.pending.items() if inc and k[0] == key[0]]
+        if len(same) > self.pending_per_address:
+            victim = same[0]
+            drop.append(victim)
+            self._forget(victim, ADDRESS_FULL)
+        incoming_keys = [k for k, (_, inc) in self.pending.items() if inc]
+        if len(incoming_keys) > self.pending_budget:
+            victim = incoming_keys[0]
+            drop.append(victim)
+            self._forget(victim, PENDING_FULL)
+        return drop
+
+    def overdue(self, now: float) -> list[Key]:
+        """Pending connections past their deadline: close them (counted here)."""
+        late = [k for k, (t, _) in self.pending.items() if now - t >= self.handshake_seconds]
+        for key in late:
+            self._forget(key, HANDSHAKE_LATE)
+        return late
+
+    def next_deadline(self) -> float | None:
+        if not self.pending:
+            return None
+        return min(t for t, _ in self.pending.values()) + self.handshake_seconds
+
+    # ---- the handshake ----
+    def handshaken(self, key: Key, now: float, peers: list[PeerView]) -> Decision:
+        """`key` completed its handshake; `peers` are the ones already in the table."""
+        self.pending.pop(key, None)
+        host = key[0]
+        if self.ready_per_address and not _loopback(host):
+            same = [p for p in peers if p.key[0] == host]
+            if len(same) >= self.ready_per_address:
+                return self._make_room(key, same)
+        if len(self.ready) >= self.max_peers:
+            return self._make_room(key, peers)
+        self.ready.add(key)
+        return Decision(admit=True)
+
+    def _make_room(self, key: Key, among: list[PeerView]) -> Decision:
+        idle = [p for p in among if not p.trading and p.key in self.ready]
+        if not idle:
+            self.count(TABLE_FULL, key)
+            return Decision(admit=False, reason=TABLE_FULL)
+        victim = min(idle, key=lambda p: p.last_useful).key
+        self.ready.discard(victim)
+        self.count(EVICTED, victim)
+        self.ready.add(key)
+        return Decision(admit=True, evict=victim)
+
+    # ---- bookkeeping ----
+    def gone(self, key: Key) -> None:
+        """A connection closed, for whatever reason."""
+        self.pending.pop(key, None)
+        self.ready.discard(key)
+
+    def count(self, reason: str, key: Key) -> None:
+        self.refused[reason] += 1
+        self.last_refused[reason] = key
+
+    def _forget(self, key: Key, reason: str) -> None:
+        self.pending.pop(key, None)
+        self.count(reason, key)
+
+    def room_to_dial(self, connecting: int) -> int:
+        """How many more outgoing connections the table has room for."""
+        outgoing_pending = sum(1 for _, inc in self.pending.values() if not inc)
+        return self.max_peers - len(self.ready) - outgoing_pending - connecting
+
+    def report(self, now: float) -> dict[str, int] | None:
+        """Refusals since the last report, when one is due (at most once per interval)."""
+        if self._report_at is not None and now < self._report_at:
+            return None
+        fresh = self.refused - self._reported
+        if not fresh:
+            return None
+        self._reported = Counter(self.refused)
+        self._report_at = now + self.report_seconds
+        return dict(fresh)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
