@@ -410,3 +410,10 @@ def test_a_disk_error_stops_the_member_with_the_error() -> None:
     kit.run(kit.member.event(PieceChecked(action.index, False, "No space left"), kit.now))
     (stop,) = kit.stops()
     assert stop.reason == "disk error" and stop.error is not None and "No space" in stop.error
+
+
+def test_a_fetch_that_is_complete_at_start_and_does_not_seed_ends_at_once() -> None:
+    kit = Kit(complete=True, config=MemberConfig(seed=False))
+    assert kit.of(Flush) and not kit.of(Connect)
+    kit.run(kit.member.event(Flushed(), kit.now))
+    assert [s.reason for s in kit.stops()] == ["complete"]
