@@ -31,9 +31,11 @@ from collections import deque
 from roost.bitfield import Bitfield
 from roost.core.actions import Action, Send
 from roost.core.picker import BlockRequest, PiecePicker
-from roost.core.wire import BLOCK_SIZE, PeerConnection
+from roost.core.wire import BLOCK_SIZE, MAX_BLOCK, PeerConnection
 
 OUR_REQQ = 4096
+#: our BEP 10 handshake key for larger blocks between roost peers
+BIG_BLOCK_KEY = b"roost_block"
 DEFAULT_REQQ = 250  # what a peer that does not say accepts, per libtorrent's default
 # Requests in flight per peer: about PIPELINE_SECONDS of its measured rate.
 # The floor is small on purpose: on a slow link a deep queue of requests to
@@ -184,6 +186,20 @@ class Conn:
         if data and not self.closed:
             out.append(Send(self.id, data))
             self.last_send_at = now
+
+    def on_extended_handshake(self, data: dict[bytes, object], big_block: int) -> int | None:
+        """Its BEP 10 handshake: request queue, big blocks; the port it listens on."""
+        reqq = data.get(b"reqq")
+        if isinstance(reqq, int) and 1 <= reqq <= 100_000:
+            self.reqq = reqq
+        big = data.get(BIG_BLOCK_KEY)
+        if isinstance(big, int) and BLOCK_SIZE <= big <= MAX_BLOCK:
+            # a roost peer: we may ask it for bigger blocks; anyone else is
+            # asked for the standard 16 KiB (what we accept was set when we
+            # sent our own extended handshake)
+            self.big_block = min(big, big_block)
+        port = data.get(b"p")
+        return port if isinstance(port, int) and 0 < port < 65536 else None
 
     # ---- availability ----
     def set_bitfield(self, bits: Bitfield) -> None:

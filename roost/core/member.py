@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from roost import __version__
 from roost.bitfield import Bitfield
 from roost.core.actions import (
     Action,
-    Address,
     Announce,
     AnnounceAnswered,
     AnnounceFailed,
@@ -55,25 +53,24 @@ from roost.core.actions import (
     Flushed,
     PauseReading,
     PieceChecked,
-    PieceUploaded,
     Progress,
     Report,
     ResumeReading,
-    SendBlock,
     Stop,
-    WantWritable,
     WriteReady,
 )
-from roost.core.admission import EVICTED, NOT_ALLOWED, Admission, PeerView
 from roost.core.announce import REGULAR, AnnounceSchedule
 from roost.core.assembly import Assembly
 from roost.core.choker import Choker, PeerStat
-from roost.core.conn import OUR_REQQ, Conn, client_name
+from roost.core.config import MemberConfig as MemberConfig
+from roost.core.config import Network as Network
+from roost.core.conn import BIG_BLOCK_KEY, OUR_REQQ, Conn, client_name
 from roost.core.offers import Offers
+from roost.core.peers import Closing, PeerTable
 from roost.core.picker import PiecePicker
+from roost.core.stall import StallWatch
+from roost.core.uploads import Uploads
 from roost.core.wire import (
-    BLOCK_SIZE,
-    MAX_BLOCK,
     AllowedFast,
     BitfieldMsg,
     Cancel,
@@ -103,41 +100,7 @@ SNUB_SECONDS = 15.0
 KEEPALIVE_SECONDS = 60.0
 IDLE_SECONDS = 180.0
 HANDSHAKE_TIMEOUT = 5.0  # TLS and BitTorrent handshakes (roost.core.admission)
-STALL_SECONDS = 10.0
 ALLOWED_FAST_K = 8
-REDIAL_CONNECTED = 5.0  # a candidate we reached is not dialled again before this
-REDIAL_FAILED = 3.0
-#: bytes of blocks handed to a connection before asking whether it has room
-WRITE_WINDOW = 4 * 1024 * 1024
-#: our BEP 10 handshake key for larger blocks between roost peers
-BIG_BLOCK_KEY = b"roost_block"
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass
-class MemberConfig:
-    """The policy settings of a swarm member (the engine's SessionConfig extends it)."""
-
-    max_peers: int = 60
-    # upload to every interested peer: with fewer slots than peers, ranking by
-    # rate lets the leaders pull ahead and the last host ends the deploy late
-    # (lab, N=16: hosts finished 3.8 s apart with 8 slots, 0.7 s with all)
-    unchoke_slots: int = 60
-    allow: list[Network] | None = None
-    upload_rate: float | None = None
-    download_rate: float | None = None
-    super_seed: bool = False
-    seed: bool = True  # keep uploading after completion
-    linger: float | None = 10.0  # None: never stop for lack of interest
-    expected_peers: int | None = None
-    stop_when_swarm_complete: bool = False
-    big_block: int = 256 * 1024
-    initial_peers: list[Address] = field(default_factory=list)
-    peer_id_prefix: bytes = b"-RO0100-"
-    # how we are known, to recognise ourselves in a tracker's peer list
-    listen_host: str = "0.0.0.0"
-    announce_ip: str | None = None
 
 
 class SwarmMember:
@@ -164,28 +127,15 @@ class SwarmMember:
             self.num_pieces, info.piece_length, info.total_length, have=have, rng=self.rng
         )
         self.choker = Choker(slots=config.unchoke_slots, rng=self.rng)
-        self.up_bucket = TokenBucket(config.upload_rate)
         self.down_bucket = TokenBucket(config.download_rate)
         self.assembly = Assembly(info.piece_length)
         self.offers = Offers(self.num_pieces, self.rng) if config.super_seed else None
+        self.uploads = Uploads(
+            info, have, self.offers, config.upload_rate, report_uploads=report_uploads
+        )
         self.schedule = AnnounceSchedule(enabled=trackers, complete=have.all())
-        self.report_uploads = report_uploads
-        self.conns: dict[int, Conn] = {}
-        self.by_id: dict[bytes, Conn] = {}
-        self.candidates: dict[Address, float] = {}  # address -> not before
-        # which peer a candidate address turned out to be: an incoming connection
-        # comes from an ephemeral port, so without this we would keep dialling
-        # peers we already talk to, only for the duplicate to be closed
-        self.candidate_ids: dict[Address, bytes] = {}
-        self.connect_errors: dict[Address, str] = {}  # the last one reported
-        self.fellow_seeds: set[bytes] = set()  # peer ids closed as "both seeds"
-        self.connecting: set[Address] = set()
-        # who gets a slot: pending budget, per-address caps, eviction (pure policy)
-        self.admission = Admission(config.max_peers, handshake_seconds=HANDSHAKE_TIMEOUT)
-        self.banned_ids: set[bytes] = set()
-        self.banned_addrs: set[Address] = set()
-        self.banned_ips: set[str] = set()
-        self.uploaded = 0
+        self.peers = PeerTable(config, self.peer_id, HANDSHAKE_TIMEOUT)
+        self.conns = self.peers.conns  # connection id -> Conn
         self.downloaded = 0
         self.wasted_bytes = 0
         self.port = 0
@@ -197,13 +147,11 @@ class SwarmMember:
         self._unannounced: list[int] = []
         self._have_at: float | None = None  # when the Have batch goes out
         self._resume_at: float | None = None  # reading paused by the rate cap until then
-        self._serve_wake: float | None = None  # earliest conn.serve_at
         self._rechoke_soon = False
         self._ticks = 0
         self._next_tick = 0.0
         self._last_tick = 0.0
-        self._stall_mark = -1  # bytes done when progress was last seen
-        self._stall_since = 0.0
+        self.stall = StallWatch()
 
     # ---- small accessors ----
     @property
@@ -214,14 +162,14 @@ class SwarmMember:
         return self.info.total_length - self.picker.bytes_left()
 
     def announce_action(self, event: str | None) -> Announce:
-        return Announce(event, self.uploaded, self.downloaded, self.picker.bytes_left())
+        return Announce(event, self.uploads.uploaded, self.downloaded, self.picker.bytes_left())
 
     # ---- the API ----
     def start(self, port: int, now: float) -> list[Action]:
         out: list[Action] = []
-        self.port = port
+        self.port = self.peers.port = port
         for address in self.config.initial_peers:
-            self.candidates[address] = 0.0
+            self.peers.candidates[address] = 0.0
         out.append(
             Report(
                 "started",
@@ -275,9 +223,7 @@ class SwarmMember:
         if isinstance(ev, WriteReady):
             conn = self.conns.get(ev.conn)
             if conn is not None:
-                conn.waiting_room = False
-                conn.window_used = 0
-                self._serve(conn, out, now)
+                self.uploads.write_ready(conn, out, now)
         elif isinstance(ev, PieceChecked):
             self._piece_checked(ev, out, now)
         elif isinstance(ev, Connected):
@@ -309,16 +255,7 @@ class SwarmMember:
         if self._resume_at is not None and now >= self._resume_at:
             self._resume_at = None
             out.append(ResumeReading())
-        if self._serve_wake is not None and now >= self._serve_wake:
-            self._serve_wake = None
-            for conn in list(self.conns.values()):
-                if conn.serve_at is None:
-                    continue
-                if conn.serve_at <= now:
-                    conn.serve_at = None
-                    self._serve(conn, out, now)
-                else:
-                    self._wake_serve(conn.serve_at)
+        self.uploads.due(self.conns.values(), out, now)
         if now >= self._next_tick:
             self._next_tick = max(self._next_tick + TICK, now + TICK / 2)
             self._tick(out, now)
@@ -331,9 +268,9 @@ class SwarmMember:
         for at in (
             self._have_at,
             self._resume_at,
-            self._serve_wake,
+            self.uploads.wake,
             self.schedule.deadline(),
-            self.admission.next_deadline(),
+            self.peers.admission.next_deadline(),
         ):
             if at is not None and at < deadline:
                 deadline = at
@@ -362,26 +299,11 @@ class SwarmMember:
             self.stopping = True
             out.append(Stop(reason, error))
 
-    # ---- connections ----
-    def allowed_address(self, host: str) -> bool:
-        if host in self.banned_ips:
-            return False
-        if self.config.allow is None:
-            return True
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.config.allow)
-
+    # ---- connections (the rules are roost.core.peers') ----
     def _connected(self, ev: Connected, out: list[Action], now: float) -> None:
         outgoing = ev.dialled is not None
         if ev.dialled is not None:
-            self.connecting.discard(ev.dialled)
-            self.candidates[ev.dialled] = now + REDIAL_CONNECTED
-            self.connect_errors.pop(ev.dialled, None)
+            self.peers.dialled(ev.dialled, now)
         info = self.info
         wire = PeerConnection(
             self.info_hash,
@@ -391,50 +313,34 @@ class SwarmMember:
             total_length=info.total_length,
         )
         conn = Conn(ev.conn, ev.address, wire, outgoing=outgoing, now=now)
-        self.conns[conn.id] = conn
         if outgoing:
             conn.send(out, wire.handshake_bytes(), now)
-        if not self.allowed_address(conn.address[0]):
-            self.admission.count(NOT_ALLOWED, conn.address)
-            self._close(conn, "", out, now)  # counted, not logged: a flood would flood the log
-            return
-        # not yet handshaken: no slot of max_peers, only the small pending budget
-        for key in self.admission.arrive(conn.address, now, incoming=not outgoing):
-            self._drop(key, out, now)
-
-    def _drop(self, key: Address, out: list[Action], now: float) -> None:
-        """Close a connection the admission policy gave up on (it counted why)."""
-        for conn in list(self.conns.values()):
-            if conn.address == key:
-                self._close(conn, "" if conn.remote_id is None else EVICTED, out, now)
+        self._close_all(self.peers.arrive(conn, now), out, now)
 
     def _connect_failed(self, ev: ConnectFailed, out: list[Action], now: float) -> None:
-        self.connecting.discard(ev.address)
-        self.candidates[ev.address] = now + REDIAL_FAILED
-        if self.connect_errors.get(ev.address) != ev.error:  # once per address and error
-            self.connect_errors[ev.address] = ev.error
+        if self.peers.dial_failed(ev.address, ev.error, now):  # once per address and error
             peer = f"{ev.address[0]}:{ev.address[1]}"
             out.append(Report("connect_failed", {"peer": peer, "error": ev.error}))
 
     def _close(
         self, conn: Conn, reason: str, out: list[Action], now: float, *, ban: bool = False
     ) -> None:
+        """Close a connection; an empty reason is not logged (the policy counted it)."""
         if conn.closed:
             return
         conn.closed = True
         if reason and reason != "shutting down":
-            out.append(
-                Report("peer_closed", {"peer": conn.name, "client": conn.client, "reason": reason})
-            )
+            fields = {"peer": conn.name, "client": conn.client, "reason": reason}
+            out.append(Report("peer_closed", fields))
         out.append(Close(conn.id, reason, ban))
         self._forget(conn, now)
 
+    def _close_all(self, closing: list[Closing], out: list[Action], now: float) -> None:
+        for conn, reason in closing:
+            self._close(conn, reason, out, now)
+
     def _forget(self, conn: Conn, now: float) -> None:
-        if self.conns.get(conn.id) is conn:
-            del self.conns[conn.id]
-            self.admission.gone(conn.address)
-        if conn.remote_id is not None and self.by_id.get(conn.remote_id) is conn:
-            del self.by_id[conn.remote_id]
+        self.peers.remove(conn)
         if not conn.am_choking:
             self._rechoke_soon = True  # its upload slot is free now
         if conn.in_picker:
@@ -444,65 +350,17 @@ class SwarmMember:
             self.offers.remove(conn)
 
     def _ban(self, conn: Conn, reason: str, out: list[Action], now: float) -> None:
-        """Refuse this peer from now on: by peer id, by address, by IP unless loopback.
-
-        Loopback peers all share 127.0.0.1 (local swarms and tests), so an IP
-        ban there would ban the whole swarm."""
-        if conn.remote_id is not None:
-            self.banned_ids.add(conn.remote_id)
-        self.banned_addrs.add(conn.address)
-        try:
-            if not ipaddress.ip_address(conn.address[0]).is_loopback:
-                self.banned_ips.add(conn.address[0])
-        except ValueError:
-            pass
-        out.append(
-            Report("peer_banned", {"peer": conn.name, "client": conn.client, "reason": reason})
-        )
+        self.peers.ban(conn)
+        fields = {"peer": conn.name, "client": conn.client, "reason": reason}
+        out.append(Report("peer_banned", fields))
         self._close(conn, f"banned: {reason}", out, now, ban=True)
 
     def _connect_more(self, out: list[Action], now: float) -> None:
-        room = self.admission.room_to_dial(len(self.connecting))
-        if room <= 0 or (self.complete and not self.config.seed):
-            return
-        connected = {c.address for c in self.conns.values()}
-        for address, not_before in list(self.candidates.items()):
-            if room <= 0:
-                break
-            if (
-                not_before > now
-                or address in connected
-                or self._talking_to(address)
-                or (self.complete and self.candidate_ids.get(address) in self.fellow_seeds)
-                or address in self.connecting
-                or address in self.banned_addrs
-                or not self.allowed_address(address[0])
-            ):
-                continue
-            room -= 1
-            self.connecting.add(address)
-            out.append(Connect(address))
-
-    def _talking_to(self, address: Address) -> bool:
-        known = self.candidate_ids.get(address)
-        if known is None:
-            return False
-        conn = self.by_id.get(known)
-        return conn is not None and not conn.closed
+        out.extend(Connect(a) for a in self.peers.to_dial(now, complete=self.complete))
 
     def _close_fellow_seed(self, conn: Conn, out: list[Action], now: float) -> None:
-        """We are complete and so is it: nothing will ever pass between us, so
-        we also stop dialling it (a fleet of lingering seeds otherwise keeps
-        reconnecting to each other every few seconds, just to hang up)."""
-        if conn.remote_id is not None:
-            self.fellow_seeds.add(conn.remote_id)
+        self.peers.fellow_seed(conn)
         self._close(conn, "both seeds", out, now)
-
-    def _is_self(self, address: Address) -> bool:
-        if address[1] != self.port:
-            return False
-        own = {self.config.announce_ip, self.config.listen_host, "127.0.0.1", "::1"}
-        return address[0] in own
 
     # ---- the tracker ----
     def _maybe_announce(self, out: list[Action], now: float) -> None:
@@ -517,10 +375,7 @@ class SwarmMember:
             self.swarm_expected = ev.expected_peers
         if ev.complete_peers is not None:
             self.swarm_complete = ev.complete_peers
-        connected = {c.address for c in self.conns.values()}
-        for address in ev.peers:
-            if not self._is_self(address) and address not in connected:
-                self.candidates.setdefault(address, 0.0)
+        self.peers.add_candidates(ev.peers)
         self._connect_more(out, now)  # now, not at the next tick: startup time matters
         self._maybe_announce(out, now)
 
@@ -529,7 +384,7 @@ class SwarmMember:
         if isinstance(msg, Piece):
             self._on_piece(conn, msg, out, now)
         elif isinstance(msg, Request):
-            self._on_request(conn, msg, out, now)
+            self.uploads.request(conn, msg, out, now)
         elif isinstance(msg, Have):
             self._on_have(conn, msg.index, out, now)
         elif isinstance(msg, Handshake):
@@ -564,14 +419,18 @@ class SwarmMember:
         elif isinstance(msg, AllowedFast):
             conn.allowed_fast.add(msg.index)
         elif isinstance(msg, ExtendedHandshake):
-            self._on_extended_handshake(conn, msg.data)
+            port = conn.on_extended_handshake(msg.data, self.config.big_block)
+            if port is not None and not conn.outgoing:
+                self.peers.listens_at(conn, port)
         # KeepAlive, SuggestPiece, Port, Extended: nothing to do
 
     def _on_handshake(self, conn: Conn, msg: Handshake, out: list[Action], now: float) -> None:
         conn.remote_id = msg.peer_id
         conn.client = client_name(msg.peer_id)
-        if not self._accept_handshake(conn, out, now):
-            self._close(conn, "duplicate, banned or self connection", out, now)
+        refused, closing = self.peers.handshaken(conn, now)
+        self._close_all(closing, out, now)
+        if refused is not None:
+            self._close(conn, refused, out, now)
             return
         wire = conn.wire
         if not conn.outgoing:
@@ -594,42 +453,6 @@ class SwarmMember:
         if self.offers is not None:
             self.offers.offer(conn, out, now)
 
-    def _accept_handshake(self, conn: Conn, out: list[Action], now: float) -> bool:
-        rid = conn.remote_id
-        assert rid is not None
-        if rid == self.peer_id or rid in self.banned_ids:
-            return False
-        other = self.by_id.get(rid)
-        if conn.outgoing:
-            self.candidate_ids[conn.address] = rid
-        if other is not None and not other.closed:
-            # two connections to one peer: both ends keep the one opened by the
-            # smaller peer id, so they agree without talking about it
-            new_initiator = self.peer_id if conn.outgoing else rid
-            if other.outgoing == conn.outgoing or new_initiator == min(self.peer_id, rid):
-                self._close(other, "replaced by a newer connection", out, now)
-            else:
-                return False
-        decision = self.admission.handshaken(conn.address, now, self._peer_views())
-        if decision.evict is not None:
-            self._drop(decision.evict, out, now)
-        if not decision.admit:
-            self._close(conn, decision.reason, out, now)
-            return False
-        self.by_id[rid] = conn
-        return True
-
-    def _peer_views(self) -> list[PeerView]:
-        return [
-            PeerView(
-                c.address,
-                trading=c.peer_interested or c.am_interested or bool(c.upload_queue),
-                last_useful=max(c.ready_at, c.last_block_at, c.last_upload_at),
-            )
-            for c in self.conns.values()
-            if c.ready and not c.closed
-        ]
-
     def _extended_handshake(self) -> dict[bytes, Any]:
         data: dict[bytes, Any] = {
             b"m": {},
@@ -640,23 +463,6 @@ class SwarmMember:
         if self.port:
             data[b"p"] = self.port  # so the remote need not dial us back
         return data
-
-    def _on_extended_handshake(self, conn: Conn, data: dict[bytes, Any]) -> None:
-        reqq = data.get(b"reqq")
-        if isinstance(reqq, int) and 1 <= reqq <= 100_000:
-            conn.reqq = reqq
-        big = data.get(BIG_BLOCK_KEY)
-        if isinstance(big, int) and BLOCK_SIZE <= big <= MAX_BLOCK:
-            # a roost peer: we may ask it for bigger blocks; anyone else is
-            # asked for the standard 16 KiB (what we accept was set when we
-            # sent our own extended handshake)
-            conn.big_block = min(big, self.config.big_block)
-        port = data.get(b"p")
-        if not conn.outgoing and isinstance(port, int) and 0 < port < 65536:
-            # where an incoming peer listens: if we would dial that, we now know it is this peer
-            address = (conn.address[0], port)
-            if conn.remote_id is not None and address in self.candidates:
-                self.candidate_ids[address] = conn.remote_id
 
     def _initial_availability(self, conn: Conn) -> bytes:
         wire = conn.wire
@@ -836,60 +642,6 @@ class SwarmMember:
         if conn.set_choking(choke, self.have, out, now) and not choke and self.offers is not None:
             self.offers.offer(conn, out, now)
 
-    def _on_request(self, conn: Conn, req: Request, out: list[Action], now: float) -> None:
-        index = req.index
-        servable = self.have[index] and (self.offers is None or self.offers.may_serve(conn, index))
-        if not servable or (conn.am_choking and index not in conn.fast_for_it):
-            if conn.wire.fast:
-                conn.send(out, conn.wire.send_reject(index, req.begin, req.length), now)
-            return
-        if req.begin + req.length > self.info.piece_size(index):
-            raise RemoteProtocolError("request runs past the end of the piece", ban=True)
-        if len(conn.upload_queue) >= OUR_REQQ:
-            if conn.wire.fast:
-                conn.send(out, conn.wire.send_reject(index, req.begin, req.length), now)
-            return
-        conn.upload_queue.append((index, req.begin, req.length))
-        self._serve(conn, out, now)
-
-    def _serve(self, conn: Conn, out: list[Action], now: float) -> None:
-        """Hand queued blocks to the adapter as the upload tokens allow; after
-        WRITE_WINDOW bytes, wait until the adapter says the connection has room."""
-        if conn.serve_at is not None or conn.waiting_room or conn.closed:
-            return
-        queue = conn.upload_queue
-        while queue:
-            if conn.window_used >= WRITE_WINDOW:
-                conn.waiting_room = True
-                out.append(WantWritable(conn.id))
-                return
-            index, begin, length = queue[0]
-            if not conn.head_paid:
-                # tokens are taken now; if we must wait, the block is already paid for
-                wait = self.up_bucket.consume(length, now)
-                if wait > 0:
-                    conn.head_paid = True
-                    conn.serve_at = now + wait
-                    self._wake_serve(conn.serve_at)
-                    return
-            conn.head_paid = False
-            queue.popleft()
-            header = conn.wire.send_piece_header(index, begin, length)
-            out.append(SendBlock(conn.id, header, index, begin, length))
-            conn.window_used += length
-            conn.up.add(length)
-            conn.last_upload_at = conn.last_send_at = now
-            self.uploaded += length
-            if conn.record_sent(index, begin, length, self.info.piece_size(index)):
-                if self.report_uploads:
-                    out.append(PieceUploaded(conn.name, index, now))
-                if self.offers is not None:
-                    self.offers.on_sent_piece(conn, index, out, now)
-
-    def _wake_serve(self, at: float) -> None:
-        if self._serve_wake is None or at < self._serve_wake:
-            self._serve_wake = at
-
     # ---- periodic work ----
     def _tick(self, out: list[Action], now: float) -> None:
         dt = now - self._last_tick
@@ -906,8 +658,7 @@ class SwarmMember:
             self._rechoke(out, now)
         if self.offers is not None:
             self.offers.tick(self.conns, out, now)
-        for key in self.admission.overdue(now):
-            self._drop(key, out, now)
+        self._close_all(self.peers.overdue(now), out, now)
         self._report_refusals(out, now)
         self._connect_more(out, now)
         for conn in list(self.conns.values()):
@@ -963,44 +714,18 @@ class SwarmMember:
 
     def _report_refusals(self, out: list[Action], now: float) -> None:
         """Refused and dropped connections, counted by reason, once per interval."""
-        refused = self.admission.report(now)
+        admission = self.peers.admission
+        refused = admission.report(now)
         if refused:
-            last = {r: f"{k[0]}:{k[1]}" for r, k in self.admission.last_refused.items()}
+            last = {r: f"{k[0]}:{k[1]}" for r, k in admission.last_refused.items()}
             out.append(Report("connections_refused", {"counts": refused, "last": last}))
 
     def _check_stall(self, out: list[Action], now: float) -> None:
-        """When no piece passed for STALL_SECONDS while incomplete, say why, once
-        a period: the first missing pieces and, per peer, why it is not feeding
-        us, so a stuck swarm can be diagnosed from the JSON log alone."""
-        done = self.bytes_done()
-        if done != self._stall_mark:
-            self._stall_mark, self._stall_since = done, now
-            return
-        if self.complete or now - self._stall_since < STALL_SECONDS:
-            return
-        self._stall_since = now
-        missing = [i for i in range(self.num_pieces) if not self.have[i]][:8]
-        peers = [
-            {
-                "peer": c.name,
-                "choked_us": c.peer_choking,
-                "interested": c.am_interested,
-                "outstanding": len(c.outstanding),
-                "has_missing": sum(1 for i in missing if c.bitfield[i]),
-                "snubbed": c.snubbed,
-                "write_paused": c.waiting_room,
-                "queue": len(c.upload_queue),
-            }
-            for c in self.conns.values()
-            if c.ready
-        ]
-        fields = {
-            "missing": missing,
-            "verifying": len(self.assembly.checking),
-            "buffers": len(self.assembly.buffers),
-            "peers": peers,
-        }
-        out.append(Report("stalled", fields))
+        report = self.stall.check(
+            now, self.bytes_done(), self.have, self.conns.values(), self.assembly
+        )
+        if report is not None:
+            out.append(report)
 
     def _apply_policy(self, out: list[Action], now: float) -> None:
         if not self.complete or self.completed_at is None or not self.config.seed:

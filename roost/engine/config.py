@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from roost.core.member import MemberConfig, Network
+from roost.core.config import MemberConfig, Network
 from roost.engine.tls import PeerTLS
 from roost.errors import RoostError
 

@@ -8,14 +8,9 @@ threads (hash-and-write and the final flush run in a pool), storage, and
 the tracker's HTTP. Each input becomes one member call; the actions it
 returns are carried out in order by `_execute`, the only place that acts.
 
-The path of a received block, socket to disk:
-  1. PeerProtocol.data_received            (event loop)
-  2. SwarmMember.receive                   (core: per-connection bookkeeping)
-  3. PeerConnection.receive                (wire codec: frames -> Piece)
-  4. Assembly.add                          (core: copy into the piece buffer)
-  5. Session._execute(CheckAndWrite)       (adapter: to the thread pool)
-  6. Session._check_and_write              (worker: SHA-1, then Storage.write_piece)
-  7. Storage.write_piece                   (pwrite)
+The path of a received block, socket to disk (docs/design.md counts the hops):
+data_received -> SwarmMember.receive -> PeerConnection.receive -> Assembly.add
+-> CheckAndWrite -> the pool: SHA-1, Storage.write_piece.
 """
 
 from __future__ import annotations

@@ -140,10 +140,13 @@ class Kit:
     def advance(self, seconds: float) -> None:
         """Let time pass, calling handle_timer at every deadline on the way."""
         end = self.now + seconds
+        stuck = 0
         while True:
             deadline = self.member.next_deadline()
             if deadline > end:
                 break
+            stuck = stuck + 1 if deadline <= self.now else 0
+            assert stuck < 100, f"handle_timer does not move the deadline ({deadline})"
             self.now = max(self.now, deadline)
             self.run(self.member.handle_timer(self.now))
         self.now = end

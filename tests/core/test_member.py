@@ -21,10 +21,10 @@ from roost.core.member import (
     RECHOKE_TICKS,
     SNUB_SECONDS,
     TICK,
-    WRITE_WINDOW,
     MemberConfig,
 )
 from roost.core.offers import OFFERS_PER_PEER
+from roost.core.uploads import WRITE_WINDOW
 from roost.core.wire import (
     BLOCK_SIZE,
     Cancel,
@@ -223,7 +223,7 @@ def test_a_peer_that_sent_a_whole_bad_piece_is_banned() -> None:
     assert "failed its hash check" in ban["reason"]
     assert liar.closed is not None and liar.closed.startswith("banned:")
     assert Close(liar.cid, liar.closed, True) in kit.actions
-    assert liar.peer_id in kit.member.banned_ids
+    assert liar.peer_id in kit.member.peers.banned_ids
     # it cannot come back under the same peer id
     again = kit.connect(have=Bitfield.full(2))
     assert again.closed is None  # a different peer id is fine
