@@ -276,7 +276,7 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
         console.print(Text(inert("runs now: " + "; ".join(
             f"{tag}: {', '.join(names)}" for tag, names in placement(deploy).items()))))
     for line in notes or []:
-        console.print(Text(inert(line)))
+        console.print(Text(line))
     style = "green" if deploy.exit_code == 0 else "red"
     console.print(Text(inert(f"{deploy.message} (exit {deploy.exit_code})"), style=style))
 
