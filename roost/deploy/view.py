@@ -222,13 +222,14 @@ def report(deploy: Deploy) -> dict[str, Any]:
     }
 
 
-def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None) -> None:
+def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None,
+                command: str = "roost deploy") -> None:
     """The per-host table, reasons, timings and bound; `notes` go just before the verdict."""
     if deploy.config.dry_run:
         dry_run_table(deploy, console)
         return
     staged = any(h.batch is not None for h in deploy.hosts)
-    table = Table(title=f"roost deploy {deploy.tag}", title_justify="left")
+    table = Table(title=f"{command} {deploy.tag}", title_justify="left")
     columns = ["host", *(["batch"] if staged else []), "status", "runs now", "time", "agent"]
     for column in columns:
         table.add_column(column, no_wrap=True)
