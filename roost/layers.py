@@ -1,14 +1,27 @@
 """The layering contract of design.md, as data (checked by tests/test_layering.py).
 
+The folders are the layers: a folder's rank covers every module in it, and
+only modules that have not moved into a folder yet are listed one by one.
+
+    rank 0  foundations: errors, bencode, bitfield, ratelimit (pure)
+    rank 1  roost/core (the sans-IO swarm member: wire, picker, choker, policy),
+            metainfo, the tracker's protocol and swarm state (pure)
+    rank 2  roost/engine (the asyncio adapter of the core), target-side
+            system work (release, hostops, hashing...), the tracker server
+    rank 3  roost/deploy (the operator's orchestrator), the agent entry
+    rank 4  roost/commands and the CLI
+
 Rank 0-1 modules are pure: no sockets, files, clock or asyncio. Target-side
 modules run on bare hosts from a zipapp and import only the standard library.
-A module may import roost modules of its own rank or below, never above.
+A module may import roost modules of its own rank or below, never above; and
+no module imports itself back through others (tests/test_import_cycles.py).
 """
 
 from __future__ import annotations
 
-#: module prefix -> rank; the longest matching prefix wins
+#: folder or module -> rank; the longest matching prefix wins
 RANKS: dict[str, int] = {
+    # foundations
     "roost": 0,  # the package __init__ (version only)
     "roost.errors": 0,
     "roost.bencode": 0,
@@ -16,16 +29,16 @@ RANKS: dict[str, int] = {
     "roost.ratelimit": 0,
     "roost.layers": 0,
     "roost.inert": 0,
+    # the pure core
+    "roost.core": 1,  # folder
+    "roost.wire": 1,  # the old name of roost.core.wire, kept for outside importers
     "roost.metainfo": 1,
-    "roost.wire": 1,
-    "roost.picker": 1,
-    "roost.choker": 1,
-    "roost.admission": 1,
-    "roost.tracker": 1,  # the package __init__
+    "roost.tracker": 1,  # folder; its server half is rank 2, below
     "roost.tracker.protocol": 1,
     "roost.tracker.swarm": 1,
+    # adapters and target-side system work
+    "roost.engine": 2,  # folder
     "roost.hashing": 2,
-    "roost.engine": 2,
     "roost.release": 2,
     "roost.hostops": 2,
     "roost.hostlock": 2,
@@ -37,13 +50,14 @@ RANKS: dict[str, int] = {
     "roost.tracker.state": 2,
     "roost.signing": 2,
     "roost.pullagent": 2,
+    # the operator side
     "roost.agent": 3,
     "roost.zipapp": 3,
-    "roost.deploy": 3,
+    "roost.deploy": 3,  # folder
     "roost.coordinator": 3,
     "roost.ui": 3,
     "roost.cli": 4,
-    "roost.commands": 4,
+    "roost.commands": 4,  # folder
     "roost.__main__": 4,
 }
 PURE_MAX_RANK = 1
@@ -90,10 +104,7 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.bitfield",
     "roost.ratelimit",
     "roost.metainfo",
-    "roost.wire",
-    "roost.picker",
-    "roost.choker",
-    "roost.admission",
+    "roost.core",
     "roost.hashing",
     "roost.engine",
     "roost.release",

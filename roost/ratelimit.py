@@ -16,11 +16,15 @@ that the next requests pay back by waiting). So:
   last request, so the average converges on `rate`.
 
 `rate=None` means unlimited: consume never waits and tracks nothing.
+`parse_rate` reads a rate as the command lines and configuration write it.
 """
 
 from __future__ import annotations
 
 import math
+import re
+
+from roost.errors import UsageError
 
 #: default burst, in seconds' worth of `rate`
 DEFAULT_BURST_SECONDS = 1.0
@@ -109,3 +113,17 @@ class TokenBucket:
             self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         if self._last is None or now > self._last:
             self._last = now  # a clock that steps back is ignored, never credited
+
+
+def parse_rate(text: str) -> float:
+    """'20M' -> bytes/s (binary units: 20 MiB/s); '100mbit' -> 12.5e6 bytes/s."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmg]?)(bit|b|)?\s*", text.lower())
+    if not match:
+        raise UsageError(f"{text!r} is not a rate like 20M or 100mbit")
+    try:
+        value = float(match.group(1))
+    except ValueError:  # "1.2.3"
+        raise UsageError(f"{text!r} is not a rate like 20M or 100mbit") from None
+    if match.group(3) == "bit":
+        return value * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2)] / 8
+    return value * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]

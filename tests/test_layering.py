@@ -97,5 +97,5 @@ def test_checker_catches_violations(tmp_path: Path) -> None:
     """The checker is not vacuous: a planted bad import is reported."""
     bad = tmp_path / "wire.py"
     bad.write_text("import socket\nfrom roost.engine import x\n")
-    found = imports_of("roost.wire", bad)
+    found = imports_of("roost.core.wire", bad)
     assert "socket" in found and "roost.engine" in found

@@ -16,20 +16,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from roost.deploy.hosts import HostSpec as HostSpec  # re-exported: importers name it here
 from roost.errors import UsageError
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    name: str
-    address: str  # where SSH connects (an ~/.ssh/config alias works)
-    port: int | None = None  # None: ~/.ssh/config's Port, else 22
-    user: str | None = None
-    location: str | None = None
-    announce: str | None = None  # address to announce, from configuration
-    interface: str | None = None  # or this interface's address
-    groups: tuple[str, ...] = ()
-    dest: str | None = None  # overrides the deploy's destination on this host
+from roost.ratelimit import parse_rate as parse_rate  # re-exported: importers name it here
 
 
 @dataclass
@@ -268,17 +257,6 @@ def parse_min_success(text: str, total: int) -> int:
     if need < 0 or need > total:
         raise UsageError(f"--min-success {text!r} asks for {int(need)} of {total} hosts")
     return int(need)
-
-
-def parse_rate(text: str) -> float:
-    """'20M' -> bytes/s (binary units); '100mbit' -> 12.5e6 bytes/s; as `roost fetch`."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmg]?)(bit|b|)?\s*", text.lower())
-    if not match:
-        raise UsageError(f"{text!r} is not a rate like 20M or 100mbit")
-    value = float(match.group(1))
-    if match.group(3) == "bit":
-        return value * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2)] / 8
-    return value * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
 
 
 def parse_size(text: str, what: str = "size") -> int:

@@ -22,7 +22,7 @@ from roost.deploy.host import MIN_PYTHON, HostRun
 from roost.deploy.transport import HostFailure
 
 if TYPE_CHECKING:
-    from roost.deploy.run import Deploy
+    from roost.deploy.state import Deploy
 
 EXIT_PREFLIGHT_FAILED = 7
 SKEW_WARN = 5.0  # seconds: logs and history stop lining up; BitTorrent does not care

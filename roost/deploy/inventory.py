@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from roost.deploy.config import HostSpec
+from roost.deploy.hosts import HostSpec
 from roost.errors import UsageError
 
 Vars = dict[str, Any]

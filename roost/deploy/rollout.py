@@ -22,7 +22,7 @@ from roost.deploy.host import Agent, HostRun, _json_result
 from roost.deploy.transport import HostFailure
 
 if TYPE_CHECKING:
-    from roost.deploy.run import Deploy
+    from roost.deploy.state import Deploy
 
 EXIT_ROLLOUT_STOPPED = 5
 

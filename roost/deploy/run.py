@@ -39,7 +39,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,10 @@ from roost.deploy.allowlist import check_extra, fleet_allowlist, resolve
 from roost.deploy.batches import plan_batches
 from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
-from roost.deploy.pack import Packed, make_metainfo, pack
+from roost.deploy.pack import make_metainfo, pack
 from roost.deploy.pki import DeployCA
+from roost.deploy.state import EXIT_ERROR as EXIT_ERROR  # re-exported: importers name them here
+from roost.deploy.state import Deploy as Deploy
 from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_address
 from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_hostname
 from roost.errors import UsageError
@@ -58,7 +60,6 @@ from roost.metainfo import parse
 from roost.zipapp import build_zipapp_bytes
 
 EXIT_OK = 0
-EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_FETCH_BELOW_MIN = 3
 EXIT_ACTIVATE_BELOW_MIN = 4
@@ -69,34 +70,6 @@ EXIT_INTERRUPTED = 130
 CLEAN_TIMEOUT = 30.0
 
 Connector = Callable[[HostSpec], Awaitable[Transport]]
-
-
-@dataclass
-class Deploy:
-    """Everything one deploy knows; the live view reads it."""
-
-    config: DeployConfig
-    hosts: list[HostRun]
-    tag: str
-    deploy_id: str
-    need: int
-    payload: Packed | None = None
-    times: dict[str, float] = field(default_factory=dict)
-    activated: bool = False
-    interrupted: bool = False
-    phase: str = "pack"
-    exit_code: int = EXIT_ERROR
-    message: str = ""
-    who: str = field(default_factory=locking.operator)
-
-    def mark(self, name: str) -> None:
-        self.times[name] = time.monotonic()
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for h in self.hosts:
-            out[h.status] = out.get(h.status, 0) + 1
-        return out
 
 
 def default_tag(src: Path) -> str:

@@ -14,7 +14,7 @@ from rich.text import Text
 from roost.deploy.config import parse_rate
 from roost.deploy.dryrun import need_bytes
 from roost.deploy.rollout import placement
-from roost.deploy.run import Deploy
+from roost.deploy.state import Deploy
 from roost.inert import inert
 from roost.ui import inert_text, print_reasons
 

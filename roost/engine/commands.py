@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import importlib
-import re
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from roost.engine.storage import Storage
 from roost.engine.tls import peer_tls_from_args
 from roost.errors import RoostError, UsageError
 from roost.metainfo import Metainfo
+from roost.ratelimit import parse_rate
 from roost.torrentfile import read_torrent
 
 EXIT_INCOMPLETE = 3
@@ -84,8 +84,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         help="peers we upload to at once (default: --max-peers, i.e. every peer "
         "that wants data: a fleet is cooperative, and shared links stay fair)",
     )
-    parser.add_argument("--upload-rate", type=parse_rate, help="cap, e.g. 20M (bytes/s) or 100mbit")
-    parser.add_argument("--download-rate", type=parse_rate, help="cap, as --upload-rate")
+    parser.add_argument("--upload-rate", type=rate_arg, help="cap, e.g. 20M (bytes/s) or 100mbit")
+    parser.add_argument("--download-rate", type=rate_arg, help="cap, as --upload-rate")
     parser.add_argument("--location", help="location label (rack/zone) sent to the tracker")
     parser.add_argument(
         "--no-zero-copy",
@@ -145,17 +145,12 @@ def add_seed(parser: argparse.ArgumentParser) -> Runner:
     return run_seed
 
 
-def parse_rate(text: str) -> float:
-    """'20M' -> 20 MiB/s in bytes; '100mbit' -> 12.5e6 bytes/s."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmg]?)(bit|b|)?\s*", text.lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate like 20M or 100mbit")
-    value = float(match.group(1))
-    if match.group(3) == "bit":
-        scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2)]
-        return value * scale / 8
-    scale_b = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
-    return value * scale_b
+def rate_arg(text: str) -> float:
+    """--upload-rate and --download-rate, as argparse wants a bad value reported."""
+    try:
+        return parse_rate(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_ports(text: str) -> tuple[int, int]:

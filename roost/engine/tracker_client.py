@@ -25,7 +25,7 @@ import ipaddress
 import random
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import quote, quote_from_bytes, urljoin, urlsplit
 
@@ -114,52 +114,55 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-def announce_url(
-    url: str,
-    *,
-    info_hash: bytes,
-    peer_id: bytes,
-    port: int,
-    uploaded: int,
-    downloaded: int,
-    left: int,
-    event: str | None = None,
-    numwant: int = 200,
-    compact: bool = True,
-    key: str | None = None,
-    tracker_id: bytes | None = None,
-    location: str | None = None,
-    ip: str | None = None,
-) -> str:
+@dataclass(frozen=True)
+class AnnounceRequest:
+    """What one announce says (BEP 3, BEP 23 compact, roost's `location`)."""
+
+    info_hash: bytes
+    peer_id: bytes
+    port: int
+    uploaded: int
+    downloaded: int
+    left: int
+    event: str | None = None
+    numwant: int = 200
+    compact: bool = True
+    key: str | None = None
+    tracker_id: bytes | None = None
+    location: str | None = None
+    ip: str | None = None
+
+
+def announce_url(url: str, req: AnnounceRequest) -> str:
     """The full announce URL; the tracker URL's own query (a passkey) is kept."""
-    if len(info_hash) != 20 or len(peer_id) != 20:
+    if len(req.info_hash) != 20 or len(req.peer_id) != 20:
         raise ValueError("info_hash and peer_id must be 20 bytes each")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range")
-    if event and event not in EVENTS:
-        raise ValueError(f"unknown announce event {event!r}")
+    if not 0 <= req.port <= 65535:
+        raise ValueError(f"port {req.port} is out of range")
+    if req.event and req.event not in EVENTS:
+        raise ValueError(f"unknown announce event {req.event!r}")
     params = [
-        ("info_hash", quote_from_bytes(info_hash, safe="")),
-        ("peer_id", quote_from_bytes(peer_id, safe="")),
-        ("port", str(port)),
-        ("uploaded", str(max(0, uploaded))),
-        ("downloaded", str(max(0, downloaded))),
-        ("left", str(max(0, left))),
-        ("compact", "1" if compact else "0"),
-        ("numwant", str(max(0, numwant))),
+        ("info_hash", quote_from_bytes(req.info_hash, safe="")),
+        ("peer_id", quote_from_bytes(req.peer_id, safe="")),
+        ("port", str(req.port)),
+        ("uploaded", str(max(0, req.uploaded))),
+        ("downloaded", str(max(0, req.downloaded))),
+        ("left", str(max(0, req.left))),
+        ("compact", "1" if req.compact else "0"),
+        ("numwant", str(max(0, req.numwant))),
     ]
-    if compact:
+    if req.compact:
         params.append(("no_peer_id", "1"))
-    if event:
-        params.append(("event", event))
-    if key:
-        params.append(("key", quote(key, safe="")))
-    if tracker_id:
-        params.append(("trackerid", quote_from_bytes(tracker_id, safe="")))
-    if location:
-        params.append(("location", quote(location, safe="")))
-    if ip:
-        params.append(("ip", quote(ip, safe="")))
+    if req.event:
+        params.append(("event", req.event))
+    if req.key:
+        params.append(("key", quote(req.key, safe="")))
+    if req.tracker_id:
+        params.append(("trackerid", quote_from_bytes(req.tracker_id, safe="")))
+    if req.location:
+        params.append(("location", quote(req.location, safe="")))
+    if req.ip:
+        params.append(("ip", quote(req.ip, safe="")))
     return _with_query(url, "&".join(f"{k}={v}" for k, v in params))
 
 
@@ -455,42 +458,9 @@ def _text(raw: bytes) -> str:
 # -- one request -------------------------------------------------------------
 
 
-async def announce(
-    url: str,
-    *,
-    info_hash: bytes,
-    peer_id: bytes,
-    port: int,
-    uploaded: int,
-    downloaded: int,
-    left: int,
-    event: str | None = None,
-    numwant: int = 200,
-    compact: bool = True,
-    key: str | None = None,
-    tracker_id: bytes | None = None,
-    location: str | None = None,
-    ip: str | None = None,
-    timeout: float = 10.0,
-) -> AnnounceResponse:
+async def announce(url: str, req: AnnounceRequest, *, timeout: float = 10.0) -> AnnounceResponse:
     """Announce to one tracker. Raises TrackerError on any failure."""
-    full = announce_url(
-        url,
-        info_hash=info_hash,
-        peer_id=peer_id,
-        port=port,
-        uploaded=uploaded,
-        downloaded=downloaded,
-        left=left,
-        event=event,
-        numwant=numwant,
-        compact=compact,
-        key=key,
-        tracker_id=tracker_id,
-        location=location,
-        ip=ip,
-    )
-    body = await http_get(full, timeout=timeout)
+    body = await http_get(announce_url(url, req), timeout=timeout)
     return parse_announce_response(body, url)
 
 
@@ -556,25 +526,25 @@ class TrackerClient:
         numwant: int = 200,
     ) -> AnnounceResponse:
         """Announce to the first tracker that answers, in BEP 12 order."""
+        req = AnnounceRequest(
+            self.info_hash,
+            self.peer_id,
+            self.port,
+            uploaded,
+            downloaded,
+            left,
+            event=event,
+            numwant=numwant,
+            key=self.key,
+            location=self.location,
+            ip=self.ip,
+        )
         errors: list[str] = []
         for tier in self.tiers:
             for url in list(tier):
                 try:
                     response = await announce(
-                        url,
-                        info_hash=self.info_hash,
-                        peer_id=self.peer_id,
-                        port=self.port,
-                        uploaded=uploaded,
-                        downloaded=downloaded,
-                        left=left,
-                        event=event,
-                        numwant=numwant,
-                        key=self.key,
-                        tracker_id=self.tracker_id,
-                        location=self.location,
-                        ip=self.ip,
-                        timeout=self.timeout,
+                        url, replace(req, tracker_id=self.tracker_id), timeout=self.timeout
                     )
                 except TrackerError as exc:
                     errors.append(str(exc))

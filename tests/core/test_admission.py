@@ -1,8 +1,8 @@
-"""The connection admission policy (roost.admission), driven by a fake clock."""
+"""The connection admission policy (roost.core.admission), driven by a fake clock."""
 
 from __future__ import annotations
 
-from roost.admission import (
+from roost.core.admission import (
     ADDRESS_FULL,
     EVICTED,
     HANDSHAKE_LATE,

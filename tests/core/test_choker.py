@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roost.bitfield import Bitfield
-from roost.choker import Choker, PeerStat, SuperSeeder
+from roost.core.choker import Choker, PeerStat, SuperSeeder
 
 
 def stat(key: str, down: float = 0, up: float = 0, **kw: bool) -> PeerStat:

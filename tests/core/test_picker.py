@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roost.bitfield import Bitfield
+from roost.core.picker import FREE, RECEIVED, REQUESTED, BlockRequest, PiecePicker
 from roost.errors import RemoteProtocolError, RoostError
-from roost.picker import FREE, RECEIVED, REQUESTED, BlockRequest, PiecePicker
 
 BS = 4  # tiny blocks keep the arithmetic readable
 

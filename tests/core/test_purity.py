@@ -10,16 +10,22 @@ import pytest
 
 import roost
 
-CORE = ["bitfield", "wire", "picker", "choker"]
+PACKAGE = Path(roost.__file__).parent
+CORE = ["bitfield", *sorted(f"core.{p.stem}" for p in (PACKAGE / "core").glob("[a-z]*.py"))]
 ALLOWED = {
-    "__future__", "collections", "dataclasses", "enum", "hashlib", "random", "struct",
-    "typing", "roost", "roost.bitfield", "roost.bencode", "roost.errors",
+    "__future__", "collections", "dataclasses", "enum", "hashlib", "ipaddress", "random",
+    "struct", "typing", "roost", "roost.bitfield", "roost.bencode", "roost.errors",
+    "roost.metainfo", "roost.ratelimit", "roost.core",
 }  # fmt: skip
+
+
+def test_the_core_is_found() -> None:
+    assert {"core.member", "core.conn", "core.wire", "core.picker", "core.choker"} <= set(CORE)
 
 
 @pytest.mark.parametrize("name", CORE)
 def test_core_module_imports_only_pure_modules(name: str) -> None:
-    path = Path(roost.__file__).parent / f"{name}.py"
+    path = PACKAGE / (name.replace(".", "/") + ".py")
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -29,6 +35,8 @@ def test_core_module_imports_only_pure_modules(name: str) -> None:
         else:
             continue
         for module in modules:
+            if module.startswith("roost.core."):
+                module = "roost.core"
             top = module if module.startswith("roost") else module.split(".")[0]
             assert top in ALLOWED, f"roost.{name} imports {module}"
 

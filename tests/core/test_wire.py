@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from roost import bencode
 from roost.bitfield import Bitfield
-from roost.errors import RemoteProtocolError, RoostError
-from roost.wire import (
+from roost.core.wire import (
     BLOCK_SIZE,
     HANDSHAKE_LEN,
     PROTOCOL,
@@ -40,6 +39,7 @@ from roost.wire import (
     allowed_fast_set,
     reserved_bytes,
 )
+from roost.errors import RemoteProtocolError, RoostError
 
 IH = bytes(range(20))
 PID_A = b"-RO0001-aaaaaaaaaaaa"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from roost.wire import (
+from roost.core.wire import (
     AllowedFast,
     BitfieldMsg,
     ExtendedHandshake,

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from roost import bencode
 from roost.engine.tracker_client import (
     MAX_HEADER,
+    AnnounceRequest,
     AnnounceResponse,
     TrackerClient,
     TrackerError,
@@ -114,12 +115,12 @@ def compact6(*peers: tuple[str, int]) -> bytes:
     )
 
 
-async def do_announce(url: str, **kw: Any) -> AnnounceResponse:
+async def do_announce(url: str, timeout: float = 10.0, **kw: Any) -> AnnounceResponse:
     args: dict[str, Any] = dict(
         info_hash=INFO_HASH, peer_id=PEER_ID, port=6881, uploaded=1, downloaded=2, left=3
     )
     args.update(kw)
-    return await announce(url, **args)
+    return await announce(url, AnnounceRequest(**args), timeout=timeout)
 
 
 def closed_port() -> int:
@@ -430,21 +431,14 @@ def test_hostile_interval_is_clamped() -> None:
 def test_announce_url_building() -> None:
     url = announce_url(
         "http://t.example/announce?pk=1#frag",
-        info_hash=b"\x00" * 20,
-        peer_id=b"A" * 20,
-        port=1,
-        uploaded=-5,
-        downloaded=0,
-        left=0,
+        AnnounceRequest(b"\x00" * 20, b"A" * 20, port=1, uploaded=-5, downloaded=0, left=0),
     )
     assert url.startswith("http://t.example/announce?pk=1&info_hash=%00%00")
     assert "uploaded=0" in url and "#" not in url
     with pytest.raises(ValueError):
-        announce_url("http://t/a", info_hash=b"x", peer_id=b"A" * 20, port=1, uploaded=0,
-                     downloaded=0, left=0)  # fmt: skip
+        announce_url("http://t/a", AnnounceRequest(b"x", b"A" * 20, 1, 0, 0, 0))
     with pytest.raises(ValueError):
-        announce_url("http://t/a", info_hash=b"x" * 20, peer_id=b"A" * 20, port=1, uploaded=0,
-                     downloaded=0, left=0, event="bogus")  # fmt: skip
+        announce_url("http://t/a", AnnounceRequest(b"x" * 20, b"A" * 20, 1, 0, 0, 0, "bogus"))
 
 
 def test_scrape() -> None:

@@ -31,8 +31,9 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
-from roost import bencode, metainfo, wire
+from roost import bencode, metainfo
 from roost.bitfield import Bitfield
+from roost.core import wire
 from roost.tracker import protocol
 from tests.fuzz.targets import IH, NUM_PIECES, PIECE_LENGTH, handshake
 

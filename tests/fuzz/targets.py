@@ -20,7 +20,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from roost import bencode, metainfo, wire
+from roost import bencode, metainfo
+from roost.core import wire
 from roost.engine import tracker_client
 from roost.errors import DecodeError, MetainfoError, RemoteProtocolError
 from roost.tracker import protocol

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from roost import bencode, metainfo, wire
+from roost import bencode, metainfo
+from roost.core import wire
 from roost.engine import tracker_client
 from roost.errors import DecodeError, MetainfoError, RemoteProtocolError
 from roost.tracker import protocol

@@ -42,9 +42,9 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 from roost.bitfield import Bitfield
+from roost.core.wire import BLOCK_SIZE
 from roost.errors import RemoteProtocolError, UsageError
 
-BLOCK_SIZE = 16384
 FREE, REQUESTED, RECEIVED = 0, 1, 2
 _FREE_BYTE = bytes((FREE,))
 #: when starting a rarest piece, consider this many equally rare candidates

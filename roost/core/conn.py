@@ -1,0 +1,373 @@
+"""One peer connection's state, and every transition of it. Pure.
+
+Theory of operation. A `Conn` holds what the wire codec (roost.core.wire) does not:
+choke and interest on both sides (BEP 3 names: am_* is us, peer_* is them),
+what we asked the peer for (`outstanding`), what it asked of us
+(`upload_queue`), its allowed-fast pieces (BEP 6), pieces it refused, whether
+it is snubbed, rates and timestamps. All changes to that state happen in the
+methods below; they take the picker and the member's action list (`out`) as
+arguments, so a transition's effect on the swarm is visible where it happens.
+
+Downloads are pipelined: `fill_requests` keeps about PIPELINE_SECONDS of the
+peer's rate requested (at least MIN_PIPELINE_BYTES), capped by its `reqq`.
+Between roost peers, adjacent 16 KiB picker blocks are merged into one wire
+request of up to `big_block` bytes (negotiated through BEP 10). A request the
+peer rejects while it unchokes us means it will not serve that piece now: the
+piece is taken off its availability for REFUSAL_SECONDS (`refused`).
+
+Transitions:
+
+    choke (ours)     set_choking(True/False)       on rechoke / interest / close
+    interest (ours)  update_interest()             after availability or our pieces change
+    choke (theirs)   Choke -> drop requests; Unchoke -> fill_requests
+    requests         fill_requests / piece_received / rejected / cancel / drop_requests
+    snub             no block for SNUB_SECONDS with requests out -> pipeline of 1
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from roost.bitfield import Bitfield
+from roost.core.actions import Action, Send
+from roost.core.picker import BlockRequest, PiecePicker
+from roost.core.wire import BLOCK_SIZE, MAX_BLOCK, PeerConnection
+
+OUR_REQQ = 4096
+#: our BEP 10 handshake key for larger blocks between roost peers
+BIG_BLOCK_KEY = b"roost_block"
+DEFAULT_REQQ = 250  # what a peer that does not say accepts, per libtorrent's default
+# Requests in flight per peer: about PIPELINE_SECONDS of its measured rate.
+# The floor is small on purpose: on a slow link a deep queue of requests to
+# one peer locks pieces away from faster peers and makes the tail long.
+MIN_PIPELINE_BYTES = 512 * 1024
+MAX_PIPELINE_BYTES = 32 * 1024 * 1024
+PIPELINE_SECONDS = 1.0
+REFUSAL_SECONDS = 10.0  # a piece a peer refused is asked of it again after this
+
+#: (index, begin, length) of a block asked for or to send
+Span = tuple[int, int, int]
+
+
+def blocks_in(length: int) -> int:
+    """16 KiB picker blocks in a request of `length` bytes (merged requests hold several)."""
+    return -(-length // BLOCK_SIZE)
+
+
+def release_span(picker: PiecePicker, key: int, index: int, begin: int, length: int) -> None:
+    """Give the picker blocks of a (possibly merged) request back."""
+    for offset in range(0, length, BLOCK_SIZE):
+        size = min(BLOCK_SIZE, length - offset)
+        picker.request_rejected(key, BlockRequest(index, begin + offset, size))
+
+
+class Outstanding:
+    """What we asked a peer for, (index, begin) -> length, and how many picker
+    blocks that is. fill_requests reads `blocks` on every call (a hot path), so
+    it is kept up to date by every change instead of re-summed; change the
+    requests only through these methods."""
+
+    __slots__ = ("_requests", "blocks")
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[int, int], int] = {}
+        self.blocks = 0
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        return key in self._requests
+
+    def __setitem__(self, key: tuple[int, int], length: int) -> None:
+        old = self._requests.get(key)
+        if old is not None:
+            self.blocks -= blocks_in(old)
+        self._requests[key] = length
+        self.blocks += blocks_in(length)
+
+    def __delitem__(self, key: tuple[int, int]) -> None:
+        self.blocks -= blocks_in(self._requests.pop(key))
+
+    def get(self, key: tuple[int, int]) -> int | None:
+        return self._requests.get(key)
+
+    def pop(self, key: tuple[int, int]) -> int | None:
+        """The length asked for at `key` and forget it; None when not asked."""
+        length = self._requests.pop(key, None)
+        if length is not None:
+            self.blocks -= blocks_in(length)
+        return length
+
+    def items(self) -> list[tuple[tuple[int, int], int]]:
+        """A snapshot: safe to iterate while changing the requests."""
+        return list(self._requests.items())
+
+    def clear(self) -> None:
+        self._requests.clear()
+        self.blocks = 0
+
+
+class RateMeter:
+    """Bytes per second, smoothed over a few ticks."""
+
+    __slots__ = ("_window", "rate", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._window = 0
+        self.rate = 0.0
+
+    def add(self, n: int) -> None:
+        self.total += n
+        self._window += n
+
+    def tick(self, dt: float) -> None:
+        if dt > 0:
+            instant = self._window / dt
+            self.rate = instant if self.rate == 0 else 0.5 * self.rate + 0.5 * instant
+        self._window = 0
+
+
+class Conn:
+    def __init__(
+        self,
+        cid: int,
+        address: tuple[str, int],
+        wire: PeerConnection,
+        *,
+        outgoing: bool,
+        now: float,
+    ) -> None:
+        self.id = cid
+        self.address = address
+        self.outgoing = outgoing
+        self.wire = wire
+        self.remote_id: bytes | None = None
+        self.client = "?"
+        self.ready = False  # handshakes exchanged
+        self.closed = False
+        self.in_picker = False  # the picker knows its availability
+        self.am_choking = True
+        self.am_interested = False
+        self.peer_choking = True
+        self.peer_interested = False
+        self.bitfield = Bitfield(wire.num_pieces)
+        self.is_seed = False
+        self.allowed_fast: set[int] = set()  # pieces it lets us fetch while choked
+        self.fast_for_it: frozenset[int] = frozenset()  # pieces we let it fetch (if we have them)
+        self.refused: dict[int, float] = {}  # piece -> when it refused it while unchoking us
+        self.reqq = DEFAULT_REQQ
+        self.big_block = BLOCK_SIZE
+        self.picked_dry: tuple[int, int] | None = None  # picker.pick_state when a pick fell short
+        self.outstanding = Outstanding()
+        self.upload_queue: deque[Span] = deque()
+        self.head_paid = False  # the first queued block's upload tokens are taken
+        self.serve_at: float | None = None  # waiting for upload tokens until then
+        self.window_used = 0  # bytes of blocks handed out since the last WriteReady
+        self.waiting_room = False  # WantWritable sent, no WriteReady yet
+        self.down = RateMeter()
+        self.up = RateMeter()
+        self.ready_at = now  # set again when the handshake completes
+        self.last_block_at = now
+        self.last_send_at = now
+        self.last_recv_at = now
+        self.snubbed = False
+        self.last_upload_at = 0.0  # when we last sent it a block
+        self.offered_at = 0.0  # super-seeding: when we last revealed a piece to it
+        # blocks of each piece we uploaded to it, distinct (super-seeding, upload log)
+        self.sent_blocks: dict[int, set[int]] = {}
+
+    @property
+    def name(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def send(self, out: list[Action], data: bytes, now: float) -> None:
+        if data and not self.closed:
+            out.append(Send(self.id, data))
+            self.last_send_at = now
+
+    def on_extended_handshake(self, data: dict[bytes, object], big_block: int) -> int | None:
+        """Its BEP 10 handshake: request queue, big blocks; the port it listens on."""
+        reqq = data.get(b"reqq")
+        if isinstance(reqq, int) and 1 <= reqq <= 100_000:
+            self.reqq = reqq
+        big = data.get(BIG_BLOCK_KEY)
+        if isinstance(big, int) and BLOCK_SIZE <= big <= MAX_BLOCK:
+            # a roost peer: we may ask it for bigger blocks; anyone else is
+            # asked for the standard 16 KiB (what we accept was set when we
+            # sent our own extended handshake)
+            self.big_block = min(big, big_block)
+        port = data.get(b"p")
+        return port if isinstance(port, int) and 0 < port < 65536 else None
+
+    # ---- availability ----
+    def set_bitfield(self, bits: Bitfield) -> None:
+        self.bitfield = bits
+        self.is_seed = bits.all()
+
+    def update_interest(self, picker: PiecePicker, out: list[Action], now: float) -> None:
+        # a peer that never said what it has (no bitfield, no Have) has nothing
+        interested = self.in_picker and picker.is_interesting(self.id)
+        if interested != self.am_interested:
+            self.am_interested = interested
+            wire = self.wire
+            self.send(
+                out, wire.send_interested() if interested else wire.send_not_interested(), now
+            )
+
+    # ---- requests we make ----
+    def pipeline_blocks(self) -> int:
+        target = max(MIN_PIPELINE_BYTES, int(self.down.rate * PIPELINE_SECONDS))
+        target = min(target, MAX_PIPELINE_BYTES)
+        blocks = 1 if self.snubbed else target // BLOCK_SIZE
+        # the peer's reqq counts wire requests; merged requests hold several blocks
+        per_request = max(1, self.big_block // BLOCK_SIZE)
+        return min(blocks, self.reqq * per_request)
+
+    def fill_requests(self, picker: PiecePicker, out: list[Action], now: float) -> None:
+        if not self.am_interested:
+            return
+        allowed: set[int] | None = None
+        if self.peer_choking:
+            if not self.allowed_fast:
+                return
+            allowed = self.allowed_fast
+        want = self.pipeline_blocks() - self.outstanding.blocks
+        if want <= 0:
+            return
+        state = picker.pick_state(self.id) if allowed is None else None
+        if state is not None and state == self.picked_dry:
+            return  # nothing it has became free since the last pick came back short
+        picks = picker.pick(self.id, want, allowed=allowed)
+        self.picked_dry = state if len(picks) < want else None
+        if not picks:
+            return
+        wire = self.wire
+        data = []
+        for index, begin, length in self.merge(picks):
+            self.outstanding[(index, begin)] = length
+            data.append(wire.send_request(index, begin, length))
+        self.send(out, b"".join(data), now)
+
+    def merge(self, picks: list[BlockRequest]) -> list[Span]:
+        """Coalesce adjacent blocks of one piece into requests of up to big_block."""
+        merged: list[Span] = []
+        big = self.big_block
+        for req in picks:
+            if merged and big > BLOCK_SIZE:
+                index, begin, length = merged[-1]
+                if (
+                    index == req.index
+                    and begin + length == req.begin
+                    and length + req.length <= big
+                ):
+                    merged[-1] = (index, begin, length + req.length)
+                    continue
+            merged.append((req.index, req.begin, req.length))
+        return merged
+
+    def piece_received(
+        self, picker: PiecePicker, index: int, begin: int, size: int, now: float
+    ) -> bool:
+        """A Piece message arrived: True when it is what we asked for."""
+        length = self.outstanding.pop((index, begin))
+        if length is None or length != size:
+            if length is not None:  # not what we asked for: ask again, elsewhere
+                release_span(picker, self.id, index, begin, length)
+            return False
+        self.last_block_at = now
+        self.snubbed = False
+        self.down.add(size)
+        return True
+
+    def rejected(
+        self, picker: PiecePicker, index: int, begin: int, out: list[Action], now: float
+    ) -> None:
+        length = self.outstanding.pop((index, begin))
+        if length is None:
+            return
+        release_span(picker, self.id, index, begin, length)
+        # a refusal while we may ask means it will not serve this piece now:
+        # look elsewhere (rejects after a Choke are the choke's, not the piece's)
+        if self.peer_choking:
+            self.allowed_fast.discard(index)
+        elif not self.is_seed and self.bitfield[index]:
+            self.bitfield.clear(index)
+            picker.peer_lacks(self.id, index)
+            self.refused[index] = now
+            self.update_interest(picker, out, now)
+
+    def forgive_refusals(self, picker: PiecePicker, out: list[Action], now: float) -> None:
+        """Ask again, REFUSAL_SECONDS later, for pieces it refused: a refusal may
+        have been a full queue, not a missing piece, and it will not send a
+        second Have for a piece it already announced."""
+        for index, at in list(self.refused.items()):
+            if now - at < REFUSAL_SECONDS:
+                continue
+            del self.refused[index]
+            if not self.bitfield[index]:
+                self.bitfield.set(index)
+                picker.peer_has(self.id, index)
+        self.is_seed = self.bitfield.all()
+        self.update_interest(picker, out, now)
+
+    def drop_requests(self, picker: PiecePicker, out: list[Action] | None, now: float) -> None:
+        """Give every outstanding request back to the picker (choked, snubbed,
+        closing); with `out`, tell the peer (Cancel)."""
+        items = self.outstanding.items()
+        if out is not None and items:
+            wire = self.wire
+            self.send(out, b"".join(wire.send_cancel(i, b, n) for (i, b), n in items), now)
+        for (index, begin), length in items:
+            release_span(picker, self.id, index, begin, length)
+        self.outstanding.clear()
+
+    def cancel_block(self, req: BlockRequest, out: list[Action], now: float) -> None:
+        """Endgame: another peer delivered this block first."""
+        if self.outstanding.get((req.index, req.begin)) == req.length:
+            del self.outstanding[(req.index, req.begin)]
+            self.send(out, self.wire.send_cancel(req.index, req.begin, req.length), now)
+
+    # ---- uploads: our choke ----
+    def set_choking(self, choke: bool, have: Bitfield, out: list[Action], now: float) -> bool:
+        """Choke or unchoke it; True when that changed anything."""
+        if choke == self.am_choking:
+            return False
+        self.am_choking = choke
+        wire = self.wire
+        if not choke:
+            self.send(out, wire.send_unchoke(), now)
+            return True
+        data = [wire.send_choke()]
+        # allowed-fast requests survive a choke (BEP 6); the rest are rejected
+        # when the peer understands Reject, else dropped (BEP 3)
+        fast = {i for i in self.fast_for_it if have[i]} if wire.fast else set()
+        if wire.fast:
+            data.extend(wire.send_reject(i, b, n) for i, b, n in self.upload_queue if i not in fast)
+        self.upload_queue = deque(r for r in self.upload_queue if r[0] in fast)
+        self.send(out, b"".join(data), now)
+        return True
+
+    def cancel_upload(self, index: int, begin: int, length: int) -> None:
+        item = (index, begin, length)
+        if item in self.upload_queue:
+            self.upload_queue.remove(item)
+
+    def record_sent(self, index: int, begin: int, length: int, piece_size: int) -> bool:
+        """Count the distinct blocks of a piece sent to it; True when that
+        completes the piece (a block sent twice, after a snub or in endgame,
+        must not make a half-sent piece count as sent)."""
+        blocks = self.sent_blocks.setdefault(index, set())
+        blocks.update(range(begin // BLOCK_SIZE, -(-(begin + length) // BLOCK_SIZE)))
+        if len(blocks) * BLOCK_SIZE >= piece_size:
+            del self.sent_blocks[index]
+            return True
+        return False
+
+
+def client_name(peer_id: bytes) -> str:
+    """Azureus-style peer ids: -XX1234-...; anything else shown as hex."""
+    if len(peer_id) == 20 and peer_id[:1] == b"-" and peer_id[7:8] == b"-":
+        return peer_id[1:7].decode("ascii", "replace")
+    return peer_id[:8].hex()

@@ -1,0 +1,84 @@
+"""The origin's super-seed offers (BEP 16), on top of roost.core.choker.SuperSeeder. Pure.
+
+Theory of operation. With super-seeding on, the origin advertises nothing at
+handshake; SuperSeeder decides which pieces to reveal to which peer, and
+this module sends them as Have messages, OFFERS_PER_PEER at a time,
+preferring peers we upload to (unchoked). A peer may fetch only what was
+revealed to it (`may_serve`). A whole piece sent to a peer (`on_sent_piece`)
+frees its slot for the next offer; so does a Have from a peer that got an
+offered piece elsewhere (`on_have`). Offers to a peer that fetched nothing
+for STALE_OFFER_SECONDS are withdrawn and revealed to others (`tick`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from roost.core.actions import Action
+from roost.core.choker import SuperSeeder
+from roost.core.conn import Conn
+
+STALE_OFFER_SECONDS = 3.0
+OFFERS_PER_PEER = 4  # pieces revealed to a peer at a time
+
+
+class Offers:
+    def __init__(self, num_pieces: int, rng: random.Random) -> None:
+        self.seeder = SuperSeeder(num_pieces, rng=rng, max_offers=OFFERS_PER_PEER)
+
+    def add(self, conn: Conn) -> None:
+        """At handshake, before the peer said what it has."""
+        self.seeder.add_peer(conn.id, conn.bitfield)
+
+    def remove(self, conn: Conn) -> None:
+        self.seeder.remove_peer(conn.id)
+
+    def on_bitfield(self, conn: Conn, out: list[Action], now: float) -> None:
+        # it was added empty at handshake time; now we know what it has
+        self.seeder.set_bitfield(conn.id, conn.bitfield)
+        self.offer(conn, out, now)
+
+    def on_have(
+        self, conn: Conn, index: int, conns: Mapping[int, Conn], out: list[Action], now: float
+    ) -> None:
+        # only the peers whose offer this Have released get a new one
+        for key in self.seeder.on_peer_has(conn.id, index):
+            freed = conns.get(key)  # type: ignore[call-overload]
+            if freed is not None:
+                self.offer(freed, out, now)
+
+    def may_serve(self, conn: Conn, index: int) -> bool:
+        return bool(self.seeder.may_serve(conn.id, index))
+
+    def on_sent_piece(self, conn: Conn, index: int, out: list[Action], now: float) -> None:
+        self.seeder.on_sent(conn.id, index)
+        self.offer(conn, out, now)
+
+    def tick(self, conns: Mapping[int, Conn], out: list[Action], now: float) -> None:
+        """Withdraw stale offers, then offer again (a sweep, in case a release was
+        missed). Pieces revealed to a peer that has not fetched anything from us
+        for STALE_OFFER_SECONDS (it is choked, slow or gone) are revealed to
+        others instead; otherwise the last uncovered pieces can wait forever."""
+        for conn in conns.values():
+            idle_since = max(conn.last_upload_at, conn.offered_at)
+            if (
+                conn.ready
+                and now - idle_since > STALE_OFFER_SECONDS
+                and self.seeder.offers_of(conn.id)
+            ):
+                self.seeder.withdraw(conn.id)
+        # peers we upload to first: a piece revealed to a choked peer waits
+        for conn in sorted(conns.values(), key=lambda c: c.am_choking):
+            self.offer(conn, out, now)
+
+    def offer(self, conn: Conn, out: list[Action], now: float) -> None:
+        """Reveal pieces one at a time, each to as few peers as possible."""
+        if not conn.ready or conn.closed:
+            return
+        for _ in range(OFFERS_PER_PEER):
+            index = self.seeder.next_offer(conn.id)
+            if index is None:
+                return
+            conn.send(out, conn.wire.send_have(index), now)
+            conn.offered_at = now

@@ -1,0 +1,220 @@
+"""The peer table: whom we are connected to, whom we may dial, whom we refuse. Pure.
+
+Theory of operation. `PeerTable` holds the live connections (by connection
+id and by remote peer id), the addresses we may dial (`candidates`, each
+with a not-before time), and the bans. It decides; the member acts: methods
+return the connections to close and why, and the member closes them (so the
+rest of its state, the picker and the choker, hears of every close).
+
+Rules, in the order a connection meets them: the --allow list and IP bans
+(refused silently, counted); the admission policy (roost.core.admission:
+a pending budget and deadline before the handshake, the table's size and
+eviction after it); at handshake, ourselves, banned peer ids and duplicates.
+Two connections to one peer: both ends keep the one opened by the smaller
+peer id, so they agree without talking about it. An incoming connection
+comes from an ephemeral port, so `candidate_ids` remembers which peer a
+dialled address turned out to be, and we stop dialling peers we already
+talk to. Complete peers we closed as fellow seeds are not dialled again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from roost.core.actions import Address
+from roost.core.admission import EVICTED, NOT_ALLOWED, Admission, PeerView
+from roost.core.config import MemberConfig
+from roost.core.conn import Conn
+
+REDIAL_CONNECTED = 5.0  # a candidate we reached is not dialled again before this
+REDIAL_FAILED = 3.0
+DUPLICATE = "duplicate, banned or self connection"
+REPLACED = "replaced by a newer connection"
+
+#: a connection to close, and the reason ("" for counted, not logged)
+Closing = tuple[Conn, str]
+
+
+class PeerTable:
+    def __init__(self, config: MemberConfig, peer_id: bytes, handshake_seconds: float) -> None:
+        self.config = config
+        self.peer_id = peer_id
+        self.port = 0
+        self.conns: dict[int, Conn] = {}
+        self.by_id: dict[bytes, Conn] = {}
+        self.candidates: dict[Address, float] = {}  # address -> not before
+        self.candidate_ids: dict[Address, bytes] = {}
+        self.connect_errors: dict[Address, str] = {}  # the last one reported
+        self.fellow_seeds: set[bytes] = set()  # peer ids closed as "both seeds"
+        self.connecting: set[Address] = set()
+        self.banned_ids: set[bytes] = set()
+        self.banned_addrs: set[Address] = set()
+        self.banned_ips: set[str] = set()
+        # who gets a slot: pending budget, per-address caps, eviction
+        self.admission = Admission(config.max_peers, handshake_seconds=handshake_seconds)
+
+    def allowed_address(self, host: str) -> bool:
+        if host in self.banned_ips:
+            return False
+        if self.config.allow is None:
+            return True
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.config.allow)
+
+    # ---- a connection's life ----
+    def dialled(self, address: Address, now: float) -> None:
+        self.connecting.discard(address)
+        self.candidates[address] = now + REDIAL_CONNECTED
+        self.connect_errors.pop(address, None)
+
+    def dial_failed(self, address: Address, error: str, now: float) -> bool:
+        """True when this error is news for this address (report it once)."""
+        self.connecting.discard(address)
+        self.candidates[address] = now + REDIAL_FAILED
+        if self.connect_errors.get(address) == error:
+            return False
+        self.connect_errors[address] = error
+        return True
+
+    def arrive(self, conn: Conn, now: float) -> list[Closing]:
+        """A new connection, registered; what to close (it too, if not allowed)."""
+        self.conns[conn.id] = conn
+        if not self.allowed_address(conn.address[0]):
+            self.admission.count(NOT_ALLOWED, conn.address)
+            return [(conn, "")]  # counted, not logged: a flood would flood the log
+        # not yet handshaken: no slot of max_peers, only the small pending budget
+        dropped = self.admission.arrive(conn.address, now, incoming=not conn.outgoing)
+        return [c for key in dropped for c in self._dropped(key)]
+
+    def handshaken(self, conn: Conn, now: float) -> tuple[str | None, list[Closing]]:
+        """Its handshake arrived: (why it is refused or None, others to close)."""
+        rid = conn.remote_id
+        assert rid is not None
+        if rid == self.peer_id or rid in self.banned_ids:
+            return DUPLICATE, []
+        closing: list[Closing] = []
+        other = self.by_id.get(rid)
+        if conn.outgoing:
+            self.candidate_ids[conn.address] = rid
+        if other is not None and not other.closed:
+            new_initiator = self.peer_id if conn.outgoing else rid
+            if other.outgoing != conn.outgoing and new_initiator != min(self.peer_id, rid):
+                return DUPLICATE, []
+            closing.append((other, REPLACED))
+            self.admission.gone(other.address)
+        views = [v for v in self.views() if other is None or v.key != other.address]
+        decision = self.admission.handshaken(conn.address, now, views)
+        if decision.evict is not None:
+            closing += self._dropped(decision.evict)
+        if not decision.admit:
+            return decision.reason, closing
+        self.by_id[rid] = conn
+        return None, closing
+
+    def remove(self, conn: Conn) -> None:
+        if self.conns.get(conn.id) is conn:
+            del self.conns[conn.id]
+            self.admission.gone(conn.address)
+        if conn.remote_id is not None and self.by_id.get(conn.remote_id) is conn:
+            del self.by_id[conn.remote_id]
+
+    def overdue(self, now: float) -> list[Closing]:
+        """Connections past their handshake deadline (the policy counted them)."""
+        return [c for key in self.admission.overdue(now) for c in self._dropped(key)]
+
+    def _dropped(self, key: Address) -> list[Closing]:
+        """The connections at an address the admission policy gave up on."""
+        return [
+            (c, "" if c.remote_id is None else EVICTED)
+            for c in self.conns.values()
+            if c.address == key and not c.closed
+        ]
+
+    def views(self) -> list[PeerView]:
+        return [
+            PeerView(
+                c.address,
+                trading=c.peer_interested or c.am_interested or bool(c.upload_queue),
+                last_useful=max(c.ready_at, c.last_block_at, c.last_upload_at),
+            )
+            for c in self.conns.values()
+            if c.ready and not c.closed
+        ]
+
+    def ban(self, conn: Conn) -> None:
+        """Refuse this peer from now on: by peer id, by address, by IP unless loopback.
+
+        Loopback peers all share 127.0.0.1 (local swarms and tests), so an IP
+        ban there would ban the whole swarm."""
+        if conn.remote_id is not None:
+            self.banned_ids.add(conn.remote_id)
+        self.banned_addrs.add(conn.address)
+        try:
+            if not ipaddress.ip_address(conn.address[0]).is_loopback:
+                self.banned_ips.add(conn.address[0])
+        except ValueError:
+            pass
+
+    def fellow_seed(self, conn: Conn) -> None:
+        """We are complete and so is it: nothing will pass between us, so we
+        also stop dialling it (lingering seeds otherwise keep reconnecting to
+        each other every few seconds, just to hang up)."""
+        if conn.remote_id is not None:
+            self.fellow_seeds.add(conn.remote_id)
+
+    # ---- whom to dial ----
+    def add_candidates(self, peers: list[Address]) -> None:
+        connected = {c.address for c in self.conns.values()}
+        for address in peers:
+            if not self._is_self(address) and address not in connected:
+                self.candidates.setdefault(address, 0.0)
+
+    def listens_at(self, conn: Conn, port: int) -> None:
+        """An incoming peer said where it listens (BEP 10 `p`): if we would
+        dial that address, we now know it is this peer."""
+        address = (conn.address[0], port)
+        if conn.remote_id is not None and address in self.candidates:
+            self.candidate_ids[address] = conn.remote_id
+
+    def to_dial(self, now: float, *, complete: bool) -> list[Address]:
+        """Candidates to connect to now, as many as the table has room for."""
+        room = self.admission.room_to_dial(len(self.connecting))
+        if room <= 0 or (complete and not self.config.seed):
+            return []
+        connected = {c.address for c in self.conns.values()}
+        chosen = []
+        for address, not_before in list(self.candidates.items()):
+            if room <= 0:
+                break
+            if (
+                not_before > now
+                or address in connected
+                or self._talking_to(address)
+                or (complete and self.candidate_ids.get(address) in self.fellow_seeds)
+                or address in self.connecting
+                or address in self.banned_addrs
+                or not self.allowed_address(address[0])
+            ):
+                continue
+            room -= 1
+            self.connecting.add(address)
+            chosen.append(address)
+        return chosen
+
+    def _talking_to(self, address: Address) -> bool:
+        known = self.candidate_ids.get(address)
+        if known is None:
+            return False
+        conn = self.by_id.get(known)
+        return conn is not None and not conn.closed
+
+    def _is_self(self, address: Address) -> bool:
+        if address[1] != self.port:
+            return False
+        own = {self.config.announce_ip, self.config.listen_host, "127.0.0.1", "::1"}
+        return address[0] in own

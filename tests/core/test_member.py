@@ -1,0 +1,419 @@
+"""The swarm member's policy, driven with a fake clock: bytes and events in,
+actions out, no sockets (see member_kit)."""
+
+from __future__ import annotations
+
+from roost.bitfield import Bitfield
+from roost.core.actions import (
+    Announce,
+    AnnounceAnswered,
+    Close,
+    Connect,
+    Flush,
+    Flushed,
+    SendBlock,
+    WantWritable,
+    WriteReady,
+)
+from roost.core.conn import REFUSAL_SECONDS
+from roost.core.member import (
+    HANDSHAKE_TIMEOUT,
+    RECHOKE_TICKS,
+    SNUB_SECONDS,
+    TICK,
+    MemberConfig,
+)
+from roost.core.offers import OFFERS_PER_PEER
+from roost.core.uploads import WRITE_WINDOW
+from roost.core.wire import (
+    BLOCK_SIZE,
+    Cancel,
+    Choke,
+    Have,
+    HaveNone,
+    Interested,
+    NotInterested,
+    Piece,
+    RejectRequest,
+    Request,
+    Unchoke,
+)
+from tests.core.member_kit import Kit, Remote
+
+
+def unchoked(remote: Remote) -> bool:
+    """Whether the last choke message the remote got was an Unchoke."""
+    last = [m for m in remote.messages if isinstance(m, (Choke, Unchoke))]
+    return bool(last) and isinstance(last[-1], Unchoke)
+
+
+# ---- choking ----
+
+
+def test_interest_fills_free_slots_at_once_and_the_rechoke_trims_to_the_slots() -> None:
+    kit = Kit(pieces=40, complete=True, config=MemberConfig(unchoke_slots=2))
+    remotes = [kit.connect(interested=True) for _ in range(5)]
+    # a free slot is filled at once (up to slots + 1), without waiting for a round
+    assert [unchoked(r) for r in remotes] == [True, True, True, False, False]
+    kit.advance(TICK)  # the first tick is a rechoke round
+    assert sum(unchoked(r) for r in remotes) == 2
+    # a choked peer's request is refused (Reject, it speaks BEP 6), unless the
+    # piece is one of its allowed-fast set
+    choked = next(r for r in remotes if not unchoked(r))
+    fast = kit.member.conns[choked.cid].fast_for_it
+    assert len(fast) == 8
+    slow = min(set(range(40)) - fast)
+    choked.say(choked.wire.send_request(slow, 0, BLOCK_SIZE))
+    choked.say(choked.wire.send_request(min(fast), 0, BLOCK_SIZE))
+    assert choked.of(RejectRequest) == [RejectRequest(slow, 0, BLOCK_SIZE)]
+    assert [(p.index, p.begin) for p in choked.of(Piece)] == [(min(fast), 0)]
+
+
+def test_a_closed_unchoked_peer_frees_its_slot_for_another() -> None:
+    kit = Kit(complete=True, config=MemberConfig(unchoke_slots=1))
+    remotes = [kit.connect(interested=True) for _ in range(3)]
+    kit.advance(TICK)
+    # one regular slot; with 3 candidates > 1 slot and a single slot, no optimistic one
+    assert sum(unchoked(r) for r in remotes) == 1
+    holder = next(r for r in remotes if unchoked(r))
+    kit.hang_up(holder)
+    others = [r for r in remotes if r is not holder]
+    assert sum(unchoked(r) for r in others) == 1
+
+
+def test_not_interested_gives_the_slot_back() -> None:
+    kit = Kit(complete=True, config=MemberConfig(unchoke_slots=1))
+    a = kit.connect(interested=True)
+    b = kit.connect(interested=True)
+    kit.advance(TICK)
+    first = a if unchoked(a) else b
+    other = b if first is a else a
+    first.say(first.wire.send_not_interested())
+    assert not unchoked(first) and unchoked(other)
+
+
+def test_rechoke_rounds_come_every_rechoke_ticks() -> None:
+    kit = Kit(complete=True, config=MemberConfig(unchoke_slots=2))
+    remotes = [kit.connect(interested=True) for _ in range(6)]
+    kit.advance(TICK)
+    chokes = sum(len(r.of(Choke)) for r in remotes)
+    kit.advance(TICK * (RECHOKE_TICKS - 1) - 0.01)  # no round in between
+    assert sum(len(r.of(Choke)) for r in remotes) == chokes
+    kit.advance(0.02)
+    assert sum(unchoked(r) for r in remotes) == 2
+
+
+def test_seeding_serves_requests_in_windows_and_waits_for_room() -> None:
+    kit = Kit(pieces=40, piece_length=16 * BLOCK_SIZE, complete=True)
+    remote = kit.connect(interested=True)
+    assert unchoked(remote)
+    whole = WRITE_WINDOW // (16 * BLOCK_SIZE)  # pieces that fill one window
+    data = b"".join(remote.wire.send_request(i, 0, 16 * BLOCK_SIZE) for i in range(whole))
+    data += remote.wire.send_request(whole, 0, BLOCK_SIZE)
+    actions = remote.say(data)
+    sent = [a for a in actions if isinstance(a, SendBlock)]
+    assert sum(a.length for a in sent) == WRITE_WINDOW  # the rest waits for room
+    assert actions[-1] == WantWritable(remote.cid)
+    actions = kit.run(kit.member.event(WriteReady(remote.cid), kit.now))
+    sent = [(a.index, a.length) for a in actions if isinstance(a, SendBlock)]
+    assert sent == [(whole, BLOCK_SIZE)]
+    assert [p.index for p in remote.of(Piece)] == list(range(whole + 1))
+
+
+# ---- downloading: pipelining, endgame, snubbing, rejects ----
+
+
+def test_endgame_asks_a_second_peer_and_cancels_when_the_first_delivers() -> None:
+    kit = Kit(pieces=2)
+    a = kit.connect(have=Bitfield.full(2))
+    a.say(a.wire.send_unchoke())
+    asked_a = a.requests()
+    assert len(asked_a) == 8  # every block of the payload, from the first peer
+    b = kit.connect(have=Bitfield.full(2))
+    b.say(b.wire.send_unchoke())
+    asked_b = b.requests()
+    assert asked_b
+    assert {(r.index, r.begin) for r in asked_b} <= {(r.index, r.begin) for r in asked_a}
+    dup = asked_b[0]
+    same = next(r for r in asked_a if (r.index, r.begin) == (dup.index, dup.begin))
+    a.answer(same)
+    assert Cancel(dup.index, dup.begin, dup.length) in b.of(Cancel)
+    late = b.answer(dup)  # it was already on its way: wasted, not written twice
+    assert not late and kit.member.wasted_bytes == dup.length
+
+
+def test_a_peer_that_sends_nothing_is_snubbed_and_its_requests_go_elsewhere() -> None:
+    kit = Kit(pieces=8)
+    slow = kit.connect(have=Bitfield.full(8))
+    slow.say(slow.wire.send_unchoke())
+    asked = slow.requests()
+    assert len(asked) == 32  # every block of the payload
+    kit.advance(SNUB_SECONDS + 2 * TICK)
+    cancels = slow.of(Cancel)
+    assert len(cancels) == len(asked), "a snubbed peer's requests are cancelled"
+    conn = kit.member.conns[slow.cid]
+    assert conn.snubbed and conn.pipeline_blocks() == 1
+    fast = kit.connect(have=Bitfield.full(8))
+    fast.say(fast.wire.send_unchoke())
+    assert len(fast.requests()) == len(asked), "the freed blocks went to another peer"
+    # snubbed, it is asked for one block at a time; a block ends the snub
+    (((index, begin), length),) = conn.outstanding.items()
+    slow.say(slow.wire.send_piece(index, begin, kit.block(index, begin, length)))
+    assert not conn.snubbed
+
+
+def test_a_reject_while_unchoked_moves_the_piece_elsewhere_then_asks_again_later() -> None:
+    kit = Kit(pieces=4)
+    bits = Bitfield(4)
+    bits.set(2)
+    remote = kit.connect(have=bits)
+    remote.say(remote.wire.send_unchoke())
+    asked = remote.requests()
+    assert asked and {r.index for r in asked} == {2}
+    remote.say(b"".join(remote.wire.send_reject(r.index, r.begin, r.length) for r in asked))
+    member = kit.member
+    assert member.picker.availability(2) == 0
+    assert isinstance(remote.messages[-1], NotInterested)
+    remote.messages.clear()
+    kit.advance(TICK)
+    assert not remote.requests(), "asked the refusing peer again at once"
+    kit.advance(REFUSAL_SECONDS)
+    assert member.picker.availability(2) == 1
+    assert any(isinstance(m, Interested) for m in remote.messages)
+    assert {r.index for r in remote.requests()} == {2}
+
+
+def test_a_reject_after_a_choke_is_the_chokes_not_the_pieces() -> None:
+    kit = Kit(pieces=4)
+    remote = kit.connect(have=Bitfield.full(4))
+    remote.say(remote.wire.send_unchoke())
+    asked = remote.requests()
+    remote.say(remote.wire.send_choke())
+    remote.say(b"".join(remote.wire.send_reject(r.index, r.begin, r.length) for r in asked))
+    assert kit.member.picker.availability(asked[0].index) == 1
+    assert not kit.member.conns[remote.cid].outstanding
+
+
+def test_download_rate_cap_pauses_reading_until_tokens_return() -> None:
+    from roost.core.actions import PauseReading, ResumeReading
+
+    kit = Kit(pieces=8, config=MemberConfig(download_rate=64 * 1024))
+    remote = kit.connect(have=Bitfield.full(8))
+    remote.say(remote.wire.send_unchoke())
+    for req in remote.requests()[:8]:
+        remote.answer(req)
+    assert kit.of(PauseReading) and not kit.of(ResumeReading)
+    kit.advance(5.0)
+    assert kit.of(ResumeReading)
+
+
+# ---- bad data ----
+
+
+def test_a_peer_that_sent_a_whole_bad_piece_is_banned() -> None:
+    kit = Kit(pieces=2)
+    liar = kit.connect(have=Bitfield.full(2))
+    liar.say(liar.wire.send_unchoke())
+    for req in liar.requests():
+        if req.index == 0:
+            liar.answer(req, bytes(req.length))  # zeros, not the data
+    kit.check()
+    assert kit.reports("hash_failed") == [{"piece": 0, "peers": 1}]
+    (ban,) = kit.reports("peer_banned")
+    assert "failed its hash check" in ban["reason"]
+    assert liar.closed is not None and liar.closed.startswith("banned:")
+    assert Close(liar.cid, liar.closed, True) in kit.actions
+    assert liar.peer_id in kit.member.peers.banned_ids
+    # it cannot come back under the same peer id
+    again = kit.connect(have=Bitfield.full(2))
+    assert again.closed is None  # a different peer id is fine
+
+
+def test_smart_ban_finds_the_one_corrupt_sender_among_several() -> None:
+    kit = Kit(pieces=1, piece_length=4 * BLOCK_SIZE)
+    honest = kit.connect(have=Bitfield.full(1))
+    liar = kit.connect(have=Bitfield.full(1))
+    honest.say(honest.wire.send_unchoke())
+    assert len(honest.requests()) == 4
+    liar.say(liar.wire.send_unchoke())  # endgame: the same blocks, asked again
+    dups = liar.requests()
+    assert len(dups) >= 2
+    corrupt = set()
+    for req in dups[:2]:  # the liar delivers two blocks first, corrupt
+        data = bytearray(kit.block(req.index, req.begin, req.length))
+        data[100] ^= 0xFF
+        liar.answer(req, bytes(data))
+        corrupt.add(req.begin)
+    for req in honest.requests():
+        if req.begin not in corrupt:
+            honest.answer(req)
+    kit.check()
+    assert kit.reports("hash_failed") == [{"piece": 0, "peers": 2}]
+    assert not kit.reports("peer_banned"), "two senders: nobody is banned yet"
+    # fetched again; this time the liar stays silent and the honest peer delivers
+    for _ in range(10):
+        honest.messages = [m for m in honest.messages if not isinstance(m, Request)]
+        liar.messages.clear()
+        kit.advance(TICK)
+        for req in honest.requests():
+            honest.answer(req)
+        kit.check()
+        if kit.member.complete:
+            break
+    assert kit.member.complete
+    (ban,) = kit.reports("peer_banned")
+    assert ban["reason"] == "sent a corrupt block of piece 0"
+    assert liar.closed is not None and honest.closed is None
+
+
+def test_a_broken_frame_closes_and_bans_only_that_connection() -> None:
+    kit = Kit(complete=True)
+    good = kit.connect(interested=True)
+    bad = kit.connect(interested=True)
+    bad.say(b"\x00\x00\x00\x05\x04\x00\x00\x00\x63")  # Have of piece 99 of 8
+    assert bad.closed is not None and bad.closed.startswith("banned:")
+    assert good.closed is None and good.cid in kit.member.conns
+
+
+# ---- super-seeding ----
+
+
+def test_super_seeding_reveals_each_piece_to_one_peer_and_serves_only_that() -> None:
+    kit = Kit(pieces=16, complete=True, config=MemberConfig(super_seed=True))
+    a = kit.connect(interested=True)
+    b = kit.connect(interested=True)
+    assert a.of(HaveNone) and b.of(HaveNone), "a super-seed announces nothing at first"
+    offered_a = {m.index for m in a.of(Have)}
+    offered_b = {m.index for m in b.of(Have)}
+    assert len(offered_a) == len(offered_b) == OFFERS_PER_PEER
+    assert not offered_a & offered_b, "one piece is revealed to one peer at a time"
+    hidden = next(i for i in range(16) if i not in offered_a)
+    a.say(a.wire.send_request(hidden, 0, BLOCK_SIZE))
+    assert RejectRequest(hidden, 0, BLOCK_SIZE) in a.of(RejectRequest)
+    # a fetches one offered piece whole and b gets it from a: a's next offer comes
+    piece = min(offered_a)
+    size = kit.info.piece_size(piece)
+    a.say(b"".join(a.wire.send_request(piece, o, BLOCK_SIZE) for o in range(0, size, BLOCK_SIZE)))
+    assert sum(len(p.block) for p in a.of(Piece) if p.index == piece) == size
+    before = len(a.of(Have))
+    b.say(b.wire.send_have(piece))
+    assert len(a.of(Have)) == before + 1
+
+
+# ---- handshakes and connections ----
+
+
+def test_silent_connection_is_closed_at_the_handshake_deadline() -> None:
+    kit = Kit()
+    from roost.core.actions import Connected
+
+    kit.run(kit.member.event(Connected(77, ("10.0.0.9", 5000)), kit.now))
+    kit.advance(HANDSHAKE_TIMEOUT - 1)
+    assert 77 in kit.member.conns
+    kit.advance(2)
+    assert 77 not in kit.member.conns and Close(77, "") in kit.actions
+    # counted, not logged one by one: a flood of silent sockets costs one line
+    assert not kit.reports("peer_closed")
+    (refused,) = kit.reports("connections_refused")
+    assert refused["counts"] == {"no handshake in time": 1}
+
+
+def test_tracker_peers_are_dialled_and_never_ourselves() -> None:
+    kit = Kit(trackers=True, config=MemberConfig(listen_host="10.1.1.1"))
+    assert kit.of(Announce)[0].event == "started"
+    peers = [("10.1.1.1", 6881), ("10.1.1.2", 6881), ("127.0.0.1", 6881)]
+    kit.run(kit.member.event(AnnounceAnswered(peers, 30.0), kit.now))
+    assert [c.address for c in kit.of(Connect)] == [("10.1.1.2", 6881)]
+    kit.advance(29)
+    assert len(kit.of(Announce)) == 1
+    kit.advance(2)
+    assert [a.event for a in kit.of(Announce)] == ["started", None]
+
+
+# ---- completion policy ----
+
+
+def download_all(kit: Kit) -> Remote:
+    seed = kit.connect(have=Bitfield.full(kit.info.num_pieces))
+    seed.say(seed.wire.send_unchoke())
+    for _ in range(20):
+        for req in seed.requests():
+            seed.answer(req)
+        kit.check()
+        if kit.member.complete:
+            break
+        kit.advance(TICK)
+    assert kit.member.complete
+    return seed
+
+
+def test_a_fetch_without_seeding_stops_once_the_payload_is_flushed() -> None:
+    kit = Kit(config=MemberConfig(seed=False), trackers=True)
+    kit.run(kit.member.event(AnnounceAnswered([], 600.0), kit.now))
+    seed = download_all(kit)
+    assert kit.of(Flush) and not kit.stops()
+    assert kit.of(Announce)[-1].event == "completed", "completed is announced at once"
+    kit.run(kit.member.event(Flushed(), kit.now))
+    (complete,) = kit.reports("complete")
+    assert complete["bytes"] == kit.info.total_length
+    assert [s.reason for s in kit.stops()] == ["complete"]
+    assert seed.closed == "both seeds"
+
+
+def test_a_lingering_fetch_leaves_when_nobody_is_interested_for_linger_seconds() -> None:
+    kit = Kit(config=MemberConfig(linger=10.0))
+    download_all(kit)
+    kit.run(kit.member.event(Flushed(), kit.now))
+    leecher = kit.connect(interested=True)
+    kit.advance(9.0)
+    assert not kit.stops(), "an interested peer keeps us seeding"
+    leecher.say(leecher.wire.send_not_interested())
+    kit.advance(9.0)
+    assert not kit.stops()
+    kit.advance(2.0)
+    assert [s.reason for s in kit.stops()] == ["no interested peer for 10 s"]
+
+
+def test_a_fetch_leaves_when_the_tracker_says_every_expected_peer_is_complete() -> None:
+    kit = Kit(config=MemberConfig(linger=600.0), trackers=True)
+    download_all(kit)
+    kit.run(kit.member.event(Flushed(), kit.now))
+    answer = AnnounceAnswered([], 30.0, expected_peers=3, complete_peers=2)
+    kit.run(kit.member.event(answer, kit.now))
+    kit.advance(TICK)
+    assert not kit.stops()
+    answer = AnnounceAnswered([], 30.0, expected_peers=3, complete_peers=3)
+    kit.run(kit.member.event(answer, kit.now))
+    kit.advance(TICK)
+    assert [s.reason for s in kit.stops()] == ["every expected peer is complete"]
+
+
+def test_a_seed_stays_unless_asked_to_stop_when_the_swarm_is_complete() -> None:
+    for until_complete in (False, True):
+        config = MemberConfig(linger=None, stop_when_swarm_complete=until_complete)
+        kit = Kit(complete=True, config=config, trackers=True)
+        answer = AnnounceAnswered([], 30.0, expected_peers=2, complete_peers=2)
+        kit.run(kit.member.event(answer, kit.now))
+        kit.advance(60.0)
+        assert bool(kit.stops()) == until_complete
+
+
+def test_a_disk_error_stops_the_member_with_the_error() -> None:
+    from roost.core.actions import PieceChecked
+
+    kit = Kit(pieces=2)
+    seed = kit.connect(have=Bitfield.full(2))
+    seed.say(seed.wire.send_unchoke())
+    for req in seed.requests():
+        seed.answer(req)
+    action = kit.pending.pop(0)
+    kit.run(kit.member.event(PieceChecked(action.index, False, "No space left"), kit.now))
+    (stop,) = kit.stops()
+    assert stop.reason == "disk error" and stop.error is not None and "No space" in stop.error
+
+
+def test_a_fetch_that_is_complete_at_start_and_does_not_seed_ends_at_once() -> None:
+    kit = Kit(complete=True, config=MemberConfig(seed=False))
+    assert kit.of(Flush) and not kit.of(Connect)
+    kit.run(kit.member.event(Flushed(), kit.now))
+    assert [s.reason for s in kit.stops()] == ["complete"]
