@@ -43,6 +43,7 @@ class FileEntry:
     path: tuple[str, ...]
     length: int
     offset: int
+    pad: bool = False  # BEP 47 pad file (attr "p"): zeros, never written to disk
 
     @property
     def relpath(self) -> str:
@@ -177,7 +178,7 @@ def check_piece_length(value: int, error: type[Exception] = MetainfoError) -> No
 
 def build_info(
     name: str,
-    files: Sequence[tuple[tuple[str, ...], int]] | int,
+    files: Sequence[tuple[tuple[str, ...], int] | tuple[tuple[str, ...], int, bool]] | int,
     piece_length: int,
     pieces: bytes,
     *,
@@ -186,19 +187,26 @@ def build_info(
     """Build the `info` dictionary.
 
     `files` is the payload length for a single-file torrent, or a list of
-    (path components, length) for a multi-file one, in payload order."""
+    (path components, length[, pad]) for a multi-file one, in payload order;
+    a pad file (BEP 47) gets attr "p"."""
     safe_component(name, "torrent name")
     check_piece_length(piece_length)
     info: dict[str, Any] = {"name": name, "piece length": piece_length, "pieces": pieces}
     if isinstance(files, int):
         info["length"] = files
     else:
-        info["files"] = [
-            {"length": length, "path": list(safe_relpath(path))} for path, length in files
-        ]
+        info["files"] = [_file_dict(item) for item in files]
     if private:
         info["private"] = 1
     return info
+
+
+def _file_dict(item: tuple[tuple[str, ...], int] | tuple[tuple[str, ...], int, bool]
+               ) -> dict[str, Any]:
+    entry: dict[str, Any] = {"length": item[1], "path": list(safe_relpath(item[0]))}
+    if len(item) > 2 and item[2]:
+        entry["attr"] = "p"
+    return entry
 
 
 def build_torrent(
@@ -310,6 +318,12 @@ def _parse_files(raw: Any) -> tuple[FileEntry, ...]:
         if not isinstance(parts, list) or not all(isinstance(p, bytes) for p in parts):
             raise MetainfoError("a 'files' entry has no valid 'path' list")
         path = safe_relpath(parts)
+        attr = item.get(b"attr", b"")
+        if isinstance(attr, bytes) and b"p" in attr:
+            # pads may share a path (".pad/N"); they are never written, so no clash
+            entries.append(FileEntry(path, length, offset, pad=True))
+            offset += length
+            continue
         if path in seen or path in prefixes:
             raise MetainfoError(f"file path {'/'.join(path)!r} appears twice or is a directory")
         seen.add(path)

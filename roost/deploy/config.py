@@ -38,6 +38,7 @@ class DeployConfig:
     tag: str | None = None
     keep: int = 5
     format: str = "auto"
+    reuse: str = "copy"  # tree format: copy | hardlink | none (roost.treestage)
     compress: bool = False
     min_success: str = "100%"
     activate: bool = True
@@ -87,6 +88,7 @@ TOML_KEYS: dict[str, dict[str, str]] = {
             "tag",
             "keep",
             "format",
+            "reuse",
             "compress",
             "min_success",
             "activate",

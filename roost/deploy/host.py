@@ -80,6 +80,11 @@ class HostRun:
     hooks: list[dict[str, Any]] = field(default_factory=list)  # each hook's captured output
     health: dict[str, Any] | None = None  # the health check's verdict and output
     lock_stream: Stream | None = None  # `roost host-lock`, alive while we hold the lock
+    staging: str = ""  # format tree: releases/.<tag>.tmp-<deploy id>, where pieces land
+    bytes_reused: int | None = None  # format tree: placed from kept releases, no network
+    files_reused: int = 0
+    bytes_to_fetch: int | None = None  # what the swarm had to bring after reuse
+    bytes_fetched: int | None = None  # what fetch downloaded (from its `complete` event)
 
     def dest(self, config: DeployConfig) -> str:
         return self.spec.dest or config.dest
@@ -181,8 +186,10 @@ class HostRun:
         self.address_local = bool(info.get("address_local", True))
         self.previous = self.current = info.get("current")
         self.already_had = bool(info.get("have"))
+        if manifest.format == "tree":
+            self.staging = f"{dest.rstrip('/')}/releases/.{manifest.tag}.tmp-{deploy_id}"
         # staging holds the payload, and a tarball is unpacked beside it
-        need = manifest.size * (1 if manifest.format == "file" else 2)
+        need = manifest.size * (1 if manifest.format in ("file", "tree") else 2)
         if not self.already_had and int(info.get("free_bytes", need)) < need:
             raise HostFailure(
                 "disk-full",
@@ -191,14 +198,18 @@ class HostRun:
             )
         return info
 
-    async def start_fetch(self, agent: Agent, plan: FetchPlan, location: str | None) -> None:
+    async def start_fetch(self, agent: Agent, plan: FetchPlan, location: str | None,
+                          dest: str = "", reuse: str = "copy") -> None:
         assert self.transport is not None
         self.phase = "fetch"
+        tree = (["--tree-manifest", f"{self.work}/manifest.json", "--dest", dest,
+                 "--reuse", reuse] if self.staging else [])
         args = [
             "fetch",
             f"{self.work}/payload.torrent",
+            *tree,
             "-d",
-            f"{self.work}/staging",
+            self.staging or f"{self.work}/staging",
             "--json",
             "--tracker",
             plan.tracker_url,
@@ -248,7 +259,12 @@ class HostRun:
                 self.bytes_done = int(event.get("bytes_done", self.bytes_done))
                 self.bytes_total = int(event.get("bytes_total", self.bytes_total))
                 self.rate = float(event.get("down_Bps", 0))
+            elif name == "reused":
+                self.bytes_reused = int(event.get("bytes", 0))
+                self.files_reused = int(event.get("files", 0))
+                self.bytes_to_fetch = int(event.get("fetch_bytes", 0))
             elif name == "complete":
+                self.bytes_fetched = int(event.get("downloaded", 0))
                 self.bytes_done = self.bytes_total = int(event.get("bytes", self.bytes_total))
                 self.rate = 0.0
                 self.mark("fetched")
@@ -271,6 +287,7 @@ class HostRun:
                 dest,
                 "--manifest",
                 f"{self.work}/manifest.json",
+                *(["--payload", self.staging] if self.staging else []),
                 "--no-switch",
                 "--json",
             ),

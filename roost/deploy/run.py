@@ -148,7 +148,9 @@ async def run_deploy(
         deploy.payload = await asyncio.to_thread(
             pack, src, scratch, deploy.tag, fmt=config.format, compress=config.compress
         )
-        torrent = await asyncio.to_thread(make_metainfo, deploy.payload.payload)
+        made = deploy.payload.torrent  # a tree's torrent is made with its manifest
+        torrent = made if made is not None else await asyncio.to_thread(
+            make_metainfo, deploy.payload.payload)
         (scratch / "payload.torrent").write_bytes(torrent)
         deploy.mark("packed")
         meta = parse(torrent)
@@ -165,15 +167,17 @@ async def run_deploy(
         reached = sum(1 for h in deploy.hosts if not h.failed)
         pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
         swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached)
+        tree = deploy.payload.manifest.format == "tree"
         origin = await Origin.start(
             scratch / "payload.torrent",
-            deploy.payload.payload.parent,
+            deploy.payload.payload if tree else deploy.payload.payload.parent,
             where,
             swarm.announce_url,
             swarm.expected,
             config.upload_rate,
             config.super_seed,
             origin_tls,
+            tree,
         )
         deploy.mark("origin_started")
         if on_ready:
@@ -263,7 +267,8 @@ async def _fetch_phase(
                     run.bytes_done = run.bytes_total = manifest.size
                     await swarm.one_fewer()
                     return
-                await run.start_fetch(agent, plan, run.spec.location)
+                await run.start_fetch(agent, plan, run.spec.location, run.dest(config),
+                                      config.reuse)
                 run.status = "fetching"
             completed = asyncio.Event()
             run.fetch_task = asyncio.create_task(run.follow_fetch(completed))

@@ -247,6 +247,7 @@ class Origin:
         upload_rate: str | None,
         super_seed: bool = False,
         tls: tuple[Path, Path, Path] | None = None,
+        tree: bool = False,
     ) -> Origin:
         args = [
             sys.executable,
@@ -257,6 +258,7 @@ class Origin:
             "-d",
             str(payload_dir),
             *(["--super-seed"] if super_seed else []),
+            *(["--tree"] if tree else []),  # -d is the tree itself
             "--skip-check",
             "--json",
             "--quiet",

@@ -205,7 +205,7 @@ def report(deploy: Deploy) -> dict[str, Any]:
         "tag": deploy.tag,
         "dest": deploy.config.dest,
         "deploy_id": deploy.deploy_id,
-        "payload": m.to_dict() if m else None,
+        "payload": _payload(deploy) if m else None,
         "exit_code": deploy.exit_code,
         "message": deploy.message,
         "activated": deploy.activated,
@@ -218,6 +218,20 @@ def report(deploy: Deploy) -> dict[str, Any]:
         "timings": timings(deploy),
         "bound": bound(deploy),
     }
+
+
+def _payload(deploy: Deploy) -> dict[str, Any] | None:
+    """The manifest without a tree's entries (a release may list 100,000 of them)."""
+    if deploy.payload is None:
+        return None
+    out = deploy.payload.manifest.to_dict()
+    tree = out.pop("tree", None)
+    if tree is not None:
+        out["entries"] = len(tree["entries"])
+        out["info_hash"] = tree["info_hash"]
+        out["piece_length"] = tree["piece_length"]
+        out["padding"] = deploy.payload.padding
+    return out
 
 
 def final_table(deploy: Deploy, console: Console) -> None:
@@ -264,10 +278,11 @@ def final_table(deploy: Deploy, console: Console) -> None:
         )
     b = bound(deploy)
     if b and b["efficiency_transfer"]:
+        whole = b["efficiency_total"]  # None when the deploy failed somewhere
         console.print(
             f"bound S·8/R = {b['bound_seconds']:.2f} s; efficiency "
-            f"{b['efficiency_transfer']:.2f} (transfer), "
-            f"{b['efficiency_total']:.2f} (whole deploy)"
+            f"{b['efficiency_transfer']:.2f} (transfer)"
+            + (f", {whole:.2f} (whole deploy)" if whole is not None else "")
         )
     if deploy.activated and any(h.batch is not None for h in deploy.hosts):
         console.print("runs now: " + "; ".join(
