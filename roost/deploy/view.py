@@ -87,6 +87,8 @@ def live_panel(deploy: Deploy) -> Group:
         (f"  of {len(deploy.hosts)} hosts", "dim"),
     )
     parts: list[Any] = [head, counts]
+    if (line := _reuse_line(deploy, "to_fetch")) is not None:
+        parts.append(line)
     if p["slowest"]:
         parts.append(
             Text("slowest: " + ", ".join(f"{n} {pct:.0f}%" for n, pct in p["slowest"]), style="dim")
@@ -147,6 +149,11 @@ def host_rows(deploy: Deploy) -> list[dict[str, Any]]:
                 "pushed_agent": h.pushed_agent,
                 "agent": "pushed" if h.pushed_agent else ("cached" if h.pyz else "-"),
                 "fetch_seconds": round(fetch_s, 3) if fetch_s is not None else None,
+                # tree releases: placed from kept releases vs. brought by the swarm
+                "bytes_reused": h.bytes_reused,
+                "files_reused": h.files_reused,
+                "bytes_to_fetch": h.bytes_to_fetch,
+                "bytes_fetched": h.bytes_fetched,
                 "seconds": round(end - start, 3) if start and end else None,
             }
         )
@@ -217,7 +224,30 @@ def report(deploy: Deploy) -> dict[str, Any]:
         "placement": placement(deploy),
         "timings": timings(deploy),
         "bound": bound(deploy),
+        "bytes": byte_totals(deploy),
     }
+
+
+def byte_totals(deploy: Deploy) -> dict[str, int | None]:
+    """Over every host: bytes reused locally, bytes fetched (None when no host said)."""
+    def total(values: list[int | None]) -> int | None:
+        known = [v for v in values if v is not None]
+        return sum(known) if known else None
+    return {
+        "reused": total([h.bytes_reused for h in deploy.hosts]),
+        "to_fetch": total([h.bytes_to_fetch for h in deploy.hosts]),
+        "fetched": total([h.bytes_fetched for h in deploy.hosts]),
+    }
+
+
+def _reuse_line(deploy: Deploy, fetched_key: str = "fetched") -> Text | None:
+    totals = byte_totals(deploy)
+    if totals["reused"] is None:
+        return None
+    fetched = totals[fetched_key]
+    verb = "would fetch" if fetched_key == "to_fetch" else "fetched"
+    return Text(f"reused locally {_size(totals['reused'])}, {verb} "
+                f"{_size(fetched or 0)} over the network (all hosts)", style="dim")
 
 
 def _payload(deploy: Deploy) -> dict[str, Any] | None:
@@ -240,8 +270,9 @@ def final_table(deploy: Deploy, console: Console) -> None:
         return
     staged = any(h.batch is not None for h in deploy.hosts)
     table = Table(title=f"roost deploy {deploy.tag}", title_justify="left")
+    tree = any(h.bytes_reused is not None for h in deploy.hosts)
     columns = ["host", *(["batch"] if staged else []), "status", "runs now", "time", "agent",
-               "reason"]
+               *(["reused / fetched"] if tree else []), "reason"]
     for column in columns:
         table.add_column(column, no_wrap=column != "reason")
     for h, row in zip(deploy.hosts, host_rows(deploy), strict=True):
@@ -254,6 +285,7 @@ def final_table(deploy: Deploy, console: Console) -> None:
             Text(row["current"] or "-"),
             Text(f"{row['seconds']:.1f} s" if row["seconds"] is not None else "-"),
             Text(row["agent"]),
+            *([_reuse_cell(h)] if tree else []),
             # Text, not a str: rich would read "[disk-full]" as markup and drop it
             Text.assemble((row["reason"], "red" if row["kind"] else ""),
                           (f" [{row['kind']}]" if row["kind"] else "", "dim"))
@@ -276,6 +308,8 @@ def final_table(deploy: Deploy, console: Console) -> None:
             f"({deploy.payload.manifest.format}); "
             + ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if v is not None)
         )
+    if (line := _reuse_line(deploy)) is not None:
+        console.print(line)
     b = bound(deploy)
     if b and b["efficiency_transfer"]:
         whole = b["efficiency_total"]  # None when the deploy failed somewhere
@@ -289,6 +323,13 @@ def final_table(deploy: Deploy, console: Console) -> None:
             f"{tag}: {', '.join(names)}" for tag, names in placement(deploy).items()))
     style = "green" if deploy.exit_code == 0 else "red"
     console.print(Text(f"{deploy.message} (exit {deploy.exit_code})", style=style))
+
+
+def _reuse_cell(h: Any) -> Text:
+    if h.bytes_reused is None:
+        return Text("-")
+    fetched = h.bytes_fetched if h.bytes_fetched is not None else h.bytes_to_fetch
+    return Text(f"{_size(h.bytes_reused)} / {_size(fetched or 0)}")
 
 
 def _batch_label(deploy: Deploy, batch: int | None) -> str:
@@ -315,8 +356,12 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
             c = checks.get(name)
             cells.append(Text(c["detail"], style=colour.get(c["verdict"], "")) if c
                          else Text("-"))
+        fetch = f"fetch {deploy.tag}"
+        if h.bytes_to_fetch is not None:  # a tree: what this host lacks, after reuse
+            fetch += (f" ({_size(h.bytes_to_fetch)} over the network, "
+                      f"{_size(h.bytes_reused or 0)} reused)")
         would = (Text.assemble(("fail: ", "bold red"), (h.reason, "red"), (f" [{h.kind}]", "dim"))
-                 if h.failed else Text(f"{h.reason or 'fetch ' + deploy.tag + ', then switch'}"))
+                 if h.failed else Text(f"{h.reason or fetch + ', then switch'}"))
         cells += [Text(h.current or "-"), would]
         table.add_row(*cells)
     console.print(table)
@@ -324,5 +369,7 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
         console.print(f"payload {_size(deploy.payload.manifest.size)} "
                       f"({deploy.payload.manifest.format}); a host needs "
                       f"{_size(need_bytes(deploy))} free to fetch and unpack it")
+        if (line := _reuse_line(deploy, "to_fetch")) is not None:
+            console.print(line)
     style = "green" if deploy.exit_code == 0 else "red"
     console.print(Text(f"{deploy.message} (exit {deploy.exit_code})", style=style))
