@@ -4,9 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(aria2 opentracker mktorrent transmission-cli openssh-server openssh-client
-      iperf3 wrk nftables iproute2 zstd procps util-linux
-      sudo)  # sudo: the fleet tests' non-root deploy user
+mapfile -t DEBS < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e 's/[[:space:]]//g' scripts/debian-packages.txt)
 missing=()
 for pkg in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
@@ -22,9 +20,14 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3}
+# Python packages come from requirements.lock (exact versions, hashes checked),
+# then roost itself without resolving anything again. Refresh the lock with
+# scripts/lock.sh after changing pyproject.toml's ranges.
+PIP=("$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore)
 if ! "$PY" -c "import roost, click, rich, aiohttp, asyncssh, libtorrent, pytest" 2>/dev/null \
-    || [ pyproject.toml -nt .setup-stamp ]; then
-    echo "setup: installing Python packages"
-    "$PY" -m pip install -q --disable-pip-version-check -e '.[dev,fast]'
+    || [ requirements.lock -nt .setup-stamp ] || [ pyproject.toml -nt .setup-stamp ]; then
+    echo "setup: installing Python packages from requirements.lock"
+    "${PIP[@]}" --require-hashes -r requirements.lock
+    "${PIP[@]}" --no-deps -e .
     touch .setup-stamp
 fi

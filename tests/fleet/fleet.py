@@ -315,6 +315,9 @@ class Fleet:
     def stop(self) -> None:
         if not self.started:
             return
+        if self.run_dir == Path():
+            # start() failed before it made its run dir: never rmtree(".") below
+            self.run_dir = BASE / f"roost-fleet-{self.tag}"
         for host in self.hosts:
             for pid in self.pids(self.hosts.index(host)):
                 with contextlib.suppress(ProcessLookupError):
