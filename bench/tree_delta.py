@@ -125,8 +125,10 @@ def deploy(fleet: Fleet, src: Path, tag: str, rate: float, extra: list[str]
         *extra), timeout=2400)
     seconds = time.monotonic() - started
     if code != 0:
+        failed = [(h["host"], h["kind"], h["reason"]) for h in report.get("hosts", [])
+                  if h.get("status") == "failed"]
         raise SystemExit(f"deploy {tag} failed (exit {code}): {report.get('message')}\n"
-                         f"{err[-2000:]}")
+                         f"{failed}\n{err[-2000:]}")
     return seconds, wire_bytes(fleet) - before, report
 
 

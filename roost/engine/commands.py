@@ -226,10 +226,21 @@ def trackers_of(ns: argparse.Namespace, meta: Metainfo) -> list[list[str]]:
     return [list(tier) for tier in meta.trackers]
 
 
+class FetchReporter(Reporter):
+    """Notices whether "complete" went out: a session stopped by its policy while
+    its final flush still ran returns complete without having said so."""
+
+    completed_reported = False
+
+    def event(self, name: str, **fields: Any) -> None:
+        self.completed_reported = self.completed_reported or name == "complete"
+        super().event(name, **fields)
+
+
 def run_fetch(ns: argparse.Namespace) -> int:
     meta = read_torrent(ns.torrent)
     config = make_config(ns, linger=ns.linger, seed=not ns.no_seed)
-    reporter = Reporter(as_json=ns.json, quiet=ns.quiet)
+    reporter = FetchReporter(as_json=ns.json, quiet=ns.quiet)
     try:
         complete = _run(meta, ns, config, reporter, create=True, check=True)
         if complete and ns.sha256:
@@ -325,6 +336,11 @@ async def _session_main(
         complete = await session.run()
         if session.error:
             raise RoostError(session.error)
+        if complete and isinstance(reporter, FetchReporter) and not reporter.completed_reported:
+            # the deploy host waits for "complete" (and a tree, for the proofs flush writes)
+            await loop.run_in_executor(None, storage.flush)
+            reporter.event("complete", bytes=meta.info.total_length,
+                           downloaded=session.downloaded, wasted=session.wasted_bytes)
         return complete
     finally:
         storage.close()
