@@ -282,8 +282,36 @@ def held_pieces(info: Info, done: set[tuple[str, ...]]) -> Bitfield:
     return have
 
 
-def bytes_to_fetch(info: Info, have: Bitfield) -> int:
-    return sum(info.piece_size(i) for i in range(info.num_pieces) if not have[i])
+def local_blocks(info: Info, done: set[tuple[str, ...]], block_size: int
+                 ) -> dict[int, list[int]]:
+    """For each piece not held: its blocks whose every byte is in a placed file or
+    a pad. Only the other blocks cross the network; the piece's hash still
+    covers all of it. (A changed small file packed between unchanged ones costs
+    its own blocks, not whole pieces.)"""
+    needed: set[int] = set()
+    for f in info.files:
+        if f.pad or not f.length or f.path in done:
+            continue
+        needed.update(range(f.offset // block_size, (f.offset + f.length - 1) // block_size + 1))
+    per_piece = info.piece_length // block_size
+    out: dict[int, list[int]] = {}
+    for piece in sorted({g // per_piece for g in needed}):
+        count = -(-info.piece_size(piece) // block_size)
+        first = piece * per_piece
+        local = [j for j in range(count) if first + j not in needed]
+        if local:
+            out[piece] = local
+    return out
+
+
+def bytes_to_fetch(info: Info, have: Bitfield,
+                   local: dict[int, list[int]] | None = None, block_size: int = 16384) -> int:
+    """Bytes the swarm must bring: pieces not held, less their local blocks."""
+    total = sum(info.piece_size(i) for i in range(info.num_pieces) if not have[i])
+    for piece, blocks in (local or {}).items():
+        size = info.piece_size(piece)
+        total -= sum(min(block_size, size - j * block_size) for j in blocks)
+    return total
 
 
 # --- finalize ---------------------------------------------------------------------------

@@ -21,7 +21,8 @@ import roost.preflight
 from roost.deploy.host import MIN_PYTHON, HostRun
 from roost.deploy.transport import HostFailure
 from roost.metainfo import parse
-from roost.treestage import bytes_to_fetch, held_pieces
+from roost.treestage import bytes_to_fetch, held_pieces, local_blocks
+from roost.wire import BLOCK_SIZE
 
 if TYPE_CHECKING:
     from roost.deploy.run import Deploy
@@ -58,7 +59,8 @@ def would_fetch(deploy: Deploy, run: HostRun, held_hex: str) -> None:
     files = tree.files
     done = {e.path for i, e in enumerate(files) if e.size and bits >> i & 1}
     info = parse(deploy.payload.torrent).info
-    run.bytes_to_fetch = bytes_to_fetch(info, held_pieces(info, done))
+    local = local_blocks(info, done, BLOCK_SIZE) if info.piece_length % BLOCK_SIZE == 0 else {}
+    run.bytes_to_fetch = bytes_to_fetch(info, held_pieces(info, done), local, BLOCK_SIZE)
     run.bytes_reused = sum(e.size for e in files if e.path in done)
     run.files_reused = len(done)
 

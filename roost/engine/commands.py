@@ -37,8 +37,10 @@ from roost.treestage import (
     bytes_to_fetch,
     find_reusable,
     held_pieces,
+    local_blocks,
     place,
 )
+from roost.wire import BLOCK_SIZE
 
 EXIT_INCOMPLETE = 3
 Runner = Callable[[argparse.Namespace], int]
@@ -331,6 +333,10 @@ async def _session_main(
             if not config.seed:
                 return True
         session = Session(meta, storage, have, config, reporter, trackers=trackers_of(ns, meta))
+        if isinstance(storage, TreeStorage) and storage.local_blocks:
+            if session.picker.block_size != BLOCK_SIZE:
+                raise RoostError("the picker's block size is not the one reuse planned for")
+            await loop.run_in_executor(None, _preload, session, storage)
         if ns.timeout:
             loop.call_later(ns.timeout, session.stop, f"timeout after {ns.timeout:g} s")
         complete = await session.run()
@@ -378,18 +384,40 @@ def _tree_setup(meta: Metainfo, ns: argparse.Namespace, reporter: Reporter
         st = os.stat(staging.joinpath(*path), follow_symlinks=False)
         proofs["/".join(path)] = proof_of(st, sizes[path].sha256)
     have = held_pieces(meta.info, set(chosen))
+    # the picker's block size (16 KiB): blocks wholly inside reused files are filled locally
+    local = local_blocks(meta.info, set(chosen), BLOCK_SIZE) if meta.info.piece_length \
+        % BLOCK_SIZE == 0 else {}
     reporter.event(
         "reused",
         files=len(chosen),
         bytes=sum(sizes[p].size for p in chosen),
-        fetch_bytes=bytes_to_fetch(meta.info, have),
+        fetch_bytes=bytes_to_fetch(meta.info, have, local, BLOCK_SIZE),
+        local_blocks=sum(len(b) for b in local.values()),
         held_pieces=have.count(),
         hashed=hashed,
         refused=refused,
     )
     storage = TreeStorage(meta.info, staging, tree, done=set(chosen),
                           record=ns.tree_manifest.parent / VERIFIED, proofs=proofs)
+    storage.local_blocks = local
     return storage, have
+
+
+def _preload(session: Session, storage: TreeStorage) -> None:
+    """Give the session the blocks of partly held pieces that we hold locally: the
+    picker never requests them and the piece's buffer starts with their bytes
+    (read back from the placed files), so the piece is hashed whole as usual."""
+    size = session.picker.block_size
+    for index, blocks in storage.local_blocks.items():
+        buf = bytearray(session.piece_size(index))
+        piece = len(buf)
+        for j in blocks:
+            begin = j * size
+            buf[begin : begin + min(size, piece - begin)] = storage.read_block(
+                index, begin, min(size, piece - begin))
+        session.picker.preload(index, blocks)
+        session.verifier.buffers[index] = buf
+        session.verifier.block_from[index] = {}
 
 
 def _check_sha256(meta: Metainfo, root: Path, expected: str) -> None:

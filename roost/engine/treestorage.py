@@ -76,6 +76,8 @@ class TreeStorage(Storage):
         self._root_fd = -1
         self._zero_fd = -1
         self.on_file_verified: Callable[[str, int], None] | None = None
+        #: piece -> blocks wholly inside `done` files or pads (roost.treestage.local_blocks)
+        self.local_blocks: dict[int, list[int]] = {}
 
     # -- lifecycle ---------------------------------------------------------
 
