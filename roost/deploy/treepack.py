@@ -69,18 +69,6 @@ def scan(root: Path) -> list[tuple[Entry, os.stat_result]]:
     return out
 
 
-#: a tree aims at twice the pieces of an opaque payload: a changed small file
-#: costs the whole pieces it touches, so smaller pieces waste less
-TREE_PIECES = 4096
-
-
-def tree_piece_length(total: int) -> int:
-    length = choose_piece_length(total)
-    while length > 16 * 1024 and total <= (length // 2) * TREE_PIECES:
-        length //= 2
-    return length
-
-
 class _PieceHasher:
     """SHA-1 of consecutive pieces, fed with arbitrary chunks."""
 
@@ -115,7 +103,7 @@ def build(root: Path, name: str, trackers: list[str] | None = None) -> TreePaylo
     total = sum(e.size for e in files)
     if total == 0:
         raise UsageError(f"{root} holds no non-empty file; send it with --format tar")
-    piece_length = tree_piece_length(total)
+    piece_length = choose_piece_length(total)
     slots = layout([(e.path, e.size) for e in files], piece_length)
     hasher = _PieceHasher(piece_length)
     digests: dict[tuple[str, ...], str] = {}

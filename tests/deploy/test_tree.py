@@ -284,7 +284,7 @@ def test_a_changed_small_file_costs_its_blocks_not_whole_pieces(tmp_path: Path,
                                                                  procs: Procs) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    with open(src / "big.bin", "wb") as f:  # sparse: 130 MiB of zeros makes 64 KiB pieces
+    with open(src / "big.bin", "wb") as f:  # sparse: 130 MiB of zeros makes 128 KiB pieces
         f.truncate(130 * 2**20)
     for i in range(20):  # packed back to back before it
         (src / f"a{i:02d}.txt").write_bytes(os.urandom(5000))
@@ -294,7 +294,7 @@ def test_a_changed_small_file_costs_its_blocks_not_whole_pieces(tmp_path: Path,
     fetch = release(tmp_path, procs, src, dest, "v2")
     event = reused(fetch)
     assert event["files"] == 20 and event["local_blocks"] >= 2
-    # a05 spans at most two 16 KiB blocks of its 64 KiB piece: only those cross
+    # a05 spans at most two 16 KiB blocks of its 128 KiB piece: only those cross
     assert event["fetch_bytes"] <= 2 * 16384
     assert fetch.named("complete")[0]["downloaded"] <= 2 * 16384
     assert tree_signature(dest / "releases" / "v2") == tree_signature(src)
