@@ -165,11 +165,14 @@ class TreeStorage(Storage):
         with self._lock:
             old = self._fds.get(index)
             if old is None or not self._opened:
-                stale = fd
+                stale = fd  # not cached (evicted): later opens are read-only anyway
             else:
                 self._fds[index] = fd
-                self._retired.setdefault(index, []).append(old)
-                stale = -1
+                if self._pins.get(index):
+                    self._retired.setdefault(index, []).append(old)  # in use: later
+                    stale = -1
+                else:
+                    stale = old
         if stale >= 0:
             os.close(stale)
 

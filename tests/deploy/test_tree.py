@@ -298,3 +298,33 @@ def test_a_changed_small_file_costs_its_blocks_not_whole_pieces(tmp_path: Path,
     assert event["fetch_bytes"] <= 2 * 16384
     assert fetch.named("complete")[0]["downloaded"] <= 2 * 16384
     assert tree_signature(dest / "releases" / "v2") == tree_signature(src)
+
+
+def test_a_tree_of_many_files_stays_within_a_small_descriptor_limit(tmp_path: Path,
+                                                                    procs: Procs) -> None:
+    import resource
+
+    src = tmp_path / "src"
+    for i in range(1500):  # far more files than the fetch may hold open
+        d = src / f"d{i % 30:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:04d}.js").write_bytes(os.urandom(200 + i % 700))
+    dest = tmp_path / "dest"
+    work, torrent, staging = _prepare(tmp_path, src, dest, "v1")
+    origin = procs.start(["seed", str(torrent), "-d", str(src), "--tree", "--skip-check",
+                          "--no-tracker"], "seed")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "roost", "fetch", str(torrent), "--tree-manifest",
+         str(work / "manifest.json"), "--dest", str(dest), "-d", str(staging), "--no-tracker",
+         "--peer", f"127.0.0.1:{origin.port}", "--no-seed", "--timeout", "60", "--port", "0",
+         "--quiet"], capture_output=True, text=True, timeout=120, preexec_fn=limit,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    done = _roost("activate", "--dest", str(dest), "--manifest", str(work / "manifest.json"),
+                  "--payload", str(staging), "--json")
+    assert done.returncode == 0, done.stderr
+    assert tree_signature(dest / "current") == tree_signature(src)
