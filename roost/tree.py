@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from roost.errors import MetainfoError, UnsafePathError
-from roost.metainfo import MAX_FILES, Info, safe_relpath
+from roost.metainfo import MAX_FILES, Info, build_info, build_torrent, safe_relpath
 
 VERSION = 1
 KIND = "roost-tree-manifest"
@@ -153,6 +153,16 @@ def layout(files: Sequence[tuple[tuple[str, ...], int]], piece_length: int) -> l
 
 def manifest_layout(manifest: TreeManifest) -> list[Slot]:
     return layout([(e.path, e.size) for e in manifest.files], manifest.piece_length)
+
+
+def make_torrent(manifest: TreeManifest, name: str, pieces: bytes,
+                 trackers: Sequence[str] = (), created_by: str | None = None) -> bytes:
+    """The tree torrent, rebuilt from its manifest and piece hashes: a host is sent
+    the 20-byte piece hashes, not a second copy of a 100,000-file list."""
+    slots = manifest_layout(manifest)
+    info = build_info(name, [(s.path, s.length, s.pad) for s in slots],
+                      manifest.piece_length, pieces, private=True)
+    return build_torrent(info, trackers, created_by=created_by)
 
 
 def check_torrent(manifest: TreeManifest, info: Info, info_hash: bytes) -> None:

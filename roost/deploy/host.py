@@ -19,12 +19,14 @@ import base64
 import json
 import shlex
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.pki import CA_FILE, CERT_FILE, KEY_FILE, DeployCA
 from roost.deploy.transport import HostFailure, Stream, Transport
+from roost.metainfo import parse
 from roost.release import Manifest
 
 MIN_PYTHON = (3, 10)
@@ -172,13 +174,16 @@ class HostRun:
             args += ["--address", self.spec.announce]
         elif self.spec.interface:
             args += ["--interface", self.spec.interface]
-        request: dict[str, Any] = {
-            "manifest": manifest.to_dict(),
-            "torrent": base64.b64encode(torrent).decode(),
-        }
+        request: dict[str, Any] = {"manifest": manifest.to_dict()}
+        if manifest.tree is not None:  # the host rebuilds the torrent from the manifest
+            request["pieces"] = base64.b64encode(parse(torrent).info.pieces).decode()
+        else:
+            request["torrent"] = base64.b64encode(torrent).decode()
         if plan.pki is not None:  # over SSH, the trusted channel; written 0600 by the agent
             request["tls"] = plan.pki.issue(self.spec.name).to_dict()
         blob = json.dumps(request).encode()
+        if manifest.tree is not None:
+            blob = zlib.compress(blob, 6)  # a manifest of 100,000 entries is tens of MB
         result = await self.transport.run(self.agent_cmd(agent, *args), input=blob, timeout=120)
         info = _json_result(result, "prepare")
         self.work = str(info["dir"])

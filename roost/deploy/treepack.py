@@ -17,8 +17,8 @@ from pathlib import Path
 
 from roost import __version__
 from roost.errors import MetainfoError, UsageError
-from roost.metainfo import build_info, build_torrent, choose_piece_length, safe_relpath
-from roost.tree import PAD_DIR, Entry, Slot, TreeManifest, layout, link_stays_inside
+from roost.metainfo import choose_piece_length, parse, safe_relpath
+from roost.tree import PAD_DIR, Entry, Slot, TreeManifest, layout, link_stays_inside, make_torrent
 
 CHUNK = 1 << 20
 
@@ -118,14 +118,15 @@ def build(root: Path, name: str, trackers: list[str] | None = None) -> TreePaylo
         if e.size == 0:
             digests[e.path] = hashlib.sha256(b"").hexdigest()
     pieces = hasher.finish()
-    info = build_info(name, [(s.path, s.length, s.pad) for s in slots], piece_length, pieces)
-    torrent = build_torrent(info, trackers or [], created_by=f"roost {__version__}")
-    from roost.metainfo import parse  # the info-hash exactly as hosts will compute it
-    info_hash = parse(torrent).info_hash.hex()
     entries = tuple(
         Entry(**{**e.__dict__, "sha256": digests[e.path]}) if e.type == "file" else e
         for e, _ in scanned
     )
+    # hosts rebuild the torrent from the manifest and the pieces (roost.tree.make_torrent):
+    # made the same way here, so the info-hash in the manifest is the one they get
+    draft = TreeManifest("0" * 40, piece_length, entries)
+    torrent = make_torrent(draft, name, pieces, trackers or [], f"roost {__version__}")
+    info_hash = parse(torrent).info_hash.hex()
     return TreePayload(root, TreeManifest(info_hash, piece_length, entries), torrent,
                        tuple(slots))
 

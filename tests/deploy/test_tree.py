@@ -328,3 +328,49 @@ def test_a_tree_of_many_files_stays_within_a_small_descriptor_limit(tmp_path: Pa
                   "--payload", str(staging), "--json")
     assert done.returncode == 0, done.stderr
     assert tree_signature(dest / "current") == tree_signature(src)
+
+
+def _prepare_input(tmp: Path, request: dict[str, Any] | bytes, dest: Path
+                   ) -> subprocess.CompletedProcess[str]:
+    import zlib
+
+    blob = request if isinstance(request, bytes) else zlib.compress(json.dumps(request).encode())
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "roost", "host-prepare", "--dest", str(dest),
+                           "--deploy-id", "d1", "--json"], input=blob, capture_output=True,
+                          timeout=120, env=env)  # type: ignore[call-overload]
+
+
+def test_host_prepare_rebuilds_a_tree_torrent_and_proves_it(tmp_path: Path) -> None:
+    import base64
+
+    from roost.metainfo import parse
+
+    src = make_sample_tree(tmp_path / "src", big=BIG)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    packed = pack(src, scratch, "v1")
+    assert packed.torrent is not None
+    pieces = parse(packed.torrent).info.pieces
+    request = {"manifest": packed.manifest.to_dict(),
+               "pieces": base64.b64encode(pieces).decode()}
+    dest = tmp_path / "dest"
+    done = _prepare_input(tmp_path, request, dest)
+    assert done.returncode == 0, done.stderr
+    written = (dest / ".roost" / "deploys" / "d1" / "payload.torrent").read_bytes()
+    assert parse(written).info_hash == parse(packed.torrent).info_hash
+    forged = {**request, "pieces": base64.b64encode(b"\x01" * len(pieces)).decode()}
+    refused = _prepare_input(tmp_path, forged, tmp_path / "dest2")
+    assert refused.returncode == 2 and b"info-hash" in refused.stderr
+    assert not (tmp_path / "dest2" / ".roost" / "deploys" / "d1").exists()
+
+
+def test_host_prepare_refuses_a_decompression_bomb(tmp_path: Path) -> None:
+    import zlib
+
+    squeeze = zlib.compressobj(9)
+    chunk = b" " * (1 << 20)
+    bomb = b"".join(squeeze.compress(chunk) for _ in range(600)) + squeeze.flush()
+    assert len(bomb) < 2 * 2**20
+    refused = _prepare_input(tmp_path, bomb, tmp_path / "dest")
+    assert refused.returncode == 2 and b"too large once decompressed" in refused.stderr
