@@ -10,6 +10,7 @@ the caller computed (see roost.hashing for the streaming, multi-core part).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,17 +125,31 @@ def safe_component(raw: bytes | str, what: str = "path component") -> str:
             raise UnsafePathError(f"{what} {raw[:60]!r} is not valid UTF-8") from None
     else:
         text = raw
+    if text in _SAFE_SEEN:  # a tree repeats its names ("lib", "node_modules") a lot
+        return text
+    _check_component(text, what)
+    if len(_SAFE_SEEN) < 65536:
+        _SAFE_SEEN.add(text)
+    return text
+
+
+_SAFE_SEEN: set[str] = set()
+#: a separator, a backslash, NUL or another control character
+_BAD_CHARS = re.compile(r"[\x00-\x1f/\\]")
+
+
+def _check_component(text: str, what: str) -> None:
     if text in ("", ".", ".."):
         raise UnsafePathError(f"{what} {text!r} is not allowed")
-    if any(ch in text for ch in "/\\\x00"):
+    bad = _BAD_CHARS.search(text)
+    if bad is not None and bad.group() in "/\\\x00":
         raise UnsafePathError(f"{what} {text[:60]!r} contains a path separator or NUL")
     if len(text.encode("utf-8")) > MAX_COMPONENT_BYTES:
         raise UnsafePathError(f"{what} {text[:60]!r}... is longer than 255 bytes")
     if text.split(".")[0].lower() in _RESERVED:
         raise UnsafePathError(f"{what} {text!r} is a reserved device name")
-    if any(ord(ch) < 0x20 for ch in text):
+    if bad is not None:
         raise UnsafePathError(f"{what} {text[:60]!r} contains a control character")
-    return text
 
 
 def safe_relpath(parts: Sequence[bytes | str]) -> tuple[str, ...]:
