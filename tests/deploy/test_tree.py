@@ -306,7 +306,7 @@ def test_a_tree_of_many_files_stays_within_a_small_descriptor_limit(tmp_path: Pa
 
     src = tmp_path / "src"
     for i in range(1500):  # far more files than the fetch may hold open
-        d = src / f"d{i % 30:02d}"
+        d = src / f"d{i % 300:03d}" / "x"  # more directories than finalize keeps open
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:04d}.js").write_bytes(os.urandom(200 + i % 700))
     dest = tmp_path / "dest"
