@@ -33,7 +33,6 @@ from typing import Any
 
 from roost.errors import MetainfoError, UsageError
 from roost.hostlock import history, inspect_lock
-from roost.metainfo import parse
 from roost.release import (
     Dest,
     HookError,
@@ -47,7 +46,7 @@ from roost.release import (
     rollback,
     run_hook,
 )
-from roost.tree import check_torrent, make_torrent
+from roost.tree import proven_torrent
 
 DEPLOYS = "deploys"
 MAX_PREPARE_INPUT = 96 * 1024 * 1024
@@ -165,13 +164,10 @@ def _torrent_of(data: dict[str, Any], manifest: Manifest) -> bytes:
     if manifest.tree is None:
         raise KeyError("torrent")
     pieces = base64.b64decode(data["pieces"], validate=True)
-    torrent = make_torrent(manifest.tree, manifest.tag, pieces)
     try:
-        meta = parse(torrent)
-        check_torrent(manifest.tree, meta.info, meta.info_hash)
+        return proven_torrent(manifest.tree, manifest.tag, pieces)
     except MetainfoError as exc:
         raise UsageError(f"bad host-prepare input: {exc}") from None
-    return torrent
 
 
 def _peer_tls(tls: Any) -> dict[str, bytes]:

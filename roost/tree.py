@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from roost import bencode
 from roost.errors import MetainfoError, UnsafePathError
 from roost.metainfo import MAX_FILES, Info, build_info, build_torrent, safe_relpath
 
@@ -163,6 +164,21 @@ def make_torrent(manifest: TreeManifest, name: str, pieces: bytes,
     info = build_info(name, [(s.path, s.length, s.pad) for s in slots],
                       manifest.piece_length, pieces, private=True)
     return build_torrent(info, trackers, created_by=created_by)
+
+
+def proven_torrent(manifest: TreeManifest, name: str, pieces: bytes) -> bytes:
+    """make_torrent, then proven: its file list is the manifest's by construction,
+    and the info-hash the manifest carries covers the piece hashes."""
+    total = sum(s.length for s in manifest_layout(manifest))
+    if len(pieces) != 20 * -(-total // manifest.piece_length):
+        raise MetainfoError("the piece hashes do not fit the manifest's layout")
+    torrent = make_torrent(manifest, name, pieces)
+    top = bencode.decode(torrent)
+    if not isinstance(top, dict):  # make_torrent's own output: cannot happen
+        raise MetainfoError("the rebuilt torrent is not a dictionary")
+    if hashlib.sha1(bencode.encode(top[b"info"])).hexdigest() != manifest.info_hash:
+        raise MetainfoError("the torrent's info-hash is not the one in the manifest")
+    return torrent
 
 
 def check_torrent(manifest: TreeManifest, info: Info, info_hash: bytes) -> None:

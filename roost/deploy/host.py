@@ -174,16 +174,8 @@ class HostRun:
             args += ["--address", self.spec.announce]
         elif self.spec.interface:
             args += ["--interface", self.spec.interface]
-        request: dict[str, Any] = {"manifest": manifest.to_dict()}
-        if manifest.tree is not None:  # the host rebuilds the torrent from the manifest
-            request["pieces"] = base64.b64encode(parse(torrent).info.pieces).decode()
-        else:
-            request["torrent"] = base64.b64encode(torrent).decode()
-        if plan.pki is not None:  # over SSH, the trusted channel; written 0600 by the agent
-            request["tls"] = plan.pki.issue(self.spec.name).to_dict()
-        blob = json.dumps(request).encode()
-        if manifest.tree is not None:
-            blob = zlib.compress(blob, 6)  # a manifest of 100,000 entries is tens of MB
+        blob = prepare_input(manifest, torrent, plan.pki.issue(self.spec.name).to_dict()
+                             if plan.pki is not None else None)
         result = await self.transport.run(self.agent_cmd(agent, *args), input=blob, timeout=120)
         info = _json_result(result, "prepare")
         self.work = str(info["dir"])
@@ -349,6 +341,38 @@ class HostRun:
             timeout=60,
         )
         _json_result(result, "clean")
+
+
+@dataclass
+class _Shared:
+    torrent: bytes
+    text: str  # the JSON of the common part, without its braces
+    blob: bytes | None = None  # compressed, without tls (the same for every host)
+
+
+_shared: list[_Shared] = []  # the current deploy's, at most one
+
+
+def prepare_input(manifest: Manifest, torrent: bytes, tls: dict[str, str] | None) -> bytes:
+    """host-prepare's stdin. A tree goes as its manifest and piece hashes (the host
+    rebuilds the torrent), zlib-compressed: a manifest of 100,000 entries is tens
+    of MB of JSON. The common part is serialized once per deploy, not per host."""
+    if not _shared or _shared[0].torrent is not torrent:
+        request: dict[str, Any] = {"manifest": manifest.to_dict()}
+        if manifest.tree is not None:  # the host rebuilds the torrent from the manifest
+            request["pieces"] = base64.b64encode(parse(torrent).info.pieces).decode()
+        else:
+            request["torrent"] = base64.b64encode(torrent).decode()
+        _shared[:] = [_Shared(torrent, json.dumps(request)[1:-1])]
+    shared = _shared[0]
+    text = "{" + shared.text + (f', "tls": {json.dumps(tls)}' if tls is not None else "") + "}"
+    if manifest.tree is None:
+        return text.encode()
+    if tls is not None:
+        return zlib.compress(text.encode(), 6)
+    if shared.blob is None:
+        shared.blob = zlib.compress(text.encode(), 6)
+    return shared.blob
 
 
 def _json_result(result: Any, step: str) -> dict[str, Any]:
