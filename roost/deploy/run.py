@@ -128,7 +128,9 @@ async def run_deploy(
         deploy.payload = await asyncio.to_thread(
             pack, src, scratch, deploy.tag, fmt=config.format, compress=config.compress
         )
-        torrent = await asyncio.to_thread(make_metainfo, deploy.payload.payload)
+        made = deploy.payload.torrent  # a tree's torrent is made with its manifest
+        torrent = made if made is not None else await asyncio.to_thread(
+            make_metainfo, deploy.payload.payload)
         (scratch / "payload.torrent").write_bytes(torrent)
         deploy.mark("packed")
         meta = parse(torrent)
@@ -145,6 +147,7 @@ async def run_deploy(
         reached = sum(1 for h in deploy.hosts if not h.failed)
         pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
         swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached)
+        tree = deploy.payload.manifest.format == "tree"
         plan = FetchPlan(
             swarm.announce_url,
             *swarm.route_target,
@@ -163,14 +166,15 @@ async def run_deploy(
         plan = replace(plan, allow=allow)
         origin = await Origin.start(
             scratch / "payload.torrent",
-            deploy.payload.payload.parent,
+            deploy.payload.payload if tree else deploy.payload.payload.parent,
             where,
             swarm.announce_url,
             swarm.expected,
             config.upload_rate,
             config.super_seed,
             origin_tls,
-            allow,
+            allow=allow,
+            tree=tree,
         )
         deploy.mark("origin_started")
         if on_ready:
@@ -256,7 +260,8 @@ async def _fetch_phase(
                     run.bytes_done = run.bytes_total = manifest.size
                     await swarm.one_fewer()
                     return
-                await run.start_fetch(agent, plan, run.spec.location)
+                await run.start_fetch(agent, plan, run.spec.location, run.dest(config),
+                                      config.reuse)
                 run.status = "fetching"
             completed = asyncio.Event()
             run.fetch_task = asyncio.create_task(run.follow_fetch(completed))
