@@ -31,7 +31,6 @@ RANKS: dict[str, int] = {
     "roost.inert": 0,
     # the pure core
     "roost.core": 1,  # folder
-    "roost.wire": 1,  # the old name of roost.core.wire, kept for outside importers
     "roost.metainfo": 1,
     "roost.tree": 1,
     "roost.tracker": 1,  # folder; its server half is rank 2, below

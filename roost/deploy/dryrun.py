@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import roost.preflight
+from roost.core.wire import BLOCK_SIZE
 from roost.deploy.host import MIN_PYTHON, HostRun
 from roost.deploy.transport import HostFailure
 from roost.metainfo import parse
 from roost.treestage import bytes_to_fetch, held_pieces, local_blocks
-from roost.wire import BLOCK_SIZE
 
 if TYPE_CHECKING:
     from roost.deploy.state import Deploy

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.bitfield import Bitfield
+from roost.core.wire import BLOCK_SIZE
 from roost.engine.config import SessionConfig, parse_allow
 from roost.engine.reporter import Reporter
 from roost.engine.session import Session
@@ -40,7 +41,6 @@ from roost.treestage import (
     local_blocks,
     place,
 )
-from roost.wire import BLOCK_SIZE
 
 EXIT_INCOMPLETE = 3
 Runner = Callable[[argparse.Namespace], int]
