@@ -29,11 +29,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("roost.commands.status", "Show which release each host runs."),
     "rollback": ("roost.commands.rollback", "Make the previous release current again."),
     "clean": ("roost.commands.clean", "Stop roost processes and remove temp files on hosts."),
+    "publish": ("roost.commands.publish", "Publish a signed release to pull agents."),
 }
 AGENT_HELP = {
     "fetch": "Download a payload into place (target side).",
     "seed": "Seed a payload to a swarm.",
     "activate": "Unpack and switch a release (target side).",
+    "agent": "Follow a coordinator: pull signed releases (target side).",
 }
 
 
@@ -60,6 +62,18 @@ class LazyGroup(click.Group):
         module = importlib.import_module(COMMANDS[cmd_name][0])
         command: click.Command = module.command
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List commands from the one-liners above: importing each command module
+        just to read its help would pull in asyncssh, rich and aiohttp, and click
+        would cut every description to fit one line."""
+        rows = []
+        for name in self.list_commands(ctx):
+            text = COMMANDS[name][1] if name in COMMANDS else AGENT_HELP.get(name, "")
+            rows.append((name, text))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def _agent_passthrough(name: str) -> click.Command:

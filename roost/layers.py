@@ -33,9 +33,12 @@ RANKS: dict[str, int] = {
     "roost.torrentfile": 2,
     "roost.tracker.server": 2,
     "roost.tracker.state": 2,
+    "roost.signing": 2,
+    "roost.pullagent": 2,
     "roost.agent": 3,
     "roost.zipapp": 3,
     "roost.deploy": 3,
+    "roost.coordinator": 3,
     "roost.ui": 3,
     "roost.cli": 4,
     "roost.commands": 4,
@@ -97,6 +100,8 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.preflight",
     "roost.torrentfile",
     "roost.agent",
+    "roost.signing",
+    "roost.pullagent",
 )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 @contextmanager
@@ -31,3 +32,19 @@ def progress_bar(label: str, total: int, *, enabled: bool) -> Iterator[Callable[
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task(label, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def print_reasons(console: Any, reasons: Iterable[tuple[str, str, str | None]]) -> None:
+    """Under a per-host table: each host's reason on a line of its own, in full.
+
+    A reason squeezed into a table column is cut or folded into a narrow strip
+    at 80 columns; here it wraps across the whole width. `reasons` holds
+    (host, reason, kind); kind is the machine-readable error kind or None.
+    Text objects, never markup: a reason is often text from the host.
+    """
+    from rich.text import Text
+
+    for host, reason, kind in reasons:
+        if reason:
+            console.print(Text.assemble((f"{host}: ", "bold"), (reason, "red" if kind else ""),
+                                        (f" [{kind}]" if kind else "", "dim")))

@@ -23,7 +23,8 @@ PY=${PYTHON:-python3}
 # Python packages come from requirements.lock (exact versions, hashes checked),
 # then roost itself without resolving anything again. Refresh the lock with
 # scripts/lock.sh after changing pyproject.toml's ranges.
-PIP=("$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore)
+# -qq: errors only (this machine's pip config names index folders that may be absent)
+PIP=("$PY" -m pip install -qq --disable-pip-version-check --root-user-action=ignore)
 if ! "$PY" -c "import roost, click, rich, aiohttp, asyncssh, libtorrent, pytest" 2>/dev/null \
     || [ requirements.lock -nt .setup-stamp ] || [ pyproject.toml -nt .setup-stamp ]; then
     echo "setup: installing Python packages from requirements.lock"

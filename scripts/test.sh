@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-"$PY" -m ruff check roost tests bench
+"$PY" -m ruff check roost tests bench scripts
 "$PY" -m mypy
 exec "$PY" -m pytest "$@"

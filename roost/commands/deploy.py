@@ -15,6 +15,7 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from roost.deploy.run import (
     run_deploy,
     ssh_connector,
 )
+from roost.errors import UsageError
 
 
 def deploy_options(func: Any) -> Any:
@@ -123,9 +125,13 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def execute(
-    deploy: Deploy, src: Path, connect: Connector, *, as_json: bool, listen: str | None = None
+    deploy: Deploy, src: Path, connect: Connector, *, as_json: bool, listen: str | None = None,
+    notes: Callable[[Deploy], list[str]] | None = None,
 ) -> int:
-    """Run a deploy with the live view; print the table (or JSON); return the exit code."""
+    """Run a deploy with the live view; print the table (or JSON); return the exit code.
+
+    `notes` gives lines printed under the summary (the demo explains itself there).
+    """
     from rich.console import Console
 
     from roost.deploy.view import final_table, live_view, report
@@ -149,7 +155,8 @@ def execute(
     if as_json:
         click.echo(json.dumps(report(deploy), indent=1))
     else:
-        final_table(deploy, Console(stderr=False) if sys.stdout.isatty() else err)
+        console = Console(stderr=False) if sys.stdout.isatty() else err
+        final_table(deploy, console, notes(deploy) if notes else None)
     return deploy.exit_code
 
 
@@ -189,9 +196,17 @@ def host_options(func: Any) -> Any:
 
 
 def host_config(config_path: Path | None, params: dict[str, Any]) -> DeployConfig:
+    """The configuration, or one error naming every required input that is missing."""
     config = load_config(config_path, overrides(params))
+    missing = []
+    if not (config.hosts or config.hosts_file or config.inventory):
+        missing.append("hosts (--hosts, --hosts-file or --inventory)")
     if not config.dest:
-        raise click.UsageError("give --dest (or deploy.dest in roost.toml)")
+        missing.append("--dest")
+    if missing:
+        them = "it" if len(missing) == 1 else "them"
+        raise UsageError(f"missing {' and '.join(missing)}; give {them} on the command line "
+                         "or in roost.toml (see docs/deploy.md)")
     return config
 
 

@@ -52,6 +52,6 @@ def command(config_path: Path | None, as_json: bool, **params: Any) -> int:
         ("releases", lambda r: " ".join(x["tag"] for x in r.get("releases", [])) or "-"),
         ("roost running", _running),
         ("deploy lock", _lock),
-        ("last deploys (UTC, newest first)", _last_deploys),
+        ("last deploys (UTC)", _last_deploys),
     ]
     return run_op(config, "host-status", [], as_json, "roost status", columns)

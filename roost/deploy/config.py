@@ -275,3 +275,12 @@ def parse_rate(text: str) -> float:
     if match.group(3) == "bit":
         return value * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2)] / 8
     return value * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """'32M' -> 33554432 bytes (binary units, as `ls -h`); a bare number is bytes."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not match:
+        raise UsageError(f"{what} {text!r} is not a size like 512K, 32M or 1G")
+    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[match.group(2)]
+    return int(float(match.group(1)) * scale)

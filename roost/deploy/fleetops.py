@@ -78,6 +78,7 @@ def run_op(
 
     from roost.deploy.config import resolve_hosts
     from roost.deploy.run import ssh_connector
+    from roost.ui import print_reasons
 
     hosts = resolve_hosts(config)
     result = asyncio.run(run_everywhere(config, hosts, ssh_connector(config), command, *args))
@@ -90,15 +91,15 @@ def run_op(
     table = Table(title=title, title_justify="left")
     for name, _ in columns:
         table.add_column(name)
-    table.add_column("problem")
     for row in result.rows:
         cells = [Text(str(getter(row)) if row["status"] == "ok" else "-")
                  for _, getter in columns]
         cells[0] = Text(row["host"])
-        # Text, not str: rich would take "[unreachable]" for markup and drop it
-        problem = Text()
-        if row["status"] == "failed":
-            problem = Text.assemble((row["reason"], "red"), (f" [{row['kind']}]", "dim"))
-        table.add_row(*cells, problem)
-    Console().print(table)
+        if row["status"] == "failed" and len(cells) > 1:  # the reason goes under the table
+            cells[1] = Text("failed", style="red")
+        table.add_row(*cells)
+    console = Console()
+    console.print(table)
+    print_reasons(console, ((r["host"], r["reason"], r["kind"]) for r in result.rows
+                            if r["status"] == "failed"))
     return code

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import asyncssh
-
 from roost.deploy.config import DeployConfig, HostSpec
+from roost.deploy.sshlib import asyncssh
 
 MAX_LINE = 1 << 20
 LOST_MID_TRANSFER = "the host died or its network went away mid-transfer (SSH connection lost)"

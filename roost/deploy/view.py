@@ -15,6 +15,7 @@ from roost.deploy.config import parse_rate
 from roost.deploy.dryrun import need_bytes
 from roost.deploy.rollout import placement
 from roost.deploy.run import Deploy
+from roost.ui import print_reasons
 
 STYLE = {
     "ok": "green",
@@ -264,35 +265,38 @@ def _payload(deploy: Deploy) -> dict[str, Any] | None:
     return out
 
 
-def final_table(deploy: Deploy, console: Console) -> None:
+def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None,
+                command: str = "roost deploy") -> None:
+    """The per-host table, reasons, timings and bound; `notes` go just before the verdict."""
     if deploy.config.dry_run:
         dry_run_table(deploy, console)
         return
     staged = any(h.batch is not None for h in deploy.hosts)
-    table = Table(title=f"roost deploy {deploy.tag}", title_justify="left")
+    table = Table(title=f"{command} {deploy.tag}", title_justify="left")
     tree = any(h.bytes_reused is not None for h in deploy.hosts)
     columns = ["host", *(["batch"] if staged else []), "status", "runs now", "time", "agent",
-               *(["reused / fetched"] if tree else []), "reason"]
+               *(["reused / fetched"] if tree else [])]
     for column in columns:
-        table.add_column(column, no_wrap=column != "reason")
-    for h, row in zip(deploy.hosts, host_rows(deploy), strict=True):
+        table.add_column(column, no_wrap=True)
+    rows = host_rows(deploy)
+    for h, row in zip(deploy.hosts, rows, strict=True):
         status = row["status"] + (" (had it)" if row["already_had"] else "")
+        if row["kind"]:
+            status += f" [{row['kind']}]"
         cells = [Text(row["host"])]
         if staged:
             cells.append(Text(_batch_label(deploy, h.batch)))
         cells += [
+            # Text, not a str: rich would read "[disk-full]" as markup and drop it
             Text(status, style=STYLE.get(row["status"], "")),
             Text(row["current"] or "-"),
             Text(f"{row['seconds']:.1f} s" if row["seconds"] is not None else "-"),
             Text(row["agent"]),
             *([_reuse_cell(h)] if tree else []),
-            # Text, not a str: rich would read "[disk-full]" as markup and drop it
-            Text.assemble((row["reason"], "red" if row["kind"] else ""),
-                          (f" [{row['kind']}]" if row["kind"] else "", "dim"))
-            if row["reason"] else Text(""),
         ]
         table.add_row(*cells)
     console.print(table)
+    print_reasons(console, ((r["host"], r["reason"], r["kind"]) for r in rows))
     for h in deploy.hosts:  # what hooks and health checks printed, host by host
         for hook in [*h.hooks, *([h.health] if h.health and "command" in h.health else [])]:
             output = str(hook.get("output") or "").rstrip()
@@ -308,8 +312,8 @@ def final_table(deploy: Deploy, console: Console) -> None:
             f"({deploy.payload.manifest.format}); "
             + ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if v is not None)
         )
-    if (line := _reuse_line(deploy)) is not None:
-        console.print(line)
+    if (reuse := _reuse_line(deploy)) is not None:
+        console.print(reuse)
     b = bound(deploy)
     if b and b["efficiency_transfer"]:
         whole = b["efficiency_total"]  # None when the deploy failed somewhere
@@ -321,6 +325,8 @@ def final_table(deploy: Deploy, console: Console) -> None:
     if deploy.activated and any(h.batch is not None for h in deploy.hosts):
         console.print("runs now: " + "; ".join(
             f"{tag}: {', '.join(names)}" for tag, names in placement(deploy).items()))
+    for line in notes or []:
+        console.print(Text(line))
     style = "green" if deploy.exit_code == 0 else "red"
     console.print(Text(f"{deploy.message} (exit {deploy.exit_code})", style=style))
 
@@ -347,7 +353,8 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
     table = Table(title=f"roost deploy {deploy.tag} --dry-run (nothing changed)",
                   title_justify="left")
     for column in ("host", *CHECKS, "runs now", "would"):
-        table.add_column(column, no_wrap=column not in ("would", "port", "disk"))
+        table.add_column(column, no_wrap=column not in ("would", "port", "disk"),
+                         min_width=len(column))
     colour = {"ok": "green", "warn": "yellow", "fail": "bold red"}
     for h in deploy.hosts:
         checks = (h.health or {}).get("checks", {})
@@ -360,11 +367,12 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
         if h.bytes_to_fetch is not None:  # a tree: what this host lacks, after reuse
             fetch += (f" ({_size(h.bytes_to_fetch)} over the network, "
                       f"{_size(h.bytes_reused or 0)} reused)")
-        would = (Text.assemble(("fail: ", "bold red"), (h.reason, "red"), (f" [{h.kind}]", "dim"))
-                 if h.failed else Text(f"{h.reason or fetch + ', then switch'}"))
+        would = (Text("fail", style="bold red") if h.failed
+                 else Text(f"{h.reason or fetch + ', then switch'}"))
         cells += [Text(h.current or "-"), would]
         table.add_row(*cells)
     console.print(table)
+    print_reasons(console, ((h.spec.name, h.reason, h.kind) for h in deploy.hosts if h.failed))
     if deploy.payload:
         console.print(f"payload {_size(deploy.payload.manifest.size)} "
                       f"({deploy.payload.manifest.format}); a host needs "

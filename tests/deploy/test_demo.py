@@ -50,7 +50,7 @@ def _roost_children(marker: str) -> list[str]:
 @pytest.mark.slow
 def test_demo_deploys_to_local_peers_and_reports_efficiency() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "roost", "demo", "-n", "3", "--size", "4M", "--rate", "100mbit",
+        [sys.executable, "-m", "roost", "demo", "--peers", "3", "--size", "4M", "--rate", "100mbit",
          "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -133,7 +133,7 @@ def test_route_source_v4_and_v6() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_a_demo_cleans_up(sig: signal.Signals) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "roost", "demo", "-n", "3", "--size", "48M", "--rate", "40mbit",
+        [sys.executable, "-m", "roost", "demo", "--peers", "3", "--size", "48M", "--rate", "40mbit",
          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     base = ""
     try:

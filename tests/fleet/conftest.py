@@ -7,7 +7,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import require_root, require_tool
-from tests.fleet.fleet import SSHD, Fleet
+from tests.fleet.fleet import LIVE, SSHD, Fleet
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_fleet_outlives_the_session() -> Iterator[None]:
+    """A safety net under every fixture's own `with Fleet(...)`: a test that was
+    interrupted between start and its `with` still has its hosts torn down."""
+    yield
+    for fleet in list(LIVE.values()):
+        fleet.stop()
 
 
 def require_fleet_tools() -> None:

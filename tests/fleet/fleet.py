@@ -34,6 +34,8 @@ DEPLOY_USER = "deployer"  # a non-root login with passwordless sudo (Fleet(users
 APP_USER = "appowner"  # owns the application's destination
 BASE = Path("/var/tmp")  # not /tmp: hosts get a private tmpfs on /tmp
 START_TIMEOUT = 20.0
+#: fleets started and not yet stopped, by id: the session's last teardown stops them all
+LIVE: dict[int, Fleet] = {}
 
 
 def sh(*args: str, input: str | None = None, check: bool = True) -> str:
@@ -111,6 +113,7 @@ class Fleet:
 
     def start(self) -> Fleet:
         self.started = True
+        LIVE[id(self)] = self
         self.subnet = _free_subnet()
         self.run_dir = BASE / f"roost-fleet-{self.tag}"
         self.run_dir.mkdir(mode=0o711 if self.users else 0o700)  # users' sshd reads keys here
@@ -331,6 +334,7 @@ class Fleet:
         sh("ip", "link", "del", f"{self.tag}-r", check=False)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.started = False
+        LIVE.pop(id(self), None)
 
     def __enter__(self) -> Fleet:
         try:

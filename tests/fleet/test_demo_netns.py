@@ -24,7 +24,7 @@ def test_demo_in_namespaces_reports_against_the_bound() -> None:
     require_tool("tc")
     before = _namespaces()
     result = subprocess.run(
-        [sys.executable, "-m", "roost", "demo", "--netns", "-n", "4", "--size", "8M",
+        [sys.executable, "-m", "roost", "demo", "--netns", "--peers", "4", "--size", "8M",
          "--rate", "100mbit", "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)

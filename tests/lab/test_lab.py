@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.lab import Lab, LabError, NotRun, selfcheck
-from bench.lab.cleanup import find_leftovers, list_netns
+from bench.lab.cleanup import find_leftovers, list_netns, remove
 from bench.lab.procs import pid_alive
 from tests.conftest import require_tool
 from tests.lab.conftest import require_lab
@@ -111,6 +111,8 @@ def test_signal_tears_the_lab_down(sig: signal.Signals, tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            # its lab never ran its teardown: remove what it left (a lab whose owner is dead)
+            remove(find_leftovers())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and pid_alive(int(child)):
         time.sleep(0.05)
