@@ -313,8 +313,8 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
             f"({deploy.payload.manifest.format}); "
             + ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if v is not None)
         )
-    if (line := _reuse_line(deploy)) is not None:
-        console.print(line)
+    if (reuse := _reuse_line(deploy)) is not None:
+        console.print(reuse)
     b = bound(deploy)
     if b and b["efficiency_transfer"]:
         whole = b["efficiency_total"]  # None when the deploy failed somewhere
