@@ -47,9 +47,9 @@ def test_a_deploy_passes_its_fleet_to_origin_and_peers(
         seen["origin"] = args[8] if len(args) > 8 else kw.get("allow")
         return await real_origin(cls, *args, **kw)  # type: ignore[no-any-return]
 
-    async def fetch(self: HostRun, agent: Any, plan: FetchPlan, location: str | None) -> None:
+    async def fetch(self: HostRun, agent: Any, plan: FetchPlan, *args: Any) -> None:
         seen["fetch"].append(plan.allow)
-        await real_fetch(self, agent, plan, location)
+        await real_fetch(self, agent, plan, *args)
 
     monkeypatch.setattr(swarm.Origin, "start", classmethod(origin))
     monkeypatch.setattr(HostRun, "start_fetch", fetch)
