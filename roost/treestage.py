@@ -54,7 +54,7 @@ from typing import Any
 
 from roost.bitfield import Bitfield
 from roost.metainfo import Info
-from roost.releasefiles import DiskFullError, ReleaseError, atomic_write
+from roost.release import DiskFullError, ReleaseError, atomic_write
 from roost.tree import Entry, TreeManifest, link_stays_inside
 
 TREES = "trees"
