@@ -40,6 +40,7 @@ RANKS: dict[str, int] = {
     "roost.engine": 2,  # folder
     "roost.hashing": 2,
     "roost.release": 2,
+    "roost.fsutil": 2,
     "roost.treestage": 2,
     "roost.hostops": 2,
     "roost.hostlock": 2,
@@ -110,6 +111,7 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.hashing",
     "roost.engine",
     "roost.release",
+    "roost.fsutil",
     "roost.treestage",
     "roost.hostops",
     "roost.hostlock",

@@ -50,7 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from roost.errors import MetainfoError, RoostError, UsageError
+from roost.errors import DiskFullError as DiskFullError  # re-exported: importers name it here
+from roost.errors import MetainfoError, UsageError
+from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
+from roost.fsutil import atomic_write as atomic_write  # re-exported
 from roost.tree import TreeManifest, parse_manifest
 
 STATE_DIR = ".roost"
@@ -62,14 +65,6 @@ HISTORY_MAX = 200
 VERIFIED = "verified.json"
 CHUNK = 1 << 20
 Runner = Callable[[argparse.Namespace], int]
-
-
-class ReleaseError(RoostError):
-    """A release operation failed on this host (message says why)."""
-
-
-class DiskFullError(ReleaseError):
-    exit_code = 4
 
 
 def check_tag(tag: str) -> str:
@@ -223,20 +218,6 @@ class Dest:
             return []
         return sorted(p.name for p in self.releases.iterdir()
                       if not p.name.startswith(".") and p.is_dir())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _os_error(exc: OSError, what: str) -> ReleaseError:
@@ -470,7 +451,7 @@ def _stage_tree(dest: Dest, manifest: Manifest, staging: Path, final: Path,
                 owners: bool, record: Path | None) -> int:
     """A tree release: pieces were written into `staging` by fetch, which recorded
     each file's checked SHA-256 in `verified.json` beside the manifest."""
-    from roost import treestage  # imports this module: keep the import local
+    from roost import treestage  # only tree releases need it
 
     assert manifest.tree is not None
     if staging.parent != dest.releases or not staging.name.startswith(f".{manifest.tag}.tmp-"):

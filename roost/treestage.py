@@ -53,8 +53,9 @@ from pathlib import Path
 from typing import Any
 
 from roost.bitfield import Bitfield
+from roost.errors import DiskFullError, ReleaseError
+from roost.fsutil import atomic_write
 from roost.metainfo import Info
-from roost.release import DiskFullError, ReleaseError, atomic_write
 from roost.tree import Entry, TreeManifest, link_stays_inside
 
 TREES = "trees"
