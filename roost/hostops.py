@@ -46,6 +46,7 @@ from roost.release import (
     rollback,
     run_hook,
 )
+from roost.signing import SignatureError, canonical, verify_bytes
 from roost.tree import proven_torrent
 
 DEPLOYS = "deploys"
@@ -106,6 +107,9 @@ def add_prepare(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--tracker-port", type=int, default=0)
     parser.add_argument("--interface", help="report this interface's address instead")
     parser.add_argument("--address", help="announce this address (from configuration)")
+    parser.add_argument("--allowed-signers",
+                        help="refuse a manifest not signed by a key in this file "
+                        "(deploy --require-signature)")
     return run_prepare
 
 
@@ -115,6 +119,13 @@ def run_prepare(ns: argparse.Namespace) -> int:
         raise UsageError("host-prepare input is too large")
     try:
         data = json.loads(_inflate(blob))
+        if not isinstance(data, dict) or not isinstance(data.get("manifest"), dict):
+            raise ValueError("no manifest")
+    except (ValueError, zlib.error) as exc:
+        raise UsageError(f"bad host-prepare input: {exc}") from None
+    # first, before the manifest is even read: the signature is the host's own check
+    signer = _check_signature(data, Path(ns.allowed_signers)) if ns.allowed_signers else None
+    try:
         manifest = Manifest.load(data["manifest"])
         torrent = _torrent_of(data, manifest)
         tls = _peer_tls(data.get("tls"))
@@ -140,8 +151,23 @@ def run_prepare(ns: argparse.Namespace) -> int:
         "address_local": address is None or is_local(address),
         "euid": os.geteuid(),
     }
+    if signer is not None:
+        result["signed_by"] = signer
     emit(result, ns.json)
     return 0
+
+
+def _check_signature(data: dict[str, Any], allowed_signers: Path) -> str:
+    """The principal who signed the manifest exactly as sent (its canonical JSON,
+    namespace "roost"), verified with this host's ssh-keygen; or a one-line refusal."""
+    signature = data.get("signature")
+    if not isinstance(signature, str) or not signature.strip():
+        raise SignatureError("signature refused: unsigned: the deploy's manifest carries no "
+                             "signature (give deploy --sign-key)")
+    try:
+        return verify_bytes(allowed_signers, canonical(data["manifest"]), signature)
+    except SignatureError as exc:
+        raise SignatureError(f"signature refused: {exc}") from None
 
 
 def _inflate(blob: bytes) -> bytes:

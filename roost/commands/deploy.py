@@ -115,6 +115,8 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
         "python": "python",
         "listen": "listen",
         "allow": "allow",
+        "sign_key": "sign_key",
+        "allowed_signers": "allowed_signers",
     }
     out = {mapping[k]: v for k, v in params.items() if k in mapping}
     for key in ("pre_activate", "post_activate", "hosts", "groups", "allow"):
@@ -122,7 +124,8 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
             out[key] = list(out[key] or [])
     if params.get("no_activate"):
         out["activate"] = False
-    for flag in ("sudo", "dry_run", "break_lock"):  # flags only ever switch these on
+    # flags only ever switch these on
+    for flag in ("sudo", "dry_run", "break_lock", "require_signature"):
         if params.get(flag):
             out[flag] = True
     return out
@@ -226,6 +229,11 @@ def host_config(config_path: Path | None, params: dict[str, Any]) -> DeployConfi
               help="preflight checks on every host and what would happen; change nothing")
 @click.option("--break-lock", is_flag=True,
               help="take over a stale lock left on a host by a deploy that died")
+@click.option("--sign-key", help="sign the release's manifest with this OpenSSH private key")
+@click.option("--require-signature", is_flag=True,
+              help="each host verifies the manifest's signature before fetching anything")
+@click.option("--allowed-signers", help="with --require-signature: the allowed-signers "
+              "file on the hosts (absolute path)")
 @deploy_options
 def command(src: Path, config_path: Path | None, as_json: bool, **params: Any) -> int:
     """Deploy SRC (a directory or a file) to every host.

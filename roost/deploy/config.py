@@ -67,6 +67,9 @@ class DeployConfig:
     health_timeout: float = 30.0
     break_lock: bool = False  # take over a stale lock left by a deploy that died
     dry_run: bool = False  # preflight checks only; change nothing
+    sign_key: str | None = None  # private key that signs the manifest (roost.signing)
+    require_signature: bool = False  # hosts refuse a manifest not signed by allowed_signers
+    allowed_signers: str | None = None  # the allowed-signers file's path on the hosts
 
 
 #: roost.toml [section] key -> DeployConfig attribute
@@ -90,6 +93,9 @@ TOML_KEYS: dict[str, dict[str, str]] = {
             "canary",
             "health_check",
             "health_timeout",
+            "sign_key",
+            "require_signature",
+            "allowed_signers",
         )
     },
     "hosts": {

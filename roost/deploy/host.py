@@ -53,6 +53,8 @@ class FetchPlan:
     timeout: float = 900.0
     pki: DeployCA | None = None  # --peer-tls: issues each host's certificate
     allow: list[str] | None = None  # whom peers accept and dial (roost.deploy.allowlist)
+    signature: str | None = None  # --sign-key: the manifest's OpenSSH signature
+    allowed_signers: str | None = None  # --require-signature: hosts verify against this file
 
 
 @dataclass
@@ -175,8 +177,10 @@ class HostRun:
             args += ["--address", self.spec.announce]
         elif self.spec.interface:
             args += ["--interface", self.spec.interface]
+        if plan.allowed_signers:
+            args += ["--allowed-signers", plan.allowed_signers]
         blob = prepare_input(manifest, torrent, plan.pki.issue(self.spec.name).to_dict()
-                             if plan.pki is not None else None)
+                             if plan.pki is not None else None, plan.signature)
         result = await self.transport.run(self.agent_cmd(agent, *args), input=blob, timeout=120)
         info = _json_result(result, "prepare")
         self.work = str(info["dir"])
@@ -351,22 +355,26 @@ class _Shared:
     torrent: bytes
     text: str  # the JSON of the common part, without its braces
     blob: bytes | None = None  # compressed, without tls (the same for every host)
+    signature: str | None = None
 
 
 _shared: list[_Shared] = []  # the current deploy's, at most one
 
 
-def prepare_input(manifest: Manifest, torrent: bytes, tls: dict[str, str] | None) -> bytes:
+def prepare_input(manifest: Manifest, torrent: bytes, tls: dict[str, str] | None,
+                  signature: str | None = None) -> bytes:
     """host-prepare's stdin. A tree goes as its manifest and piece hashes (the host
     rebuilds the torrent), zlib-compressed: a manifest of 100,000 entries is tens
     of MB of JSON. The common part is serialized once per deploy, not per host."""
-    if not _shared or _shared[0].torrent is not torrent:
+    if not _shared or _shared[0].torrent is not torrent or _shared[0].signature != signature:
         request: dict[str, Any] = {"manifest": manifest.to_dict()}
         if manifest.tree is not None:  # the host rebuilds the torrent from the manifest
             request["pieces"] = base64.b64encode(parse(torrent).info.pieces).decode()
         else:
             request["torrent"] = base64.b64encode(torrent).decode()
-        _shared[:] = [_Shared(torrent, json.dumps(request)[1:-1])]
+        if signature is not None:
+            request["signature"] = signature
+        _shared[:] = [_Shared(torrent, json.dumps(request)[1:-1], signature=signature)]
     shared = _shared[0]
     text = "{" + shared.text + (f', "tls": {json.dumps(tls)}' if tls is not None else "") + "}"
     if manifest.tree is None:
@@ -407,6 +415,8 @@ def _hooks_of(stdout: str) -> list[dict[str, Any]]:
 
 
 def _kind_of(message: str, default: str) -> str:
+    if message.startswith("signature refused"):
+        return "signature"
     text = message.lower()
     if "disk full" in text or "no space" in text or "enospc" in text:
         return "disk-full"

@@ -43,7 +43,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from roost import __version__
+from roost import __version__, signing
 from roost.deploy import dryrun, locking, rollout
 from roost.deploy.allowlist import check_extra, fleet_allowlist, resolve
 from roost.deploy.batches import plan_batches
@@ -57,6 +57,7 @@ from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_
 from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_hostname
 from roost.errors import UsageError
 from roost.metainfo import parse
+from roost.release import Manifest
 from roost.zipapp import build_zipapp_bytes
 
 EXIT_OK = 0
@@ -119,6 +120,7 @@ async def run_deploy(
         raise UsageError(f"--keep must be 0 or more, not {config.keep}")
     if config.health_timeout <= 0:
         raise UsageError("--health-timeout must be more than 0 seconds")
+    _check_signing(config)
     agent = make_agent(config.python)
     scratch = Path(tempfile.mkdtemp(prefix="roost-deploy-"))
     swarm: SwarmControl | None = None
@@ -132,6 +134,7 @@ async def run_deploy(
         torrent = made if made is not None else await asyncio.to_thread(
             make_metainfo, deploy.payload.payload)
         (scratch / "payload.torrent").write_bytes(torrent)
+        signature = await asyncio.to_thread(_sign_manifest, config, deploy.payload.manifest)
         deploy.mark("packed")
         meta = parse(torrent)
         where = listen or listen_address(
@@ -157,6 +160,8 @@ async def run_deploy(
             config.download_rate,
             config.timeout,
             pki,
+            signature=signature,
+            allowed_signers=config.allowed_signers if config.require_signature else None,
         )
         deploy.phase = "fetch"
         # every host reports the address it will announce before any peer starts:
@@ -204,6 +209,25 @@ async def run_deploy(
         deploy.mark("end")
         deploy.phase = "done"
     return deploy
+
+
+def _check_signing(config: DeployConfig) -> None:
+    """--require-signature needs the hosts' allowed-signers file; checked before any host."""
+    if config.allowed_signers and not config.require_signature:
+        raise UsageError("--allowed-signers is used only with --require-signature")
+    if not config.require_signature:
+        return
+    if not config.allowed_signers or not config.allowed_signers.startswith("/"):
+        raise UsageError("--require-signature needs --allowed-signers: the allowed-signers "
+                         "file's absolute path on the hosts")
+
+
+def _sign_manifest(config: DeployConfig, manifest: Manifest) -> str | None:
+    """--sign-key: the OpenSSH signature of the manifest's canonical JSON, which each
+    host checks (host-prepare --allowed-signers) before it fetches a byte."""
+    if not config.sign_key:
+        return None
+    return signing.sign_bytes(Path(config.sign_key), signing.canonical(manifest.to_dict()))
 
 
 def _fleet_allow(deploy: Deploy, config: DeployConfig, origin: str) -> list[str] | None:
