@@ -74,7 +74,7 @@ def test_activate_refuses_a_negative_keep_and_prunes_nothing(tmp_path: Path) -> 
         (src / "version").write_text(str(i))
         work = tmp_path / f"w{i}"
         work.mkdir()
-        packed = pack(src, work, f"v{i}")
+        packed = pack(src, work, f"v{i}", fmt="tar")  # staged straight from the tarball
         stage(dest, packed.manifest, packed.payload)
         activate(dest, f"v{i}", keep=5)
     result = roost("activate", "--dest", str(dest.root), "--tag", "v2", "--keep", "-5")
