@@ -206,7 +206,8 @@ def test_origin_killed_before_every_piece_spread_nothing_is_activated(
     src = make_sample_tree(tmp_path / "app", big=24_000_000)
     proc = start_deploy(
         deploy_argv(
-            fleet, src, addresses(fleet), "--tag", "o-lost", "--timeout", "600", "--keep", "2"
+            fleet, src, addresses(fleet), "--tag", "o-lost", "--timeout", "600", "--keep", "2",
+            "--format", "tar",  # PieceWatch reads the staged tarball's pieces
         )
     )
     watch = PieceWatch(fleet, "o-lost")
@@ -333,6 +334,8 @@ def test_tracker_restarted_mid_deploy_the_deploy_completes(shaped: Fleet, tmp_pa
             addresses(fleet),
             "--tag",
             "t-restart",
+            "--format",
+            "tar",  # PieceWatch reads the staged tarball's pieces
             "--timeout",
             "150",
             "--keep",
