@@ -41,9 +41,19 @@ def current_of(fleet: Fleet, i: int) -> str:
     return out.stdout.strip()
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return f"{pid} (gone)"
+
+
 def assert_nothing_left(fleet: Fleet, hosts: range | list[int]) -> None:
     for i in hosts:
-        assert fleet.extra_pids(i) == [], f"processes left on h{i}"
+        deadline = time.monotonic() + 5  # a process told to stop gets a moment to exit
+        while (left := fleet.extra_pids(i)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left == [], f"processes left on h{i}: {[_cmdline(p) for p in left]}"
         out = fleet.ssh(i, f"ls -A {fleet.dest}/.roost/deploys 2>/dev/null; "
                            f"ls -A {fleet.dest}/releases | grep -e '^\\.' || true")
         assert out.stdout.strip() == "", f"files left on h{i}: {out.stdout}"
