@@ -5,9 +5,9 @@ Three kinds, in equal shares, from source addresses 127.0.0.2..127.0.0.9
   * mute: connects and never sends a byte;
   * silent: sends a valid handshake for the torrent, then nothing, ever;
   * drip: sends a valid handshake one byte every DRIP_SECONDS.
-A connection the target closes is opened again after REOPEN_SECONDS, so the
-attack keeps `count` connections pressing for `seconds`, and never opens more
-than `max_opens` in all. Prints one JSON line of counts at the end.
+A connection the target closes is opened again after `--reopen` seconds
+(default 1), so the attack keeps `count` connections pressing for `seconds`,
+and never opens more than `max_opens` in all. Prints one JSON line of counts at the end.
 
     python -m bench.hostile --target 127.0.0.1:6881 --info-hash HEX --count 1000 --seconds 30
 """
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 DRIP_SECONDS = 0.5
-REOPEN_SECONDS = 1.0
+REOPEN_SECONDS = 1.0  # default of --reopen
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 KINDS = ("mute", "silent", "drip")
 
@@ -37,17 +37,24 @@ class Tally:
     closed_by_target: int = 0
 
 
+# asyncio.wait_for can swallow a cancellation (Python 3.11), so a stop also sets
+# this flag and closes every open socket
+STOP = asyncio.Event()
+OPEN: set[asyncio.StreamWriter] = set()
+
+
 def handshake(info_hash: bytes, n: int) -> bytes:
     peer_id = b"-XX0001-" + n.to_bytes(12, "big")
     return b"\x13BitTorrent protocol" + bytes(8) + info_hash + peer_id
 
 
 async def one(
-    n: int, host: str, port: int, info_hash: bytes, deadline: float, max_opens: int, tally: Tally
+    n: int, host: str, port: int, info_hash: bytes, deadline: float, max_opens: int, tally: Tally,
+    reopen: float,
 ) -> None:
     kind = KINDS[n % len(KINDS)]
     source = SOURCES[n % len(SOURCES)]
-    while time.monotonic() < deadline and tally.opened < max_opens:
+    while time.monotonic() < deadline and tally.opened < max_opens and not STOP.is_set():
         tally.opened += 1
         try:
             reader, writer = await asyncio.wait_for(
@@ -55,8 +62,9 @@ async def one(
             )
         except (OSError, asyncio.TimeoutError):
             tally.failed += 1
-            await asyncio.sleep(REOPEN_SECONDS)
+            await asyncio.sleep(reopen)
             continue
+        OPEN.add(writer)
         try:
             left = deadline - time.monotonic()
             await asyncio.wait_for(_behave(kind, n, reader, writer, info_hash), left)
@@ -64,8 +72,9 @@ async def one(
         except (OSError, asyncio.TimeoutError):
             pass
         finally:
+            OPEN.discard(writer)
             writer.close()
-        await asyncio.sleep(REOPEN_SECONDS)
+        await asyncio.sleep(reopen)
 
 
 async def _behave(
@@ -85,16 +94,22 @@ async def _behave(
 
 
 async def attack(host: str, port: int, info_hash: bytes, count: int, seconds: float,
-                 max_opens: int) -> Tally:
+                 max_opens: int, reopen: float = REOPEN_SECONDS) -> Tally:
     if not ipaddress.ip_address(host).is_loopback:
         raise SystemExit("hostile: loopback targets only")
     tally = Tally()
     deadline = time.monotonic() + seconds
     everything = asyncio.gather(
-        *(one(n, host, port, info_hash, deadline, max_opens, tally) for n in range(count))
+        *(one(n, host, port, info_hash, deadline, max_opens, tally, reopen) for n in range(count))
     )
-    # SIGTERM ends the attack early and still prints the counts
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, everything.cancel)
+
+    def stop() -> None:  # SIGTERM ends the attack early and still prints the counts
+        STOP.set()
+        for writer in list(OPEN):
+            writer.close()
+        everything.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
     with contextlib.suppress(asyncio.CancelledError):
         await everything
     return tally
@@ -113,13 +128,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--max-opens", type=int, default=50_000)
+    parser.add_argument("--reopen", type=float, default=REOPEN_SECONDS,
+                        help="seconds before a closed connection is opened again")
     ns = parser.parse_args()
     if not 1 <= ns.count <= 1000 or not 0 < ns.seconds <= 600:
         raise SystemExit("hostile: --count 1..1000, --seconds up to 600")
     host, _, port = ns.target.rpartition(":")
     raise_fd_limit()
     tally = asyncio.run(
-        attack(host, int(port), bytes.fromhex(ns.info_hash), ns.count, ns.seconds, ns.max_opens)
+        attack(host, int(port), bytes.fromhex(ns.info_hash), ns.count, ns.seconds, ns.max_opens,
+               max(0.05, ns.reopen))
     )
     print(json.dumps(tally.__dict__), flush=True)
 

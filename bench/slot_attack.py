@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,11 +60,16 @@ def start(argv: list[str]) -> subprocess.Popen[str]:
 def stop(proc: subprocess.Popen[str]) -> str:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=30)
     return out
 
 
-def run(size_mib: int, rounds: int, count: int, timeout: float) -> dict[str, object]:
+def run(size_mib: int, rounds: int, count: int, timeout: float, reopen: float = 1.0
+        ) -> dict[str, object]:
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     work = Path(tempfile.mkdtemp(prefix="roost-slot-attack-", dir=base))
     seeder: subprocess.Popen[str] | None = None
@@ -82,6 +88,9 @@ def run(size_mib: int, rounds: int, count: int, timeout: float) -> dict[str, obj
         seeder = start(roost("seed", str(torrent), "-d", str(work), "--no-tracker", "--json",
                              "--bind", "127.0.0.1", "--port", str(port)))  # fmt: skip
         time.sleep(1.5)
+        warm = timed_fetch(torrent, work / "warm", port, timeout)  # not counted: caches, imports
+        shutil.rmtree(work / "warm")
+        print(json.dumps({"warm_up_s": round(warm, 3)}), flush=True)
         quiet: list[float] = []
         attacked: list[float] = []
         for n in range(rounds):
@@ -89,7 +98,8 @@ def run(size_mib: int, rounds: int, count: int, timeout: float) -> dict[str, obj
             shutil.rmtree(work / f"quiet{n}")
             attacker = start([sys.executable, "-m", "bench.hostile", "--target",
                               f"127.0.0.1:{port}", "--info-hash", info_hash,
-                              "--count", str(count), "--seconds", str(timeout + 10)])  # fmt: skip
+                              "--count", str(count), "--seconds", str(timeout + 10),
+                              "--reopen", str(reopen)])  # fmt: skip
             time.sleep(3.0)  # let every hostile connection open and settle
             try:
                 attacked.append(timed_fetch(torrent, work / f"attacked{n}", port, timeout))
@@ -109,9 +119,11 @@ def run(size_mib: int, rounds: int, count: int, timeout: float) -> dict[str, obj
             for reason, n in event["counts"].items():
                 totals[reason] = totals.get(reason, 0) + n
         q, a = sum(quiet) / len(quiet), sum(attacked) / len(attacked)
-        return {"size_mib": size_mib, "count": count, "rounds": rounds,
+        qm, am = statistics.median(quiet), statistics.median(attacked)
+        return {"size_mib": size_mib, "count": count, "reopen_s": reopen, "rounds": rounds,
                 "quiet_mean_s": round(q, 3), "attacked_mean_s": round(a, 3),
-                "ratio": round(a / q, 3), "seeder_refused": totals}  # fmt: skip
+                "ratio": round(a / q, 3), "ratio_of_medians": round(am / qm, 3),
+                "seeder_refused": totals}  # fmt: skip
     finally:
         if seeder is not None:
             stop(seeder)
@@ -124,8 +136,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--reopen", type=float, default=1.0,
+                        help="the attack reopens a closed connection after this many seconds")
     ns = parser.parse_args()
-    print(json.dumps(run(ns.size_mib, ns.rounds, ns.count, ns.timeout)), flush=True)
+    print(json.dumps(run(ns.size_mib, ns.rounds, ns.count, ns.timeout, ns.reopen)), flush=True)
 
 
 if __name__ == "__main__":

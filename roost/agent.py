@@ -29,6 +29,7 @@ AGENT_COMMANDS: dict[str, str] = {
     "host-rollback": "roost.hostops:add_rollback",
     "host-health": "roost.hostops:add_health",
     "host-lock": "roost.hostlock:add_lock",
+    "agent": "roost.pullagent:add_agent",
 }
 
 Runner = Callable[[argparse.Namespace], int]

@@ -30,11 +30,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("roost.commands.status", "Show which release each host runs."),
     "rollback": ("roost.commands.rollback", "Make the previous release current again."),
     "clean": ("roost.commands.clean", "Stop roost processes and remove temp files on hosts."),
+    "publish": ("roost.commands.publish", "Publish a signed release to pull agents."),
 }
 AGENT_HELP = {
     "fetch": "Download a payload into place (target side).",
     "seed": "Seed a payload to a swarm.",
     "activate": "Unpack and switch a release (target side).",
+    "agent": "Follow a coordinator: pull signed releases (target side).",
 }
 
 

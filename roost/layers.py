@@ -50,10 +50,13 @@ RANKS: dict[str, int] = {
     "roost.tracker.server": 2,
     "roost.tracker.connections": 2,
     "roost.tracker.state": 2,
+    "roost.signing": 2,
+    "roost.pullagent": 2,
     # the operator side
     "roost.agent": 3,
     "roost.zipapp": 3,
     "roost.deploy": 3,  # folder
+    "roost.coordinator": 3,
     "roost.ui": 3,
     "roost.cli": 4,
     "roost.commands": 4,  # folder
@@ -113,6 +116,8 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.torrentfile",
     "roost.pipes",
     "roost.agent",
+    "roost.signing",
+    "roost.pullagent",
 )
 
 

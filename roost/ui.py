@@ -36,23 +36,6 @@ def progress_bar(label: str, total: int, *, enabled: bool) -> Iterator[Callable[
         yield lambda n: progress.advance(task, n)
 
 
-def print_reasons(console: Any, reasons: Iterable[tuple[str, str, str | None]]) -> None:
-    """Under a per-host table: each host's reason on a line of its own, in full.
-
-    A reason squeezed into a table column is cut or folded into a narrow strip
-    at 80 columns; here it wraps across the whole width. `reasons` holds
-    (host, reason, kind); kind is the machine-readable error kind or None.
-    Text objects, never markup: a reason is often text from the host.
-    """
-    from rich.text import Text
-
-    for host, reason, kind in reasons:
-        if reason:
-            console.print(Text.assemble((f"{inert(host)}: ", "bold"),
-                                        (inert(reason, keep_newlines=True), "red" if kind else ""),
-                                        (f" [{kind}]" if kind else "", "dim")))
-
-
 def inert_text(text: Any, *, keep_newlines: bool = False) -> Any:
     """A rich Text (or plain str, made a Text) with outside characters escaped.
 
@@ -67,3 +50,20 @@ def inert_text(text: Any, *, keep_newlines: bool = False) -> Any:
     if plain.isprintable():
         return text
     return Text(inert(text.plain, keep_newlines=keep_newlines), style=text.style)
+
+
+def print_reasons(console: Any, reasons: Iterable[tuple[str, str, str | None]]) -> None:
+    """Under a per-host table: each host's reason on a line of its own, in full.
+
+    A reason squeezed into a table column is cut or folded into a narrow strip
+    at 80 columns; here it wraps across the whole width. `reasons` holds
+    (host, reason, kind); kind is the machine-readable error kind or None.
+    Text objects, never markup: a reason is often text from the host.
+    """
+    from rich.text import Text
+
+    for host, reason, kind in reasons:
+        if reason:
+            console.print(Text.assemble((f"{inert(host)}: ", "bold"),
+                                        (inert(reason), "red" if kind else ""),
+                                        (f" [{kind}]" if kind else "", "dim")))

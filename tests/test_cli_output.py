@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 COMMANDS = ["make", "show", "tracker", "deploy", "demo", "status", "rollback", "clean",
-            "fetch", "seed", "activate"]
+            "publish", "fetch", "seed", "activate", "agent"]
 ENV = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
 ENV.pop("PYTHONWARNINGS", None)
 
@@ -41,6 +41,10 @@ def bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "fetch": ["fetch", str(tmp / "missing.torrent")],
         "seed": ["seed", str(tmp / "missing.torrent")],
         "activate": ["activate", "--dest", str(tmp / "d"), "--tag", "../x"],
+        "publish": ["publish", str(tmp), "--key", str(tmp / "missing-key"),
+                    "--listen", "127.0.0.1", "--hosts", "a"],
+        "agent": ["agent", "--coordinator", "http://127.0.0.1:1", "--dest", "relative",
+                  "--allowed-signers", str(tmp / "missing")],
     }
 
 

@@ -15,7 +15,6 @@ from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.host import HostRun
 from roost.deploy.run import Connector, make_agent
 from roost.deploy.transport import HostFailure
-from roost.ui import inert_text
 
 
 @dataclass
@@ -79,7 +78,7 @@ def run_op(
 
     from roost.deploy.config import resolve_hosts
     from roost.deploy.run import ssh_connector
-    from roost.ui import print_reasons
+    from roost.ui import inert_text, print_reasons
 
     hosts = resolve_hosts(config)
     result = asyncio.run(run_everywhere(config, hosts, ssh_connector(config), command, *args))

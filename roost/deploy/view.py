@@ -222,13 +222,14 @@ def report(deploy: Deploy) -> dict[str, Any]:
     }
 
 
-def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None) -> None:
+def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None,
+                command: str = "roost deploy") -> None:
     """The per-host table, reasons, timings and bound; `notes` go just before the verdict."""
     if deploy.config.dry_run:
         dry_run_table(deploy, console)
         return
     staged = any(h.batch is not None for h in deploy.hosts)
-    table = Table(title=f"roost deploy {deploy.tag}", title_justify="left")
+    table = Table(title=f"{command} {deploy.tag}", title_justify="left")
     columns = ["host", *(["batch"] if staged else []), "status", "runs now", "time", "agent"]
     for column in columns:
         table.add_column(column, no_wrap=True)
@@ -276,7 +277,7 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
         console.print(Text(inert("runs now: " + "; ".join(
             f"{tag}: {', '.join(names)}" for tag, names in placement(deploy).items()))))
     for line in notes or []:
-        console.print(Text(inert(line)))
+        console.print(Text(line))
     style = "green" if deploy.exit_code == 0 else "red"
     console.print(Text(inert(f"{deploy.message} (exit {deploy.exit_code})"), style=style))
 

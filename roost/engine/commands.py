@@ -71,7 +71,13 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         metavar="CIDR",
         help="accept and make connections only with these addresses",
     )
-    parser.add_argument("--max-peers", type=int, default=60)
+    parser.add_argument(
+        "--max-peers",
+        type=int,
+        default=60,
+        help="peers with a completed handshake (default 60); connections still "
+        "handshaking have their own small budget and a 5 s deadline",
+    )
     parser.add_argument(
         "--unchoke-slots",
         type=int,

@@ -58,7 +58,11 @@ MAX_LINE = 16 * 1024  # HTTP layer cap; protocol.MAX_QUERY (4 KiB) answers benco
 MAX_ADMIN_BODY = 8 * 1024 * 1024  # a base64 .torrent of a very large release fits
 MAX_TORRENT_FILES = 10_000
 MAX_TORRENT_BYTES = 64 * 1024 * 1024
-_ANNOUNCE_PATH = re.compile(r"/announce/([A-Za-z0-9_-]{16,128})/?\Z")
+# the secret before `announce` (BEP 48: a client derives the scrape URL from the
+# last component), or after it (the form of earlier releases, still accepted)
+_ANNOUNCE_PATH = re.compile(
+    r"/(?:([A-Za-z0-9_-]{16,128})/announce|announce/([A-Za-z0-9_-]{16,128}))/?\Z"
+)
 _HEX40 = re.compile(r"[0-9a-fA-F]{40}\Z")
 _ADMIN_SWARM = re.compile(r"/admin/swarms/([^/]*)\Z")
 TEXT = "text/plain"
@@ -259,7 +263,7 @@ class TrackerServer:
     # --- in-process API (the deploy orchestrator uses these) ---------------
 
     def announce_url(self, info_hash: bytes) -> str:
-        return f"{self.url}/announce/{self.tracker.swarms[info_hash].record.token}"
+        return f"{self.url}/{self.tracker.swarms[info_hash].record.token}/announce"
 
     async def register(
         self,
@@ -317,8 +321,8 @@ class TrackerServer:
             "expected_peers": rec.expected_peers,
             "complete_peers": swarm.done_count(),
             "source": rec.source,
-            "announce_url": f"{self.url}/announce/{rec.token}",
-            "scrape_url": f"{self.url}/scrape/{rec.token}",
+            "announce_url": f"{self.url}/{rec.token}/announce",
+            "scrape_url": f"{self.url}/{rec.token}/scrape",
             "status_url": f"{self.url}/status/{rec.token}",
         }
 
@@ -411,7 +415,7 @@ class TrackerServer:
         if old is not None and old.record.source in ("api", source):
             return False  # already known; the admin API's settings win
         match = _ANNOUNCE_PATH.search(meta.announce or "")
-        token = match.group(1) if match else secrets.token_urlsafe(24)
+        token = (match.group(1) or match.group(2)) if match else secrets.token_urlsafe(24)
         self.tracker.register(SwarmRecord(meta.info_hash, token, meta.info.name, 0, source))
         log.info("registered %s from %s", meta.info_hash.hex(), path)
         return True
@@ -451,11 +455,16 @@ class TrackerServer:
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         path, _, query = request.raw_path.partition("?")
-        if path.startswith(("/announce", "/scrape")) and request.method in ("GET", "HEAD"):
-            kind, sep, token = path[1:].partition("/")
-            if kind in ("announce", "scrape"):
+        if request.method in ("GET", "HEAD"):
+            head, _, kind = path.rpartition("/")
+            if kind in ("announce", "scrape") and head.count("/") <= 1:
+                # /<secret>/announce, /<secret>/scrape (BEP 48); bare /announce has none
                 raw = query.encode("utf-8", "surrogateescape")
-                return self._tracker_reply(kind, token if sep else None, raw, request)
+                return self._tracker_reply(kind, head[1:] or None, raw, request)
+            if path.startswith(("/announce/", "/scrape/")):  # the old /announce/<secret>
+                kind, _, token = path[1:].partition("/")
+                raw = query.encode("utf-8", "surrogateescape")
+                return self._tracker_reply(kind, token, raw, request)
         allowed = False
         for method, pattern, handler in self._routes:
             match = pattern.match(path)

@@ -503,7 +503,7 @@ class Tracker:
 
     def _swarm_for(self, token: str | None, info_hash: bytes) -> Swarm:
         if not token:
-            raise TrackerRequestError("missing secret: announce to /announce/<secret>", "secret")
+            raise TrackerRequestError("missing secret: announce to /<secret>/announce", "secret")
         swarm = self.by_token.get(token)
         if swarm is None:
             raise TrackerRequestError("invalid secret", "secret")
@@ -517,7 +517,7 @@ class Tracker:
         try:
             hashes = parse_scrape(raw_query)
             if not token:
-                raise TrackerRequestError("missing secret: scrape /scrape/<secret>", "secret")
+                raise TrackerRequestError("missing secret: scrape /<secret>/scrape", "secret")
             swarm = self.by_token.get(token)
             if swarm is None:
                 raise TrackerRequestError("invalid secret", "secret")

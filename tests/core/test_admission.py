@@ -1,4 +1,4 @@
-"""The connection admission policy (roost.admission), driven by a fake clock."""
+"""The connection admission policy (roost.core.admission), driven by a fake clock."""
 
 from __future__ import annotations
 

@@ -139,7 +139,10 @@ def setup_swarm(t: Any, tmp_path: Path) -> tuple[bytes, bytes, bytes, Path]:
     (tmp_path / "seed" / "payload.bin").write_bytes(payload)
     ih = parse(make_torrent(payload, "payload.bin", "http://placeholder/announce")).info_hash
     reg = t.run(t.server.register(ih, name="payload", expected_peers=2))
-    torrent = make_torrent(payload, "payload.bin", reg["announce_url"])
+    # libtorrent's SSRF mitigation accepts a tracker on a loopback address only when
+    # its path starts with /announce: the secret-last form, which the tracker still serves
+    old_form = f"http://127.0.0.1:{t.port}/announce/{reg['token']}"
+    torrent = make_torrent(payload, "payload.bin", old_form)
     path = tmp_path / "payload.torrent"
     path.write_bytes(torrent)
     return payload, ih, torrent, path

@@ -73,7 +73,7 @@ def metric(t: Any, name: str) -> float:
 def test_register_announce_status_scrape(start_tracker: Any) -> None:
     t = start_tracker()
     reg = register(t, name="app-1.2", expected_peers=2)
-    assert reg["announce_url"] == f"http://127.0.0.1:{t.port}/announce/{reg['token']}"
+    assert reg["announce_url"] == f"http://127.0.0.1:{t.port}/{reg['token']}/announce"
     token = reg["token"]
     first = announce(t, token, announce_query(IH, pid(1), port=7001, left=0))
     assert first[b"peers"] == b"" and first[b"roost.expected"] == 2
