@@ -2,13 +2,14 @@
 
     python -m bench.sim --n 1000 --size 1GiB --rate 100
     python -m bench.sim --n 100,1000 --size 1GiB --rate 100 --slow-frac 0.1 --json
-    python -m bench.sim --n 10000 --size 1GiB --rate 100 --scale 64
+    python -m bench.sim --n 1000 --size 1GiB --rate 100 --piece 16MiB --big-block 1MiB
 
 Prints, per N, the first / p50 / p99 / last host completion time against the
 bound (S*8/R for equal links; design.md's T_min otherwise) and the tracker's
-load. `--scale K` simulates S/K bytes at R/K: the same bound and the same
-simulated time, K times fewer blocks to push through the members (what is
-distorted is in docs/sim.md). `--cdf PNG` draws the completion-time CDFs.
+load. The piece length is roost's own choice for the payload (roost pack:
+1 MiB for 1 GiB) unless --piece says otherwise; bigger pieces and wire
+blocks are the simulator's coarsening (docs/sim.md). `--cdf PNG` draws the
+completion-time CDFs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from typing import Any
 
 from bench.efficiency import parse_size
+from roost.metainfo import MetainfoError, check_piece_length, choose_piece_length
 from roost.sim.scenario import Scenario
 from roost.sim.world import Result, SimError, simulate
 
@@ -59,8 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_csv_int, default=[100], help="receivers, comma separated")
     p.add_argument("--size", type=parse_size, default=parse_size("64MiB"))
     p.add_argument("--rate", type=_positive, default=100.0, help="link rate, Mbit/s")
-    p.add_argument("--piece", type=parse_size, default=256 * 1024, help="piece length")
-    p.add_argument("--scale", type=int, default=1, help="simulate S/K bytes at R/K")
+    p.add_argument("--piece", type=parse_size, default=None, help="piece length (default: roost's)")
+    p.add_argument("--big-block", type=parse_size, default=256 * 1024, help="wire block size")
     p.add_argument("--slow-frac", type=_fraction, default=0.0)
     p.add_argument("--slow-count", type=int, default=None)
     p.add_argument("--slow-factor", type=_positive, default=10.0)
@@ -84,12 +86,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def scenario_for(args: argparse.Namespace, n: int) -> Scenario:
-    k = max(1, args.scale)
     return Scenario(
         n=n,
-        size=args.size // k,
-        rate_mbit=args.rate / k,
-        piece_length=args.piece,
+        size=args.size,
+        rate_mbit=args.rate,
+        piece_length=args.piece or choose_piece_length(args.size),
+        big_block=args.big_block,
         ceiling=args.ceiling,
         slow_frac=args.slow_frac,
         slow_count=args.slow_count,
@@ -114,7 +116,8 @@ def row(args: argparse.Namespace, result: Result, wall: float) -> dict[str, Any]
     out = result.summary()
     out["size"] = args.size
     out["rate_mbit"] = args.rate
-    out["scale"] = args.scale
+    out["piece"] = result.scenario.piece_length
+    out["big_block"] = args.big_block
     out["pieces"] = result.pieces
     out["wall_s"] = round(wall, 1)
     out["sim_s"] = round(result.end_time, 2)
@@ -172,8 +175,17 @@ def plot_cdf(path: str, results: list[Result]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.scale < 1 or args.size // args.scale < args.piece:
-        print("error: --scale must be >= 1 and leave at least one piece", file=sys.stderr)
+    piece = args.piece or choose_piece_length(args.size)
+    try:
+        check_piece_length(piece)
+    except MetainfoError as exc:
+        print(f"error: --piece: {exc}", file=sys.stderr)
+        return 2
+    if not 16 * 1024 <= args.big_block <= 1 << 20:
+        print("error: --big-block must be within 16KiB..1MiB", file=sys.stderr)
+        return 2
+    if args.size < 1:
+        print("error: --size must be positive", file=sys.stderr)
         return 2
     rows = []
     results = []

@@ -255,6 +255,7 @@ class World:
             linger=None,
             listen_host=spec.ip,
             announce_ip=spec.ip,
+            big_block=self.sc.big_block,
         )
 
     def _start(self, host: Host) -> None:

@@ -87,7 +87,7 @@ def test_hosts_that_die_for_good_are_counted_apart() -> None:
     )
     result = simulate(sc)
     assert len(result.dead) == 3
-    assert len(result.times) + len(result.dead) >= 30 - 0 and not result.unfinished
+    assert len(result.times) + len(result.dead) == 30 and not result.unfinished
 
 
 def test_flows_share_links_max_min_fairly() -> None:
@@ -110,3 +110,18 @@ def test_flows_share_links_max_min_fairly() -> None:
     net.allocate()
     assert slow.rate == pytest.approx(10.0)
     assert fast.rate == pytest.approx(90.0)
+
+
+def test_the_bench_prints_a_row_per_n_and_refuses_bad_input(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.sim import main
+
+    assert main(["--n", "5", "--size", "2MiB", "--piece", "128KiB", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["n"] == 5 and row["completed"] == 5 and row["last_x"] >= 1.0
+    assert main(["--n", "5", "--size", "2MiB", "--piece", "3KiB"]) == 2
+    assert "--piece" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--n", "0"])
+    assert exc.value.code == 2
