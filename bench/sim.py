@@ -81,7 +81,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-super-seed", action="store_true")
     p.add_argument("--json", action="store_true", help="one JSON object per N")
-    p.add_argument("--cdf", default=None, help="write a PNG of completion-time CDFs")
+    p.add_argument("--cdf", default=None, help="write a PNG of completion-time CDFs (+ .json)")
+    p.add_argument(
+        "--cdf-with",
+        default=[],
+        type=lambda s: [x for x in s.split(",") if x],
+        help="also draw the curves of these earlier --cdf .json files",
+    )
     return p
 
 
@@ -149,19 +155,30 @@ def _cells(r: dict[str, Any]) -> Any:
     return cell
 
 
-def plot_cdf(path: str, results: list[Result]) -> None:
+def curves(results: list[Result]) -> list[dict[str, Any]]:
+    """Completion times over the bound, sorted, per run (what the CDF plot draws)."""
+    return [
+        {
+            "label": f"N = {r.scenario.n}, {r.pieces} pieces",
+            "x": sorted(round(t / r.bound, 4) for t in r.times.values()),
+        }
+        for r in results
+    ]
+
+
+def plot_cdf(path: str, data: list[dict[str, Any]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for result in results:
-        xs = sorted(t / result.bound for t in result.times.values())
+    for curve in data:
+        xs = curve["x"]
         if not xs:
             continue
         ys = [(i + 1) / len(xs) for i in range(len(xs))]
-        ax.step(xs, ys, where="post", label=f"N = {result.scenario.n}")
+        ax.step(xs, ys, where="post", label=curve["label"])
     ax.axvline(1.0, color="grey", linestyle="--", label="bound S*8/R")
     ax.set_xlabel("host completion time / bound")
     ax.set_ylabel("fraction of hosts complete")
@@ -205,7 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(table(rows))
     if args.cdf:
-        plot_cdf(args.cdf, results)
+        data = curves(results)
+        for name in args.cdf_with:
+            try:
+                with open(name) as f:
+                    data += json.load(f)
+            except (OSError, ValueError) as exc:
+                print(f"error: --cdf-with {name}: {exc}", file=sys.stderr)
+                return 1
+        with open(args.cdf + ".json", "w") as f:
+            json.dump(curves(results), f)
+        plot_cdf(args.cdf, data)
     return 0
 
 
