@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dt", type=_positive, default=0.05)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-super-seed", action="store_true")
+    p.add_argument(
+        "--lean", action="store_true", help="count blocks, keep no piece bytes (fleet sizes)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per N")
     p.add_argument("--cdf", default=None, help="write a PNG of completion-time CDFs (+ .json)")
     p.add_argument(
@@ -115,6 +118,7 @@ def scenario_for(args: argparse.Namespace, n: int) -> Scenario:
         seed=args.seed,
         dt=args.dt,
         super_seed=not args.no_super_seed,
+        lean=args.lean,
     )
 
 

@@ -36,8 +36,10 @@ ROUNDS = 3
 MSS = 1448
 MIN_RTT = 0.0005  # a LAN's round trip when no latency is configured
 
-#: (pipe, delivery time, message bytes) for what a step finished
-Delivery = tuple["Pipe", float, bytes]
+#: a message: bytes, or block data the sender makes at delivery (header, length, corrupt)
+Message = bytes | tuple[bytes, int, bool]
+#: (pipe, delivery time, message) for what a step finished
+Delivery = tuple["Pipe", float, Message]
 
 
 @dataclass(slots=True)
@@ -109,7 +111,7 @@ class Network:
         pipe.last_delivery = at
         return at
 
-    def send_data(self, pipe: Pipe, data: bytes, size: int) -> None:
+    def send_data(self, pipe: Pipe, data: Message, size: int) -> None:
         if pipe.closed:
             return
         pipe.queue.append([size, data, size])
@@ -192,8 +194,7 @@ class Network:
                 budget -= left
                 t += left / rate
                 queue.popleft()
-                data = item[1]
-                assert isinstance(data, bytes)
+                data: Message = item[1]  # type: ignore[assignment]
                 size = item[2]
                 assert isinstance(size, int)
                 pipe.data_bytes -= size
@@ -202,8 +203,7 @@ class Network:
                 out.append((pipe, at, data))
                 # control messages queued right behind go with it
                 while queue and queue[0][0] == 0:
-                    ctl = queue.popleft()[1]
-                    assert isinstance(ctl, bytes)
+                    ctl: Message = queue.popleft()[1]  # type: ignore[assignment]
                     out.append((pipe, at, ctl))
             if not queue:
                 emptied.append(key)

@@ -57,6 +57,7 @@ from roost.core.actions import (
     WriteReady,
 )
 from roost.core.member import MemberConfig, SwarmMember
+from roost.sim.lean import LeanAssembly
 from roost.sim.network import WRITE_LOW, Network, Pipe
 from roost.sim.scenario import MBIT, HostSpec, Scenario
 from roost.tracker.protocol import AnnounceRequest
@@ -266,9 +267,12 @@ class World:
         if host.have is None:
             host.have = Bitfield.full(n) if spec.index == 0 else Bitfield(n)
         rng = random.Random(self.rng.getrandbits(64))
-        host.member = SwarmMember(self.info, self.info_hash, host.have, self._config(spec), rng=rng)
+        member = SwarmMember(self.info, self.info_hash, host.have, self._config(spec), rng=rng)
+        if self.sc.lean:
+            member.assembly = LeanAssembly(self.info.piece_length)
+        host.member = member
         host.timer_at = None
-        self._feed(host, host.member.start(PORT, self.now))
+        self._feed(host, member.start(PORT, self.now))
 
     def _die(self, host: Host) -> None:
         if host.dead or host.member is None:
@@ -308,9 +312,9 @@ class World:
             elif isinstance(action, SendBlock):
                 end = self.ends.get(action.conn)
                 if end is not None:
-                    fill = self.ones if host.spec.corrupt else self.zeros
-                    body = fill if action.length == len(fill) else fill[: action.length]
-                    net.send_data(end.out, action.header + body, action.length + len(action.header))
+                    # the payload is made at delivery: queued data costs no memory
+                    lazy = (action.header, action.length, host.spec.corrupt)
+                    net.send_data(end.out, lazy, action.length + len(action.header))
                     self._want_step()
             elif isinstance(action, WantWritable):
                 end = self.ends.get(action.conn)
@@ -397,12 +401,18 @@ class World:
             if peer.member is not None:
                 self._event(peer, Closed(end.peer_cid, reason), self.now + self.sc.latency)
 
-    def _deliver(self, pipe: Pipe, data: bytes) -> None:
+    def _deliver(self, pipe: Pipe, message: bytes | tuple[bytes, int, bool]) -> None:
         if pipe.closed:
             return
         host = self.hosts[pipe.dst]
         if host.member is None:
             return
+        if isinstance(message, tuple):
+            header, length, corrupt = message
+            fill = self.ones if corrupt else self.zeros
+            data = header + (fill if length == len(fill) else fill[:length])
+        else:
+            data = message
         if len(data) > 1024:
             self.net.moved += len(data)
         self._feed(host, host.member.receive(pipe.dst_cid, data, self.now))

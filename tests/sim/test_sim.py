@@ -125,3 +125,15 @@ def test_the_bench_prints_a_row_per_n_and_refuses_bad_input(
     with pytest.raises(SystemExit) as exc:
         main(["--n", "0"])
     assert exc.value.code == 2
+
+
+def test_the_lean_assembly_changes_nothing_but_memory() -> None:
+    """Counting blocks instead of keeping them: the same run, event for event."""
+    sc = Scenario(n=20, size=2 * 1024 * 1024, rate_mbit=100.0, piece_length=64 * 1024, seed=5)
+    lean = Scenario(**{**sc.__dict__, "lean": True})
+    assert fingerprint(lean) == fingerprint(sc)
+    # a corrupt sender is still caught: every honest host completes
+    world = World(Scenario(**{**lean.__dict__, "corrupt": 1, "n": 12}))
+    result = world.run()
+    assert not result.unfinished
+    assert all(h.have is not None and h.have.all() for h in world.hosts)
