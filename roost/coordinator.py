@@ -224,8 +224,10 @@ async def run_publish(deploy: Deploy, src: Path, key: Path, listen: str, port: i
     origin: Origin | None = None
     deploy.mark("start")
     try:
+        # pull agents stage a tarball; tree releases are push-only for now
+        fmt = "tar" if config.format in ("auto", "tree") and src.is_dir() else config.format
         deploy.payload = await asyncio.to_thread(
-            pack, src, scratch, deploy.tag, fmt=config.format, compress=config.compress)
+            pack, src, scratch, deploy.tag, fmt=fmt, compress=config.compress)
         torrent = await asyncio.to_thread(make_metainfo, deploy.payload.payload)
         (scratch / "payload.torrent").write_bytes(torrent)
         coordinator.torrent = torrent

@@ -43,3 +43,11 @@ class RemoteProtocolError(RoostError):
     def __init__(self, message: str, *, ban: bool = False) -> None:
         super().__init__(message)
         self.ban = ban
+
+
+class ReleaseError(RoostError):
+    """A release operation failed on this host (message says why)."""
+
+
+class DiskFullError(ReleaseError):
+    exit_code = 4

@@ -27,10 +27,11 @@ import socket
 import struct
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
-from roost.errors import UsageError
+from roost.errors import MetainfoError, UsageError
 from roost.hostlock import history, inspect_lock
 from roost.release import (
     Dest,
@@ -45,9 +46,11 @@ from roost.release import (
     rollback,
     run_hook,
 )
+from roost.tree import proven_torrent
 
 DEPLOYS = "deploys"
 MAX_PREPARE_INPUT = 96 * 1024 * 1024
+MAX_PREPARE_JSON = 512 * 1024 * 1024
 STOP_WAIT = 5.0
 #: host-prepare's `tls` keys -> files in the deploy directory (fetch's --tls-* flags)
 PEER_TLS = {"cert": "peer-cert.pem", "key": "peer-key.pem", "ca": "peer-ca.pem"}
@@ -111,11 +114,11 @@ def run_prepare(ns: argparse.Namespace) -> int:
     if len(blob) > MAX_PREPARE_INPUT:
         raise UsageError("host-prepare input is too large")
     try:
-        data = json.loads(blob)
+        data = json.loads(_inflate(blob))
         manifest = Manifest.load(data["manifest"])
-        torrent = base64.b64decode(data["torrent"], validate=True)
+        torrent = _torrent_of(data, manifest)
         tls = _peer_tls(data.get("tls"))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, zlib.error) as exc:
         raise UsageError(f"bad host-prepare input: {exc}") from None
     dest = Dest(ns.dest)
     dest.ensure()
@@ -139,6 +142,32 @@ def run_prepare(ns: argparse.Namespace) -> int:
     }
     emit(result, ns.json)
     return 0
+
+
+def _inflate(blob: bytes) -> bytes:
+    """A tree's input comes zlib-compressed (a manifest of 100,000 entries is tens of
+    MB of JSON); inflated output is capped like the input, against a zip bomb."""
+    if blob[:1] != b"\x78":  # zlib's header; JSON starts with "{"
+        return blob
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(blob, MAX_PREPARE_JSON + 1)
+    if len(out) > MAX_PREPARE_JSON or inflater.unconsumed_tail:
+        raise UsageError("host-prepare input is too large once decompressed")
+    return out
+
+
+def _torrent_of(data: dict[str, Any], manifest: Manifest) -> bytes:
+    """The torrent as sent, or for a tree rebuilt from the manifest and the piece
+    hashes, and then proven by the info-hash the manifest carries."""
+    if "torrent" in data:
+        return base64.b64decode(data["torrent"], validate=True)
+    if manifest.tree is None:
+        raise KeyError("torrent")
+    pieces = base64.b64decode(data["pieces"], validate=True)
+    try:
+        return proven_torrent(manifest.tree, manifest.tag, pieces)
+    except MetainfoError as exc:
+        raise UsageError(f"bad host-prepare input: {exc}") from None
 
 
 def _peer_tls(tls: Any) -> dict[str, bytes]:

@@ -32,8 +32,8 @@ RANKS: dict[str, int] = {
     "roost.inert": 0,
     # the pure core
     "roost.core": 1,  # folder
-    "roost.wire": 1,  # the old name of roost.core.wire, kept for outside importers
     "roost.metainfo": 1,
+    "roost.tree": 1,
     "roost.tracker": 1,  # folder; its server half is rank 2, below
     "roost.tracker.protocol": 1,
     "roost.tracker.swarm": 1,
@@ -42,6 +42,8 @@ RANKS: dict[str, int] = {
     "roost.engine": 2,  # folder
     "roost.hashing": 2,
     "roost.release": 2,
+    "roost.fsutil": 2,
+    "roost.treestage": 2,
     "roost.hostops": 2,
     "roost.hostlock": 2,
     "roost.preflight": 2,
@@ -107,9 +109,12 @@ TARGET_SIDE: tuple[str, ...] = (
     "roost.ratelimit",
     "roost.metainfo",
     "roost.core",
+    "roost.tree",
     "roost.hashing",
     "roost.engine",
     "roost.release",
+    "roost.fsutil",
+    "roost.treestage",
     "roost.hostops",
     "roost.hostlock",
     "roost.preflight",

@@ -10,6 +10,7 @@ the caller computed (see roost.hashing for the streaming, multi-core part).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ class FileEntry:
     path: tuple[str, ...]
     length: int
     offset: int
+    pad: bool = False  # BEP 47 pad file (attr "p"): zeros, never written to disk
 
     @property
     def relpath(self) -> str:
@@ -123,17 +125,31 @@ def safe_component(raw: bytes | str, what: str = "path component") -> str:
             raise UnsafePathError(f"{what} {raw[:60]!r} is not valid UTF-8") from None
     else:
         text = raw
+    if text in _SAFE_SEEN:  # a tree repeats its names ("lib", "node_modules") a lot
+        return text
+    _check_component(text, what)
+    if len(_SAFE_SEEN) < 65536:
+        _SAFE_SEEN.add(text)
+    return text
+
+
+_SAFE_SEEN: set[str] = set()
+#: a separator, a backslash, NUL or another control character
+_BAD_CHARS = re.compile(r"[\x00-\x1f/\\]")
+
+
+def _check_component(text: str, what: str) -> None:
     if text in ("", ".", ".."):
         raise UnsafePathError(f"{what} {text!r} is not allowed")
-    if any(ch in text for ch in "/\\\x00"):
+    bad = _BAD_CHARS.search(text)
+    if bad is not None and bad.group() in "/\\\x00":
         raise UnsafePathError(f"{what} {text[:60]!r} contains a path separator or NUL")
     if len(text.encode("utf-8")) > MAX_COMPONENT_BYTES:
         raise UnsafePathError(f"{what} {text[:60]!r}... is longer than 255 bytes")
     if text.split(".")[0].lower() in _RESERVED:
         raise UnsafePathError(f"{what} {text!r} is a reserved device name")
-    if any(ord(ch) < 0x20 for ch in text):
+    if bad is not None:
         raise UnsafePathError(f"{what} {text[:60]!r} contains a control character")
-    return text
 
 
 def safe_relpath(parts: Sequence[bytes | str]) -> tuple[str, ...]:
@@ -177,7 +193,7 @@ def check_piece_length(value: int, error: type[Exception] = MetainfoError) -> No
 
 def build_info(
     name: str,
-    files: Sequence[tuple[tuple[str, ...], int]] | int,
+    files: Sequence[tuple[tuple[str, ...], int] | tuple[tuple[str, ...], int, bool]] | int,
     piece_length: int,
     pieces: bytes,
     *,
@@ -186,19 +202,26 @@ def build_info(
     """Build the `info` dictionary.
 
     `files` is the payload length for a single-file torrent, or a list of
-    (path components, length) for a multi-file one, in payload order."""
+    (path components, length[, pad]) for a multi-file one, in payload order;
+    a pad file (BEP 47) gets attr "p"."""
     safe_component(name, "torrent name")
     check_piece_length(piece_length)
     info: dict[str, Any] = {"name": name, "piece length": piece_length, "pieces": pieces}
     if isinstance(files, int):
         info["length"] = files
     else:
-        info["files"] = [
-            {"length": length, "path": list(safe_relpath(path))} for path, length in files
-        ]
+        info["files"] = [_file_dict(item) for item in files]
     if private:
         info["private"] = 1
     return info
+
+
+def _file_dict(item: tuple[tuple[str, ...], int] | tuple[tuple[str, ...], int, bool]
+               ) -> dict[str, Any]:
+    entry: dict[str, Any] = {"length": item[1], "path": list(safe_relpath(item[0]))}
+    if len(item) > 2 and item[2]:
+        entry["attr"] = "p"
+    return entry
 
 
 def build_torrent(
@@ -310,6 +333,12 @@ def _parse_files(raw: Any) -> tuple[FileEntry, ...]:
         if not isinstance(parts, list) or not all(isinstance(p, bytes) for p in parts):
             raise MetainfoError("a 'files' entry has no valid 'path' list")
         path = safe_relpath(parts)
+        attr = item.get(b"attr", b"")
+        if isinstance(attr, bytes) and b"p" in attr:
+            # pads may share a path (".pad/N"); they are never written, so no clash
+            entries.append(FileEntry(path, length, offset, pad=True))
+            offset += length
+            continue
         if path in seen or path in prefixes:
             raise MetainfoError(f"file path {'/'.join(path)!r} appears twice or is a directory")
         seen.add(path)

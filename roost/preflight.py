@@ -80,6 +80,40 @@ def _is_local(address: str) -> bool:
     return True
 
 
+def held_files(dest: str, wanted: list[str]) -> str:
+    """Hex bitmap: bit i set when some kept release holds a file with SHA-256
+    wanted[i] whose recorded proof (inode, size, mtime_ns, ctime_ns) still
+    matches (the rule of roost.treestage, repeated: this file travels alone).
+    A file whose proof is stale may still be reused after a fresh hash, so
+    the estimate can only err towards fetching more."""
+    held = set()
+    trees = os.path.join(dest, ".roost", "trees")
+    names = sorted(os.listdir(trees)) if os.path.isdir(trees) else []
+    for name in names:
+        release = os.path.join(dest, "releases", name[:-5])
+        if not name.endswith(".json") or name.startswith(".") or not os.path.isdir(release):
+            continue
+        try:
+            with open(os.path.join(trees, name)) as f:
+                files = json.load(f).get("files", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        for rel, proof in files.items():
+            if not isinstance(proof, list) or len(proof) != 5 or proof[0] in held:
+                continue
+            try:
+                st = os.lstat(os.path.join(release, rel))
+            except (OSError, ValueError):
+                continue
+            if [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] == proof[1:]:
+                held.add(proof[0])
+    bits = 0
+    for i, digest in enumerate(wanted):
+        if digest in held:
+            bits |= 1 << i
+    return format(bits, "x")
+
+
 def probe(ns: argparse.Namespace) -> dict[str, object]:
     base = nearest_existing(ns.dest)
     vfs = os.statvfs(base)
@@ -97,6 +131,7 @@ def probe(ns: argparse.Namespace) -> dict[str, object]:
         "have_tag": os.path.isdir(os.path.join(ns.dest, "releases", ns.tag)),
         "lock": lock_state(ns.dest),
         "euid": os.geteuid(),
+        **({"held": held_files(ns.dest, sys.stdin.read().split())} if ns.wanted_stdin else {}),
     }
 
 
@@ -108,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-range", default="6881-6999")
     parser.add_argument("--address", help="the address to announce (from configuration)")
     parser.add_argument("--wait", type=float, default=5.0)
+    parser.add_argument("--wanted-stdin", action="store_true",
+                        help="read SHA-256s (tree files) on stdin; report which are held")
     ns = parser.parse_args(argv)
     result = probe(ns)
     first, _, last = ns.port_range.partition("-")

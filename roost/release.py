@@ -50,23 +50,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from roost.errors import RoostError, UsageError
+from roost.errors import DiskFullError as DiskFullError  # re-exported: importers name it here
+from roost.errors import MetainfoError, UsageError
+from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
+from roost.fsutil import atomic_write as atomic_write  # re-exported
+from roost.tree import TreeManifest, parse_manifest
 
 STATE_DIR = ".roost"
 STATE_FILE = "state.json"
-FORMATS = ("tar", "tar.zst", "dir", "file")
+FORMATS = ("tar", "tar.zst", "dir", "file", "tree")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}\Z")
 HISTORY_MAX = 200
+#: beside a deploy's manifest: the SHA-256 fetch checked for each tree file, with proofs
+VERIFIED = "verified.json"
 CHUNK = 1 << 20
 Runner = Callable[[argparse.Namespace], int]
-
-
-class ReleaseError(RoostError):
-    """A release operation failed on this host (message says why)."""
-
-
-class DiskFullError(ReleaseError):
-    exit_code = 4
 
 
 def check_tag(tag: str) -> str:
@@ -83,8 +81,9 @@ class Manifest:
     tag: str
     format: str  # one of FORMATS
     name: str  # the payload's name inside the staging directory
-    sha256: str  # of the payload file, or of the tree listing for "dir"
+    sha256: str  # of the payload file, of the tree listing for "dir", of `tree` for "tree"
     size: int
+    tree: TreeManifest | None = None  # format "tree": every entry of the release
 
     @staticmethod
     def load(data: dict[str, Any]) -> Manifest:
@@ -102,11 +101,22 @@ class Manifest:
             raise UsageError("bad manifest: sha256 is not 64 hex digits")
         if "/" in m.name or m.name in ("", ".", ".."):
             raise UsageError(f"bad manifest: payload name {m.name!r}")
+        if m.format == "tree":
+            try:
+                tree = parse_manifest(data.get("tree"))
+            except MetainfoError as exc:
+                raise UsageError(f"bad manifest: {exc}") from None
+            if tree.digest() != m.sha256 or tree.total_size != m.size:
+                raise UsageError("bad manifest: sha256 or size does not match its tree")
+            m = Manifest(m.tag, m.format, m.name, m.sha256, m.size, tree)
         return m
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tag": self.tag, "format": self.format, "name": self.name,
-                "sha256": self.sha256, "size": self.size}
+        out: dict[str, Any] = {"tag": self.tag, "format": self.format, "name": self.name,
+               "sha256": self.sha256, "size": self.size}
+        if self.tree is not None:
+            out["tree"] = self.tree.to_dict()
+        return out
 
 
 def sha256_file(path: Path) -> str:
@@ -208,20 +218,6 @@ class Dest:
             return []
         return sorted(p.name for p in self.releases.iterdir()
                       if not p.name.startswith(".") and p.is_dir())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _os_error(exc: OSError, what: str) -> ReleaseError:
@@ -417,8 +413,8 @@ def _unpack_zstd(payload: Path, root: Path, *, owners: bool) -> int:
 # --- staging, switching, pruning ---------------------------------------------------
 
 
-def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None = None
-          ) -> dict[str, Any]:
+def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None = None,
+          record: Path | None = None) -> dict[str, Any]:
     """Verify the payload and make `releases/<tag>`; a no-op when it is already there."""
     owners = os.geteuid() == 0 if owners is None else owners
     with dest.locked():
@@ -433,6 +429,14 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
             raise ReleaseError(f"{final} exists but roost did not make it; remove it first")
         if not payload.exists():
             raise ReleaseError(f"payload {payload} is missing")
+        if manifest.tree is not None:
+            files = _stage_tree(dest, manifest, payload, final, owners, record)
+            state["releases"][manifest.tag] = {"sha256": manifest.sha256, "format": "tree",
+                                               "staged_at": time.time(), "files": files}
+            state["history"].append({"at": time.time(), "action": "stage",
+                                     "tag": manifest.tag})
+            dest.save_state(state)
+            return {"tag": manifest.tag, "staged": True, "files": files}
         if manifest.format != "tar":  # a plain tar is hashed while it is unpacked
             _check_digest(payload_digest(payload, manifest.format), manifest)
         files = _unpack_fresh(dest, manifest, payload, final, owners)
@@ -441,6 +445,25 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
         state["history"].append({"at": time.time(), "action": "stage", "tag": manifest.tag})
         dest.save_state(state)
     return {"tag": manifest.tag, "staged": True, "files": files}
+
+
+def _stage_tree(dest: Dest, manifest: Manifest, staging: Path, final: Path,
+                owners: bool, record: Path | None) -> int:
+    """A tree release: pieces were written into `staging` by fetch, which recorded
+    each file's checked SHA-256 in `verified.json` beside the manifest."""
+    from roost import treestage  # only tree releases need it
+
+    assert manifest.tree is not None
+    if staging.parent != dest.releases or not staging.name.startswith(f".{manifest.tag}.tmp-"):
+        raise ReleaseError(f"{staging} is not a staging directory of {manifest.tag}")
+    if staging.is_symlink() or not staging.is_dir():
+        raise ReleaseError(f"staging directory {staging} is missing")
+    checked = treestage.load_record(record) if record is not None else {}
+    try:
+        return treestage.finalize(staging, final, treestage.record_path(dest.meta, manifest.tag),
+                                  manifest.tree, checked, owners=owners)
+    except OSError as exc:
+        raise _os_error(exc, f"staging {manifest.tag} in {dest.releases}") from None
 
 
 def _check_digest(digest: str, manifest: Manifest) -> None:
@@ -546,6 +569,8 @@ def prune(dest: Dest, state: dict[str, Any], keep: int) -> list[str]:
         trash = dest.releases / f".{tag}.del-{os.getpid()}"
         os.rename(dest.releases / tag, trash)  # gone at once, deleted at leisure
         _remove_tree(trash)
+        with contextlib.suppress(FileNotFoundError):
+            (dest.meta / "trees" / f"{tag}.json").unlink()
         state["releases"].pop(tag, None)
         removed.append(tag)
     return removed
@@ -740,7 +765,8 @@ def run_activate(ns: argparse.Namespace) -> int:
     if ns.manifest is not None:
         manifest = read_manifest(ns.manifest)
         payload = ns.payload or ns.manifest.parent / "staging" / manifest.name
-        result["stage"] = stage(dest, manifest, payload)
+        result["stage"] = stage(dest, manifest, payload,
+                                record=ns.manifest.parent / VERIFIED)
         tag = tag or manifest.tag
     if tag is None:
         raise UsageError("give --tag or --manifest")

@@ -2,7 +2,8 @@
 
 Lazy imports inside functions count too. Pure modules import no
 asyncio/socket/time/filesystem; target-side modules import only the
-standard library; nothing imports a layer above it.
+standard library and other target-side modules (the zipapp carries nothing
+else); nothing imports a layer above it.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def test_module_respects_layers(name: str, path: Path) -> None:
             other = rank_of(imported)
             if other is not None and other > rank:
                 problems.append(f"imports {imported} (rank {other}) from rank {rank}")
+            if is_target_side(name) and other is not None and not is_target_side(imported):
+                # the zipapp carries only target-side modules: anything else
+                # is missing on a bare host, and the import fails there
+                problems.append(f"target-side module imports {imported}, which is not")
             for src, dst in FORBIDDEN_EDGES:
                 if (name == src or name.startswith(src + ".")) and (
                     imported == dst or imported.startswith(dst + ".")

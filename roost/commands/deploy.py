@@ -42,9 +42,12 @@ def deploy_options(func: Any) -> Any:
         click.option(
             "--format",
             "fmt",
-            type=click.Choice(["auto", "tar", "dir", "file"]),
-            help="payload format (directory default: tar)",
+            type=click.Choice(["auto", "tree", "tar", "dir", "file"]),
+            help="payload format (directory default: tree, or tar with --compress)",
         ),
+        click.option("--reuse", type=click.Choice(["copy", "hardlink", "none"]),
+                     help="tree: how hosts place files they already hold in a kept "
+                     "release (default copy: reflink or copy_file_range)"),
         click.option("--compress", is_flag=True, default=None, help="zstd-compress the tar"),
         click.option("--min-success", help="hosts needed: a count, 0.9 or 90% (default 100%)"),
         click.option("--no-activate", is_flag=True, help="stage only; leave `current` alone"),
@@ -82,6 +85,7 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
         "keep": "keep",
         "fmt": "format",
         "compress": "compress",
+        "reuse": "reuse",
         "min_success": "min_success",
         "timeout": "timeout",
         "upload_rate": "upload_rate",

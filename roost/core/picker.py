@@ -466,6 +466,27 @@ class PiecePicker:
             self._verifying.add(index)
         return BlockOutcome(True, complete, cancels)
 
+    def preload(self, index: int, blocks: Iterable[int], key: Hashable = "local") -> None:
+        """Blocks of a fresh piece we already hold locally (bytes of files placed from
+        an earlier release): RECEIVED from `key`, never requested; the rest of the
+        piece is fetched, and the whole piece is hashed as usual. A failed hash
+        makes every block FREE again, these too."""
+        if index not in self._fresh:
+            raise UsageError(f"piece {index} is not fresh; cannot preload blocks of it")
+        wanted = sorted(set(blocks))
+        if not wanted:
+            return
+        if wanted[0] < 0 or wanted[-1] >= self.num_blocks(index) or \
+                len(wanted) == self.num_blocks(index):
+            raise UsageError(f"preloaded blocks {wanted[:4]}... do not fit piece {index}")
+        self._start_fresh(index)
+        part = self._partial[index]
+        for j in wanted:
+            part.state[j] = RECEIVED
+            part.senders[j] = key
+        part.free -= len(wanted)
+        part.received += len(wanted)
+
     def _start_fresh(self, index: int) -> None:
         self._fresh.discard(index)
         self._unbucket(index, self._avail[index])

@@ -27,6 +27,7 @@ class DeployConfig:
     tag: str | None = None
     keep: int = 5
     format: str = "auto"
+    reuse: str = "copy"  # tree format: copy | hardlink | none (roost.treestage)
     compress: bool = False
     min_success: str = "100%"
     activate: bool = True
@@ -77,6 +78,7 @@ TOML_KEYS: dict[str, dict[str, str]] = {
             "tag",
             "keep",
             "format",
+            "reuse",
             "compress",
             "min_success",
             "activate",

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import roost.preflight
+from roost.core.wire import BLOCK_SIZE
 from roost.deploy.host import MIN_PYTHON, HostRun
 from roost.deploy.transport import HostFailure
+from roost.metainfo import parse
+from roost.treestage import bytes_to_fetch, held_pieces, local_blocks
 
 if TYPE_CHECKING:
     from roost.deploy.state import Deploy
@@ -30,10 +33,11 @@ PORT_TIMEOUT = 3.0
 
 
 def probe_command(python: str, dest: str, tag: str, tracker_host: str, port_range: str,
-                  address: str | None) -> str:
+                  address: str | None, tree: bool = False) -> str:
     source = Path(roost.preflight.__file__).read_text()
     args = ["--dest", dest, "--tag", tag, "--tracker-host", tracker_host,
-            "--port-range", port_range, "--wait", f"{PORT_TIMEOUT + 3:g}"]
+            "--port-range", port_range, "--wait", f"{PORT_TIMEOUT + 3:g}",
+            *(["--wanted-stdin"] if tree else [])]
     if address:
         args += ["--address", address]
     return " ".join(shlex.quote(a) for a in (python, "-I", "-c", source, *args))
@@ -43,7 +47,22 @@ def need_bytes(deploy: Deploy) -> int:
     """The payload, plus as much again to unpack it (as host-prepare requires)."""
     assert deploy.payload is not None
     m = deploy.payload.manifest
-    return m.size * (1 if m.format == "file" else 2)
+    return m.size * (1 if m.format in ("file", "tree") else 2)
+
+
+def would_fetch(deploy: Deploy, run: HostRun, held_hex: str) -> None:
+    """A tree: the bytes this host would fetch once it reused what it holds."""
+    assert deploy.payload is not None and deploy.payload.torrent is not None
+    tree = deploy.payload.manifest.tree
+    assert tree is not None
+    bits = int(held_hex or "0", 16)
+    files = tree.files
+    done = {e.path for i, e in enumerate(files) if e.size and bits >> i & 1}
+    info = parse(deploy.payload.torrent).info
+    local = local_blocks(info, done, BLOCK_SIZE) if info.piece_length % BLOCK_SIZE == 0 else {}
+    run.bytes_to_fetch = bytes_to_fetch(info, held_pieces(info, done), local, BLOCK_SIZE)
+    run.bytes_reused = sum(e.size for e in files if e.path in done)
+    run.files_reused = len(done)
 
 
 async def preflight(run: HostRun, deploy: Deploy, tracker_host: str) -> None:
@@ -51,9 +70,12 @@ async def preflight(run: HostRun, deploy: Deploy, tracker_host: str) -> None:
     assert run.transport is not None
     config = deploy.config
     run.phase = "preflight"
+    tree = deploy.payload.manifest.tree if deploy.payload else None
     stream = await run.transport.start(probe_command(
         config.python, run.dest(config), deploy.tag, tracker_host, config.port_range,
-        run.spec.announce))
+        run.spec.announce, tree is not None), stdin=tree is not None)
+    if tree is not None:  # which of the release's files this host already holds
+        await stream.send("".join(f"{e.sha256}\n" for e in tree.files), eof=True)
     sent = time.time()
     lines = stream.lines()
     try:
@@ -77,6 +99,8 @@ async def preflight(run: HostRun, deploy: Deploy, tracker_host: str) -> None:
     run.previous = run.current = info.get("current")
     run.address = info.get("address")
     run.already_had = bool(info.get("have_tag"))
+    if tree is not None and not run.already_had:
+        would_fetch(deploy, run, str(info.get("held", "")))
     run.health = {"checks": checks}
     failed = [f"{name}: {c['detail']}" for name, c in checks.items() if c["verdict"] == "fail"]
     if failed:

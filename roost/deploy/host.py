@@ -19,12 +19,14 @@ import base64
 import json
 import shlex
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.pki import CA_FILE, CERT_FILE, KEY_FILE, DeployCA
 from roost.deploy.transport import HostFailure, Stream, Transport
+from roost.metainfo import parse
 from roost.release import Manifest
 
 MIN_PYTHON = (3, 10)
@@ -81,6 +83,11 @@ class HostRun:
     hooks: list[dict[str, Any]] = field(default_factory=list)  # each hook's captured output
     health: dict[str, Any] | None = None  # the health check's verdict and output
     lock_stream: Stream | None = None  # `roost host-lock`, alive while we hold the lock
+    staging: str = ""  # format tree: releases/.<tag>.tmp-<deploy id>, where pieces land
+    bytes_reused: int | None = None  # format tree: placed from kept releases, no network
+    files_reused: int = 0
+    bytes_to_fetch: int | None = None  # what the swarm had to bring after reuse
+    bytes_fetched: int | None = None  # what fetch downloaded (from its `complete` event)
 
     def dest(self, config: DeployConfig) -> str:
         return self.spec.dest or config.dest
@@ -168,13 +175,8 @@ class HostRun:
             args += ["--address", self.spec.announce]
         elif self.spec.interface:
             args += ["--interface", self.spec.interface]
-        request: dict[str, Any] = {
-            "manifest": manifest.to_dict(),
-            "torrent": base64.b64encode(torrent).decode(),
-        }
-        if plan.pki is not None:  # over SSH, the trusted channel; written 0600 by the agent
-            request["tls"] = plan.pki.issue(self.spec.name).to_dict()
-        blob = json.dumps(request).encode()
+        blob = prepare_input(manifest, torrent, plan.pki.issue(self.spec.name).to_dict()
+                             if plan.pki is not None else None)
         result = await self.transport.run(self.agent_cmd(agent, *args), input=blob, timeout=120)
         info = _json_result(result, "prepare")
         self.work = str(info["dir"])
@@ -182,8 +184,10 @@ class HostRun:
         self.address_local = bool(info.get("address_local", True))
         self.previous = self.current = info.get("current")
         self.already_had = bool(info.get("have"))
+        if manifest.format == "tree":
+            self.staging = f"{dest.rstrip('/')}/releases/.{manifest.tag}.tmp-{deploy_id}"
         # staging holds the payload, and a tarball is unpacked beside it
-        need = manifest.size * (1 if manifest.format == "file" else 2)
+        need = manifest.size * (1 if manifest.format in ("file", "tree") else 2)
         if not self.already_had and int(info.get("free_bytes", need)) < need:
             raise HostFailure(
                 "disk-full",
@@ -192,14 +196,18 @@ class HostRun:
             )
         return info
 
-    async def start_fetch(self, agent: Agent, plan: FetchPlan, location: str | None) -> None:
+    async def start_fetch(self, agent: Agent, plan: FetchPlan, location: str | None,
+                          dest: str = "", reuse: str = "copy") -> None:
         assert self.transport is not None
         self.phase = "fetch"
+        tree = (["--tree-manifest", f"{self.work}/manifest.json", "--dest", dest,
+                 "--reuse", reuse] if self.staging else [])
         args = [
             "fetch",
             f"{self.work}/payload.torrent",
+            *tree,
             "-d",
-            f"{self.work}/staging",
+            self.staging or f"{self.work}/staging",
             "--json",
             "--tracker",
             plan.tracker_url,
@@ -251,7 +259,12 @@ class HostRun:
                 self.bytes_done = int(event.get("bytes_done", self.bytes_done))
                 self.bytes_total = int(event.get("bytes_total", self.bytes_total))
                 self.rate = float(event.get("down_Bps", 0))
+            elif name == "reused":
+                self.bytes_reused = int(event.get("bytes", 0))
+                self.files_reused = int(event.get("files", 0))
+                self.bytes_to_fetch = int(event.get("fetch_bytes", 0))
             elif name == "complete":
+                self.bytes_fetched = int(event.get("downloaded", 0))
                 self.bytes_done = self.bytes_total = int(event.get("bytes", self.bytes_total))
                 self.rate = 0.0
                 self.mark("fetched")
@@ -274,6 +287,7 @@ class HostRun:
                 dest,
                 "--manifest",
                 f"{self.work}/manifest.json",
+                *(["--payload", self.staging] if self.staging else []),
                 "--no-switch",
                 "--json",
             ),
@@ -330,6 +344,38 @@ class HostRun:
             timeout=60,
         )
         _json_result(result, "clean")
+
+
+@dataclass
+class _Shared:
+    torrent: bytes
+    text: str  # the JSON of the common part, without its braces
+    blob: bytes | None = None  # compressed, without tls (the same for every host)
+
+
+_shared: list[_Shared] = []  # the current deploy's, at most one
+
+
+def prepare_input(manifest: Manifest, torrent: bytes, tls: dict[str, str] | None) -> bytes:
+    """host-prepare's stdin. A tree goes as its manifest and piece hashes (the host
+    rebuilds the torrent), zlib-compressed: a manifest of 100,000 entries is tens
+    of MB of JSON. The common part is serialized once per deploy, not per host."""
+    if not _shared or _shared[0].torrent is not torrent:
+        request: dict[str, Any] = {"manifest": manifest.to_dict()}
+        if manifest.tree is not None:  # the host rebuilds the torrent from the manifest
+            request["pieces"] = base64.b64encode(parse(torrent).info.pieces).decode()
+        else:
+            request["torrent"] = base64.b64encode(torrent).decode()
+        _shared[:] = [_Shared(torrent, json.dumps(request)[1:-1])]
+    shared = _shared[0]
+    text = "{" + shared.text + (f', "tls": {json.dumps(tls)}' if tls is not None else "") + "}"
+    if manifest.tree is None:
+        return text.encode()
+    if tls is not None:
+        return zlib.compress(text.encode(), 6)
+    if shared.blob is None:
+        shared.blob = zlib.compress(text.encode(), 6)
+    return shared.blob
 
 
 def _json_result(result: Any, step: str) -> dict[str, Any]:

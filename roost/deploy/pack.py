@@ -1,9 +1,10 @@
 """Turn a deploy source into a payload + manifest.
 
-A directory becomes a tarball by default (the only way modes, symlinks, empty
-directories and owners survive BitTorrent, which carries bytes only),
-optionally zstd-compressed; `--format dir` sends it as a multi-file payload
-(contents only). A file goes as is.
+A directory is sent as itself by default (format "tree", roost.deploy.treepack:
+a multi-file torrent of its files, and a manifest carrying every entry's
+modes, owners, symlinks and empty directories). `--format tar` makes a
+tarball instead (optionally zstd-compressed); `--format dir` a multi-file
+payload of contents only. A file goes as is.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roost import __version__
+from roost.deploy import treepack
 from roost.errors import UsageError
 from roost.hashing import hash_payload, scan_payload
 from roost.metainfo import build_info, build_torrent, choose_piece_length
@@ -26,6 +28,8 @@ from roost.release import Manifest, check_tag, payload_digest
 class Packed:
     payload: Path  # the file or directory to seed
     manifest: Manifest
+    torrent: bytes | None = None  # format "tree": made with the manifest (it holds its hash)
+    padding: int = 0  # format "tree": bytes of pad files in the torrent
 
 
 def _reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -63,9 +67,17 @@ def pack(src: Path, work: Path, tag: str, *, fmt: str = "auto", compress: bool =
     if not src.exists():
         raise UsageError(f"{src} does not exist")
     if src.is_dir():
-        fmt = "tar" if fmt == "auto" else fmt
-        if fmt not in ("tar", "dir"):
-            raise UsageError(f"a directory is sent as 'tar' or 'dir', not {fmt!r}")
+        if fmt == "auto":
+            fmt = "tar" if compress else "tree"
+        if fmt not in ("tree", "tar", "dir"):
+            raise UsageError(f"a directory is sent as 'tree', 'tar' or 'dir', not {fmt!r}")
+        if fmt == "tree":
+            if compress:
+                raise UsageError("--compress needs --format tar (a tree is sent as itself)")
+            tree = treepack.build(src, tag)
+            manifest = Manifest(tag, "tree", "tree", tree.manifest.digest(),
+                                tree.manifest.total_size, tree.manifest)
+            return Packed(src, manifest, tree.torrent, tree.padding)
         if fmt == "dir":
             return _packed(src, "dir", tag)
         tar_path = work / f"{tag}.tar"

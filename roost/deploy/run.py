@@ -6,7 +6,10 @@ every host, push the agent if needed and take the host's deploy lock
 deploy (exit 6). With --dry-run, phase 0 only connects, then runs the
 read-only preflight probe (roost.deploy.dryrun) and stops there.
 
-Phase 1 (fetch) runs one task per host: prepare, launch `roost fetch`, follow its events,
+Phase 1 (fetch) first prepares every host (manifest, torrent, TLS files); each
+reports the address it will announce, and those addresses (with the SSH ones
+and the origin's) are the swarm's allowlist (roost.deploy.allowlist), so the
+origin starts only then. Then one task per host: launch `roost fetch`, follow its events,
 and stage (verify SHA-256, unpack into releases/<tag>) as soon as the
 payload is complete — while fetch keeps seeding for the others. Launch
 steps share a semaphore (`concurrency`); the fetches themselves all run at
@@ -125,7 +128,9 @@ async def run_deploy(
         deploy.payload = await asyncio.to_thread(
             pack, src, scratch, deploy.tag, fmt=config.format, compress=config.compress
         )
-        torrent = await asyncio.to_thread(make_metainfo, deploy.payload.payload)
+        made = deploy.payload.torrent  # a tree's torrent is made with its manifest
+        torrent = made if made is not None else await asyncio.to_thread(
+            make_metainfo, deploy.payload.payload)
         (scratch / "payload.torrent").write_bytes(torrent)
         deploy.mark("packed")
         meta = parse(torrent)
@@ -140,23 +145,9 @@ async def run_deploy(
         if _refused_by_lock(deploy):
             return deploy
         reached = sum(1 for h in deploy.hosts if not h.failed)
-        allow = _fleet_allow(deploy, config, where)
         pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
         swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached)
-        origin = await Origin.start(
-            scratch / "payload.torrent",
-            deploy.payload.payload.parent,
-            where,
-            swarm.announce_url,
-            swarm.expected,
-            config.upload_rate,
-            config.super_seed,
-            origin_tls,
-            allow,
-        )
-        deploy.mark("origin_started")
-        if on_ready:
-            on_ready(deploy)
+        tree = deploy.payload.manifest.format == "tree"
         plan = FetchPlan(
             swarm.announce_url,
             *swarm.route_target,
@@ -166,9 +157,28 @@ async def run_deploy(
             config.download_rate,
             config.timeout,
             pki,
-            allow,
         )
         deploy.phase = "fetch"
+        # every host reports the address it will announce before any peer starts:
+        # the fleet-only allowlist of the origin and the peers is made of them
+        await _prepare_phase(deploy, agent, torrent, plan, swarm)
+        allow = _fleet_allow(deploy, config, where)
+        plan = replace(plan, allow=allow)
+        origin = await Origin.start(
+            scratch / "payload.torrent",
+            deploy.payload.payload if tree else deploy.payload.payload.parent,
+            where,
+            swarm.announce_url,
+            swarm.expected,
+            config.upload_rate,
+            config.super_seed,
+            origin_tls,
+            allow=allow,
+            tree=tree,
+        )
+        deploy.mark("origin_started")
+        if on_ready:
+            on_ready(deploy)
         await _fetch_phase(
             deploy, agent, torrent, plan, swarm, connect,
             origin_dead=lambda: origin.proc.returncode is not None,
@@ -244,16 +254,14 @@ async def _fetch_phase(
 
     async def one(run: HostRun) -> None:
         try:
-            async with launch:  # connected, agent in place and locked: _reach_phase
-                await run.prepare(
-                    agent, run.dest(config), deploy.deploy_id, manifest, torrent, plan
-                )
+            async with launch:  # connected, agent in place, locked and prepared
                 if run.already_had:
                     run.status = "staged"
                     run.bytes_done = run.bytes_total = manifest.size
                     await swarm.one_fewer()
                     return
-                await run.start_fetch(agent, plan, run.spec.location)
+                await run.start_fetch(agent, plan, run.spec.location, run.dest(config),
+                                      config.reuse)
                 run.status = "fetching"
             completed = asyncio.Event()
             run.fetch_task = asyncio.create_task(run.follow_fetch(completed))
@@ -288,6 +296,42 @@ async def _fetch_phase(
         for run, task in zip(runs, tasks, strict=True):
             if task in pending:
                 run.fail(HostFailure("timeout", f"not staged within {config.timeout:g} s"))
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _prepare_phase(
+    deploy: Deploy, agent: Agent, torrent: bytes, plan: FetchPlan, swarm: SwarmControl
+) -> None:
+    """host-prepare on every reached host (manifest, torrent, TLS files; the host
+    reports the address it will announce), within the fetch phase's time limit."""
+    config = deploy.config
+    assert deploy.payload is not None
+    manifest = deploy.payload.manifest
+    launch = asyncio.Semaphore(max(1, config.concurrency))
+
+    async def one(run: HostRun) -> None:
+        try:
+            async with launch:
+                await run.prepare(
+                    agent, run.dest(config), deploy.deploy_id, manifest, torrent, plan
+                )
+        except (HostFailure, Exception) as exc:  # one host's bug stays on that host
+            run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
+            run.mark("failed")
+            await swarm.one_fewer()  # it never joined: stop waiting for it
+
+    runs = [run for run in deploy.hosts if not run.failed]
+    tasks = [asyncio.create_task(one(run)) for run in runs]
+    try:
+        _, pending = await asyncio.wait(tasks, timeout=config.timeout) if tasks else ((), set())
+        for run, task in zip(runs, tasks, strict=True):
+            if task in pending:
+                task.cancel()
+                run.fail(HostFailure("timeout", f"not prepared within {config.timeout:g} s"))
+                await swarm.one_fewer()
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for task in tasks:

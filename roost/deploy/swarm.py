@@ -248,6 +248,7 @@ class Origin:
         super_seed: bool = False,
         tls: tuple[Path, Path, Path] | None = None,
         allow: list[str] | None = None,
+        tree: bool = False,
     ) -> Origin:
         args = [
             sys.executable,
@@ -258,6 +259,7 @@ class Origin:
             "-d",
             str(payload_dir),
             *(["--super-seed"] if super_seed else []),
+            *(["--tree"] if tree else []),  # -d is the tree itself
             "--skip-check",
             "--json",
             "--quiet",

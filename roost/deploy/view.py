@@ -89,6 +89,8 @@ def live_panel(deploy: Deploy) -> Group:
         (f"  of {len(deploy.hosts)} hosts", "dim"),
     )
     parts: list[Any] = [head, counts]
+    if (line := _reuse_line(deploy, "to_fetch")) is not None:
+        parts.append(line)
     if p["slowest"]:
         parts.append(inert_text(
             Text("slowest: " + ", ".join(f"{n} {pct:.0f}%" for n, pct in p["slowest"]), style="dim")
@@ -149,6 +151,11 @@ def host_rows(deploy: Deploy) -> list[dict[str, Any]]:
                 "pushed_agent": h.pushed_agent,
                 "agent": "pushed" if h.pushed_agent else ("cached" if h.pyz else "-"),
                 "fetch_seconds": round(fetch_s, 3) if fetch_s is not None else None,
+                # tree releases: placed from kept releases vs. brought by the swarm
+                "bytes_reused": h.bytes_reused,
+                "files_reused": h.files_reused,
+                "bytes_to_fetch": h.bytes_to_fetch,
+                "bytes_fetched": h.bytes_fetched,
                 "seconds": round(end - start, 3) if start and end else None,
             }
         )
@@ -207,7 +214,7 @@ def report(deploy: Deploy) -> dict[str, Any]:
         "tag": deploy.tag,
         "dest": deploy.config.dest,
         "deploy_id": deploy.deploy_id,
-        "payload": m.to_dict() if m else None,
+        "payload": _payload(deploy) if m else None,
         "exit_code": deploy.exit_code,
         "message": deploy.message,
         "activated": deploy.activated,
@@ -219,7 +226,44 @@ def report(deploy: Deploy) -> dict[str, Any]:
         "placement": placement(deploy),
         "timings": timings(deploy),
         "bound": bound(deploy),
+        "bytes": byte_totals(deploy),
     }
+
+
+def byte_totals(deploy: Deploy) -> dict[str, int | None]:
+    """Over every host: bytes reused locally, bytes fetched (None when no host said)."""
+    def total(values: list[int | None]) -> int | None:
+        known = [v for v in values if v is not None]
+        return sum(known) if known else None
+    return {
+        "reused": total([h.bytes_reused for h in deploy.hosts]),
+        "to_fetch": total([h.bytes_to_fetch for h in deploy.hosts]),
+        "fetched": total([h.bytes_fetched for h in deploy.hosts]),
+    }
+
+
+def _reuse_line(deploy: Deploy, fetched_key: str = "fetched") -> Text | None:
+    totals = byte_totals(deploy)
+    if totals["reused"] is None:
+        return None
+    fetched = totals[fetched_key]
+    verb = "would fetch" if fetched_key == "to_fetch" else "fetched"
+    return Text(f"reused locally {_size(totals['reused'])}, {verb} "
+                f"{_size(fetched or 0)} over the network (all hosts)", style="dim")
+
+
+def _payload(deploy: Deploy) -> dict[str, Any] | None:
+    """The manifest without a tree's entries (a release may list 100,000 of them)."""
+    if deploy.payload is None:
+        return None
+    out = deploy.payload.manifest.to_dict()
+    tree = out.pop("tree", None)
+    if tree is not None:
+        out["entries"] = len(tree["entries"])
+        out["info_hash"] = tree["info_hash"]
+        out["piece_length"] = tree["piece_length"]
+        out["padding"] = deploy.payload.padding
+    return out
 
 
 def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None,
@@ -230,7 +274,9 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
         return
     staged = any(h.batch is not None for h in deploy.hosts)
     table = Table(title=f"{command} {deploy.tag}", title_justify="left")
-    columns = ["host", *(["batch"] if staged else []), "status", "runs now", "time", "agent"]
+    tree = any(h.bytes_reused is not None for h in deploy.hosts)
+    columns = ["host", *(["batch"] if staged else []), "status", "runs now", "time", "agent",
+               *(["reused / fetched"] if tree else [])]
     for column in columns:
         table.add_column(column, no_wrap=True)
     rows = host_rows(deploy)
@@ -247,6 +293,7 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
             Text(row["current"] or "-"),
             Text(f"{row['seconds']:.1f} s" if row["seconds"] is not None else "-"),
             Text(row["agent"]),
+            *([_reuse_cell(h)] if tree else []),
         ]
         table.add_row(*map(inert_text, cells))  # host strings: no escapes reach the terminal
     console.print(table)
@@ -266,20 +313,30 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
             f"({deploy.payload.manifest.format}); "
             + ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if v is not None)
         )
+    if (reuse := _reuse_line(deploy)) is not None:
+        console.print(reuse)
     b = bound(deploy)
     if b and b["efficiency_transfer"]:
+        whole = b["efficiency_total"]  # None when the deploy failed somewhere
         console.print(
             f"bound S·8/R = {b['bound_seconds']:.2f} s; efficiency "
-            f"{b['efficiency_transfer']:.2f} (transfer), "
-            f"{b['efficiency_total']:.2f} (whole deploy)"
+            f"{b['efficiency_transfer']:.2f} (transfer)"
+            + (f", {whole:.2f} (whole deploy)" if whole is not None else "")
         )
     if deploy.activated and any(h.batch is not None for h in deploy.hosts):
         console.print(Text(inert("runs now: " + "; ".join(
             f"{tag}: {', '.join(names)}" for tag, names in placement(deploy).items()))))
-    for line in notes or []:
-        console.print(Text(line))
+    for note in notes or []:
+        console.print(Text(note))
     style = "green" if deploy.exit_code == 0 else "red"
     console.print(Text(inert(f"{deploy.message} (exit {deploy.exit_code})"), style=style))
+
+
+def _reuse_cell(h: Any) -> Text:
+    if h.bytes_reused is None:
+        return Text("-")
+    fetched = h.bytes_fetched if h.bytes_fetched is not None else h.bytes_to_fetch
+    return Text(f"{_size(h.bytes_reused)} / {_size(fetched or 0)}")
 
 
 def _batch_label(deploy: Deploy, batch: int | None) -> str:
@@ -307,8 +364,12 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
             c = checks.get(name)
             cells.append(Text(c["detail"], style=colour.get(c["verdict"], "")) if c
                          else Text("-"))
+        fetch = f"fetch {deploy.tag}"
+        if h.bytes_to_fetch is not None:  # a tree: what this host lacks, after reuse
+            fetch += (f" ({_size(h.bytes_to_fetch)} over the network, "
+                      f"{_size(h.bytes_reused or 0)} reused)")
         would = (Text("fail", style="bold red") if h.failed
-                 else Text(f"{h.reason or 'fetch ' + deploy.tag + ', then switch'}"))
+                 else Text(f"{h.reason or fetch + ', then switch'}"))
         cells += [Text(h.current or "-"), would]
         table.add_row(*map(inert_text, cells))
     console.print(table)
@@ -317,5 +378,7 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
         console.print(f"payload {_size(deploy.payload.manifest.size)} "
                       f"({deploy.payload.manifest.format}); a host needs "
                       f"{_size(need_bytes(deploy))} free to fetch and unpack it")
+        if (line := _reuse_line(deploy, "to_fetch")) is not None:
+            console.print(line)
     style = "green" if deploy.exit_code == 0 else "red"
     console.print(Text(inert(f"{deploy.message} (exit {deploy.exit_code})"), style=style))

@@ -13,20 +13,34 @@ import asyncio
 import contextlib
 import hashlib
 import importlib
+import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from roost.bitfield import Bitfield
+from roost.core.wire import BLOCK_SIZE
 from roost.engine.config import SessionConfig, parse_allow
 from roost.engine.reporter import Reporter
 from roost.engine.session import Session
 from roost.engine.storage import Storage
 from roost.engine.tls import peer_tls_from_args
+from roost.engine.treestorage import Proof, TreeStorage, proof_of
 from roost.errors import RoostError, UsageError
 from roost.metainfo import Metainfo
 from roost.ratelimit import parse_rate
+from roost.release import VERIFIED, Dest, ReleaseError, read_manifest
 from roost.torrentfile import read_torrent
+from roost.tree import check_torrent
+from roost.treestage import (
+    REUSE_MODES,
+    Source,
+    bytes_to_fetch,
+    find_reusable,
+    held_pieces,
+    local_blocks,
+    place,
+)
 
 EXIT_INCOMPLETE = 3
 Runner = Callable[[argparse.Namespace], int]
@@ -116,6 +130,15 @@ def add_fetch(parser: argparse.ArgumentParser) -> Runner:
     )
     parser.add_argument("--no-seed", action="store_true", help="exit as soon as complete")
     parser.add_argument("--sha256", help="also check the SHA-256 of a single-file payload")
+    tree = parser.add_argument_group(
+        "tree release", "write a tree torrent's pieces straight into a staging directory "
+        "(-d, <dest>/releases/.<tag>.tmp-*), reusing files of kept releases first")
+    tree.add_argument("--tree-manifest", type=Path, metavar="JSON",
+                      help="the deploy manifest (format tree) the torrent must match")
+    tree.add_argument("--dest", type=Path, help="the destination whose releases are reused")
+    tree.add_argument("--reuse", choices=REUSE_MODES, default="copy",
+                      help="place reused files by copy (reflink where possible; default), "
+                      "hardlink (shares inodes with the old release), or none")
     return run_fetch
 
 
@@ -141,6 +164,11 @@ def add_seed(parser: argparse.ArgumentParser) -> Runner:
         "--skip-check",
         action="store_true",
         help="trust the data on disk instead of hashing it first",
+    )
+    parser.add_argument(
+        "--tree",
+        action="store_true",
+        help="a tree torrent: -d is the tree itself (no name level); pad files are zeros",
     )
     return run_seed
 
@@ -201,10 +229,21 @@ def trackers_of(ns: argparse.Namespace, meta: Metainfo) -> list[list[str]]:
     return [list(tier) for tier in meta.trackers]
 
 
+class FetchReporter(Reporter):
+    """Notices whether "complete" went out: a session stopped by its policy while
+    its final flush still ran returns complete without having said so."""
+
+    completed_reported = False
+
+    def event(self, name: str, **fields: Any) -> None:
+        self.completed_reported = self.completed_reported or name == "complete"
+        super().event(name, **fields)
+
+
 def run_fetch(ns: argparse.Namespace) -> int:
     meta = read_torrent(ns.torrent)
     config = make_config(ns, linger=ns.linger, seed=not ns.no_seed)
-    reporter = Reporter(as_json=ns.json, quiet=ns.quiet)
+    reporter = FetchReporter(as_json=ns.json, quiet=ns.quiet)
     try:
         complete = _run(meta, ns, config, reporter, create=True, check=True)
         if complete and ns.sha256:
@@ -256,8 +295,16 @@ async def _session_main(
     create: bool,
     check: bool,
 ) -> bool:
-    storage = Storage(meta.info, ns.dir)
     loop = asyncio.get_running_loop()
+    tree_have: Bitfield | None = None
+    storage: Storage
+    if create and getattr(ns, "tree_manifest", None) is not None:
+        storage, tree_have = await loop.run_in_executor(None, _tree_setup, meta, ns, reporter)
+        check = False
+    elif not create and getattr(ns, "tree", False):
+        storage = TreeStorage(meta.info, ns.dir, None)
+    else:
+        storage = Storage(meta.info, ns.dir)
     if config.tls is not None:
         # refused handshakes never reach a Peer (asyncio drops them first): report here
         config.tls.on_refused = lambda reason, server_side: reporter.event(
@@ -269,21 +316,111 @@ async def _session_main(
         reporter.event("checking", bytes=meta.info.total_length)
         have = await loop.run_in_executor(None, storage.recheck)
     else:
-        have = Bitfield.full(meta.info.num_pieces)
-    storage.open(create=create)
+        have = tree_have or Bitfield.full(meta.info.num_pieces)
+    try:
+        storage.open(create=create)
+    except BaseException:
+        storage.close()
+        raise
     try:
         reporter.event("checked", have=have.count(), pieces=meta.info.num_pieces)
         if not create and not have.all():
             return False
+        if tree_have is not None and have.all():
+            # every file was reused: the session would never see a piece pass, so
+            # the proofs are recorded and "complete" reported here
+            await loop.run_in_executor(None, storage.flush)
+            reporter.event("complete", bytes=meta.info.total_length, downloaded=0, wasted=0)
+            if not config.seed:
+                return True
         session = Session(meta, storage, have, config, reporter, trackers=trackers_of(ns, meta))
+        if isinstance(storage, TreeStorage) and storage.local_blocks:
+            if session.member.picker.block_size != BLOCK_SIZE:
+                raise RoostError("the picker's block size is not the one reuse planned for")
+            await loop.run_in_executor(None, _preload, session, storage)
         if ns.timeout:
             loop.call_later(ns.timeout, session.stop, f"timeout after {ns.timeout:g} s")
         complete = await session.run()
         if session.error:
             raise RoostError(session.error)
+        if complete and isinstance(reporter, FetchReporter) and not reporter.completed_reported:
+            # the deploy host waits for "complete" (and a tree, for the proofs flush writes)
+            await loop.run_in_executor(None, storage.flush)
+            reporter.event("complete", bytes=meta.info.total_length,
+                           downloaded=session.member.downloaded,
+                           wasted=session.member.wasted_bytes)
         return complete
     finally:
         storage.close()
+
+
+def _tree_setup(meta: Metainfo, ns: argparse.Namespace, reporter: Reporter
+                ) -> tuple[TreeStorage, Bitfield]:
+    """Check the torrent against the manifest, place reused files in the staging
+    directory, and say which pieces that already gives (held, served to others)."""
+    manifest = read_manifest(ns.tree_manifest)
+    if manifest.tree is None or ns.dest is None:
+        raise UsageError("--tree-manifest needs a manifest of format tree, and --dest")
+    tree = manifest.tree
+    check_torrent(tree, meta.info, meta.info_hash)
+    dest = Dest(ns.dest)
+    staging = Path(ns.dir)
+    if staging.parent != dest.releases or not staging.name.startswith(f".{manifest.tag}.tmp-"):
+        raise UsageError(f"-d must be {dest.releases}/.{manifest.tag}.tmp-<id>")
+    chosen: dict[tuple[str, ...], Source] = {}
+    hashed = refused = 0
+    with dest.locked():  # no prune can remove a source while it is copied
+        try:
+            staging.mkdir(mode=0o700)
+        except FileExistsError:
+            raise ReleaseError(f"{staging} already exists") from None
+        except OSError as exc:
+            raise ReleaseError(f"cannot create {staging}: {exc.strerror}") from None
+        if ns.reuse != "none":
+            tags = [t for t in dest.release_tags() if t != manifest.tag]
+            chosen, hashed, refused = find_reusable(dest.releases, dest.meta, tags, tree)
+            place(staging, tree, chosen, ns.reuse)
+    sizes = {e.path: e for e in tree.files}
+    proofs: dict[str, Proof] = {}
+    for path in chosen:
+        st = os.stat(staging.joinpath(*path), follow_symlinks=False)
+        proofs["/".join(path)] = proof_of(st, sizes[path].sha256)
+    have = held_pieces(meta.info, set(chosen))
+    # the picker's block size (16 KiB): blocks wholly inside reused files are filled locally
+    local = local_blocks(meta.info, set(chosen), BLOCK_SIZE) if meta.info.piece_length \
+        % BLOCK_SIZE == 0 else {}
+    reporter.event(
+        "reused",
+        files=len(chosen),
+        bytes=sum(sizes[p].size for p in chosen),
+        fetch_bytes=bytes_to_fetch(meta.info, have, local, BLOCK_SIZE),
+        local_blocks=sum(len(b) for b in local.values()),
+        held_pieces=have.count(),
+        hashed=hashed,
+        refused=refused,
+    )
+    storage = TreeStorage(meta.info, staging, tree, done=set(chosen),
+                          record=ns.tree_manifest.parent / VERIFIED, proofs=proofs)
+    storage.local_blocks = local
+    return storage, have
+
+
+def _preload(session: Session, storage: TreeStorage) -> None:
+    """Give the session the blocks of partly held pieces that we hold locally: the
+    picker never requests them and the piece's buffer starts with their bytes
+    (read back from the placed files), so the piece is hashed whole as usual."""
+    member = session.member  # the core: its picker and piece assembly
+    size = member.picker.block_size
+    for index, blocks in storage.local_blocks.items():
+        buf = bytearray(member.info.piece_size(index))
+        piece = len(buf)
+        for j in blocks:
+            begin = j * size
+            buf[begin : begin + min(size, piece - begin)] = storage.read_block(
+                index, begin, min(size, piece - begin))
+        member.picker.preload(index, blocks)
+        member.assembly.buffers[index] = buf
+        member.assembly.block_from[index] = {}
 
 
 def _check_sha256(meta: Metainfo, root: Path, expected: str) -> None:

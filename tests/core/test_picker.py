@@ -474,3 +474,27 @@ def test_pick_state_only_repeats_while_a_pick_would_come_back_short(
             p.remove_peer(key)
             p.add_peer(key, bits("1001" if arg % 2 else "0111"))
             outstanding = [(k, r) for k, r in outstanding if k != key]
+
+
+def test_preloaded_blocks_are_never_requested_and_the_piece_completes_without_them() -> None:
+    p = PiecePicker(2, 4 * 16384, 8 * 16384)
+    p.add_peer("a", Bitfield.full(2))
+    p.preload(0, [0, 2])
+    assert p.block_state(0, 0) == RECEIVED and p.block_state(0, 2 * 16384) == RECEIVED
+    picked = p.pick("a", 100)
+    assert {(r.index, r.begin) for r in picked if r.index == 0} == {(0, 16384), (0, 3 * 16384)}
+    assert not p.block_received("a", 0, 16384, 16384).piece_complete
+    assert p.block_received("a", 0, 3 * 16384, 16384).piece_complete
+    p.piece_failed(0)  # a bad hash: every block is fetched again, the preloaded ones too
+    assert p.block_state(0, 0) == FREE
+
+
+def test_preload_refuses_what_does_not_fit() -> None:
+    p = PiecePicker(2, 4 * 16384, 8 * 16384)
+    with pytest.raises(RoostError):
+        p.preload(0, [0, 1, 2, 3])  # the whole piece: it is held, not partly
+    with pytest.raises(RoostError):
+        p.preload(0, [4])
+    p.preload(1, [1])
+    with pytest.raises(RoostError):
+        p.preload(1, [2])  # no longer fresh

@@ -57,7 +57,7 @@ def test_demo_deploys_to_local_peers_and_reports_efficiency() -> None:
     assert [h["status"] for h in report["hosts"]] == ["ok"] * 3
     assert report["bound"]["bound_seconds"] > 0
     assert 0 < report["bound"]["efficiency_total"] <= 1.0
-    assert report["payload"]["format"] == "tar"
+    assert report["payload"]["format"] == "tree"  # a directory is sent as itself
     assert _roost_children("roost-demo-") == []  # every local peer and the origin stopped
 
 

@@ -32,13 +32,15 @@ from tests.deploy.trees import make_sample_tree, tree_signature
 def staged(tmp_path: Path, src: Path, tag: str, **kw: object) -> Dest:
     work = tmp_path / f"work-{tag}"
     work.mkdir()
+    if src.is_dir():
+        kw.setdefault("fmt", "tar")  # the tarball path; tests/deploy/test_tree.py: trees
     packed = pack(src, work, tag, **kw)  # type: ignore[arg-type]
     dest = Dest(tmp_path / "dest")
     stage(dest, packed.manifest, packed.payload)
     return dest
 
 
-@pytest.mark.parametrize("fmt", [{"fmt": "auto"}, {"fmt": "auto", "compress": True}])
+@pytest.mark.parametrize("fmt", [{"fmt": "tar"}, {"fmt": "auto", "compress": True}])
 def test_directory_roundtrip_is_identical(tmp_path: Path, fmt: dict[str, object]) -> None:
     if fmt.get("compress") and shutil.which("zstd") is None:
         pytest.skip("zstd is not installed")
@@ -64,12 +66,12 @@ def test_restage_same_tag_is_a_noop_and_other_content_is_refused(tmp_path: Path)
     dest = staged(tmp_path, src, "v1")
     work = tmp_path / "again"
     work.mkdir()
-    packed = pack(src, work, "v1")
+    packed = pack(src, work, "v1", fmt="tar")
     assert stage(dest, packed.manifest, packed.payload)["staged"] is False
     (src / "new.txt").write_text("changed")
     work2 = tmp_path / "changed"
     work2.mkdir()
-    packed2 = pack(src, work2, "v1")
+    packed2 = pack(src, work2, "v1", fmt="tar")
     with pytest.raises(ReleaseError, match="other content"):
         stage(dest, packed2.manifest, packed2.payload)
 
@@ -78,7 +80,7 @@ def test_wrong_sha256_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
     src = make_sample_tree(tmp_path / "src")
     work = tmp_path / "w"
     work.mkdir()
-    packed = pack(src, work, "v1")
+    packed = pack(src, work, "v1", fmt="tar")
     with packed.payload.open("r+b") as f:
         f.seek(600)
         f.write(b"X")
@@ -95,7 +97,7 @@ def test_switch_prune_rollback_and_history(tmp_path: Path) -> None:
         (src / "version").write_text(str(i))
         work = tmp_path / f"w{i}"
         work.mkdir()
-        packed = pack(src, work, f"v{i}")
+        packed = pack(src, work, f"v{i}", fmt="tar")
         stage(dest, packed.manifest, packed.payload)
         result = activate(dest, f"v{i}", keep=2)
         assert (dest.current / "version").read_text() == str(i)
@@ -115,7 +117,7 @@ def test_hooks_run_in_the_release_and_a_failing_post_hook_switches_back(tmp_path
     (src / "version").write_text("2")
     work = tmp_path / "w2"
     work.mkdir()
-    packed = pack(src, work, "v2")
+    packed = pack(src, work, "v2", fmt="tar")
     stage(dest, packed.manifest, packed.payload)
     with pytest.raises(ReleaseError, match="switched back to v1"):
         activate(dest, "v2", post=["echo unhealthy >&2; exit 3"])
@@ -211,7 +213,7 @@ def test_agent_activate_via_zipapp_json(tmp_path: Path) -> None:
     src = make_sample_tree(tmp_path / "src")
     work = tmp_path / "w"
     work.mkdir()
-    packed = pack(src, work, "v1")
+    packed = pack(src, work, "v1", fmt="tar")
     (work / "manifest.json").write_text(json.dumps(packed.manifest.to_dict()))
     pyz = build_zipapp(tmp_path / "roost.pyz")
     dest = tmp_path / "dest"

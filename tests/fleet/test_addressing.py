@@ -160,7 +160,9 @@ def status_url(fleet: Fleet, i: int) -> str | None:
         with contextlib.suppress(OSError):
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
             if "fetch" in argv and "--tracker" in argv:
-                return argv[argv.index("--tracker") + 1].replace("/announce/", "/status/", 1)
+                announce = argv[argv.index("--tracker") + 1]
+                base, secret, _ = announce.rsplit("/", 2)  # <base>/<secret>/announce
+                return f"{base}/status/{secret}"
     return None
 
 

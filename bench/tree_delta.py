@@ -1,0 +1,211 @@
+"""Tree releases on a real SSH fleet: a full release, then the next one, against rsync.
+
+    sudo python -m bench.tree_delta --hosts 16 --size-mib 256 --rate-mbit 100
+
+One run, one fleet (tests/fleet: a network namespace and a real sshd per
+host, every link htb-shaped to the rate both ways, the deploy host's too):
+
+1. full: `roost deploy` of a ~2,000-file tree (a few large files, many
+   small ones, symlinks, empty directories, an executable), timed from
+   command start to exit, against the bound S·8/R;
+2. next: the same tree with 5 % of its files' bytes rewritten, 20 files
+   added, 20 removed and 10 renamed, deployed with `roost deploy`;
+3. rsync: every host gets a copy of the full release (host-local, no
+   network), then parallel `rsync -a --delete` over SSH brings it to the
+   next release, the strategy many teams use.
+
+Bytes on the wire are read from the kernel's tc counters (`tc -s qdisc`,
+root qdisc of each switch-side veth: what each host and the deploy host
+received), not from roost. After each step every host's tree is compared
+with the source (content, modes, symlinks, empty directories) over SSH.
+The machine is shared: timings are noisy; compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tests.fleet.fleet import Fleet, in_ns
+from tests.fleet.helpers import deploy_argv, local_tree_digest, remote_tree_digest, run_roost
+
+MIB = 2**20
+
+
+def make_tree(root: Path, size_mib: int, files: int, rng: random.Random) -> Path:
+    """A few large files (75 % of the bytes), many small ones, links, empty dirs."""
+    (root / "bin").mkdir(parents=True)
+    (root / "var" / "cache" / "empty").mkdir(parents=True)
+    (root / "logs").mkdir()
+    big = size_mib * MIB * 3 // 4
+    for i in range(6):
+        (root / "lib").mkdir(exist_ok=True)
+        (root / "lib" / f"blob{i}.so").write_bytes(os.urandom(big // 6))
+    left = size_mib * MIB - big
+    small = files - 6
+    for i in range(small):
+        d = root / "static" / f"d{i % 40:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        n = max(1, int(rng.expovariate(1 / (left / small))))
+        (d / f"asset{i:04d}.js").write_bytes(os.urandom(min(n, 4 * MIB)))
+    run = root / "bin" / "server"
+    run.write_text("#!/bin/sh\necho serving\n")
+    run.chmod(0o755)
+    os.symlink("bin/server", root / "run")
+    os.symlink("../lib", root / "bin" / "lib")
+    return root
+
+
+def next_release(src: Path, dst: Path, rng: random.Random) -> dict[str, int]:
+    """5 % of the bytes rewritten, 20 added, 20 removed, 10 renamed."""
+    shutil.copytree(src, dst, symlinks=True)
+    small = sorted(p for p in (dst / "static").rglob("*.js"))
+    rng.shuffle(small)
+    total = sum(p.stat().st_size for p in dst.rglob("*") if p.is_file() and not p.is_symlink())
+    changed = 0
+    picked = 0
+    for p in small[:]:
+        if changed >= total * 0.05:
+            break
+        n = p.stat().st_size
+        if n > 2 * MIB:
+            continue
+        old = p.stat()
+        p.write_bytes(os.urandom(n))
+        # a later build writes later: rsync's quick check (size + mtime) would
+        # otherwise skip a same-size file rewritten within the same second
+        os.utime(p, ns=(old.st_atime_ns, old.st_mtime_ns + 60 * 10**9))
+        changed += n
+        picked += 1
+        small.remove(p)
+    for p in small[:20]:
+        p.unlink()
+    for i, p in enumerate(small[20:30]):
+        p.rename(p.with_name(f"renamed{i}-{p.name}"))
+    for i in range(20):
+        (dst / "static" / "d00" / f"new{i:02d}.js").write_bytes(os.urandom(32 * 1024))
+    return {"changed_bytes": changed, "changed_files": picked, "total_bytes": total}
+
+
+def wire_bytes(fleet: Fleet) -> int:
+    """Bytes the switch sent to every host and to the deploy host (tc root qdisc)."""
+    total = 0
+    devs = [f"v{i}" for i in range(fleet.n)] + ["up0"]
+    for dev in devs:
+        out = in_ns(fleet.switch_ns, "tc", "-s", "-j", "qdisc", "show", "dev", dev)
+        for q in json.loads(out):
+            if q.get("root"):
+                total += int(q.get("bytes", 0))
+    return total
+
+
+def check_trees(fleet: Fleet, path: str, src: Path) -> bool:
+    want = local_tree_digest(src)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: remote_tree_digest(fleet, i, path), range(fleet.n)))
+    return all(g == want for g in got)
+
+
+def deploy(fleet: Fleet, src: Path, tag: str, rate: float, extra: list[str]
+           ) -> tuple[float, int, dict[str, Any]]:
+    before = wire_bytes(fleet)
+    started = time.monotonic()
+    code, report, err = run_roost(deploy_argv(
+        fleet, src, [h.address for h in fleet.hosts], "--tag", tag,
+        "--link-rate", f"{rate:g}mbit", "--timeout", "1800", "--connect-timeout", "30",
+        *extra), timeout=2400)
+    seconds = time.monotonic() - started
+    if code != 0:
+        failed = [(h["host"], h["kind"], h["reason"]) for h in report.get("hosts", [])
+                  if h.get("status") == "failed"]
+        raise SystemExit(f"deploy {tag} failed (exit {code}): {report.get('message')}\n"
+                         f"{failed}\n{err[-2000:]}")
+    return seconds, wire_bytes(fleet) - before, report
+
+
+def rsync_all(fleet: Fleet, src: Path, target: str) -> float:
+    ssh = (f"ssh -i {fleet.key} -o UserKnownHostsFile={fleet.known_hosts} "
+           "-o StrictHostKeyChecking=yes -o BatchMode=yes")
+
+    def one(i: int) -> int:
+        return subprocess.run(["rsync", "-a", "--delete", "-e", ssh, f"{src}/",
+                               f"root@{fleet.hosts[i].address}:{target}/"],
+                              capture_output=True, timeout=3600).returncode
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(fleet.n) as pool:
+        codes = list(pool.map(one, range(fleet.n)))
+    if any(codes):
+        raise SystemExit(f"rsync failed: {codes}")
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hosts", type=int, default=16)
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--rate-mbit", type=float, default=100)
+    parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--no-rsync", action="store_true")
+    parser.add_argument("--extra", default="", help="more `roost deploy` flags")
+    ns = parser.parse_args()
+    rng = random.Random(ns.seed)
+    work = Path(tempfile.mkdtemp(prefix="roost-tree-delta-", dir="/var/tmp"))
+    out: dict[str, Any] = {"hosts": ns.hosts, "rate_mbit": ns.rate_mbit}
+    try:
+        v1 = make_tree(work / "v1", ns.size_mib, ns.files, rng)
+        out["next"] = next_release(v1, work / "v2", rng)
+        with Fleet(ns.hosts, dest_size=f"{ns.size_mib * 2 + 256}m") as fleet:
+            fleet.shape(ns.rate_mbit)
+            extra = ns.extra.split()
+            seconds, wire, report = deploy(fleet, v1, "v1", ns.rate_mbit, extra)
+            size = report["payload"]["size"]
+            bound = size * 8 / (ns.rate_mbit * 1e6)
+            out["full"] = {"seconds": round(seconds, 2), "wire_bytes": wire, "size": size,
+                           "padding": report["payload"].get("padding"),
+                           "bound_seconds": round(bound, 2),
+                           "efficiency": round(bound / seconds, 3),
+                           "timings": report["timings"], "bytes": report["bytes"],
+                           "identical": check_trees(fleet, f"{fleet.dest}/current", v1)}
+            seconds2, wire2, report2 = deploy(fleet, work / "v2", "v2", ns.rate_mbit, extra)
+            out["next"].update({
+                "seconds": round(seconds2, 2), "wire_bytes": wire2,
+                "timings": report2["timings"], "bytes": report2["bytes"],
+                "wire_vs_full": round(wire2 / wire, 3),
+                "time_vs_full": round(seconds2 / seconds, 3),
+                "identical": check_trees(fleet, f"{fleet.dest}/current", work / "v2")})
+            if not ns.no_rsync:
+                target = f"{fleet.dest}/rsync"
+                for i in range(fleet.n):  # the full release, copied on the host itself
+                    fleet.ssh(i, f"rm -rf {fleet.dest}/releases/v2 && "
+                                 f"cp -a {fleet.dest}/releases/v1 {target}", timeout=300)
+                before = wire_bytes(fleet)
+                rsync_s = rsync_all(fleet, work / "v2", target)
+                out["rsync"] = {"seconds": round(rsync_s, 2),
+                                "wire_bytes": wire_bytes(fleet) - before,
+                                "identical": check_trees(fleet, target, work / "v2")}
+                out["next"]["time_vs_rsync"] = round(seconds2 / rsync_s, 3)
+                if not out["rsync"]["identical"]:  # say what differs on host 0
+                    ssh = (f"ssh -i {fleet.key} -o UserKnownHostsFile={fleet.known_hosts}")
+                    diff = subprocess.run(
+                        ["rsync", "-n", "-aci", "--delete", "-e", ssh, f"{work / 'v2'}/",
+                         f"root@{fleet.hosts[0].address}:{target}/"],
+                        capture_output=True, text=True, timeout=300)
+                    out["rsync"]["differs"] = diff.stdout.splitlines()[:20]
+        print(json.dumps(out, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

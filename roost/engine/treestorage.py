@@ -1,0 +1,279 @@
+"""Storage for a tree torrent: pieces land in the release's staging directory.
+
+Theory of operation. The torrent's files are the tree's files, laid out by
+roost.tree, so the storage root is the staging directory itself (no
+`info.name` level). Three differences from Storage:
+
+* Pad files (BEP 47) are zeros: never created, never written; a read or a
+  sendfile of a pad range is served from one zero-filled memfd.
+* Files already placed from an earlier release (`done`) are never written:
+  a piece that straddles one only writes the spans of the other files.
+* Each file's SHA-256 is checked as soon as the last piece that touches it
+  has been written (in the verifier's worker thread, so verification
+  overlaps the transfer); a mismatch is a StorageError, which stops the
+  session. The file's proof (inode, size, mtime_ns, ctime_ns) is recorded
+  right after its hash, and `flush` writes every proof to `record` before
+  the session reports "complete": staging then checks the proofs instead of
+  hashing the release again.
+
+The staging directory is renamed to releases/<tag> while this process still
+seeds from it, so files are re-opened relative to a directory descriptor of
+the root taken at open(), component by component with O_NOFOLLOW, never by
+path.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from roost.bitfield import Bitfield
+from roost.engine.storage import _O_DIRECTORY, _O_NOFOLLOW, FILE_MODE, Storage, StorageError
+from roost.hashing import PieceReader, hash_pieces
+from roost.metainfo import Info
+from roost.tree import TreeManifest
+
+HASH_CHUNK = 1 << 20
+#: per file: [sha256, inode, size, mtime_ns, ctime_ns]
+Proof = list[object]
+
+
+def proof_of(st: os.stat_result, sha256: str) -> Proof:
+    return [sha256, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class TreeStorage(Storage):
+    def __init__(
+        self,
+        info: Info,
+        root: Path,
+        manifest: TreeManifest | None,
+        *,
+        done: set[tuple[str, ...]] | None = None,
+        record: Path | None = None,
+        proofs: dict[str, Proof] | None = None,
+        preallocate: bool = True,
+    ) -> None:
+        super().__init__(info, root, preallocate=preallocate)
+        self._rel = [f.path for f in info.files]
+        self._pads = {i for i, f in enumerate(info.files) if f.pad}
+        sha = {e.path: e.sha256 for e in manifest.files} if manifest else {}
+        self._sha = [sha.get(f.path, "") for f in info.files]
+        done = done or set()
+        self._done = [f.path in done for f in info.files]
+        self._record = record
+        self.proofs: dict[str, Proof] = dict(proofs or {})
+        self._remaining = [0] * len(info.files)
+        plen = info.piece_length
+        for i, f in enumerate(info.files):
+            if i not in self._pads and not self._done[i] and f.length:
+                self._remaining[i] = (f.offset + f.length - 1) // plen - f.offset // plen + 1
+        self._retired: dict[int, list[int]] = {}  # index -> replaced fds, closed when idle
+        self._root_fd = -1
+        self._zero_fd = -1
+        self.on_file_verified: Callable[[str, int], None] | None = None
+        #: piece -> blocks wholly inside `done` files or pads (roost.treestage.local_blocks)
+        self.local_blocks: dict[int, list[int]] = {}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def open(self, create: bool = True) -> None:
+        if create and not self.root.is_dir():
+            raise StorageError(f"staging directory {self.root} does not exist")
+        super().open(create)
+        try:
+            self._root_fd = os.open(self.root, os.O_RDONLY | _O_DIRECTORY)
+            self._zero_fd = _zero_file(max(self.info.piece_length, 1))
+        except OSError as exc:
+            self.close()
+            raise StorageError(f"cannot open {self.root}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        super().close()
+        with self._lock:
+            retired = [fd for fds in self._retired.values() for fd in fds]
+            self._retired.clear()
+        for fd in (self._root_fd, self._zero_fd, *retired):
+            if fd >= 0:
+                os.close(fd)
+        self._root_fd = self._zero_fd = -1
+
+    def payload_path(self) -> Path:
+        return self.root
+
+    # -- files -------------------------------------------------------------
+
+    def _prepare_file(self, index: int, length: int, seen: set[tuple[str, ...]]) -> None:
+        if index in self._pads:
+            return
+        if self._done[index]:  # placed from a kept release: never written, only read
+            self._check_file(index, length, seen)
+            return
+        try:
+            super()._prepare_file(index, length, seen)
+        except StorageError as exc:
+            if "disk space" in str(exc):
+                raise StorageError(f"disk full: {exc}") from None
+            raise
+
+    def _check_file(self, index: int, length: int, seen: set[tuple[str, ...]]) -> None:
+        if index not in self._pads:
+            super()._check_file(index, length, seen)
+
+    def _reopen(self, index: int) -> int:
+        rel = self._rel[index]
+        writing = self._writable and not self._done[index] and self._remaining[index] > 0
+        flags = os.O_RDWR if writing else os.O_RDONLY
+        dirfd = self._root_fd
+        try:
+            for name in rel[:-1]:
+                nxt = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW, dir_fd=dirfd)
+                if dirfd != self._root_fd:
+                    os.close(dirfd)
+                dirfd = nxt
+            return os.open(rel[-1], flags | _O_NOFOLLOW, FILE_MODE, dir_fd=dirfd)
+        except OSError as exc:
+            raise StorageError(f"cannot open payload file {'/'.join(rel)}: {exc.strerror}"
+                               ) from None
+        finally:
+            if dirfd != self._root_fd:
+                os.close(dirfd)
+
+    def _acquire(self, index: int) -> int:
+        if index in self._pads:
+            return self._zero_fd
+        return super()._acquire(index)
+
+    def _release(self, indexes: list[int]) -> None:
+        super()._release(indexes)
+        with self._lock:
+            idle = [i for i in indexes if i in self._retired and not self._pins.get(i)]
+            old = [fd for i in idle for fd in self._retired.pop(i)]
+        for fd in old:
+            os.close(fd)
+
+    def _read_only(self, index: int) -> None:
+        """Swap a verified file's cached read-write fd for a read-only one: a
+        process holding a file open for writing makes exec() of it fail with
+        ETXTBSY, and the release's executables must run while we still seed.
+        The old fd is closed once no read pins it (see _release)."""
+        fd = self._reopen(index)  # O_RDONLY now: _remaining is 0
+        with self._lock:
+            old = self._fds.get(index)
+            if old is None or not self._opened:
+                stale = fd  # not cached (evicted): later opens are read-only anyway
+            else:
+                self._fds[index] = fd
+                if self._pins.get(index):
+                    self._retired.setdefault(index, []).append(old)  # in use: later
+                    stale = -1
+                else:
+                    stale = old
+        if stale >= 0:
+            os.close(stale)
+
+    # -- pieces ------------------------------------------------------------
+
+    def write_piece(self, index: int, data: bytes | bytearray | memoryview) -> None:
+        if not self._writable:
+            raise StorageError("storage is open read-only (a seeder); cannot write a piece")
+        view = memoryview(data).cast("B")
+        size = self.info.piece_size(index)
+        if len(view) != size:
+            raise ValueError(f"piece {index} has {size} bytes, got {len(view)}")
+        spans = self._file_spans(index, 0, size)
+        pos = 0
+        wanted = [s for s in spans if s[0] not in self._pads and not self._done[s[0]]]
+        with self._pinned([s[0] for s in wanted]) as fds:
+            for f, off, n in spans:
+                if f not in self._pads and not self._done[f]:
+                    _pwrite(fds[f], view[pos : pos + n], off, self._rel[f])
+                pos += n
+        finished = []
+        with self._lock:
+            for f, _, _ in wanted:
+                self._dirty.add(f)
+                self._remaining[f] -= 1
+                if self._remaining[f] == 0:
+                    finished.append(f)
+        for f in finished:
+            self._verify_file(f)
+
+    def _verify_file(self, index: int) -> None:
+        """SHA-256 of a file whose last piece was just written, against the manifest."""
+        rel = "/".join(self._rel[index])
+        digest = hashlib.sha256()
+        length = self.info.files[index].length
+        buf = bytearray(min(HASH_CHUNK, length))
+        view = memoryview(buf)
+        with self._pinned([index]) as fds:
+            fd = fds[index]
+            pos = 0
+            while pos < length:
+                got = os.preadv(fd, [view[: min(len(buf), length - pos)]], pos)
+                if got <= 0:
+                    raise StorageError(f"{rel} is shorter than the manifest says")
+                digest.update(view[:got])
+                pos += got
+            st = os.fstat(fd)
+        if digest.hexdigest() != self._sha[index]:
+            raise StorageError(f"{rel} does not match its SHA-256 in the manifest")
+        with self._lock:
+            self.proofs[rel] = proof_of(st, self._sha[index])
+        self._read_only(index)
+        if self.on_file_verified is not None:
+            self.on_file_verified(rel, length)
+
+    def unverified(self) -> list[str]:
+        with self._lock:
+            return ["/".join(self._rel[i]) for i, n in enumerate(self._remaining) if n]
+
+    def recheck(
+        self, progress: Callable[[int], None] | None = None, workers: int | None = None
+    ) -> Bitfield:
+        """Hash every piece (a seeder's check); pads read as zeros."""
+        sources = [(Path("/dev/zero") if f.pad else self.root.joinpath(*f.path), f.length)
+                   for f in self.info.files]
+        digests = hash_pieces(PieceReader(sources), self.info.piece_length,
+                              progress=progress, workers=workers)
+        have = Bitfield(self.info.num_pieces)
+        for index, digest in enumerate(digests):
+            if digest is not None and digest == self.info.piece_hash(index):
+                have.set(index)
+        return have
+
+    def flush(self) -> None:
+        """fsync, then record the proof of every file (before "complete" is reported)."""
+        super().flush()
+        if self._record is None:
+            return
+        with self._lock:
+            data = json.dumps({"version": 1, "files": self.proofs}).encode()
+        tmp = self._record.with_name(self._record.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._record)
+
+
+def _zero_file(size: int) -> int:
+    """A descriptor reading as `size` zero bytes, that sendfile accepts."""
+    fd = os.memfd_create("roost-pad", os.MFD_CLOEXEC)  # Linux >= 3.17
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _pwrite(fd: int, view: memoryview, offset: int, rel: tuple[str, ...]) -> None:
+    pos = 0
+    while pos < len(view):
+        try:
+            pos += os.pwrite(fd, view[pos:], offset + pos)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageError(f"disk full: cannot write {'/'.join(rel)}") from None
+            raise StorageError(f"cannot write {'/'.join(rel)}: {exc.strerror}") from None
