@@ -5,7 +5,8 @@ only modules that have not moved into a folder yet are listed one by one.
 
     rank 0  foundations: errors, bencode, bitfield, ratelimit (pure)
     rank 1  roost/core (the sans-IO swarm member: wire, picker, choker, policy),
-            metainfo, the tracker's protocol and swarm state (pure)
+            metainfo, the tracker's protocol and swarm state, roost/sim (the
+            swarm simulator over those two) (pure)
     rank 2  roost/engine (the asyncio adapter of the core), target-side
             system work (release, hostops, hashing...), the tracker server
     rank 3  roost/deploy (the operator's orchestrator), the agent entry
@@ -36,6 +37,7 @@ RANKS: dict[str, int] = {
     "roost.tracker": 1,  # folder; its server half is rank 2, below
     "roost.tracker.protocol": 1,
     "roost.tracker.swarm": 1,
+    "roost.sim": 1,  # folder: the swarm simulator, the core and the tracker's swarm, pure
     # adapters and target-side system work
     "roost.engine": 2,  # folder
     "roost.hashing": 2,

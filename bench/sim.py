@@ -1,0 +1,244 @@
+"""Simulate a roost deploy at fleet scale with roost's own core (roost.sim).
+
+    python -m bench.sim --n 1000 --size 1GiB --rate 100
+    python -m bench.sim --n 100,1000 --size 1GiB --rate 100 --slow-frac 0.1 --json
+    python -m bench.sim --n 1000 --size 1GiB --rate 100 --piece 16MiB --big-block 1MiB
+
+Prints, per N, the first / p50 / p99 / last host completion time against the
+bound (S*8/R for equal links; design.md's T_min otherwise) and the tracker's
+load. The piece length is roost's own choice for the payload (roost pack:
+1 MiB for 1 GiB) unless --piece says otherwise; bigger pieces and wire
+blocks are the simulator's coarsening (docs/sim.md). `--cdf PNG` draws the
+completion-time CDFs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from bench.efficiency import parse_size
+from roost.metainfo import MetainfoError, check_piece_length, choose_piece_length
+from roost.sim.scenario import Scenario
+from roost.sim.world import Result, SimError, simulate
+
+
+def _csv_int(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad list of integers {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("N must be at least 1")
+    return values
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad fraction {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"fraction out of [0, 1]: {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad number {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.sim", description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=_csv_int, default=[100], help="receivers, comma separated")
+    p.add_argument("--size", type=parse_size, default=parse_size("64MiB"))
+    p.add_argument("--rate", type=_positive, default=100.0, help="link rate, Mbit/s")
+    p.add_argument("--piece", type=parse_size, default=None, help="piece length (default: roost's)")
+    p.add_argument("--big-block", type=parse_size, default=256 * 1024, help="wire block size")
+    p.add_argument("--slow-frac", type=_fraction, default=0.0)
+    p.add_argument("--slow-count", type=int, default=None)
+    p.add_argument("--slow-factor", type=_positive, default=10.0)
+    p.add_argument("--die-frac", type=_fraction, default=0.0)
+    p.add_argument("--restart-after", type=_positive, default=None)
+    p.add_argument("--late-frac", type=_fraction, default=0.0)
+    p.add_argument("--late-window", type=float, default=0.0)
+    p.add_argument("--zones", type=int, default=1)
+    p.add_argument("--zone-frac", type=_fraction, default=0.1)
+    p.add_argument("--latency-ms", type=float, default=0.0, help="one way")
+    p.add_argument("--loss", type=_fraction, default=0.0, help="packet loss probability")
+    p.add_argument("--startup", type=float, default=0.0, help="seconds to a host's start")
+    p.add_argument("--startup-jitter", type=float, default=0.0)
+    p.add_argument("--ceiling", type=_fraction, default=0.956)
+    p.add_argument("--dt", type=_positive, default=0.05)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-super-seed", action="store_true")
+    p.add_argument(
+        "--lean", action="store_true", help="count blocks, keep no piece bytes (fleet sizes)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per N")
+    p.add_argument("--cdf", default=None, help="write a PNG of completion-time CDFs (+ .json)")
+    p.add_argument(
+        "--cdf-with",
+        default=[],
+        type=lambda s: [x for x in s.split(",") if x],
+        help="also draw the curves of these earlier --cdf .json files",
+    )
+    return p
+
+
+def scenario_for(args: argparse.Namespace, n: int) -> Scenario:
+    return Scenario(
+        n=n,
+        size=args.size,
+        rate_mbit=args.rate,
+        piece_length=args.piece or choose_piece_length(args.size),
+        big_block=args.big_block,
+        ceiling=args.ceiling,
+        slow_frac=args.slow_frac,
+        slow_count=args.slow_count,
+        slow_factor=args.slow_factor,
+        die_frac=args.die_frac,
+        restart_after=args.restart_after,
+        late_frac=args.late_frac,
+        late_window=args.late_window,
+        zones=args.zones,
+        zone_frac=args.zone_frac,
+        latency=args.latency_ms / 1000,
+        loss=args.loss,
+        startup=args.startup,
+        startup_jitter=args.startup_jitter,
+        seed=args.seed,
+        dt=args.dt,
+        super_seed=not args.no_super_seed,
+        lean=args.lean,
+    )
+
+
+def row(args: argparse.Namespace, result: Result, wall: float) -> dict[str, Any]:
+    out = result.summary()
+    out["size"] = args.size
+    out["rate_mbit"] = args.rate
+    out["piece"] = result.scenario.piece_length
+    out["big_block"] = args.big_block
+    out["pieces"] = result.pieces
+    out["wall_s"] = round(wall, 1)
+    out["sim_s"] = round(result.end_time, 2)
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| N | pieces | bound s | first | p50 | p99 | last | dead | unfinished"
+        " | announces/s (peak) | wall s |"
+    )
+    lines = [head, "|---" * 11 + "|"]
+    for r in rows:
+        cell = _cells(r)
+        lines.append(
+            f"| {r['n']} | {r['pieces']} | {r['bound']:.2f} | {cell('first')} | {cell('p50')} | "
+            f"{cell('p99')} | {cell('last')} | {r['dead']} | {r['unfinished']} | "
+            f"{r['announces_per_s']} ({r['peak_announces_per_s']}) | {r['wall_s']} |"
+        )
+    return "\n".join(lines)
+
+
+def _cells(r: dict[str, Any]) -> Any:
+    def cell(name: str) -> str:
+        if name not in r:
+            return "-"
+        return f"{r[name]:.2f} ({r[name + '_x']:.3f}x)"
+
+    return cell
+
+
+def curves(results: list[Result]) -> list[dict[str, Any]]:
+    """Completion times over the bound, sorted, per run (what the CDF plot draws)."""
+    return [
+        {
+            "label": f"N = {r.scenario.n}, {r.pieces} pieces",
+            "x": sorted(round(t / r.bound, 4) for t in r.times.values()),
+        }
+        for r in results
+    ]
+
+
+def plot_cdf(path: str, data: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for curve in data:
+        xs = curve["x"]
+        if not xs:
+            continue
+        ys = [(i + 1) / len(xs) for i in range(len(xs))]
+        ax.step(xs, ys, where="post", label=curve["label"])
+    ax.axvline(1.0, color="grey", linestyle="--", label="bound S*8/R")
+    ax.set_xlabel("host completion time / bound")
+    ax.set_ylabel("fraction of hosts complete")
+    ax.set_title("roost, simulated (roost.sim): completion-time CDF")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    piece = args.piece or choose_piece_length(args.size)
+    try:
+        check_piece_length(piece)
+    except MetainfoError as exc:
+        print(f"error: --piece: {exc}", file=sys.stderr)
+        return 2
+    if not 16 * 1024 <= args.big_block <= 1 << 20:
+        print("error: --big-block must be within 16KiB..1MiB", file=sys.stderr)
+        return 2
+    if args.size < 1:
+        print("error: --size must be positive", file=sys.stderr)
+        return 2
+    rows = []
+    results = []
+    for n in args.n:
+        started = time.perf_counter()
+        try:
+            result = simulate(scenario_for(args, n))
+        except SimError as exc:
+            print(f"error: a simulated member failed: {exc}", file=sys.stderr)
+            return 1
+        wall = time.perf_counter() - started
+        results.append(result)
+        r = row(args, result, wall)
+        rows.append(r)
+        if args.json:
+            print(json.dumps(r), flush=True)
+    if not args.json:
+        print(table(rows))
+    if args.cdf:
+        data = curves(results)
+        for name in args.cdf_with:
+            try:
+                with open(name) as f:
+                    data += json.load(f)
+            except (OSError, ValueError) as exc:
+                print(f"error: --cdf-with {name}: {exc}", file=sys.stderr)
+                return 1
+        with open(args.cdf + ".json", "w") as f:
+            json.dump(curves(results), f)
+        plot_cdf(args.cdf, data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

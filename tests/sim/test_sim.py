@@ -1,0 +1,139 @@
+"""The swarm simulator (roost.sim): roost's own members over a simulated network."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from roost.sim.network import Network
+from roost.sim.scenario import Scenario
+from roost.sim.world import World, simulate
+
+SMALL = Scenario(n=50, size=4 * 1024 * 1024, rate_mbit=100.0, piece_length=128 * 1024)
+
+
+def fingerprint(sc: Scenario) -> tuple[object, ...]:
+    r = simulate(sc)
+    return (sorted(r.times.items()), r.events, r.announces, r.bytes_moved, r.end_time)
+
+
+def test_every_host_ends_with_every_piece_and_no_sooner_than_the_links_allow() -> None:
+    world = World(SMALL)
+    result = world.run()
+    assert len(result.times) == 50 and not result.unfinished and not result.dead
+    for host in world.hosts:
+        assert host.have is not None and host.have.all(), host.spec.index
+    # no receiver can beat its own download link (S at the TCP ceiling)
+    floor = SMALL.size / (SMALL.rate * SMALL.ceiling)
+    assert min(result.times.values()) >= floor
+    assert result.bytes_moved >= 50 * SMALL.size  # every receiver got the payload once, at least
+
+
+def test_same_seed_same_result_and_another_seed_differs() -> None:
+    first = fingerprint(SMALL)
+    assert fingerprint(SMALL) == first
+    other = Scenario(**{**SMALL.__dict__, "seed": 2})
+    assert fingerprint(other) != first
+
+
+def test_the_result_does_not_depend_on_the_process_hash_seed() -> None:
+    """Set and dict order of strings differ between processes: the simulation must not."""
+    code = (
+        "import json; from tests.sim.test_sim import SMALL, fingerprint; "
+        "print(json.dumps(fingerprint(SMALL)))"
+    )
+    outs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        outs.append(json.loads(proc.stdout))
+    assert outs[0] == outs[1]
+
+
+def test_deaths_restarts_late_joiners_zones_and_a_corrupt_peer() -> None:
+    sc = Scenario(
+        n=40,
+        size=4 * 1024 * 1024,
+        rate_mbit=50.0,
+        piece_length=128 * 1024,
+        slow_frac=0.1,
+        die_frac=0.1,
+        restart_after=0.5,
+        late_frac=0.2,
+        late_window=1.0,
+        zones=4,
+        latency=0.002,
+        corrupt=1,
+        seed=3,
+    )
+    world = World(sc)
+    result = world.run()
+    assert len(result.dead) == 0  # every dead host came back
+    assert not result.unfinished
+    for host in world.hosts[1:]:
+        assert host.have is not None and host.have.all(), host.spec.index
+
+
+def test_hosts_that_die_for_good_are_counted_apart() -> None:
+    sc = Scenario(
+        n=30, size=4 * 1024 * 1024, rate_mbit=50.0, piece_length=128 * 1024, die_frac=0.1, seed=4
+    )
+    result = simulate(sc)
+    assert len(result.dead) == 3
+    assert len(result.times) + len(result.dead) == 30 and not result.unfinished
+
+
+def test_flows_share_links_max_min_fairly() -> None:
+    # host 0 uploads to 1 and 2; host 3 also uploads to 2; all links 100 units
+    net = Network([100.0] * 4, [100.0] * 4, [0] * 4, [], [])
+    a = net.pipe(0, 1, 1, 2)
+    b = net.pipe(0, 2, 3, 4)
+    c = net.pipe(3, 2, 5, 6)
+    for p in (a, b, c):
+        net.send_data(p, b"x", 10**9)
+    net.allocate()
+    assert a.rate == pytest.approx(50.0)
+    assert b.rate == pytest.approx(50.0)
+    assert c.rate == pytest.approx(50.0)  # host 2's download is shared 50/50
+    # a slow receiver: its flow is held at 10, the uploader gives the rest to the other
+    net = Network([100.0] * 3, [100.0, 100.0, 10.0], [0] * 3, [], [])
+    fast, slow = net.pipe(0, 1, 1, 2), net.pipe(0, 2, 3, 4)
+    net.send_data(fast, b"x", 10**9)
+    net.send_data(slow, b"x", 10**9)
+    net.allocate()
+    assert slow.rate == pytest.approx(10.0)
+    assert fast.rate == pytest.approx(90.0)
+
+
+def test_the_bench_prints_a_row_per_n_and_refuses_bad_input(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.sim import main
+
+    assert main(["--n", "5", "--size", "2MiB", "--piece", "128KiB", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["n"] == 5 and row["completed"] == 5 and row["last_x"] >= 1.0
+    assert main(["--n", "5", "--size", "2MiB", "--piece", "3KiB"]) == 2
+    assert "--piece" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--n", "0"])
+    assert exc.value.code == 2
+
+
+def test_the_lean_assembly_changes_nothing_but_memory() -> None:
+    """Counting blocks instead of keeping them: the same run, event for event."""
+    sc = Scenario(n=20, size=2 * 1024 * 1024, rate_mbit=100.0, piece_length=64 * 1024, seed=5)
+    lean = Scenario(**{**sc.__dict__, "lean": True})
+    assert fingerprint(lean) == fingerprint(sc)
+    # a corrupt sender is still caught: every honest host completes
+    world = World(Scenario(**{**lean.__dict__, "corrupt": 1, "n": 12}))
+    result = world.run()
+    assert not result.unfinished
+    assert all(h.have is not None and h.have.all() for h in world.hosts)
