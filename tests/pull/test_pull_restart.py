@@ -53,7 +53,7 @@ def test_an_agent_killed_mid_fetch_resumes_and_completes(tmp_path: Path) -> None
     size = 4_000_000
     publish = start_publish(publish_argv(
         release_tree(tmp_path, "v1", size=size), key, "127.0.0.1", port, ["a0"], "--tag", "v1",
-        "--download-rate", "500K", "--timeout", "120"))
+        "--upload-rate", "500K", "--timeout", "120"))
     try:
         assert first.wait_for(lambda a: any(
             r.get("bytes_done", 0) > size // 4 for r in a.reports("fetching")), 60), first.events()
