@@ -54,7 +54,7 @@ from roost.errors import DiskFullError as DiskFullError  # re-exported: importer
 from roost.errors import MetainfoError, UsageError
 from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
 from roost.fsutil import atomic_write as atomic_write  # re-exported
-from roost.tree import TreeManifest, parse_manifest
+from roost.tree import TreeManifest, link_stays_inside, parse_manifest
 
 STATE_DIR = ".roost"
 STATE_FILE = "state.json"
@@ -258,23 +258,6 @@ def _parent_dir(root: Path, parts: tuple[str, ...], made: set[tuple[str, ...]]) 
     return path
 
 
-def _link_inside(parts: tuple[str, ...], target: str) -> bool:
-    if not target or target.startswith("/"):
-        return False
-    depth = len(parts) - 1  # the link's own directory, counted from the root
-    descended = False  # ".." after a name may climb out of a symlink: "l/.." with l -> ".."
-    for piece in target.split("/"):
-        if piece in ("", "."):
-            continue
-        if piece == ".." and descended:
-            return False
-        descended = descended or piece != ".."
-        depth += -1 if piece == ".." else 1
-        if depth < 0:
-            return False
-    return True
-
-
 @dataclass
 class _Pending:
     path: Path
@@ -325,7 +308,7 @@ def _unpack_member(
         dirs.append(meta)
         return 0
     if member.issym():
-        if not _link_inside(parts, member.linkname):
+        if not link_stays_inside(parts, member.linkname):
             raise ReleaseError(
                 f"symlink {member.name!r} -> {member.linkname!r} escapes the release")
         os.symlink(member.linkname, path)
