@@ -110,7 +110,7 @@ def main() -> int:
 
 
 def _info(path: Path) -> bytes:
-    from roost.metainfo import parse
+    from roost.core.metainfo import parse
 
     return parse(path.read_bytes()).info_hash
 

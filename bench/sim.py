@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from bench.efficiency import parse_size
-from roost.metainfo import MetainfoError, check_piece_length, choose_piece_length
+from roost.core.metainfo import MetainfoError, check_piece_length, choose_piece_length
 from roost.sim.scenario import Scenario
 from roost.sim.world import Result, SimError, simulate
 

@@ -81,7 +81,7 @@ def run(size_mib: int, rounds: int, count: int, timeout: float, reopen: float = 
         torrent = work / "p.torrent"
         subprocess.run(roost("make", str(payload), "-o", str(torrent)), check=True,
                        capture_output=True)  # fmt: skip
-        from roost.metainfo import parse
+        from roost.core.metainfo import parse
 
         info_hash = parse(torrent.read_bytes()).info_hash.hex()
         port = free_port()

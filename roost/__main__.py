@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import sys
 
-from roost.agent import AGENT_COMMANDS
+from roost.target.agent import AGENT_COMMANDS
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in AGENT_COMMANDS:
-        from roost.agent import main as agent_main
+        from roost.target.agent import main as agent_main
 
         return agent_main(args)
-    from roost.cli import run
+    from roost.commands.cli import run
 
     return run(args)
 

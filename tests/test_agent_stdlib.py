@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from roost.zipapp import build_zipapp
+from roost.deploy.zipapp import build_zipapp
 
 
 def run_isolated(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -29,8 +29,8 @@ def test_zipapp_holds_only_target_side_modules(tmp_path: Path) -> None:
 
     pyz = build_zipapp(tmp_path / "roost.pyz")
     names = set(zipfile.ZipFile(pyz).namelist())
-    assert "roost/agent.py" in names and "__main__.py" in names
-    assert "roost/cli.py" not in names
+    assert "roost/target/agent.py" in names and "__main__.py" in names
+    assert "roost/commands/cli.py" not in names
     assert not any(n.startswith("roost/commands/") for n in names)
     assert not any(n.startswith("roost/tracker/") for n in names)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roost import bencode
+from roost.core import bencode
 from roost.errors import DecodeError
 
 

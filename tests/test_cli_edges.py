@@ -10,7 +10,7 @@ from pathlib import Path
 
 from roost.commands.make import make_torrent
 from roost.deploy.pack import pack
-from roost.release import Dest, activate, stage
+from roost.target.release import Dest, activate, stage
 from tests.deploy.trees import make_sample_tree
 from tests.swarm.harness import Procs
 

@@ -68,13 +68,13 @@ def test_bad_input_is_one_line_of_roost_s_own(name: str, tmp_path: Path) -> None
 def test_root_help_lists_every_command_in_full_without_loading_ssh() -> None:
     res = roost("--help")
     assert res.returncode == 0 and res.stderr == ""
-    from roost.cli import AGENT_HELP, COMMANDS
+    from roost.commands.cli import AGENT_HELP, COMMANDS
 
     for text in [t for _, t in COMMANDS.values()] + list(AGENT_HELP.values()):
         assert text in " ".join(res.stdout.split()), text  # whole, maybe wrapped
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import sys; from roost.cli import run; run(['--help']); "
+         "import sys; from roost.commands.cli import run; run(['--help']); "
          "print('LOADED' if {'asyncssh', 'aiohttp'} & set(sys.modules) else 'LIGHT')"],
         capture_output=True, text=True, timeout=60, env=ENV)
     assert probe.stdout.strip().endswith("LIGHT"), probe.stdout[-200:]

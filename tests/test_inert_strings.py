@@ -1,4 +1,4 @@
-"""Outside strings are shown as inert text: no markup, no escape sequences (roost.inert)."""
+"""Outside strings are shown as inert text: no markup, no escape sequences (roost.core.inert)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from roost.bencode import encode
+from roost.core.bencode import encode
+from roost.core.inert import inert
+from roost.deploy.ui import inert_text
 from roost.engine.reporter import Reporter
-from roost.inert import inert
-from roost.ui import inert_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

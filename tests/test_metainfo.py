@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from roost import bencode
-from roost.errors import MetainfoError, UnsafePathError, UsageError
-from roost.metainfo import (
+from roost.core import bencode
+from roost.core.metainfo import (
     build_info,
     build_torrent,
     choose_piece_length,
@@ -17,6 +16,7 @@ from roost.metainfo import (
     parse_piece_size,
     safe_relpath,
 )
+from roost.errors import MetainfoError, UnsafePathError, UsageError
 
 KIB = 1024
 MIB = 1024 * KIB

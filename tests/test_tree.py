@@ -1,4 +1,4 @@
-"""roost.tree: the tree torrent's layout and the strict tree manifest parser."""
+"""roost.core.tree: the tree torrent's layout and the strict tree manifest parser."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from roost import bencode, metainfo, tree
+from roost.core import bencode, metainfo, tree
 from roost.errors import MetainfoError, UnsafePathError, UsageError
-from roost.release import Manifest
+from roost.target.release import Manifest
 
 P = 16 * 1024
 SHA = "ab" * 32

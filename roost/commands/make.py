@@ -9,16 +9,16 @@ from pathlib import Path
 import click
 
 from roost import __version__
-from roost.errors import UsageError
-from roost.hashing import hash_payload, scan_payload
-from roost.metainfo import (
+from roost.core.metainfo import (
     build_info,
     build_torrent,
     choose_piece_length,
     parse,
     parse_piece_size,
 )
-from roost.ui import progress_bar
+from roost.deploy.ui import progress_bar
+from roost.engine.hashing import hash_payload, scan_payload
+from roost.errors import UsageError
 
 #: below this, hashing is instant and a progress bar is only noise
 PROGRESS_THRESHOLD = 64 * 1024 * 1024

@@ -75,7 +75,7 @@ def execute(deploy: Deploy, src: Path, key: Path, listen: str, port: int,
             tls: tuple[Path, Path] | None, as_json: bool) -> int:
     from rich.console import Console
 
-    from roost.coordinator import Coordinator, report_json, run_publish
+    from roost.deploy.coordinator import Coordinator, report_json, run_publish
     from roost.deploy.view import final_table
 
     err = Console(stderr=True)

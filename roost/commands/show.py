@@ -11,9 +11,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from roost.metainfo import Metainfo
-from roost.torrentfile import read_torrent
-from roost.ui import inert_text
+from roost.core.metainfo import Metainfo
+from roost.deploy.ui import inert_text
+from roost.target.torrentfile import read_torrent
 
 
 def describe(meta: Metainfo) -> dict[str, Any]:

@@ -16,14 +16,14 @@ from typing import Any
 
 import click
 
+from roost.core.inert import inert
+from roost.core.tracker_swarm import IPNetwork, LocalityPolicy, TrackerPolicy
 from roost.errors import UsageError
-from roost.inert import inert
 from roost.tracker.server import TrackerConfig, TrackerServer
-from roost.tracker.swarm import IPNetwork, LocalityPolicy, TrackerPolicy
 
 
 class InertFormatter(logging.Formatter):
-    """Log lines with outside strings' control characters escaped (roost.inert)."""
+    """Log lines with outside strings' control characters escaped (roost.core.inert)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         # the message only: a newline in it could forge a log line; a traceback

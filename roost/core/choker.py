@@ -36,7 +36,7 @@ import random
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from roost.bitfield import Bitfield
+from roost.core.bitfield import Bitfield
 from roost.errors import UsageError
 
 

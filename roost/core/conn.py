@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from roost.bitfield import Bitfield
 from roost.core.actions import Action, Send
+from roost.core.bitfield import Bitfield
 from roost.core.picker import BlockRequest, PiecePicker
 from roost.core.wire import BLOCK_SIZE, MAX_BLOCK, PeerConnection
 

@@ -36,7 +36,6 @@ import random
 from typing import Any
 
 from roost import __version__
-from roost.bitfield import Bitfield
 from roost.core.actions import (
     Action,
     Announce,
@@ -61,13 +60,16 @@ from roost.core.actions import (
 )
 from roost.core.announce import REGULAR, AnnounceSchedule
 from roost.core.assembly import Assembly
+from roost.core.bitfield import Bitfield
 from roost.core.choker import Choker, PeerStat
 from roost.core.config import MemberConfig as MemberConfig
 from roost.core.config import Network as Network
 from roost.core.conn import BIG_BLOCK_KEY, OUR_REQQ, Conn, client_name
+from roost.core.metainfo import Info
 from roost.core.offers import Offers
 from roost.core.peers import Closing, PeerTable
 from roost.core.picker import PiecePicker
+from roost.core.ratelimit import TokenBucket
 from roost.core.stall import StallWatch
 from roost.core.uploads import Uploads
 from roost.core.wire import (
@@ -90,8 +92,6 @@ from roost.core.wire import (
     allowed_fast_set,
 )
 from roost.errors import RemoteProtocolError
-from roost.metainfo import Info
-from roost.ratelimit import TokenBucket
 
 TICK = 0.5
 HAVE_BATCH_SECONDS = 0.2  # how long a passed piece may wait to be announced

@@ -41,7 +41,7 @@ import random
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
-from roost.bitfield import Bitfield
+from roost.core.bitfield import Bitfield
 from roost.core.wire import BLOCK_SIZE
 from roost.errors import RemoteProtocolError, UsageError
 

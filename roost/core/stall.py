@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from roost.bitfield import Bitfield
 from roost.core.actions import Report
 from roost.core.assembly import Assembly
+from roost.core.bitfield import Bitfield
 from roost.core.conn import Conn
 
 STALL_SECONDS = 10.0

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from roost.bitfield import Bitfield
 from roost.core.actions import Action, PieceUploaded, SendBlock, WantWritable
+from roost.core.bitfield import Bitfield
 from roost.core.conn import OUR_REQQ, Conn
+from roost.core.metainfo import Info
 from roost.core.offers import Offers
+from roost.core.ratelimit import TokenBucket
 from roost.core.wire import Request
 from roost.errors import RemoteProtocolError
-from roost.metainfo import Info
-from roost.ratelimit import TokenBucket
 
 #: bytes of blocks handed to a connection before asking whether it has room
 WRITE_WINDOW = 4 * 1024 * 1024

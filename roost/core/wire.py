@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeAlias
 
-from roost import bencode
-from roost.bitfield import Bitfield, nbytes
+from roost.core import bencode
+from roost.core.bitfield import Bitfield, nbytes
 from roost.errors import DecodeError, RemoteProtocolError, UsageError
 
 PROTOCOL = b"\x13BitTorrent protocol"

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from roost.core.ratelimit import parse_rate as parse_rate  # re-exported: importers name it here
 from roost.deploy.hosts import HostSpec as HostSpec  # re-exported: importers name it here
 from roost.errors import UsageError
-from roost.ratelimit import parse_rate as parse_rate  # re-exported: importers name it here
 
 
 @dataclass
@@ -27,7 +27,7 @@ class DeployConfig:
     tag: str | None = None
     keep: int = 5
     format: str = "auto"
-    reuse: str = "copy"  # tree format: copy | hardlink | none (roost.treestage)
+    reuse: str = "copy"  # tree format: copy | hardlink | none (roost.target.treestage)
     compress: bool = False
     min_success: str = "100%"
     activate: bool = True
@@ -67,7 +67,7 @@ class DeployConfig:
     health_timeout: float = 30.0
     break_lock: bool = False  # take over a stale lock left by a deploy that died
     dry_run: bool = False  # preflight checks only; change nothing
-    sign_key: str | None = None  # private key that signs the manifest (roost.signing)
+    sign_key: str | None = None  # private key that signs the manifest (roost.target.signing)
     require_signature: bool = False  # hosts refuse a manifest not signed by allowed_signers
     allowed_signers: str | None = None  # the allowed-signers file's path on the hosts
 

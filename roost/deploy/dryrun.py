@@ -1,6 +1,6 @@
 """`roost deploy --dry-run`: preflight checks on every host; nothing is written anywhere.
 
-Each host runs roost/preflight.py as the text of `python3 -I -c` (no agent
+Each host runs roost/target/preflight.py as the text of `python3 -I -c` (no agent
 push, no file written), which reports what it sees and listens on a peer
 port; we connect to that port from here — the tracker host — and compare
 clocks. Each check is ok / warn / fail; the row also says what the deploy
@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import roost.preflight
+import roost.target.preflight
+from roost.core.metainfo import parse
 from roost.core.wire import BLOCK_SIZE
 from roost.deploy.host import MIN_PYTHON, HostRun
 from roost.deploy.transport import HostFailure
-from roost.metainfo import parse
-from roost.treestage import bytes_to_fetch, held_pieces, local_blocks
+from roost.target.treestage import bytes_to_fetch, held_pieces, local_blocks
 
 if TYPE_CHECKING:
     from roost.deploy.state import Deploy
@@ -34,7 +34,7 @@ PORT_TIMEOUT = 3.0
 
 def probe_command(python: str, dest: str, tag: str, tracker_host: str, port_range: str,
                   address: str | None, tree: bool = False) -> str:
-    source = Path(roost.preflight.__file__).read_text()
+    source = Path(roost.target.preflight.__file__).read_text()
     args = ["--dest", dest, "--tag", tag, "--tracker-host", tracker_host,
             "--port-range", port_range, "--wait", f"{PORT_TIMEOUT + 3:g}",
             *(["--wanted-stdin"] if tree else [])]

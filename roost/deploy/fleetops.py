@@ -78,7 +78,7 @@ def run_op(
 
     from roost.deploy.config import resolve_hosts
     from roost.deploy.run import ssh_connector
-    from roost.ui import inert_text, print_reasons
+    from roost.deploy.ui import inert_text, print_reasons
 
     hosts = resolve_hosts(config)
     result = asyncio.run(run_everywhere(config, hosts, ssh_connector(config), command, *args))

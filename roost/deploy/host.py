@@ -23,11 +23,11 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from roost.core.metainfo import parse
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.pki import CA_FILE, CERT_FILE, KEY_FILE, DeployCA
 from roost.deploy.transport import HostFailure, Stream, Transport
-from roost.metainfo import parse
-from roost.release import Manifest
+from roost.target.release import Manifest
 
 MIN_PYTHON = (3, 10)
 

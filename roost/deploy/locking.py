@@ -1,4 +1,4 @@
-"""The deploy side of the per-host deploy lock (see roost/hostlock.py for the host side).
+"""The deploy side of the per-host deploy lock (see roost/target/hostlock.py for the host side).
 
 A deploy takes the lock on every host it reached before any byte moves, by
 starting `roost host-lock` and keeping that command's SSH channel open; it

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roost import __version__
+from roost.core.metainfo import build_info, build_torrent, choose_piece_length
 from roost.deploy import treepack
+from roost.engine.hashing import hash_payload, scan_payload
 from roost.errors import UsageError
-from roost.hashing import hash_payload, scan_payload
-from roost.metainfo import build_info, build_torrent, choose_piece_length
-from roost.release import Manifest, check_tag, payload_digest
+from roost.target.release import Manifest, check_tag, payload_digest
 
 
 @dataclass(frozen=True)

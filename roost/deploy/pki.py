@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from roost.hostops import PEER_TLS
+from roost.target.hostops import PEER_TLS
 
 SKEW = datetime.timedelta(hours=1)
 MIN_LIFETIME = datetime.timedelta(days=1)

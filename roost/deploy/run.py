@@ -43,7 +43,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from roost import __version__, signing
+from roost import __version__
+from roost.core.metainfo import parse
 from roost.deploy import dryrun, locking, rollout
 from roost.deploy.allowlist import check_extra, fleet_allowlist, resolve
 from roost.deploy.batches import plan_batches
@@ -55,10 +56,10 @@ from roost.deploy.state import EXIT_ERROR as EXIT_ERROR  # re-exported: importer
 from roost.deploy.state import Deploy as Deploy
 from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_address
 from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_hostname
+from roost.deploy.zipapp import build_zipapp_bytes
 from roost.errors import UsageError
-from roost.metainfo import parse
-from roost.release import Manifest
-from roost.zipapp import build_zipapp_bytes
+from roost.target import signing
+from roost.target.release import Manifest
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -24,11 +24,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from roost.core.tracker_swarm import TrackerPolicy
 from roost.deploy.config import HostSpec
 from roost.deploy.transport import die_with_parent
 from roost.errors import RoostError, UsageError
 from roost.tracker.server import TrackerConfig, TrackerServer
-from roost.tracker.swarm import TrackerPolicy
 
 STOP_WAIT = 5.0
 

@@ -4,7 +4,7 @@ One pass over the bytes: each file is read once, in payload order, and feeds
 both its own SHA-256 (for the manifest) and the SHA-1 of the pieces it falls
 in (for the torrent); pad files feed zeros. Only one file is open at a time,
 so a tree of 100,000 files needs no more descriptors than a tree of one.
-See roost.tree for the layout and why small files are packed.
+See roost.core.tree for the layout and why small files are packed.
 """
 
 from __future__ import annotations
@@ -16,9 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roost import __version__
+from roost.core.metainfo import choose_piece_length, parse, safe_relpath
+from roost.core.tree import (
+    PAD_DIR,
+    Entry,
+    Slot,
+    TreeManifest,
+    layout,
+    link_stays_inside,
+    make_torrent,
+)
 from roost.errors import MetainfoError, UsageError
-from roost.metainfo import choose_piece_length, parse, safe_relpath
-from roost.tree import PAD_DIR, Entry, Slot, TreeManifest, layout, link_stays_inside, make_torrent
 
 CHUNK = 1 << 20
 
@@ -122,7 +130,7 @@ def build(root: Path, name: str, trackers: list[str] | None = None) -> TreePaylo
         Entry(**{**e.__dict__, "sha256": digests[e.path]}) if e.type == "file" else e
         for e, _ in scanned
     )
-    # hosts rebuild the torrent from the manifest and the pieces (roost.tree.make_torrent):
+    # hosts rebuild the torrent from the manifest and the pieces (roost.core.tree.make_torrent):
     # made the same way here, so the info-hash in the manifest is the one they get
     draft = TreeManifest("0" * 40, piece_length, entries)
     torrent = make_torrent(draft, name, pieces, trackers or [], f"roost {__version__}")

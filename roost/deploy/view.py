@@ -11,12 +11,12 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from roost.core.inert import inert
 from roost.deploy.config import parse_rate
 from roost.deploy.dryrun import need_bytes
 from roost.deploy.rollout import placement
 from roost.deploy.state import Deploy
-from roost.inert import inert
-from roost.ui import inert_text, print_reasons
+from roost.deploy.ui import inert_text, print_reasons
 
 STYLE = {
     "ok": "green",

@@ -12,8 +12,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from roost.inert import inert
-from roost.pipes import reader_gone
+from roost.core.inert import inert
+from roost.engine.pipes import reader_gone
 
 
 class Reporter:

@@ -26,7 +26,6 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, cast
 
-from roost.bitfield import Bitfield
 from roost.core.actions import (
     Action,
     Announce,
@@ -53,15 +52,16 @@ from roost.core.actions import (
     WantWritable,
     WriteReady,
 )
+from roost.core.bitfield import Bitfield
 from roost.core.member import HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT
 from roost.core.member import SwarmMember
+from roost.core.metainfo import Metainfo
 from roost.engine.config import SessionConfig
 from roost.engine.reporter import Reporter
 from roost.engine.storage import Storage
 from roost.engine.tracker_client import TrackerClient, TrackerError
 from roost.engine.zerocopy import send_direct, socket_fd
 from roost.errors import RoostError
-from roost.metainfo import Metainfo
 
 CONNECT_TIMEOUT = 5.0
 STOPPED_ANNOUNCE_TIMEOUT = 3.0

@@ -40,10 +40,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from roost.bitfield import Bitfield
+from roost.core.bitfield import Bitfield
+from roost.core.metainfo import Info
+from roost.engine.hashing import PieceReader, hash_pieces
 from roost.errors import RoostError, UnsafePathError
-from roost.hashing import PieceReader, hash_pieces
-from roost.metainfo import Info
 
 DEFAULT_MAX_OPEN = 256
 FILE_MODE = 0o644

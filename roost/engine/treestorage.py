@@ -1,7 +1,7 @@
 """Storage for a tree torrent: pieces land in the release's staging directory.
 
 Theory of operation. The torrent's files are the tree's files, laid out by
-roost.tree, so the storage root is the staging directory itself (no
+roost.core.tree, so the storage root is the staging directory itself (no
 `info.name` level). Three differences from Storage:
 
 * Pad files (BEP 47) are zeros: never created, never written; a read or a
@@ -31,11 +31,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from roost.bitfield import Bitfield
+from roost.core.bitfield import Bitfield
+from roost.core.metainfo import Info
+from roost.core.tree import TreeManifest
+from roost.engine.hashing import PieceReader, hash_pieces
 from roost.engine.storage import _O_DIRECTORY, _O_NOFOLLOW, FILE_MODE, Storage, StorageError
-from roost.hashing import PieceReader, hash_pieces
-from roost.metainfo import Info
-from roost.tree import TreeManifest
 
 HASH_CHUNK = 1 << 20
 #: per file: [sha256, inode, size, mtime_ns, ctime_ns]
@@ -76,7 +76,7 @@ class TreeStorage(Storage):
         self._root_fd = -1
         self._zero_fd = -1
         self.on_file_verified: Callable[[str, int], None] | None = None
-        #: piece -> blocks wholly inside `done` files or pads (roost.treestage.local_blocks)
+        #: piece -> blocks wholly inside `done` files or pads (roost.target.treestage.local_blocks)
         self.local_blocks: dict[int, list[int]] = {}
 
     # -- lifecycle ---------------------------------------------------------

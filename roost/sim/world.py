@@ -1,7 +1,7 @@
 """The swarm simulator: roost's own members and tracker over a simulated network. Pure.
 
 Theory of operation. One `SwarmMember` (roost.core.member, the engine's very
-policy code) per host, and the tracker's `Swarm` (roost.tracker.swarm), are
+policy code) per host, and the tracker's `Swarm` (roost.core.tracker_swarm), are
 driven by a discrete-event loop in simulated time: a heap of events, each
 (time, sequence, kind, ...), the sequence making ties deterministic. The
 loop plays the adapter's part (roost.engine does the same with sockets): it
@@ -33,8 +33,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from roost import metainfo
-from roost.bitfield import Bitfield
+from roost.core import metainfo
 from roost.core.actions import (
     Action,
     Announce,
@@ -56,12 +55,13 @@ from roost.core.actions import (
     WantWritable,
     WriteReady,
 )
+from roost.core.bitfield import Bitfield
 from roost.core.member import MemberConfig, SwarmMember
+from roost.core.tracker_server_codec import AnnounceRequest
+from roost.core.tracker_swarm import NO_LOCATION, Swarm, SwarmRecord, TrackerPolicy
 from roost.sim.lean import LeanAssembly
 from roost.sim.network import WRITE_LOW, Network, Pipe
 from roost.sim.scenario import MBIT, HostSpec, Scenario
-from roost.tracker.protocol import AnnounceRequest
-from roost.tracker.swarm import NO_LOCATION, Swarm, SwarmRecord, TrackerPolicy
 
 PORT = 6881
 NUMWANT = 200  # what the engine asks for (roost.engine.config)

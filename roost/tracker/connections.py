@@ -33,7 +33,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from roost.tracker.protocol import failure
+from roost.core.tracker_server_codec import failure
 
 log = logging.getLogger("roost.tracker")
 

@@ -1,7 +1,7 @@
 """The tracker's aiohttp adapter: HTTP endpoints, admin API, persistence, timers.
 
 Theory of operation. All protocol and swarm logic lives in the pure
-`roost.tracker.swarm.Tracker`; this module only feeds it the raw query bytes,
+`roost.core.tracker_swarm.Tracker`; this module only feeds it the raw query bytes,
 the connection's address and `time.monotonic()`, and sends back the bytes it
 returns. Tracker endpoints always answer HTTP 200 with bencoding: any
 unexpected exception is caught and becomes a bencoded `failure reason`.
@@ -40,7 +40,9 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from roost import metainfo
+from roost.core import metainfo
+from roost.core.tracker_server_codec import failure
+from roost.core.tracker_swarm import Swarm, SwarmRecord, Tracker, TrackerPolicy, valid_token
 from roost.errors import MetainfoError, UsageError
 from roost.tracker import state as state_file
 from roost.tracker.connections import (
@@ -49,8 +51,6 @@ from roost.tracker.connections import (
     connection_cap,
     raise_nofile_limit,
 )
-from roost.tracker.protocol import failure
-from roost.tracker.swarm import Swarm, SwarmRecord, Tracker, TrackerPolicy, valid_token
 
 log = logging.getLogger("roost.tracker")
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roost.core.tracker_swarm import SwarmRecord
 from roost.errors import RoostError
-from roost.tracker.swarm import SwarmRecord
 
 FORMAT_VERSION = 1
 MAX_STATE_BYTES = 64 * 1024 * 1024

@@ -15,8 +15,7 @@ import hashlib
 import random
 from typing import Any, TypeVar
 
-from roost import metainfo
-from roost.bitfield import Bitfield
+from roost.core import metainfo
 from roost.core.actions import (
     Action,
     CheckAndWrite,
@@ -29,6 +28,7 @@ from roost.core.actions import (
     SendBlock,
     Stop,
 )
+from roost.core.bitfield import Bitfield
 from roost.core.member import MemberConfig, SwarmMember
 from roost.core.wire import BLOCK_SIZE, PeerConnection, Request
 

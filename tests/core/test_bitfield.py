@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roost.bitfield import Bitfield, nbytes
+from roost.core.bitfield import Bitfield, nbytes
 from roost.errors import RemoteProtocolError
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roost.bitfield import Bitfield
+from roost.core.bitfield import Bitfield
 from roost.core.choker import Choker, PeerStat, SuperSeeder
 
 

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from roost.bitfield import Bitfield
+from roost.core.bitfield import Bitfield
 from roost.core.conn import Outstanding
 from roost.core.member import SNUB_SECONDS, MemberConfig
 from roost.core.wire import BLOCK_SIZE

@@ -3,7 +3,6 @@ actions out, no sockets (see member_kit)."""
 
 from __future__ import annotations
 
-from roost.bitfield import Bitfield
 from roost.core.actions import (
     Announce,
     AnnounceAnswered,
@@ -15,6 +14,7 @@ from roost.core.actions import (
     WantWritable,
     WriteReady,
 )
+from roost.core.bitfield import Bitfield
 from roost.core.conn import REFUSAL_SECONDS
 from roost.core.member import (
     HANDSHAKE_TIMEOUT,

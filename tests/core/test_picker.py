@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roost.bitfield import Bitfield
+from roost.core.bitfield import Bitfield
 from roost.core.picker import FREE, RECEIVED, REQUESTED, BlockRequest, PiecePicker
 from roost.errors import RemoteProtocolError, RoostError
 

@@ -14,8 +14,8 @@ PACKAGE = Path(roost.__file__).parent
 CORE = ["bitfield", *sorted(f"core.{p.stem}" for p in (PACKAGE / "core").glob("[a-z]*.py"))]
 ALLOWED = {
     "__future__", "collections", "dataclasses", "enum", "hashlib", "ipaddress", "random",
-    "struct", "typing", "roost", "roost.bitfield", "roost.bencode", "roost.errors",
-    "roost.metainfo", "roost.ratelimit", "roost.core",
+    "struct", "typing", "roost", "roost.core.bitfield", "roost.core.bencode", "roost.errors",
+    "roost.core.metainfo", "roost.core.ratelimit", "roost.core",
 }  # fmt: skip
 
 

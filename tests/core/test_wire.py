@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roost import bencode
-from roost.bitfield import Bitfield
+from roost.core import bencode
+from roost.core.bitfield import Bitfield
 from roost.core.wire import (
     BLOCK_SIZE,
     HANDSHAKE_LEN,

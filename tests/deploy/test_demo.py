@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from roost.hostops import route_source
-from roost.zipapp import build_zipapp
+from roost.deploy.zipapp import build_zipapp
+from roost.target.hostops import route_source
 
 ROOT = Path(__file__).resolve().parents[2]
 

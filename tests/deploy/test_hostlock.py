@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from roost.hostlock import LockedError, acquire, history, inspect_lock
-from roost.release import Dest, HookError, activate
+from roost.target.hostlock import LockedError, acquire, history, inspect_lock
+from roost.target.release import Dest, HookError, activate
 
 ROOT = Path(__file__).resolve().parents[2]
 

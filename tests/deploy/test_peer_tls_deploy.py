@@ -102,7 +102,7 @@ def test_host_prepare_writes_the_bundle_0600_and_refuses_a_partial_one(tmp_path:
 
     from roost.commands.make import make_torrent
     from roost.deploy.pki import DeployCA
-    from roost.release import Manifest
+    from roost.target.release import Manifest
 
     src = make_sample_tree(tmp_path / "src", big=1000)
     torrent = make_torrent(src / "data.bin", [], piece_length=16 * 1024)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from roost.deploy.pack import pack
-from roost.release import (
+from roost.target.release import (
     HOOK_OUTPUT_MAX,
     Dest,
     ReleaseError,
@@ -194,7 +194,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_tarballs_are_refused_and_leave_nothing(tmp_path: Path, case: str) -> None:
-    from roost.release import Manifest, sha256_file
+    from roost.target.release import Manifest, sha256_file
 
     payload = tmp_path / "evil.tar"
     payload.write_bytes(_tar(HOSTILE[case]))
@@ -208,7 +208,7 @@ def test_hostile_tarballs_are_refused_and_leave_nothing(tmp_path: Path, case: st
 
 def test_agent_activate_via_zipapp_json(tmp_path: Path) -> None:
     """The agent subcommand, run as the deploy runs it: python3 -I roost.pyz activate."""
-    from roost.zipapp import build_zipapp
+    from roost.deploy.zipapp import build_zipapp
 
     src = make_sample_tree(tmp_path / "src")
     work = tmp_path / "w"

@@ -19,7 +19,7 @@ from roost.deploy.host import prepare_input
 from roost.deploy.pack import make_metainfo, pack
 from roost.deploy.run import Deploy, new_deploy, run_deploy
 from roost.errors import UsageError
-from roost.signing import canonical, sign_bytes
+from roost.target.signing import canonical, sign_bytes
 from tests.deploy.test_local_deploy import current, hosts
 from tests.deploy.trees import make_sample_tree, tree_signature
 from tests.pull.keys import allowed_signers, make_key

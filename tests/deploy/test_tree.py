@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from roost.deploy.pack import pack
-from roost.release import Dest
+from roost.target.release import Dest
 from tests.deploy.trees import make_sample_tree, tree_signature
 from tests.swarm.harness import Procs, RoostProc
 
@@ -344,7 +344,7 @@ def _prepare_input(tmp: Path, request: dict[str, Any] | bytes, dest: Path
 def test_host_prepare_rebuilds_a_tree_torrent_and_proves_it(tmp_path: Path) -> None:
     import base64
 
-    from roost.metainfo import parse
+    from roost.core.metainfo import parse
 
     src = make_sample_tree(tmp_path / "src", big=BIG)
     scratch = tmp_path / "scratch"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roost.ratelimit import TokenBucket
+from roost.core.ratelimit import TokenBucket
 
 BLOCK = 16 * 1024
 

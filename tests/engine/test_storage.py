@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from roost.core.metainfo import Info, build_info, build_torrent, parse
 from roost.engine.storage import Storage, StorageError
 from roost.errors import RoostError, UnsafePathError
-from roost.metainfo import Info, build_info, build_torrent, parse
 
 PIECE = 16 * 1024
 

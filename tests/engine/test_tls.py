@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from roost.commands.make import make_torrent
+from roost.core.metainfo import parse
 from roost.deploy.pki import Bundle, DeployCA
 from roost.engine.session import HANDSHAKE_TIMEOUT
-from roost.metainfo import parse
 from tests.fuzz.targets import handshake
 from tests.swarm.harness import Procs, RoostProc, make_tree, tree_digest
 

@@ -17,20 +17,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roost import bencode
-from roost.engine.tracker_client import (
-    MAX_HEADER,
+from roost.core import bencode
+from roost.core.tracker_client_codec import (
     AnnounceRequest,
     AnnounceResponse,
-    TrackerClient,
     TrackerError,
+    announce_url,
+    parse_announce_response,
+    scrape_url,
+)
+from roost.engine.tracker_client import (
+    MAX_HEADER,
+    TrackerClient,
     _read_body,
     _read_head,
     announce,
-    announce_url,
-    parse_announce_response,
     scrape,
-    scrape_url,
 )
 
 T = TypeVar("T")

@@ -29,9 +29,9 @@ from typing import Any
 
 from bench.lab import Host, Lab
 from roost.commands.make import make_torrent
-from roost.metainfo import Metainfo, parse
+from roost.core.metainfo import Metainfo, parse
+from roost.core.tracker_swarm import SwarmRecord
 from roost.tracker import state as state_file
-from roost.tracker.swarm import SwarmRecord
 
 REPO = Path(__file__).resolve().parents[2]
 TRACKER_PORT = 6969

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from roost.metainfo import Metainfo, parse
+from roost.core.metainfo import Metainfo, parse
 from tests.deploy.trees import make_sample_tree
 from tests.faults.figures import record
 from tests.faults.harness import verified_pieces

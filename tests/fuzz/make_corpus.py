@@ -31,10 +31,9 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
-from roost import bencode, metainfo
-from roost.bitfield import Bitfield
-from roost.core import wire
-from roost.tracker import protocol
+from roost.core import bencode, metainfo, wire
+from roost.core import tracker_server_codec as protocol
+from roost.core.bitfield import Bitfield
 from tests.fuzz.targets import IH, NUM_PIECES, PIECE_LENGTH, handshake
 
 HERE = Path(__file__).resolve().parent

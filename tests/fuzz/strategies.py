@@ -14,8 +14,8 @@ from urllib.parse import quote_from_bytes
 
 from hypothesis import strategies as st
 
-from roost import bencode
-from roost.bitfield import nbytes
+from roost.core import bencode
+from roost.core.bitfield import nbytes
 from tests.fuzz.targets import IH, NUM_PIECES, PIECE_LENGTH
 
 # --- bencode values -------------------------------------------------------------------

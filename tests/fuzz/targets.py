@@ -20,11 +20,10 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from roost import bencode, metainfo
-from roost.core import wire
-from roost.engine import tracker_client
+from roost.core import bencode, metainfo, wire
+from roost.core import tracker_client_codec as tracker_client
+from roost.core import tracker_server_codec as protocol
 from roost.errors import DecodeError, MetainfoError, RemoteProtocolError
-from roost.tracker import protocol
 
 IH = bytes(range(20))
 OUR_ID = b"-RO0001-" + b"o" * 12

@@ -24,9 +24,9 @@ from urllib.parse import quote_from_bytes
 
 import pytest
 
-from roost import bencode
 from roost.commands.make import make_torrent
-from roost.metainfo import parse
+from roost.core import bencode
+from roost.core.metainfo import parse
 from roost.tracker.server import TrackerConfig
 from tests.fuzz.targets import REMOTE_ID, handshake
 from tests.swarm.harness import Procs, RoostProc, make_tree

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roost import bencode
+from roost.core import bencode
 from roost.tracker.server import TrackerConfig
 from tests.fuzz import strategies as S
 from tests.fuzz.conftest import FUZZ, examples

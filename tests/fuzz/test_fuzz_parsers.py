@@ -17,9 +17,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from roost import bencode, metainfo
+from roost.core import bencode, metainfo
+from roost.core import tracker_server_codec as protocol
 from roost.errors import DecodeError, MetainfoError
-from roost.tracker import protocol
 from tests.fuzz import strategies as S
 from tests.fuzz.conftest import FUZZ, examples
 from tests.fuzz.targets import TARGETS, Target, check

@@ -1,4 +1,4 @@
-"""Property fuzzing of the tree manifest parser (roost.tree.parse_manifest).
+"""Property fuzzing of the tree manifest parser (roost.core.tree.parse_manifest).
 
 Property: for any JSON value, near-valid manifests and their mutants
 included, the parser returns or raises MetainfoError — never another
@@ -18,9 +18,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roost import metainfo, tree
+from roost.core import metainfo, tree
 from roost.errors import MetainfoError, UsageError
-from roost.release import Manifest
+from roost.target.release import Manifest
 from tests.fuzz.conftest import FUZZ, examples
 
 _names = st.one_of(

@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from roost import bencode, metainfo
-from roost.core import wire
-from roost.engine import tracker_client
+from roost.core import bencode, metainfo, wire
+from roost.core import tracker_client_codec as tracker_client
+from roost.core import tracker_server_codec as protocol
 from roost.errors import DecodeError, MetainfoError, RemoteProtocolError
-from roost.tracker import protocol
 from tests.fuzz.targets import _conn, handshake
 
 LIMIT = 4 * 1024 * 1024  # 4 MiB: far below any claimed size, above parser overhead

@@ -3,10 +3,10 @@
 Three gates, each tested with real files (and the first two also through a
 real `roost fetch` process):
   * metainfo: names and paths with "..", absolute paths, separators, NUL...
-    are refused at parse time (roost/metainfo.py safe_relpath);
+    are refused at parse time (roost/core/metainfo.py safe_relpath);
   * Storage (roost/engine/storage.py): a destination whose existing
     components are symlinks leading outside is refused before any open();
-  * the target-side unpacker (roost/release.py stage/unpack_tar): tarballs
+  * the target-side unpacker (roost/target/release.py stage/unpack_tar): tarballs
     with absolute paths, "..", device files, FIFOs, escaping symlinks or hard
     links are refused with a clear error, and no release appears.
 Every case snapshots the temporary tree before and after and checks that
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from roost import bencode, metainfo
+from roost.core import bencode, metainfo
 from roost.engine.storage import Storage
 from roost.errors import MetainfoError, UnsafePathError
-from roost.release import Dest, Manifest, ReleaseError, sha256_file, stage
+from roost.target.release import Dest, Manifest, ReleaseError, sha256_file, stage
 
 PIECE = 16384
 

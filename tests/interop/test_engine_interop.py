@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from roost.commands.make import make_torrent
-from roost.metainfo import parse
+from roost.core.metainfo import parse
 from tests.interop.engine_helpers import (
     MIB,
     Aria2c,

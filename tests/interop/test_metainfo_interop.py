@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from roost.commands.make import make_torrent
-from roost.metainfo import parse
+from roost.core.metainfo import parse
 from tests.conftest import require_module, require_tool
 
 pytestmark = pytest.mark.interop

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from roost import bencode
+from roost.core import bencode
+from roost.core.metainfo import parse
 from roost.deploy.treepack import build
-from roost.metainfo import parse
 from tests.interop.engine_helpers import TrackerProcess, payload_sha256s
 from tests.interop.test_engine_interop import SIZE, Swarm, swarm  # noqa: F401 - the fixture
 from tests.swarm.harness import make_tree

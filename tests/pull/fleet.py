@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roost.zipapp import build_zipapp
+from roost.deploy.zipapp import build_zipapp
 from tests.fleet.fleet import Fleet, Host
 from tests.pull.harness import AgentProc, agent_argv, current_of, publish_argv, run_publish
 from tests.pull.keys import allowed_signers, make_key

@@ -8,8 +8,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from roost.coordinator import MAX_REPORT, Coordinator
 from roost.deploy.config import DeployConfig, HostSpec
+from roost.deploy.coordinator import MAX_REPORT, Coordinator
 from roost.deploy.run import new_deploy
 from tests.pull.keys import make_key
 

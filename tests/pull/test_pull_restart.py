@@ -102,7 +102,7 @@ def test_killed_between_staging_and_activation_exposes_no_partial_release(
         assert current_of(d0) is None
         assert (d0 / "releases" / "v1" / "data.bin").read_bytes() == (src / "data.bin"
                                                                       ).read_bytes()
-        # what a kill during unpacking leaves behind (roost.release unpacks into a hidden
+        # what a kill during unpacking leaves behind (roost.target.release unpacks into a hidden
         # temporary directory and renames it only when whole)
         partial = d0 / "releases" / ".v1.tmp-killed"
         partial.mkdir()

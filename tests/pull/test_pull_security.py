@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from roost.signing import sign
+from roost.target.signing import sign
 from tests.pull.harness import (
     AgentProc,
     ChannelTap,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from roost.signing import Freshness, SignatureError, open_envelope, sign, sign_bytes
+from roost.target.signing import Freshness, SignatureError, open_envelope, sign, sign_bytes
 from tests.pull.keys import allowed_signers, make_key
 
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from roost.commands.make import make_torrent
+from roost.core.metainfo import parse as parse_metainfo
 from roost.core.wire import ExtendedHandshake, PeerConnection, Piece, Unchoke
-from roost.metainfo import parse as parse_metainfo
 from tests.swarm.harness import Procs, make_tree, tree_digest
 
 MIB = 1024 * 1024

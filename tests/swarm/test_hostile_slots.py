@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from roost.metainfo import parse as parse_metainfo
+from roost.core.metainfo import parse as parse_metainfo
 from tests.swarm.harness import Procs, tree_digest
 from tests.swarm.test_access_and_caps import MIB, fetch_argv, payload, seed
 

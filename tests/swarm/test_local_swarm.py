@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from roost.commands.make import make_torrent
-from roost.metainfo import parse as parse_metainfo
+from roost.core.metainfo import parse as parse_metainfo
 from tests.swarm.harness import Procs, RoostProc, make_tree, tree_digest
 
 MIB = 1024 * 1024

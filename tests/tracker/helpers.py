@@ -31,10 +31,10 @@ def pid(n: int) -> bytes:
 
 
 def make_torrent(payload: bytes, name: str, announce: str, piece_length: int = 16384) -> bytes:
-    """A single-file private .torrent for `payload` (built with roost.metainfo)."""
+    """A single-file private .torrent for `payload` (built with roost.core.metainfo)."""
     import hashlib
 
-    from roost import metainfo
+    from roost.core import metainfo
 
     pieces = b"".join(
         hashlib.sha1(payload[i : i + piece_length]).digest()

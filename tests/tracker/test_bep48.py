@@ -13,9 +13,9 @@ from urllib.parse import quote_from_bytes
 
 import pytest
 
-from roost import bencode
-from roost.engine.tracker_client import scrape_url
-from roost.metainfo import parse
+from roost.core import bencode
+from roost.core.metainfo import parse
+from roost.core.tracker_client_codec import scrape_url
 from tests.conftest import require_tool
 
 from .helpers import announce_query, make_torrent, pid

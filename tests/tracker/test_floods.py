@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from roost.bencode import decode
+from roost.core.bencode import decode
 
 INFO_HASH = bytes(range(20))
 

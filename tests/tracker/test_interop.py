@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from roost.metainfo import parse
-from roost.tracker.swarm import TrackerPolicy
+from roost.core.metainfo import parse
+from roost.core.tracker_swarm import TrackerPolicy
 from tests.conftest import require_module, require_tool
 
 from .helpers import make_torrent

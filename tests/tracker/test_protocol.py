@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roost import bencode
-from roost.tracker import protocol as p
+from roost.core import bencode
+from roost.core import tracker_server_codec as p
 
 IH = bytes(range(20))
 PID = b"-RO0001-" + bytes(range(200, 212))
@@ -275,7 +275,7 @@ _QUERYISH = st.text(alphabet="%&=+aAbBfF0129_xinfohashperidportleftnumwantevent"
 @given(_QUERYISH, st.sampled_from([b"", base() + b"&", b"info_hash=" + b"%aB" * 20 + b"&"]))
 def test_fuzz_queryish_input_never_breaks_the_tracker(tail: str, head: bytes) -> None:
     """Through the whole pure tracker: every input gets a bencoded reply, never an exception."""
-    from roost.tracker.swarm import SwarmRecord, Tracker, TrackerPolicy
+    from roost.core.tracker_swarm import SwarmRecord, Tracker, TrackerPolicy
 
     tracker = Tracker(TrackerPolicy())
     tracker.register(SwarmRecord(IH, "fuzz-token-000000000"))

@@ -12,10 +12,10 @@ from urllib.parse import quote_from_bytes
 
 import pytest
 
-from roost import bencode
-from roost.metainfo import parse
+from roost.core import bencode
+from roost.core.metainfo import parse
+from roost.core.tracker_swarm import TrackerPolicy
 from roost.tracker.state import StateError
-from roost.tracker.swarm import TrackerPolicy
 
 from .helpers import announce_query, make_torrent, pid
 

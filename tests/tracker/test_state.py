@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from roost.core.tracker_swarm import SwarmRecord
 from roost.tracker import state
-from roost.tracker.swarm import SwarmRecord
 
 
 def sample() -> state.TrackerState:

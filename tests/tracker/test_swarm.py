@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roost import bencode
-from roost.tracker.protocol import PeerEntry, compact_peer
-from roost.tracker.swarm import (
+from roost.core import bencode
+from roost.core.tracker_server_codec import PeerEntry, compact_peer
+from roost.core.tracker_swarm import (
     LocalityPolicy,
     Peer,
     SwarmRecord,

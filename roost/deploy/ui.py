@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from roost.inert import inert
+from roost.core.inert import inert
 
 
 @contextmanager
@@ -40,7 +40,7 @@ def inert_text(text: Any, *, keep_newlines: bool = False) -> Any:
     """A rich Text (or plain str, made a Text) with outside characters escaped.
 
     Text is never read as markup; this also escapes control and bidi
-    characters (roost.inert). A cell whose text needed escaping keeps its base
+    characters (roost.core.inert). A cell whose text needed escaping keeps its base
     style but loses inner spans (their offsets would no longer match)."""
     from rich.text import Text
 

@@ -14,22 +14,22 @@ import sys
 from collections.abc import Callable
 
 from roost import __version__
+from roost.core.inert import inert
+from roost.engine.pipes import EXIT_BROKEN_PIPE, reader_gone
 from roost.errors import RoostError
-from roost.inert import inert
-from roost.pipes import EXIT_BROKEN_PIPE, reader_gone
 
 #: subcommand -> "module:function" that adds its arguments and returns a runner
 AGENT_COMMANDS: dict[str, str] = {
-    "fetch": "roost.engine.commands:add_fetch",
-    "seed": "roost.engine.commands:add_seed",
-    "activate": "roost.release:add_activate",
-    "host-prepare": "roost.hostops:add_prepare",
-    "host-status": "roost.hostops:add_status",
-    "host-clean": "roost.hostops:add_clean",
-    "host-rollback": "roost.hostops:add_rollback",
-    "host-health": "roost.hostops:add_health",
-    "host-lock": "roost.hostlock:add_lock",
-    "agent": "roost.pullagent:add_agent",
+    "fetch": "roost.target.fetch_seed:add_fetch",
+    "seed": "roost.target.fetch_seed:add_seed",
+    "activate": "roost.target.release:add_activate",
+    "host-prepare": "roost.target.hostops:add_prepare",
+    "host-status": "roost.target.hostops:add_status",
+    "host-clean": "roost.target.hostops:add_clean",
+    "host-rollback": "roost.target.hostops:add_rollback",
+    "host-health": "roost.target.hostops:add_health",
+    "host-lock": "roost.target.hostlock:add_lock",
+    "agent": "roost.target.pullagent:add_agent",
 }
 
 Runner = Callable[[argparse.Namespace], int]

@@ -30,7 +30,7 @@ def nearest_existing(path: str) -> str:
 
 
 def lock_state(dest: str) -> str:
-    # the same rule as roost.hostlock.inspect_lock, repeated: this file travels alone
+    # the same rule as roost.target.hostlock.inspect_lock, repeated: this file travels alone
     try:
         fd = os.open(os.path.join(dest, ".roost", "deploy.lock"), os.O_RDONLY)
     except FileNotFoundError:
@@ -70,7 +70,7 @@ def listen_in_range(address: str, first: int, last: int) -> socket.socket | None
 
 def _is_local(address: str) -> bool:
     """Whether this host owns `address` (bind to port 0 works). A copy of
-    roost.hostops.is_local: this file travels alone and imports nothing of roost."""
+    roost.target.hostops.is_local: this file travels alone and imports nothing of roost."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         try:
@@ -83,7 +83,7 @@ def _is_local(address: str) -> bool:
 def held_files(dest: str, wanted: list[str]) -> str:
     """Hex bitmap: bit i set when some kept release holds a file with SHA-256
     wanted[i] whose recorded proof (inode, size, mtime_ns, ctime_ns) still
-    matches (the rule of roost.treestage, repeated: this file travels alone).
+    matches (the rule of roost.target.treestage, repeated: this file travels alone).
     A file whose proof is stale may still be reused after a fresh hash, so
     the estimate can only err towards fetching more."""
     held = set()

@@ -5,15 +5,15 @@ Theory of operation. The agent long-polls its coordinator's channel
 release (manifest, torrent digest, swarm) and the activate / rollback /
 finish instructions. Every envelope is verified with the host's
 `ssh-keygen -Y verify` against --allowed-signers and checked for freshness
-(roost.signing) before anything happens; a refused one is reported once,
+(roost.target.signing) before anything happens; a refused one is reported once,
 with its reason, and changes nothing.
 
 A release is fetched by `roost fetch` (the same engine as push mode) as a
 child process whose pid file sits in the deploy directory, exactly where
 `roost host-clean` looks; when the payload is complete it is staged with
-roost.release.stage, which verifies the manifest's SHA-256 and only renames a
+roost.target.release.stage, which verifies the manifest's SHA-256 and only renames a
 whole tree into releases/<tag>. Activation, hooks and the health check run
-here, on the host, with roost.release's activate and run_hook.
+here, on the host, with roost.target.release's activate and run_hook.
 
 State (<dest>/.roost/agent.json, written atomically) holds the highest
 sequence accepted and the deploy in progress, so a restart resumes: a
@@ -44,8 +44,8 @@ from typing import Any
 
 import roost
 from roost.errors import RoostError, UsageError
-from roost.hostops import clean, deploy_dir, route_source, stop_pid
-from roost.release import (
+from roost.target.hostops import clean, deploy_dir, route_source, stop_pid
+from roost.target.release import (
     Dest,
     HookError,
     Manifest,
@@ -58,7 +58,7 @@ from roost.release import (
     run_hook,
     stage,
 )
-from roost.signing import Freshness, SignatureError, Verified, open_envelope
+from roost.target.signing import Freshness, SignatureError, Verified, open_envelope
 
 STATE_FILE = "agent.json"
 MAX_CHANNEL = 4 * 1024 * 1024

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from roost.tracker.protocol import (
+from roost.core.tracker_server_codec import (
     AnnounceRequest,
     PeerEntry,
     TrackerRequestError,

@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from roost import bencode
+from roost.core import bencode
+from roost.core.metainfo import MAX_FILES, Info, build_info, build_torrent, safe_relpath
 from roost.errors import MetainfoError, UnsafePathError
-from roost.metainfo import MAX_FILES, Info, build_info, build_torrent, safe_relpath
 
 VERSION = 1
 KIND = "roost-tree-manifest"

@@ -52,11 +52,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roost.bitfield import Bitfield
+from roost.core.bitfield import Bitfield
+from roost.core.metainfo import Info
+from roost.core.tree import Entry, TreeManifest, link_stays_inside
 from roost.errors import DiskFullError, ReleaseError
-from roost.fsutil import atomic_write
-from roost.metainfo import Info
-from roost.tree import Entry, TreeManifest, link_stays_inside
+from roost.target.fsutil import atomic_write
 
 TREES = "trees"
 REUSE_MODES = ("copy", "hardlink", "none")

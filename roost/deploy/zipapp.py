@@ -14,7 +14,7 @@ from pathlib import Path
 import roost
 from roost.layers import is_target_side
 
-MAIN = b"import sys\nfrom roost.agent import main\nsys.exit(main())\n"
+MAIN = b"import sys\nfrom roost.target.agent import main\nsys.exit(main())\n"
 
 
 def target_side_files() -> list[tuple[str, Path]]:

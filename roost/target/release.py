@@ -50,11 +50,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from roost.core.tree import TreeManifest, link_stays_inside, parse_manifest
 from roost.errors import DiskFullError as DiskFullError  # re-exported: importers name it here
 from roost.errors import MetainfoError, UsageError
 from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
-from roost.fsutil import atomic_write as atomic_write  # re-exported
-from roost.tree import TreeManifest, link_stays_inside, parse_manifest
+from roost.target.fsutil import atomic_write as atomic_write  # re-exported
 
 STATE_DIR = ".roost"
 STATE_FILE = "state.json"
@@ -434,7 +434,7 @@ def _stage_tree(dest: Dest, manifest: Manifest, staging: Path, final: Path,
                 owners: bool, record: Path | None) -> int:
     """A tree release: pieces were written into `staging` by fetch, which recorded
     each file's checked SHA-256 in `verified.json` beside the manifest."""
-    from roost import treestage  # only tree releases need it
+    from roost.target import treestage  # only tree releases need it
 
     assert manifest.tree is not None
     if staging.parent != dest.releases or not staging.name.startswith(f".{manifest.tag}.tmp-"):

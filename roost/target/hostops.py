@@ -31,9 +31,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from roost.core.tree import proven_torrent
 from roost.errors import MetainfoError, UsageError
-from roost.hostlock import history, inspect_lock
-from roost.release import (
+from roost.target.hostlock import history, inspect_lock
+from roost.target.release import (
     Dest,
     HookError,
     Manifest,
@@ -46,8 +47,7 @@ from roost.release import (
     rollback,
     run_hook,
 )
-from roost.signing import SignatureError, canonical, verify_bytes
-from roost.tree import proven_torrent
+from roost.target.signing import SignatureError, canonical, verify_bytes
 
 DEPLOYS = "deploys"
 MAX_PREPARE_INPUT = 96 * 1024 * 1024

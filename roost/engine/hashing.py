@@ -22,8 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from roost.core.metainfo import safe_relpath
 from roost.errors import UsageError
-from roost.metainfo import safe_relpath
 
 BATCH_BYTES = 4 * 1024 * 1024
 Progress = Callable[[int], None]

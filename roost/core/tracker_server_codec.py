@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from roost import bencode
+from roost.core import bencode
 
 MAX_QUERY = 4096  # longest legitimate announce is ~400 bytes; a generous cap
 MAX_PARAMS = 64

@@ -16,9 +16,9 @@ from typing import Any
 import click
 
 from roost import __version__
-from roost.agent import AGENT_COMMANDS
+from roost.core.inert import inert
 from roost.errors import RoostError
-from roost.inert import inert
+from roost.target.agent import AGENT_COMMANDS
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -86,7 +86,7 @@ def _agent_passthrough(name: str) -> click.Command:
     )
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def forward(args: tuple[str, ...]) -> None:
-        from roost.agent import main as agent_main
+        from roost.target.agent import main as agent_main
 
         sys.exit(agent_main([name, *args]))
 

@@ -1,6 +1,6 @@
 """`roost fetch` and `roost seed`: argparse front ends of the engine.
 
-Standard library only (see roost.agent). Exit codes:
+Standard library only (see roost.target.agent). Exit codes:
 0 the payload is complete and verified; 1 an error (message on stderr, and
 an `error` event with --json); 2 bad arguments; 3 stopped or timed out
 before the payload was complete; 130 interrupted before the session started.
@@ -18,7 +18,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from roost.bitfield import Bitfield
+from roost.core.bitfield import Bitfield
+from roost.core.metainfo import Metainfo
+from roost.core.ratelimit import parse_rate
+from roost.core.tree import check_torrent
 from roost.core.wire import BLOCK_SIZE
 from roost.engine.config import SessionConfig, parse_allow
 from roost.engine.reporter import Reporter
@@ -27,12 +30,9 @@ from roost.engine.storage import Storage
 from roost.engine.tls import peer_tls_from_args
 from roost.engine.treestorage import Proof, TreeStorage, proof_of
 from roost.errors import RoostError, UsageError
-from roost.metainfo import Metainfo
-from roost.ratelimit import parse_rate
-from roost.release import VERIFIED, Dest, ReleaseError, read_manifest
-from roost.torrentfile import read_torrent
-from roost.tree import check_torrent
-from roost.treestage import (
+from roost.target.release import VERIFIED, Dest, ReleaseError, read_manifest
+from roost.target.torrentfile import read_torrent
+from roost.target.treestage import (
     REUSE_MODES,
     Source,
     bytes_to_fetch,

@@ -4,7 +4,7 @@ Pure: no I/O. `parse` validates everything a hostile .torrent could get wrong
 (piece count against total length, unsafe paths, bad types) and hashes the
 `info` dictionary from its raw bytes as they were in the file. `build_info`
 and `build_torrent` assemble metainfo from a file list and piece hashes that
-the caller computed (see roost.hashing for the streaming, multi-core part).
+the caller computed (see roost.engine.hashing for the streaming, multi-core part).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from roost import bencode
+from roost.core import bencode
 from roost.errors import DecodeError, MetainfoError, UnsafePathError, UsageError
 
 MIN_PIECE_LENGTH = 16 * 1024

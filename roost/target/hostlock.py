@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.errors import RoostError
-from roost.release import Dest, Runner, _os_error, add_dest_args
+from roost.target.release import Dest, Runner, _os_error, add_dest_args
 
 LOCK_FILE = "deploy.lock"
 DEPLOYS_MAX = 100

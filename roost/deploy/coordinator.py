@@ -9,7 +9,7 @@ process over HTTP (aiohttp; TLS when given a certificate):
     GET  /v1/torrent/<deploy id>          the .torrent (its SHA-256 is in the release)
     POST /v1/report                       an agent's progress and results
 
-Every envelope is signed with the publisher's OpenSSH key (roost.signing);
+Every envelope is signed with the publisher's OpenSSH key (roost.target.signing);
 the coordinator itself is not trusted by the agents, only the key is. The
 rollout is the push deploy's: the fetch phase ends when every host has staged
 or failed, or at --timeout (a silent host counts as failed); then the success
@@ -35,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+from roost.core.metainfo import parse
 from roost.deploy import rollout
 from roost.deploy.batches import plan_batches
 from roost.deploy.host import HostRun
@@ -49,8 +50,7 @@ from roost.deploy.run import (
 )
 from roost.deploy.swarm import Origin, SwarmControl
 from roost.deploy.transport import HostFailure
-from roost.metainfo import parse
-from roost.signing import sign
+from roost.target.signing import sign
 
 MAX_REPORT = 64 * 1024
 MAX_WAIT = 30.0  # seconds a long poll may hang

@@ -1,7 +1,7 @@
 """Read a .torrent file from disk, with a size cap, into a Metainfo.
 
 Shared by the target-side agent (`roost fetch`/`roost seed`) and the
-operator's `roost show`. roost.metainfo is pure and never opens a file; this
+operator's `roost show`. roost.core.metainfo is pure and never opens a file; this
 is the one place that does it for a user-given path. Standard library only
 (it ships in the zipapp).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from roost.core.metainfo import Metainfo, parse
 from roost.errors import UsageError
-from roost.metainfo import Metainfo, parse
 
 #: far above any real .torrent; checked before the file is read into memory
 MAX_TORRENT_BYTES = 256 * 1024 * 1024
