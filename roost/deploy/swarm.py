@@ -28,6 +28,7 @@ from roost.core.tracker_swarm import TrackerPolicy
 from roost.deploy.config import HostSpec
 from roost.deploy.transport import die_with_parent
 from roost.errors import RoostError, UsageError
+from roost.target import hostops
 from roost.tracker.server import TrackerConfig, TrackerServer
 
 STOP_WAIT = 5.0
@@ -39,13 +40,10 @@ def route_source(address: str) -> str:
         infos = socket.getaddrinfo(address, 22, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
         raise UsageError(f"cannot resolve {address}: {exc.strerror}") from None
-    family, _, _, _, sockaddr = infos[0]
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(sockaddr)
-        except OSError as exc:
-            raise UsageError(f"no route to {address}: {exc.strerror}") from None
-        return str(s.getsockname()[0])
+    try:
+        return hostops.route_source(str(infos[0][4][0]), 22)
+    except OSError as exc:
+        raise UsageError(f"no route to {address}: {exc.strerror}") from None
 
 
 def listen_address(hosts: list[HostSpec], configured: str | None) -> str:

@@ -2,3 +2,11 @@
 
 Standard library only; shipped to bare hosts in the zipapp.
 """
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+#: what a target-side command's add_* function returns: run the parsed arguments, give the exit code
+Runner = Callable[[argparse.Namespace], int]

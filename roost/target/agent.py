@@ -17,6 +17,7 @@ from roost import __version__
 from roost.core.inert import inert
 from roost.engine.pipes import EXIT_BROKEN_PIPE, reader_gone
 from roost.errors import RoostError
+from roost.target import Runner
 
 #: subcommand -> "module:function" that adds its arguments and returns a runner
 AGENT_COMMANDS: dict[str, str] = {
@@ -32,7 +33,6 @@ AGENT_COMMANDS: dict[str, str] = {
     "agent": "roost.target.pullagent:add_agent",
 }
 
-Runner = Callable[[argparse.Namespace], int]
 
 
 def build_parser(command: str) -> tuple[argparse.ArgumentParser, Runner]:

@@ -30,6 +30,7 @@ from roost.engine.storage import Storage
 from roost.engine.tls import peer_tls_from_args
 from roost.engine.treestorage import Proof, TreeStorage, proof_of
 from roost.errors import RoostError, UsageError
+from roost.target import Runner
 from roost.target.release import VERIFIED, Dest, ReleaseError, read_manifest
 from roost.target.torrentfile import read_torrent
 from roost.target.treestage import (
@@ -43,7 +44,6 @@ from roost.target.treestage import (
 )
 
 EXIT_INCOMPLETE = 3
-Runner = Callable[[argparse.Namespace], int]
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

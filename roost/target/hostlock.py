@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from roost.errors import RoostError
-from roost.target.release import Dest, Runner, _os_error, add_dest_args
+from roost.target import Runner
+from roost.target.release import Dest, _os_error, add_dest_args
 
 LOCK_FILE = "deploy.lock"
 DEPLOYS_MAX = 100

@@ -33,13 +33,13 @@ from typing import Any
 
 from roost.core.tree import proven_torrent
 from roost.errors import MetainfoError, UsageError
+from roost.target import Runner
 from roost.target.hostlock import history, inspect_lock
 from roost.target.release import (
     Dest,
     HookError,
     Manifest,
     ReleaseError,
-    Runner,
     _remove_tree,
     add_dest_args,
     atomic_write,

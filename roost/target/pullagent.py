@@ -44,13 +44,13 @@ from typing import Any
 
 import roost
 from roost.errors import RoostError, UsageError
+from roost.target import Runner
 from roost.target.hostops import clean, deploy_dir, route_source, stop_pid
 from roost.target.release import (
     Dest,
     HookError,
     Manifest,
     ReleaseError,
-    Runner,
     _remove_tree,
     activate,
     atomic_write,

@@ -54,6 +54,7 @@ from roost.core.tree import TreeManifest, link_stays_inside, parse_manifest
 from roost.errors import DiskFullError as DiskFullError  # re-exported: importers name it here
 from roost.errors import MetainfoError, UsageError
 from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
+from roost.target import Runner
 from roost.target.fsutil import atomic_write as atomic_write  # re-exported
 
 STATE_DIR = ".roost"
@@ -64,7 +65,6 @@ HISTORY_MAX = 200
 #: beside a deploy's manifest: the SHA-256 fetch checked for each tree file, with proofs
 VERIFIED = "verified.json"
 CHUNK = 1 << 20
-Runner = Callable[[argparse.Namespace], int]
 
 
 def check_tag(tag: str) -> str:
