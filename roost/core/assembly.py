@@ -19,8 +19,8 @@ import hashlib
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from roost.core.picker import BlockRequest, PiecePicker
-from roost.core.wire import BLOCK_SIZE
+from roost.core.picker import PiecePicker
+from roost.core.wire import BLOCK_SIZE, Block
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Received:
     send (connection, block), and the piece to check when it is now whole."""
 
     wasted: int = 0
-    cancels: list[tuple[Hashable, BlockRequest]] = field(default_factory=list)
+    cancels: list[tuple[Hashable, Block]] = field(default_factory=list)
     whole: bytearray | None = None
 
 

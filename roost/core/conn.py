@@ -30,8 +30,8 @@ from collections import deque
 
 from roost.core.actions import Action, Send
 from roost.core.bitfield import Bitfield
-from roost.core.picker import BlockRequest, PiecePicker
-from roost.core.wire import BLOCK_SIZE, MAX_BLOCK, PeerConnection
+from roost.core.picker import PiecePicker
+from roost.core.wire import BLOCK_SIZE, MAX_BLOCK, Block, PeerConnection
 
 OUR_REQQ = 4096
 #: our BEP 10 handshake key for larger blocks between roost peers
@@ -45,8 +45,6 @@ MAX_PIPELINE_BYTES = 32 * 1024 * 1024
 PIPELINE_SECONDS = 1.0
 REFUSAL_SECONDS = 10.0  # a piece a peer refused is asked of it again after this
 
-#: (index, begin, length) of a block asked for or to send
-Span = tuple[int, int, int]
 
 
 def blocks_in(length: int) -> int:
@@ -58,7 +56,7 @@ def release_span(picker: PiecePicker, key: int, index: int, begin: int, length: 
     """Give the picker blocks of a (possibly merged) request back."""
     for offset in range(0, length, BLOCK_SIZE):
         size = min(BLOCK_SIZE, length - offset)
-        picker.request_rejected(key, BlockRequest(index, begin + offset, size))
+        picker.request_rejected(key, Block(index, begin + offset, size))
 
 
 class Outstanding:
@@ -161,7 +159,7 @@ class Conn:
         self.big_block = BLOCK_SIZE
         self.picked_dry: tuple[int, int] | None = None  # picker.pick_state when a pick fell short
         self.outstanding = Outstanding()
-        self.upload_queue: deque[Span] = deque()
+        self.upload_queue: deque[Block] = deque()
         self.head_paid = False  # the first queued block's upload tokens are taken
         self.serve_at: float | None = None  # waiting for upload tokens until then
         self.window_used = 0  # bytes of blocks handed out since the last WriteReady
@@ -245,26 +243,27 @@ class Conn:
             return
         wire = self.wire
         data = []
-        for index, begin, length in self.merge(picks):
+        for b in self.merge(picks):
+            index, begin, length = b.index, b.begin, b.length
             self.outstanding[(index, begin)] = length
             data.append(wire.send_request(index, begin, length))
         self.send(out, b"".join(data), now)
 
-    def merge(self, picks: list[BlockRequest]) -> list[Span]:
+    def merge(self, picks: list[Block]) -> list[Block]:
         """Coalesce adjacent blocks of one piece into requests of up to big_block."""
-        merged: list[Span] = []
+        merged: list[Block] = []
         big = self.big_block
         for req in picks:
             if merged and big > BLOCK_SIZE:
-                index, begin, length = merged[-1]
+                last = merged[-1]
                 if (
-                    index == req.index
-                    and begin + length == req.begin
-                    and length + req.length <= big
+                    last.index == req.index
+                    and last.begin + last.length == req.begin
+                    and last.length + req.length <= big
                 ):
-                    merged[-1] = (index, begin, length + req.length)
+                    merged[-1] = Block(last.index, last.begin, last.length + req.length)
                     continue
-            merged.append((req.index, req.begin, req.length))
+            merged.append(req)
         return merged
 
     def piece_received(
@@ -323,7 +322,7 @@ class Conn:
             release_span(picker, self.id, index, begin, length)
         self.outstanding.clear()
 
-    def cancel_block(self, req: BlockRequest, out: list[Action], now: float) -> None:
+    def cancel_block(self, req: Block, out: list[Action], now: float) -> None:
         """Endgame: another peer delivered this block first."""
         if self.outstanding.get((req.index, req.begin)) == req.length:
             del self.outstanding[(req.index, req.begin)]
@@ -344,13 +343,14 @@ class Conn:
         # when the peer understands Reject, else dropped (BEP 3)
         fast = {i for i in self.fast_for_it if have[i]} if wire.fast else set()
         if wire.fast:
-            data.extend(wire.send_reject(i, b, n) for i, b, n in self.upload_queue if i not in fast)
-        self.upload_queue = deque(r for r in self.upload_queue if r[0] in fast)
+            data.extend(wire.send_reject(r.index, r.begin, r.length)
+                        for r in self.upload_queue if r.index not in fast)
+        self.upload_queue = deque(r for r in self.upload_queue if r.index in fast)
         self.send(out, b"".join(data), now)
         return True
 
     def cancel_upload(self, index: int, begin: int, length: int) -> None:
-        item = (index, begin, length)
+        item = Block(index, begin, length)
         if item in self.upload_queue:
             self.upload_queue.remove(item)
 

@@ -42,7 +42,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 from roost.core.bitfield import Bitfield
-from roost.core.wire import BLOCK_SIZE
+from roost.core.wire import BLOCK_SIZE, Block
 from roost.errors import RemoteProtocolError, UsageError
 
 FREE, REQUESTED, RECEIVED = 0, 1, 2
@@ -51,13 +51,6 @@ _FREE_BYTE = bytes((FREE,))
 _TIE_SAMPLE = 8
 #: random tries before the random-first phase falls back to rarest-first
 _RANDOM_TRIES = 32
-
-
-@dataclass(frozen=True, slots=True)
-class BlockRequest:
-    index: int
-    begin: int
-    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +64,7 @@ class BlockOutcome:
 
     new: bool
     piece_complete: bool
-    cancels: list[tuple[Hashable, BlockRequest]] = field(default_factory=list)
+    cancels: list[tuple[Hashable, Block]] = field(default_factory=list)
 
 
 class _Partial:
@@ -94,7 +87,7 @@ class _Peer:
         self.bits = bits  # None for a seed
         self.seed = bits is None
         self.needed = needed  # pieces it has that we do not (bitfield peers only)
-        self.requests: set[BlockRequest] = set()
+        self.requests: set[Block] = set()
         self.pieces: dict[int, int] = {}  # piece -> outstanding requests to this peer
         # no fresh piece is left that it has; fresh only shrinks, so this stays
         # true until the peer announces a new piece
@@ -159,9 +152,9 @@ class PiecePicker:
     def num_blocks(self, index: int) -> int:
         return -(-self.piece_size(index) // self.block_size)
 
-    def block(self, index: int, block: int) -> BlockRequest:
+    def block(self, index: int, block: int) -> Block:
         begin = block * self.block_size
-        return BlockRequest(index, begin, min(self.block_size, self.piece_size(index) - begin))
+        return Block(index, begin, min(self.block_size, self.piece_size(index) - begin))
 
     # ------------------------------------------------------------ availability
 
@@ -219,7 +212,7 @@ class PiecePicker:
             peer.needed -= 1
         self._bump(index, -1)
 
-    def remove_peer(self, key: Hashable) -> list[BlockRequest]:
+    def remove_peer(self, key: Hashable) -> list[Block]:
         """The peer left; its outstanding requests become FREE again (returned)."""
         freed = self.cancel_peer_requests(key)
         peer = self._peers.pop(key)
@@ -285,12 +278,12 @@ class PiecePicker:
 
     def pick(
         self, key: Hashable, max_blocks: int, *, allowed: set[int] | None = None
-    ) -> list[BlockRequest]:
+    ) -> list[Block]:
         """Choose up to `max_blocks` blocks to request from this peer, and mark
         them requested by it. `allowed` restricts the pieces (AllowedFast set
         while the peer chokes us)."""
         peer = self._peers[key]
-        out: list[BlockRequest] = []
+        out: list[Block] = []
         if max_blocks <= 0:
             return out
         for index in self._partials_for(peer, allowed):
@@ -320,7 +313,7 @@ class PiecePicker:
         return [i for i in own + rest if self._has(peer, i, allowed)]
 
     def _take_free(
-        self, key: Hashable, peer: _Peer, index: int, max_blocks: int, out: list[BlockRequest]
+        self, key: Hashable, peer: _Peer, index: int, max_blocks: int, out: list[Block]
     ) -> None:
         part = self._partial[index]
         state, owners, requests = part.state, part.owners, peer.requests
@@ -331,7 +324,7 @@ class PiecePicker:
             state[j] = REQUESTED
             owners[j] = [key]
             begin = j * bs
-            req = BlockRequest(index, begin, min(bs, size - begin))
+            req = Block(index, begin, min(bs, size - begin))
             requests.add(req)
             out.append(req)
             taken += 1
@@ -341,11 +334,11 @@ class PiecePicker:
         if part.free == 0:
             self._with_free.pop(index, None)
 
-    def _add_request(self, peer: _Peer, req: BlockRequest) -> None:
+    def _add_request(self, peer: _Peer, req: Block) -> None:
         peer.requests.add(req)
         peer.pieces[req.index] = peer.pieces.get(req.index, 0) + 1
 
-    def _drop_request(self, peer: _Peer, req: BlockRequest) -> bool:
+    def _drop_request(self, peer: _Peer, req: Block) -> bool:
         if req not in peer.requests:
             return False
         peer.requests.discard(req)
@@ -400,7 +393,7 @@ class PiecePicker:
         peer: _Peer,
         max_blocks: int,
         allowed: set[int] | None,
-        out: list[BlockRequest],
+        out: list[Block],
     ) -> None:
         """Duplicate requests for blocks other peers are still fetching."""
         for index, part in self._partial.items():
@@ -438,7 +431,7 @@ class PiecePicker:
         """A block arrived from `key`. Unrequested blocks are accepted when still needed."""
         j = self._locate(index, begin, length)
         peer = self._peers.get(key)
-        req = BlockRequest(index, begin, length)
+        req = Block(index, begin, length)
         if peer is not None:
             self._drop_request(peer, req)
         part = self._partial.get(index)
@@ -452,7 +445,7 @@ class PiecePicker:
             return BlockOutcome(False, False)
         if state == FREE:
             part.free -= 1
-        cancels: list[tuple[Hashable, BlockRequest]] = []
+        cancels: list[tuple[Hashable, Block]] = []
         for other in part.owners.pop(j, ()):
             if other != key and self._drop_request(self._peers[other], req):
                 cancels.append((other, req))
@@ -494,7 +487,7 @@ class PiecePicker:
         self._partial[index] = _Partial(self.num_blocks(index))
         self._with_free[index] = None
 
-    def _free_block(self, key: Hashable, req: BlockRequest) -> None:
+    def _free_block(self, key: Hashable, req: Block) -> None:
         """`key` no longer fetches `req`: FREE it if nobody else does."""
         part = self._partial.get(req.index)
         if part is None:
@@ -512,7 +505,7 @@ class PiecePicker:
                 self._with_free[req.index] = None
                 self._freed += 1
 
-    def cancel_peer_requests(self, key: Hashable) -> list[BlockRequest]:
+    def cancel_peer_requests(self, key: Hashable) -> list[Block]:
         """The peer choked us or left: its outstanding blocks go back to FREE."""
         peer = self._peers[key]
         freed = sorted(peer.requests, key=lambda r: (r.index, r.begin))
@@ -522,7 +515,7 @@ class PiecePicker:
         peer.pieces.clear()
         return freed
 
-    def request_rejected(self, key: Hashable, req: BlockRequest) -> None:
+    def request_rejected(self, key: Hashable, req: Block) -> None:
         """The peer rejected (BEP 6) or we cancelled one request."""
         peer = self._peers[key]
         if self._drop_request(peer, req):
@@ -548,11 +541,11 @@ class PiecePicker:
         self._freed += 1
         return senders
 
-    def have(self, index: int) -> list[tuple[Hashable, BlockRequest]]:
+    def have(self, index: int) -> list[tuple[Hashable, Block]]:
         """We have the piece by other means; returns outstanding requests to cancel."""
         if self._have[index]:
             return []
-        cancels: list[tuple[Hashable, BlockRequest]] = []
+        cancels: list[tuple[Hashable, Block]] = []
         for key, peer in self._peers.items():
             for req in [r for r in peer.requests if r.index == index]:
                 self._drop_request(peer, req)
@@ -589,7 +582,7 @@ class PiecePicker:
     def have_bitfield(self) -> Bitfield:
         return self._have.copy()
 
-    def requests_of(self, key: Hashable) -> set[BlockRequest]:
+    def requests_of(self, key: Hashable) -> set[Block]:
         return set(self._peers[key].requests)
 
     def peers(self) -> Iterable[Hashable]:

@@ -22,7 +22,7 @@ from roost.core.conn import OUR_REQQ, Conn
 from roost.core.metainfo import Info
 from roost.core.offers import Offers
 from roost.core.ratelimit import TokenBucket
-from roost.core.wire import Request
+from roost.core.wire import Block, Request
 from roost.errors import RemoteProtocolError
 
 #: bytes of blocks handed to a connection before asking whether it has room
@@ -61,7 +61,7 @@ class Uploads:
             if conn.wire.fast:
                 conn.send(out, conn.wire.send_reject(index, req.begin, req.length), now)
             return
-        conn.upload_queue.append((index, req.begin, req.length))
+        conn.upload_queue.append(Block(index, req.begin, req.length))
         self.serve(conn, out, now)
 
     def write_ready(self, conn: Conn, out: list[Action], now: float) -> None:
@@ -94,7 +94,8 @@ class Uploads:
                 conn.waiting_room = True
                 out.append(WantWritable(conn.id))
                 return
-            index, begin, length = queue[0]
+            head = queue[0]
+            index, begin, length = head.index, head.begin, head.length
             if not conn.head_paid:
                 # tokens are taken now; if we must wait, the block is already paid for
                 wait = self.bucket.consume(length, now)

@@ -146,6 +146,17 @@ class BitfieldMsg:
 
 
 @dataclass(frozen=True, slots=True)
+class Block:
+    """(index, begin, length) of a block: what is asked for, queued to send, cancelled or
+    rejected. The one form of that triple in the core (hashable, so it keys the picker's
+    request sets and is found in a peer's upload queue)."""
+
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """Request (id 6): `length` bytes of piece `index` from offset `begin`."""
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roost.core.bitfield import Bitfield
-from roost.core.picker import FREE, RECEIVED, REQUESTED, BlockRequest, PiecePicker
+from roost.core.picker import FREE, RECEIVED, REQUESTED, PiecePicker
+from roost.core.wire import Block
 from roost.errors import RemoteProtocolError, RoostError
 
 BS = 4  # tiny blocks keep the arithmetic readable
@@ -54,11 +55,11 @@ def make(
     return p
 
 
-def pieces(reqs: list[BlockRequest]) -> list[int]:
+def pieces(reqs: list[Block]) -> list[int]:
     return [r.index for r in reqs]
 
 
-def finish(p: PiecePicker, key: Hashable, reqs: list[BlockRequest]) -> None:
+def finish(p: PiecePicker, key: Hashable, reqs: list[Block]) -> None:
     for r in reqs:
         out = p.block_received(key, r.index, r.begin, r.length)
         if out.piece_complete:
@@ -261,7 +262,7 @@ def test_peer_exhaustion_is_reset_by_have() -> None:
 
 def check_invariants(p: PiecePicker) -> None:
     """Cross-check the internal structures against a brute-force view."""
-    owners_seen: dict[BlockRequest, set[Hashable]] = {}
+    owners_seen: dict[Block, set[Hashable]] = {}
     for key in list(p.peers()):
         for r in p.requests_of(key):
             owners_seen.setdefault(r, set()).add(key)
@@ -291,7 +292,7 @@ def test_random_swarm_downloads_everything(seed: int, n: int, blocks: int, npeer
     peers[npeers] = "1" * n  # one seed so the download can finish
     for k, s in peers.items():
         p.add_peer(k, bits(s))
-    outstanding: dict[int, list[BlockRequest]] = {k: [] for k in peers}
+    outstanding: dict[int, list[Block]] = {k: [] for k in peers}
     received_new: set[tuple[int, int]] = set()
     bad_piece = rng.randrange(n)
     for _step in range(10_000):
@@ -351,7 +352,7 @@ def test_large_torrent_is_fast_enough() -> None:
             bf.set(i)
         p.add_peer(k, bf)
     start = time.perf_counter()
-    queues: dict[int, list[BlockRequest]] = {k: p.pick(k, 8) for k in range(64)}
+    queues: dict[int, list[Block]] = {k: p.pick(k, 8) for k in range(64)}
     done = 0
     while not p.complete():
         for k in range(64):
@@ -444,7 +445,7 @@ def test_pick_state_only_repeats_while_a_pick_would_come_back_short(
     p = make("0000", {"a": "1100", "b": "0110", "c": "0000"}, blocks=2)
     keys = ["a", "b", "c"]
     dry: dict[str, tuple[int, int] | None] = {}
-    outstanding: list[tuple[str, BlockRequest]] = []
+    outstanding: list[tuple[str, Block]] = []
     for op, who, arg in ops:
         key = keys[who]
         if op == 0:
