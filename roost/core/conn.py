@@ -44,6 +44,14 @@ MIN_PIPELINE_BYTES = 512 * 1024
 MAX_PIPELINE_BYTES = 32 * 1024 * 1024
 PIPELINE_SECONDS = 1.0
 REFUSAL_SECONDS = 10.0  # a piece a peer refused is asked of it again after this
+# A request is late when the peer has not served it LATE_FLOOR_SECONDS plus the
+# time its measured rate needs for the bytes asked of it before (and with) it;
+# a late request is cancelled and asked again (Transmission 3.00 sits on the
+# request that fills its queue and rejects it about 10 s later). Below
+# LATE_MIN_RATE we assume LATE_MIN_RATE, so a peer not yet measured is not
+# judged late by its zero rate (the snub covers a peer that sends nothing).
+LATE_FLOOR_SECONDS = 4.0
+LATE_MIN_RATE = 64 * 1024
 
 
 
@@ -65,10 +73,12 @@ class Outstanding:
     it is kept up to date by every change instead of re-summed; change the
     requests only through these methods."""
 
-    __slots__ = ("_requests", "blocks")
+    __slots__ = ("_requests", "_sent", "blocks")
 
     def __init__(self) -> None:
         self._requests: dict[tuple[int, int], int] = {}
+        # when asked and the bytes in flight then (its own included), in the order asked
+        self._sent: dict[tuple[int, int], tuple[float, int]] = {}
         self.blocks = 0
 
     def __len__(self) -> int:
@@ -84,8 +94,15 @@ class Outstanding:
         self._requests[key] = length
         self.blocks += blocks_in(length)
 
+    def add(self, key: tuple[int, int], length: int, now: float) -> None:
+        """A request sent at `now`."""
+        self[key] = length
+        self._sent.pop(key, None)
+        self._sent[key] = (now, self.blocks * BLOCK_SIZE)
+
     def __delitem__(self, key: tuple[int, int]) -> None:
         self.blocks -= blocks_in(self._requests.pop(key))
+        self._sent.pop(key, None)
 
     def get(self, key: tuple[int, int]) -> int | None:
         return self._requests.get(key)
@@ -95,7 +112,26 @@ class Outstanding:
         length = self._requests.pop(key, None)
         if length is not None:
             self.blocks -= blocks_in(length)
+            self._sent.pop(key, None)
         return length
+
+    def late(
+        self, now: float, rate: float, served_at: float
+    ) -> list[tuple[tuple[int, int], int]]:
+        """Requests not served in time: each is due LATE_FLOOR_SECONDS after it
+        was sent plus the time the bytes in flight when it was sent (its own
+        included) take at `rate`. Only requests sent before the peer's last
+        block (`served_at`) count: one that serves nothing at all is the
+        snub's to judge. The scan stops at the first request still in time:
+        due times grow nearly in the order asked, so a tick costs the late
+        requests, not the whole queue (one out of order waits a tick)."""
+        rate = max(rate, LATE_MIN_RATE)
+        late = []
+        for key, (sent, queued) in self._sent.items():
+            if sent >= served_at or now < sent + LATE_FLOOR_SECONDS + queued / rate:
+                break
+            late.append((key, self._requests[key]))
+        return late
 
     def items(self) -> list[tuple[tuple[int, int], int]]:
         """A snapshot: safe to iterate while changing the requests."""
@@ -103,6 +139,7 @@ class Outstanding:
 
     def clear(self) -> None:
         self._requests.clear()
+        self._sent.clear()
         self.blocks = 0
 
 
@@ -159,6 +196,9 @@ class Conn:
         self.big_block = BLOCK_SIZE
         self.picked_dry: tuple[int, int] | None = None  # picker.pick_state when a pick fell short
         self.outstanding = Outstanding()
+        # at most this many blocks in flight once it was late (None: no cap);
+        # halved at each lateness, grown by one per block it serves
+        self.late_cap: int | None = None
         self.upload_queue: deque[Block] = deque()
         self.head_paid = False  # the first queued block's upload tokens are taken
         self.serve_at: float | None = None  # waiting for upload tokens until then
@@ -215,13 +255,17 @@ class Conn:
             )
 
     # ---- requests we make ----
-    def pipeline_blocks(self) -> int:
+    def pipeline_blocks(self, *, capped: bool = True) -> int:
         target = max(MIN_PIPELINE_BYTES, int(self.down.rate * PIPELINE_SECONDS))
         target = min(target, MAX_PIPELINE_BYTES)
         blocks = 1 if self.snubbed else target // BLOCK_SIZE
-        # the peer's reqq counts wire requests; merged requests hold several blocks
+        if capped and self.late_cap is not None:
+            blocks = min(blocks, self.late_cap)
+        # the peer's reqq counts wire requests; merged requests hold several
+        # blocks. One below it: Transmission 3.00 advertises 512 and refuses
+        # the 512th.
         per_request = max(1, self.big_block // BLOCK_SIZE)
-        return min(blocks, self.reqq * per_request)
+        return min(blocks, max(1, self.reqq - 1) * per_request)
 
     def fill_requests(self, picker: PiecePicker, out: list[Action], now: float) -> None:
         if not self.am_interested:
@@ -245,7 +289,7 @@ class Conn:
         data = []
         for b in self.merge(picks):
             index, begin, length = b.index, b.begin, b.length
-            self.outstanding[(index, begin)] = length
+            self.outstanding.add((index, begin), length, now)
             data.append(wire.send_request(index, begin, length))
         self.send(out, b"".join(data), now)
 
@@ -278,6 +322,25 @@ class Conn:
         self.last_block_at = now
         self.snubbed = False
         self.down.add(size)
+        if self.late_cap is not None:
+            self.late_cap += 1
+            if self.late_cap >= self.pipeline_blocks(capped=False):
+                self.late_cap = None
+        return True
+
+    def reask_late(self, picker: PiecePicker, out: list[Action], now: float) -> bool:
+        """Cancel the requests it sat on and give them back to the picker, to
+        be asked of whoever has them next (it too); halve its pipeline. True
+        when any was late."""
+        late = self.outstanding.late(now, self.down.rate, self.last_block_at)
+        if not late:
+            return False
+        self.late_cap = max(1, min(self.pipeline_blocks(), self.outstanding.blocks) // 2)
+        wire = self.wire
+        self.send(out, b"".join(wire.send_cancel(i, b, n) for (i, b), n in late), now)
+        for (index, begin), length in late:
+            del self.outstanding[(index, begin)]
+            release_span(picker, self.id, index, begin, length)
         return True
 
     def rejected(

@@ -661,7 +661,10 @@ class SwarmMember:
         self._close_all(self.peers.overdue(now), out, now)
         self._report_refusals(out, now)
         self._connect_more(out, now)
-        for conn in list(self.conns.values()):
+        # a peer that sat on requests is refilled last, so what it held goes
+        # to another peer that has it when there is one
+        late = [c for c in self.conns.values() if self._reask_late(c, out, now)]
+        for conn in [c for c in self.conns.values() if c not in late] + late:
             if conn.ready and not conn.closed:
                 self._fill(conn, out, now)
         out.append(
@@ -692,6 +695,11 @@ class SwarmMember:
             self.last_interest_at = now
         if conn.refused:
             conn.forgive_refusals(self.picker, out, now)
+
+    def _reask_late(self, conn: Conn, out: list[Action], now: float) -> bool:
+        if not conn.ready or conn.closed or not conn.outstanding:
+            return False
+        return conn.reask_late(self.picker, out, now)
 
     def _rechoke(self, out: list[Action], now: float) -> None:
         stats = [

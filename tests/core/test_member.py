@@ -417,3 +417,60 @@ def test_a_fetch_that_is_complete_at_start_and_does_not_seed_ends_at_once() -> N
     assert kit.of(Flush) and not kit.of(Connect)
     kit.run(kit.member.event(Flushed(), kit.now))
     assert [s.reason for s in kit.stops()] == ["complete"]
+
+
+# ---- requests a peer sits on ----
+
+
+def serve(kit: Kit, remote: Remote, count: int, *, keep: Request | None = None) -> None:
+    """The remote answers up to `count` of its oldest requests, never `keep`."""
+    for req in [r for r in remote.requests() if r != keep][:count]:
+        remote.answer(req)
+    kit.check()
+
+
+def test_a_request_the_peer_sits_on_is_cancelled_and_asked_of_another_peer() -> None:
+    kit = Kit(pieces=64)
+    a = kit.connect(have=Bitfield.full(64))
+    a.say(a.wire.send_unchoke())
+    kept = a.requests()[0]
+    only = Bitfield(64)
+    only.set(kept.index)
+    b = kit.connect(have=only)
+    b.say(b.wire.send_unchoke())
+    conn = kit.member.conns[a.cid]
+    # a serves 8 blocks a tick (256 KiB/s), in order, except the one it sits on
+    cancelled_at = None
+    for step in range(40):
+        serve(kit, a, 8, keep=kept)
+        serve(kit, b, 8)
+        kit.advance(TICK)
+        if Cancel(kept.index, kept.begin, kept.length) in a.of(Cancel):
+            cancelled_at = step * TICK
+            break
+    assert cancelled_at is not None, "the request a peer sat on was never cancelled"
+    assert cancelled_at < SNUB_SECONDS, "re-asked by its rate, before any snub"
+    assert not conn.snubbed
+    assert (kept.index, kept.begin) not in conn.outstanding
+    assert kept in b.requests(), "the block went to another peer that has it"
+    assert conn.late_cap is not None and conn.pipeline_blocks() < 32, "pipeline shrunk"
+    serve(kit, b, 8)
+    assert kit.member.have[kept.index]
+
+
+def test_a_request_still_in_the_queue_of_a_slow_peer_is_not_late() -> None:
+    kit = Kit(pieces=64)
+    a = kit.connect(have=Bitfield.full(64))
+    a.say(a.wire.send_unchoke())
+    # 2 blocks a tick: 64 KiB/s, the queue of 32 takes 8 s to drain in order
+    for _ in range(30):
+        serve(kit, a, 2)
+        kit.advance(TICK)
+    assert not a.of(Cancel), "a request served in the order asked was called late"
+
+
+def test_requests_stay_one_below_the_peers_reqq() -> None:
+    kit = Kit(pieces=8)
+    a = kit.connect(have=Bitfield.full(8), extended={b"m": {}, b"reqq": 5})
+    a.say(a.wire.send_unchoke())
+    assert len(a.requests()) == 4  # Transmission 3.00 refuses the reqq-th
