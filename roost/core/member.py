@@ -65,9 +65,10 @@ from roost.core.choker import Choker, PeerStat
 from roost.core.config import MemberConfig as MemberConfig
 from roost.core.config import Network as Network
 from roost.core.conn import BIG_BLOCK_KEY, OUR_REQQ, Conn, client_name
+from roost.core.inert import inert
 from roost.core.metainfo import Info
 from roost.core.offers import Offers
-from roost.core.peers import Closing, PeerTable
+from roost.core.peers import REDIAL_CONNECTED, Closing, PeerTable
 from roost.core.picker import PiecePicker
 from roost.core.ratelimit import TokenBucket
 from roost.core.stall import StallWatch
@@ -235,7 +236,7 @@ class SwarmMember:
                     self._close(conn, ev.reason, out, now)  # logged; the Close is a no-op
                 else:
                     conn.closed = True
-                    self._forget(conn, now)
+                    self._forget(conn, out, now)
         elif isinstance(ev, ConnectFailed):
             self._connect_failed(ev, out, now)
         elif isinstance(ev, AnnounceAnswered):
@@ -333,14 +334,18 @@ class SwarmMember:
             fields = {"peer": conn.name, "client": conn.client, "reason": reason}
             out.append(Report("peer_closed", fields))
         out.append(Close(conn.id, reason, ban))
-        self._forget(conn, now)
+        self._forget(conn, out, now)
 
     def _close_all(self, closing: list[Closing], out: list[Action], now: float) -> None:
         for conn, reason in closing:
             self._close(conn, reason, out, now)
 
-    def _forget(self, conn: Conn, now: float) -> None:
+    def _forget(self, conn: Conn, out: list[Action], now: float) -> None:
         self.peers.remove(conn)
+        delay = None if self.stopping else self.peers.ended(conn, now)
+        if delay is not None and delay > REDIAL_CONNECTED:  # the first is the usual redial
+            fields = {"peer": inert(conn.name), "client": inert(conn.client), "delay": delay}
+            out.append(Report("peer_backoff", fields))
         if not conn.am_choking:
             self._rechoke_soon = True  # its upload slot is free now
         if conn.in_picker:

@@ -15,6 +15,10 @@ peer id, so they agree without talking about it. An incoming connection
 comes from an ephemeral port, so `candidate_ids` remembers which peer a
 dialled address turned out to be, and we stop dialling peers we already
 talk to. Complete peers we closed as fellow seeds are not dialled again.
+A dialled peer that hangs up before any block passed either way (a client
+that closes right after the handshake) is dialled again after a delay that
+doubles each time, from REDIAL_CONNECTED up to BACKOFF_MAX, until a
+connection to it trades data.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from roost.core.conn import Conn
 
 REDIAL_CONNECTED = 5.0  # a candidate we reached is not dialled again before this
 REDIAL_FAILED = 3.0
+BACKOFF_MAX = 300.0  # the longest wait before dialling a peer that keeps hanging up
 DUPLICATE = "duplicate, banned or self connection"
 REPLACED = "replaced by a newer connection"
 
@@ -45,6 +50,7 @@ class PeerTable:
         self.candidates: dict[Address, float] = {}  # address -> not before
         self.candidate_ids: dict[Address, bytes] = {}
         self.connect_errors: dict[Address, str] = {}  # the last one reported
+        self.backoff: dict[Address, float] = {}  # its last redial delay, while it trades nothing
         self.fellow_seeds: set[bytes] = set()  # peer ids closed as "both seeds"
         self.connecting: set[Address] = set()
         self.banned_ids: set[bytes] = set()
@@ -122,6 +128,21 @@ class PeerTable:
             self.admission.gone(conn.address)
         if conn.remote_id is not None and self.by_id.get(conn.remote_id) is conn:
             del self.by_id[conn.remote_id]
+
+    def ended(self, conn: Conn, now: float) -> float | None:
+        """A connection ended: the delay before dialling its address again when
+        we dialled it and nothing was traded (None when no backoff applies)."""
+        if not conn.outgoing:
+            return None
+        address = conn.address
+        if conn.down.total or conn.up.total:
+            self.backoff.pop(address, None)
+            return None
+        last = self.backoff.get(address)
+        delay = REDIAL_CONNECTED if last is None else min(BACKOFF_MAX, 2 * last)
+        self.backoff[address] = delay
+        self.candidates[address] = max(self.candidates.get(address, 0.0), now + delay)
+        return delay
 
     def overdue(self, now: float) -> list[Closing]:
         """Connections past their handshake deadline (the policy counted them)."""

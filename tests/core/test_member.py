@@ -3,11 +3,14 @@ actions out, no sockets (see member_kit)."""
 
 from __future__ import annotations
 
+import itertools
+
 from roost.core.actions import (
     Announce,
     AnnounceAnswered,
     Close,
     Connect,
+    Connected,
     Flush,
     Flushed,
     SendBlock,
@@ -474,3 +477,51 @@ def test_requests_stay_one_below_the_peers_reqq() -> None:
     a = kit.connect(have=Bitfield.full(8), extended={b"m": {}, b"reqq": 5})
     a.say(a.wire.send_unchoke())
     assert len(a.requests()) == 4  # Transmission 3.00 refuses the reqq-th
+
+
+# ---- redialling ----
+
+
+def dial_and_hang_up(kit: Kit, address: tuple[str, int]) -> None:
+    """The member dialled `address`: it connects, shakes hands and hangs up."""
+    cid = 900 + len(kit.of(Connect))
+    remote = kit.remotes[cid] = Remote(kit, cid, address, b"-TR3000-" + bytes(12))
+    kit.run(kit.member.event(Connected(cid, address, dialled=address), kit.now))
+    remote.say(remote.wire.handshake_bytes())
+    kit.hang_up(remote)
+
+
+def test_a_peer_that_hangs_up_after_the_handshake_is_redialled_with_backoff() -> None:
+    kit = Kit(trackers=True)
+    address = ("10.9.9.9", 51413)
+    kit.run(kit.member.event(AnnounceAnswered([address], 1800.0), kit.now))
+    dial_times = []
+    end = kit.now + 1000
+    while kit.now < end:
+        dials = [c for c in kit.of(Connect) if c.address == address]
+        if len(dials) > len(dial_times):
+            dial_times.append(kit.now)
+            dial_and_hang_up(kit, address)
+        kit.advance(TICK)
+    gaps = [round(b - a) for a, b in itertools.pairwise(dial_times)]
+    assert gaps == [5, 10, 20, 40, 80, 160, 300, 300], "doubling, capped at 300 s"
+    delays = [r["delay"] for r in kit.reports("peer_backoff")]
+    assert delays[:5] == [10.0, 20.0, 40.0, 80.0, 160.0]
+    assert all(r["peer"] == "10.9.9.9:51413" for r in kit.reports("peer_backoff"))
+
+
+def test_backoff_resets_once_the_peer_trades_data() -> None:
+    kit = Kit()
+    conn_of = kit.member.peers
+    address = ("10.9.9.9", 51413)
+    for _ in range(3):
+        dial_and_hang_up(kit, address)
+    assert conn_of.backoff[address] == 20.0
+    cid = 990
+    remote = kit.remotes[cid] = Remote(kit, cid, address, b"-TR3000-" + bytes(12))
+    kit.run(kit.member.event(Connected(cid, address, dialled=address), kit.now))
+    remote.say(remote.wire.handshake_bytes() + remote.wire.send_have_all())
+    remote.say(remote.wire.send_unchoke())
+    remote.answer(remote.requests()[0])
+    kit.hang_up(remote)
+    assert address not in conn_of.backoff
