@@ -125,8 +125,8 @@ class Transmission:
 class RTorrent:
     """One headless rtorrent (`-n -o import=<rc>`, system.daemon) with one
     torrent, loaded and started by the rc. It tells that it has every piece
-    by touching `finished` (its download.finished event, also raised when a
-    seed's hash check passes)."""
+    by touching `finished` (on its download.finished event, or on hash_done
+    when the hash check found the torrent complete: a seed)."""
 
     def __init__(self, torrent: Path, directory: Path, home: Path) -> None:
         binary = require_tool("rtorrent")
@@ -155,19 +155,23 @@ class RTorrent:
                     'log.add_output = "info", "main"',
                     "method.set_key = event.download.finished, roost_test, "
                     f'"execute.nothrow = touch, {self.finished}"',
+                    # a seed: its hash check found every piece
+                    "method.set_key = event.download.hash_done, roost_test, "
+                    f'"branch=d.complete=,\\"execute.nothrow=touch,{self.finished}\\""',
                     f"load.start_verbose = {torrent}",
                     "",
                 ]
             )
         )
-        self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-            [binary, "-n", "-o", f"import={rc}"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=(home / "stderr.log").open("wb"),
-            start_new_session=True,
-        )
         self._stderr = home / "stderr.log"
+        with self._stderr.open("wb") as err:
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                [binary, "-n", "-o", f"import={rc}"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
 
     def done(self) -> bool:
         return self.finished.exists()

@@ -15,6 +15,7 @@ it), never asserted: wall-clock figures belong to bench/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -65,10 +66,8 @@ class ClientSwarm(Swarm):
     def close(self) -> None:
         try:
             for client in [*self.transmissions, *self.rtorrents]:
-                try:
+                with contextlib.suppress(Exception):  # keep ending the others
                     client.close()
-                except Exception:  # keep ending the others; the rest below
-                    pass
         finally:
             super().close()
 
