@@ -146,6 +146,9 @@ class Conn:
         self.ready = False  # handshakes exchanged
         self.closed = False
         self.in_picker = False  # the picker knows its availability
+        # in another zone (MemberConfig.local_nets): one request in flight, so
+        # the narrow link between zones is shared by more pieces, not deeper queues
+        self.remote = False
         self.am_choking = True
         self.am_interested = False
         self.peer_choking = True
@@ -221,6 +224,8 @@ class Conn:
         blocks = 1 if self.snubbed else target // BLOCK_SIZE
         # the peer's reqq counts wire requests; merged requests hold several blocks
         per_request = max(1, self.big_block // BLOCK_SIZE)
+        if self.remote:
+            return min(blocks, per_request)
         return min(blocks, self.reqq * per_request)
 
     def fill_requests(self, picker: PiecePicker, out: list[Action], now: float) -> None:
