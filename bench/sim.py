@@ -72,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--late-window", type=float, default=0.0)
     p.add_argument("--zones", type=int, default=1)
     p.add_argument("--zone-frac", type=_fraction, default=0.1)
+    p.add_argument("--no-zone-aware", action="store_true",
+                   help="members are not told their zone (MemberConfig.local_nets)")
     p.add_argument("--latency-ms", type=float, default=0.0, help="one way")
     p.add_argument("--loss", type=_fraction, default=0.0, help="packet loss probability")
     p.add_argument("--startup", type=float, default=0.0, help="seconds to a host's start")
@@ -111,6 +113,7 @@ def scenario_for(args: argparse.Namespace, n: int) -> Scenario:
         late_window=args.late_window,
         zones=args.zones,
         zone_frac=args.zone_frac,
+        zone_aware=not args.no_zone_aware,
         latency=args.latency_ms / 1000,
         loss=args.loss,
         startup=args.startup,

@@ -40,3 +40,16 @@ class MemberConfig:
     # how we are known, to recognise ourselves in a tracker's peer list
     listen_host: str = "0.0.0.0"
     announce_ip: str | None = None
+    # our zone's addresses: peers outside them are remote (one request in
+    # flight; asked only for pieces no peer of our zone has). None: no zones
+    local_nets: list[Network] | None = None
+
+    def is_local(self, host: str) -> bool:
+        """A peer at this address is in our zone (always, without local_nets)."""
+        if self.local_nets is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.local_nets)

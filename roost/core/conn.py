@@ -183,6 +183,9 @@ class Conn:
         self.ready = False  # handshakes exchanged
         self.closed = False
         self.in_picker = False  # the picker knows its availability
+        # in another zone (MemberConfig.local_nets): one request in flight, so
+        # the narrow link between zones is shared by more pieces, not deeper queues
+        self.remote = False
         self.am_choking = True
         self.am_interested = False
         self.peer_choking = True
@@ -265,6 +268,8 @@ class Conn:
         # blocks. One below it: Transmission 3.00 advertises 512 and refuses
         # the 512th.
         per_request = max(1, self.big_block // BLOCK_SIZE)
+        if self.remote:
+            return min(blocks, per_request)
         return min(blocks, max(1, self.reqq - 1) * per_request)
 
     def fill_requests(self, picker: PiecePicker, out: list[Action], now: float) -> None:

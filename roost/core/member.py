@@ -493,10 +493,11 @@ class SwarmMember:
         if conn.in_picker:
             self.picker.remove_peer(conn.id)
         conn.in_picker = True
+        local = self._mark_zone(conn)
         if conn.is_seed:
-            self.picker.add_peer_have_all(conn.id)
+            self.picker.add_peer_have_all(conn.id, local=local)
         else:
-            self.picker.add_peer(conn.id, conn.bitfield)
+            self.picker.add_peer(conn.id, conn.bitfield, local=local)
         if self.offers is not None:
             self.offers.on_bitfield(conn, out, now)
         if self.complete and conn.is_seed:
@@ -504,12 +505,19 @@ class SwarmMember:
             return
         conn.update_interest(self.picker, out, now)
 
+    def _mark_zone(self, conn: Conn) -> bool:
+        """Whether the peer is in our zone (MemberConfig.local_nets); a remote
+        one gets one request in flight."""
+        local = self.config.is_local(conn.address[0])
+        conn.remote = not local
+        return local
+
     def _on_have(self, conn: Conn, index: int, out: list[Action], now: float) -> None:
         conn.bitfield.set(index)
         conn.is_seed = conn.bitfield.all()
         if not conn.in_picker:  # a Have with no bitfield first: it had nothing before
             conn.in_picker = True
-            self.picker.add_peer(conn.id, Bitfield(self.num_pieces))
+            self.picker.add_peer(conn.id, Bitfield(self.num_pieces), local=self._mark_zone(conn))
         self.picker.peer_has(conn.id, index)
         if self.offers is not None:
             self.offers.on_have(conn, index, self.conns, out, now)

@@ -33,6 +33,13 @@ are kept in their own small set, so the common pick never touches `fresh`.
 Pieces only ever leave `fresh` (a failed piece goes back to partial with every
 block FREE), so a peer found to have no fresh piece is marked exhausted and
 not scanned again until it announces a new piece.
+
+Zones. Peers added with `local=True` are in our zone (the engine decides, by
+address: MemberConfig.local_nets). Once any peer is local, a second count,
+`_local_avail`, says which pieces some local peer has, and a remote peer is
+only asked to start fresh pieces no local peer has: what the zone holds comes
+over the wide in-zone links, and the narrow link between zones carries only
+what is new to the zone.
 """
 
 from __future__ import annotations
@@ -81,10 +88,13 @@ class _Partial:
 
 
 class _Peer:
-    __slots__ = ("bits", "exhausted", "needed", "pieces", "requests", "seed", "version")
+    __slots__ = (
+        "bits", "exhausted", "local", "needed", "pieces", "requests", "seed", "version",
+    )
 
-    def __init__(self, bits: Bitfield | None, needed: int) -> None:
+    def __init__(self, bits: Bitfield | None, needed: int, local: bool = False) -> None:
         self.bits = bits  # None for a seed
+        self.local = local  # in our zone (see the module doc)
         self.seed = bits is None
         self.needed = needed  # pieces it has that we do not (bitfield peers only)
         self.requests: set[Block] = set()
@@ -127,6 +137,9 @@ class PiecePicker:
         self._have_bytes = sum(self.piece_size(i) for i in self._have.iter_set())
         self._avail = [0] * num_pieces  # non-seed peers having each piece
         self._seeds = 0
+        self._local_avail = [0] * num_pieces  # local non-seed peers having each piece
+        self._local_seeds = 0
+        self._zoned = False  # some peer was added as local
         self._peers: dict[Hashable, _Peer] = {}
         self._partial: dict[int, _Partial] = {}  # started (verifying ones too)
         self._with_free: dict[int, None] = {}  # partial pieces with a FREE block, oldest first
@@ -158,29 +171,36 @@ class PiecePicker:
 
     # ------------------------------------------------------------ availability
 
-    def add_peer(self, key: Hashable, bitfield: Bitfield) -> None:
-        """A peer joined with this bitfield (an empty one if it sent none)."""
+    def add_peer(self, key: Hashable, bitfield: Bitfield, *, local: bool = False) -> None:
+        """A peer joined with this bitfield (an empty one if it sent none);
+        `local`: it is in our zone."""
         if key in self._peers:
             raise UsageError(f"peer {key!r} already added")
         if len(bitfield) != self.num_pieces:
             raise UsageError("bitfield does not match the piece count")
         if bitfield.all() and self.num_pieces:
-            self.add_peer_have_all(key)
+            self.add_peer_have_all(key, local=local)
             return
         bits = bitfield.copy()
         mine = int.from_bytes(self._have.to_bytes(), "big")
         needed = (int.from_bytes(bits.to_bytes(), "big") & ~mine).bit_count()
-        self._peers[key] = _Peer(bits, needed)
+        self._peers[key] = _Peer(bits, needed, local)
         self._peers[key].version = self._next_version()
+        self._zoned = self._zoned or local
         for index in bits.iter_set():
             self._bump(index, 1)
+            if local:
+                self._local_avail[index] += 1
 
-    def add_peer_have_all(self, key: Hashable) -> None:
+    def add_peer_have_all(self, key: Hashable, *, local: bool = False) -> None:
         if key in self._peers:
             raise UsageError(f"peer {key!r} already added")
-        self._peers[key] = _Peer(None, 0)
+        self._peers[key] = _Peer(None, 0, local)
         self._peers[key].version = self._next_version()
         self._seeds += 1
+        if local:
+            self._zoned = True
+            self._local_seeds += 1
 
     def peer_has(self, key: Hashable, index: int) -> None:
         """The peer announced Have(index)."""
@@ -193,11 +213,16 @@ class PiecePicker:
         if index in self._fresh:
             peer.exhausted = False
         self._bump(index, 1)
+        if peer.local:
+            self._local_avail[index] += 1
         if peer.bits.all():  # it became a seed: count it once
             for i in range(self.num_pieces):
                 self._bump(i, -1)
+                if peer.local:
+                    self._local_avail[i] -= 1
             peer.bits, peer.seed, peer.needed = None, True, 0
             self._seeds += 1
+            self._local_seeds += peer.local
 
     def peer_lacks(self, key: Hashable, index: int) -> None:
         """The peer refused a request for this piece while unchoking us (a
@@ -211,6 +236,8 @@ class PiecePicker:
         if not self._have[index]:
             peer.needed -= 1
         self._bump(index, -1)
+        if peer.local:
+            self._local_avail[index] -= 1
 
     def remove_peer(self, key: Hashable) -> list[Block]:
         """The peer left; its outstanding requests become FREE again (returned)."""
@@ -218,13 +245,23 @@ class PiecePicker:
         peer = self._peers.pop(key)
         if peer.bits is None:
             self._seeds -= 1
+            self._local_seeds -= peer.local
         else:
             for index in peer.bits.iter_set():
                 self._bump(index, -1)
+                if peer.local:
+                    self._local_avail[index] -= 1
         return freed
 
     def availability(self, index: int) -> int:
         return self._avail[index] + self._seeds
+
+    def local_availability(self, index: int) -> int:
+        """Peers in our zone that have the piece."""
+        return self._local_avail[index] + self._local_seeds
+
+    def is_local(self, key: Hashable) -> bool:
+        return self._peers[key].local
 
     def is_interesting(self, key: Hashable) -> bool:
         """The peer has a piece we do not have yet."""
@@ -359,26 +396,39 @@ class PiecePicker:
     def _choose_fresh(self, peer: _Peer, allowed: set[int] | None) -> int | None:
         if not self._fresh or peer.exhausted or (not peer.seed and peer.needed == 0):
             return None
+        zone_only = self._zoned and not peer.local
+        if zone_only and self._local_seeds:
+            return None  # a local seed has every piece: nothing is new to the zone
+        local = self._local_avail
         for index in self._preferred:
-            if self._has(peer, index, allowed):
+            if self._has(peer, index, allowed) and not (zone_only and local[index]):
                 return index
         if self._have.count() < self.random_first:
             for _ in range(_RANDOM_TRIES):
                 index = self._rng.randrange(self.num_pieces)
-                if index in self._fresh and self._has(peer, index, allowed):
+                if index in self._fresh and self._has(peer, index, allowed) and \
+                        not (zone_only and local[index]):
                     return index
-        rarest = self._rarest(peer, allowed)
-        if rarest is None and allowed is None:
+        rarest = self._rarest(peer, allowed, zone_only)
+        if rarest is None and allowed is None and not zone_only:
+            # (a remote peer is not: the zone lacking a piece can change back
+            # when a local peer leaves)
             peer.exhausted = True
         return rarest
 
-    def _rarest(self, peer: _Peer, allowed: set[int] | None) -> int | None:
+    def _rarest(
+        self, peer: _Peer, allowed: set[int] | None, zone_only: bool = False
+    ) -> int | None:
         """Rarest fresh piece the peer has; random among the first few equals
-        (the buckets start in a random order, so this only adds spread)."""
+        (the buckets start in a random order, so this only adds spread).
+        `zone_only`: only pieces no peer of our zone has."""
         bits = peer.bits
+        local = self._local_avail
         for bucket in self._buckets[0 if bits is None else 1 :]:
             found: list[int] = []
             for index in bucket:
+                if zone_only and local[index]:
+                    continue
                 if (allowed is None or index in allowed) and (bits is None or bits[index]):
                     found.append(index)
                     if len(found) >= _TIE_SAMPLE:

@@ -29,13 +29,13 @@ class SessionConfig(MemberConfig):
     tls: PeerTLS | None = None  # mutual TLS with the deploy CA (roost.engine.tls)
 
 
-def parse_allow(entries: list[str]) -> list[Network]:
-    """CIDRs or addresses, as given to --allow."""
+def parse_allow(entries: list[str], flag: str = "--allow") -> list[Network]:
+    """CIDRs or addresses, as given to --allow (or --local-net)."""
     nets: list[Network] = []
     for entry in entries:
         for item in entry.replace(",", " ").split():
             try:
                 nets.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
-                raise RoostError(f"--allow: {item!r} is not an address or network") from None
+                raise RoostError(f"{flag}: {item!r} is not an address or network") from None
     return nets

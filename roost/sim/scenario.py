@@ -30,6 +30,7 @@ class Scenario:
     late_window: float = 0.0  # late joiners start uniformly within this many seconds
     zones: int = 1
     zone_frac: float = 0.1  # a zone's link to the others: this share of its hosts' uplinks
+    zone_aware: bool = True  # members get their zone's network (MemberConfig.local_nets)
     latency: float = 0.0  # one way, seconds
     loss: float = 0.0  # packet loss probability
     startup: float = 0.0  # seconds from launch until a host's first action
@@ -99,5 +100,10 @@ class HostSpec:
 
     @property
     def ip(self) -> str:
+        # a zone's hosts share a /12 (10.16z.0.0/12), so members can tell by address
         i = self.index + 1
-        return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        return f"10.{((i >> 16) & 15) + 16 * self.zone}.{(i >> 8) & 255}.{i & 255}"
+
+    @property
+    def zone_net(self) -> str:
+        return f"10.{16 * self.zone}.0.0/12"

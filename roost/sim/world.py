@@ -29,6 +29,7 @@ parsed by the real codec.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -257,6 +258,8 @@ class World:
             listen_host=spec.ip,
             announce_ip=spec.ip,
             big_block=self.sc.big_block,
+            local_nets=[ipaddress.ip_network(spec.zone_net)]
+            if self.sc.zones > 1 and self.sc.zone_aware else None,
         )
 
     def _start(self, host: Host) -> None:

@@ -102,6 +102,14 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download-rate", type=rate_arg, help="cap, as --upload-rate")
     parser.add_argument("--location", help="location label (rack/zone) sent to the tracker")
     parser.add_argument(
+        "--local-net",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="our zone's addresses: peers outside them get one request in flight and are "
+        "asked only for pieces no peer inside has (narrow links between zones)",
+    )
+    parser.add_argument(
         "--no-zero-copy",
         action="store_true",
         help="upload with pread + write instead of sendfile (for comparison)",
@@ -211,6 +219,7 @@ def make_config(ns: argparse.Namespace, **extra: object) -> SessionConfig:
         upload_rate=ns.upload_rate,
         download_rate=ns.download_rate,
         location=ns.location,
+        local_nets=parse_allow(ns.local_net, "--local-net") if ns.local_net else None,
         expected_peers=ns.expected_peers,
         initial_peers=[parse_peer(p) for p in ns.peer],
         tls=peer_tls_from_args(ns.tls_cert, ns.tls_key, ns.tls_ca),
