@@ -20,7 +20,8 @@ What it decides: whom to connect to and whom to refuse (allowlist, bans,
 duplicate connections; the slots by roost.core.admission), what to request
 from whom, whom to upload to (rechoke every RECHOKE_TICKS ticks, and at once
 when a slot frees), snubbed and idle peers, smart bans, when to announce, Have batching, the
-origin's super-seed offers, and when to leave (the completion policy).
+origin's super-seed offers, what to ask web seeds for (roost.core.webseed), and
+when to leave (the completion policy).
 
 Time. A tick every TICK seconds updates rates, checks peers (handshake
 deadline, snub, keepalive, idle), connects, refills requests, reports
@@ -56,6 +57,8 @@ from roost.core.actions import (
     Report,
     ResumeReading,
     Stop,
+    WebData,
+    WebFailed,
     WriteReady,
 )
 from roost.core.announce import REGULAR, AnnounceSchedule
@@ -72,6 +75,7 @@ from roost.core.picker import PiecePicker
 from roost.core.ratelimit import TokenBucket
 from roost.core.stall import StallWatch
 from roost.core.uploads import Uploads
+from roost.core.webseed import WebSeeds
 from roost.core.wire import (
     AllowedFast,
     BitfieldMsg,
@@ -114,6 +118,7 @@ class SwarmMember:
         trackers: bool = True,
         report_uploads: bool = False,
         rng: random.Random | None = None,
+        web_seeds: list[str] | None = None,
     ) -> None:
         self.info = info
         self.info_hash = info_hash
@@ -129,6 +134,7 @@ class SwarmMember:
         self.choker = Choker(slots=config.unchoke_slots, rng=self.rng)
         self.down_bucket = TokenBucket(config.download_rate)
         self.assembly = Assembly(info.piece_length)
+        self.webseeds = WebSeeds(web_seeds or [], info, self.picker)  # BEP 19
         self.offers = Offers(self.num_pieces, self.rng) if config.super_seed else None
         self.uploads = Uploads(
             info, have, self.offers, config.upload_rate, report_uploads=report_uploads
@@ -189,6 +195,8 @@ class SwarmMember:
         self.last_interest_at = now
         self._next_tick = now + TICK
         self._last_tick = now
+        self.webseeds.start(out, self.complete)
+        self._fill_web(out, now)
         self._connect_more(out, now)
         self._maybe_announce(out, now)
         return out
@@ -245,6 +253,11 @@ class SwarmMember:
             out.append(Report("tracker_error", {"message": ev.message}))
         elif isinstance(ev, Flushed):
             self._flushed(out, now)
+        elif isinstance(ev, WebData):
+            self._on_web_data(ev, out, now)
+        elif isinstance(ev, WebFailed):
+            self.webseeds.failed(ev, out, now)
+            self._fill_web(out, now)
         self._settle(out, now)
         return out
 
@@ -255,6 +268,7 @@ class SwarmMember:
         if self._resume_at is not None and now >= self._resume_at:
             self._resume_at = None
             out.append(ResumeReading())
+            self._fill_web(out, now)
         self.uploads.due(self.conns.values(), out, now)
         if now >= self._next_tick:
             self._next_tick = max(self._next_tick + TICK, now + TICK / 2)
@@ -553,6 +567,42 @@ class SwarmMember:
         if got.whole is not None:
             out.append(CheckAndWrite(index, got.whole))
 
+    def _fill_web(self, out: list[Action], now: float) -> None:
+        if self.webseeds and self._resume_at is None and not self.assembly.backlogged():
+            self.webseeds.fill(out, now)
+
+    def _on_web_data(self, ev: WebData, out: list[Action], now: float) -> None:
+        """A web seed's range: into the piece assembly like a peer's blocks (and
+        hash-checked like them); nothing of it is trusted before the check."""
+        size = len(ev.data)
+        expected = self.webseeds.expected(ev.request)
+        if expected is not None and size != expected:  # the engine checks; so do we
+            reason = f"a wrong length: {size} bytes for {expected}"
+            self.webseeds.failed(WebFailed(ev.request, reason), out, now)
+            self._fill_web(out, now)
+            return
+        fetch = self.webseeds.answered(ev.request, size, now)
+        if fetch is None or self.have[fetch.index]:
+            self.wasted_bytes += size
+            if fetch is not None:
+                self.webseeds.give_back(fetch)
+            self._fill_web(out, now)
+            return
+        self.downloaded += size
+        wait = self.down_bucket.consume(size, now)
+        if wait > 0:
+            self._pause_reading(now + wait, out)
+        got = self.assembly.add(self.picker, fetch.seed, fetch.index, fetch.begin, ev.data,
+                                self.info.piece_size(fetch.index))
+        self.wasted_bytes += got.wasted
+        for key, req in got.cancels:
+            other = self.conns.get(key)  # type: ignore[call-overload]
+            if other is not None:
+                other.cancel_block(req, out, now)
+        if got.whole is not None:
+            out.append(CheckAndWrite(fetch.index, got.whole))
+        self._fill_web(out, now)
+
     def _pause_reading(self, until: float, out: list[Action]) -> None:
         if self._resume_at is None:
             out.append(PauseReading())
@@ -568,6 +618,7 @@ class SwarmMember:
             for conn in list(self.conns.values()):
                 if conn.ready and not conn.closed:
                     self._fill(conn, out, now)
+            self._fill_web(out, now)
         if ev.error is not None:
             message = f"cannot write piece {index}: {ev.error}"
             out.append(Report("error", {"message": message}))
@@ -577,6 +628,7 @@ class SwarmMember:
             self.picker.piece_verified(index)
             self.have.set(index)
             for key in bad:
+                self._distrust_web_seed(key, index, out)
                 culprit = self.conns.get(key)
                 if culprit is not None:
                     self._ban(culprit, f"sent a corrupt block of piece {index}", out, now)
@@ -585,9 +637,14 @@ class SwarmMember:
         self.picker.piece_failed(index)
         out.append(Report("hash_failed", {"piece": index, "peers": senders}))
         for key in bad:  # it alone sent the piece
+            self._distrust_web_seed(key, index, out)
             culprit = self.conns.get(key)
             if culprit is not None:
                 self._ban(culprit, f"sent piece {index} that failed its hash check", out, now)
+
+    def _distrust_web_seed(self, key: int, index: int, out: list[Action]) -> None:
+        if self.webseeds.is_web_seed(key):
+            self.webseeds.drop(key, f"served piece {index} that failed its hash check", out)
 
     def _piece_passed(self, index: int, out: list[Action], now: float) -> None:
         """Tell every peer (batched), drop interest where it ended, maybe complete."""
@@ -664,6 +721,7 @@ class SwarmMember:
         for conn in list(self.conns.values()):
             if conn.ready and not conn.closed:
                 self._fill(conn, out, now)
+        self._fill_web(out, now)
         out.append(
             Progress(
                 done=self.bytes_done(),
