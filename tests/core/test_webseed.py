@@ -228,6 +228,7 @@ def test_url_list_round_trips_through_the_metainfo() -> None:
     from roost.core import bencode
 
     top = bencode.decode(raw)
+    assert isinstance(top, dict)
     top[b"url-list"] = [b"ftp://x/", b"http://ok/", 7]
     assert metainfo.parse(bencode.encode(top)).url_list == ("http://ok/",)
     top[b"url-list"] = b"http://one/"
