@@ -685,6 +685,8 @@ class SwarmMember:
             "downloaded": self.downloaded,
             "wasted": self.wasted_bytes,
         }
+        if self.webseeds.seeds:
+            fields["from_web_seeds"] = self.webseeds.received
         out.append(Report("complete", fields))
         for conn in list(self.conns.values()):
             if conn.is_seed:
@@ -711,6 +713,8 @@ class SwarmMember:
             down += conn.down.rate
             up += conn.up.rate
             self._check_peer(conn, out, now)
+        self.webseeds.down.tick(dt)
+        down += self.webseeds.down.rate
         if self._ticks % RECHOKE_TICKS == 1:
             self._rechoke(out, now)
         if self.offers is not None:

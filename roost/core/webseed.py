@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from roost.core.actions import Action, DropWebSeed, Report, WebFailed, WebFetch, WebPart
+from roost.core.conn import RateMeter
 from roost.core.inert import inert
 from roost.core.metainfo import Info
 from roost.core.picker import BlockRequest, PiecePicker
@@ -93,6 +94,7 @@ class WebSeeds:
             self.seeds[-(n + 1)] = WebSeed(-(n + 1), url)
         self.requests: dict[int, _Fetch] = {}  # request id -> fetch, every seed
         self._next_request = 1
+        self.down = RateMeter()  # every web seed's bytes, for the progress line
         self._offsets = [f.offset for f in info.files]
         self.budget = max(MIN_BUDGET, 2 * info.piece_length)
         self._blocks_per_fetch = max(1, min(MAX_FETCH_BYTES, info.piece_length)
@@ -170,6 +172,7 @@ class WebSeeds:
             return None
         seed.failures = 0
         seed.received += size
+        self.down.add(size)
         return fetch
 
     def failed(self, ev: WebFailed, out: list[Action], now: float) -> None:
@@ -198,6 +201,10 @@ class WebSeeds:
         seed.retry_at = now + wait
         out.append(Report("web_seed_error", {"url": inert(seed.url), "reason": inert(reason),
                                              "failures": seed.failures, "retry_in": wait}))
+
+    @property
+    def received(self) -> int:
+        return sum(s.received for s in self.seeds.values())
 
     def give_back(self, fetch: _Fetch) -> None:
         """The blocks of a fetch that brought nothing usable are FREE again."""

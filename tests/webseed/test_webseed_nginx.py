@@ -101,6 +101,7 @@ def test_a_fetch_completes_from_a_web_seed_alone(tmp_path: Path, www: Path, ngin
         {"event": "web_seed_added", "t": peer.named("web_seed_added")[0]["t"],
          "url": nginx.url()}]
     assert not peer.named("web_seed_dropped") and not peer.named("hash_failed")
+    assert peer.named("complete")[0]["from_web_seeds"] == src.stat().st_size
     requests = web_requests(nginx)
     assert requests and all('" 206 ' in line for line in requests), requests[:3]
     assert all("GET /payload.bin " in line for line in requests)
