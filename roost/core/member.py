@@ -658,6 +658,7 @@ class SwarmMember:
             self._announce_haves(out, now)  # peers should learn at once that we are a seed
             self.completed_at = now
             self.last_interest_at = now
+            self.webseeds.finish(out)
             out.append(Flush())
             self._rechoke_soon = True  # now seeding: slots go to the laggards
             self._maybe_announce(out, now)

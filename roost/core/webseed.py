@@ -215,6 +215,17 @@ class WebSeeds:
             n = min(size, fetch.begin + fetch.length - begin)
             self.picker.request_rejected(fetch.seed, BlockRequest(fetch.index, begin, n))
 
+    def finish(self, out: list[Action]) -> None:
+        """The payload is complete: close every web seed's connections (quietly;
+        late endgame answers are counted as waste by the member)."""
+        for seed in self.seeds.values():
+            if seed.dropped is None:
+                seed.dropped = "complete"
+                for rid in seed.inflight:
+                    self.requests.pop(rid, None)
+                seed.inflight.clear()
+                out.append(DropWebSeed(seed.key))
+
     def drop(self, key: int, reason: str, out: list[Action]) -> None:
         """Never ask this seed again; what it had in flight goes to others."""
         seed = self.seeds.get(key)

@@ -68,6 +68,7 @@ def test_a_web_seed_alone_fetches_the_whole_payload_byte_exact() -> None:
     assert kit.member.complete
     assert kit.of(Flush)
     assert not kit.reports("web_seed_dropped")
+    assert kit.of(DropWebSeed) == [DropWebSeed(-1)]  # its connections close, quietly
 
 
 def test_in_flight_stays_within_the_budget() -> None:
