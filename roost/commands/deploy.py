@@ -57,6 +57,10 @@ def deploy_options(func: Any) -> Any:
         click.option("--upload-rate", help="per-peer upload cap, e.g. 100mbit or 20M"),
         click.option("--download-rate", help="per-peer download cap"),
         click.option("--link-rate", help="the hosts' link rate R, to report the bound S·8/R"),
+        click.option("--web-seed", "web_seeds", multiple=True, metavar="URL",
+                     help="an HTTP server that holds the payload too (BEP 19; repeatable): "
+                     "hosts fetch pieces from it besides the swarm, each hash-checked. "
+                     "A directory URL gets the torrent name (the tag, for a tree) appended"),
         click.option("--tracker", help="an external `roost tracker` base URL (admin token in "
                      "$ROOST_TRACKER_TOKEN); default: a tracker inside this process"),
         click.option("--super-seed/--no-super-seed", default=None,
@@ -91,6 +95,7 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
         "upload_rate": "upload_rate",
         "download_rate": "download_rate",
         "link_rate": "link_rate",
+        "web_seeds": "web_seeds",
         "super_seed": "super_seed",
         "batch": "batch",
         "canary": "canary",
@@ -119,7 +124,7 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
         "allowed_signers": "allowed_signers",
     }
     out = {mapping[k]: v for k, v in params.items() if k in mapping}
-    for key in ("pre_activate", "post_activate", "hosts", "groups", "allow"):
+    for key in ("pre_activate", "post_activate", "hosts", "groups", "allow", "web_seeds"):
         if key in out:
             out[key] = list(out[key] or [])
     if params.get("no_activate"):

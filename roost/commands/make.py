@@ -12,6 +12,7 @@ from roost import __version__
 from roost.core.metainfo import (
     build_info,
     build_torrent,
+    check_web_seed_url,
     choose_piece_length,
     parse,
     parse_piece_size,
@@ -33,6 +34,7 @@ def make_torrent(
     comment: str | None = None,
     creation_date: int | None = None,
     show_progress: bool = False,
+    web_seeds: list[str] | None = None,
 ) -> bytes:
     payload = scan_payload(path)
     length = piece_length or choose_piece_length(payload.total_length)
@@ -50,6 +52,7 @@ def make_torrent(
         comment=comment,
         created_by=f"roost {__version__}",
         creation_date=creation_date,
+        url_list=web_seeds or (),
     )
 
 
@@ -75,6 +78,14 @@ def make_torrent(
     "--private/--public", default=True, show_default=True, help="Set the BEP 27 private flag."
 )
 @click.option("--comment", help="Free-text comment stored in the torrent.")
+@click.option(
+    "--web-seed",
+    "web_seeds",
+    multiple=True,
+    metavar="URL",
+    help="HTTP server holding the payload (BEP 19 url-list; repeatable). A URL ending "
+    "in / is a directory: the torrent's name (and a file's path) is appended.",
+)
 @click.option("--no-date", is_flag=True, help="Leave out the creation date (reproducible output).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
@@ -85,6 +96,7 @@ def command(
     piece_size: str | None,
     private: bool,
     comment: str | None,
+    web_seeds: tuple[str, ...],
     no_date: bool,
     as_json: bool,
     force: bool,
@@ -96,6 +108,8 @@ def command(
     if not out.absolute().parent.is_dir():  # say so before hashing, not after
         raise UsageError(f"cannot write {out}: {out.parent} is not a directory")
     length = parse_piece_size(piece_size) if piece_size else None
+    for url in web_seeds:
+        check_web_seed_url(url, UsageError)  # before hashing, not after
     started = time.monotonic()
     size = sum(f.length for f in scan_payload(path).files)
     data = make_torrent(
@@ -104,6 +118,7 @@ def command(
         piece_length=length,
         private=private,
         comment=comment,
+        web_seeds=list(web_seeds),
         creation_date=None if no_date else int(time.time()),
         show_progress=not as_json and size >= PROGRESS_THRESHOLD,
     )
@@ -128,6 +143,7 @@ def command(
                     "pieces": meta.info.num_pieces,
                     "files": len(meta.info.files),
                     "private": meta.info.private,
+                    "web_seeds": list(meta.url_list),
                     "seconds": round(elapsed, 3),
                 }
             )

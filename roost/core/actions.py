@@ -80,6 +80,24 @@ class AnnounceFailed:
     retry_in: float | None = None  # the tracker client's own back-off, when it has one
 
 
+@dataclass(frozen=True, slots=True)
+class WebData:
+    """A WebFetch came back whole: `data` is exactly the bytes it asked for."""
+
+    request: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WebFailed:
+    """A WebFetch failed: an HTTP `status` (when the server answered with one),
+    a short body, a timeout or a connection error (`reason`, for the log)."""
+
+    request: int
+    reason: str
+    status: int | None = None
+
+
 Event = (
     Connected
     | Closed
@@ -89,6 +107,8 @@ Event = (
     | Flushed
     | AnnounceAnswered
     | AnnounceFailed
+    | WebData
+    | WebFailed
 )
 
 # ---- actions: what the member asks its adapter to do ----
@@ -200,6 +220,36 @@ class Stop:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WebPart:
+    """One HTTP range of a WebFetch: `length` bytes at `offset` of the file at
+    `url`; `url` None for a BEP 47 pad file, which is zeros and never asked for."""
+
+    url: str | None
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebFetch:
+    """Fetch bytes [begin, begin + length) of piece `index` from web seed
+    `seed` (BEP 19) as `parts`, in order; feed WebData or WebFailed."""
+
+    request: int
+    seed: int
+    index: int
+    begin: int
+    length: int
+    parts: tuple[WebPart, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DropWebSeed:
+    """Stop every fetch from this web seed and close its connections."""
+
+    seed: int
+
+
 Action = (
     Send
     | SendBlock
@@ -215,4 +265,6 @@ Action = (
     | ResumeReading
     | PieceUploaded
     | Stop
+    | WebFetch
+    | DropWebSeed
 )

@@ -20,7 +20,8 @@ What it decides: whom to connect to and whom to refuse (allowlist, bans,
 duplicate connections; the slots by roost.core.admission), what to request
 from whom, whom to upload to (rechoke every RECHOKE_TICKS ticks, and at once
 when a slot frees), snubbed and idle peers, smart bans, when to announce, Have batching, the
-origin's super-seed offers, and when to leave (the completion policy).
+origin's super-seed offers, what to ask web seeds for (roost.core.webseed), and
+when to leave (the completion policy).
 
 Time. A tick every TICK seconds updates rates, checks peers (handshake
 deadline, snub, keepalive, idle), connects, refills requests, reports
@@ -56,6 +57,8 @@ from roost.core.actions import (
     Report,
     ResumeReading,
     Stop,
+    WebData,
+    WebFailed,
     WriteReady,
 )
 from roost.core.announce import REGULAR, AnnounceSchedule
@@ -73,6 +76,7 @@ from roost.core.picker import PiecePicker
 from roost.core.ratelimit import TokenBucket
 from roost.core.stall import StallWatch
 from roost.core.uploads import Uploads
+from roost.core.webseed import WebSeeds
 from roost.core.wire import (
     AllowedFast,
     BitfieldMsg,
@@ -115,6 +119,7 @@ class SwarmMember:
         trackers: bool = True,
         report_uploads: bool = False,
         rng: random.Random | None = None,
+        web_seeds: list[str] | None = None,
     ) -> None:
         self.info = info
         self.info_hash = info_hash
@@ -130,6 +135,7 @@ class SwarmMember:
         self.choker = Choker(slots=config.unchoke_slots, rng=self.rng)
         self.down_bucket = TokenBucket(config.download_rate)
         self.assembly = Assembly(info.piece_length)
+        self.webseeds = WebSeeds(web_seeds or [], info, self.picker)  # BEP 19
         self.offers = Offers(self.num_pieces, self.rng) if config.super_seed else None
         self.uploads = Uploads(
             info, have, self.offers, config.upload_rate, report_uploads=report_uploads
@@ -190,6 +196,8 @@ class SwarmMember:
         self.last_interest_at = now
         self._next_tick = now + TICK
         self._last_tick = now
+        self.webseeds.start(out, self.complete)
+        self._fill_web(out, now)
         self._connect_more(out, now)
         self._maybe_announce(out, now)
         return out
@@ -246,6 +254,11 @@ class SwarmMember:
             out.append(Report("tracker_error", {"message": ev.message}))
         elif isinstance(ev, Flushed):
             self._flushed(out, now)
+        elif isinstance(ev, WebData):
+            self._on_web_data(ev, out, now)
+        elif isinstance(ev, WebFailed):
+            self.webseeds.failed(ev, out, now)
+            self._fill_web(out, now)
         self._settle(out, now)
         return out
 
@@ -256,6 +269,7 @@ class SwarmMember:
         if self._resume_at is not None and now >= self._resume_at:
             self._resume_at = None
             out.append(ResumeReading())
+            self._fill_web(out, now)
         self.uploads.due(self.conns.values(), out, now)
         if now >= self._next_tick:
             self._next_tick = max(self._next_tick + TICK, now + TICK / 2)
@@ -566,6 +580,42 @@ class SwarmMember:
         if got.whole is not None:
             out.append(CheckAndWrite(index, got.whole))
 
+    def _fill_web(self, out: list[Action], now: float) -> None:
+        if self.webseeds and self._resume_at is None and not self.assembly.backlogged():
+            self.webseeds.fill(out, now)
+
+    def _on_web_data(self, ev: WebData, out: list[Action], now: float) -> None:
+        """A web seed's range: into the piece assembly like a peer's blocks (and
+        hash-checked like them); nothing of it is trusted before the check."""
+        size = len(ev.data)
+        expected = self.webseeds.expected(ev.request)
+        if expected is not None and size != expected:  # the engine checks; so do we
+            reason = f"a wrong length: {size} bytes for {expected}"
+            self.webseeds.failed(WebFailed(ev.request, reason), out, now)
+            self._fill_web(out, now)
+            return
+        fetch = self.webseeds.answered(ev.request, size, now)
+        if fetch is None or self.have[fetch.index]:
+            self.wasted_bytes += size
+            if fetch is not None:
+                self.webseeds.give_back(fetch)
+            self._fill_web(out, now)
+            return
+        self.downloaded += size
+        wait = self.down_bucket.consume(size, now)
+        if wait > 0:
+            self._pause_reading(now + wait, out)
+        got = self.assembly.add(self.picker, fetch.seed, fetch.index, fetch.begin, ev.data,
+                                self.info.piece_size(fetch.index))
+        self.wasted_bytes += got.wasted
+        for key, req in got.cancels:
+            other = self.conns.get(key)  # type: ignore[call-overload]
+            if other is not None:
+                other.cancel_block(req, out, now)
+        if got.whole is not None:
+            out.append(CheckAndWrite(fetch.index, got.whole))
+        self._fill_web(out, now)
+
     def _pause_reading(self, until: float, out: list[Action]) -> None:
         if self._resume_at is None:
             out.append(PauseReading())
@@ -581,6 +631,7 @@ class SwarmMember:
             for conn in list(self.conns.values()):
                 if conn.ready and not conn.closed:
                     self._fill(conn, out, now)
+            self._fill_web(out, now)
         if ev.error is not None:
             message = f"cannot write piece {index}: {ev.error}"
             out.append(Report("error", {"message": message}))
@@ -590,6 +641,7 @@ class SwarmMember:
             self.picker.piece_verified(index)
             self.have.set(index)
             for key in bad:
+                self._distrust_web_seed(key, index, out)
                 culprit = self.conns.get(key)
                 if culprit is not None:
                     self._ban(culprit, f"sent a corrupt block of piece {index}", out, now)
@@ -598,9 +650,14 @@ class SwarmMember:
         self.picker.piece_failed(index)
         out.append(Report("hash_failed", {"piece": index, "peers": senders}))
         for key in bad:  # it alone sent the piece
+            self._distrust_web_seed(key, index, out)
             culprit = self.conns.get(key)
             if culprit is not None:
                 self._ban(culprit, f"sent piece {index} that failed its hash check", out, now)
+
+    def _distrust_web_seed(self, key: int, index: int, out: list[Action]) -> None:
+        if self.webseeds.is_web_seed(key):
+            self.webseeds.drop(key, f"served piece {index} that failed its hash check", out)
 
     def _piece_passed(self, index: int, out: list[Action], now: float) -> None:
         """Tell every peer (batched), drop interest where it ended, maybe complete."""
@@ -614,6 +671,7 @@ class SwarmMember:
             self._announce_haves(out, now)  # peers should learn at once that we are a seed
             self.completed_at = now
             self.last_interest_at = now
+            self.webseeds.finish(out)
             out.append(Flush())
             self._rechoke_soon = True  # now seeding: slots go to the laggards
             self._maybe_announce(out, now)
@@ -641,6 +699,8 @@ class SwarmMember:
             "downloaded": self.downloaded,
             "wasted": self.wasted_bytes,
         }
+        if self.webseeds.seeds:
+            fields["from_web_seeds"] = self.webseeds.received
         out.append(Report("complete", fields))
         for conn in list(self.conns.values()):
             if conn.is_seed:
@@ -667,6 +727,8 @@ class SwarmMember:
             down += conn.down.rate
             up += conn.up.rate
             self._check_peer(conn, out, now)
+        self.webseeds.down.tick(dt)
+        down += self.webseeds.down.rate
         if self._ticks % RECHOKE_TICKS == 1:
             self._rechoke(out, now)
         if self.offers is not None:
@@ -680,6 +742,7 @@ class SwarmMember:
         for conn in [c for c in self.conns.values() if c not in late] + late:
             if conn.ready and not conn.closed:
                 self._fill(conn, out, now)
+        self._fill_web(out, now)
         out.append(
             Progress(
                 done=self.bytes_done(),

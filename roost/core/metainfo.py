@@ -1,4 +1,5 @@
-"""Torrent metainfo, BitTorrent v1 (BEP 3, BEP 12 announce-list, BEP 27 private).
+"""Torrent metainfo, BitTorrent v1 (BEP 3, BEP 12 announce-list, BEP 27 private,
+BEP 19 url-list web seeds).
 
 Pure: no I/O. `parse` validates everything a hostile .torrent could get wrong
 (piece count against total length, unsafe paths, bad types) and hashes the
@@ -90,6 +91,7 @@ class Metainfo:
     comment: str | None = None
     created_by: str | None = None
     creation_date: int | None = None
+    url_list: tuple[str, ...] = ()  # BEP 19 web seeds (roost.core.webseed)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -231,8 +233,10 @@ def build_torrent(
     comment: str | None = None,
     created_by: str | None = None,
     creation_date: int | None = None,
+    url_list: Sequence[str] = (),
 ) -> bytes:
-    """Assemble a .torrent. `trackers` is a flat list (one tier each) or tiers."""
+    """Assemble a .torrent. `trackers` is a flat list (one tier each) or tiers;
+    `url_list` the BEP 19 web seeds (checked by check_web_seed_url)."""
     tiers: list[list[str]] = []
     for entry in trackers:
         tiers.append([entry] if isinstance(entry, str) else list(entry))
@@ -247,7 +251,28 @@ def build_torrent(
         torrent["created by"] = created_by
     if creation_date is not None:
         torrent["creation date"] = creation_date
+    if url_list:
+        torrent["url-list"] = [check_web_seed_url(u, UsageError) for u in url_list]
     return bencode.encode(torrent)
+
+
+MAX_WEB_SEEDS = 16
+MAX_URL_BYTES = 2048
+_URL_BAD = re.compile(r"[\x00-\x20\x7f]")  # controls and spaces: never in a URL as sent
+
+
+def check_web_seed_url(url: str, error: type[Exception] = MetainfoError) -> str:
+    """A web seed URL must be plain http:// or https:// with a host, no
+    credentials, fragment or control characters; else `error`."""
+    if len(url.encode("utf-8", "replace")) > MAX_URL_BYTES:
+        raise error(f"web seed URL {url[:60]!r}... is longer than {MAX_URL_BYTES} bytes")
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if sep == "" or scheme.lower() not in ("http", "https") or not host:
+        raise error(f"web seed URL {url[:80]!r} is not an http:// or https:// URL")
+    if "@" in host or "#" in url or _URL_BAD.search(url):
+        raise error(f"web seed URL {url[:80]!r} has credentials, a fragment or a control character")
+    return url
 
 
 def parse(data: bytes) -> Metainfo:
@@ -266,6 +291,7 @@ def parse(data: bytes) -> Metainfo:
     announce = _opt_str(top, b"announce", "announce")
     tiers = _parse_announce_list(top.get(b"announce-list"))
     date = top.get(b"creation date")
+    url_list = _parse_url_list(top.get(b"url-list"))
     return Metainfo(
         info=info,
         info_hash=hashlib.sha1(raw_info).digest(),
@@ -275,7 +301,30 @@ def parse(data: bytes) -> Metainfo:
         comment=_opt_str(top, b"comment", "comment"),
         created_by=_opt_str(top, b"created by", "created by"),
         creation_date=date if isinstance(date, int) else None,
+        url_list=url_list,
     )
+
+
+def _parse_url_list(raw: Any) -> tuple[str, ...]:
+    """BEP 19: one URL or a list. Clients that cannot use a web seed ignore it,
+    so an unusable entry (ftp://, garbage) is skipped, never fatal."""
+    if raw is None:
+        return ()
+    items = raw if isinstance(raw, list) else [raw]
+    urls: list[str] = []
+    for item in items:
+        if not isinstance(item, bytes) or not item:
+            continue
+        url = item.decode("utf-8", "replace")
+        try:
+            check_web_seed_url(url)
+        except MetainfoError:
+            continue
+        if url not in urls:
+            urls.append(url)
+        if len(urls) >= MAX_WEB_SEEDS:
+            break
+    return tuple(urls)
 
 
 def parse_info(raw: Any) -> Info:

@@ -314,24 +314,37 @@ class PiecePicker:
             self._preferred[index] = None
 
     def pick(
-        self, key: Hashable, max_blocks: int, *, allowed: set[int] | None = None
+        self,
+        key: Hashable,
+        max_blocks: int,
+        *,
+        allowed: set[int] | None = None,
+        fresh_first: bool = False,
     ) -> list[Block]:
         """Choose up to `max_blocks` blocks to request from this peer, and mark
         them requested by it. `allowed` restricts the pieces (AllowedFast set
-        while the peer chokes us)."""
+        while the peer chokes us). `fresh_first` starts new pieces before
+        joining partial ones (a web seed: one range per piece, and a piece it
+        alone sent names it alone when the hash fails)."""
         peer = self._peers[key]
         out: list[Block] = []
         if max_blocks <= 0:
             return out
-        for index in self._partials_for(peer, allowed):
-            self._take_free(key, peer, index, max_blocks, out)
-            if len(out) >= max_blocks:
-                return out
+        if not fresh_first:
+            for index in self._partials_for(peer, allowed):
+                self._take_free(key, peer, index, max_blocks, out)
+                if len(out) >= max_blocks:
+                    return out
         while len(out) < max_blocks:
             started = self._start_piece(peer, allowed)
             if started is None:
                 break
             self._take_free(key, peer, started, max_blocks, out)
+        if fresh_first and len(out) < max_blocks:
+            for index in self._partials_for(peer, allowed):
+                self._take_free(key, peer, index, max_blocks, out)
+                if len(out) >= max_blocks:
+                    return out
         if len(out) < max_blocks and not self._fresh and not self._with_free:
             self._endgame(key, peer, max_blocks, allowed, out)
         return out

@@ -55,6 +55,7 @@ class DeployConfig:
     upload_rate: str | None = None
     download_rate: str | None = None
     link_rate: str | None = None  # the hosts' link rate, for the bound S·8/R only
+    web_seeds: list[str] = field(default_factory=list)  # BEP 19: HTTP servers of the payload
     super_seed: bool = False  # BEP 16 on the origin (see roost.deploy.swarm.Origin)
     peer_tls: bool = False  # mutual TLS between peers, per-deploy CA (roost.deploy.pki)
     tracker: str | None = None  # an external `roost tracker` base URL; default: embedded
@@ -124,6 +125,7 @@ TOML_KEYS: dict[str, dict[str, str]] = {
         "upload_rate": "upload_rate",
         "download_rate": "download_rate",
         "link_rate": "link_rate",
+        "web_seeds": "web_seeds",
         "super_seed": "super_seed",
         "peer_tls": "peer_tls",
         "tracker": "tracker",
@@ -177,6 +179,10 @@ def _apply_toml(config: DeployConfig, data: dict[str, Any], path: Path) -> Deplo
         values["allow"] = [values["allow"]]
     if "allow" in values and not all(isinstance(v, str) for v in values["allow"]):
         raise UsageError(f"{path}: [network] allow must be a list of networks")
+    if isinstance(values.get("web_seeds"), str):
+        values["web_seeds"] = [values["web_seeds"]]
+    if "web_seeds" in values and not all(isinstance(v, str) for v in values["web_seeds"]):
+        raise UsageError(f"{path}: [network] web_seeds must be a list of URLs")
     if isinstance(values.get("batch"), int):
         values["batch"] = str(values["batch"])
     if isinstance(values.get("min_success"), int | float):

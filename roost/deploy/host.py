@@ -55,6 +55,7 @@ class FetchPlan:
     allow: list[str] | None = None  # whom peers accept and dial (roost.deploy.allowlist)
     signature: str | None = None  # --sign-key: the manifest's OpenSSH signature
     allowed_signers: str | None = None  # --require-signature: hosts verify against this file
+    web_seeds: tuple[str, ...] = ()  # --web-seed: given to every host's fetch (BEP 19)
 
 
 @dataclass
@@ -239,6 +240,8 @@ class HostRun:
             args += ["--upload-rate", plan.upload_rate]
         if plan.download_rate:
             args += ["--download-rate", plan.download_rate]
+        for url in plan.web_seeds:
+            args += ["--web-seed", url]
         if plan.pki is not None:
             for flag, name in (("cert", CERT_FILE), ("key", KEY_FILE), ("ca", CA_FILE)):
                 args += [f"--tls-{flag}", f"{self.work}/{name}"]

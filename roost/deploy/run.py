@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from roost import __version__
-from roost.core.metainfo import parse
+from roost.core.metainfo import check_web_seed_url, parse
 from roost.deploy import dryrun, locking, rollout
 from roost.deploy.allowlist import check_extra, fleet_allowlist, resolve
 from roost.deploy.batches import plan_batches
@@ -122,6 +122,8 @@ async def run_deploy(
     if config.health_timeout <= 0:
         raise UsageError("--health-timeout must be more than 0 seconds")
     _check_signing(config)
+    for url in config.web_seeds:
+        check_web_seed_url(url, UsageError)  # a bad --web-seed: fail now
     agent = make_agent(config.python)
     scratch = Path(tempfile.mkdtemp(prefix="roost-deploy-"))
     swarm: SwarmControl | None = None
@@ -131,6 +133,7 @@ async def run_deploy(
         deploy.payload = await asyncio.to_thread(
             pack, src, scratch, deploy.tag, fmt=config.format, compress=config.compress
         )
+        _check_web_seed_format(config, deploy.payload.manifest.format)
         made = deploy.payload.torrent  # a tree's torrent is made with its manifest
         torrent = made if made is not None else await asyncio.to_thread(
             make_metainfo, deploy.payload.payload)
@@ -163,6 +166,7 @@ async def run_deploy(
             pki,
             signature=signature,
             allowed_signers=config.allowed_signers if config.require_signature else None,
+            web_seeds=tuple(config.web_seeds),
         )
         deploy.phase = "fetch"
         # every host reports the address it will announce before any peer starts:
@@ -210,6 +214,14 @@ async def run_deploy(
         deploy.mark("end")
         deploy.phase = "done"
     return deploy
+
+
+def _check_web_seed_format(config: DeployConfig, fmt: str) -> None:
+    """A web seed serves the payload's own bytes: a tarball packed here for this
+    deploy is on no web server."""
+    if config.web_seeds and fmt in ("tar", "tar.zst"):
+        raise UsageError("--web-seed needs a payload a web server can hold as is: "
+                         "a file, or a directory sent as tree or dir (not tar)")
 
 
 def _check_signing(config: DeployConfig) -> None:

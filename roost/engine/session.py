@@ -37,6 +37,7 @@ from roost.core.actions import (
     Connect,
     Connected,
     ConnectFailed,
+    DropWebSeed,
     Event,
     Flush,
     Flushed,
@@ -50,6 +51,9 @@ from roost.core.actions import (
     SendBlock,
     Stop,
     WantWritable,
+    WebData,
+    WebFailed,
+    WebFetch,
     WriteReady,
 )
 from roost.core.bitfield import Bitfield
@@ -60,6 +64,7 @@ from roost.engine.config import SessionConfig
 from roost.engine.reporter import Reporter
 from roost.engine.storage import Storage
 from roost.engine.tracker_client import TrackerClient, TrackerError
+from roost.engine.webseed import WebSeedClient, WebSeedError
 from roost.engine.zerocopy import send_direct, socket_fd
 from roost.errors import RoostError
 
@@ -120,6 +125,7 @@ class Session:
         *,
         trackers: list[list[str]] | None = None,
         rng: Any = None,
+        web_seeds: list[str] | None = None,
     ) -> None:
         self.meta = meta
         self.storage = storage
@@ -134,6 +140,8 @@ class Session:
             trackers=bool(self.tiers),
             report_uploads=config.upload_log is not None,
             rng=rng,
+            # BEP 19: the torrent's url-list, unless the caller chose (roost fetch --web-seed)
+            web_seeds=list(meta.url_list) if web_seeds is None else web_seeds,
         )
         self.loop = asyncio.get_running_loop()
         self.protocols: dict[int, PeerProtocol] = {}
@@ -150,6 +158,8 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.web_clients: dict[int, WebSeedClient] = {}  # web seed -> its connections
+        self._web_tasks: dict[int, set[asyncio.Task[Any]]] = {}
 
     @property
     def complete(self) -> bool:
@@ -218,6 +228,8 @@ class Session:
     async def _shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        for client in self.web_clients.values():
+            client.close()
         if self._timer is not None:
             self._timer.cancel()
         stopped = None
@@ -241,10 +253,11 @@ class Session:
         if self.upload_log is not None:
             self.upload_log.close()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         """A background task that dies is a bug: say so and stop, never hang."""
@@ -336,6 +349,17 @@ class Session:
             if action.error is not None:
                 self.error = action.error
             self.stop(action.reason)
+        elif isinstance(action, WebFetch):
+            task = self._spawn(self._web_fetch(action))
+            tasks = self._web_tasks.setdefault(action.seed, set())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        elif isinstance(action, DropWebSeed):
+            for task in self._web_tasks.pop(action.seed, set()):
+                task.cancel()
+            client = self.web_clients.pop(action.seed, None)
+            if client is not None:
+                client.close()
 
     def _send_block(self, action: SendBlock) -> None:
         """One Piece message: zero-copy while the transport has nothing queued,
@@ -386,6 +410,22 @@ class Session:
             self.feed(PieceChecked(index, False, str(exc)))
             return
         self.feed(PieceChecked(index, ok))
+
+    async def _web_fetch(self, action: WebFetch) -> None:
+        """One WebFetch: its HTTP ranges, then WebData or WebFailed. The bytes are
+        the core's to check, as a peer's are (roost.engine.webseed)."""
+        client = self.web_clients.get(action.seed)
+        if client is None:
+            client = self.web_clients[action.seed] = WebSeedClient()
+        try:
+            data = await client.fetch(action.parts)
+        except WebSeedError as exc:
+            self.feed(WebFailed(action.request, exc.reason, exc.status))
+            return
+        except (OSError, ValueError) as exc:  # a URL that cannot be sent, a TLS error...
+            self.feed(WebFailed(action.request, f"{type(exc).__name__}: {exc}"))
+            return
+        self.feed(WebData(action.request, data))
 
     async def _flush(self) -> None:
         await self.loop.run_in_executor(self.pool, self.storage.flush)

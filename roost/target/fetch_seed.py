@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.core.bitfield import Bitfield
-from roost.core.metainfo import Metainfo
+from roost.core.metainfo import Metainfo, check_web_seed_url
 from roost.core.ratelimit import parse_rate
 from roost.core.tree import check_torrent
 from roost.core.wire import BLOCK_SIZE
@@ -138,6 +138,14 @@ def add_fetch(parser: argparse.ArgumentParser) -> Runner:
     )
     parser.add_argument("--no-seed", action="store_true", help="exit as soon as complete")
     parser.add_argument("--sha256", help="also check the SHA-256 of a single-file payload")
+    parser.add_argument(
+        "--web-seed",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an HTTP server that holds the payload (BEP 19 url-list; repeatable): "
+        "used with the torrent's own, every piece from it hash-checked",
+    )
     tree = parser.add_argument_group(
         "tree release", "write a tree torrent's pieces straight into a staging directory "
         "(-d, <dest>/releases/.<tag>.tmp-*), reusing files of kept releases first")
@@ -236,6 +244,12 @@ def trackers_of(ns: argparse.Namespace, meta: Metainfo) -> list[list[str]]:
     if ns.tracker:
         return [[url] for url in ns.tracker]
     return [list(tier) for tier in meta.trackers]
+
+
+def web_seeds_of(ns: argparse.Namespace, meta: Metainfo) -> list[str]:
+    """The torrent's url-list and --web-seed, in that order, each once."""
+    extra = [check_web_seed_url(u, UsageError) for u in getattr(ns, "web_seed", [])]
+    return list(dict.fromkeys([*meta.url_list, *extra]))
 
 
 class FetchReporter(Reporter):
@@ -342,7 +356,8 @@ async def _session_main(
             reporter.event("complete", bytes=meta.info.total_length, downloaded=0, wasted=0)
             if not config.seed:
                 return True
-        session = Session(meta, storage, have, config, reporter, trackers=trackers_of(ns, meta))
+        session = Session(meta, storage, have, config, reporter, trackers=trackers_of(ns, meta),
+                          web_seeds=web_seeds_of(ns, meta))
         if isinstance(storage, TreeStorage) and storage.local_blocks:
             if session.member.picker.block_size != BLOCK_SIZE:
                 raise RoostError("the picker's block size is not the one reuse planned for")

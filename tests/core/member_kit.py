@@ -83,6 +83,8 @@ class Kit:
         config: MemberConfig | None = None,
         trackers: bool = False,
         seed: int = 1,
+        web_seeds: list[str] | None = None,
+        multi_file: bool = False,
     ) -> None:
         rng = random.Random(seed)
         self.payload = rng.randbytes(pieces * piece_length - 1000)
@@ -90,7 +92,19 @@ class Kit:
             hashlib.sha1(self.payload[i : i + piece_length]).digest()
             for i in range(0, len(self.payload), piece_length)
         )
-        info = metainfo.build_info("payload", len(self.payload), piece_length, hashes)
+        # multi_file: two files ("a" ends mid-piece) and a pad, as tree torrents lay them out
+        files: list[tuple[tuple[str, ...], int, bool]] | int = len(self.payload)
+        if multi_file:
+            half = len(self.payload) // 2 + 100
+            pad = (-half) % piece_length
+            self.payload = self.payload[:half] + bytes(pad) + self.payload[half + pad :]
+            hashes = b"".join(
+                hashlib.sha1(self.payload[i : i + piece_length]).digest()
+                for i in range(0, len(self.payload), piece_length)
+            )
+            files = [(("a",), half, False), ((".pad", str(pad)), pad, True),
+                     (("dir", "b c"), len(self.payload) - half - pad, False)]
+        info = metainfo.build_info("payload", files, piece_length, hashes)
         meta = metainfo.parse(metainfo.build_torrent(info))
         self.info, self.info_hash = meta.info, meta.info_hash
         have = Bitfield.full(pieces) if complete else Bitfield(pieces)
@@ -101,6 +115,7 @@ class Kit:
             config or MemberConfig(),
             trackers=trackers,
             rng=random.Random(seed),
+            web_seeds=web_seeds,
         )
         self.now = 1000.0
         self.actions: list[Action] = []
