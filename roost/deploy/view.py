@@ -17,6 +17,7 @@ from roost.deploy.dryrun import need_bytes
 from roost.deploy.rollout import placement
 from roost.deploy.state import Deploy
 from roost.deploy.ui import inert_text, print_reasons
+from roost.target.protocol import HostStatus
 
 STYLE = {
     "ok": "green",
@@ -53,7 +54,7 @@ def progress(deploy: Deploy) -> dict[str, Any]:
     total = size * len(deploy.hosts)
     done = sum(min(h.bytes_done, size) for h in deploy.hosts)
     counts = deploy.counts()
-    running = [h for h in deploy.hosts if h.status in ("connecting", "fetching")]
+    running = [h for h in deploy.hosts if h.status in (HostStatus.CONNECTING, HostStatus.FETCHING)]
     slow = sorted(running, key=lambda h: h.bytes_done)[:3]
     return {
         "percent": 100.0 * done / total if total else 0.0,
