@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, ClassVar
 
-_Types = dict[str, tuple[type, ...]]
-
 from roost.errors import RoostError
+
+_Types = dict[str, tuple[type, ...]]
 
 #: the longest line of agent output we parse (a result, an event, an error)
 MAX_LINE = 1 << 20
@@ -262,7 +262,8 @@ class FetchEvent:
     message: str | None = None
     kind: ErrorKind | None = None
 
-    _TYPES: ClassVar[_Types] = {"event": _STR, "peer_id": _STR, "bytes_done": _INT, "bytes_total": _INT,
+    _TYPES: ClassVar[_Types] = {
+              "event": _STR, "peer_id": _STR, "bytes_done": _INT, "bytes_total": _INT,
               "down_Bps": _NUM, "bytes": _INT, "files": _INT, "fetch_bytes": _INT,
               "downloaded": _INT, "message": _STR, "kind": _STR}
 
