@@ -70,6 +70,9 @@ class ErrorKind(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    # as its value's: a dict keyed by either finds the other (old callers, JSON)
+    __hash__ = str.__hash__
+
     @classmethod
     def parse(cls, value: object, default: ErrorKind) -> ErrorKind:
         """The kind a host named, or `default` for one this side does not know."""
@@ -116,6 +119,9 @@ class HostStatus(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    # as its value's: a dict keyed by either finds the other (old callers, JSON)
+    __hash__ = str.__hash__
 
     @classmethod
     def parse(cls, value: object) -> HostStatus | None:
