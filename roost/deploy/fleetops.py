@@ -96,7 +96,7 @@ def run_op(
                  for _, getter in columns]
         cells[0] = Text(row["host"])
         if row["status"] == HostStatus.FAILED and len(cells) > 1:  # the reason goes under the table
-            cells[1] = Text("failed", style="red")
+            cells[1] = Text(HostStatus.FAILED.value, style="red")
         table.add_row(*(inert_text(c, keep_newlines=True) for c in cells))
     console = Console()
     console.print(table)
