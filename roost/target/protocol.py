@@ -246,6 +246,7 @@ class EventName(str, Enum):
     """The events `roost fetch --json` prints while it fetches and stages."""
 
     STARTED = "started"
+    CHECKED = "checked"  # resuming: pieces already on disk
     PROGRESS = "progress"
     REUSED = "reused"
     COMPLETE = "complete"
@@ -267,11 +268,14 @@ class FetchEvent:
     downloaded: int | None = None
     message: str | None = None
     kind: ErrorKind | None = None
+    have: int | None = None
+    pieces: int | None = None
 
     _TYPES: ClassVar[_Types] = {
               "event": _STR, "peer_id": _STR, "bytes_done": _INT, "bytes_total": _INT,
               "down_Bps": _NUM, "bytes": _INT, "files": _INT, "fetch_bytes": _INT,
-              "downloaded": _INT, "message": _STR, "kind": _STR}
+              "downloaded": _INT, "message": _STR, "kind": _STR, "have": _INT,
+              "pieces": _INT}
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

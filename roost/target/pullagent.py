@@ -46,7 +46,7 @@ import roost
 from roost.errors import RoostError, UsageError
 from roost.target import Runner
 from roost.target.hostops import clean, deploy_dir, route_source, stop_pid
-from roost.target.protocol import ErrorKind, HostStatus
+from roost.target.protocol import ErrorKind, EventName, FetchEvent, HostStatus, ProtocolError
 from roost.target.release import (
     Dest,
     HookError,
@@ -310,27 +310,32 @@ class PullAgent:
         """Read the fetch's events; stage once the payload is complete."""
         assert proc.stdout is not None
         complete, error, last, peer_id = False, "", 0.0, None
+        kind = ErrorKind.FETCH
         for line in proc.stdout:
             try:
-                event = json.loads(line)
-            except ValueError:
+                event = FetchEvent.from_json(line.decode(errors="replace"))
+            except ProtocolError:
+                continue  # not an event: never fatal
+            if event is None:
                 continue
-            name = event.get("event") if isinstance(event, dict) else None
-            if name == "started" and isinstance(event.get("peer_id"), str):
-                peer_id = event["peer_id"]
-            elif name == "checked":
-                self.log("resumed", have=event.get("have"), pieces=event.get("pieces"))
-            elif name == "progress" and not complete and time.monotonic() - last >= PROGRESS_EVERY:
+            if event.event is EventName.STARTED and event.peer_id is not None:
+                peer_id = event.peer_id
+            elif event.event is EventName.CHECKED:
+                self.log("resumed", have=event.have, pieces=event.pieces)
+            elif (event.event is EventName.PROGRESS and not complete
+                  and time.monotonic() - last >= PROGRESS_EVERY):
                 last = time.monotonic()
                 self.report(HostStatus.FETCHING, peer_id=peer_id,
-                            bytes_done=event.get("bytes_done", 0),
-                            bytes_total=event.get("bytes_total", 0),
-                            rate=event.get("down_Bps", 0))
-            elif name == "complete" and not complete:
+                            bytes_done=event.bytes_done or 0,
+                            bytes_total=event.bytes_total or 0,
+                            rate=event.down_Bps or 0)
+            elif event.event is EventName.COMPLETE and not complete:
                 complete = True
                 self._stage(deploy_id, peer_id)
-            elif name == "error":
-                error = str(event.get("message", ""))[:500]
+            elif event.event is EventName.ERROR:
+                error = (event.message or "")[:500]
+                if event.kind is not None and event.kind is not ErrorKind.ERROR:
+                    kind = event.kind
         code = proc.wait()
         if complete or self.state.get("deploy_id") != deploy_id or proc is not self.fetch:
             return
@@ -340,7 +345,7 @@ class PullAgent:
         with contextlib.suppress(OSError):
             error = error or (tail.read_text(errors="replace").strip().splitlines() or [""])[-1]
         self.save(phase="failed")
-        self.report(HostStatus.FAILED, kind=ErrorKind.FETCH, peer_id=peer_id,
+        self.report(HostStatus.FAILED, kind=kind, peer_id=peer_id,
                     reason=error or f"fetch exited with {code} before completing")
 
     def _stage(self, deploy_id: str, peer_id: str | None) -> None:
