@@ -53,7 +53,11 @@ def test_fetch_events_round_trip() -> None:
     for event in events:
         assert FetchEvent.from_json(event.to_json()) == event
     # an event this operator does not know is skipped, not an error
-    assert FetchEvent.from_json('{"event": "checked", "have": 3}') is None
+    assert FetchEvent.from_json('{"event": "swarm_mood", "mood": 3}') is None
+    assert FetchEvent.from_json('{"event": "checked", "have": 3, "pieces": 9}') == \
+        FetchEvent(EventName.CHECKED, have=3, pieces=9)
+    with pytest.raises(ProtocolError, match="field 'bytes_done' has the wrong type"):
+        FetchEvent.from_json('{"event": "progress", "bytes_done": "lots"}')
 
 
 def test_prepare_request_round_trip() -> None:
