@@ -176,3 +176,25 @@ def test_the_guard_catches_what_it_claims() -> None:
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_untyped_status_or_error_kind(path: Path) -> None:
     assert untyped(path.read_text()) == []
+
+
+# --- the operator reads kinds from records and exit codes ------------------------------
+
+
+def _failure(code: int, stdout: str, stderr: str = "") -> ErrorKind:
+    from roost.deploy.host import _json_result
+    from roost.deploy.transport import HostFailure, Result
+    with pytest.raises(HostFailure) as info:
+        _json_result(Result(code, stdout, stderr), ErrorKind.STAGE)
+    assert isinstance(info.value.kind, ErrorKind)
+    return info.value.kind
+
+
+def test_the_operator_takes_the_kind_from_the_record_or_the_exit_code() -> None:
+    record = ErrorRecord(ErrorKind.HOOK, "pre hook 'x' failed (exit 1)").to_json()
+    assert _failure(6, record) is ErrorKind.HOOK
+    assert _failure(4, "", "roost activate: error: out of room") is ErrorKind.DISK_FULL
+    # a message that says "disk full" is not a kind: exit 1, no record -> the step's
+    assert _failure(1, "", "roost activate: error: disk full, no space, ENOSPC") \
+        is ErrorKind.STAGE
+    assert _failure(1, "garbage\n{not json", "") is ErrorKind.STAGE
