@@ -50,6 +50,7 @@ from roost.deploy.run import (
 )
 from roost.deploy.swarm import Origin, SwarmControl
 from roost.deploy.transport import HostFailure
+from roost.target.protocol import ErrorKind, HostStatus
 from roost.target.signing import sign
 
 MAX_REPORT = 64 * 1024
@@ -147,7 +148,7 @@ class Coordinator:
         if not isinstance(data, dict) or data.get("host") not in self.runs:
             return web.json_response({"error": "unknown host"}, status=404)
         if data.get("deploy_id") not in (self.deploy.deploy_id, None) \
-                and data.get("state") != "refused":
+                and data.get("state") != HostStatus.REFUSED.value:
             return web.json_response({"error": "another deploy"}, status=409)
         self._apply(self.runs[str(data["host"])], data)
         async with self.changed:
@@ -156,7 +157,7 @@ class Coordinator:
 
     def _apply(self, run: HostRun, data: dict[str, Any]) -> None:
         """An agent's report -> its HostRun (what the table and --json show)."""
-        state = str(data.get("state"))
+        state = HostStatus.parse(data.get("state"))  # None: a state we do not know
         seq = data.get("seq")
         if isinstance(seq, int):
             self.answers[run.spec.name][seq] = data
@@ -169,26 +170,27 @@ class Coordinator:
             run.hooks = [h for h in data["hooks"] if isinstance(h, dict)]
         if isinstance(data.get("health"), dict):
             run.health = data["health"]
-        if state == "fetching" and run.status in ("waiting", "fetching"):
-            run.status, run.phase = "fetching", "fetch"
+        if state is HostStatus.FETCHING and run.status in (HostStatus.WAITING, HostStatus.FETCHING):
+            run.status, run.phase = HostStatus.FETCHING, "fetch"
             run.times.setdefault("fetch_started", time.monotonic())
             run.bytes_done = _int(data.get("bytes_done"))
             run.bytes_total = _int(data.get("bytes_total"))
             run.rate = float(_int(data.get("rate")))
-        elif state == "staged" and run.status in ("waiting", "fetching"):
-            run.status, run.phase = "staged", "stage"
+        elif state is HostStatus.STAGED and run.status in (HostStatus.WAITING, HostStatus.FETCHING):
+            run.status, run.phase = HostStatus.STAGED, "stage"
             run.already_had = bool(data.get("already_had"))
             run.bytes_done = run.bytes_total = _int(data.get("bytes_total")) or run.bytes_total
             run.mark("fetched")
             run.mark("staged")
-        elif state == "ok":
-            run.status, run.phase = "ok", "activate"
+        elif state is HostStatus.OK:
+            run.status, run.phase = HostStatus.OK, "activate"
             run.mark("activated")
-        elif state in ("failed", "refused") and not run.failed:
-            reason = str(data.get("reason") or state)[:1000]
-            run.fail(HostFailure(str(data.get("kind") or state)[:40], reason))
+        elif state in (HostStatus.FAILED, HostStatus.REFUSED) and not run.failed:
+            reason = str(data.get("reason") or state.value)[:1000]
+            refused = ErrorKind.REFUSED if state is HostStatus.REFUSED else ErrorKind.ERROR
+            run.fail(HostFailure(ErrorKind.parse(data.get("kind"), refused), reason))
             run.mark("failed")
-        elif state == "finished":
+        elif state is HostStatus.FINISHED:
             self.finished.add(run.spec.name)
 
     # --- publishing ----------------------------------------------------------------
@@ -295,15 +297,16 @@ async def _fetch_phase(deploy: Deploy, coordinator: Coordinator, swarm: SwarmCon
             if run.failed or run.already_had:
                 told_swarm.add(name)
                 tasks.append(asyncio.create_task(_out_of_race(swarm, run, coordinator)))
-        return all(r.status in ("staged", "failed") for r in deploy.hosts)
+        return all(r.status in (HostStatus.STAGED, HostStatus.FAILED) for r in deploy.hosts)
 
     await coordinator.wait_until(settled, deploy.config.timeout)
     await asyncio.gather(*tasks)
     for run in deploy.hosts:
-        if run.status not in ("staged", "failed"):
-            run.fail(HostFailure("timeout", f"not staged within {deploy.config.timeout:g} s "
-                                 "(no answer from its agent)" if run.status == "waiting" else
-                                 f"not staged within {deploy.config.timeout:g} s"))
+        if run.status not in (HostStatus.STAGED, HostStatus.FAILED):
+            late = f"not staged within {deploy.config.timeout:g} s"
+            silent = run.status is HostStatus.WAITING
+            run.fail(HostFailure(ErrorKind.TIMEOUT,
+                                 f"{late} (no answer from its agent)" if silent else late))
             run.mark("failed")
 
 
@@ -336,13 +339,13 @@ async def _instruct(deploy: Deploy, coordinator: Coordinator, kind: str, batch: 
 
 async def _activate_phase(deploy: Deploy, coordinator: Coordinator) -> None:
     config = deploy.config
-    staged = [h for h in deploy.hosts if h.status == "staged"]
+    staged = [h for h in deploy.hosts if h.status == HostStatus.STAGED]
     if len(staged) < deploy.need:
         deploy.exit_code = EXIT_FETCH_BELOW_MIN
         deploy.message = (f"only {len(staged)} of {len(deploy.hosts)} hosts staged the "
                           f"release (need {deploy.need}); nothing was switched")
         for h in staged:
-            h.status = "not-activated"
+            h.status = HostStatus.NOT_ACTIVATED
         return
     if not config.activate:
         deploy.exit_code = EXIT_OK
@@ -365,13 +368,13 @@ async def _activate_phase(deploy: Deploy, coordinator: Coordinator) -> None:
             health_check=config.health_check, health_timeout=config.health_timeout)
         for run in batch:
             if seq not in coordinator.answers[run.spec.name] and not run.failed:
-                run.fail(HostFailure("timeout", f"no answer to the activation within "
+                run.fail(HostFailure(ErrorKind.TIMEOUT, f"no answer to the activation within "
                                      f"{_answer_timeout(deploy):g} s"))
         bad = [h for h in batch if h.failed]
         if bad and staged_rollout:
             await _stop(deploy, coordinator, batches, number, bad)
             return
-    ok = sum(1 for h in deploy.hosts if h.status == "ok")
+    ok = sum(1 for h in deploy.hosts if h.status == HostStatus.OK)
     if ok >= deploy.need:
         deploy.exit_code = EXIT_OK
         deploy.message = f"{deploy.tag} is current on {ok} of {len(deploy.hosts)} hosts"
@@ -391,14 +394,14 @@ async def _stop(deploy: Deploy, coordinator: Coordinator, batches: list[list[Hos
     for run in batch:
         answer = coordinator.answers[run.spec.name].get(seq)
         if answer is None:
-            run.status, run.kind = "failed", run.kind or "rollback"
+            run.status, run.kind = HostStatus.FAILED, run.kind or ErrorKind.ROLLBACK
             run.reason = (f"{run.reason + '; ' if run.reason else ''}"
                           "no answer to the rollback instruction")
         elif not run.failed:
-            run.status, run.reason = "rolled-back", f"{name} failed on another host"
+            run.status, run.reason = HostStatus.ROLLED_BACK, f"{name} failed on another host"
     untouched = [h for later in batches[number + 1:] for h in later]
     for run in untouched:
-        run.status, run.reason = "not-activated", f"rollout stopped at {name}"
+        run.status, run.reason = HostStatus.NOT_ACTIVATED, f"rollout stopped at {name}"
     names = ", ".join(h.spec.name for h in bad)
     deploy.exit_code = rollout.EXIT_ROLLOUT_STOPPED
     deploy.message = (

@@ -22,6 +22,7 @@ from roost.core.metainfo import parse
 from roost.core.wire import BLOCK_SIZE
 from roost.deploy.host import MIN_PYTHON, HostRun
 from roost.deploy.transport import HostFailure
+from roost.target.protocol import ErrorKind, HostStatus
 from roost.target.treestage import bytes_to_fetch, held_pieces, local_blocks
 
 if TYPE_CHECKING:
@@ -83,11 +84,11 @@ async def preflight(run: HostRun, deploy: Deploy, tracker_host: str) -> None:
         info: dict[str, Any] = json.loads(first)
     except (StopAsyncIteration, ValueError):
         code = await stream.wait()
-        kind = "python" if code in (126, 127) else "preflight"
+        kind = ErrorKind.PYTHON if code in (126, 127) else ErrorKind.PREFLIGHT
         raise HostFailure(kind, f"cannot run {config.python} (exit {code})") from None
     except (asyncio.TimeoutError, TimeoutError):
         stream.close()
-        raise HostFailure("timeout", "the preflight probe did not answer") from None
+        raise HostFailure(ErrorKind.TIMEOUT, "the preflight probe did not answer") from None
     received = time.time()
     checks = _checks(info, deploy, run, skew=float(info["time"]) - (sent + received) / 2)
     checks["port"] = await _port_check(info)
@@ -104,8 +105,8 @@ async def preflight(run: HostRun, deploy: Deploy, tracker_host: str) -> None:
     run.health = {"checks": checks}
     failed = [f"{name}: {c['detail']}" for name, c in checks.items() if c["verdict"] == "fail"]
     if failed:
-        raise HostFailure("preflight", "; ".join(failed))
-    run.status = "would-deploy" if not run.already_had else "would-skip"
+        raise HostFailure(ErrorKind.PREFLIGHT, "; ".join(failed))
+    run.status = HostStatus.WOULD_DEPLOY if not run.already_had else HostStatus.WOULD_SKIP
     run.reason = "already has this tag (no-op)" if run.already_had else ""
 
 

@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roost.deploy.config import DeployConfig, HostSpec
-from roost.deploy.host import HostRun
+from roost.deploy.host import HostRun, _json_result
 from roost.deploy.run import Connector, make_agent
 from roost.deploy.transport import HostFailure
+from roost.target.protocol import ErrorKind, HostStatus
+
+#: each fleet command's step: the error kind when the agent names none
+_STEPS = {"host-status": ErrorKind.STATUS, "host-rollback": ErrorKind.ROLLBACK,
+          "host-health": ErrorKind.HEALTH, "host-clean": ErrorKind.CLEAN}
 
 
 @dataclass
@@ -23,7 +28,7 @@ class OpResult:
 
     @property
     def failed(self) -> int:
-        return sum(1 for r in self.rows if r["status"] == "failed")
+        return sum(1 for r in self.rows if r["status"] == HostStatus.FAILED)
 
 
 async def run_everywhere(
@@ -43,17 +48,12 @@ async def run_everywhere(
                     run.agent_cmd(agent, command, "--dest", run.dest(config), "--json", *args),
                     timeout=120,
                 )
-            if result.code != 0:
-                message = result.last_error().split("error: ", 1)[-1]
-                raise HostFailure(command.removeprefix("host-"), message)
-            row.update(json.loads(result.stdout.strip().splitlines()[-1]))
-            row["status"] = "ok"
+            row.update(_json_result(result, _STEPS.get(command, ErrorKind.INTERNAL)))
+            row["status"] = HostStatus.OK
         except HostFailure as exc:
-            row.update(status="failed", kind=exc.kind, reason=str(exc))
-        except (ValueError, IndexError):
-            row.update(status="failed", kind=command, reason="unreadable agent output")
+            row.update(status=HostStatus.FAILED, kind=exc.kind, reason=str(exc))
         except Exception as exc:  # one host's surprise stays in its row
-            row.update(status="failed", kind="internal",
+            row.update(status=HostStatus.FAILED, kind=ErrorKind.INTERNAL,
                        reason=f"unexpected {type(exc).__name__}: {exc}")
         finally:
             if run.transport is not None:
@@ -92,14 +92,14 @@ def run_op(
     for name, _ in columns:
         table.add_column(name)
     for row in result.rows:
-        cells = [Text(str(getter(row)) if row["status"] == "ok" else "-")
+        cells = [Text(str(getter(row)) if row["status"] == HostStatus.OK else "-")
                  for _, getter in columns]
         cells[0] = Text(row["host"])
-        if row["status"] == "failed" and len(cells) > 1:  # the reason goes under the table
-            cells[1] = Text("failed", style="red")
+        if row["status"] == HostStatus.FAILED and len(cells) > 1:  # the reason goes under the table
+            cells[1] = Text(HostStatus.FAILED.value, style="red")
         table.add_row(*(inert_text(c, keep_newlines=True) for c in cells))
     console = Console()
     console.print(table)
     print_reasons(console, ((r["host"], r["reason"], r["kind"]) for r in result.rows
-                            if r["status"] == "failed"))
+                            if r["status"] == HostStatus.FAILED))
     return code

@@ -27,6 +27,17 @@ from roost.core.metainfo import parse
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.pki import CA_FILE, CERT_FILE, KEY_FILE, DeployCA
 from roost.deploy.transport import HostFailure, Stream, Transport
+from roost.target.protocol import (
+    EXIT_CODES,
+    ErrorKind,
+    ErrorRecord,
+    EventName,
+    FetchEvent,
+    HostStatus,
+    PrepareResult,
+    ProtocolError,
+    kind_of_exit,
+)
 from roost.target.release import Manifest
 
 MIN_PYTHON = (3, 10)
@@ -61,9 +72,9 @@ class FetchPlan:
 @dataclass
 class HostRun:
     spec: HostSpec
-    status: str = "waiting"  # waiting|connecting|fetching|staged|activated|ok|failed|...
+    status: HostStatus = HostStatus.WAITING
     phase: str = "connect"
-    kind: str = ""
+    kind: ErrorKind | None = None
     reason: str = ""
     bytes_done: int = 0
     bytes_total: int = 0
@@ -97,11 +108,11 @@ class HostRun:
 
     @property
     def failed(self) -> bool:
-        return self.status == "failed"
+        return self.status is HostStatus.FAILED
 
     def fail(self, exc: HostFailure) -> None:
         if not self.failed:
-            self.status, self.kind, self.reason = "failed", exc.kind, str(exc)
+            self.status, self.kind, self.reason = HostStatus.FAILED, exc.kind, str(exc)
 
     def mark(self, name: str) -> None:
         self.times[name] = time.monotonic()
@@ -122,13 +133,13 @@ class HostRun:
         result = await self.transport.run(probe, timeout=60)
         words = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
         if "nopython" in result.stdout:
-            raise HostFailure("python", f"no {agent.python} on this host")
+            raise HostFailure(ErrorKind.PYTHON, f"no {agent.python} on this host")
         version = tuple(int(v) for v in words.get("py", "0 0").split())
         if version < MIN_PYTHON:
-            raise HostFailure("python", f"{agent.python} is {version}; roost needs >= 3.10")
+            raise HostFailure(ErrorKind.PYTHON, f"{agent.python} is {version}; roost needs >= 3.10")
         home = words.get("home", "").strip()
         if not home.startswith("/"):
-            raise HostFailure("agent", "cannot find the remote home directory")
+            raise HostFailure(ErrorKind.AGENT, "cannot find the remote home directory")
         self.pyz = f"{home}/.cache/roost/{agent.name}"
         if "have" not in result.stdout.split():
             await self._push_agent(agent)
@@ -136,14 +147,19 @@ class HostRun:
     async def _push_agent(self, agent: Agent) -> None:
         assert self.transport is not None
         target = shlex.quote(self.pyz)
+        # a failed copy where the free space is under the agent's size exits as a
+        # full disk does (protocol.EXIT_CODES): the kind is the code, not stderr's words
+        full = EXIT_CODES[ErrorKind.DISK_FULL]
         command = (
-            f'mkdir -p "$HOME/.cache/roost" && cat > {target}.tmp.$$ && '
+            f'mkdir -p "$HOME/.cache/roost" && {{ cat > {target}.tmp.$$ || {{ '
+            f'rm -f {target}.tmp.$$; df -Pk "$HOME/.cache/roost" | '
+            f"awk 'NR==2 {{ exit ($4 * 1024 < {len(agent.data)}) ? {full} : 1 }}'; exit; }}; }} && "
             f"chmod 755 {target}.tmp.$$ && mv -f {target}.tmp.$$ {target}"
         )
         result = await self.transport.run(command, input=agent.data, timeout=120)
         if result.code != 0:
             raise HostFailure(
-                _kind_of(result.stderr, "agent"),
+                kind_of_exit(result.code, ErrorKind.AGENT),
                 f"cannot install the roost agent: {result.last_error()}",
             )
         self.pushed_agent = True
@@ -159,7 +175,7 @@ class HostRun:
         manifest: Manifest,
         torrent: bytes,
         plan: FetchPlan,
-    ) -> dict[str, Any]:
+    ) -> PrepareResult:
         assert self.transport is not None
         self.phase = "prepare"
         args = [
@@ -183,20 +199,20 @@ class HostRun:
         blob = prepare_input(manifest, torrent, plan.pki.issue(self.spec.name).to_dict()
                              if plan.pki is not None else None, plan.signature)
         result = await self.transport.run(self.agent_cmd(agent, *args), input=blob, timeout=120)
-        info = _json_result(result, "prepare")
-        self.work = str(info["dir"])
-        self.address = info.get("address")
-        self.address_local = bool(info.get("address_local", True))
-        self.previous = self.current = info.get("current")
-        self.already_had = bool(info.get("have"))
+        info = _prepared(result)
+        self.work = info.dir
+        self.address = info.address
+        self.address_local = info.address_local
+        self.previous = self.current = info.current
+        self.already_had = info.have
         if manifest.format == "tree":
             self.staging = f"{dest.rstrip('/')}/releases/.{manifest.tag}.tmp-{deploy_id}"
         # staging holds the payload, and a tarball is unpacked beside it
         need = manifest.size * (1 if manifest.format in ("file", "tree") else 2)
-        if not self.already_had and int(info.get("free_bytes", need)) < need:
+        if not self.already_had and info.free_bytes < need:
             raise HostFailure(
-                "disk-full",
-                f"disk full: {dest} has {_mib(info['free_bytes'])} "
+                ErrorKind.DISK_FULL,
+                f"disk full: {dest} has {_mib(info.free_bytes)} "
                 f"free, the release needs {_mib(need)}",
             )
         return info
@@ -253,35 +269,41 @@ class HostRun:
     async def follow_fetch(self, completed: asyncio.Event) -> None:
         """Read fetch's JSON events until it exits; set `completed` on `complete`."""
         assert self.fetch_stream is not None
-        error = ""
+        error: FetchEvent | None = None
         async for line in self.fetch_stream.lines():
             try:
-                event = json.loads(line)
-            except ValueError:
+                event = FetchEvent.from_json(line)
+            except ProtocolError:
+                continue  # not an event (fetch's other output): never fatal
+            if event is None:
                 continue
-            name = event.get("event") if isinstance(event, dict) else None
-            if name == "started" and isinstance(event.get("peer_id"), str):
-                self.peer_id = event["peer_id"].encode("latin-1")
-            elif name == "progress":
-                self.bytes_done = int(event.get("bytes_done", self.bytes_done))
-                self.bytes_total = int(event.get("bytes_total", self.bytes_total))
-                self.rate = float(event.get("down_Bps", 0))
-            elif name == "reused":
-                self.bytes_reused = int(event.get("bytes", 0))
-                self.files_reused = int(event.get("files", 0))
-                self.bytes_to_fetch = int(event.get("fetch_bytes", 0))
-            elif name == "complete":
-                self.bytes_fetched = int(event.get("downloaded", 0))
-                self.bytes_done = self.bytes_total = int(event.get("bytes", self.bytes_total))
+            if event.event is EventName.STARTED and event.peer_id is not None:
+                self.peer_id = event.peer_id.encode("latin-1")
+            elif event.event is EventName.PROGRESS:
+                self.bytes_done = _or(event.bytes_done, self.bytes_done)
+                self.bytes_total = _or(event.bytes_total, self.bytes_total)
+                self.rate = float(event.down_Bps or 0)
+            elif event.event is EventName.REUSED:
+                self.bytes_reused = event.bytes or 0
+                self.files_reused = event.files or 0
+                self.bytes_to_fetch = event.fetch_bytes or 0
+            elif event.event is EventName.COMPLETE:
+                self.bytes_fetched = event.downloaded or 0
+                self.bytes_done = self.bytes_total = _or(event.bytes, self.bytes_total)
                 self.rate = 0.0
                 self.mark("fetched")
                 completed.set()
-            elif name == "error":
-                error = str(event.get("message", "fetch failed"))
+            elif event.event is EventName.ERROR:
+                error = event
         self.fetch_exit = await self.fetch_stream.wait()
         if not completed.is_set():
-            detail = error or f"fetch exited with {self.fetch_exit} before completing"
-            raise HostFailure(_kind_of(detail, "fetch"), detail)
+            # fetch's exit 3 means incomplete, so its kind is the error event's
+            kind = error.kind if error is not None and error.kind else ErrorKind.FETCH
+            if kind is ErrorKind.ERROR:
+                kind = ErrorKind.FETCH
+            detail = (error.message if error is not None and error.message else
+                      f"fetch exited with {self.fetch_exit} before completing")
+            raise HostFailure(kind, detail)
 
     async def stage(self, agent: Agent, dest: str) -> None:
         assert self.transport is not None
@@ -300,8 +322,8 @@ class HostRun:
             ),
             timeout=1800,
         )
-        _json_result(result, "stage")
-        self.status = "staged"
+        _json_result(result, ErrorKind.STAGE)
+        self.status = HostStatus.STAGED
         self.mark("staged")
 
     async def activate(
@@ -336,10 +358,10 @@ class HostRun:
             self.agent_cmd(agent, *args), timeout=hook_timeout * (len(pre) + len(post) + 1)
         )
         self.hooks = _hooks_of(result.stdout)
-        info = _json_result(result, "activate")
+        info = _json_result(result, ErrorKind.ACTIVATE)
         self.previous = info.get("previous")
         self.current = tag
-        self.status = "activated"
+        self.status = HostStatus.ACTIVATED
         self.mark("activated")
 
     async def clean(self, agent: Agent, dest: str, deploy_id: str) -> None:
@@ -350,7 +372,7 @@ class HostRun:
             self.agent_cmd(agent, "host-clean", "--dest", dest, "--deploy-id", deploy_id, "--json"),
             timeout=60,
         )
-        _json_result(result, "clean")
+        _json_result(result, ErrorKind.CLEAN)
 
 
 @dataclass
@@ -389,20 +411,42 @@ def prepare_input(manifest: Manifest, torrent: bytes, tls: dict[str, str] | None
     return shared.blob
 
 
-def _json_result(result: Any, step: str) -> dict[str, Any]:
+def _json_result(result: Any, step: ErrorKind) -> dict[str, Any]:
+    """The agent's last stdout line: its result, or its typed error when it failed.
+    The kind comes from the error record, else from the exit code, else it is the
+    step's: never from the message."""
+    lines = result.stdout.strip().splitlines()
     if result.code != 0:
-        message = result.last_error().removeprefix("roost activate: error: ")
-        for prefix in ("roost host-prepare: error: ", "roost host-clean: error: "):
-            message = message.removeprefix(prefix)
-        kind = "hook" if "hook" in message else _kind_of(message, step)
+        kind = kind_of_exit(result.code, step)
+        try:
+            record = ErrorRecord.from_json(lines[-1])
+            kind = record.kind if record.kind is not ErrorKind.ERROR else kind
+        except (ProtocolError, IndexError):
+            record = None
+        if record is not None:
+            message = record.message
+        else:
+            message = result.last_error()
+            for prefix in ("roost activate: error: ", "roost host-prepare: error: ",
+                           "roost host-clean: error: "):
+                message = message.removeprefix(prefix)
         raise HostFailure(kind, message)
     try:
-        data = json.loads(result.stdout.strip().splitlines()[-1])
+        data = json.loads(lines[-1])
     except (ValueError, IndexError):
         raise HostFailure(step, f"{step}: unreadable agent output") from None
     if not isinstance(data, dict):
         raise HostFailure(step, f"{step}: unreadable agent output")
     return data
+
+
+def _prepared(result: Any) -> PrepareResult:
+    """host-prepare's record, checked: a host that answers nonsense fails, one line."""
+    _json_result(result, ErrorKind.PREPARE)
+    try:
+        return PrepareResult.from_json(result.stdout.strip().splitlines()[-1])
+    except ProtocolError as exc:
+        raise HostFailure(ErrorKind.PREPARE, str(exc)) from None
 
 
 def _hooks_of(stdout: str) -> list[dict[str, Any]]:
@@ -417,13 +461,8 @@ def _hooks_of(stdout: str) -> list[dict[str, Any]]:
     return []
 
 
-def _kind_of(message: str, default: str) -> str:
-    if message.startswith("signature refused"):
-        return "signature"
-    text = message.lower()
-    if "disk full" in text or "no space" in text or "enospc" in text:
-        return "disk-full"
-    return default
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _mib(n: int) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from roost.deploy.host import Agent, HostRun
 from roost.deploy.transport import HostFailure
+from roost.target.protocol import ErrorKind
 
 EXIT_LOCKED = 6
 LOCK_ANSWER_TIMEOUT = 60.0
@@ -59,7 +60,7 @@ async def acquire(run: HostRun, agent: Agent, dest: str, deploy_id: str, tag: st
     try:
         answer = await asyncio.wait_for(first_line(), LOCK_ANSWER_TIMEOUT)
     except (asyncio.TimeoutError, TimeoutError):
-        raise HostFailure("lock", "the lock command did not answer") from None
+        raise HostFailure(ErrorKind.LOCK, "the lock command did not answer") from None
     if answer.get("locked"):
         broke = answer.get("broke")
         return broke if isinstance(broke, dict) else None
@@ -67,7 +68,8 @@ async def acquire(run: HostRun, agent: Agent, dest: str, deploy_id: str, tag: st
     stream.close()
     message = str(answer.get("message") or "cannot take the deploy lock")
     # only contention refuses the whole deploy; a full disk and the like fail this host
-    raise HostFailure("locked" if answer.get("refused") == "locked" else "lock", message)
+    held = ErrorKind.parse(answer.get("kind"), ErrorKind.LOCK) is ErrorKind.LOCK_HELD
+    raise HostFailure(ErrorKind.LOCK_HELD if held else ErrorKind.LOCK, message)
 
 
 async def release(run: HostRun, outcome: dict[str, Any]) -> None:

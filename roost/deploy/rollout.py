@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from roost.deploy.batches import plan_batches
 from roost.deploy.host import Agent, HostRun, _json_result
 from roost.deploy.transport import HostFailure
+from roost.target.protocol import ErrorKind, HostStatus
 
 if TYPE_CHECKING:
     from roost.deploy.state import Deploy
@@ -42,9 +43,9 @@ async def health_check(run: HostRun, agent: Agent, dest: str, command: str,
     if run.previous:
         args += ["--previous", run.previous]
     result = await run.transport.run(run.agent_cmd(agent, *args), timeout=timeout + 60)
-    run.health = _json_result(result, "health")
+    run.health = _json_result(result, ErrorKind.HEALTH)
     if not run.health.get("ok"):
-        raise HostFailure("health", str(run.health.get("reason") or "health check failed"))
+        raise HostFailure(ErrorKind.HEALTH, str(run.health.get("reason") or "health check failed"))
 
 
 async def roll_back(run: HostRun, agent: Agent, dest: str, tag: str) -> None:
@@ -59,7 +60,7 @@ async def roll_back(run: HostRun, agent: Agent, dest: str, tag: str) -> None:
     back = ["--to", run.previous] if run.previous else ["--none", "--expect", tag]
     result = await run.transport.run(
         run.agent_cmd(agent, "host-rollback", "--dest", dest, "--json", *back), timeout=120)
-    _json_result(result, "rollback")
+    _json_result(result, ErrorKind.ROLLBACK)
     run.current = run.previous if back[0] == "--to" else None
 
 
@@ -68,7 +69,7 @@ async def staged_activation(
 ) -> bool:
     """Activate batch by batch; True when a batch failed and the rollout stopped."""
     config = deploy.config
-    staged = [h for h in deploy.hosts if h.status == "staged"]
+    staged = [h for h in deploy.hosts if h.status == HostStatus.STAGED]
     plan = plan_batches(len(staged), config.batch, config.canary)
     batches = [[staged[i] for i in indexes] for indexes in plan]
     for number, batch in enumerate(batches):
@@ -78,7 +79,8 @@ async def staged_activation(
         deploy.phase = _batch_name(deploy, number, len(batches))
         await asyncio.gather(*(activate_one(h) for h in batch))
         if config.health_check:
-            await asyncio.gather(*(_checked(h, agent, deploy) for h in batch if h.status == "ok"))
+            await asyncio.gather(*(_checked(h, agent, deploy) for h in batch
+                                   if h.status is HostStatus.OK))
         bad = [h for h in batch if h.failed]
         if bad:
             await _stop(deploy, agent, batches, number, bad)
@@ -92,7 +94,7 @@ async def _checked(run: HostRun, agent: Agent, deploy: Deploy) -> None:
         await health_check(run, agent, run.dest(deploy.config), deploy.config.health_check,
                            deploy.config.health_timeout)
     except (HostFailure, Exception) as exc:
-        run.fail(exc if isinstance(exc, HostFailure) else HostFailure("health", str(exc)))
+        run.fail(exc if isinstance(exc, HostFailure) else HostFailure(ErrorKind.HEALTH, str(exc)))
 
 
 async def _stop(deploy: Deploy, agent: Agent, batches: list[list[HostRun]], number: int,
@@ -105,15 +107,15 @@ async def _stop(deploy: Deploy, agent: Agent, batches: list[list[HostRun]], numb
             was_ok = not run.failed
             await roll_back(run, agent, run.dest(deploy.config), deploy.tag)
             if was_ok:
-                run.status, run.reason = "rolled-back", f"{name} failed on another host"
+                run.status, run.reason = HostStatus.ROLLED_BACK, f"{name} failed on another host"
         except (HostFailure, Exception) as exc:
-            run.status, run.kind = "failed", "rollback"
+            run.status, run.kind = HostStatus.FAILED, ErrorKind.ROLLBACK
             run.reason = f"{run.reason + '; ' if run.reason else ''}rollback failed: {exc}"
 
     await asyncio.gather(*(back(h) for h in batches[number]))
     untouched = [h for later in batches[number + 1:] for h in later]
     for run in untouched:
-        run.status, run.reason = "not-activated", f"rollout stopped at {name}"
+        run.status, run.reason = HostStatus.NOT_ACTIVATED, f"rollout stopped at {name}"
     names = ", ".join(h.spec.name for h in bad)
     deploy.exit_code = EXIT_ROLLOUT_STOPPED
     deploy.message = (

@@ -59,6 +59,7 @@ from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_host
 from roost.deploy.zipapp import build_zipapp_bytes
 from roost.errors import UsageError
 from roost.target import signing
+from roost.target.protocol import ErrorKind, HostStatus
 from roost.target.release import Manifest
 
 EXIT_OK = 0
@@ -293,13 +294,13 @@ async def _fetch_phase(
         try:
             async with launch:  # connected, agent in place, locked and prepared
                 if run.already_had:
-                    run.status = "staged"
+                    run.status = HostStatus.STAGED
                     run.bytes_done = run.bytes_total = manifest.size
                     await swarm.one_fewer()
                     return
                 await run.start_fetch(agent, plan, run.spec.location, run.dest(config),
                                       config.reuse)
-                run.status = "fetching"
+                run.status = HostStatus.FETCHING
             completed = asyncio.Event()
             run.fetch_task = asyncio.create_task(run.follow_fetch(completed))
             await _first(completed.wait(), run.fetch_task)
@@ -324,7 +325,7 @@ async def _fetch_phase(
             for run, task in zip(runs, tasks, strict=True):
                 if task in pending and (not run.bytes_total or run.bytes_done < run.bytes_total):
                     task.cancel()
-                    run.fail(HostFailure("fetch", orphaned))
+                    run.fail(HostFailure(ErrorKind.FETCH, orphaned))
                     pending.discard(task)
             if pending:
                 _, pending = await asyncio.wait(pending, timeout=max(0, deadline - loop.time()))
@@ -332,7 +333,7 @@ async def _fetch_phase(
             task.cancel()
         for run, task in zip(runs, tasks, strict=True):
             if task in pending:
-                run.fail(HostFailure("timeout", f"not staged within {config.timeout:g} s"))
+                run.fail(HostFailure(ErrorKind.TIMEOUT, f"not staged within {config.timeout:g} s"))
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for task in tasks:
@@ -367,7 +368,8 @@ async def _prepare_phase(
         for run, task in zip(runs, tasks, strict=True):
             if task in pending:
                 task.cancel()
-                run.fail(HostFailure("timeout", f"not prepared within {config.timeout:g} s"))
+                run.fail(HostFailure(ErrorKind.TIMEOUT,
+                                     f"not prepared within {config.timeout:g} s"))
                 await swarm.one_fewer()
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
@@ -384,7 +386,7 @@ async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None
     async def one(run: HostRun) -> None:
         try:
             async with launch:
-                run.status = "connecting"
+                run.status = HostStatus.CONNECTING
                 run.mark("connect")
                 run.transport = await connect(run.spec)
                 run.mark("connected")
@@ -411,7 +413,7 @@ def _refused_by_lock(deploy: Deploy) -> bool:
                       f"({locked[0].spec.name}: {locked[0].reason}); nothing was changed")
     for run in deploy.hosts:
         if not run.failed:
-            run.status, run.reason = "refused", "another deploy holds a host's lock"
+            run.status, run.reason = HostStatus.REFUSED, "another deploy holds a host's lock"
     return True
 
 
@@ -444,7 +446,7 @@ async def _first(*aws: Awaitable[Any]) -> None:
 
 async def _activate_phase(deploy: Deploy, agent: Agent) -> None:
     config = deploy.config
-    staged = [h for h in deploy.hosts if h.status == "staged"]
+    staged = [h for h in deploy.hosts if h.status == HostStatus.STAGED]
     if len(staged) < deploy.need:
         deploy.exit_code = EXIT_FETCH_BELOW_MIN
         deploy.message = (
@@ -452,7 +454,7 @@ async def _activate_phase(deploy: Deploy, agent: Agent) -> None:
             f"release (need {deploy.need}); nothing was switched"
         )
         for h in staged:
-            h.status = "not-activated"
+            h.status = HostStatus.NOT_ACTIVATED
         return
     if not config.activate:
         deploy.exit_code = EXIT_OK
@@ -471,7 +473,7 @@ async def _activate_phase(deploy: Deploy, agent: Agent) -> None:
                 config.post_activate,
                 config.hook_timeout,
             )
-            run.status = "ok"
+            run.status = HostStatus.OK
         except (HostFailure, Exception) as exc:
             run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
 
@@ -482,7 +484,7 @@ async def _activate_phase(deploy: Deploy, agent: Agent) -> None:
     else:
         await asyncio.gather(*(one(h) for h in staged))
     deploy.activated = True
-    ok = sum(1 for h in deploy.hosts if h.status == "ok")
+    ok = sum(1 for h in deploy.hosts if h.status == HostStatus.OK)
     if ok >= deploy.need:
         deploy.exit_code = EXIT_OK
         deploy.message = f"{deploy.tag} is current on {ok} of {len(deploy.hosts)} hosts"
@@ -509,7 +511,7 @@ async def _cleanup(deploy: Deploy, agent: Agent) -> None:
                 await run.clean(agent, run.dest(deploy.config), deploy.deploy_id)
         except (HostFailure, Exception) as exc:
             if not run.failed:
-                run.fail(HostFailure("clean", f"cleanup failed: {exc}"))
+                run.fail(HostFailure(ErrorKind.CLEAN, f"cleanup failed: {exc}"))
         finally:
             # last: the lock covers the cleanup too; the outcome goes to the host's history
             with contextlib.suppress(Exception):
@@ -572,7 +574,7 @@ def _blame_dead_origin(deploy: Deploy, code: int) -> None:
 
 def _unexpected(exc: BaseException) -> HostFailure:
     """A bug or an unforeseen error, kept on its host and reported, not a traceback."""
-    return HostFailure("internal", f"unexpected {type(exc).__name__}: {exc}")
+    return HostFailure(ErrorKind.INTERNAL, f"unexpected {type(exc).__name__}: {exc}")
 
 
 def new_deploy(config: DeployConfig, hosts: list[HostSpec], tag: str) -> Deploy:

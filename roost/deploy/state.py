@@ -11,6 +11,7 @@ from roost.deploy import locking
 from roost.deploy.config import DeployConfig
 from roost.deploy.host import HostRun
 from roost.deploy.pack import Packed
+from roost.target.protocol import HostStatus
 
 EXIT_ERROR = 1  # the exit code of a deploy that ended before deciding another
 
@@ -36,8 +37,8 @@ class Deploy:
     def mark(self, name: str) -> None:
         self.times[name] = time.monotonic()
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+    def counts(self) -> dict[HostStatus, int]:
+        out: dict[HostStatus, int] = {}
         for h in self.hosts:
             out[h.status] = out.get(h.status, 0) + 1
         return out

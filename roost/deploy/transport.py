@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.sshlib import asyncssh
+from roost.target.protocol import ErrorKind
 
 MAX_LINE = 1 << 20
 LOST_MID_TRANSFER = "the host died or its network went away mid-transfer (SSH connection lost)"
@@ -38,7 +39,7 @@ def die_with_parent() -> None:
 class HostFailure(Exception):
     """A failure confined to one host; `kind` is a short machine-readable reason."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -121,17 +122,18 @@ async def ssh_connect(spec: HostSpec, config: DeployConfig) -> Transport:
     try:
         conn = await asyncssh.connect(spec.address, **options)
     except asyncssh.PermissionDenied:
-        raise HostFailure("auth", "authentication failed") from None
+        raise HostFailure(ErrorKind.AUTH, "authentication failed") from None
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise HostFailure("hostkey", f"host key not verified: {exc.reason}") from None
+        raise HostFailure(ErrorKind.HOSTKEY, f"host key not verified: {exc.reason}") from None
     except (asyncio.TimeoutError, TimeoutError):
-        raise HostFailure("unreachable", f"no answer within {config.connect_timeout:g} s") from None
+        raise HostFailure(ErrorKind.UNREACHABLE,
+                          f"no answer within {config.connect_timeout:g} s") from None
     except OSError as exc:
-        raise HostFailure("unreachable", exc.strerror or str(exc)) from None
+        raise HostFailure(ErrorKind.UNREACHABLE, exc.strerror or str(exc)) from None
     except asyncssh.Error as exc:
-        raise HostFailure("ssh", f"SSH failed: {exc.reason}") from None
+        raise HostFailure(ErrorKind.SSH, f"SSH failed: {exc.reason}") from None
     except ValueError as exc:  # e.g. an unreadable key file
-        raise HostFailure("ssh", str(exc)) from None
+        raise HostFailure(ErrorKind.SSH, str(exc)) from None
     transport: Transport = SSHTransport(conn)
     if config.sudo or config.sudo_user:
         transport = SudoTransport(transport, config.sudo_user or "root")
@@ -147,15 +149,15 @@ class _SSHStream:
             async for line in self.process.stdout:
                 yield line
         except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as exc:
-            raise HostFailure("lost", f"{LOST_MID_TRANSFER} ({exc})") from None
+            raise HostFailure(ErrorKind.LOST, f"{LOST_MID_TRANSFER} ({exc})") from None
 
     async def wait(self) -> int:
         try:
             result = await self.process.wait()
         except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as exc:
-            raise HostFailure("lost", f"{LOST_MID_TRANSFER} ({exc})") from None
+            raise HostFailure(ErrorKind.LOST, f"{LOST_MID_TRANSFER} ({exc})") from None
         if result.exit_status is None:
-            raise HostFailure("lost", LOST_MID_TRANSFER)
+            raise HostFailure(ErrorKind.LOST, LOST_MID_TRANSFER)
         return int(result.exit_status)
 
     def close(self) -> None:
@@ -182,12 +184,12 @@ class SSHTransport:
                 self.conn.run(command, input=input, encoding=None, check=False), timeout
             )
         except (asyncio.TimeoutError, TimeoutError):
-            raise HostFailure("timeout", f"a command took over {timeout:g} s") from None
+            raise HostFailure(ErrorKind.TIMEOUT, f"a command took over {timeout:g} s") from None
         except (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError,
                 OSError) as exc:  # ChannelOpenError: the host died between two commands
-            raise HostFailure("lost", f"connection lost: {exc}") from None
+            raise HostFailure(ErrorKind.LOST, f"connection lost: {exc}") from None
         if result.exit_status is None:
-            raise HostFailure("lost", "connection lost before the command finished")
+            raise HostFailure(ErrorKind.LOST, "connection lost before the command finished")
         return Result(result.exit_status, _text(result.stdout), _text(result.stderr))
 
     async def start(self, command: str, *, stdin: bool = False) -> Stream:
@@ -200,7 +202,7 @@ class SSHTransport:
             OSError,
             asyncssh.ChannelOpenError,
         ) as exc:
-            raise HostFailure("lost", f"cannot start a command: {exc}") from None
+            raise HostFailure(ErrorKind.LOST, f"cannot start a command: {exc}") from None
         return _SSHStream(process)
 
     async def close(self) -> None:
@@ -238,9 +240,9 @@ class SudoTransport:
         refusal = [line for line in result.stderr.splitlines() if line.startswith("sudo: ")
                    and any(w in line for w in SUDO_REFUSALS)]
         if result.code != 0 and refusal:
-            raise HostFailure("sudo", f"sudo -n -u {self.user} refused: {refusal[0][6:]}")
+            raise HostFailure(ErrorKind.SUDO, f"sudo -n -u {self.user} refused: {refusal[0][6:]}")
         if result.code == 127 and "sudo" in result.stderr and "not found" in result.stderr:
-            raise HostFailure("sudo", "sudo is not installed on this host")
+            raise HostFailure(ErrorKind.SUDO, "sudo is not installed on this host")
         return result
 
     async def start(self, command: str, *, stdin: bool = False) -> Stream:
@@ -318,7 +320,7 @@ class LocalTransport:
         except (asyncio.TimeoutError, TimeoutError):
             proc.kill()
             await proc.wait()
-            raise HostFailure("timeout", f"a command took over {timeout:g} s") from None
+            raise HostFailure(ErrorKind.TIMEOUT, f"a command took over {timeout:g} s") from None
         return Result(
             proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
         )

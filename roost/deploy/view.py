@@ -17,18 +17,19 @@ from roost.deploy.dryrun import need_bytes
 from roost.deploy.rollout import placement
 from roost.deploy.state import Deploy
 from roost.deploy.ui import inert_text, print_reasons
+from roost.target.protocol import HostStatus
 
 STYLE = {
-    "ok": "green",
-    "activated": "green",
-    "staged": "cyan",
-    "fetching": "yellow",
-    "failed": "bold red",
-    "not-activated": "magenta",
-    "rolled-back": "magenta",
-    "refused": "magenta",
-    "would-deploy": "green",
-    "would-skip": "cyan",
+    HostStatus.OK: "green",
+    HostStatus.ACTIVATED: "green",
+    HostStatus.STAGED: "cyan",
+    HostStatus.FETCHING: "yellow",
+    HostStatus.FAILED: "bold red",
+    HostStatus.NOT_ACTIVATED: "magenta",
+    HostStatus.ROLLED_BACK: "magenta",
+    HostStatus.REFUSED: "magenta",
+    HostStatus.WOULD_DEPLOY: "green",
+    HostStatus.WOULD_SKIP: "cyan",
 }
 
 
@@ -53,14 +54,16 @@ def progress(deploy: Deploy) -> dict[str, Any]:
     total = size * len(deploy.hosts)
     done = sum(min(h.bytes_done, size) for h in deploy.hosts)
     counts = deploy.counts()
-    running = [h for h in deploy.hosts if h.status in ("connecting", "fetching")]
+    running = [h for h in deploy.hosts
+               if h.status in (HostStatus.CONNECTING, HostStatus.FETCHING)]
     slow = sorted(running, key=lambda h: h.bytes_done)[:3]
     return {
         "percent": 100.0 * done / total if total else 0.0,
         "rate": sum(h.rate for h in deploy.hosts),
-        "done": sum(counts.get(s, 0) for s in ("staged", "ok", "activated", "not-activated")),
+        "done": sum(counts.get(s, 0) for s in (HostStatus.STAGED, HostStatus.OK,
+                                                HostStatus.ACTIVATED, HostStatus.NOT_ACTIVATED)),
         "running": len(running),
-        "failed": counts.get("failed", 0),
+        "failed": counts.get(HostStatus.FAILED, 0),
         "slowest": [
             (h.spec.name, 100.0 * h.bytes_done / h.bytes_total if h.bytes_total else 0)
             for h in slow

@@ -43,7 +43,7 @@ from types import TracebackType
 from roost.core.bitfield import Bitfield
 from roost.core.metainfo import Info
 from roost.engine.hashing import PieceReader, hash_pieces
-from roost.errors import RoostError, UnsafePathError
+from roost.errors import DiskFullError, RoostError, UnsafePathError
 
 DEFAULT_MAX_OPEN = 256
 FILE_MODE = 0o644
@@ -56,6 +56,13 @@ Span = tuple[int, int, int]
 
 class StorageError(RoostError):
     """A payload file is missing, has the wrong size, or cannot be read or written."""
+
+
+class StorageFullError(StorageError):
+    """No space left for the payload: exits as roost.errors.DiskFullError does, which
+    is how the operator tells a full disk (roost.target.protocol), not by the message."""
+
+    exit_code = DiskFullError.exit_code
 
 
 class Storage:
@@ -116,7 +123,9 @@ class Storage:
             self.close()
             detail = exc.strerror or str(exc)
             where = exc.filename or self.root
-            raise StorageError(f"cannot prepare the payload at {where}: {detail}") from None
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise (StorageFullError if full else StorageError)(
+                f"cannot prepare the payload at {where}: {detail}") from None
         except BaseException:
             self.close()
             raise
@@ -447,7 +456,8 @@ def _allocate(fd: int, size: int, length: int, preallocate: bool, path: str) -> 
             return
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise StorageError(f"not enough disk space for {path} ({length} bytes)") from None
+                raise StorageFullError(
+                    f"not enough disk space for {path} ({length} bytes)") from None
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise StorageError(f"cannot allocate {path}: {exc.strerror}") from None
             # the filesystem cannot reserve blocks: fall through to a sparse file
@@ -472,7 +482,9 @@ def _pwrite_all(fd: int, view: memoryview, offset: int, rel: tuple[str, ...]) ->
         try:
             pos += os.pwrite(fd, view[pos:], offset + pos)
         except OSError as exc:
-            raise StorageError(f"cannot write {'/'.join(rel)}: {exc.strerror}") from None
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise (StorageFullError if full else StorageError)(
+                f"cannot write {'/'.join(rel)}: {exc.strerror}") from None
 
 
 def _fsync_dir(path: str) -> None:

@@ -35,7 +35,14 @@ from roost.core.bitfield import Bitfield
 from roost.core.metainfo import Info
 from roost.core.tree import TreeManifest
 from roost.engine.hashing import PieceReader, hash_pieces
-from roost.engine.storage import _O_DIRECTORY, _O_NOFOLLOW, FILE_MODE, Storage, StorageError
+from roost.engine.storage import (
+    _O_DIRECTORY,
+    _O_NOFOLLOW,
+    FILE_MODE,
+    Storage,
+    StorageError,
+    StorageFullError,
+)
 
 HASH_CHUNK = 1 << 20
 #: per file: [sha256, inode, size, mtime_ns, ctime_ns]
@@ -115,10 +122,8 @@ class TreeStorage(Storage):
             return
         try:
             super()._prepare_file(index, length, seen)
-        except StorageError as exc:
-            if "disk space" in str(exc):
-                raise StorageError(f"disk full: {exc}") from None
-            raise
+        except StorageFullError as exc:
+            raise StorageFullError(f"disk full: {exc}") from None
 
     def _check_file(self, index: int, length: int, seen: set[tuple[str, ...]]) -> None:
         if index not in self._pads:
@@ -275,5 +280,5 @@ def _pwrite(fd: int, view: memoryview, offset: int, rel: tuple[str, ...]) -> Non
             pos += os.pwrite(fd, view[pos:], offset + pos)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageError(f"disk full: cannot write {'/'.join(rel)}") from None
+                raise StorageFullError(f"disk full: cannot write {'/'.join(rel)}") from None
             raise StorageError(f"cannot write {'/'.join(rel)}: {exc.strerror}") from None

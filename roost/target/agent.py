@@ -18,6 +18,7 @@ from roost.core.inert import inert
 from roost.engine.pipes import EXIT_BROKEN_PIPE, reader_gone
 from roost.errors import RoostError
 from roost.target import Runner
+from roost.target.protocol import ErrorKind, kind_of_exit
 
 #: subcommand -> "module:function" that adds its arguments and returns a runner
 AGENT_COMMANDS: dict[str, str] = {
@@ -72,7 +73,10 @@ def _run(args: list[str]) -> int:
             details = getattr(exc, "details", None)
             extra = details if isinstance(details, dict) else {}
             print(f"roost {command}: error: {inert(exc)}", file=sys.stderr)
-            print(json.dumps({**extra, "event": "error", "message": str(exc)}), flush=True)
+            # the kind is the exit code's: the operator never reads it from the message
+            kind = kind_of_exit(exc.exit_code, ErrorKind.ERROR)
+            print(json.dumps({**extra, "event": "error", "kind": kind.value,
+                              "message": str(exc)}), flush=True)
         else:
             print(f"roost {command}: error: {inert(exc)}", file=sys.stderr)
         return exc.exit_code

@@ -33,6 +33,7 @@ from typing import Any
 
 from roost.errors import RoostError
 from roost.target import Runner
+from roost.target.protocol import EXIT_CODES, ErrorKind
 from roost.target.release import Dest, _os_error, add_dest_args
 
 LOCK_FILE = "deploy.lock"
@@ -43,7 +44,7 @@ MAX_RELEASE_LINE = 64 * 1024
 class LockedError(RoostError):
     """The destination is held by another deploy (live or stale)."""
 
-    exit_code = 3
+    exit_code = EXIT_CODES[ErrorKind.LOCK_HELD]
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

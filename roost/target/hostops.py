@@ -35,6 +35,7 @@ from roost.core.tree import proven_torrent
 from roost.errors import MetainfoError, UsageError
 from roost.target import Runner
 from roost.target.hostlock import history, inspect_lock
+from roost.target.protocol import PrepareRequest, PrepareResult, ProtocolError
 from roost.target.release import (
     Dest,
     HookError,
@@ -118,10 +119,8 @@ def run_prepare(ns: argparse.Namespace) -> int:
     if len(blob) > MAX_PREPARE_INPUT:
         raise UsageError("host-prepare input is too large")
     try:
-        data = json.loads(_inflate(blob))
-        if not isinstance(data, dict) or not isinstance(data.get("manifest"), dict):
-            raise ValueError("no manifest")
-    except (ValueError, zlib.error) as exc:
+        data = PrepareRequest.from_json(_inflate(blob)).to_dict()
+    except (ProtocolError, zlib.error) as exc:
         raise UsageError(f"bad host-prepare input: {exc}") from None
     # first, before the manifest is even read: the signature is the host's own check
     signer = _check_signature(data, Path(ns.allowed_signers)) if ns.allowed_signers else None
@@ -145,15 +144,13 @@ def run_prepare(ns: argparse.Namespace) -> int:
                 and (dest.releases / manifest.tag).is_dir())
     vfs = os.statvfs(ns.dest)
     address = _address(ns)
-    result: dict[str, Any] = {
-        "dir": str(work), "have": have, "current": dest.current_tag(),
-        "free_bytes": vfs.f_bavail * vfs.f_frsize, "address": address,
-        "address_local": address is None or is_local(address),
-        "euid": os.geteuid(),
-    }
-    if signer is not None:
-        result["signed_by"] = signer
-    emit(result, ns.json)
+    result = PrepareResult(
+        dir=str(work), have=have, current=dest.current_tag(),
+        free_bytes=vfs.f_bavail * vfs.f_frsize, address=address,
+        address_local=address is None or is_local(address),
+        euid=os.geteuid(), signed_by=signer,
+    )
+    emit(result.to_dict(), ns.json)
     return 0
 
 

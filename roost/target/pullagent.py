@@ -46,6 +46,7 @@ import roost
 from roost.errors import RoostError, UsageError
 from roost.target import Runner
 from roost.target.hostops import clean, deploy_dir, route_source, stop_pid
+from roost.target.protocol import ErrorKind, EventName, FetchEvent, HostStatus, ProtocolError
 from roost.target.release import (
     Dest,
     HookError,
@@ -142,7 +143,7 @@ class PullAgent:
         print(json.dumps({"event": event, "host": self.name, "t": round(time.time(), 3),
                           **fields}), flush=True)
 
-    def report(self, state: str, **fields: Any) -> None:
+    def report(self, state: HostStatus, **fields: Any) -> None:
         """Tell the coordinator (best effort: silence counts as failure there) and log it."""
         body = {"host": self.name, "deploy_id": self.state.get("deploy_id"), "state": state,
                 **fields}
@@ -220,7 +221,7 @@ class PullAgent:
                 return
         except SignatureError as exc:
             self.refused.add(digest)
-            self.report("refused", kind="signature", reason=str(exc),
+            self.report(HostStatus.REFUSED, kind=ErrorKind.SIGNATURE, reason=str(exc),
                         instruction=_claimed(envelope))
             return
         self.fresh.accept(v)
@@ -229,16 +230,18 @@ class PullAgent:
         action = {"release": self.on_release, "activate": self.on_activate,
                   "rollback": self.on_rollback, "finish": self.on_finish}.get(v.kind)
         if action is None:
-            self.report("refused", kind="signature", reason=f"unknown instruction {v.kind!r}")
+            self.report(HostStatus.REFUSED, kind=ErrorKind.SIGNATURE,
+                        reason=f"unknown instruction {v.kind!r}")
             return
         self.log("instruction", kind=v.kind, deploy_id=v.deploy_id, seq=v.seq,
                  signer=v.principal)
         try:
             action(v)
         except (RoostError, OSError) as exc:
-            self.report("failed", kind=v.kind, reason=str(exc), seq=v.seq)
+            self.report(HostStatus.FAILED, kind=ErrorKind.parse(v.kind, ErrorKind.INTERNAL),
+                        reason=str(exc), seq=v.seq)
         except (KeyError, TypeError, ValueError) as exc:  # signed, yet not what we expect
-            self.report("failed", kind="internal", seq=v.seq,
+            self.report(HostStatus.FAILED, kind=ErrorKind.INTERNAL, seq=v.seq,
                         reason=f"cannot apply {v.kind}: {type(exc).__name__}: {exc}")
 
     # --- release: fetch and stage --------------------------------------------------------
@@ -258,7 +261,7 @@ class PullAgent:
                   previous=self.dest.current_tag())
         if self._have(manifest):
             self.save(phase="staged")
-            self.report("staged", already_had=True, current=self.dest.current_tag())
+            self.report(HostStatus.STAGED, already_had=True, current=self.dest.current_tag())
             return
         work = deploy_dir(self.dest, v.deploy_id)
         (work / "staging").mkdir(parents=True, exist_ok=True)
@@ -307,26 +310,32 @@ class PullAgent:
         """Read the fetch's events; stage once the payload is complete."""
         assert proc.stdout is not None
         complete, error, last, peer_id = False, "", 0.0, None
+        kind = ErrorKind.FETCH
         for line in proc.stdout:
             try:
-                event = json.loads(line)
-            except ValueError:
+                event = FetchEvent.from_json(line.decode(errors="replace"))
+            except ProtocolError:
+                continue  # not an event: never fatal
+            if event is None:
                 continue
-            name = event.get("event") if isinstance(event, dict) else None
-            if name == "started" and isinstance(event.get("peer_id"), str):
-                peer_id = event["peer_id"]
-            elif name == "checked":
-                self.log("resumed", have=event.get("have"), pieces=event.get("pieces"))
-            elif name == "progress" and not complete and time.monotonic() - last >= PROGRESS_EVERY:
+            if event.event is EventName.STARTED and event.peer_id is not None:
+                peer_id = event.peer_id
+            elif event.event is EventName.CHECKED:
+                self.log("resumed", have=event.have, pieces=event.pieces)
+            elif (event.event is EventName.PROGRESS and not complete
+                  and time.monotonic() - last >= PROGRESS_EVERY):
                 last = time.monotonic()
-                self.report("fetching", peer_id=peer_id, bytes_done=event.get("bytes_done", 0),
-                            bytes_total=event.get("bytes_total", 0),
-                            rate=event.get("down_Bps", 0))
-            elif name == "complete" and not complete:
+                self.report(HostStatus.FETCHING, peer_id=peer_id,
+                            bytes_done=event.bytes_done or 0,
+                            bytes_total=event.bytes_total or 0,
+                            rate=event.down_Bps or 0)
+            elif event.event is EventName.COMPLETE and not complete:
                 complete = True
                 self._stage(deploy_id, peer_id)
-            elif name == "error":
-                error = str(event.get("message", ""))[:500]
+            elif event.event is EventName.ERROR:
+                error = (event.message or "")[:500]
+                if event.kind is not None and event.kind is not ErrorKind.ERROR:
+                    kind = event.kind
         code = proc.wait()
         if complete or self.state.get("deploy_id") != deploy_id or proc is not self.fetch:
             return
@@ -336,7 +345,7 @@ class PullAgent:
         with contextlib.suppress(OSError):
             error = error or (tail.read_text(errors="replace").strip().splitlines() or [""])[-1]
         self.save(phase="failed")
-        self.report("failed", kind="fetch", peer_id=peer_id,
+        self.report(HostStatus.FAILED, kind=kind, peer_id=peer_id,
                     reason=error or f"fetch exited with {code} before completing")
 
     def _stage(self, deploy_id: str, peer_id: str | None) -> None:
@@ -349,10 +358,10 @@ class PullAgent:
             stage(self.dest, manifest, work / "staging" / manifest.name)
         except RoostError as exc:
             self.save(phase="failed")
-            self.report("failed", kind="stage", reason=str(exc), peer_id=peer_id)
+            self.report(HostStatus.FAILED, kind=ErrorKind.STAGE, reason=str(exc), peer_id=peer_id)
             return
         self.save(phase="staged")
-        self.report("staged", peer_id=peer_id, bytes_done=manifest.size,
+        self.report(HostStatus.STAGED, peer_id=peer_id, bytes_done=manifest.size,
                     bytes_total=manifest.size, current=self.dest.current_tag())
 
     def stop_fetch(self) -> None:
@@ -389,7 +398,7 @@ class PullAgent:
                               pre=list(b.get("pre") or []), post=list(b.get("post") or []),
                               hook_timeout=float(b.get("hook_timeout", 300)))
         except HookError as exc:
-            self.report("failed", kind="hook", reason=str(exc), seq=v.seq,
+            self.report(HostStatus.FAILED, kind=ErrorKind.HOOK, reason=str(exc), seq=v.seq,
                         hooks=exc.details.get("hooks", []), current=self.dest.current_tag())
             return
         previous = result["previous"] if result["changed"] else self.state.get("previous")
@@ -403,10 +412,11 @@ class PullAgent:
                 health["ok"] = True
             except HookError as exc:
                 health = {**exc.details, "ok": False, "reason": str(exc)}
-                self.report("failed", kind="health", reason=str(exc), seq=v.seq, health=health,
-                            hooks=result["hooks"], current=tag, previous=previous)
+                self.report(HostStatus.FAILED, kind=ErrorKind.HEALTH, reason=str(exc),
+                            seq=v.seq, health=health, hooks=result["hooks"], current=tag,
+                            previous=previous)
                 return
-        self.report("ok", seq=v.seq, current=tag, previous=previous, hooks=result["hooks"],
+        self.report(HostStatus.OK, seq=v.seq, current=tag, previous=previous, hooks=result["hooks"],
                     health=health)
 
     def on_rollback(self, v: Verified) -> None:
@@ -423,14 +433,14 @@ class PullAgent:
                 if self.dest.current_tag() == tag:
                     self.dest.current.unlink()
         self.save(phase="staged")
-        self.report("rolled-back", seq=v.seq, current=self.dest.current_tag())
+        self.report(HostStatus.ROLLED_BACK, seq=v.seq, current=self.dest.current_tag())
 
     def on_finish(self, v: Verified) -> None:
         if v.deploy_id != self.state.get("deploy_id"):
             return
         self.stop_fetch()
         clean(self.dest, v.deploy_id)  # the deploy directory and its pid file
-        self.report("finished", seq=v.seq, current=self.dest.current_tag())
+        self.report(HostStatus.FINISHED, seq=v.seq, current=self.dest.current_tag())
 
     # --- restart ---------------------------------------------------------------------
 
@@ -457,16 +467,18 @@ class PullAgent:
             stop_pid(int((work / "fetch.pid").read_text().strip()))  # the old run's fetch
         tag = str(self.state.get("tag"))
         if phase == "staged" and (self.dest.releases / tag).is_dir():
-            self.report("staged", current=self.dest.current_tag())
+            self.report(HostStatus.STAGED, current=self.dest.current_tag())
             return
         if time.time() > float(self.state["release"]["expires"]):
             self.save(phase="failed")
-            self.report("failed", kind="stale", reason=f"the release of deploy {deploy_id} "
+            self.report(HostStatus.FAILED, kind=ErrorKind.STALE,
+                        reason=f"the release of deploy {deploy_id} "
                         "expired while this agent was down")
             return
         if not (work / "payload.torrent").is_file():
             self.save(phase="failed")
-            self.report("failed", kind="fetch", reason="the deploy directory is gone")
+            self.report(HostStatus.FAILED, kind=ErrorKind.FETCH,
+                        reason="the deploy directory is gone")
             return
         self.save(phase="fetching")
         self.log("resuming", deploy_id=deploy_id)

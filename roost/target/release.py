@@ -56,6 +56,7 @@ from roost.errors import MetainfoError, UsageError
 from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
 from roost.target import Runner
 from roost.target.fsutil import atomic_write as atomic_write  # re-exported
+from roost.target.protocol import EXIT_CODES, ErrorKind
 
 STATE_DIR = ".roost"
 STATE_FILE = "state.json"
@@ -600,6 +601,8 @@ class _OutputTail:
 
 class HookError(ReleaseError):
     """A hook failed; `details` (command, exit, output) goes into the JSON error."""
+
+    exit_code = EXIT_CODES[ErrorKind.HOOK]  # the operator reads the kind from it
 
     def __init__(self, message: str, details: dict[str, Any]) -> None:
         super().__init__(message)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.errors import RoostError
+from roost.target.protocol import EXIT_CODES, ErrorKind
 
 NAMESPACE = "roost"
 MAX_BODY = 1 << 20  # a manifest and a few hundred host names fit many times over
@@ -38,6 +39,8 @@ _PRINCIPAL = re.compile(r"[\x21-\x7e]{1,256}\Z")  # printable, no spaces: one to
 
 class SignatureError(RoostError):
     """An envelope that is not signed, not by an allowed key, stale or replayed."""
+
+    exit_code = EXIT_CODES[ErrorKind.SIGNATURE]  # the operator reads the kind from it
 
 
 def _keygen() -> str:

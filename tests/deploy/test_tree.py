@@ -270,7 +270,8 @@ def test_disk_full_is_one_clear_error_and_the_previous_release_stays(
     result = _roost("fetch", str(torrent), "--tree-manifest", str(work / "manifest.json"),
                     "--dest", str(small_disk), "-d", str(staging), "--no-tracker",
                     "--no-seed", "--timeout", "20", "--port", "0")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    # 4: a full disk's exit code (roost.target.protocol), how the deploy tells the kind
+    assert result.returncode == 4 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert errors == [result.stderr.strip().splitlines()[-1]]
     assert errors[0].startswith("roost fetch: error: disk full")
