@@ -126,6 +126,14 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--tls-ca", type=Path, metavar="PEM", help="accept only peers signed by it")
 
 
+def add_upload_log(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--upload-log",
+        metavar="FILE",
+        help="append a JSON line per whole piece uploaded (time, peer, piece)",
+    )
+
+
 def add_fetch(parser: argparse.ArgumentParser) -> Runner:
     parser.description = "Download a payload, verify every piece, and seed it to the swarm."
     add_common(parser)
@@ -137,6 +145,7 @@ def add_fetch(parser: argparse.ArgumentParser) -> Runner:
         "long, when the expected peer count is unknown (default: 10)",
     )
     parser.add_argument("--no-seed", action="store_true", help="exit as soon as complete")
+    add_upload_log(parser)
     parser.add_argument("--sha256", help="also check the SHA-256 of a single-file payload")
     parser.add_argument(
         "--web-seed",
@@ -166,11 +175,7 @@ def add_seed(parser: argparse.ArgumentParser) -> Runner:
         action="store_true",
         help="BEP 16: send each piece once before any piece twice (origins)",
     )
-    parser.add_argument(
-        "--upload-log",
-        metavar="FILE",
-        help="append a JSON line per whole piece uploaded (time, peer, piece)",
-    )
+    add_upload_log(parser)
     parser.add_argument(
         "--until-complete",
         action="store_true",
@@ -265,7 +270,7 @@ class FetchReporter(Reporter):
 
 def run_fetch(ns: argparse.Namespace) -> int:
     meta = read_torrent(ns.torrent)
-    config = make_config(ns, linger=ns.linger, seed=not ns.no_seed)
+    config = make_config(ns, linger=ns.linger, seed=not ns.no_seed, upload_log=ns.upload_log)
     reporter = FetchReporter(as_json=ns.json, quiet=ns.quiet)
     try:
         complete = _run(meta, ns, config, reporter, create=True, check=True)
