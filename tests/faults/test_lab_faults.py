@@ -302,7 +302,7 @@ def test_disk_full_and_straggler_do_not_slow_the_others(make_lab: MakeLab) -> No
         mounted.append(swarm.root / "run3" / "h5")
         t_fault, procs = _timed_run(swarm, normal, faulty, len(normal + faulty) + 1, 150)
         full = procs["h5"]
-        assert full.wait(30) == 1, f"the disk-full fetch did not fail: {full.tail()}"
+        assert full.wait(30) == 4, f"the disk-full fetch did not fail: {full.tail()}"  # disk-full
         assert "not enough disk space" in full.tail(), full.tail()
         straggler_done = procs["h6"].bytes_done()
         assert straggler_done < size, "the straggler finished with the others: not a straggler"
