@@ -521,7 +521,12 @@ class SwarmMember:
 
     def _mark_zone(self, conn: Conn) -> bool:
         """Whether the peer is in our zone (MemberConfig.local_nets); a remote
-        one gets one request in flight."""
+        one gets one request in flight. Without zones no peer is marked local:
+        the picker then never zones, and a web seed (never local) is not starved
+        by a connected seed."""
+        if self.config.local_nets is None:
+            conn.remote = False
+            return False
         local = self.config.is_local(conn.address[0])
         conn.remote = not local
         return local

@@ -80,12 +80,16 @@ def test_member_marks_peers_outside_local_nets_remote_with_one_request_in_flight
     assert len(far.requests()) == 1 and far.requests()[0].index >= 4
 
 
-def test_without_local_nets_every_peer_is_local() -> None:
+def test_without_local_nets_there_are_no_zones() -> None:
+    """No peer is marked local, so the picker never zones: a peer gets a full pipeline,
+    and a source that is never local (a web seed) is not starved by a connected seed."""
     kit = Kit(pieces=8)
     far = kit.connect(have=Bitfield.full(8), ip="192.0.2.7")
     far.say(far.wire.send_unchoke())
-    assert kit.member.picker.is_local(far.cid)
+    assert not kit.member.picker.is_local(far.cid)
     assert len(far.requests()) > 1
+    kit.member.picker.add_peer_have_all(-1)  # as a web seed joins
+    assert kit.member.picker.pick(-1, 4), "a non-local source gets pieces without zones"
 
 
 def test_config_is_local() -> None:
