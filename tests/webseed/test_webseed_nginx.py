@@ -35,15 +35,6 @@ SLOW_RATE = 256 * KIB
 
 
 @pytest.fixture
-def procs() -> Iterator[Procs]:
-    registry = Procs()
-    try:
-        yield registry
-    finally:
-        registry.close()
-
-
-@pytest.fixture
 def www(tmp_path: Path) -> Path:
     root = tmp_path / "www"
     root.mkdir()
