@@ -194,22 +194,21 @@ class ErrorRecord:
 
     kind: ErrorKind
     message: str
-    hooks: tuple[dict[str, Any], ...] = ()  # a failing hook's captured output
+    hooks: tuple[HookRecord, ...] = ()  # the hooks run, the failing one last
 
-    _TYPES: ClassVar[_Types] = {"event": _STR, "kind": _STR, "message": _STR, "hooks": (list,),
-              "previous": _OPT_STR, "current": _OPT_STR}
+    _TYPES: ClassVar[_Types] = {"event": _STR, "kind": _STR, "message": _STR, "hooks": (list,)}
 
     def to_json(self) -> str:
         data: dict[str, Any] = {"event": "error", "kind": self.kind.value,
                                 "message": self.message}
         if self.hooks:
-            data["hooks"] = list(self.hooks)
+            data["hooks"] = [h.to_dict() for h in self.hooks]
         return json.dumps(data)
 
     @classmethod
     def from_json(cls, line: str | bytes) -> ErrorRecord:
         data = _load(line, "agent error")
-        # hook details (roost.target.release.HookError) carry more fields: kept open
+        # a newer agent may add fields: the ones we know are checked, others ignored
         _check(data, "agent error", cls._TYPES, ("event", "message"), open_=True)
         if data["event"] != "error":
             raise ProtocolError("agent error: not an error event")
@@ -217,8 +216,7 @@ class ErrorRecord:
             kind = ErrorKind(data.get("kind", "error"))
         except ValueError:
             raise ProtocolError(f"agent error: unknown kind {str(data['kind'])[:40]!r}") from None
-        hooks = data.get("hooks", [])
-        return cls(kind, data["message"], tuple(h for h in hooks if isinstance(h, dict)))
+        return cls(kind, data["message"], _items(HookRecord, data.get("hooks", [])))
 
 
 @dataclass(frozen=True)
@@ -506,7 +504,7 @@ class HookRecord(_Record):
     output: str
 
     _WHAT = "hook record"
-    _TYPES = {"command": _STR, "phase": _STR, "exit": _OPT_INT, "seconds": _FLOAT,
+    _TYPES: ClassVar[_Types] = {"command": _STR, "phase": _STR, "exit": _OPT_INT, "seconds": _FLOAT,
               "output": _STR}
     _REQUIRED = ("command", "phase", "exit", "seconds", "output")
     _NULLS = frozenset({"exit"})
@@ -533,15 +531,14 @@ class HealthResult(_Record):
     tag: str | None = None
 
     _WHAT = "health check"
-    _TYPES = {"ok": _BOOL, "command": _STR, "phase": _STR, "exit": _OPT_INT,
+    _TYPES: ClassVar[_Types] = {"ok": _BOOL, "command": _STR, "phase": _STR, "exit": _OPT_INT,
               "seconds": _FLOAT, "output": _STR, "reason": _STR, "dest": _STR, "tag": _STR}
     _REQUIRED = ("ok",)
     _SIGNED = frozenset({"exit"})
 
     @classmethod
-    def of(cls, hook: HookRecord, ok: bool, reason: str | None = None, **where: str) -> HealthResult:
-        return cls(ok, hook.command, hook.phase, hook.exit, hook.seconds, hook.output, reason,
-                   **where)
+    def of(cls, hook: HookRecord, ok: bool, reason: str | None = None) -> HealthResult:
+        return cls(ok, hook.command, hook.phase, hook.exit, hook.seconds, hook.output, reason)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -569,7 +566,7 @@ class StageResult(_Record):
     reason: str | None = None
 
     _WHAT = "stage result"
-    _TYPES = {"tag": _STR, "staged": _BOOL, "files": _INT, "reason": _STR}
+    _TYPES: ClassVar[_Types] = {"tag": _STR, "staged": _BOOL, "files": _INT, "reason": _STR}
     _REQUIRED = ("tag", "staged")
 
 
@@ -586,7 +583,7 @@ class ActivateResult(_Record):
     hooks: tuple[HookRecord, ...] = ()
 
     _WHAT = "activate"
-    _TYPES = {"dest": _STR, "stage": _OPT_DICT, "tag": _STR, "previous": _OPT_STR,
+    _TYPES: ClassVar[_Types] = {"dest": _STR, "stage": _OPT_DICT, "tag": _STR, "previous": _OPT_STR,
               "changed": _BOOL, "pruned": _LIST, "hooks": _LIST}
     _REQUIRED = ("dest",)
 
@@ -617,7 +614,7 @@ class RollbackResult(_Record):
     previous: str | None
 
     _WHAT = "host-rollback"
-    _TYPES = {"dest": _STR, "tag": _OPT_STR, "previous": _OPT_STR}
+    _TYPES: ClassVar[_Types] = {"dest": _STR, "tag": _OPT_STR, "previous": _OPT_STR}
     _REQUIRED = ("dest", "tag", "previous")
     _NULLS = frozenset({"tag", "previous"})
 
@@ -631,7 +628,7 @@ class CleanResult(_Record):
     removed: tuple[str, ...] = ()
 
     _WHAT = "host-clean"
-    _TYPES = {"dest": _STR, "stopped": _LIST, "removed": _LIST}
+    _TYPES: ClassVar[_Types] = {"dest": _STR, "stopped": _LIST, "removed": _LIST}
     _REQUIRED = ("dest", "stopped", "removed")
 
     @classmethod
@@ -663,7 +660,7 @@ class DeployRecord(_Record):
     note: str | None = None
 
     _WHAT = "deploy record"
-    _TYPES = {"deploy_id": _STR, "who": _STR, "tag": _STR, "started": _OPT_FLOAT,
+    _TYPES: ClassVar[_Types] = {"deploy_id": _STR, "who": _STR, "tag": _STR, "started": _OPT_FLOAT,
               "pid": _OPT_INT, "ended": _OPT_FLOAT, "result": _OPT_STR, "current": _OPT_STR,
               "kind": _OPT_STR, "reason": _OPT_STR, "exit_code": _OPT_INT,
               "broken_by": _OPT_STR, "note": _STR}
@@ -685,7 +682,7 @@ class LockInfo(_Record):
     error: str | None = None
 
     _WHAT = "deploy lock"
-    _TYPES = {"state": _STR, "holder": (dict,), "error": _OPT_STR}
+    _TYPES: ClassVar[_Types] = {"state": _STR, "holder": (dict,), "error": _OPT_STR}
     _REQUIRED = ("state",)
 
     @classmethod
@@ -703,7 +700,7 @@ class ReleaseInfo(_Record):
     staged_at: float | None = None
 
     _WHAT = "release"
-    _TYPES = {"tag": _STR, "sha256": _OPT_STR, "staged_at": _OPT_FLOAT}
+    _TYPES: ClassVar[_Types] = {"tag": _STR, "sha256": _OPT_STR, "staged_at": _OPT_FLOAT}
     _REQUIRED = ("tag",)
     _NULLS = frozenset({"sha256", "staged_at"})
 
@@ -717,7 +714,7 @@ class ProcessInfo(_Record):
     what: str  # the pid file's name: fetch
 
     _WHAT = "process"
-    _TYPES = {"pid": _INT, "deploy_id": _STR, "what": _STR}
+    _TYPES: ClassVar[_Types] = {"pid": _INT, "deploy_id": _STR, "what": _STR}
     _REQUIRED = ("pid", "deploy_id", "what")
 
 
@@ -735,7 +732,7 @@ class StatusResult(_Record):
     history: tuple[DeployRecord, ...] = ()
 
     _WHAT = "host-status"
-    _TYPES = {"dest": _STR, "exists": _BOOL, "current": _OPT_STR, "releases": _LIST,
+    _TYPES: ClassVar[_Types] = {"dest": _STR, "exists": _BOOL, "current": _OPT_STR, "releases": _LIST,
               "running": _LIST, "deploys": _LIST, "lock": (dict,), "history": _LIST}
     _REQUIRED = ("dest", "exists")
     _NULLS = frozenset({"current"})
@@ -760,7 +757,7 @@ class LockAnswer(_Record):
     broke: DeployRecord | None = None  # the stale record taken over (--break-lock)
 
     _WHAT = "host-lock"
-    _TYPES = {"locked": _BOOL, "broke": _OPT_DICT}
+    _TYPES: ClassVar[_Types] = {"locked": _BOOL, "broke": _OPT_DICT}
     _REQUIRED = ("locked",)
     _NULLS = frozenset({"broke"})
 
@@ -778,7 +775,7 @@ class LockReleased(_Record):
     warning: str | None = None
 
     _WHAT = "host-lock release"
-    _TYPES = {"released": _BOOL, "warning": _STR}
+    _TYPES: ClassVar[_Types] = {"released": _BOOL, "warning": _STR}
     _REQUIRED = ("released",)
 
 
@@ -826,7 +823,7 @@ class AgentReport(_Record):
     instruction: dict[str, str] | None = None  # a refused envelope's claims, unverified
 
     _WHAT = "agent report"
-    _TYPES = {"host": _STR, "state": _STR, "deploy_id": _OPT_STR, "seq": _INT, "kind": _STR,
+    _TYPES: ClassVar[_Types] = {"host": _STR, "state": _STR, "deploy_id": _OPT_STR, "seq": _INT, "kind": _STR,
               "reason": _STR, "peer_id": _STR, "bytes_done": _INT, "bytes_total": _INT,
               "rate": _FLOAT, "already_had": _BOOL, "current": _OPT_STR,
               "previous": _OPT_STR, "hooks": _LIST, "health": _OPT_DICT,
@@ -885,7 +882,7 @@ class PreflightFacts(_Record):
     forwarded: bool = False
 
     _WHAT = "preflight"
-    _TYPES = {"python": _LIST, "time": _FLOAT, "checked_dir": _STR, "writable": _BOOL,
+    _TYPES: ClassVar[_Types] = {"python": _LIST, "time": _FLOAT, "checked_dir": _STR, "writable": _BOOL,
               "free_bytes": _INT, "lock": _STR, "dest_exists": _BOOL, "current": _OPT_STR,
               "have_tag": _BOOL, "euid": _INT, "held": _STR, "address": _OPT_STR,
               "address_error": _STR, "port": _OPT_INT, "forwarded": _BOOL}
@@ -908,7 +905,7 @@ class Check(_Record):
     detail: str
 
     _WHAT = "check"
-    _TYPES = {"verdict": _STR, "detail": _STR}
+    _TYPES: ClassVar[_Types] = {"verdict": _STR, "detail": _STR}
     _REQUIRED = ("verdict", "detail")
 
     @classmethod

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -56,7 +57,15 @@ from roost.errors import MetainfoError, UsageError
 from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
 from roost.target import Runner
 from roost.target.fsutil import atomic_write as atomic_write  # re-exported
-from roost.target.protocol import EXIT_CODES, ErrorKind
+from roost.target.protocol import (
+    EXIT_CODES,
+    ActivateResult,
+    ErrorKind,
+    HookPhase,
+    HookRecord,
+    RollbackResult,
+    StageResult,
+)
 
 STATE_DIR = ".roost"
 STATE_FILE = "state.json"
@@ -398,7 +407,7 @@ def _unpack_zstd(payload: Path, root: Path, *, owners: bool) -> int:
 
 
 def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None = None,
-          record: Path | None = None) -> dict[str, Any]:
+          record: Path | None = None) -> StageResult:
     """Verify the payload and make `releases/<tag>`; a no-op when it is already there."""
     owners = os.geteuid() == 0 if owners is None else owners
     with dest.locked():
@@ -408,7 +417,7 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
         if known and final.is_dir():
             if known.get("sha256") != manifest.sha256:
                 raise ReleaseError(f"release {manifest.tag} already exists with other content")
-            return {"tag": manifest.tag, "staged": False, "reason": "already present"}
+            return StageResult(manifest.tag, False, reason="already present")
         if final.exists() or final.is_symlink():
             raise ReleaseError(f"{final} exists but roost did not make it; remove it first")
         if not payload.exists():
@@ -420,7 +429,7 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
             state["history"].append({"at": time.time(), "action": "stage",
                                      "tag": manifest.tag})
             dest.save_state(state)
-            return {"tag": manifest.tag, "staged": True, "files": files}
+            return StageResult(manifest.tag, True, files)
         if manifest.format != "tar":  # a plain tar is hashed while it is unpacked
             _check_digest(payload_digest(payload, manifest.format), manifest)
         files = _unpack_fresh(dest, manifest, payload, final, owners)
@@ -428,7 +437,7 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
                                            "staged_at": time.time(), "files": files}
         state["history"].append({"at": time.time(), "action": "stage", "tag": manifest.tag})
         dest.save_state(state)
-    return {"tag": manifest.tag, "staged": True, "files": files}
+    return StageResult(manifest.tag, True, files)
 
 
 def _stage_tree(dest: Dest, manifest: Manifest, staging: Path, final: Path,
@@ -600,17 +609,20 @@ class _OutputTail:
 
 
 class HookError(ReleaseError):
-    """A hook failed; `details` (command, exit, output) goes into the JSON error."""
+    """A hook failed: `hook` is its record; `hooks` every hook this activation ran, the
+    failing one last (they go into the JSON error: protocol.ErrorRecord.hooks)."""
 
     exit_code = EXIT_CODES[ErrorKind.HOOK]  # the operator reads the kind from it
 
-    def __init__(self, message: str, details: dict[str, Any]) -> None:
+    def __init__(self, message: str, hook: HookRecord,
+                 hooks: tuple[HookRecord, ...] | None = None) -> None:
         super().__init__(message)
-        self.details = details
+        self.hook = hook
+        self.hooks = (hook,) if hooks is None else hooks
 
 
 def hook_env(tag: str, dest: Path, release: Path, previous: str | None,
-             phase: str) -> dict[str, str]:
+             phase: HookPhase) -> dict[str, str]:
     """The documented hook environment (docs/deploy.md, "Hook environment")."""
     return {
         "ROOST_TAG": tag,
@@ -618,13 +630,13 @@ def hook_env(tag: str, dest: Path, release: Path, previous: str | None,
         "ROOST_RELEASE": str(release),
         "ROOST_PREVIOUS": previous or "",
         "ROOST_PREVIOUS_RELEASE": str(dest / "releases" / previous) if previous else "",
-        "ROOST_HOOK": phase,
+        "ROOST_HOOK": phase.value,
     }
 
 
 def run_hook(command: str, cwd: Path, tag: str, dest: Path, timeout: float,
-             previous: str | None = None, phase: str = "hook") -> dict[str, Any]:
-    """Run one hook; returns {command, phase, exit, seconds, output} or raises HookError."""
+             previous: str | None = None, phase: HookPhase = HookPhase.HOOK) -> HookRecord:
+    """Run one hook; returns its record or raises HookError."""
     env = {**os.environ, **hook_env(tag, dest, cwd, previous, phase)}
     started = time.monotonic()
     # its own session, so a timeout kills the hook's children too (not just the shell)
@@ -640,10 +652,9 @@ def run_hook(command: str, cwd: Path, tag: str, dest: Path, timeout: float,
         proc.wait()
         code = None
     output = reader.finish(HOOK_OUTPUT_DRAIN_SECONDS)
-    record = {"command": command, "phase": phase, "exit": code,
-              "seconds": round(time.monotonic() - started, 3),
-              "output": output[-HOOK_OUTPUT_MAX:]}
-    what = "health check" if phase == "health" else f"{phase} hook"
+    record = HookRecord(command, phase, code, round(time.monotonic() - started, 3),
+                        output[-HOOK_OUTPUT_MAX:])
+    what = "health check" if phase is HookPhase.HEALTH else f"{phase} hook"
     if code is None:
         raise HookError(f"{what} {command!r} timed out after {timeout:g} s", record)
     if code != 0:
@@ -653,10 +664,10 @@ def run_hook(command: str, cwd: Path, tag: str, dest: Path, timeout: float,
 
 
 def activate(dest: Dest, tag: str, *, keep: int = 5, pre: list[str] | None = None,
-             post: list[str] | None = None, hook_timeout: float = 300.0) -> dict[str, Any]:
+             post: list[str] | None = None, hook_timeout: float = 300.0) -> ActivateResult:
     """pre hooks -> switch -> post hooks (a failure switches back) -> prune."""
     check_tag(tag)
-    hooks: list[dict[str, Any]] = []
+    hooks: list[HookRecord] = []
     with dest.locked():
         state = dest.load_state()
         release = dest.releases / tag
@@ -666,37 +677,38 @@ def activate(dest: Dest, tag: str, *, keep: int = 5, pre: list[str] | None = Non
         try:
             for command in pre or []:
                 hooks.append(run_hook(command, release, tag, dest.root, hook_timeout,
-                                      before, "pre"))
+                                      before, HookPhase.PRE))
         except HookError as exc:
-            exc.details = {"hooks": [*hooks, exc.details]}
+            exc.hooks = (*hooks, exc.hook)
             raise
         previous = switch(dest, tag)
         try:
             for command in post or []:
                 hooks.append(run_hook(command, release, tag, dest.root, hook_timeout,
-                                      previous, "post"))
+                                      previous, HookPhase.POST))
         except HookError as exc:
-            details = {"hooks": [*hooks, exc.details]}
+            ran = (*hooks, exc.hook)
             if previous and previous != tag:
                 switch(dest, previous)
-                raise HookError(f"{exc}; switched back to {previous}", details) from None
+                raise HookError(f"{exc}; switched back to {previous}", exc.hook, ran) from None
             if previous is None:
                 # a first deploy: there was nothing before, so nothing stays current
                 with contextlib.suppress(FileNotFoundError):
                     dest.current.unlink()
-                raise HookError(f"{exc}; no release is current (first deploy)", details) from None
-            exc.details = details
+                raise HookError(f"{exc}; no release is current (first deploy)", exc.hook,
+                                ran) from None
+            exc.hooks = ran
             raise
         if previous != tag:
             state["history"].append({"at": time.time(), "action": "switch", "tag": tag,
                                      "from": previous})
         removed = prune(dest, state, keep)
         dest.save_state(state)
-    return {"tag": tag, "previous": previous, "changed": previous != tag, "pruned": removed,
-            "hooks": hooks}
+    return ActivateResult(str(dest.root), tag=tag, previous=previous, changed=previous != tag,
+                          pruned=tuple(removed), hooks=tuple(hooks))
 
 
-def rollback(dest: Dest, to: str | None = None) -> dict[str, Any]:
+def rollback(dest: Dest, to: str | None = None) -> RollbackResult:
     with dest.locked():
         state = dest.load_state()
         target = check_tag(to) if to else previous_tag(dest, state)
@@ -706,7 +718,7 @@ def rollback(dest: Dest, to: str | None = None) -> dict[str, Any]:
         state["history"].append({"at": time.time(), "action": "switch", "tag": target,
                                  "from": previous, "rollback": True})
         dest.save_state(state)
-    return {"tag": target, "previous": previous}
+    return RollbackResult(str(dest.root), target, previous)
 
 
 # --- the agent subcommand `roost activate` -------------------------------------------
@@ -746,20 +758,21 @@ def run_activate(ns: argparse.Namespace) -> int:
     if ns.keep < 0:  # prune() would read it as 0 and delete every old release
         raise UsageError(f"--keep must be 0 or more, not {ns.keep}")
     dest = Dest(ns.dest)
-    result: dict[str, Any] = {"dest": str(ns.dest)}
+    staged = None
     tag = ns.tag
     if ns.manifest is not None:
         manifest = read_manifest(ns.manifest)
         payload = ns.payload or ns.manifest.parent / "staging" / manifest.name
-        result["stage"] = stage(dest, manifest, payload,
-                                record=ns.manifest.parent / VERIFIED)
+        staged = stage(dest, manifest, payload, record=ns.manifest.parent / VERIFIED)
         tag = tag or manifest.tag
     if tag is None:
         raise UsageError("give --tag or --manifest")
+    result = ActivateResult(str(ns.dest), stage=staged)
     if not ns.no_switch:
-        result.update(activate(dest, check_tag(tag), keep=ns.keep, pre=ns.pre, post=ns.post,
-                               hook_timeout=ns.hook_timeout))
-    emit(result, ns.json)
+        switched = activate(dest, check_tag(tag), keep=ns.keep, pre=ns.pre, post=ns.post,
+                            hook_timeout=ns.hook_timeout)
+        result = dataclasses.replace(switched, dest=str(ns.dest), stage=staged)
+    emit(result.to_dict(), ns.json)
     return 0
 
 
