@@ -732,7 +732,8 @@ class StatusResult(_Record):
     history: tuple[DeployRecord, ...] = ()
 
     _WHAT = "host-status"
-    _TYPES: ClassVar[_Types] = {"dest": _STR, "exists": _BOOL, "current": _OPT_STR, "releases": _LIST,
+    _TYPES: ClassVar[_Types] = {
+        "dest": _STR, "exists": _BOOL, "current": _OPT_STR, "releases": _LIST,
               "running": _LIST, "deploys": _LIST, "lock": (dict,), "history": _LIST}
     _REQUIRED = ("dest", "exists")
     _NULLS = frozenset({"current"})
@@ -823,7 +824,8 @@ class AgentReport(_Record):
     instruction: dict[str, str] | None = None  # a refused envelope's claims, unverified
 
     _WHAT = "agent report"
-    _TYPES: ClassVar[_Types] = {"host": _STR, "state": _STR, "deploy_id": _OPT_STR, "seq": _INT, "kind": _STR,
+    _TYPES: ClassVar[_Types] = {
+        "host": _STR, "state": _STR, "deploy_id": _OPT_STR, "seq": _INT, "kind": _STR,
               "reason": _STR, "peer_id": _STR, "bytes_done": _INT, "bytes_total": _INT,
               "rate": _FLOAT, "already_had": _BOOL, "current": _OPT_STR,
               "previous": _OPT_STR, "hooks": _LIST, "health": _OPT_DICT,
@@ -882,7 +884,8 @@ class PreflightFacts(_Record):
     forwarded: bool = False
 
     _WHAT = "preflight"
-    _TYPES: ClassVar[_Types] = {"python": _LIST, "time": _FLOAT, "checked_dir": _STR, "writable": _BOOL,
+    _TYPES: ClassVar[_Types] = {
+        "python": _LIST, "time": _FLOAT, "checked_dir": _STR, "writable": _BOOL,
               "free_bytes": _INT, "lock": _STR, "dest_exists": _BOOL, "current": _OPT_STR,
               "have_tag": _BOOL, "euid": _INT, "held": _STR, "address": _OPT_STR,
               "address_error": _STR, "port": _OPT_INT, "forwarded": _BOOL}
