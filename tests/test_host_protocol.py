@@ -12,12 +12,15 @@ import pytest
 
 from roost.target.protocol import (
     EXIT_CODES,
+    ActivateResult,
     MAX_LINE,
     MAX_TEXT,
     ErrorKind,
     ErrorRecord,
     EventName,
     FetchEvent,
+    HookPhase,
+    HookRecord,
     HostStatus,
     PrepareRequest,
     PrepareResult,
@@ -39,7 +42,8 @@ def test_prepare_result_round_trip() -> None:
 
 
 def test_error_record_round_trip_and_kind() -> None:
-    record = ErrorRecord(ErrorKind.DISK_FULL, "disk full: /srv", ({"command": "x"},))
+    record = ErrorRecord(ErrorKind.DISK_FULL, "disk full: /srv",
+                         (HookRecord("x", HookPhase.PRE, None, 1.5, "out"),))
     back = ErrorRecord.from_json(record.to_json())
     assert back == record and back.kind is ErrorKind.DISK_FULL
 
@@ -182,10 +186,10 @@ def test_no_untyped_status_or_error_kind(path: Path) -> None:
 
 
 def _failure(code: int, stdout: str, stderr: str = "") -> ErrorKind:
-    from roost.deploy.host import _json_result
+    from roost.deploy.host import agent_reply
     from roost.deploy.transport import HostFailure, Result
     with pytest.raises(HostFailure) as info:
-        _json_result(Result(code, stdout, stderr), ErrorKind.STAGE)
+        agent_reply(Result(code, stdout, stderr), ErrorKind.STAGE, ActivateResult.from_json)
     assert isinstance(info.value.kind, ErrorKind)
     return info.value.kind
 
