@@ -50,7 +50,14 @@ from roost.deploy.run import (
 )
 from roost.deploy.swarm import Origin, SwarmControl
 from roost.deploy.transport import HostFailure
-from roost.target.protocol import AgentReport, ErrorKind, HostStatus, Phase, ProtocolError
+from roost.target.protocol import (
+    AgentReport,
+    ErrorKind,
+    HostStatus,
+    Instruction,
+    Phase,
+    ProtocolError,
+)
 from roost.target.signing import sign
 
 MAX_REPORT = 64 * 1024
@@ -196,9 +203,9 @@ class Coordinator:
 
     # --- publishing ----------------------------------------------------------------
 
-    async def publish(self, kind: str, expires_in: float, **fields: Any) -> int:
+    async def publish(self, kind: Instruction, expires_in: float, **fields: Any) -> int:
         seq = self.seq.next()
-        body = {"kind": kind, "deploy_id": self.deploy.deploy_id, "seq": seq,
+        body = {"kind": kind.value, "deploy_id": self.deploy.deploy_id, "seq": seq,
                 "expires": round(time.time() + expires_in, 3), **fields}
         envelope = await asyncio.to_thread(sign, self.key, body)
         async with self.changed:
@@ -220,7 +227,8 @@ async def run_publish(deploy: Deploy, src: Path, key: Path, listen: str, port: i
     """Pack, seed, publish, roll out; sets deploy.exit_code. Raises only for local mistakes."""
     config = deploy.config
     plan_batches(len(deploy.hosts), config.batch, config.canary)  # bad --batch: fail now
-    await asyncio.to_thread(sign, key, {"kind": "probe"})  # a key that cannot sign: fail now
+    # a key that cannot sign: fail now
+    await asyncio.to_thread(sign, key, {"kind": Instruction.PROBE.value})
     scratch = Path(tempfile.mkdtemp(prefix="roost-publish-"))
     coordinator = Coordinator(deploy, key, listen, port, tls)
     swarm: SwarmControl | None = None
@@ -249,7 +257,8 @@ async def run_publish(deploy: Deploy, src: Path, key: Path, listen: str, port: i
         for run in deploy.hosts:
             run.times["connect"] = now
         await coordinator.publish(
-            "release", config.timeout, tag=deploy.tag, manifest=deploy.payload.manifest.to_dict(),
+            Instruction.RELEASE, config.timeout, tag=deploy.tag,
+            manifest=deploy.payload.manifest.to_dict(),
             torrent_sha256=hashlib.sha256(torrent).hexdigest(),
             announce_url=swarm.announce_url, expected_peers=swarm.expected,
             route=list(swarm.route_target), port_range=config.port_range,
@@ -273,7 +282,7 @@ async def _finish(deploy: Deploy, coordinator: Coordinator, origin: Origin | Non
                   swarm: SwarmControl | None, scratch: Path) -> None:
     with contextlib.suppress(Exception):
         if coordinator.runner is not None:
-            await coordinator.publish("finish", 3600)
+            await coordinator.publish(Instruction.FINISH, 3600)
             live = {r.spec.name for r in deploy.hosts if r.kind is not ErrorKind.TIMEOUT}
             await coordinator.wait_until(lambda: live <= coordinator.finished, FINISH_GRACE)
     await coordinator.stop()
@@ -325,7 +334,8 @@ def _answer_timeout(deploy: Deploy) -> float:
     return c.hook_timeout * hooks + (c.health_timeout if c.health_check else 0) + ANSWER_MARGIN
 
 
-async def _instruct(deploy: Deploy, coordinator: Coordinator, kind: str, batch: list[HostRun],
+async def _instruct(deploy: Deploy, coordinator: Coordinator, kind: Instruction,
+                    batch: list[HostRun],
                     **fields: Any) -> int:
     """Publish one instruction to `batch` and wait for each host's answer (or the deadline)."""
     timeout = _answer_timeout(deploy)
@@ -333,7 +343,8 @@ async def _instruct(deploy: Deploy, coordinator: Coordinator, kind: str, batch: 
     seq = await coordinator.publish(kind, timeout, tag=deploy.tag, hosts=names, **fields)
     await coordinator.wait_until(
         lambda: all(seq in coordinator.answers[n]
-                    or (kind == "activate" and coordinator.runs[n].failed) for n in names),
+                    or (kind is Instruction.ACTIVATE and coordinator.runs[n].failed)
+                    for n in names),
         timeout)
     return seq
 
@@ -364,8 +375,8 @@ async def _activate_phase(deploy: Deploy, coordinator: Coordinator) -> None:
         name = _batch_name(deploy, number, len(batches))
         deploy.phase = name
         seq = await _instruct(
-            deploy, coordinator, "activate", batch, keep=config.keep, pre=config.pre_activate,
-            post=config.post_activate, hook_timeout=config.hook_timeout,
+            deploy, coordinator, Instruction.ACTIVATE, batch, keep=config.keep,
+            pre=config.pre_activate, post=config.post_activate, hook_timeout=config.hook_timeout,
             health_check=config.health_check, health_timeout=config.health_timeout)
         for run in batch:
             if seq not in coordinator.answers[run.spec.name] and not run.failed:
@@ -391,7 +402,7 @@ async def _stop(deploy: Deploy, coordinator: Coordinator, batches: list[list[Hos
     name = _batch_name(deploy, number, len(batches))
     deploy.phase = "rollback"
     batch = batches[number]
-    seq = await _instruct(deploy, coordinator, "rollback", batch)
+    seq = await _instruct(deploy, coordinator, Instruction.ROLLBACK, batch)
     for run in batch:
         answer = coordinator.answers[run.spec.name].get(seq)
         if answer is None:

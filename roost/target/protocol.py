@@ -401,6 +401,23 @@ class LockState(_Value):
     UNKNOWN = "unknown"  # the lock file cannot be read
 
 
+class Instruction(_Value):
+    """What a signed envelope tells pull agents (its body's `kind`, roost.target.signing)."""
+
+    RELEASE = "release"
+    ACTIVATE = "activate"
+    ROLLBACK = "rollback"
+    FINISH = "finish"
+    PROBE = "probe"  # signed once at start to test the key; never published
+
+    @property
+    def step(self) -> ErrorKind:
+        """The error kind of a failure to apply it."""
+        return {Instruction.RELEASE: ErrorKind.RELEASE, Instruction.ACTIVATE: ErrorKind.ACTIVATE,
+                Instruction.ROLLBACK: ErrorKind.ROLLBACK,
+                Instruction.FINISH: ErrorKind.FINISH}.get(self, ErrorKind.INTERNAL)
+
+
 class Verdict(_Value):
     """One dry-run check's outcome."""
 

@@ -54,6 +54,7 @@ from roost.target.protocol import (
     FetchEvent,
     HealthResult,
     HostStatus,
+    Instruction,
     ProtocolError,
 )
 from roost.target.release import (
@@ -239,8 +240,13 @@ class PullAgent:
         self.fresh.accept(v)
         self.done.add(digest)
         self.save()
-        action = {"release": self.on_release, "activate": self.on_activate,
-                  "rollback": self.on_rollback, "finish": self.on_finish}.get(v.kind)
+        try:
+            instruction = Instruction(v.kind)
+        except ValueError:
+            instruction = Instruction.PROBE  # never published: refused below
+        action = {Instruction.RELEASE: self.on_release, Instruction.ACTIVATE: self.on_activate,
+                  Instruction.ROLLBACK: self.on_rollback,
+                  Instruction.FINISH: self.on_finish}.get(instruction)
         if action is None:
             self.report(HostStatus.REFUSED, kind=ErrorKind.SIGNATURE,
                         reason=f"unknown instruction {v.kind!r}")
@@ -250,8 +256,7 @@ class PullAgent:
         try:
             action(v)
         except (RoostError, OSError) as exc:
-            self.report(HostStatus.FAILED, kind=ErrorKind.parse(v.kind, ErrorKind.INTERNAL),
-                        reason=str(exc), seq=v.seq)
+            self.report(HostStatus.FAILED, kind=instruction.step, reason=str(exc), seq=v.seq)
         except (KeyError, TypeError, ValueError) as exc:  # signed, yet not what we expect
             self.report(HostStatus.FAILED, kind=ErrorKind.INTERNAL, seq=v.seq,
                         reason=f"cannot apply {v.kind}: {type(exc).__name__}: {exc}")
