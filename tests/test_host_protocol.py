@@ -34,6 +34,7 @@ from roost.target.protocol import (
     LockInfo,
     LockReleased,
     LockState,
+    Phase,
     PreflightFacts,
     PrepareRequest,
     PrepareResult,
@@ -160,7 +161,16 @@ def test_enum_values_are_the_json_strings() -> None:
 
 # --- no untyped strings left on the operator side -------------------------------------
 
-_STATUSES = "|".join(re.escape(s.value) for s in HostStatus)
+def _alternatives(enum: Any) -> str:
+    return "|".join(re.escape(m.value) for m in enum)
+
+
+_STATUSES = _alternatives(HostStatus)
+_PHASES = _alternatives(Phase)
+_KINDS = _alternatives(ErrorKind)
+_INSTRUCTIONS = _alternatives(Instruction)
+_VERDICTS = _alternatives(Verdict)
+_LOCKS = _alternatives(LockState)
 _UNTYPED = [
     # a status written or compared as a bare string
     (re.compile(rf'\.status(?:,\s*[\w.]+)*\s*(?:[!=]=|=|(?:not\s+)?in\s*\()[^#\n]*"(?:{_STATUSES})"'),
@@ -173,6 +183,20 @@ _UNTYPED = [
     (re.compile(r'"(?:disk full|no space|enospc|hook|signature refused|disk space)"'
                 r'\s+in\s+\w+', re.IGNORECASE), "message-text search"),
     (re.compile(r'\.startswith\("signature'), "message-text search"),
+    # a host's phase set or compared as a bare string (a deploy's own phase is free text)
+    (re.compile(rf'(?<!deploy)\.phase\s*(?:[!=]=|=|(?:not\s+)?in\b)[^#\n]*"(?:{_PHASES})"'),
+     "phase string"),
+    # an error kind or an instruction compared as a bare string
+    (re.compile(rf'\bkind\s*(?:[!=]=|is(?:\s+not)?\b|(?:not\s+)?in\s*\()[^#\n]*'
+                rf'"(?:{_KINDS}|{_INSTRUCTIONS})"'), "kind string"),
+    # a dry-run verdict or lock state as a bare string
+    (re.compile(rf'(?:verdict|lock|state)\b[^#\n]*(?:[!=]=|\bin\b)\s*\(?\s*'
+                rf'"(?:{_VERDICTS}|{_LOCKS})"'), "verdict or lock string"),
+    # an agent reply read as raw JSON instead of through its record's from_json
+    (re.compile(r'\bjson\.loads?\('), "raw JSON"),
+    (re.compile(r'(?:\[\s*|\.get\(\s*)"(?:verdict|detail|hooks|health|checks|holder|locked|'
+                r'broke|stopped|removed|state|lock|exit|output|ok)"'),
+     "raw reply field"),
 ]
 
 
@@ -192,6 +216,22 @@ def test_the_guard_catches_what_it_claims() -> None:
     assert untyped('            raise HostFailure("python", "no python")')
     assert untyped('    if "disk full" in text or "no space" in text:')
     assert untyped('        kind = "hook" if "hook" in message else step')
+    assert untyped('        self.phase = "prepare"')
+    assert untyped('            run.status, run.phase = HostStatus.FETCHING, "fetch"')
+    assert untyped('    locked = [h for h in deploy.hosts if h.kind == "locked"]')
+    assert untyped('        if run.failed and run.kind in ("timeout", "fetch"):')
+    assert untyped('                    or (kind == "activate" and runs[n].failed)')
+    assert untyped('    failed = [n for n, c in checks.items() if c["verdict"] == "fail"]')
+    assert untyped('    if lock.get("state") in ("held", "stale"):')
+    assert untyped('    lock = str(info.get("lock", "free"))')
+    assert untyped('        info: dict[str, Any] = json.loads(first)')
+    assert untyped('        hooks = data.get("hooks") if isinstance(data, dict) else None')
+    assert untyped('    if not run.health.get("ok"):')
+    assert untyped('        ("stopped", lambda r: " ".join(map(str, r.get("stopped", []))))')
+    assert not untyped('        deploy.phase = "fetch"')  # the deploy's, not a host's
+    assert not untyped('        run.phase = Phase.PREPARE')
+    assert not untyped('        if c.verdict is Verdict.FAIL and lock is LockState.STALE:')
+    assert not untyped('            if kind == "hosts":')  # an inventory section
     assert not untyped('        return self.status is HostStatus.FAILED')
     assert not untyped('            raise HostFailure(ErrorKind.PYTHON, "no python")')
 
