@@ -486,6 +486,9 @@ def test_every_argv_builder_is_accepted_by_its_subcommands_parser() -> None:
         (agentargv.lock("/srv", "d1", "a@b", "v1", True),
          {"who": "a@b", "tag": "v1", "break_lock": True}),
     ]
+    cases.append((agentargv.seed("/p.torrent", "/p", "http://t/a", 4, "::1", super_seed=True,
+                                 tree=True, upload_rate="1M", allow=["::1/128"], tls=fetch.tls),
+                  {"super_seed": True, "bind": "::1", "expected_peers": 4, "tree": True}))
     seen = set()
     for argv, expect in cases:
         parser, _ = build_parser(argv[0])
@@ -493,8 +496,8 @@ def test_every_argv_builder_is_accepted_by_its_subcommands_parser() -> None:
         assert ns.json is True, argv
         assert {k: getattr(ns, k) for k in expect} == expect, argv
         seen.add(argv[0])
-    # every subcommand the operator runs has its builder (seed and agent run by hand)
-    assert seen == set(AGENT_COMMANDS) - {"seed", "agent"}
+    # every subcommand the operator runs has its builder (`roost agent` runs under systemd)
+    assert seen == set(AGENT_COMMANDS) - {"agent"}
 
 
 def test_preflight_prints_what_the_operator_parses(tmp_path: Path) -> None:

@@ -79,6 +79,20 @@ def fetch(a: FetchArgs) -> list[str]:
     return argv
 
 
+def seed(torrent: str, directory: str, tracker: str, expected_peers: int, bind: str, *,
+         super_seed: bool = False, tree: bool = False, upload_rate: str | None = None,
+         allow: Sequence[str] | None = None, tls: TlsFiles | None = None) -> list[str]:
+    """The deploy's origin: seeds the payload it packed (-d is the tree itself for a tree)."""
+    argv = ["seed", torrent, "-d", directory, *(["--super-seed"] if super_seed else []),
+            *(["--tree"] if tree else []), "--skip-check", "--json", "--quiet",
+            "--port", "0", "--bind", bind, "--tracker", tracker,
+            "--expected-peers", str(expected_peers), *_opt("--upload-rate", upload_rate),
+            *_opt("--allow", ",".join(allow) if allow is not None else None)]
+    if tls is not None:
+        argv += ["--tls-cert", tls.cert, "--tls-key", tls.key, "--tls-ca", tls.ca]
+    return argv
+
+
 def stage(dest: str, manifest: str, payload: str | None = None) -> list[str]:
     """activate --no-switch: verify and unpack the fetched payload into releases/<tag>."""
     return ["activate", "--dest", dest, "--manifest", manifest, *_opt("--payload", payload),
