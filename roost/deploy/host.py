@@ -42,13 +42,13 @@ from roost.target.protocol import (
     HealthResult,
     HookRecord,
     HostStatus,
+    Manifest,
     Phase,
     PrepareRequest,
     PrepareResult,
     ProtocolError,
     kind_of_exit,
 )
-from roost.target.release import Manifest
 
 MIN_PYTHON = (3, 10)
 

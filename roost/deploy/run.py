@@ -59,8 +59,7 @@ from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_host
 from roost.deploy.zipapp import build_zipapp_bytes
 from roost.errors import UsageError
 from roost.target import signing
-from roost.target.protocol import ErrorKind, HostStatus
-from roost.target.release import Manifest
+from roost.target.protocol import ErrorKind, HostStatus, Manifest
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -1,8 +1,11 @@
 """The host protocol: what the operator and the agent on a host say to each other.
 
-Standard library only (the agent imports it under `python3 -I -S`). Both sides use
+Standard library only (the agent imports it under `python3 -I -S`). It holds the
+deploy's Manifest, the records of every agent command's reply, fetch's events, the
+pull agent's reports and the dry run's facts and verdicts. Both sides use
 these records: the agent writes them as one JSON object per line, the operator
-parses them with `from_json`, which checks types, rejects unknown fields and caps
+parses them with `from_json`, which checks types (nested records too), names unknown
+enum values, rejects unknown fields where a record is closed (the request) and caps
 sizes, so a confused or hostile host gives one clear `ProtocolError` line, never a
 traceback. An error's kind travels as a field and as the exit code; nobody reads
 it out of message text. Enum values are the strings the `--json` output always had.
@@ -11,11 +14,13 @@ it out of message text. Enum values are the strings the `--json` output always h
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
-from roost.errors import RoostError
+from roost.core.tree import TreeManifest, parse_manifest
+from roost.errors import MetainfoError, RoostError, UsageError
 
 _Types = dict[str, tuple[type, ...]]
 
@@ -136,6 +141,63 @@ class HostStatus(str, Enum):
             return cls(value)
         except ValueError:
             return None
+
+
+# --- the manifest (what the deploy host promises about the payload) ---------------------
+
+FORMATS = ("tar", "tar.zst", "dir", "file", "tree")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}\Z")
+
+
+def check_tag(tag: str) -> str:
+    if not _TAG.match(tag) or ".." in tag:
+        raise UsageError(f"tag {tag!r} must be 1-128 characters of [A-Za-z0-9._+-]")
+    return tag
+
+
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tag: str
+    format: str  # one of FORMATS
+    name: str  # the payload's name inside the staging directory
+    sha256: str  # of the payload file, of the tree listing for "dir", of `tree` for "tree"
+    size: int
+    tree: TreeManifest | None = None  # format "tree": every entry of the release
+
+    @staticmethod
+    def load(data: dict[str, Any]) -> Manifest:
+        try:
+            m = Manifest(
+                str(data["tag"]), str(data["format"]), str(data["name"]),
+                str(data["sha256"]).lower(), int(data["size"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"bad manifest: {exc}") from None
+        check_tag(m.tag)
+        if m.format not in FORMATS:
+            raise UsageError(f"bad manifest: unknown format {m.format!r}")
+        if not re.fullmatch(r"[0-9a-f]{64}", m.sha256):
+            raise UsageError("bad manifest: sha256 is not 64 hex digits")
+        if "/" in m.name or m.name in ("", ".", ".."):
+            raise UsageError(f"bad manifest: payload name {m.name!r}")
+        if m.format == "tree":
+            try:
+                tree = parse_manifest(data.get("tree"))
+            except MetainfoError as exc:
+                raise UsageError(f"bad manifest: {exc}") from None
+            if tree.digest() != m.sha256 or tree.total_size != m.size:
+                raise UsageError("bad manifest: sha256 or size does not match its tree")
+            m = Manifest(m.tag, m.format, m.name, m.sha256, m.size, tree)
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tag": self.tag, "format": self.format, "name": self.name,
+               "sha256": self.sha256, "size": self.size}
+        if self.tree is not None:
+            out["tree"] = self.tree.to_dict()
+        return out
 
 
 # --- reading JSON safely ---------------------------------------------------------------

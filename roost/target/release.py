@@ -37,7 +37,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import stat
@@ -51,10 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from roost.core.tree import TreeManifest, link_stays_inside, parse_manifest
+from roost.core.tree import link_stays_inside
 from roost.errors import DiskFullError as DiskFullError  # re-exported: importers name it here
-from roost.errors import MetainfoError, UsageError
 from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
+from roost.errors import UsageError
 from roost.target import Runner
 from roost.target.fsutil import atomic_write as atomic_write  # re-exported
 from roost.target.protocol import (
@@ -66,67 +65,16 @@ from roost.target.protocol import (
     RollbackResult,
     StageResult,
 )
+from roost.target.protocol import FORMATS as FORMATS  # re-exported: importers name them here
+from roost.target.protocol import Manifest as Manifest
+from roost.target.protocol import check_tag as check_tag
 
 STATE_DIR = ".roost"
 STATE_FILE = "state.json"
-FORMATS = ("tar", "tar.zst", "dir", "file", "tree")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}\Z")
 HISTORY_MAX = 200
 #: beside a deploy's manifest: the SHA-256 fetch checked for each tree file, with proofs
 VERIFIED = "verified.json"
 CHUNK = 1 << 20
-
-
-def check_tag(tag: str) -> str:
-    if not _TAG.match(tag) or ".." in tag:
-        raise UsageError(f"tag {tag!r} must be 1-128 characters of [A-Za-z0-9._+-]")
-    return tag
-
-
-# --- the manifest (what the deploy host promises about the payload) ---------
-
-
-@dataclass(frozen=True)
-class Manifest:
-    tag: str
-    format: str  # one of FORMATS
-    name: str  # the payload's name inside the staging directory
-    sha256: str  # of the payload file, of the tree listing for "dir", of `tree` for "tree"
-    size: int
-    tree: TreeManifest | None = None  # format "tree": every entry of the release
-
-    @staticmethod
-    def load(data: dict[str, Any]) -> Manifest:
-        try:
-            m = Manifest(
-                str(data["tag"]), str(data["format"]), str(data["name"]),
-                str(data["sha256"]).lower(), int(data["size"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UsageError(f"bad manifest: {exc}") from None
-        check_tag(m.tag)
-        if m.format not in FORMATS:
-            raise UsageError(f"bad manifest: unknown format {m.format!r}")
-        if not re.fullmatch(r"[0-9a-f]{64}", m.sha256):
-            raise UsageError("bad manifest: sha256 is not 64 hex digits")
-        if "/" in m.name or m.name in ("", ".", ".."):
-            raise UsageError(f"bad manifest: payload name {m.name!r}")
-        if m.format == "tree":
-            try:
-                tree = parse_manifest(data.get("tree"))
-            except MetainfoError as exc:
-                raise UsageError(f"bad manifest: {exc}") from None
-            if tree.digest() != m.sha256 or tree.total_size != m.size:
-                raise UsageError("bad manifest: sha256 or size does not match its tree")
-            m = Manifest(m.tag, m.format, m.name, m.sha256, m.size, tree)
-        return m
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"tag": self.tag, "format": self.format, "name": self.name,
-               "sha256": self.sha256, "size": self.size}
-        if self.tree is not None:
-            out["tree"] = self.tree.to_dict()
-        return out
 
 
 def sha256_file(path: Path) -> str:
