@@ -205,7 +205,7 @@ class Coordinator:
 
     async def publish(self, kind: Instruction, expires_in: float, **fields: Any) -> int:
         seq = self.seq.next()
-        body = {"kind": kind.value, "deploy_id": self.deploy.deploy_id, "seq": seq,
+        body = {"kind": Instruction(kind).value, "deploy_id": self.deploy.deploy_id, "seq": seq,
                 "expires": round(time.time() + expires_in, 3), **fields}
         envelope = await asyncio.to_thread(sign, self.key, body)
         async with self.changed:

@@ -11,6 +11,7 @@ from pathlib import Path
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.coordinator import MAX_REPORT, Coordinator
 from roost.deploy.run import new_deploy
+from roost.target.protocol import Instruction
 from tests.pull.keys import make_key
 
 
@@ -36,7 +37,7 @@ def test_reports_and_queries_are_checked(tmp_path: Path) -> None:
         await coordinator.start()
         base = coordinator.url
         try:
-            await coordinator.publish("release", 60, tag="v1")
+            await coordinator.publish(Instruction.RELEASE, 60, tag="v1")
             report = {"host": "a0", "deploy_id": deploy.deploy_id, "state": "failed",
                       "kind": "fetch", "reason": "x" * 2000}
             calls = [
