@@ -51,7 +51,8 @@ class Assembly:
         return self.checking_bytes >= self.max_checking_bytes
 
     def add(
-        self, picker: PiecePicker, key: int, index: int, begin: int, block: bytes, size: int
+        self, picker: PiecePicker, key: int, index: int, begin: int, block: bytes | bytearray,
+        size: int,
     ) -> Received:
         """Copy a received block (possibly several picker blocks) into its piece."""
         result = Received()
