@@ -480,8 +480,8 @@ def test_big_blocks_split_anywhere_give_the_same_events(
     # place: the events must be those of the whole stream parsed at once
     a, b = pair()
     _, ref = pair()
-    for c in (b, ref):
-        c.max_block = 5 * BLOCK_SIZE
+    for conn in (b, ref):
+        conn.max_block = 5 * BLOCK_SIZE
     rng = random.Random(len(msgs))
     frames = [
         a.send_piece(m[1], 0, rng.randbytes(m[2])) if m[0] == "big" else encode(a, m)
