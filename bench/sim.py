@@ -83,6 +83,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-super-seed", action="store_true")
     p.add_argument(
+        "--no-spread-bursts",
+        action="store_true",
+        help="members are not told N, so they never spread started/completed",
+    )
+    p.add_argument(
         "--lean", action="store_true", help="count blocks, keep no piece bytes (fleet sizes)"
     )
     p.add_argument("--json", action="store_true", help="one JSON object per N")
@@ -122,6 +127,7 @@ def scenario_for(args: argparse.Namespace, n: int) -> Scenario:
         dt=args.dt,
         super_seed=not args.no_super_seed,
         lean=args.lean,
+        spread_bursts=not args.no_spread_bursts,
     )
 
 
