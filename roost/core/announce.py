@@ -16,6 +16,10 @@ finishing together do not reach the tracker in the same second. A
 
 from __future__ import annotations
 
+import random
+
+from roost.core.tracker_scale import burst_spread
+
 RETRY_STEP = 2.0
 RETRY_MAX = 30.0
 
@@ -70,3 +74,20 @@ class AnnounceSchedule:
 
     def deadline(self) -> float | None:
         return self.at if self.enabled and not self.in_flight else None
+
+
+def schedule_for(
+    *, enabled: bool, complete: bool, expected_peers: int | None, rng: random.Random
+) -> AnnounceSchedule:
+    """A member's schedule: past a few thousand expected peers, `started` and
+    `completed` are spread (roost.core.tracker_scale.burst_spread). A member that
+    starts complete (the origin) announces at once: the others need it in their
+    first lists."""
+    spread = burst_spread(expected_peers)
+    if not enabled or not spread:  # no draw: small swarms keep their rng sequence
+        return AnnounceSchedule(enabled=enabled, complete=complete)
+    started = 0.0 if complete else rng.random() * spread
+    completed = rng.random() * spread
+    return AnnounceSchedule(
+        enabled=True, complete=complete, started_delay=started, completed_delay=completed
+    )

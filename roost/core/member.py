@@ -61,7 +61,7 @@ from roost.core.actions import (
     WebFailed,
     WriteReady,
 )
-from roost.core.announce import REGULAR, AnnounceSchedule
+from roost.core.announce import REGULAR, schedule_for
 from roost.core.assembly import Assembly
 from roost.core.bitfield import Bitfield
 from roost.core.choker import Choker, PeerStat
@@ -75,7 +75,6 @@ from roost.core.peers import REDIAL_CONNECTED, Closing, PeerTable
 from roost.core.picker import PiecePicker
 from roost.core.ratelimit import TokenBucket
 from roost.core.stall import StallWatch
-from roost.core.tracker_scale import burst_spread
 from roost.core.uploads import Uploads
 from roost.core.webseed import WebSeeds
 from roost.core.wire import (
@@ -141,7 +140,12 @@ class SwarmMember:
         self.uploads = Uploads(
             info, have, self.offers, config.upload_rate, report_uploads=report_uploads
         )
-        self.schedule = self._announce_schedule(trackers, have.all())
+        self.schedule = schedule_for(
+            enabled=trackers,
+            complete=have.all(),
+            expected_peers=config.expected_peers,
+            rng=self.rng,
+        )
         self.peers = PeerTable(config, self.peer_id, HANDSHAKE_TIMEOUT)
         self.conns = self.peers.conns  # connection id -> Conn
         self.downloaded = 0
@@ -160,21 +164,6 @@ class SwarmMember:
         self._next_tick = 0.0
         self._last_tick = 0.0
         self.stall = StallWatch()
-
-    def _announce_schedule(self, trackers: bool, complete: bool) -> AnnounceSchedule:
-        """Past a few thousand expected peers, `started` and `completed` are spread
-        (roost.core.tracker_scale). A member that starts complete (the origin)
-        announces at once: the others need it in their first lists."""
-        spread = burst_spread(self.config.expected_peers)
-        if not trackers or not spread:  # no draw: small swarms keep their rng sequence
-            return AnnounceSchedule(enabled=trackers, complete=complete)
-        started = 0.0 if complete else self.rng.random() * spread
-        return AnnounceSchedule(
-            enabled=True,
-            complete=complete,
-            started_delay=started,
-            completed_delay=self.rng.random() * spread,
-        )
 
     # ---- small accessors ----
     @property
