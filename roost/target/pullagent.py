@@ -254,6 +254,9 @@ class PullAgent:
                        if k not in b]
             if missing:
                 raise KeyError(missing[0])
+            web_seeds = b.get("web_seeds") or []
+            if not isinstance(web_seeds, list) or not all(isinstance(u, str) for u in web_seeds):
+                raise TypeError("web_seeds is not a list of URLs")
         except (KeyError, TypeError, UsageError) as exc:
             raise SignatureError(f"the signed release is malformed: {exc}") from None
         self.stop_fetch()
@@ -297,6 +300,8 @@ class PullAgent:
         for flag in ("upload_rate", "download_rate"):
             if b.get(flag):
                 argv += [f"--{flag.replace('_', '-')}", str(b[flag])]
+        for url in b.get("web_seeds") or []:  # BEP 19: HTTP servers of the payload (signed)
+            argv += ["--web-seed", str(url)]
         errors = (work / "fetch.err").open("wb")
         self.fetch = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=errors, start_new_session=True)
