@@ -81,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ceiling", type=_fraction, default=0.956)
     p.add_argument("--dt", type=_positive, default=0.05)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--max-time",
+        type=float,
+        default=0.0,
+        help="stop after this many simulated seconds (default: 20 x bound + 60)",
+    )
     p.add_argument("--no-super-seed", action="store_true")
     p.add_argument(
         "--no-spread-bursts",
@@ -128,6 +134,7 @@ def scenario_for(args: argparse.Namespace, n: int) -> Scenario:
         super_seed=not args.no_super_seed,
         lean=args.lean,
         spread_bursts=not args.no_spread_bursts,
+        max_time=args.max_time,
     )
 
 
@@ -216,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.size < 1:
         print("error: --size must be positive", file=sys.stderr)
+        return 2
+    if args.max_time < 0:
+        print("error: --max-time must be 0 (no limit) or more", file=sys.stderr)
         return 2
     rows = []
     results = []
