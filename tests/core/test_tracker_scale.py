@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def _tracker(expected: int, policy: TrackerPolicy | None = None) -> Tracker:
     return tracker
 
 
-def _announce(tracker: Tracker, n: int, now: float) -> dict:
+def _announce(tracker: Tracker, n: int, now: float) -> dict[bytes, Any]:
     outcome = tracker.announce(
         TOKEN, announce_query(IH, pid(n), numwant=200), f"10.1.{n >> 8}.{n & 255}", now
     )
