@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from roost.core.metainfo import parse
+from roost.core.metainfo import check_web_seed_url, parse
 from roost.deploy import rollout
 from roost.deploy.batches import plan_batches
 from roost.deploy.host import HostRun
@@ -46,10 +46,12 @@ from roost.deploy.run import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     Deploy,
+    _check_web_seed_format,
     _start_swarm,
 )
 from roost.deploy.swarm import Origin, SwarmControl
 from roost.deploy.transport import HostFailure
+from roost.errors import UsageError
 from roost.target.protocol import (
     AgentReport,
     ErrorKind,
@@ -229,14 +231,20 @@ async def run_publish(deploy: Deploy, src: Path, key: Path, listen: str, port: i
     plan_batches(len(deploy.hosts), config.batch, config.canary)  # bad --batch: fail now
     # a key that cannot sign: fail now
     await asyncio.to_thread(sign, key, {"kind": Instruction.PROBE.value})
+    for url in config.web_seeds:
+        check_web_seed_url(url, UsageError)  # a bad --web-seed: fail now
     scratch = Path(tempfile.mkdtemp(prefix="roost-publish-"))
     coordinator = Coordinator(deploy, key, listen, port, tls)
     swarm: SwarmControl | None = None
     origin: Origin | None = None
     deploy.mark("start")
     try:
-        # pull agents stage a tarball; tree releases are push-only for now
-        fmt = "tar" if config.format in ("auto", "tree") and src.is_dir() else config.format
+        # pull agents stage a tarball (tree releases are push-only for now), or with web
+        # seeds the directory as itself: a tarball made here is on no web server
+        fmt = config.format
+        if fmt in ("auto", "tree") and src.is_dir():
+            fmt = "dir" if config.web_seeds and not config.compress else "tar"
+        _check_web_seed_format(config, fmt)  # before packing: a tarball would be wasted
         deploy.payload = await asyncio.to_thread(
             pack, src, scratch, deploy.tag, fmt=fmt, compress=config.compress)
         torrent = await asyncio.to_thread(make_metainfo, deploy.payload.payload)
@@ -262,7 +270,8 @@ async def run_publish(deploy: Deploy, src: Path, key: Path, listen: str, port: i
             torrent_sha256=hashlib.sha256(torrent).hexdigest(),
             announce_url=swarm.announce_url, expected_peers=swarm.expected,
             route=list(swarm.route_target), port_range=config.port_range,
-            upload_rate=config.upload_rate, download_rate=config.download_rate)
+            upload_rate=config.upload_rate, download_rate=config.download_rate,
+            web_seeds=list(config.web_seeds))
         await _fetch_phase(deploy, coordinator, swarm)
         deploy.mark("fetched")
         await _activate_phase(deploy, coordinator)

@@ -271,6 +271,9 @@ class PullAgent:
                        if k not in b]
             if missing:
                 raise KeyError(missing[0])
+            web_seeds = b.get("web_seeds") or []
+            if not isinstance(web_seeds, list) or not all(isinstance(u, str) for u in web_seeds):
+                raise TypeError("web_seeds is not a list of URLs")
         except (KeyError, TypeError, UsageError) as exc:
             raise SignatureError(f"the signed release is malformed: {exc}") from None
         self.stop_fetch()
@@ -314,7 +317,9 @@ class PullAgent:
             timeout=round(max(1.0, float(b["expires"]) - time.time())),
             bind=address, announce_ip=address,
             upload_rate=str(b["upload_rate"]) if b.get("upload_rate") else None,
-            download_rate=str(b["download_rate"]) if b.get("download_rate") else None))]
+            download_rate=str(b["download_rate"]) if b.get("download_rate") else None,
+            # BEP 19: HTTP servers of the payload (signed with the release)
+            web_seeds=[str(url) for url in b.get("web_seeds") or []]))]
         errors = (work / "fetch.err").open("wb")
         self.fetch = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=errors, start_new_session=True)
