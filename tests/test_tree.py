@@ -207,3 +207,35 @@ def test_check_torrent_refuses_any_difference() -> None:
     forged = tree.TreeManifest(extra.info_hash.hex(), m.piece_length, m.entries)
     with pytest.raises(MetainfoError, match="file list"):
         tree.check_torrent(forged, extra.info, extra.info_hash)
+
+
+@pytest.mark.parametrize("trackers,created_by", [((), None), (["http://t/a"], "roost 1"),
+                                                  (["http://t/a", "http://u/b"], None)])
+def test_the_direct_info_encoding_is_the_generic_encoders_byte_for_byte(
+        trackers: list[str], created_by: str | None) -> None:
+    # tree.encode_info writes the bencoding by hand for speed; it must stay identical
+    entries = [tree.Entry(("d",), "dir", 0o755, 0, 0, 1)]
+    sizes = [0, 1, 100, P * 41, P * 45 + 3, 5000, P * 40, 7]
+    for i, size in enumerate(sizes):
+        entries.append(tree.Entry(("d", f"f{i}\u00e9"), "file", 0o644, 0, 0, 2, size, SHA))
+    m = tree.TreeManifest("00" * 20, P, tuple(entries))
+    slots = tree.manifest_layout(m)
+    assert any(s.pad for s in slots)
+    pieces = bytes(range(20)) * (-(-sum(s.length for s in slots) // P))
+    generic = metainfo.build_info("v1", [(s.path, s.length, s.pad) for s in slots], P, pieces)
+    assert tree.encode_info(m, "v1", pieces) == bencode.encode(generic)
+    assert tree.make_torrent(m, "v1", pieces, trackers, created_by) == metainfo.build_torrent(
+        generic, trackers, created_by=created_by)
+
+
+def test_proven_torrent_refuses_pieces_the_info_hash_does_not_cover() -> None:
+    m = tree.TreeManifest("00" * 20, P, (tree.Entry(("f",), "file", 0o644, 0, 0, 1, 10, SHA),))
+    pieces = bytes(20)
+    proven = tree.TreeManifest(tree.hashlib.sha1(tree.encode_info(m, "v1", pieces)).hexdigest(),
+                               P, m.entries)
+    assert metainfo.parse(tree.proven_torrent(proven, "v1", pieces)).info_hash.hex() == \
+        proven.info_hash
+    with pytest.raises(MetainfoError, match="info-hash"):
+        tree.proven_torrent(proven, "v1", b"\x01" * 20)
+    with pytest.raises(UnsafePathError):
+        tree.encode_info(proven, "../x", pieces)
