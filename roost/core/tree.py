@@ -277,6 +277,18 @@ def parse_manifest(data: Any) -> TreeManifest:
     return TreeManifest(info_hash, piece_length, entries)
 
 
+def checked_manifest(data: dict[str, Any]) -> TreeManifest:
+    """Rebuild a manifest that parse_manifest already accepted, without its checks.
+
+    Only for bytes proven to be the ones validated (roost.target.checked: their
+    SHA-256 against host-prepare's record); any other input goes to parse_manifest."""
+    entries = tuple(
+        Entry(tuple(e["path"].split("/")), e["type"], e["mode"], e["uid"], e["gid"],
+              e["mtime_ns"], e.get("size", 0), e.get("sha256", ""), e.get("target", ""))
+        for e in data["entries"])
+    return TreeManifest(data["info_hash"], data["piece_length"], entries)
+
+
 def _entry(item: Any) -> Entry:
     if not isinstance(item, dict):
         raise MetainfoError("a tree manifest entry is not an object")

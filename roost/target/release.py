@@ -50,11 +50,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from roost.core.tree import TreeManifest, link_stays_inside, parse_manifest
+from roost.core.tree import TreeManifest, checked_manifest, link_stays_inside, parse_manifest
 from roost.errors import DiskFullError as DiskFullError  # re-exported: importers name it here
 from roost.errors import MetainfoError, UsageError
 from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
 from roost.target import Runner
+from roost.target.checked import was_checked
 from roost.target.fsutil import atomic_write as atomic_write  # re-exported
 from roost.target.protocol import EXIT_CODES, ErrorKind
 
@@ -87,7 +88,9 @@ class Manifest:
     tree: TreeManifest | None = None  # format "tree": every entry of the release
 
     @staticmethod
-    def load(data: dict[str, Any]) -> Manifest:
+    def load(data: dict[str, Any], *, checked: bool = False) -> Manifest:
+        """Validate a manifest. `checked`: its bytes are proven to be ones host-prepare
+        validated (roost.target.checked), so its tree is rebuilt without the checks."""
         try:
             m = Manifest(
                 str(data["tag"]), str(data["format"]), str(data["name"]),
@@ -102,6 +105,9 @@ class Manifest:
             raise UsageError("bad manifest: sha256 is not 64 hex digits")
         if "/" in m.name or m.name in ("", ".", ".."):
             raise UsageError(f"bad manifest: payload name {m.name!r}")
+        if m.format == "tree" and checked:
+            return Manifest(m.tag, m.format, m.name, m.sha256, m.size,
+                            checked_manifest(data["tree"]))
         if m.format == "tree":
             try:
                 tree = parse_manifest(data.get("tree"))
@@ -733,13 +739,16 @@ def add_activate(parser: argparse.ArgumentParser) -> Runner:
 
 
 def read_manifest(path: Path) -> Manifest:
+    """A deploy's manifest; validated again unless host-prepare's record proves these
+    are the bytes it validated (roost.target.checked)."""
     try:
-        data = json.loads(path.read_text())
+        text = path.read_bytes()
+        data = json.loads(text)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read manifest {path}: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"manifest {path} is not a JSON object")
-    return Manifest.load(data)
+    return Manifest.load(data, checked=was_checked(path, text))
 
 
 def run_activate(ns: argparse.Namespace) -> int:
