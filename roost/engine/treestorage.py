@@ -46,6 +46,7 @@ from roost.engine.hashing import PieceReader, hash_pieces
 from roost.engine.storage import (
     _O_DIRECTORY,
     _O_NOFOLLOW,
+    DEFAULT_MAX_OPEN,
     DIR_MODE,
     FILE_MODE,
     Storage,
@@ -116,8 +117,9 @@ class TreeStorage(Storage):
         record: Path | None = None,
         proofs: dict[str, Proof] | None = None,
         preallocate: bool = True,
+        max_open: int = DEFAULT_MAX_OPEN,
     ) -> None:
-        super().__init__(info, root, preallocate=preallocate)
+        super().__init__(info, root, preallocate=preallocate, max_open=max_open)
         self._rel = [f.path for f in info.files]
         self._pads = {i for i, f in enumerate(info.files) if f.pad}
         sha = {e.path: e.sha256 for e in manifest.files} if manifest else {}
