@@ -29,6 +29,7 @@ descriptor cache (a later read reopens it read-only).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -137,6 +138,7 @@ class TreeStorage(Storage):
         self._root_fd = -1
         self._zero_fd = -1
         self._dirs: _DirFds | None = None
+        self._unsynced_dirs: set[tuple[str, ...]] = set()  # parents of files fsynced early
         # more files than cached fds: a verified file's fd is dropped, not reopened
         self._drop_verified = len(info.files) > self.max_open
         self.on_file_verified: Callable[[str, int], None] | None = None
@@ -339,6 +341,11 @@ class TreeStorage(Storage):
                 digest.update(view[:got])
                 pos += got
             st = os.fstat(fd)
+            os.fsync(fd)  # now, overlapping the transfer, rather than all at the end
+        with self._lock:
+            self._dirty.discard(index)
+            rel_parts = self._rel[index]
+            self._unsynced_dirs.update(rel_parts[:depth] for depth in range(len(rel_parts)))
         if st.st_size != size:
             raise StorageError(f"{rel} has {st.st_size} bytes, the manifest says {size}")
         if digest.hexdigest() != self._sha[index]:
@@ -368,8 +375,24 @@ class TreeStorage(Storage):
         return have
 
     def flush(self) -> None:
-        """fsync, then record the proof of every file (before "complete" is reported)."""
-        super().flush()
+        """fsync, then record the proof of every file (before "complete" is reported).
+
+        Files verified during the transfer were fsynced then (`_verify_file`, in
+        the verifier's thread, overlapping the network): only the rest and the
+        directories are left, each directory synced through its descriptor."""
+        with self._lock:
+            dirty = sorted(self._dirty)
+            self._dirty.clear()
+            dirs, self._unsynced_dirs = self._unsynced_dirs, set()
+        for index in dirty:
+            with self._pinned([index]) as fds:
+                os.fsync(fds[index])
+            rel = self._rel[index]
+            dirs.update(rel[:depth] for depth in range(len(rel)))
+        if dirs and self._dirs is not None:
+            for parts in sorted(dirs, key=len, reverse=True):  # a child before its parent
+                with self._dirs.lock, contextlib.suppress(OSError):
+                    os.fsync(self._dirs.get(parts))
         if self._record is None:
             return
         with self._lock:
