@@ -295,7 +295,7 @@ def _entry(item: Any) -> Entry:
     kind = item.get("type")
     if kind not in TYPES:
         raise MetainfoError(f"tree manifest entry type {str(kind)[:20]!r} is not file/dir/symlink")
-    if set(item) != _KEYS[kind]:
+    if item.keys() != _KEYS[kind]:
         raise MetainfoError(f"tree manifest {kind} entry has keys "
                             f"{sorted(map(str, item))[:8]}, expected {sorted(_KEYS[kind])}")
     path = item["path"]
@@ -304,25 +304,24 @@ def _entry(item: Any) -> Entry:
     if path.startswith("/"):
         raise UnsafePathError(f"tree manifest path {path[:60]!r} is absolute")
     parts = safe_relpath(path.split("/"))
-    common = dict(
-        path=parts, type=kind, mode=_int(item["mode"], "mode", 0, 0o7777),
-        uid=_int(item["uid"], "uid", 0, 2**32 - 1), gid=_int(item["gid"], "gid", 0, 2**32 - 1),
-        mtime_ns=_int(item["mtime_ns"], "mtime_ns", -(2**63), 2**63 - 1),
-    )
+    mode = _int(item["mode"], "mode", 0, 0o7777)
+    uid = _int(item["uid"], "uid", 0, 2**32 - 1)
+    gid = _int(item["gid"], "gid", 0, 2**32 - 1)
+    mtime_ns = _int(item["mtime_ns"], "mtime_ns", -(2**63), 2**63 - 1)
     if kind == "file":
         sha = item["sha256"]
         if not isinstance(sha, str) or not _HEX64.match(sha):
             raise MetainfoError(f"tree manifest sha256 of {path[:60]!r} is not 64 hex digits")
-        return Entry(**common, size=_int(item["size"], "size", 0, MAX_SIZE),
-                     sha256=sha)
+        return Entry(parts, kind, mode, uid, gid, mtime_ns,
+                     _int(item["size"], "size", 0, MAX_SIZE), sha)
     if kind == "symlink":
         target = item["target"]
         if not isinstance(target, str) or len(target.encode()) > MAX_TARGET_BYTES:
             raise MetainfoError(f"tree manifest symlink {path[:60]!r} has no valid target")
         if not link_stays_inside(parts, target):
             raise UnsafePathError(f"symlink {path[:60]!r} -> {target[:60]!r} escapes the release")
-        return Entry(**common, target=target)
-    return Entry(**common)
+        return Entry(parts, kind, mode, uid, gid, mtime_ns, target=target)
+    return Entry(parts, kind, mode, uid, gid, mtime_ns)
 
 
 def _check_tree(entries: tuple[Entry, ...]) -> None:
