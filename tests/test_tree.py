@@ -207,3 +207,93 @@ def test_check_torrent_refuses_any_difference() -> None:
     forged = tree.TreeManifest(extra.info_hash.hex(), m.piece_length, m.entries)
     with pytest.raises(MetainfoError, match="file list"):
         tree.check_torrent(forged, extra.info, extra.info_hash)
+
+
+@pytest.mark.parametrize("trackers,created_by", [((), None), (["http://t/a"], "roost 1"),
+                                                  (["http://t/a", "http://u/b"], None)])
+def test_the_direct_info_encoding_is_the_generic_encoders_byte_for_byte(
+        trackers: list[str], created_by: str | None) -> None:
+    # tree.encode_info writes the bencoding by hand for speed; it must stay identical
+    entries = [tree.Entry(("d",), "dir", 0o755, 0, 0, 1)]
+    sizes = [0, 1, 100, P * 41, P * 45 + 3, 5000, P * 40, 7]
+    for i, size in enumerate(sizes):
+        entries.append(tree.Entry(("d", f"f{i}\u00e9"), "file", 0o644, 0, 0, 2, size, SHA))
+    m = tree.TreeManifest("00" * 20, P, tuple(entries))
+    slots = tree.manifest_layout(m)
+    assert any(s.pad for s in slots)
+    pieces = bytes(range(20)) * (-(-sum(s.length for s in slots) // P))
+    generic = metainfo.build_info("v1", [(s.path, s.length, s.pad) for s in slots], P, pieces)
+    assert tree.encode_info(m, "v1", pieces) == bencode.encode(generic)
+    assert tree.make_torrent(m, "v1", pieces, trackers, created_by) == metainfo.build_torrent(
+        generic, trackers, created_by=created_by)
+
+
+def test_proven_torrent_refuses_pieces_the_info_hash_does_not_cover() -> None:
+    m = tree.TreeManifest("00" * 20, P, (tree.Entry(("f",), "file", 0o644, 0, 0, 1, 10, SHA),))
+    pieces = bytes(20)
+    proven = tree.TreeManifest(tree.hashlib.sha1(tree.encode_info(m, "v1", pieces)).hexdigest(),
+                               P, m.entries)
+    assert metainfo.parse(tree.proven_torrent(proven, "v1", pieces)).info_hash.hex() == \
+        proven.info_hash
+    with pytest.raises(MetainfoError, match="info-hash"):
+        tree.proven_torrent(proven, "v1", b"\x01" * 20)
+    with pytest.raises(UnsafePathError):
+        tree.encode_info(proven, "../x", pieces)
+
+
+# --- the record that host-prepare validated a manifest (roost.target.checked) ------------
+
+
+def _written(tmp_path: Any) -> tuple[Any, dict[str, Any]]:
+    from roost.target.checked import remember
+
+    m = tree.parse_manifest(copy.deepcopy(VALID))
+    data = {"tag": "v1", "format": "tree", "name": "v1", "sha256": m.digest(),
+            "size": m.total_size, "tree": m.to_dict()}
+    path = tmp_path / "manifest.json"
+    remember(path, json.dumps(data).encode())
+    return path, data
+
+
+def test_a_checked_manifest_is_rebuilt_without_validating_it_again(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from roost.target import release
+
+    path, _ = _written(tmp_path)
+    full = release.read_manifest(path)
+
+    def refuse(_: Any) -> tree.TreeManifest:
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(release, "parse_manifest", refuse)
+    assert release.read_manifest(path) == full  # the same manifest, from the record's path
+
+
+@pytest.mark.parametrize("tamper", ["manifest", "record-sha", "record-garbage",
+                                    "record-extra-key", "record-missing"])
+def test_a_tampered_manifest_or_record_is_validated_in_full(tmp_path: Any,
+                                                           tamper: str) -> None:
+    from roost.target import release
+    from roost.target.checked import record_of
+
+    path, data = _written(tmp_path)
+    record = record_of(path)
+    good = json.loads(record.read_text())
+    hostile = copy.deepcopy(data)
+    hostile["tree"]["entries"].append(_entry("../outside"))
+    if tamper == "manifest":  # changed after it was checked, record left as it was
+        path.write_text(json.dumps(hostile))
+    else:  # the record does not name these bytes: the (hostile) manifest is checked
+        text = json.dumps(hostile).encode()
+        path.write_bytes(text)
+        if tamper == "record-sha":
+            record.write_text(json.dumps({**good, "sha256": "0" * 64}))
+        elif tamper == "record-garbage":
+            record.write_bytes(b"\x00not json")
+        elif tamper == "record-extra-key":
+            record.write_text(json.dumps({**good, "sha256": tree.hashlib.sha256(text)
+                                          .hexdigest(), "trusted": True}))
+        else:
+            record.unlink()
+    with pytest.raises(UsageError, match=r"bad manifest: .*not allowed"):
+        release.read_manifest(path)

@@ -16,15 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roost import __version__
-from roost.core.metainfo import choose_piece_length, parse, safe_relpath
+from roost.core.metainfo import choose_piece_length, safe_relpath
 from roost.core.tree import (
     PAD_DIR,
     Entry,
     Slot,
     TreeManifest,
+    encode_info,
     layout,
     link_stays_inside,
-    make_torrent,
+    torrent_with_info,
 )
 from roost.errors import MetainfoError, UsageError
 
@@ -130,11 +131,12 @@ def build(root: Path, name: str, trackers: list[str] | None = None) -> TreePaylo
         Entry(**{**e.__dict__, "sha256": digests[e.path]}) if e.type == "file" else e
         for e, _ in scanned
     )
-    # hosts rebuild the torrent from the manifest and the pieces (roost.core.tree.make_torrent):
+    # hosts rebuild the torrent from the manifest and the pieces (roost.core.tree.proven_torrent):
     # made the same way here, so the info-hash in the manifest is the one they get
     draft = TreeManifest("0" * 40, piece_length, entries)
-    torrent = make_torrent(draft, name, pieces, trackers or [], f"roost {__version__}")
-    info_hash = parse(torrent).info_hash.hex()
+    info = encode_info(draft, name, pieces)
+    torrent = torrent_with_info(info, trackers or [], f"roost {__version__}")
+    info_hash = hashlib.sha1(info).hexdigest()
     return TreePayload(root, TreeManifest(info_hash, piece_length, entries), torrent,
                        tuple(slots))
 

@@ -106,6 +106,12 @@ class PieceReader:
                 start += take
             index += 1
 
+    def close_before(self, fds: dict[int, int], end: int) -> None:
+        """Close the fds of files that end by `end`: a batch of 4 MiB of tiny files
+        would otherwise hold thousands open at once (and hit the fd limit)."""
+        for index in [i for i in fds if self.offsets[i] + self.sources[i][1] <= end]:
+            os.close(fds.pop(index))
+
     def read_into(self, buf: memoryview, start: int, fds: dict[int, int]) -> int:
         """Fill buf with payload bytes from `start`; return bytes read.
 
@@ -157,6 +163,7 @@ def hash_pieces(
                 got = reader.read_into(view[:size], start, fds)
                 digest = hashlib.sha1(view[:size]).digest() if got == size else None
                 out.append((digest, size))
+                reader.close_before(fds, start + size)
         finally:
             for fd in fds.values():
                 os.close(fd)

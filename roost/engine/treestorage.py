@@ -19,15 +19,24 @@ roost.core.tree, so the storage root is the staging directory itself (no
 The staging directory is renamed to releases/<tag> while this process still
 seeds from it, so files are re-opened relative to a directory descriptor of
 the root taken at open(), component by component with O_NOFOLLOW, never by
-path.
+path. Directory descriptors are kept (at most MAX_DIRS, `_DirFds`), so a tree
+of 100,000 small files costs about one openat per file, not one per path
+component; a small file wholly inside the piece just written is hashed from
+that piece's bytes, and its read-write descriptor is dropped rather than
+swapped for a read-only one when the tree has more files than fit the
+descriptor cache (a later read reopens it read-only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,10 +47,13 @@ from roost.engine.hashing import PieceReader, hash_pieces
 from roost.engine.storage import (
     _O_DIRECTORY,
     _O_NOFOLLOW,
+    DEFAULT_MAX_OPEN,
+    DIR_MODE,
     FILE_MODE,
     Storage,
     StorageError,
     StorageFullError,
+    _allocate,
 )
 
 HASH_CHUNK = 1 << 20
@@ -51,6 +63,48 @@ Proof = list[object]
 
 def proof_of(st: os.stat_result, sha256: str) -> Proof:
     return [sha256, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+_DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW
+
+
+class _DirFds:
+    """Descriptors of the payload's directories, each opened once from its parent's
+    (O_NOFOLLOW: a symlink in the way is refused, never followed), at most MAX_DIRS
+    kept, least recently used closed first. Callers hold `lock`."""
+
+    MAX_DIRS = 64  # with the 256 cached file fds, well inside a 1024 fd limit
+
+    def __init__(self, root_fd: int) -> None:
+        self.lock = threading.Lock()
+        self._root = root_fd
+        self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict()
+
+    def get(self, parts: tuple[str, ...], create: bool = False) -> int:
+        if not parts:
+            return self._root
+        fd = self._fds.get(parts)
+        if fd is not None:
+            self._fds.move_to_end(parts)
+            return fd
+        parent = self.get(parts[:-1], create)
+        try:
+            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(parts[-1], DIR_MODE, dir_fd=parent)
+            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+        self._fds[parts] = fd
+        while len(self._fds) > self.MAX_DIRS:  # never parts itself or an ancestor of it
+            victim = next(p for p in self._fds if p != parts[: len(p)])
+            os.close(self._fds.pop(victim))
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 class TreeStorage(Storage):
@@ -64,8 +118,9 @@ class TreeStorage(Storage):
         record: Path | None = None,
         proofs: dict[str, Proof] | None = None,
         preallocate: bool = True,
+        max_open: int = DEFAULT_MAX_OPEN,
     ) -> None:
-        super().__init__(info, root, preallocate=preallocate)
+        super().__init__(info, root, preallocate=preallocate, max_open=max_open)
         self._rel = [f.path for f in info.files]
         self._pads = {i for i, f in enumerate(info.files) if f.pad}
         sha = {e.path: e.sha256 for e in manifest.files} if manifest else {}
@@ -82,6 +137,10 @@ class TreeStorage(Storage):
         self._retired: dict[int, list[int]] = {}  # index -> replaced fds, closed when idle
         self._root_fd = -1
         self._zero_fd = -1
+        self._dirs: _DirFds | None = None
+        self._unsynced_dirs: set[tuple[str, ...]] = set()  # parents of files fsynced early
+        # more files than cached fds: a verified file's fd is dropped, not reopened
+        self._drop_verified = len(info.files) > self.max_open
         self.on_file_verified: Callable[[str, int], None] | None = None
         #: piece -> blocks wholly inside `done` files or pads (roost.target.treestage.local_blocks)
         self.local_blocks: dict[int, list[int]] = {}
@@ -91,19 +150,24 @@ class TreeStorage(Storage):
     def open(self, create: bool = True) -> None:
         if create and not self.root.is_dir():
             raise StorageError(f"staging directory {self.root} does not exist")
-        super().open(create)
-        try:
+        try:  # before the files: they are made and checked from these descriptors
             self._root_fd = os.open(self.root, os.O_RDONLY | _O_DIRECTORY)
+            self._dirs = _DirFds(self._root_fd)
             self._zero_fd = _zero_file(max(self.info.piece_length, 1))
         except OSError as exc:
             self.close()
             raise StorageError(f"cannot open {self.root}: {exc.strerror}") from None
+        super().open(create)
 
     def close(self) -> None:
         super().close()
         with self._lock:
             retired = [fd for fds in self._retired.values() for fd in fds]
             self._retired.clear()
+        if self._dirs is not None:
+            with self._dirs.lock:
+                self._dirs.close()
+            self._dirs = None
         for fd in (self._root_fd, self._zero_fd, *retired):
             if fd >= 0:
                 os.close(fd)
@@ -120,33 +184,64 @@ class TreeStorage(Storage):
         if self._done[index]:  # placed from a kept release: never written, only read
             self._check_file(index, length, seen)
             return
+        rel = self._rel[index]
+        assert self._dirs is not None
+        with self._dirs.lock:
+            parent = self._dirs.get(rel[:-1], create=True)
+            fd = os.open(rel[-1], os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, FILE_MODE,
+                         dir_fd=parent)
         try:
-            super()._prepare_file(index, length, seen)
+            size = os.fstat(fd).st_size
+            if size > length:
+                os.ftruncate(fd, length)
+            elif size < length:
+                _allocate(fd, size, length, self.preallocate, "/".join(rel))
         except StorageFullError as exc:
+            os.close(fd)
             raise StorageFullError(f"disk full: {exc}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._adopt(index, fd, length)
 
     def _check_file(self, index: int, length: int, seen: set[tuple[str, ...]]) -> None:
-        if index not in self._pads:
-            super()._check_file(index, length, seen)
+        if index in self._pads:
+            return
+        rel = self._rel[index]
+        what = "/".join(rel)
+        assert self._dirs is not None
+        try:
+            with self._dirs.lock:
+                parent = self._dirs.get(rel[:-1])
+                st = os.stat(rel[-1], dir_fd=parent, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            raise StorageError(f"payload file {what} is missing") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageError(f"payload file {what} is not a regular file")
+        if st.st_size != length:
+            raise StorageError(
+                f"payload file {what} has {st.st_size} bytes, the torrent says {length}")
+        if length and len(self._fds) < self.max_open:
+            self._adopt(index, self._reopen(index), length)
 
     def _reopen(self, index: int) -> int:
         rel = self._rel[index]
         writing = self._writable and not self._done[index] and self._remaining[index] > 0
         flags = os.O_RDWR if writing else os.O_RDONLY
-        dirfd = self._root_fd
+        if self._dirs is None:
+            raise StorageError("storage is not open")
         try:
-            for name in rel[:-1]:
-                nxt = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW, dir_fd=dirfd)
-                if dirfd != self._root_fd:
-                    os.close(dirfd)
-                dirfd = nxt
-            return os.open(rel[-1], flags | _O_NOFOLLOW, FILE_MODE, dir_fd=dirfd)
+            with self._dirs.lock:
+                parent = self._dirs.get(rel[:-1])
+                return os.open(rel[-1], flags | _O_NOFOLLOW, FILE_MODE, dir_fd=parent)
         except OSError as exc:
             raise StorageError(f"cannot open payload file {'/'.join(rel)}: {exc.strerror}"
                                ) from None
-        finally:
-            if dirfd != self._root_fd:
-                os.close(dirfd)
+
+    def _evict_locked(self) -> list[int]:
+        if len(self._fds) <= self.max_open:  # the common case: no list copy per call
+            return []
+        return super()._evict_locked()
 
     def _acquire(self, index: int) -> int:
         if index in self._pads:
@@ -165,7 +260,17 @@ class TreeStorage(Storage):
         """Swap a verified file's cached read-write fd for a read-only one: a
         process holding a file open for writing makes exec() of it fail with
         ETXTBSY, and the release's executables must run while we still seed.
-        The old fd is closed once no read pins it (see _release)."""
+        The old fd is closed once no read pins it (see _release). With more files
+        than cached fds it is only dropped: a later read reopens it, read-only."""
+        if self._drop_verified:
+            with self._lock:
+                old = self._fds.pop(index, None) if self._opened else None
+                if old is not None and self._pins.get(index):
+                    self._retired.setdefault(index, []).append(old)
+                    old = None
+            if old is not None:
+                os.close(old)
+            return
         fd = self._reopen(index)  # O_RDONLY now: _remaining is 0
         with self._lock:
             old = self._fds.get(index)
@@ -205,14 +310,25 @@ class TreeStorage(Storage):
                 self._remaining[f] -= 1
                 if self._remaining[f] == 0:
                     finished.append(f)
+        whole: dict[int, memoryview] = {}  # files wholly inside this piece: their bytes
+        pos = 0
+        for f, off, n in spans:
+            if off == 0 and n == self.info.files[f].length:
+                whole[f] = view[pos : pos + n]
+            pos += n
         for f in finished:
-            self._verify_file(f)
+            self._verify_file(f, whole.get(f))
 
-    def _verify_file(self, index: int) -> None:
-        """SHA-256 of a file whose last piece was just written, against the manifest."""
+    def _verify_file(self, index: int, data: memoryview | None = None) -> None:
+        """SHA-256 of a file whose last piece was just written, against the manifest:
+        from `data` (its whole bytes, as just written from a piece that passed its
+        SHA-1) or else read back from the file."""
         rel = "/".join(self._rel[index])
         digest = hashlib.sha256()
-        length = self.info.files[index].length
+        size = length = self.info.files[index].length
+        if data is not None:
+            digest.update(data)
+            length = 0  # nothing to read back
         buf = bytearray(min(HASH_CHUNK, length))
         view = memoryview(buf)
         with self._pinned([index]) as fds:
@@ -225,13 +341,20 @@ class TreeStorage(Storage):
                 digest.update(view[:got])
                 pos += got
             st = os.fstat(fd)
+            os.fsync(fd)  # now, overlapping the transfer, rather than all at the end
+        with self._lock:
+            self._dirty.discard(index)
+            rel_parts = self._rel[index]
+            self._unsynced_dirs.update(rel_parts[:depth] for depth in range(len(rel_parts)))
+        if st.st_size != size:
+            raise StorageError(f"{rel} has {st.st_size} bytes, the manifest says {size}")
         if digest.hexdigest() != self._sha[index]:
             raise StorageError(f"{rel} does not match its SHA-256 in the manifest")
         with self._lock:
             self.proofs[rel] = proof_of(st, self._sha[index])
         self._read_only(index)
         if self.on_file_verified is not None:
-            self.on_file_verified(rel, length)
+            self.on_file_verified(rel, size)
 
     def unverified(self) -> list[str]:
         with self._lock:
@@ -252,8 +375,24 @@ class TreeStorage(Storage):
         return have
 
     def flush(self) -> None:
-        """fsync, then record the proof of every file (before "complete" is reported)."""
-        super().flush()
+        """fsync, then record the proof of every file (before "complete" is reported).
+
+        Files verified during the transfer were fsynced then (`_verify_file`, in
+        the verifier's thread, overlapping the network): only the rest and the
+        directories are left, each directory synced through its descriptor."""
+        with self._lock:
+            dirty = sorted(self._dirty)
+            self._dirty.clear()
+            dirs, self._unsynced_dirs = self._unsynced_dirs, set()
+        for index in dirty:
+            with self._pinned([index]) as fds:
+                os.fsync(fds[index])
+            rel = self._rel[index]
+            dirs.update(rel[:depth] for depth in range(len(rel)))
+        if dirs and self._dirs is not None:
+            for parts in sorted(dirs, key=len, reverse=True):  # a child before its parent
+                with self._dirs.lock, contextlib.suppress(OSError):
+                    os.fsync(self._dirs.get(parts))
         if self._record is None:
             return
         with self._lock:

@@ -35,6 +35,7 @@ from typing import Any
 from roost.core.tree import proven_torrent
 from roost.errors import MetainfoError, UsageError
 from roost.target import Runner
+from roost.target.checked import remember
 from roost.target.hostlock import history, inspect_lock
 from roost.target.protocol import (
     MAX_PREPARE_INPUT,
@@ -146,7 +147,8 @@ def run_prepare(ns: argparse.Namespace) -> int:
     dest.ensure()
     work = deploy_dir(dest, ns.deploy_id)
     (work / "staging").mkdir(parents=True, exist_ok=True)
-    atomic_write(work / "manifest.json", json.dumps(manifest.to_dict()).encode())
+    # validated above: fetch and stage rebuild it from these bytes without re-validating
+    remember(work / "manifest.json", json.dumps(manifest.to_dict()).encode())
     atomic_write(work / "payload.torrent", torrent)
     for filename, pem in tls.items():  # 0600: atomic_write's mkstemp
         atomic_write(work / filename, pem)

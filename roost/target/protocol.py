@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
-from roost.core.tree import TreeManifest, parse_manifest
+from roost.core.tree import TreeManifest, checked_manifest, parse_manifest
 from roost.errors import MetainfoError, RoostError, UsageError
 
 _Types = dict[str, tuple[type, ...]]
@@ -167,7 +167,9 @@ class Manifest:
     tree: TreeManifest | None = None  # format "tree": every entry of the release
 
     @staticmethod
-    def load(data: dict[str, Any]) -> Manifest:
+    def load(data: dict[str, Any], *, checked: bool = False) -> Manifest:
+        """Validate a manifest. `checked`: its bytes are proven to be ones host-prepare
+        validated (roost.target.checked), so its tree is rebuilt without the checks."""
         try:
             m = Manifest(
                 str(data["tag"]), str(data["format"]), str(data["name"]),
@@ -182,6 +184,9 @@ class Manifest:
             raise UsageError("bad manifest: sha256 is not 64 hex digits")
         if "/" in m.name or m.name in ("", ".", ".."):
             raise UsageError(f"bad manifest: payload name {m.name!r}")
+        if m.format == "tree" and checked:
+            return Manifest(m.tag, m.format, m.name, m.sha256, m.size,
+                            checked_manifest(data["tree"]))
         if m.format == "tree":
             try:
                 tree = parse_manifest(data.get("tree"))

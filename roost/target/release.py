@@ -55,6 +55,7 @@ from roost.errors import DiskFullError as DiskFullError  # re-exported: importer
 from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
 from roost.errors import UsageError
 from roost.target import Runner
+from roost.target.checked import was_checked
 from roost.target.fsutil import atomic_write as atomic_write  # re-exported
 from roost.target.protocol import (
     EXIT_CODES,
@@ -693,13 +694,16 @@ def add_activate(parser: argparse.ArgumentParser) -> Runner:
 
 
 def read_manifest(path: Path) -> Manifest:
+    """A deploy's manifest; validated again unless host-prepare's record proves these
+    are the bytes it validated (roost.target.checked)."""
     try:
-        data = json.loads(path.read_text())
+        text = path.read_bytes()
+        data = json.loads(text)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read manifest {path}: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"manifest {path} is not a JSON object")
-    return Manifest.load(data)
+    return Manifest.load(data, checked=was_checked(path, text))
 
 
 def run_activate(ns: argparse.Namespace) -> int:

@@ -47,7 +47,6 @@ import json
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,26 +103,6 @@ def load_record(path: Path) -> dict[str, list[Any]]:
 # --- walking without following symlinks -----------------------------------------------
 
 
-@contextlib.contextmanager
-def _parent_fd(root: Path, parts: tuple[str, ...], *, create: bool = False) -> Iterator[int]:
-    """A descriptor of the directory holding root/parts, reached with O_NOFOLLOW."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for name in parts[:-1]:
-            try:
-                nxt = os.open(name, _DIR, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(name, 0o700, dir_fd=fd)
-                nxt = os.open(name, _DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        yield fd
-    finally:
-        os.close(fd)
-
-
 class _Dirs:
     """Descriptors of the directories of one tree, each opened once (O_NOFOLLOW, from
     its parent's descriptor) and kept, at most MAX_OPEN: finalizing a tree of
@@ -131,22 +110,29 @@ class _Dirs:
 
     MAX_OPEN = 256
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_open: int = MAX_OPEN) -> None:
+        self.max_open = max_open
         self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self._fds[()] = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
 
-    def parent(self, parts: tuple[str, ...]) -> int:
-        return self.get(parts[:-1])
+    def parent(self, parts: tuple[str, ...], create: bool = False) -> int:
+        return self.get(parts[:-1], create)
 
-    def get(self, parts: tuple[str, ...]) -> int:
+    def get(self, parts: tuple[str, ...], create: bool = False) -> int:
         fd = self._fds.get(parts)
         if fd is not None:
             self._fds.move_to_end(parts)
             return fd
-        parent = self.get(parts[:-1])
-        fd = os.open(parts[-1], _DIR, dir_fd=parent)
+        parent = self.get(parts[:-1], create)
+        try:
+            fd = os.open(parts[-1], _DIR, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(parts[-1], 0o700, dir_fd=parent)
+            fd = os.open(parts[-1], _DIR, dir_fd=parent)
         self._fds[parts] = fd
-        while len(self._fds) > self.MAX_OPEN:
+        while len(self._fds) > self.max_open:
             victim = next(p for p in self._fds if p and p != parts and p != parts[:-1])
             os.close(self._fds.pop(victim))
         return fd
@@ -155,11 +141,6 @@ class _Dirs:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-
-
-def _open_file(root: Path, parts: tuple[str, ...]) -> int:
-    with _parent_fd(root, parts) as dirfd:
-        return os.open(parts[-1], os.O_RDONLY | _NOFOLLOW, dir_fd=dirfd)
 
 
 def _sha256_fd(fd: int) -> str:
@@ -182,11 +163,12 @@ def index_kept(releases: Path, meta: Path, tags: list[str]) -> dict[str, list[So
     """SHA-256 -> files of kept releases recorded with those bytes."""
     found: dict[str, list[Source]] = {}
     for tag in tags:
+        base = releases / tag
         for rel, proof in load_record(record_path(meta, tag)).items():
             parts = tuple(rel.split("/"))
             if "" in parts or ".." in parts or "." in parts:
                 continue
-            found.setdefault(str(proof[0]), []).append(Source(releases / tag, parts, proof))
+            found.setdefault(str(proof[0]), []).append(Source(base, parts, proof))
     return found
 
 
@@ -197,26 +179,55 @@ def find_reusable(releases: Path, meta: Path, tags: list[str], manifest: TreeMan
     chosen: dict[tuple[str, ...], Source] = {}
     verdict: dict[tuple[Path, tuple[str, ...]], bool] = {}
     hashed = refused = 0
-    for entry in manifest.files:
-        if entry.size == 0:
-            continue
-        for src in index.get(entry.sha256, []):
-            key = (src.release, src.path)
-            if key not in verdict:
-                ok, was_hashed = _still_holds(src, entry.size, fresh_hash)
-                verdict[key] = ok
-                hashed += was_hashed
-                refused += not ok
-            if verdict[key]:
-                chosen[entry.path] = src
-                break
+    with _SourceDirs() as sources:
+        for entry in manifest.files:
+            if entry.size == 0:
+                continue
+            for src in index.get(entry.sha256, []):
+                key = (src.release, src.path)
+                if key not in verdict:
+                    ok, was_hashed = _still_holds(src, entry.size, fresh_hash, sources)
+                    verdict[key] = ok
+                    hashed += was_hashed
+                    refused += not ok
+                if verdict[key]:
+                    chosen[entry.path] = src
+                    break
     return chosen, hashed, refused
 
 
-def _still_holds(src: Source, size: int, fresh_hash: bool) -> tuple[bool, bool]:
+class _SourceDirs:
+    """Directory descriptors of the kept releases reuse reads from (one _Dirs each, a
+    few dozen descriptors apiece), so a file costs one openat, not one per component."""
+
+    MAX_OPEN = 32
+
+    def __init__(self) -> None:
+        self._dirs: dict[Path, _Dirs] = {}
+
+    def __enter__(self) -> _SourceDirs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for dirs in self._dirs.values():
+            dirs.close()
+        self._dirs.clear()
+
+    def open_file(self, release: Path, parts: tuple[str, ...]) -> int:
+        return os.open(parts[-1], os.O_RDONLY | _NOFOLLOW, dir_fd=self.parent(release, parts))
+
+    def parent(self, release: Path, parts: tuple[str, ...]) -> int:
+        dirs = self._dirs.get(release)
+        if dirs is None:
+            dirs = self._dirs[release] = _Dirs(release, self.MAX_OPEN)
+        return dirs.parent(parts)
+
+
+def _still_holds(src: Source, size: int, fresh_hash: bool, sources: _SourceDirs
+                 ) -> tuple[bool, bool]:
     """(holds the recorded bytes, had to be hashed)."""
     try:
-        fd = _open_file(src.release, src.path)
+        fd = sources.open_file(src.release, src.path)
     except OSError:
         return False, False
     try:
@@ -239,35 +250,40 @@ def place(staging: Path, manifest: TreeManifest, chosen: dict[tuple[str, ...], S
         raise ReleaseError(f"reuse mode {mode!r} is not one of {', '.join(REUSE_MODES)}")
     entries = {e.path: e for e in manifest.files}
     placed: dict[str, str] = {}
-    for path, src in chosen.items():
-        try:
-            _place_one(staging, path, src, entries[path], mode)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"disk full: reusing {'/'.join(path)} in {staging}"
-                                    ) from None
-            raise ReleaseError(f"cannot reuse {'/'.join(path)}: {exc.strerror}") from None
-        placed["/".join(path)] = f"{src.release.name}/{'/'.join(src.path)}"
+    target = _Dirs(staging, _SourceDirs.MAX_OPEN)
+    try:
+        with _SourceDirs() as sources:
+            for path, src in chosen.items():
+                try:
+                    _place_one(target, sources, path, src, entries[path], mode)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise DiskFullError(
+                            f"disk full: reusing {'/'.join(path)} in {staging}") from None
+                    raise ReleaseError(f"cannot reuse {'/'.join(path)}: {exc.strerror}"
+                                       ) from None
+                placed["/".join(path)] = f"{src.release.name}/{'/'.join(src.path)}"
+    finally:
+        target.close()
     return placed
 
 
-def _place_one(staging: Path, path: tuple[str, ...], src: Source, entry: Entry,
-               mode: str) -> None:
-    source = _open_file(src.release, src.path)
+def _place_one(target: _Dirs, sources: _SourceDirs, path: tuple[str, ...], src: Source,
+               entry: Entry, mode: str) -> None:
+    source = sources.open_file(src.release, src.path)
     try:
         st = os.fstat(source)
-        with _parent_fd(staging, path, create=True) as dirfd:
-            if mode == "hardlink" and _same_meta(st, entry):
-                with _parent_fd(src.release, src.path) as srcdir:
-                    os.link(src.path[-1], path[-1], src_dir_fd=srcdir, dst_dir_fd=dirfd,
-                            follow_symlinks=False)
-                return
-            out = os.open(path[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600,
-                          dir_fd=dirfd)
-            try:
-                copy_bytes(source, out, st.st_size)
-            finally:
-                os.close(out)
+        dirfd = target.parent(path, create=True)
+        if mode == "hardlink" and _same_meta(st, entry):
+            os.link(src.path[-1], path[-1], src_dir_fd=sources.parent(src.release, src.path),
+                    dst_dir_fd=dirfd, follow_symlinks=False)
+            return
+        out = os.open(path[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600,
+                      dir_fd=dirfd)
+        try:
+            copy_bytes(source, out, st.st_size)
+        finally:
+            os.close(out)
     finally:
         os.close(source)
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from roost.deploy.pack import pack
+from roost.target.checked import CHECKED, remember
 from roost.target.release import Dest
 from tests.deploy.trees import make_sample_tree, tree_signature
 from tests.swarm.harness import Procs, RoostProc
@@ -53,7 +54,10 @@ def _prepare(tmp: Path, src: Path, dest: Path, tag: str) -> tuple[Path, Path, Pa
     Dest(dest).ensure()
     work = dest / ".roost" / "deploys" / f"d-{tag}"
     work.mkdir(parents=True)
-    (work / "manifest.json").write_text(json.dumps(packed.manifest.to_dict()))
+    # as host-prepare leaves it: with the record that these bytes were validated, so
+    # fetch and stage take the checked path (and the hostile cases below change the
+    # manifest after the record: they must be validated in full again)
+    remember(work / "manifest.json", json.dumps(packed.manifest.to_dict()).encode())
     (work / "payload.torrent").write_bytes(packed.torrent)
     return work, work / "payload.torrent", dest / "releases" / f".{tag}.tmp-d-{tag}"
 
@@ -359,6 +363,7 @@ def test_host_prepare_rebuilds_a_tree_torrent_and_proves_it(tmp_path: Path) -> N
     done = _prepare_input(tmp_path, request, dest)
     assert done.returncode == 0, done.stderr
     written = (dest / ".roost" / "deploys" / "d1" / "payload.torrent").read_bytes()
+    assert (dest / ".roost" / "deploys" / "d1" / CHECKED).is_file()
     assert parse(written).info_hash == parse(packed.torrent).info_hash
     forged = {**request, "pieces": base64.b64encode(b"\x01" * len(pieces)).decode()}
     refused = _prepare_input(tmp_path, forged, tmp_path / "dest2")
