@@ -301,7 +301,7 @@ def test_a_benign_tarball_with_inside_links_is_staged(tmp_path: Path) -> None:
     payload.write_bytes(_tar(members))
     manifest = Manifest("ok", "tar", payload.name, sha256_file(payload), payload.stat().st_size)
     dest = Dest(tmp_path / "dest")
-    assert stage(dest, manifest, payload)["staged"] is True
+    assert stage(dest, manifest, payload).staged is True
     release = dest.releases / "ok"
     assert (release / "bin" / "up").read_bytes() == b"#!/bin/sh\n"
     assert os.path.realpath(release / "bin" / "up").startswith(os.path.realpath(release))
