@@ -52,6 +52,7 @@ from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
 from roost.deploy.pack import make_metainfo, pack
 from roost.deploy.pki import DeployCA
+from roost.deploy.session import AgentSession
 from roost.deploy.state import EXIT_ERROR as EXIT_ERROR  # re-exported: importers name them here
 from roost.deploy.state import Deploy as Deploy
 from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_address
@@ -393,6 +394,8 @@ async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None
                 if config.dry_run:
                     return
                 await run.ensure_agent(agent)
+                # from here on every agent command is a record on this one channel
+                run.transport = await AgentSession.open(run.transport, agent.python, run.pyz)
                 await locking.acquire(run, agent, run.dest(config), deploy.deploy_id,
                                       deploy.tag, deploy.who, config.break_lock)
         except (HostFailure, Exception) as exc:
