@@ -93,14 +93,13 @@ def one_run(n: int, src: Path, roost_src: Path, concurrency: int, timeout: float
                              f"{report.get('message')}\n{failed[:5]}\n{proc.stderr[-2000:]}")
         counts = json.loads(out.read_text())
         t = report.get("timings", {})
-        # command start to every host fetching: the report's phases before the launch,
-        # plus the launch, plus interpreter start (wall - total)
+        # command start to every host fetching: interpreter start (wall - total), pack,
+        # then the launch (the reach phase follows the pack at once)
         before_launch = wall - float(t.get("total") or wall)
         return {
             "hosts": n,
             "launch_s": t.get("launch"),
             "to_fetching_s": round(before_launch + float(t.get("pack_and_hash") or 0)
-                                   + float(t.get("tracker_and_origin") or 0)
                                    + float(t.get("launch") or 0), 3),
             "deploy_wall_s": round(wall, 3),
             "cpu_self_s": round(counts["cpu_self"], 3),
