@@ -123,16 +123,29 @@ class HostRun:
         """Check python3 and push the zipapp if this host lacks this exact build."""
         assert self.transport is not None
         self.phase = "agent"
-        probe = (
+        result = await self.transport.run(self.probe_command(agent), timeout=60)
+        if not self.read_probe(agent, result.stdout):
+            await self.push_agent(agent)
+
+    def probe_command(self, agent: Agent, then: str = "") -> str:
+        """python3's version, $HOME, and whether this build is cached; with `then`
+        (agent arguments), a cached agent is exec'd with them on the same channel."""
+        cached = f'"$HOME/.cache/roost/{agent.name}"'
+        run = f"exec {shlex.quote(agent.python)} -I {cached} {then}; " if then else ""
+        return (
             f"command -v {shlex.quote(agent.python)} >/dev/null 2>&1 || "
             "{ echo nopython; exit 0; }; "
-            f"{shlex.quote(agent.python)} -c 'import sys; print(\"py\", *sys.version_info[:2])'; "
+            # exits 0 only for a python the agent runs on: only that one gets exec'd
+            f"{shlex.quote(agent.python)} -c 'import sys; print(\"py\", *sys.version_info[:2]); "
+            f"sys.exit(sys.version_info < {MIN_PYTHON})' && fit=1; "
             'echo "home $HOME"; '
-            f'test -f "$HOME/.cache/roost/{agent.name}" && echo have || echo missing'
+            f'if test -f {cached}; then echo have; test -n "$fit" && {run}:; else echo missing; fi'
         )
-        result = await self.transport.run(probe, timeout=60)
-        words = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
-        if "nopython" in result.stdout:
+
+    def read_probe(self, agent: Agent, stdout: str) -> bool:
+        """Check the probe's answer and set `pyz`; True when the agent is cached."""
+        words = dict(line.split(" ", 1) for line in stdout.splitlines() if " " in line)
+        if "nopython" in stdout:
             raise HostFailure(ErrorKind.PYTHON, f"no {agent.python} on this host")
         version = tuple(int(v) for v in words.get("py", "0 0").split())
         if version < MIN_PYTHON:
@@ -141,10 +154,9 @@ class HostRun:
         if not home.startswith("/"):
             raise HostFailure(ErrorKind.AGENT, "cannot find the remote home directory")
         self.pyz = f"{home}/.cache/roost/{agent.name}"
-        if "have" not in result.stdout.split():
-            await self._push_agent(agent)
+        return "have" in stdout.split()
 
-    async def _push_agent(self, agent: Agent) -> None:
+    async def push_agent(self, agent: Agent) -> None:
         assert self.transport is not None
         target = shlex.quote(self.pyz)
         # a failed copy where the free space is under the agent's size exits as a

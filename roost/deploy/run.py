@@ -52,7 +52,7 @@ from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
 from roost.deploy.pack import make_metainfo, pack
 from roost.deploy.pki import DeployCA
-from roost.deploy.session import AgentSession
+from roost.deploy.session import open_session
 from roost.deploy.state import EXIT_ERROR as EXIT_ERROR  # re-exported: importers name them here
 from roost.deploy.state import Deploy as Deploy
 from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_address
@@ -393,9 +393,9 @@ async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None
                 run.mark("connected")
                 if config.dry_run:
                     return
-                await run.ensure_agent(agent)
-                # from here on every agent command is a record on this one channel
-                run.transport = await AgentSession.open(run.transport, agent.python, run.pyz)
+                # the probe starts the cached agent's session: from here on every agent
+                # command is a record on this one channel
+                run.transport = await open_session(run, agent)
                 await locking.acquire(run, agent, run.dest(config), deploy.deploy_id,
                                       deploy.tag, deploy.who, config.break_lock)
         except (HostFailure, Exception) as exc:

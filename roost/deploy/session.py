@@ -27,6 +27,7 @@ import shlex
 from collections.abc import AsyncIterator
 from typing import Any
 
+from roost.deploy.host import Agent, HostRun
 from roost.deploy.transport import HostFailure, Result, Stream, Transport
 from roost.target.protocol import ErrorKind
 
@@ -69,24 +70,19 @@ class AgentSession:
 
     @classmethod
     async def open(cls, inner: Transport, python: str, pyz: str) -> AgentSession:
+        """Start `roost session` on a host where the agent is in place."""
         prefix = [python, "-I", pyz]
         stream = await inner.start(shlex.join([*prefix, "session"]), stdin=True)
-        session = cls(inner, stream, prefix)
         lines = stream.lines()
-
-        async def ready() -> None:
-            async for line in lines:
-                with contextlib.suppress(ValueError, AttributeError):
-                    if json.loads(line).get("session") == 1:
-                        return
+        if not await _ready(stream, lines, []):
             code = await stream.wait()
             raise HostFailure(ErrorKind.AGENT, f"the agent session ended at start (exit {code})")
+        return cls.started(inner, stream, prefix, lines)
 
-        try:
-            await asyncio.wait_for(ready(), READY_TIMEOUT)
-        except (asyncio.TimeoutError, TimeoutError):
-            stream.close()
-            raise HostFailure(ErrorKind.AGENT, "the agent session did not start") from None
+    @classmethod
+    def started(cls, inner: Transport, stream: Stream, prefix: list[str],
+                lines: AsyncIterator[str]) -> AgentSession:
+        session = cls(inner, stream, prefix)
         session.reader = asyncio.create_task(session._read(lines))
         return session
 
@@ -204,6 +200,51 @@ class AgentSession:
         await self._send({"op": "bye"})
         await self.stream.send("", eof=True)
         await self.stream.wait()
+
+
+async def _ready(stream: Stream, lines: AsyncIterator[str], before: list[str]) -> bool:
+    """Wait for the session's first record; the lines before it go to `before`. False
+    when the command ended without starting a session."""
+
+    async def first() -> bool:
+        async for line in lines:
+            with contextlib.suppress(ValueError, AttributeError):
+                if json.loads(line).get("session") == 1:
+                    return True
+            before.append(line)
+        return False
+
+    try:
+        return await asyncio.wait_for(first(), READY_TIMEOUT)
+    except (asyncio.TimeoutError, TimeoutError):
+        stream.close()
+        raise HostFailure(ErrorKind.AGENT, "the agent session did not start") from None
+
+
+async def open_session(run: HostRun, agent: Agent) -> AgentSession:
+    """Check python3 and start the cached agent's session on one channel; only a host
+    that lacks this build gets two more (the push, then the session)."""
+    assert run.transport is not None
+    inner = run.transport
+    run.phase = "agent"
+    stream = await inner.start(run.probe_command(agent, then="session"), stdin=True)
+    lines = stream.lines()
+    before: list[str] = []
+    started = await _ready(stream, lines, before)
+    if not started:
+        await stream.wait()
+    try:
+        cached = run.read_probe(agent, "".join(before))
+    except HostFailure:
+        stream.close()
+        raise
+    prefix = [agent.python, "-I", run.pyz]
+    if started:
+        return AgentSession.started(inner, stream, prefix, lines)
+    if cached:  # cached, yet the session did not start: the agent says why on stderr
+        raise HostFailure(ErrorKind.AGENT, "the agent session did not start")
+    await run.push_agent(agent)
+    return await AgentSession.open(inner, agent.python, run.pyz)
 
 
 class _SessionStream:
