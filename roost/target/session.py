@@ -36,6 +36,7 @@ import base64
 import contextlib
 import json
 import os
+import select
 import selectors
 import signal
 import sys
@@ -74,7 +75,7 @@ def _preload() -> None:
 
     from roost.target.agent import AGENT_COMMANDS
 
-    for name in ("host-lock", "host-prepare", "fetch", "activate", "host-clean"):
+    for name in ("host-lock", "host-prepare", "activate", "host-clean"):  # fetch is exec'd
         with contextlib.suppress(ImportError):
             importlib.import_module(AGENT_COMMANDS[name].split(":")[0])
 
@@ -96,7 +97,10 @@ class Session:
         data = (json.dumps(record) + "\n").encode()
         try:
             while data:
-                data = data[os.write(1, data):]
+                try:
+                    data = data[os.write(1, data):]
+                except BlockingIOError:  # stdout shares a non-blocking socket with stdin
+                    select.select([], [1], [], 1.0)
         except OSError:  # the channel is gone: keep going to clean up
             self.out_ok = False
 
@@ -107,7 +111,8 @@ class Session:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         _preload()
-        os.set_blocking(0, False)
+        # stdin stays blocking: the selector says when a read will not block, and stdout
+        # may be the same socket (sshd), which must not turn non-blocking under us
         self.sel.register(0, selectors.EVENT_READ, None)
         self.reply({"session": 1, "pid": os.getpid()})
         try:
@@ -131,8 +136,6 @@ class Session:
     def _read_stdin(self) -> None:
         try:
             chunk = os.read(0, 1 << 20)
-        except BlockingIOError:
-            return
         except OSError:
             chunk = b""
         if not chunk:
