@@ -26,7 +26,7 @@ from typing import Any
 from roost.core.metainfo import parse
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.pki import CA_FILE, CERT_FILE, KEY_FILE, DeployCA
-from roost.deploy.transport import HostFailure, Stream, Transport
+from roost.deploy.transport import AgentCommand, HostFailure, Stream, Transport
 from roost.target.protocol import (
     EXIT_CODES,
     ErrorKind,
@@ -176,8 +176,9 @@ class HostRun:
             )
         self.pushed_agent = True
 
-    def agent_cmd(self, agent: Agent, *args: str) -> str:
-        return " ".join(shlex.quote(a) for a in (agent.python, "-I", self.pyz, *args))
+    def agent_cmd(self, agent: Agent, *args: str) -> AgentCommand:
+        return AgentCommand(
+            " ".join(shlex.quote(a) for a in (agent.python, "-I", self.pyz, *args)), args)
 
     async def prepare(
         self,
@@ -273,8 +274,10 @@ class HostRun:
         if plan.pki is not None:
             for flag, name in (("cert", CERT_FILE), ("key", KEY_FILE), ("ca", CA_FILE)):
                 args += [f"--tls-{flag}", f"{self.work}/{name}"]
-        pidfile = shlex.quote(f"{self.work}/fetch.pid")
-        command = f"echo $$ > {pidfile} && exec {self.agent_cmd(agent, *args)}"
+        pidfile = f"{self.work}/fetch.pid"
+        command = AgentCommand(
+            f"echo $$ > {shlex.quote(pidfile)} && exec {self.agent_cmd(agent, *args)}",
+            args, pidfile)
         self.fetch_stream = await self.transport.start(command)
         self.mark("fetch_started")
 

@@ -4,7 +4,8 @@ Theory of operation. After the agent is in place, the deploy starts
 `roost session` once on each host (roost/target/session.py) over the host's
 one SSH connection and wraps the host's transport in an AgentSession. Every
 command the deploy would have run as `python3 -I <pyz> ARGS` (or the fetch's
-`echo $$ > PIDFILE && exec python3 -I <pyz> ARGS`) becomes one request
+`echo $$ > PIDFILE && exec python3 -I <pyz> ARGS`, built as AgentCommand, which
+carries ARGS so nothing parses the shell text) becomes one request
 record on that session's channel instead of a new SSH channel and a new
 interpreter; the request's stdout lines, stderr and exit code come back as
 reply records and are handed out as the same Result and Stream the SSH
@@ -28,7 +29,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from roost.deploy.host import Agent, HostRun
-from roost.deploy.transport import HostFailure, Result, Stream, Transport
+from roost.deploy.transport import AgentCommand, HostFailure, Result, Stream, Transport
 from roost.target.protocol import ErrorKind
 
 READY_TIMEOUT = 60.0
@@ -135,19 +136,12 @@ class AgentSession:
             raise
         return rid, pending
 
-    def _agent_argv(self, command: str) -> tuple[list[str], str | None] | None:
-        """The agent arguments of a command host.py built with agent_cmd, and the fetch's
-        pid file; None for any other shell command."""
-        try:
-            words = shlex.split(command)
-        except ValueError:
-            return None
-        n = len(self.prefix)
-        if words[:n] == self.prefix:
-            return words[n:], None
-        if words[:3] == ["echo", "$$", ">"] and words[4:6] == ["&&", "exec"] \
-                and words[6:6 + n] == self.prefix:
-            return words[6 + n:], words[3]
+    @staticmethod
+    def _agent_argv(command: str) -> tuple[list[str], str | None] | None:
+        """An agent command's arguments and the fetch's pid file (host.py builds them as
+        AgentCommand); None for any other shell command."""
+        if isinstance(command, AgentCommand):
+            return list(command.args), command.pidfile
         return None
 
     # --- Transport ----------------------------------------------------------------------

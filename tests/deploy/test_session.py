@@ -19,10 +19,15 @@ from pathlib import Path
 
 from roost.deploy.pack import make_metainfo
 from roost.deploy.session import AgentSession
-from roost.deploy.transport import LocalTransport, _LocalStream
+from roost.deploy.transport import AgentCommand, LocalTransport, _LocalStream
 from roost.deploy.zipapp import build_zipapp
 from roost.target.hostlock import history, inspect_lock
 from roost.target.release import Dest
+
+
+def cmd(prefix: list[str], *args: str) -> AgentCommand:
+    """An agent command as host.py builds it."""
+    return AgentCommand(shlex.join([*prefix, *args]), args)
 
 
 def _alive(pid: int) -> bool:
@@ -48,17 +53,17 @@ def test_requests_run_concurrently_and_reply_as_the_commands_did(tmp_path: Path)
     async def go() -> None:
         session, prefix = await _open(tmp_path)
         try:
-            lock = await session.start(shlex.join([
-                *prefix, "host-lock", "--dest", str(dest), "--deploy-id", "d1", "--who", "me",
-                "--tag", "v1", "--json"]), stdin=True)
+            lock = await session.start(cmd(
+                prefix, "host-lock", "--dest", str(dest), "--deploy-id", "d1", "--who", "me",
+                "--tag", "v1", "--json"), stdin=True)
             first = await anext(aiter(lock.lines()))
             assert json.loads(first) == {"locked": True, "broke": None}
             # while the lock request runs, others come and go on the same session
-            status = await session.run(shlex.join([*prefix, "host-status", "--dest",
-                                                   str(dest), "--json"]))
+            status = await session.run(cmd(prefix, "host-status", "--dest", str(dest),
+                                           "--json"))
             assert status.code == 0 and json.loads(status.stdout)["lock"]["state"] == "held"
-            bad = await session.run(shlex.join([*prefix, "activate", "--dest", str(dest),
-                                                "--tag", "nope", "--json"]))
+            bad = await session.run(cmd(prefix, "activate", "--dest", str(dest),
+                                        "--tag", "nope", "--json"))
             assert bad.code != 0 and json.loads(bad.stdout.splitlines()[-1])["event"] == "error"
             assert "roost activate: error:" in bad.stderr
             # a shell command that is not the agent's goes to the transport as before
@@ -82,17 +87,19 @@ def test_the_channel_closing_stops_the_fetch_cleans_and_releases(tmp_path: Path)
 
     async def go() -> int:
         session, prefix = await _open(tmp_path)
-        lock = await session.start(shlex.join([
-            *prefix, "host-lock", "--dest", str(dest), "--deploy-id", "d2", "--who", "me",
-            "--tag", "v2", "--json"]), stdin=True)
+        lock = await session.start(cmd(
+            prefix, "host-lock", "--dest", str(dest), "--deploy-id", "d2", "--who", "me",
+            "--tag", "v2", "--json"), stdin=True)
         await anext(aiter(lock.lines()))
         work.mkdir(parents=True)
         (work / "payload.torrent").write_bytes(make_metainfo(payload))
         pidfile = work / "fetch.pid"
         # a fetch that never completes: nobody answers at its tracker
-        await session.start(f"echo $$ > {shlex.quote(str(pidfile))} && exec " + shlex.join([
-            *prefix, "fetch", str(work / "payload.torrent"), "-d", str(work / "staging"),
-            "--json", "--tracker", "http://127.0.0.1:9/announce", "--timeout", "300"]))
+        args = ("fetch", str(work / "payload.torrent"), "-d", str(work / "staging"), "--json",
+                "--tracker", "http://127.0.0.1:9/announce", "--timeout", "300")
+        await session.start(AgentCommand(
+            f"echo $$ > {shlex.quote(str(pidfile))} && exec {shlex.join([*prefix, *args])}",
+            args, str(pidfile)))
         deadline = time.monotonic() + 30
         while not pidfile.exists() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
