@@ -89,11 +89,24 @@ class Transport(Protocol):
 # --- SSH ---------------------------------------------------------------------------------
 
 
+_known: dict[tuple[str, int], Any] = {}  # the one known_hosts file read, by path and mtime
+
+
 def _known_hosts(config: DeployConfig) -> Any:
     if config.known_hosts == "off":
         return None  # asyncssh: no host key check (documented as unsafe)
     if config.known_hosts:
-        return str(Path(config.known_hosts).expanduser())
+        # read once per deploy, not once per connection: a file that names the whole
+        # fleet would otherwise be parsed N times, O(N^2) in all
+        path = str(Path(config.known_hosts).expanduser())
+        try:
+            key = (path, os.stat(path).st_mtime_ns)
+            if key not in _known:
+                _known.clear()
+                _known[key] = asyncssh.read_known_hosts(path)
+            return _known[key]
+        except (OSError, ValueError, asyncssh.Error):
+            return path  # asyncssh reports the problem at connect, per host
     return ()  # asyncssh's default: ~/.ssh/known_hosts
 
 
