@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -155,6 +156,10 @@ def summary(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
     return out
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(f"bench.launch: stopped by signal {signum}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", default="8,32,64,128", help="comma-separated N values")
@@ -167,6 +172,8 @@ def main() -> None:
     ns = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench.launch needs root (network namespaces, sshd)")
+    # SIGTERM (and SIGINT, ignored in background jobs) unwinds: every fleet is torn down
+    signal.signal(signal.SIGTERM, _stop)
     try:
         sizes = [int(v) for v in ns.hosts.split(",") if v.strip()]
     except ValueError:
