@@ -1,7 +1,9 @@
 """One target host's part of a deploy: agent push, prepare, fetch, stage, activate, clean.
 
-Theory of operation. Every step is one shell command sent through a
-Transport (SSH, or local for the demo). The agent is `python3 -I <pyz>`:
+Theory of operation. Every step is one agent command sent through a
+Transport (SSH, or local for the demo); once the host's agent session runs
+(roost.deploy.session), that Transport sends it as a record on the session's
+one channel instead of a new SSH command. The agent is `python3 -I <pyz>`:
 the zipapp is cached on the host under ~/.cache/roost by version and
 content hash and pushed only when missing, so hosts need nothing but
 CPython >= 3.10. `fetch` writes its pid into the deploy's directory before

@@ -1,7 +1,9 @@
 """The deploy flow: pack, metainfo, tracker + origin, hosts in parallel, policy, activate, clean.
 
 Theory of operation. Phase 0 (reach), before any byte moves: connect to
-every host, push the agent if needed and take the host's deploy lock
+every host, push the agent if needed, start its agent session (one SSH
+channel for the rest of the deploy, roost.deploy.session) and take the
+host's deploy lock
 (roost.deploy.locking); one host locked by another deploy refuses the whole
 deploy (exit 6). With --dry-run, phase 0 only connects, then runs the
 read-only preflight probe (roost.deploy.dryrun) and stops there.
