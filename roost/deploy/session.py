@@ -227,6 +227,9 @@ async def open_session(run: HostRun, agent: Agent) -> AgentSession:
     started = await _ready(stream, lines, before)
     if not started:
         await stream.wait()
+        if not any(line.startswith("home ") for line in before):
+            # the probe did not run at all (sudo refused, ...): run() names the reason
+            before = [(await inner.run(run.probe_command(agent), timeout=60)).stdout]
     try:
         cached = run.read_probe(agent, "".join(before))
     except HostFailure:
