@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.fleet.conftest import require_fleet_tools
-from tests.fleet.fleet import Fleet
+from tests.fleet.fleet import DEPLOY_USER, Fleet
 from tests.fleet.helpers import ROOT, deploy_argv, run_roost
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -142,3 +142,20 @@ def test_killing_the_operator_mid_fetch_makes_the_agent_clean_up(
     code, report, err = run_roost(deploy_argv(
         fleet, tmp_path / "big.bin", [h.address for h in fleet.hosts], "--tag", "v-after"))
     assert code == 0, (report.get("message"), err[-2000:])
+
+
+def test_a_sudo_refusal_is_named_though_the_session_never_started(tmp_path: Path) -> None:
+    """The probe that would exec the session runs through sudo; when sudo refuses,
+    the host fails as `sudo` with sudo's reason, not as a missing python."""
+    require_fleet_tools()
+    src = tmp_path / "app.bin"
+    src.write_bytes(b"x" * 1024)
+    with Fleet(1, dest_size="16m", users=True) as users:
+        argv = deploy_argv(users, src, [f"{DEPLOY_USER}@{users.hosts[0].address}"],
+                           "--tag", "s1", "--sudo-user", "nosuchuser")
+        argv.remove("--user")
+        argv.remove("root")
+        code, report, err = run_roost(argv)
+    row = report["hosts"][0]
+    assert code != 0 and row["kind"] == "sudo", (row, err[-2000:])
+    assert "unknown user" in row["reason"], row
