@@ -211,14 +211,20 @@ def _row(base: dict[str, Any], res: ToolResult, t_min: float, n: int, ceiling: f
         "host_t_complete": res.t_complete,
         "commands": {**res.commands, "mktorrent": mk_argv},
         "payload_sha256": sha, "wall_s": res.wall_s,
+        "loop_lag_max_s": res.loop_lag,  # per process: its largest event-loop lag
+        "loop_lag_worst_s": max(res.loop_lag.values()) if res.loop_lag else None,
+        "loop_stalls": res.loop_stalls,
     }
 
 
 def _short(row: dict[str, Any]) -> str:
     if row.get("status") != "ok":
         return str(row.get("reason", ""))
+    lag = row.get("loop_lag_worst_s")
     return (f"T_all {row['t_all']:.1f}s eff {row['efficiency']:.3f} "
-            f"cpu {row['cpu_avg']:.0%}/{row['cpu_peak']:.0%}")
+            f"cpu {row['cpu_avg']:.0%}/{row['cpu_peak']:.0%}"
+            + (f" loop lag max {lag:.2f}s ({row['loop_stalls']} stalls)" if lag is not None
+               else ""))
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:

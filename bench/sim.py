@@ -81,7 +81,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ceiling", type=_fraction, default=0.956)
     p.add_argument("--dt", type=_positive, default=0.05)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--max-time",
+        type=float,
+        default=0.0,
+        help="stop after this many simulated seconds (default: 20 x bound + 60)",
+    )
     p.add_argument("--no-super-seed", action="store_true")
+    p.add_argument(
+        "--no-spread-bursts",
+        action="store_true",
+        help="members are not told N, so they never spread started/completed",
+    )
     p.add_argument(
         "--lean", action="store_true", help="count blocks, keep no piece bytes (fleet sizes)"
     )
@@ -122,6 +133,8 @@ def scenario_for(args: argparse.Namespace, n: int) -> Scenario:
         dt=args.dt,
         super_seed=not args.no_super_seed,
         lean=args.lean,
+        spread_bursts=not args.no_spread_bursts,
+        max_time=args.max_time,
     )
 
 
@@ -210,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.size < 1:
         print("error: --size must be positive", file=sys.stderr)
+        return 2
+    if args.max_time < 0:
+        print("error: --max-time must be 0 (no limit) or more", file=sys.stderr)
         return 2
     rows = []
     results = []

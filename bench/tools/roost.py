@@ -13,6 +13,7 @@ with these fields:
     {ip} {port}   this host's address and the peer port to listen on
     {tracker}     announce URL of the opentracker on the origin
     {sha256}      expected SHA-256 of the payload
+    {n}           receivers in the run (the origin's --swarm-size hint)
 
 The contract, the same as for aria2c and libtorrent: a receiver prints JSON
 event lines on stdout and emits ``{"event": "complete", ...}`` once the
@@ -50,7 +51,7 @@ from bench.tools.metainfo import info_hash
 SEED_ARGV = [
     "{python}", "-m", "roost", "seed", "{torrent}", "--dir", "{payload_dir}",
     "--bind", "{ip}", "--port", "{port}", "--skip-check", "--until-complete", "--quiet",
-    "--super-seed",
+    "--json", "--super-seed", "--swarm-size", "{n}",
 ]
 FETCH_ARGV = [
     "{python}", "-m", "roost", "fetch", "{torrent}", "--dir", "{dest}",
@@ -101,6 +102,7 @@ class RoostTool(Tool):
             "payload_dir": str(ctx.payload.parent), "dest": str(ctx.data_dir(host)),
             "name": ctx.payload.name, "ip": host.ip, "port": str(PEER_PORT),
             "tracker": tracker.announce_url(ctx.origin.ip), "sha256": ctx.sha256,
+            "n": str(len(ctx.lab.receivers)),
         }
 
     def extra_args(self, ctx: RunContext, host: Host) -> list[str]:

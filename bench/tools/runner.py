@@ -39,6 +39,10 @@ class ToolResult:
     cpu_procs: float | None = None  # the run's own processes, share of all cores
     commands: dict[str, list[str]] = field(default_factory=dict)
     wall_s: float = 0.0
+    # per process log (e.g. "h3-receiver"): the largest event-loop lag it reported
+    # (roost's loop_stall / loop_lag events; empty for tools that report none)
+    loop_lag: dict[str, float] = field(default_factory=dict)
+    loop_stalls: int = 0
 
     def metrics(self, t_min: float, n: int) -> dict[str, Any]:
         if self.status != "ok" or len(self.times) < n:
@@ -100,10 +104,36 @@ def run_tool(tool: Tool, lab: Lab, ctx: RunContext, timeout_s: float) -> ToolRes
             with contextlib.suppress(Exception):
                 lab.stop(proc)
         res.commands = dict(ctx.commands)
+        res.loop_lag, res.loop_stalls = loop_lags(ctx.run_dir)
         res.wall_s = time.monotonic() - start
         # Receivers' copies can be large (tmpfs): drop them now.
         shutil.rmtree(ctx.run_dir / "data", ignore_errors=True)
     return res
+
+
+def loop_lags(run_dir: Path) -> tuple[dict[str, float], int]:
+    """The largest event-loop lag each process's log reports, and the stalls (> 1 s
+    by default) counted: from `loop_stall` events and the `loop_lag` summary a
+    roost process prints when it stops."""
+    lags: dict[str, float] = {}
+    stalls = 0
+    for log_file in sorted(run_dir.glob("*.log")):
+        with contextlib.suppress(OSError), open(log_file, errors="replace") as f:
+            for line in f:
+                if '"loop_' not in line:
+                    continue
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(ev, dict):
+                    continue
+                lag = ev.get("lag_s") if ev.get("event") == "loop_stall" else (
+                    ev.get("max_s") if ev.get("event") == "loop_lag" else None)
+                if isinstance(lag, (int, float)):
+                    lags[log_file.stem] = max(lags.get(log_file.stem, 0.0), float(lag))
+                    stalls += ev.get("event") == "loop_stall"
+    return lags, stalls
 
 
 def _wait_all(

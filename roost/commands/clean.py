@@ -7,6 +7,7 @@ could not be reached (see the table).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import click
 
 from roost.commands.deploy import host_config, host_options
 from roost.deploy.fleetops import run_op
+from roost.target import agentargv
+from roost.target.protocol import CleanResult
 
 
 @click.command(name="clean")
@@ -22,10 +25,9 @@ from roost.deploy.fleetops import run_op
 def command(config_path: Path | None, as_json: bool, deploy_id: str | None, **params: Any) -> int:
     """Stop roost processes and remove deploy temp files on every host."""
     config = host_config(config_path, params)
-    columns = [
-        ("host", lambda r: r["host"]),
-        ("stopped", lambda r: " ".join(map(str, r.get("stopped", []))) or "-"),
-        ("removed", lambda r: len(r.get("removed", []))),
+    columns: list[tuple[str, Callable[[CleanResult], object]]] = [
+        ("stopped", lambda r: " ".join(map(str, r.stopped)) or "-"),
+        ("removed", lambda r: len(r.removed)),
     ]
-    args = ["--deploy-id", deploy_id] if deploy_id else []
-    return run_op(config, "host-clean", args, as_json, "roost clean", columns)
+    return run_op(config, lambda dest: agentargv.clean(dest, deploy_id or None),
+                  CleanResult.from_json, as_json, "roost clean", columns)

@@ -5,6 +5,7 @@ Exit codes: 0 every host switched; 1 some host could not (see the table).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import click
 
 from roost.commands.deploy import host_config, host_options
 from roost.deploy.fleetops import run_op
+from roost.target import agentargv
+from roost.target.protocol import RollbackResult
 
 
 @click.command(name="rollback")
@@ -20,10 +23,9 @@ from roost.deploy.fleetops import run_op
 def command(config_path: Path | None, as_json: bool, to_tag: str | None, **params: Any) -> int:
     """Switch `current` back to the previous release on every host."""
     config = host_config(config_path, params)
-    columns = [
-        ("host", lambda r: r["host"]),
-        ("current", lambda r: r.get("tag")),
-        ("was", lambda r: r.get("previous") or "(none)"),
+    columns: list[tuple[str, Callable[[RollbackResult], object]]] = [
+        ("current", lambda r: r.tag),
+        ("was", lambda r: r.previous or "(none)"),
     ]
-    args = ["--to", to_tag] if to_tag else []
-    return run_op(config, "host-rollback", args, as_json, "roost rollback", columns)
+    return run_op(config, lambda dest: agentargv.rollback(dest, to_tag or None),
+                  RollbackResult.from_json, as_json, "roost rollback", columns)

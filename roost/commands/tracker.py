@@ -89,27 +89,29 @@ async def serve(config: TrackerConfig, as_json: bool, show_token: bool) -> None:
     default=5,
     show_default=True,
     type=click.IntRange(1, 3600),
-    help="Seconds between a peer's announces.",
+    help="Seconds between a peer's announces; a large swarm gets at least peers / 1,000 s "
+    "(regular announces stay under 1,000/s).",
 )
 @click.option(
     "--min-interval",
     default=2,
     show_default=True,
     type=click.IntRange(1, 3600),
-    help="Shortest re-announce interval clients are told to respect.",
+    help="Shortest re-announce interval clients are told to respect (grows with the interval).",
 )
 @click.option(
     "--peer-timeout",
     default=None,
     type=click.FloatRange(1, 86400),
-    help="Drop a peer silent this long [default: 4 x interval].",
+    help="Drop a peer silent this long [default: 4 x interval; grows with the interval].",
 )
 @click.option(
     "--max-numwant",
     default=100,
     show_default=True,
     type=click.IntRange(0, 200),
-    help="Most peers returned per announce (numwant is clamped to it).",
+    help="Most peers returned per announce (numwant is clamped to it; 60 at most in "
+    "swarms over 1,000 peers).",
 )
 @click.option(
     "--state",

@@ -51,7 +51,8 @@ class Assembly:
         return self.checking_bytes >= self.max_checking_bytes
 
     def add(
-        self, picker: PiecePicker, key: int, index: int, begin: int, block: bytes, size: int
+        self, picker: PiecePicker, key: int, index: int, begin: int, block: bytes | bytearray,
+        size: int,
     ) -> Received:
         """Copy a received block (possibly several picker blocks) into its piece."""
         result = Received()
@@ -63,19 +64,18 @@ class Assembly:
             buf = self.buffers[index] = bytearray(size)
             self.block_from[index] = {}
         sources = self.block_from[index]
+        new, whole, result.cancels = picker.span_received(key, index, begin, len(block))
+        bs, end = picker.block_size, begin + len(block)
+        result.wasted = len(block) - sum(min(bs, end - at) for at in new)
         view = memoryview(block)  # slices without copying; the copy is into buf
-        whole = False
-        for offset in range(0, len(block), BLOCK_SIZE):
-            at = begin + offset
-            n = min(BLOCK_SIZE, len(block) - offset)
-            outcome = picker.block_received(key, index, at, n)
-            if outcome.new:
-                buf[at : at + n] = view[offset : offset + n]
-                sources[at] = key
-            else:
-                result.wasted += n
-            result.cancels.extend(outcome.cancels)
-            whole = whole or outcome.piece_complete
+        run = 0  # copy each run of contiguous new blocks at once (all of them, mostly)
+        for i, at in enumerate(new):
+            sources[at] = key
+            if i + 1 < len(new) and new[i + 1] == at + bs:
+                continue
+            start, stop = new[run], min(at + bs, end)
+            buf[start:stop] = view[start - begin : stop - begin]
+            run = i + 1
         if whole:
             del self.buffers[index]
             self.checking[index] = (buf, self.block_from.pop(index))

@@ -61,7 +61,7 @@ from roost.core.actions import (
     WebFailed,
     WriteReady,
 )
-from roost.core.announce import REGULAR, AnnounceSchedule
+from roost.core.announce import REGULAR, schedule_for
 from roost.core.assembly import Assembly
 from roost.core.bitfield import Bitfield
 from roost.core.choker import Choker, PeerStat
@@ -140,7 +140,12 @@ class SwarmMember:
         self.uploads = Uploads(
             info, have, self.offers, config.upload_rate, report_uploads=report_uploads
         )
-        self.schedule = AnnounceSchedule(enabled=trackers, complete=have.all())
+        self.schedule = schedule_for(
+            enabled=trackers,
+            complete=have.all(),
+            expected_peers=config.expected_peers,
+            rng=self.rng,
+        )
         self.peers = PeerTable(config, self.peer_id, HANDSHAKE_TIMEOUT)
         self.conns = self.peers.conns  # connection id -> Conn
         self.downloaded = 0

@@ -522,6 +522,56 @@ class PiecePicker:
             self._verifying.add(index)
         return BlockOutcome(True, complete, cancels)
 
+    def span_received(
+        self, key: Hashable, index: int, begin: int, length: int
+    ) -> tuple[list[int], bool, list[tuple[Hashable, Block]]]:
+        """A merged request's span of blocks arrived from `key` in one message:
+        block_received for each block, in one call (a 256 KiB block is 16 of
+        ours). Returns (offsets of the blocks that were new, the piece is now
+        complete, cancels)."""
+        bs = self.block_size
+        if not 0 <= index < self.num_pieces or begin % bs or length <= 0:
+            raise RemoteProtocolError(f"block {index}:{begin} does not fit the layout", ban=True)
+        size = self.piece_size(index)
+        end = begin + length
+        if end > size or (length % bs and end != size):
+            raise RemoteProtocolError(f"block {index}:{begin}+{length} has a bad size", ban=True)
+        peer = self._peers.get(key)
+        part = self._partial.get(index)
+        new: list[int] = []
+        cancels: list[tuple[Hashable, Block]] = []
+        if part is None and index in self._fresh:
+            self._start_fresh(index)
+            part = self._partial[index]
+        drop, peers = self._drop_request, self._peers
+        for at in range(begin, end, bs):
+            req = Block(index, at, min(bs, size - at))
+            if peer is not None:
+                drop(peer, req)
+            if part is None:
+                continue  # have or verifying: a late duplicate
+            j = at // bs
+            state = part.state[j]
+            if state == RECEIVED:
+                continue
+            if state == FREE:
+                part.free -= 1
+            for other in part.owners.pop(j, ()):
+                if other != key and drop(peers[other], req):
+                    cancels.append((other, req))
+            part.state[j] = RECEIVED
+            part.senders[j] = key
+            part.received += 1
+            new.append(at)
+        if part is None or not new:
+            return new, False, cancels
+        if part.free == 0:
+            self._with_free.pop(index, None)
+        complete = part.received == len(part.state)
+        if complete:
+            self._verifying.add(index)
+        return new, complete, cancels
+
     def preload(self, index: int, blocks: Iterable[int], key: Hashable = "local") -> None:
         """Blocks of a fresh piece we already hold locally (bytes of files placed from
         an earlier release): RECEIVED from `key`, never requested; the rest of the

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from roost.core.tracker_scale import Pace, pace_for
 from roost.core.tracker_server_codec import (
     AnnounceRequest,
     PeerEntry,
@@ -359,6 +360,11 @@ class Swarm:
             "peers": peers,
         }
 
+    def size(self) -> int:
+        """The swarm's size for pacing: its live peers, or the deploy's expected
+        count when larger (so the first replies already carry the long interval)."""
+        return max(len(self.peers), self.record.expected_peers)
+
     def zone_counts(self) -> dict[str, int]:
         return {label: len(z) for label, z in self._zones.items()}
 
@@ -412,6 +418,17 @@ class TrackerPolicy:
     location_map: tuple[tuple[IPNetwork, str], ...] = ()
     locality: LocalityPolicy = LocalityPolicy()
     max_peers_per_swarm: int = 100_000
+
+    def pace(self, n: int) -> Pace:
+        """Interval, min interval, expiry and list length for a swarm of n peers
+        (roost.core.tracker_scale: these values are the floor, n may raise them)."""
+        return pace_for(
+            n,
+            interval=self.interval,
+            min_interval=self.min_interval,
+            peer_timeout=self.peer_timeout,
+            max_numwant=self.max_numwant,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +497,8 @@ class Tracker:
                 if self.policy.location_map
                 else NO_LOCATION
             )
-            numwant = min(req.numwant, self.policy.max_numwant)
+            pace = self.policy.pace(swarm.size())
+            numwant = min(req.numwant, pace.list_size)
             result = swarm.announce(req, ip, location, now, numwant, self.policy.locality)
         except TrackerRequestError as exc:
             return Outcome(failure(exc.reason), exc.kind)
@@ -488,8 +506,8 @@ class Tracker:
         body = announce_response(
             [p.entry for p in result.peers] if not req.compact else (),
             compact_peers=result.compacts,
-            interval=self.policy.interval,
-            min_interval=self.policy.min_interval,
+            interval=pace.interval,
+            min_interval=pace.min_interval,
             complete=result.complete,
             incomplete=result.incomplete,
             compact=req.compact,
@@ -528,7 +546,10 @@ class Tracker:
         if not hashes or ih in hashes:
             incomplete = len(swarm.peers) - swarm.seeders
             files.append((ih, swarm.seeders, swarm.times_completed, incomplete))
-        return Outcome(scrape_response(files, self.policy.min_interval), None, "scrape")
+        min_interval = self.policy.pace(swarm.size()).min_interval
+        return Outcome(scrape_response(files, min_interval), None, "scrape")
 
     def expire(self, now: float) -> int:
-        return sum(s.expire(now, self.policy.peer_timeout) for s in self.swarms.values())
+        return sum(
+            s.expire(now, self.policy.pace(s.size()).peer_timeout) for s in self.swarms.values()
+        )

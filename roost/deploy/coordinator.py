@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from roost.core.metainfo import parse
+from roost.core.metainfo import check_web_seed_url, parse
 from roost.deploy import rollout
 from roost.deploy.batches import plan_batches
 from roost.deploy.host import HostRun
@@ -46,11 +46,20 @@ from roost.deploy.run import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     Deploy,
+    _check_web_seed_format,
     _start_swarm,
 )
 from roost.deploy.swarm import Origin, SwarmControl
 from roost.deploy.transport import HostFailure
-from roost.target.protocol import ErrorKind, HostStatus
+from roost.errors import UsageError
+from roost.target.protocol import (
+    AgentReport,
+    ErrorKind,
+    HostStatus,
+    Instruction,
+    Phase,
+    ProtocolError,
+)
 from roost.target.signing import sign
 
 MAX_REPORT = 64 * 1024
@@ -82,7 +91,7 @@ class Coordinator:
         self.envelopes: list[dict[str, str]] = []
         self.version = 0
         self.changed = asyncio.Condition()  # a new envelope, or a new report
-        self.answers: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in self.runs}
+        self.answers: dict[str, dict[int, AgentReport]] = {n: {} for n in self.runs}
         self.finished: set[str] = set()
         self.torrent = b""
         self.seq = Sequence()
@@ -142,62 +151,63 @@ class Coordinator:
 
     async def _report(self, request: web.Request) -> web.Response:
         try:
-            data = await request.json()
-        except ValueError:  # (a body over MAX_REPORT is refused with 413 by aiohttp)
-            return web.json_response({"error": "not a JSON report"}, status=400)
-        if not isinstance(data, dict) or data.get("host") not in self.runs:
+            # (a body over MAX_REPORT is refused with 413 by aiohttp)
+            report = AgentReport.from_json(await request.read())
+        except ProtocolError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if report.host not in self.runs:
             return web.json_response({"error": "unknown host"}, status=404)
-        if data.get("deploy_id") not in (self.deploy.deploy_id, None) \
-                and data.get("state") != HostStatus.REFUSED.value:
+        if report.deploy_id not in (self.deploy.deploy_id, None) \
+                and report.state is not HostStatus.REFUSED:
             return web.json_response({"error": "another deploy"}, status=409)
-        self._apply(self.runs[str(data["host"])], data)
+        self._apply(self.runs[report.host], report)
         async with self.changed:
             self.changed.notify_all()
         return web.json_response({"ok": True})
 
-    def _apply(self, run: HostRun, data: dict[str, Any]) -> None:
+    def _apply(self, run: HostRun, report: AgentReport) -> None:
         """An agent's report -> its HostRun (what the table and --json show)."""
-        state = HostStatus.parse(data.get("state"))  # None: a state we do not know
-        seq = data.get("seq")
-        if isinstance(seq, int):
-            self.answers[run.spec.name][seq] = data
-        if isinstance(data.get("peer_id"), str):
-            self.peer_ids[run.spec.name] = data["peer_id"].encode("latin-1", "replace")
-        for key in ("current", "previous"):
-            if key in data and (data[key] is None or isinstance(data[key], str)):
-                setattr(run, key, data[key])
-        if isinstance(data.get("hooks"), list):
-            run.hooks = [h for h in data["hooks"] if isinstance(h, dict)]
-        if isinstance(data.get("health"), dict):
-            run.health = data["health"]
+        state = report.state
+        if report.seq is not None:
+            self.answers[run.spec.name][report.seq] = report
+        if report.peer_id is not None:
+            self.peer_ids[run.spec.name] = report.peer_id.encode("latin-1", "replace")
+        if "current" in report.present:
+            run.current = report.current
+        if "previous" in report.present:
+            run.previous = report.previous
+        if report.hooks is not None:
+            run.hooks = report.hooks
+        if report.health is not None:
+            run.health = report.health
         if state is HostStatus.FETCHING and run.status in (HostStatus.WAITING, HostStatus.FETCHING):
-            run.status, run.phase = HostStatus.FETCHING, "fetch"
+            run.status, run.phase = HostStatus.FETCHING, Phase.FETCH
             run.times.setdefault("fetch_started", time.monotonic())
-            run.bytes_done = _int(data.get("bytes_done"))
-            run.bytes_total = _int(data.get("bytes_total"))
-            run.rate = float(_int(data.get("rate")))
+            run.bytes_done = report.bytes_done or 0
+            run.bytes_total = report.bytes_total or 0
+            run.rate = float(report.rate or 0)
         elif state is HostStatus.STAGED and run.status in (HostStatus.WAITING, HostStatus.FETCHING):
-            run.status, run.phase = HostStatus.STAGED, "stage"
-            run.already_had = bool(data.get("already_had"))
-            run.bytes_done = run.bytes_total = _int(data.get("bytes_total")) or run.bytes_total
+            run.status, run.phase = HostStatus.STAGED, Phase.STAGE
+            run.already_had = bool(report.already_had)
+            run.bytes_done = run.bytes_total = report.bytes_total or run.bytes_total
             run.mark("fetched")
             run.mark("staged")
         elif state is HostStatus.OK:
-            run.status, run.phase = HostStatus.OK, "activate"
+            run.status, run.phase = HostStatus.OK, Phase.ACTIVATE
             run.mark("activated")
         elif state in (HostStatus.FAILED, HostStatus.REFUSED) and not run.failed:
-            reason = str(data.get("reason") or state.value)[:1000]
+            reason = (report.reason or state.value)[:1000]
             refused = ErrorKind.REFUSED if state is HostStatus.REFUSED else ErrorKind.ERROR
-            run.fail(HostFailure(ErrorKind.parse(data.get("kind"), refused), reason))
+            run.fail(HostFailure(report.kind or refused, reason))
             run.mark("failed")
         elif state is HostStatus.FINISHED:
             self.finished.add(run.spec.name)
 
     # --- publishing ----------------------------------------------------------------
 
-    async def publish(self, kind: str, expires_in: float, **fields: Any) -> int:
+    async def publish(self, kind: Instruction, expires_in: float, **fields: Any) -> int:
         seq = self.seq.next()
-        body = {"kind": kind, "deploy_id": self.deploy.deploy_id, "seq": seq,
+        body = {"kind": Instruction(kind).value, "deploy_id": self.deploy.deploy_id, "seq": seq,
                 "expires": round(time.time() + expires_in, 3), **fields}
         envelope = await asyncio.to_thread(sign, self.key, body)
         async with self.changed:
@@ -219,15 +229,22 @@ async def run_publish(deploy: Deploy, src: Path, key: Path, listen: str, port: i
     """Pack, seed, publish, roll out; sets deploy.exit_code. Raises only for local mistakes."""
     config = deploy.config
     plan_batches(len(deploy.hosts), config.batch, config.canary)  # bad --batch: fail now
-    await asyncio.to_thread(sign, key, {"kind": "probe"})  # a key that cannot sign: fail now
+    # a key that cannot sign: fail now
+    await asyncio.to_thread(sign, key, {"kind": Instruction.PROBE.value})
+    for url in config.web_seeds:
+        check_web_seed_url(url, UsageError)  # a bad --web-seed: fail now
     scratch = Path(tempfile.mkdtemp(prefix="roost-publish-"))
     coordinator = Coordinator(deploy, key, listen, port, tls)
     swarm: SwarmControl | None = None
     origin: Origin | None = None
     deploy.mark("start")
     try:
-        # pull agents stage a tarball; tree releases are push-only for now
-        fmt = "tar" if config.format in ("auto", "tree") and src.is_dir() else config.format
+        # pull agents stage a tarball (tree releases are push-only for now), or with web
+        # seeds the directory as itself: a tarball made here is on no web server
+        fmt = config.format
+        if fmt in ("auto", "tree") and src.is_dir():
+            fmt = "dir" if config.web_seeds and not config.compress else "tar"
+        _check_web_seed_format(config, fmt)  # before packing: a tarball would be wasted
         deploy.payload = await asyncio.to_thread(
             pack, src, scratch, deploy.tag, fmt=fmt, compress=config.compress)
         torrent = await asyncio.to_thread(make_metainfo, deploy.payload.payload)
@@ -248,11 +265,13 @@ async def run_publish(deploy: Deploy, src: Path, key: Path, listen: str, port: i
         for run in deploy.hosts:
             run.times["connect"] = now
         await coordinator.publish(
-            "release", config.timeout, tag=deploy.tag, manifest=deploy.payload.manifest.to_dict(),
+            Instruction.RELEASE, config.timeout, tag=deploy.tag,
+            manifest=deploy.payload.manifest.to_dict(),
             torrent_sha256=hashlib.sha256(torrent).hexdigest(),
             announce_url=swarm.announce_url, expected_peers=swarm.expected,
             route=list(swarm.route_target), port_range=config.port_range,
-            upload_rate=config.upload_rate, download_rate=config.download_rate)
+            upload_rate=config.upload_rate, download_rate=config.download_rate,
+            web_seeds=list(config.web_seeds))
         await _fetch_phase(deploy, coordinator, swarm)
         deploy.mark("fetched")
         await _activate_phase(deploy, coordinator)
@@ -272,8 +291,8 @@ async def _finish(deploy: Deploy, coordinator: Coordinator, origin: Origin | Non
                   swarm: SwarmControl | None, scratch: Path) -> None:
     with contextlib.suppress(Exception):
         if coordinator.runner is not None:
-            await coordinator.publish("finish", 3600)
-            live = {r.spec.name for r in deploy.hosts if r.kind != "timeout"}
+            await coordinator.publish(Instruction.FINISH, 3600)
+            live = {r.spec.name for r in deploy.hosts if r.kind is not ErrorKind.TIMEOUT}
             await coordinator.wait_until(lambda: live <= coordinator.finished, FINISH_GRACE)
     await coordinator.stop()
     if origin is not None:
@@ -324,7 +343,8 @@ def _answer_timeout(deploy: Deploy) -> float:
     return c.hook_timeout * hooks + (c.health_timeout if c.health_check else 0) + ANSWER_MARGIN
 
 
-async def _instruct(deploy: Deploy, coordinator: Coordinator, kind: str, batch: list[HostRun],
+async def _instruct(deploy: Deploy, coordinator: Coordinator, kind: Instruction,
+                    batch: list[HostRun],
                     **fields: Any) -> int:
     """Publish one instruction to `batch` and wait for each host's answer (or the deadline)."""
     timeout = _answer_timeout(deploy)
@@ -332,7 +352,8 @@ async def _instruct(deploy: Deploy, coordinator: Coordinator, kind: str, batch: 
     seq = await coordinator.publish(kind, timeout, tag=deploy.tag, hosts=names, **fields)
     await coordinator.wait_until(
         lambda: all(seq in coordinator.answers[n]
-                    or (kind == "activate" and coordinator.runs[n].failed) for n in names),
+                    or (kind is Instruction.ACTIVATE and coordinator.runs[n].failed)
+                    for n in names),
         timeout)
     return seq
 
@@ -363,8 +384,8 @@ async def _activate_phase(deploy: Deploy, coordinator: Coordinator) -> None:
         name = _batch_name(deploy, number, len(batches))
         deploy.phase = name
         seq = await _instruct(
-            deploy, coordinator, "activate", batch, keep=config.keep, pre=config.pre_activate,
-            post=config.post_activate, hook_timeout=config.hook_timeout,
+            deploy, coordinator, Instruction.ACTIVATE, batch, keep=config.keep,
+            pre=config.pre_activate, post=config.post_activate, hook_timeout=config.hook_timeout,
             health_check=config.health_check, health_timeout=config.health_timeout)
         for run in batch:
             if seq not in coordinator.answers[run.spec.name] and not run.failed:
@@ -390,7 +411,7 @@ async def _stop(deploy: Deploy, coordinator: Coordinator, batches: list[list[Hos
     name = _batch_name(deploy, number, len(batches))
     deploy.phase = "rollback"
     batch = batches[number]
-    seq = await _instruct(deploy, coordinator, "rollback", batch)
+    seq = await _instruct(deploy, coordinator, Instruction.ROLLBACK, batch)
     for run in batch:
         answer = coordinator.answers[run.spec.name].get(seq)
         if answer is None:
@@ -413,10 +434,6 @@ def _batch_name(deploy: Deploy, number: int, total: int) -> str:
     if number == 0 and deploy.config.canary:
         return "the canary"
     return f"batch {number + 1}/{total}"
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def report_json(deploy: Deploy) -> str:

@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import roost.target.preflight
 from roost.core.metainfo import parse
 from roost.core.wire import BLOCK_SIZE
 from roost.deploy.host import MIN_PYTHON, HostRun
 from roost.deploy.transport import HostFailure
-from roost.target.protocol import ErrorKind, HostStatus
+from roost.target.protocol import (
+    Check,
+    ErrorKind,
+    HostStatus,
+    LockState,
+    Phase,
+    PreflightFacts,
+    ProtocolError,
+    Verdict,
+)
 from roost.target.treestage import bytes_to_fetch, held_pieces, local_blocks
 
 if TYPE_CHECKING:
@@ -70,7 +78,7 @@ async def preflight(run: HostRun, deploy: Deploy, tracker_host: str) -> None:
     """Probe one host; the verdicts go to run.health (reused as the check table)."""
     assert run.transport is not None
     config = deploy.config
-    run.phase = "preflight"
+    run.phase = Phase.PREFLIGHT
     tree = deploy.payload.manifest.tree if deploy.payload else None
     stream = await run.transport.start(probe_command(
         config.python, run.dest(config), deploy.tag, tracker_host, config.port_range,
@@ -81,64 +89,72 @@ async def preflight(run: HostRun, deploy: Deploy, tracker_host: str) -> None:
     lines = stream.lines()
     try:
         first = await asyncio.wait_for(lines.__anext__(), 30)
-        info: dict[str, Any] = json.loads(first)
-    except (StopAsyncIteration, ValueError):
+    except StopAsyncIteration:
         code = await stream.wait()
         kind = ErrorKind.PYTHON if code in (126, 127) else ErrorKind.PREFLIGHT
         raise HostFailure(kind, f"cannot run {config.python} (exit {code})") from None
     except (asyncio.TimeoutError, TimeoutError):
         stream.close()
         raise HostFailure(ErrorKind.TIMEOUT, "the preflight probe did not answer") from None
+    try:
+        info = PreflightFacts.from_json(first)
+    except ProtocolError as exc:
+        stream.close()
+        raise HostFailure(ErrorKind.PREFLIGHT, str(exc)) from None
     received = time.time()
-    checks = _checks(info, deploy, run, skew=float(info["time"]) - (sent + received) / 2)
+    checks = _checks(info, deploy, run, skew=info.time - (sent + received) / 2)
     checks["port"] = await _port_check(info)
     with contextlib.suppress(StopAsyncIteration, asyncio.TimeoutError, TimeoutError):
         await asyncio.wait_for(lines.__anext__(), PORT_TIMEOUT + 10)
     with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
         await asyncio.wait_for(stream.wait(), 10)
     stream.close()
-    run.previous = run.current = info.get("current")
-    run.address = info.get("address")
-    run.already_had = bool(info.get("have_tag"))
+    run.previous = run.current = info.current
+    run.address = info.address
+    run.already_had = info.have_tag
     if tree is not None and not run.already_had:
-        would_fetch(deploy, run, str(info.get("held", "")))
-    run.health = {"checks": checks}
-    failed = [f"{name}: {c['detail']}" for name, c in checks.items() if c["verdict"] == "fail"]
+        would_fetch(deploy, run, info.held)
+    run.checks = checks
+    failed = [f"{name}: {c.detail}" for name, c in checks.items() if c.verdict is Verdict.FAIL]
     if failed:
         raise HostFailure(ErrorKind.PREFLIGHT, "; ".join(failed))
     run.status = HostStatus.WOULD_DEPLOY if not run.already_had else HostStatus.WOULD_SKIP
     run.reason = "already has this tag (no-op)" if run.already_had else ""
 
 
-def _check(ok: bool, detail: str, warn: bool = False) -> dict[str, str]:
-    return {"verdict": "ok" if ok else ("warn" if warn else "fail"), "detail": detail}
+def _check(ok: bool, detail: str, warn: bool = False) -> Check:
+    return Check(Verdict.OK if ok else (Verdict.WARN if warn else Verdict.FAIL), detail)
 
 
-def _checks(info: dict[str, Any], deploy: Deploy, run: HostRun, skew: float
-            ) -> dict[str, dict[str, str]]:
-    version = tuple(int(v) for v in info.get("python", [0, 0])[:2])
+_LOCK_WORDS = {LockState.FREE: "free", LockState.HELD: "held by a running deploy",
+               LockState.STALE: "stale (a deploy died); --break-lock takes it",
+               LockState.UNKNOWN: "unknown (the lock file cannot be read)"}
+
+
+def _checks(info: PreflightFacts, deploy: Deploy, run: HostRun, skew: float
+            ) -> dict[str, Check]:
+    version = info.python[:2]
     need = need_bytes(deploy)
-    free = int(info.get("free_bytes", 0))
-    lock = str(info.get("lock", "free"))
+    lock = info.lock
     return {
-        "python": _check(version >= MIN_PYTHON, ".".join(map(str, info.get("python", []))) +
+        "python": _check(version >= MIN_PYTHON, ".".join(map(str, info.python)) +
                          ("" if version >= MIN_PYTHON else " (roost needs >= 3.10)")),
-        "disk": _check(run.already_had or free >= need,
-                       f"{_mib(free)} free in {info.get('checked_dir')}, need {_mib(need)}"),
-        "writable": _check(bool(info.get("writable")), f"{info.get('checked_dir')} "
-                           + ("is writable" if info.get("writable") else
-                              f"is not writable by uid {info.get('euid')}")),
+        "disk": _check(run.already_had or info.free_bytes >= need,
+                       f"{_mib(info.free_bytes)} free in {info.checked_dir}, need {_mib(need)}"),
+        "writable": _check(info.writable, f"{info.checked_dir} "
+                           + ("is writable" if info.writable else
+                              f"is not writable by uid {info.euid}")),
         "clock": _check(abs(skew) <= SKEW_WARN, f"skew {skew:+.1f} s", warn=True),
-        "lock": _check(lock == "free" or (lock == "stale" and deploy.config.break_lock),
-                       {"free": "free", "held": "held by a running deploy",
-                        "stale": "stale (a deploy died); --break-lock takes it"}.get(lock, lock)),
+        "lock": _check(lock is LockState.FREE
+                       or (lock is LockState.STALE and deploy.config.break_lock),
+                       _LOCK_WORDS[lock]),
     }
 
 
-async def _port_check(info: dict[str, Any]) -> dict[str, str]:
-    address, port = info.get("address"), info.get("port")
+async def _port_check(info: PreflightFacts) -> Check:
+    address, port = info.address, info.port
     if not address or not port:
-        return _check(False, str(info.get("address_error") or "no free port in the range"))
+        return _check(False, info.address_error or "no free port in the range")
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), PORT_TIMEOUT)
     except (OSError, asyncio.TimeoutError, TimeoutError) as exc:
@@ -148,7 +164,7 @@ async def _port_check(info: dict[str, Any]) -> dict[str, str]:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
-    via = " (forwarded to the host)" if info.get("forwarded") else ""
+    via = " (forwarded to the host)" if info.forwarded else ""
     return _check(True, f"{address} port {port} reachable{via}")
 
 

@@ -22,25 +22,35 @@ import json
 import shlex
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from roost.core.metainfo import parse
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.pki import CA_FILE, CERT_FILE, KEY_FILE, DeployCA
-from roost.deploy.transport import AgentCommand, HostFailure, Stream, Transport
+from roost.deploy.transport import AgentCommand, HostFailure, Result, Stream, Transport
+from roost.target import agentargv
 from roost.target.protocol import (
     EXIT_CODES,
+    MAX_PREPARE_INPUT,
+    ActivateResult,
+    Check,
+    CleanResult,
     ErrorKind,
     ErrorRecord,
     EventName,
     FetchEvent,
+    HealthResult,
+    HookRecord,
     HostStatus,
+    Manifest,
+    Phase,
+    PrepareRequest,
     PrepareResult,
     ProtocolError,
     kind_of_exit,
 )
-from roost.target.release import Manifest
 
 MIN_PYTHON = (3, 10)
 
@@ -75,7 +85,7 @@ class FetchPlan:
 class HostRun:
     spec: HostSpec
     status: HostStatus = HostStatus.WAITING
-    phase: str = "connect"
+    phase: Phase = Phase.CONNECT
     kind: ErrorKind | None = None
     reason: str = ""
     bytes_done: int = 0
@@ -96,8 +106,9 @@ class HostRun:
     peer_id: bytes | None = None  # from fetch's `started` event
     batch: int | None = None  # rollout batch (0 = the canary when there is one)
     current: str | None = None  # the release this host runs now, as far as we know
-    hooks: list[dict[str, Any]] = field(default_factory=list)  # each hook's captured output
-    health: dict[str, Any] | None = None  # the health check's verdict and output
+    hooks: tuple[HookRecord, ...] = ()  # each hook's captured output
+    health: HealthResult | None = None  # the health check's verdict and output
+    checks: dict[str, Check] = field(default_factory=dict)  # --dry-run: check -> verdict
     lock_stream: Stream | None = None  # `roost host-lock`, alive while we hold the lock
     staging: str = ""  # format tree: releases/.<tag>.tmp-<deploy id>, where pieces land
     bytes_reused: int | None = None  # format tree: placed from kept releases, no network
@@ -124,7 +135,7 @@ class HostRun:
     async def ensure_agent(self, agent: Agent) -> None:
         """Check python3 and push the zipapp if this host lacks this exact build."""
         assert self.transport is not None
-        self.phase = "agent"
+        self.phase = Phase.AGENT
         result = await self.transport.run(self.probe_command(agent), timeout=60)
         if not self.read_probe(agent, result.stdout):
             await self.push_agent(agent)
@@ -192,29 +203,18 @@ class HostRun:
         plan: FetchPlan,
     ) -> PrepareResult:
         assert self.transport is not None
-        self.phase = "prepare"
-        args = [
-            "host-prepare",
-            "--dest",
-            dest,
-            "--deploy-id",
-            deploy_id,
-            "--json",
-            "--tracker-host",
-            plan.tracker_host,
-            "--tracker-port",
-            str(plan.tracker_port),
-        ]
-        if self.spec.announce:
-            args += ["--address", self.spec.announce]
-        elif self.spec.interface:
-            args += ["--interface", self.spec.interface]
-        if plan.allowed_signers:
-            args += ["--allowed-signers", plan.allowed_signers]
+        self.phase = Phase.PREPARE
+        args = agentargv.prepare(dest, deploy_id, plan.tracker_host, plan.tracker_port,
+                                 address=self.spec.announce or None,
+                                 interface=self.spec.interface or None,
+                                 allowed_signers=plan.allowed_signers or None)
         blob = prepare_input(manifest, torrent, plan.pki.issue(self.spec.name).to_dict()
                              if plan.pki is not None else None, plan.signature)
+        if len(blob) > MAX_PREPARE_INPUT:  # the host would refuse it: say so here
+            raise HostFailure(ErrorKind.PREPARE, f"the deploy request is {_mib(len(blob))}, "
+                              f"over the {_mib(MAX_PREPARE_INPUT)} a host accepts")
         result = await self.transport.run(self.agent_cmd(agent, *args), input=blob, timeout=120)
-        info = _prepared(result)
+        info = agent_reply(result, ErrorKind.PREPARE, PrepareResult.from_json)
         self.work = info.dir
         self.address = info.address
         self.address_local = info.address_local
@@ -235,47 +235,29 @@ class HostRun:
     async def start_fetch(self, agent: Agent, plan: FetchPlan, location: str | None,
                           dest: str = "", reuse: str = "copy") -> None:
         assert self.transport is not None
-        self.phase = "fetch"
-        tree = (["--tree-manifest", f"{self.work}/manifest.json", "--dest", dest,
-                 "--reuse", reuse] if self.staging else [])
-        args = [
-            "fetch",
-            f"{self.work}/payload.torrent",
-            *tree,
-            "-d",
-            self.staging or f"{self.work}/staging",
-            "--json",
-            "--tracker",
-            plan.tracker_url,
-            "--expected-peers",
-            str(plan.expected_peers),
-            "--port",
-            plan.port_range,
-            "--timeout",
-            f"{plan.timeout:g}",
-        ]
+        self.phase = Phase.FETCH
+        bind = None
         if self.address:
             # listen where we announce: the engine's default 0.0.0.0 is IPv4-only, and an
             # IPv6 swarm whose peers cannot reach each other stalls behind a super-seeder
             # an address forwarded to us (not ours): listen on every address of its
             # family and announce it; binding it would fail with EADDRNOTAVAIL
             wildcard = "::" if ":" in self.address else "0.0.0.0"
-            args += ["--bind", self.address if self.address_local else wildcard]
-            if not self.address.startswith("127."):
-                args += ["--announce-ip", self.address]
-        if plan.allow is not None:
-            args += ["--allow", ",".join(plan.allow)]
-        if location:
-            args += ["--location", location]
-        if plan.upload_rate:
-            args += ["--upload-rate", plan.upload_rate]
-        if plan.download_rate:
-            args += ["--download-rate", plan.download_rate]
-        for url in plan.web_seeds:
-            args += ["--web-seed", url]
+            bind = self.address if self.address_local else wildcard
+        tls = None
         if plan.pki is not None:
-            for flag, name in (("cert", CERT_FILE), ("key", KEY_FILE), ("ca", CA_FILE)):
-                args += [f"--tls-{flag}", f"{self.work}/{name}"]
+            tls = agentargv.TlsFiles(f"{self.work}/{CERT_FILE}", f"{self.work}/{KEY_FILE}",
+                                     f"{self.work}/{CA_FILE}")
+        args = agentargv.fetch(agentargv.FetchArgs(
+            f"{self.work}/payload.torrent", self.staging or f"{self.work}/staging",
+            tracker=plan.tracker_url, expected_peers=plan.expected_peers, port=plan.port_range,
+            timeout=plan.timeout,
+            tree_manifest=f"{self.work}/manifest.json" if self.staging else None,
+            dest=dest if self.staging else None, reuse=reuse if self.staging else None,
+            bind=bind, announce_ip=(self.address if self.address
+                                    and not self.address.startswith("127.") else None),
+            allow=plan.allow, location=location or None, upload_rate=plan.upload_rate or None,
+            download_rate=plan.download_rate or None, web_seeds=plan.web_seeds, tls=tls))
         pidfile = f"{self.work}/fetch.pid"
         command = AgentCommand(
             f"echo $$ > {shlex.quote(pidfile)} && exec {self.agent_cmd(agent, *args)}",
@@ -324,22 +306,10 @@ class HostRun:
 
     async def stage(self, agent: Agent, dest: str) -> None:
         assert self.transport is not None
-        self.phase = "stage"
-        result = await self.transport.run(
-            self.agent_cmd(
-                agent,
-                "activate",
-                "--dest",
-                dest,
-                "--manifest",
-                f"{self.work}/manifest.json",
-                *(["--payload", self.staging] if self.staging else []),
-                "--no-switch",
-                "--json",
-            ),
-            timeout=1800,
-        )
-        _json_result(result, ErrorKind.STAGE)
+        self.phase = Phase.STAGE
+        args = agentargv.stage(dest, f"{self.work}/manifest.json", self.staging or None)
+        result = await self.transport.run(self.agent_cmd(agent, *args), timeout=1800)
+        agent_reply(result, ErrorKind.STAGE, ActivateResult.from_json)
         self.status = HostStatus.STAGED
         self.mark("staged")
 
@@ -354,29 +324,18 @@ class HostRun:
         hook_timeout: float,
     ) -> None:
         assert self.transport is not None
-        self.phase = "activate"
-        args = [
-            "activate",
-            "--dest",
-            dest,
-            "--tag",
-            tag,
-            "--keep",
-            str(keep),
-            "--json",
-            "--hook-timeout",
-            f"{hook_timeout:g}",
-        ]
-        for command in pre:
-            args += ["--pre", command]
-        for command in post:
-            args += ["--post", command]
+        self.phase = Phase.ACTIVATE
+        args = agentargv.activate(dest, tag, keep, hook_timeout, pre, post)
         result = await self.transport.run(
             self.agent_cmd(agent, *args), timeout=hook_timeout * (len(pre) + len(post) + 1)
         )
-        self.hooks = _hooks_of(result.stdout)
-        info = _json_result(result, ErrorKind.ACTIVATE)
-        self.previous = info.get("previous")
+        try:
+            info = agent_reply(result, ErrorKind.ACTIVATE, ActivateResult.from_json)
+        except AgentError as exc:
+            self.hooks = exc.hooks  # what the hooks printed, up to the failing one
+            raise
+        self.hooks = info.hooks
+        self.previous = info.previous
         self.current = tag
         self.status = HostStatus.ACTIVATED
         self.mark("activated")
@@ -386,10 +345,8 @@ class HostRun:
         if self.transport is None or not self.pyz:
             return
         result = await self.transport.run(
-            self.agent_cmd(agent, "host-clean", "--dest", dest, "--deploy-id", deploy_id, "--json"),
-            timeout=60,
-        )
-        _json_result(result, ErrorKind.CLEAN)
+            self.agent_cmd(agent, *agentargv.clean(dest, deploy_id)), timeout=60)
+        agent_reply(result, ErrorKind.CLEAN, CleanResult.from_json)
 
 
 @dataclass
@@ -409,14 +366,14 @@ def prepare_input(manifest: Manifest, torrent: bytes, tls: dict[str, str] | None
     rebuilds the torrent), zlib-compressed: a manifest of 100,000 entries is tens
     of MB of JSON. The common part is serialized once per deploy, not per host."""
     if not _shared or _shared[0].torrent is not torrent or _shared[0].signature != signature:
-        request: dict[str, Any] = {"manifest": manifest.to_dict()}
         if manifest.tree is not None:  # the host rebuilds the torrent from the manifest
-            request["pieces"] = base64.b64encode(parse(torrent).info.pieces).decode()
+            request = PrepareRequest(manifest.to_dict(), signature=signature, pieces=(
+                base64.b64encode(parse(torrent).info.pieces).decode()))
         else:
-            request["torrent"] = base64.b64encode(torrent).decode()
-        if signature is not None:
-            request["signature"] = signature
-        _shared[:] = [_Shared(torrent, json.dumps(request)[1:-1], signature=signature)]
+            request = PrepareRequest(manifest.to_dict(), signature=signature,
+                                     torrent=base64.b64encode(torrent).decode())
+        # the host's tls is added per host, after the common part
+        _shared[:] = [_Shared(torrent, request.to_json()[1:-1], signature=signature)]
     shared = _shared[0]
     text = "{" + shared.text + (f', "tls": {json.dumps(tls)}' if tls is not None else "") + "}"
     if manifest.tree is None:
@@ -428,54 +385,45 @@ def prepare_input(manifest: Manifest, torrent: bytes, tls: dict[str, str] | None
     return shared.blob
 
 
-def _json_result(result: Any, step: ErrorKind) -> dict[str, Any]:
-    """The agent's last stdout line: its result, or its typed error when it failed.
-    The kind comes from the error record, else from the exit code, else it is the
-    step's: never from the message."""
+class AgentError(HostFailure):
+    """An agent subcommand failed; `hooks` are its hooks' records, if it ran any."""
+
+    def __init__(self, kind: ErrorKind, message: str, hooks: tuple[HookRecord, ...] = ()):
+        super().__init__(kind, message)
+        self.hooks = hooks
+
+
+_T = TypeVar("_T")
+
+
+def agent_reply(result: Result, step: ErrorKind, parse: Callable[[str], _T]) -> _T:
+    """The agent's reply (its last stdout line, checked by `parse`, a record's from_json),
+    or its typed error when it failed. The kind comes from the error record, else from
+    the exit code, else it is the step's: never from the message."""
     lines = result.stdout.strip().splitlines()
     if result.code != 0:
         kind = kind_of_exit(result.code, step)
         try:
             record = ErrorRecord.from_json(lines[-1])
-            kind = record.kind if record.kind is not ErrorKind.ERROR else kind
         except (ProtocolError, IndexError):
             record = None
-        if record is not None:
-            message = record.message
-        else:
-            message = result.last_error()
-            for prefix in ("roost activate: error: ", "roost host-prepare: error: ",
-                           "roost host-clean: error: "):
-                message = message.removeprefix(prefix)
-        raise HostFailure(kind, message)
+        if record is None:
+            # no record (an agent that died, a shell error): stderr's last line, as said
+            raise AgentError(kind, _without_prefix(result.last_error()))
+        kind = record.kind if record.kind is not ErrorKind.ERROR else kind
+        raise AgentError(kind, record.message, record.hooks)
+    if not lines:
+        raise HostFailure(step, f"{step}: no answer from the agent")
     try:
-        data = json.loads(lines[-1])
-    except (ValueError, IndexError):
-        raise HostFailure(step, f"{step}: unreadable agent output") from None
-    if not isinstance(data, dict):
-        raise HostFailure(step, f"{step}: unreadable agent output")
-    return data
-
-
-def _prepared(result: Any) -> PrepareResult:
-    """host-prepare's record, checked: a host that answers nonsense fails, one line."""
-    _json_result(result, ErrorKind.PREPARE)
-    try:
-        return PrepareResult.from_json(result.stdout.strip().splitlines()[-1])
+        return parse(lines[-1])
     except ProtocolError as exc:
-        raise HostFailure(ErrorKind.PREPARE, str(exc)) from None
+        raise HostFailure(step, str(exc)) from None
 
 
-def _hooks_of(stdout: str) -> list[dict[str, Any]]:
-    """The hooks' captured output, from activate's JSON (success or error)."""
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        hooks = data.get("hooks") if isinstance(data, dict) else None
-        return [h for h in hooks if isinstance(h, dict)] if isinstance(hooks, list) else []
-    return []
+def _without_prefix(message: str) -> str:
+    """`roost <command>: error: why` -> `why` (agent.py's stderr line)."""
+    head, sep, rest = message.partition(": error: ")
+    return rest if sep and head.startswith("roost ") and " " not in head[6:] else message
 
 
 def _or(value: int | None, default: int) -> int:

@@ -21,7 +21,8 @@ from roost.core.metainfo import build_info, build_torrent, choose_piece_length
 from roost.deploy import treepack
 from roost.engine.hashing import hash_payload, scan_payload
 from roost.errors import UsageError
-from roost.target.release import Manifest, check_tag, payload_digest
+from roost.target.protocol import Manifest, check_tag
+from roost.target.release import payload_digest
 
 
 @dataclass(frozen=True)

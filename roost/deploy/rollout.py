@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from roost.deploy.batches import plan_batches
-from roost.deploy.host import Agent, HostRun, _json_result
+from roost.deploy.host import Agent, HostRun, agent_reply
 from roost.deploy.transport import HostFailure
-from roost.target.protocol import ErrorKind, HostStatus
+from roost.target import agentargv
+from roost.target.protocol import ErrorKind, HealthResult, HostStatus, Phase, RollbackResult
 
 if TYPE_CHECKING:
     from roost.deploy.state import Deploy
@@ -37,15 +38,12 @@ async def health_check(run: HostRun, agent: Agent, dest: str, command: str,
                        timeout: float) -> None:
     """Run the check in `current` on this host; a failure fails the host (kind health)."""
     assert run.transport is not None
-    run.phase = "health"
-    args = ["host-health", "--dest", dest, "--command", command, "--timeout", f"{timeout:g}",
-            "--json"]
-    if run.previous:
-        args += ["--previous", run.previous]
+    run.phase = Phase.HEALTH
+    args = agentargv.health(dest, command, timeout, run.previous or None)
     result = await run.transport.run(run.agent_cmd(agent, *args), timeout=timeout + 60)
-    run.health = _json_result(result, ErrorKind.HEALTH)
-    if not run.health.get("ok"):
-        raise HostFailure(ErrorKind.HEALTH, str(run.health.get("reason") or "health check failed"))
+    run.health = agent_reply(result, ErrorKind.HEALTH, HealthResult.from_json)
+    if not run.health.ok:
+        raise HostFailure(ErrorKind.HEALTH, run.health.reason or "health check failed")
 
 
 async def roll_back(run: HostRun, agent: Agent, dest: str, tag: str) -> None:
@@ -55,13 +53,12 @@ async def roll_back(run: HostRun, agent: Agent, dest: str, tag: str) -> None:
         # never switched; its failing post hook already switched it back; or the
         # tag was already live before this deploy, so there is nothing to undo
         return
-    run.phase = "rollback"
-    # --expect: only a `current` that is still this deploy's tag is removed
-    back = ["--to", run.previous] if run.previous else ["--none", "--expect", tag]
-    result = await run.transport.run(
-        run.agent_cmd(agent, "host-rollback", "--dest", dest, "--json", *back), timeout=120)
-    _json_result(result, ErrorKind.ROLLBACK)
-    run.current = run.previous if back[0] == "--to" else None
+    run.phase = Phase.ROLLBACK
+    # unswitch (--none --expect): only a `current` that is still this deploy's tag is removed
+    args = agentargv.rollback(dest, run.previous) if run.previous else agentargv.unswitch(
+        dest, tag)
+    result = await run.transport.run(run.agent_cmd(agent, *args), timeout=120)
+    run.current = agent_reply(result, ErrorKind.ROLLBACK, RollbackResult.from_json).tag
 
 
 async def staged_activation(

@@ -62,8 +62,7 @@ from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_host
 from roost.deploy.zipapp import build_zipapp_bytes
 from roost.errors import UsageError
 from roost.target import signing
-from roost.target.protocol import ErrorKind, HostStatus
-from roost.target.release import Manifest
+from roost.target.protocol import ErrorKind, HostStatus, Manifest
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -410,7 +409,7 @@ async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None
 def _refused_by_lock(deploy: Deploy) -> bool:
     """Another deploy holds some host: change nothing anywhere (our locks are released
     in cleanup, recording `refused` in those hosts' history)."""
-    locked = [h for h in deploy.hosts if h.kind == "locked"]
+    locked = [h for h in deploy.hosts if h.kind is ErrorKind.LOCK_HELD]
     if not locked:
         return False
     deploy.exit_code = EXIT_LOCKED
@@ -573,7 +572,7 @@ def _blame_dead_origin(deploy: Deploy, code: int) -> None:
     instead of a bare timeout."""
     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
     for run in deploy.hosts:
-        if run.failed and run.kind in ("timeout", "fetch"):
+        if run.failed and run.kind in (ErrorKind.TIMEOUT, ErrorKind.FETCH):
             run.reason = f"{run.reason}; the origin seeder {how} during the transfer"
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from roost.deploy.host import Agent, HostRun
 from roost.deploy.transport import AgentCommand, HostFailure, Result, Stream, Transport
-from roost.target.protocol import ErrorKind
+from roost.target.protocol import ErrorKind, Phase
 
 READY_TIMEOUT = 60.0
 BYE_TIMEOUT = 5.0
@@ -220,7 +220,7 @@ async def open_session(run: HostRun, agent: Agent) -> AgentSession:
     that lacks this build gets two more (the push, then the session)."""
     assert run.transport is not None
     inner = run.transport
-    run.phase = "agent"
+    run.phase = Phase.AGENT
     stream = await inner.start(run.probe_command(agent, then="session"), stdin=True)
     lines = stream.lines()
     before: list[str] = []

@@ -28,7 +28,8 @@ from roost.core.tracker_swarm import TrackerPolicy
 from roost.deploy.config import HostSpec
 from roost.deploy.transport import die_with_parent
 from roost.errors import RoostError, UsageError
-from roost.target import hostops
+from roost.target import agentargv, hostops
+from roost.target.protocol import EventName, FetchEvent, ProtocolError
 from roost.tracker.server import TrackerConfig, TrackerServer
 
 STOP_WAIT = 5.0
@@ -248,35 +249,10 @@ class Origin:
         allow: list[str] | None = None,
         tree: bool = False,
     ) -> Origin:
-        args = [
-            sys.executable,
-            "-m",
-            "roost",
-            "seed",
-            str(torrent),
-            "-d",
-            str(payload_dir),
-            *(["--super-seed"] if super_seed else []),
-            *(["--tree"] if tree else []),  # -d is the tree itself
-            "--skip-check",
-            "--json",
-            "--quiet",
-            "--port",
-            "0",
-            "--bind",
-            listen,
-            "--tracker",
-            tracker_url,
-            "--expected-peers",
-            str(expected),
-        ]
-        if upload_rate:
-            args += ["--upload-rate", upload_rate]
-        if allow is not None:  # the fleet only (roost.deploy.allowlist)
-            args += ["--allow", ",".join(allow)]
-        if tls is not None:  # --peer-tls: (cert, key, ca) of the origin
-            for flag, path in zip(("cert", "key", "ca"), tls, strict=True):
-                args += [f"--tls-{flag}", str(path)]
+        args = [sys.executable, "-m", "roost", *agentargv.seed(
+            str(torrent), str(payload_dir), tracker_url, expected, listen,
+            super_seed=super_seed, tree=tree, upload_rate=upload_rate, allow=allow,
+            tls=agentargv.TlsFiles(*map(str, tls)) if tls is not None else None)]
         proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.DEVNULL,
@@ -304,7 +280,11 @@ class Origin:
                 await self.stop()
                 text = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
                 raise RoostError(f"the origin seeder failed: {text[0]}")
-            if b'"event":"started"' in line.replace(b" ", b""):
+            try:
+                event = FetchEvent.from_json(line.decode(errors="replace"))
+            except ProtocolError:
+                continue  # not an event (the seeder's other output)
+            if event is not None and event.event is EventName.STARTED:
                 asyncio.get_running_loop().create_task(self._drain())
                 return
 

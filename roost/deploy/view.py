@@ -17,7 +17,7 @@ from roost.deploy.dryrun import need_bytes
 from roost.deploy.rollout import placement
 from roost.deploy.state import Deploy
 from roost.deploy.ui import inert_text, print_reasons
-from roost.target.protocol import HostStatus
+from roost.target.protocol import HealthResult, HookRecord, HostStatus, Verdict
 
 STYLE = {
     HostStatus.OK: "green",
@@ -147,8 +147,10 @@ def host_rows(deploy: Deploy) -> list[dict[str, Any]]:
                 "previous": h.previous,
                 "current": h.current,
                 "batch": h.batch,
-                "health": h.health,
-                "hooks": h.hooks,
+                "health": (h.health.to_dict() if h.health is not None else
+                           {"checks": {n: c.to_dict() for n, c in h.checks.items()}}
+                           if h.checks else None),
+                "hooks": [hook.to_dict() for hook in h.hooks],
                 "already_had": h.already_had,
                 "bytes_done": h.bytes_done,
                 "pushed_agent": h.pushed_agent,
@@ -302,12 +304,15 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
     console.print(table)
     print_reasons(console, ((r["host"], r["reason"], r["kind"]) for r in rows))
     for h in deploy.hosts:  # what hooks and health checks printed, host by host
-        for hook in [*h.hooks, *([h.health] if h.health and "command" in h.health else [])]:
-            output = str(hook.get("output") or "").rstrip()
+        ran: list[HookRecord | HealthResult] = [*h.hooks]
+        if h.health is not None and h.health.command is not None:
+            ran.append(h.health)
+        for hook in ran:
+            output = (hook.output or "").rstrip()
             if output:
-                verdict = "ok" if hook.get("exit") == 0 else f"exit {hook.get('exit')}"
-                console.print(Text(inert(f"{h.spec.name} {hook.get('phase')} "
-                                         f"{hook.get('command')!r} ({verdict}):"), style="dim"))
+                verdict = "ok" if hook.exit == 0 else f"exit {hook.exit}"
+                console.print(Text(inert(f"{h.spec.name} {hook.phase} "
+                                         f"{hook.command!r} ({verdict}):"), style="dim"))
                 console.print(Text(inert("  " + output.replace("\n", "\n  "), keep_newlines=True)))
     t = timings(deploy)
     if deploy.payload:
@@ -359,14 +364,12 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
     for column in ("host", *CHECKS, "runs now", "would"):
         table.add_column(column, no_wrap=column not in ("would", "port", "disk"),
                          min_width=len(column))
-    colour = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+    colour = {Verdict.OK: "green", Verdict.WARN: "yellow", Verdict.FAIL: "bold red"}
     for h in deploy.hosts:
-        checks = (h.health or {}).get("checks", {})
         cells = [Text(h.spec.name)]
         for name in CHECKS:
-            c = checks.get(name)
-            cells.append(Text(c["detail"], style=colour.get(c["verdict"], "")) if c
-                         else Text("-"))
+            c = h.checks.get(name)
+            cells.append(Text(c.detail, style=colour[c.verdict]) if c else Text("-"))
         fetch = f"fetch {deploy.tag}"
         if h.bytes_to_fetch is not None:  # a tree: what this host lacks, after reuse
             fetch += (f" ({_size(h.bytes_to_fetch)} over the network, "

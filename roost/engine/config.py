@@ -27,6 +27,7 @@ class SessionConfig(MemberConfig):
     zero_copy: bool = True  # sendfile uploads where the transport allows (roost.engine.zerocopy)
     upload_log: str | None = None  # a JSON line per whole piece uploaded (BEP 16 audits)
     tls: PeerTLS | None = None  # mutual TLS with the deploy CA (roost.engine.tls)
+    loop_stall: float = 1.0  # report an event-loop lag over this many s (roost.engine.loopwatch)
 
 
 def parse_allow(entries: list[str], flag: str = "--allow") -> list[Network]:

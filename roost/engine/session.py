@@ -61,6 +61,7 @@ from roost.core.member import HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT
 from roost.core.member import SwarmMember
 from roost.core.metainfo import Metainfo
 from roost.engine.config import SessionConfig
+from roost.engine.loopwatch import LoopWatch
 from roost.engine.reporter import Reporter
 from roost.engine.storage import Storage
 from roost.engine.tracker_client import TrackerClient, TrackerError
@@ -160,6 +161,7 @@ class Session:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.web_clients: dict[int, WebSeedClient] = {}  # web seed -> its connections
         self._web_tasks: dict[int, set[asyncio.Task[Any]]] = {}
+        self.loop_watch = LoopWatch(self.loop, reporter.event, config.loop_stall)
 
     @property
     def complete(self) -> bool:
@@ -192,6 +194,7 @@ class Session:
                 ip=config.announce_ip,
             )
         self.act(self.member.start(self.port, self.loop.time()))
+        self.loop_watch.start()
         try:
             await self.stopping.wait()
         finally:
@@ -226,6 +229,7 @@ class Session:
         raise RoostError(f"cannot listen on ports {low}-{high}: {last}")
 
     async def _shutdown(self) -> None:
+        self.loop_watch.stop()
         for task in list(self._tasks):
             task.cancel()
         for client in self.web_clients.values():

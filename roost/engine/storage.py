@@ -354,6 +354,19 @@ class Storage:
     def read_block(self, index: int, begin: int, length: int) -> bytes:
         """Read `length` bytes at `begin` inside piece `index`."""
         spans = self._file_spans(index, begin, length)
+        if len(spans) == 1:
+            # os.pread reads straight into the bytes it returns: no second
+            # buffer, no copy (this is the upload path when sendfile cannot be)
+            f, off, n = spans[0]
+            with self._pinned([f]) as fds:
+                try:
+                    data = os.pread(fds[f], n, off)
+                except OSError as exc:
+                    raise StorageError(f"cannot read {'/'.join(self._rel[f])}: {exc.strerror}") \
+                        from None
+            if len(data) == n:
+                return data
+            # a short read (a signal, or a file shorter than the torrent): the loop below
         buf = bytearray(length)
         view = memoryview(buf)
         pos = 0

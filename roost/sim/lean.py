@@ -27,7 +27,8 @@ class LeanAssembly(Assembly):
         self.corrupt: set[int] = set()
 
     def add(
-        self, picker: PiecePicker, key: int, index: int, begin: int, block: bytes, size: int
+        self, picker: PiecePicker, key: int, index: int, begin: int, block: bytes | bytearray,
+        size: int,
     ) -> Received:
         result = Received()
         if index in self.checking:

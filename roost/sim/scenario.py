@@ -41,6 +41,7 @@ class Scenario:
     max_time: float = 0.0  # give up after this many simulated seconds (0: 20 x bound + 60)
     super_seed: bool = True  # the origin as the lab runs it (`roost seed --super-seed`)
     lean: bool = False  # count blocks instead of keeping piece bytes (roost.sim.lean)
+    spread_bursts: bool = True  # members know N (--expected-peers), so large swarms spread
     big_block: int = 256 * 1024  # MemberConfig.big_block: the wire request size between roost peers
 
     @property

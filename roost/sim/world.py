@@ -113,6 +113,7 @@ class Result:
     bytes_moved: int
     pieces: int
     digest: str = ""
+    per_second: dict[int, int] = field(default_factory=dict)  # announces in each second
 
     def summary(self) -> dict[str, Any]:
         times = sorted(self.times.values())
@@ -126,6 +127,8 @@ class Result:
             "unfinished": len(self.unfinished),
             "announces_per_s": round(self.announces / self.end_time, 1) if self.end_time else 0.0,
             "peak_announces_per_s": self.peak_announces,
+            "announces_first_s": self.per_second.get(0, 0),
+            "peak_second": max(self.per_second, key=lambda k: self.per_second[k], default=0),
             "events": self.events,
         }
         if times:
@@ -225,7 +228,7 @@ class World:
             elif kind == DIE:
                 self._die(self.hosts[a])
             elif kind == EXPIRE:
-                self.swarm.expire(at, self.policy.peer_timeout)
+                self.swarm.expire(at, self.policy.pace(self.swarm.size()).peer_timeout)
                 self.push(at + EXPIRE_EVERY, EXPIRE)
         times = {
             h.spec.index: h.completed_at
@@ -246,6 +249,7 @@ class World:
             self.events,
             self.net.moved,
             self.info.num_pieces,
+            per_second=dict(self.per_second),
         )
 
     # ---- hosts ----
@@ -258,6 +262,8 @@ class World:
             listen_host=spec.ip,
             announce_ip=spec.ip,
             big_block=self.sc.big_block,
+            # the deploy passes --expected-peers: large swarms spread their bursts
+            expected_peers=len(self.hosts) if self.sc.spread_bursts else None,
             local_nets=[ipaddress.ip_network(spec.zone_net)]
             if self.sc.zones > 1 and self.sc.zone_aware else None,
         )
@@ -464,7 +470,8 @@ class World:
             numwant=NUMWANT,
         )
         label = f"z{host.spec.zone}" if self.sc.zones > 1 else NO_LOCATION
-        numwant = min(NUMWANT, self.policy.max_numwant)
+        pace = self.policy.pace(self.swarm.size())  # as roost.core.tracker_swarm.Tracker
+        numwant = min(NUMWANT, pace.list_size)
         result = self.swarm.announce(
             req, host.spec.ip, label, self.now, numwant, self.policy.locality
         )
@@ -472,7 +479,7 @@ class World:
             return None
         return AnnounceAnswered(
             [(p.ip, p.port) for p in result.peers],
-            float(self.policy.interval),
+            float(pace.interval),
             expected_peers=self.swarm.record.expected_peers,
             complete_peers=self.swarm.done_count(),
         )

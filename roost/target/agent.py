@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from collections.abc import Callable
 
@@ -18,7 +17,7 @@ from roost.core.inert import inert
 from roost.engine.pipes import EXIT_BROKEN_PIPE, reader_gone
 from roost.errors import RoostError
 from roost.target import Runner
-from roost.target.protocol import ErrorKind, kind_of_exit
+from roost.target.protocol import MAX_TEXT, ErrorKind, ErrorRecord, HookRecord, kind_of_exit
 
 #: subcommand -> "module:function" that adds its arguments and returns a runner
 AGENT_COMMANDS: dict[str, str] = {
@@ -70,14 +69,12 @@ def _run(args: list[str]) -> int:
         return runner(ns)
     except RoostError as exc:
         if "--json" in args:
-            # a failing hook's captured output travels with its error (HookError.details)
-            details = getattr(exc, "details", None)
-            extra = details if isinstance(details, dict) else {}
             print(f"roost {command}: error: {inert(exc)}", file=sys.stderr)
-            # the kind is the exit code's: the operator never reads it from the message
+            # the kind is the exit code's: the operator never reads it from the message;
+            # a failing hook's captured output travels with its error (HookError.hooks)
             kind = kind_of_exit(exc.exit_code, ErrorKind.ERROR)
-            print(json.dumps({**extra, "event": "error", "kind": kind.value,
-                              "message": str(exc)}), flush=True)
+            hooks = tuple(h for h in getattr(exc, "hooks", ()) if isinstance(h, HookRecord))
+            print(ErrorRecord(kind, str(exc)[:MAX_TEXT], hooks).to_json(), flush=True)
         else:
             print(f"roost {command}: error: {inert(exc)}", file=sys.stderr)
         return exc.exit_code

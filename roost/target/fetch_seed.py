@@ -20,6 +20,7 @@ from typing import Any
 
 from roost.core.bitfield import Bitfield
 from roost.core.metainfo import Metainfo, check_web_seed_url
+from roost.core.offers import SUPER_SEED_MIN_PEERS, super_seed_pays
 from roost.core.ratelimit import parse_rate
 from roost.core.tree import check_torrent
 from roost.core.wire import BLOCK_SIZE
@@ -173,7 +174,15 @@ def add_seed(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument(
         "--super-seed",
         action="store_true",
-        help="BEP 16: send each piece once before any piece twice (origins)",
+        help="BEP 16: send each piece once before any piece twice (origins); "
+        "only when --swarm-size (or --expected-peers) is unknown or at least "
+        f"{SUPER_SEED_MIN_PEERS}: in smaller swarms it costs time",
+    )
+    parser.add_argument(
+        "--swarm-size",
+        type=int,
+        metavar="N",
+        help="receivers expected: a hint for --super-seed only (nothing waits for them)",
     )
     add_upload_log(parser)
     parser.add_argument(
@@ -284,14 +293,19 @@ def run_fetch(ns: argparse.Namespace) -> int:
 
 def run_seed(ns: argparse.Namespace) -> int:
     meta = read_torrent(ns.torrent)
+    swarm = ns.swarm_size if ns.swarm_size is not None else ns.expected_peers
+    super_seed = ns.super_seed and super_seed_pays(swarm)
     config = make_config(
         ns,
-        super_seed=ns.super_seed,
+        super_seed=super_seed,
         linger=None,
         stop_when_swarm_complete=ns.until_complete,
         upload_log=ns.upload_log,
     )
     reporter = Reporter(as_json=ns.json, quiet=ns.quiet)
+    if ns.super_seed and not super_seed:
+        why = f"fewer than {SUPER_SEED_MIN_PEERS} receivers: a plain origin is faster"
+        reporter.event("super_seed_off", swarm=swarm, reason=why)
     try:
         complete = _run(meta, ns, config, reporter, create=False, check=not ns.skip_check)
     finally:

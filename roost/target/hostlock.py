@@ -23,17 +23,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from roost.errors import RoostError
 from roost.target import Runner
-from roost.target.protocol import EXIT_CODES, ErrorKind
+from roost.target.protocol import (
+    EXIT_CODES,
+    DeployRecord,
+    ErrorKind,
+    HostStatus,
+    LockAnswer,
+    LockInfo,
+    LockReleased,
+    LockState,
+    ProtocolError,
+    parse_release_line,
+)
 from roost.target.release import Dest, _os_error, add_dest_args
 
 LOCK_FILE = "deploy.lock"
@@ -48,50 +58,46 @@ class LockedError(RoostError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        # travels in the agent's JSON error line: the deploy tells contention
-        # (refuse the whole deploy) from any other failure to lock (this host only)
-        self.details = {"refused": "locked"}
 
 
 def lock_path(dest: Dest) -> Path:
     return dest.meta / LOCK_FILE
 
 
-def _read_record(fd: int) -> dict[str, Any] | None:
+def _read_record(fd: int) -> DeployRecord | None:
     os.lseek(fd, 0, os.SEEK_SET)
     data = os.read(fd, 64 * 1024)
     if not data.strip():
         return None
     try:
-        record = json.loads(data)
-    except ValueError:
-        return {"deploy_id": "?", "who": "?", "note": "unreadable lock record"}
-    return record if isinstance(record, dict) else {"deploy_id": "?", "who": "?"}
+        return DeployRecord.from_json(data)
+    except ProtocolError:
+        return DeployRecord("?", "?", note="unreadable lock record")
 
 
-def _write_record(fd: int, record: dict[str, Any] | None) -> None:
+def _write_record(fd: int, record: DeployRecord | None) -> None:
     os.ftruncate(fd, 0)
     if record is not None:
         os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps(record).encode())
+        os.write(fd, record.to_json().encode())
     os.fsync(fd)
 
 
-def describe(record: dict[str, Any]) -> str:
-    since = record.get("started")
+def describe(record: DeployRecord) -> str:
+    since = record.started
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since)) if since else "?"
-    return (f"deploy {record.get('deploy_id', '?')} of {record.get('tag', '?')} "
-            f"by {record.get('who', '?')} since {when}")
+    return (f"deploy {record.deploy_id or '?'} of {record.tag or '?'} "
+            f"by {record.who or '?'} since {when}")
 
 
-def inspect_lock(dest: Dest) -> dict[str, Any]:
+def inspect_lock(dest: Dest) -> LockInfo:
     """free / held (a live deploy) / stale (its deploy died); read-only."""
     try:
         fd = os.open(lock_path(dest), os.O_RDONLY)
     except FileNotFoundError:
-        return {"state": "free"}
+        return LockInfo(LockState.FREE)
     except OSError as exc:
-        return {"state": "unknown", "error": exc.strerror}
+        return LockInfo(LockState.UNKNOWN, error=exc.strerror)
     try:
         record = _read_record(fd)
         try:
@@ -100,27 +106,32 @@ def inspect_lock(dest: Dest) -> dict[str, Any]:
         except BlockingIOError:
             live = True
         if record is None and not live:
-            return {"state": "free"}
-        return {"state": "held" if live else "stale", "holder": record or {}}
+            return LockInfo(LockState.FREE)
+        return LockInfo(LockState.HELD if live else LockState.STALE, record or DeployRecord())
     finally:
         os.close(fd)
 
 
-def append_history(dest: Dest, entry: dict[str, Any]) -> None:
+def append_history(dest: Dest, entry: DeployRecord) -> None:
     """One line per deploy in state.json's `deploys` (newest last, capped)."""
     with dest.locked():
         state = dest.load_state()
         deploys = state.setdefault("deploys", [])
-        deploys.append(entry)
+        deploys.append(entry.to_dict())
         state["deploys"] = deploys[-DEPLOYS_MAX:]
         dest.save_state(state)
 
 
-def history(dest: Dest, last: int = 10) -> list[dict[str, Any]]:
+def history(dest: Dest, last: int = 10) -> list[DeployRecord]:
+    """The last deploys; an entry this version cannot read is left out."""
     if not dest.meta.is_dir():
         return []
     deploys = dest.load_state().get("deploys", [])
-    return list(deploys[-last:]) if isinstance(deploys, list) else []
+    out = []
+    for entry in deploys[-last:] if isinstance(deploys, list) else []:
+        with contextlib.suppress(ProtocolError):
+            out.append(DeployRecord.from_dict(entry))
+    return out
 
 
 # --- roost host-lock ----------------------------------------------------------------
@@ -138,7 +149,8 @@ def add_lock(parser: argparse.ArgumentParser) -> Runner:
     return run_lock
 
 
-def acquire(dest: Dest, record: dict[str, Any], break_stale: bool) -> tuple[int, Any]:
+def acquire(dest: Dest, record: DeployRecord,
+            break_stale: bool) -> tuple[int, DeployRecord | None]:
     """Take the lock; returns (fd, the stale record broken or None). Raises
     LockedError, or ReleaseError (one sentence) for a full disk, permissions..."""
     try:
@@ -147,7 +159,8 @@ def acquire(dest: Dest, record: dict[str, Any], break_stale: bool) -> tuple[int,
         raise _os_error(exc, f"cannot take the deploy lock in {dest.meta}") from None
 
 
-def _acquire(dest: Dest, record: dict[str, Any], break_stale: bool) -> tuple[int, Any]:
+def _acquire(dest: Dest, record: DeployRecord,
+             break_stale: bool) -> tuple[int, DeployRecord | None]:
     dest.ensure()
     fd = os.open(lock_path(dest), os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -160,15 +173,16 @@ def _acquire(dest: Dest, record: dict[str, Any], break_stale: bool) -> tuple[int
                 # no record: a `roost status` or dry-run probe holds LOCK_SH for an
                 # instant; only a holder that wrote its record is another deploy
                 if holder is not None or attempt == 15:
-                    raise LockedError(f"locked by a running {describe(holder or {})}") from None
+                    raise LockedError(
+                        f"locked by a running {describe(holder or DeployRecord())}") from None
                 time.sleep(0.1)
         stale = _read_record(fd)
         if stale is not None and not break_stale:
             raise LockedError(f"stale lock: {describe(stale)} died without releasing it; "
                               "check the hosts, then deploy with --break-lock")
         if stale is not None:
-            append_history(dest, {**stale, "ended": time.time(), "result": "died",
-                                  "broken_by": record.get("who")})
+            append_history(dest, dataclasses.replace(
+                stale, ended=time.time(), result=HostStatus.DIED, broken_by=record.who))
         _write_record(fd, record)
     except BaseException:
         os.close(fd)
@@ -178,30 +192,25 @@ def _acquire(dest: Dest, record: dict[str, Any], break_stale: bool) -> tuple[int
 
 def run_lock(ns: argparse.Namespace) -> int:
     dest = Dest(ns.dest)
-    record = {"deploy_id": ns.deploy_id, "who": ns.who, "tag": ns.tag,
-              "started": time.time(), "pid": os.getpid()}
+    record = DeployRecord(ns.deploy_id, ns.who, ns.tag, started=time.time(), pid=os.getpid())
     fd, stale = acquire(dest, record, ns.break_lock)
     try:
-        print(json.dumps({"locked": True, "broke": stale}), flush=True)
-        line = sys.stdin.readline(MAX_RELEASE_LINE)
-        if not line.startswith("release"):
+        print(LockAnswer(True, stale).to_json(), flush=True)
+        outcome = parse_release_line(sys.stdin.readline(MAX_RELEASE_LINE))
+        if outcome is None:
             return 1  # EOF: our deploy died; the record stays (stale) for the next one
+        answer = LockReleased(True)
         try:
-            outcome = json.loads(line[len("release"):].strip() or "{}")
-        except ValueError:
-            outcome = {}
-        if not isinstance(outcome, dict):
-            outcome = {}
-        answer: dict[str, Any] = {"released": True}
-        try:
-            append_history(dest, {**record, **outcome, "ended": time.time()})
+            append_history(dest, dataclasses.replace(
+                record, ended=time.time(), result=outcome.result, current=outcome.current,
+                kind=outcome.kind, reason=outcome.reason, exit_code=outcome.exit_code))
         except (RoostError, OSError) as exc:  # the lock must still be freed
-            answer["warning"] = f"deploy history not written: {exc}"
+            answer = LockReleased(True, f"deploy history not written: {exc}")
         try:
             _write_record(fd, None)
         except OSError as exc:
             raise _os_error(exc, "cannot clear the deploy lock") from None
-        print(json.dumps(answer), flush=True)
+        print(answer.to_json(), flush=True)
         return 0
     finally:
         with contextlib.suppress(OSError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import ipaddress
 import json
@@ -35,7 +36,20 @@ from roost.core.tree import proven_torrent
 from roost.errors import MetainfoError, UsageError
 from roost.target import Runner
 from roost.target.hostlock import history, inspect_lock
-from roost.target.protocol import PrepareRequest, PrepareResult, ProtocolError
+from roost.target.protocol import (
+    MAX_PREPARE_INPUT,
+    MAX_PREPARE_JSON,
+    CleanResult,
+    HealthResult,
+    HookPhase,
+    PrepareRequest,
+    PrepareResult,
+    ProcessInfo,
+    ProtocolError,
+    ReleaseInfo,
+    RollbackResult,
+    StatusResult,
+)
 from roost.target.release import (
     Dest,
     HookError,
@@ -51,8 +65,6 @@ from roost.target.release import (
 from roost.target.signing import SignatureError, canonical, verify_bytes
 
 DEPLOYS = "deploys"
-MAX_PREPARE_INPUT = 96 * 1024 * 1024
-MAX_PREPARE_JSON = 512 * 1024 * 1024
 STOP_WAIT = 5.0
 #: host-prepare's `tls` keys -> files in the deploy directory (fetch's --tls-* flags)
 PEER_TLS = {"cert": "peer-cert.pem", "key": "peer-key.pem", "ca": "peer-ca.pem"}
@@ -245,12 +257,12 @@ def roost_alive(pid: int) -> bool:
     return b"roost" in cmdline and (b"fetch" in cmdline or b"seed" in cmdline)
 
 
-def running(dest: Dest) -> list[dict[str, Any]]:
+def running(dest: Dest) -> list[ProcessInfo]:
     out = []
     for pidfile in sorted((dest.meta / DEPLOYS).glob("*/*.pid")):
         pid = _read_pid(pidfile)
         if pid is not None and roost_alive(pid):
-            out.append({"pid": pid, "deploy_id": pidfile.parent.name, "what": pidfile.stem})
+            out.append(ProcessInfo(pid, pidfile.parent.name, pidfile.stem))
     return out
 
 
@@ -263,19 +275,22 @@ def add_status(parser: argparse.ArgumentParser) -> Runner:
 def run_status(ns: argparse.Namespace) -> int:
     dest = Dest(ns.dest)
     if not dest.root.is_dir():
-        emit({"dest": str(dest.root), "exists": False, "current": None, "releases": [],
-              "running": [], "deploys": []}, ns.json)
+        emit(StatusResult(str(dest.root), exists=False).to_dict(), ns.json)
         return 0
     state = dest.load_state() if dest.meta.is_dir() else {"releases": {}, "history": []}
     deploys = sorted(p.name for p in (dest.meta / DEPLOYS).glob("*")) if dest.meta.is_dir() else []
-    emit({
-        "dest": str(dest.root), "exists": True, "current": dest.current_tag(),
-        "releases": [{"tag": t, "sha256": state["releases"].get(t, {}).get("sha256"),
-                      "staged_at": state["releases"].get(t, {}).get("staged_at")}
-                     for t in dest.release_tags()],
-        "running": running(dest), "deploys": deploys,
-        "lock": inspect_lock(dest), "history": history(dest),
-    }, ns.json)
+    releases = []
+    for tag in dest.release_tags():
+        known = state["releases"].get(tag)
+        known = known if isinstance(known, dict) else {}
+        sha, at = known.get("sha256"), known.get("staged_at")
+        releases.append(ReleaseInfo(tag, sha if isinstance(sha, str) else None,
+                                    at if isinstance(at, (int, float)) else None))
+    emit(StatusResult(
+        str(dest.root), exists=True, current=dest.current_tag(), releases=tuple(releases),
+        running=tuple(running(dest)), deploys=tuple(deploys), lock=inspect_lock(dest),
+        history=tuple(history(dest)),
+    ).to_dict(), ns.json)
     return 0
 
 
@@ -301,7 +316,7 @@ def stop_pid(pid: int, wait: float = STOP_WAIT) -> bool:
     return True
 
 
-def clean(dest: Dest, deploy_id: str | None) -> dict[str, Any]:
+def clean(dest: Dest, deploy_id: str | None) -> CleanResult:
     base = dest.meta / DEPLOYS
     dirs = [deploy_dir(dest, deploy_id)] if deploy_id else sorted(base.glob("*"))
     stopped: list[int] = []
@@ -322,15 +337,15 @@ def clean(dest: Dest, deploy_id: str | None) -> dict[str, Any]:
                 removed.append(tmp.name)
             for tmp in dest.releases.glob(".*.del-*"):
                 _remove_tree(tmp)
-    return {"dest": str(dest.root), "stopped": stopped, "removed": removed}
+    return CleanResult(str(dest.root), tuple(stopped), tuple(removed))
 
 
 def run_clean(ns: argparse.Namespace) -> int:
     dest = Dest(ns.dest)
     if not dest.root.is_dir():
-        emit({"dest": str(dest.root), "stopped": [], "removed": []}, ns.json)
+        emit(CleanResult(str(dest.root)).to_dict(), ns.json)
         return 0
-    emit(clean(dest, ns.deploy_id), ns.json)
+    emit(clean(dest, ns.deploy_id).to_dict(), ns.json)
     return 0
 
 
@@ -356,9 +371,9 @@ def run_rollback(ns: argparse.Namespace) -> int:
                 )
             with contextlib.suppress(FileNotFoundError):
                 dest.current.unlink()
-        emit({"dest": str(ns.dest), "tag": None, "previous": previous}, ns.json)
+        emit(RollbackResult(str(ns.dest), None, previous).to_dict(), ns.json)
         return 0
-    emit({"dest": str(ns.dest), **rollback(dest, ns.to)}, ns.json)
+    emit(rollback(dest, ns.to).to_dict(), ns.json)
     return 0
 
 
@@ -377,11 +392,18 @@ def run_health(ns: argparse.Namespace) -> int:
     tag = dest.current_tag()
     if tag is None:
         raise ReleaseError(f"{dest.current} does not point at a release")
-    try:
-        record = run_hook(ns.command, dest.releases / tag, tag, dest.root, ns.timeout,
-                          ns.previous, "health")
-        record["ok"] = True
-    except HookError as exc:
-        record = {**exc.details, "ok": False, "reason": str(exc)}
-    emit({"dest": str(dest.root), "tag": tag, **record}, ns.json)
+    verdict = health_check(dest, tag, ns.command, ns.timeout, ns.previous)
+    emit(dataclasses.replace(verdict, dest=str(dest.root), tag=tag).to_dict(), ns.json)
     return 0
+
+
+def health_check(dest: Dest, tag: str, command: str, timeout: float,
+                 previous: str | None) -> HealthResult:
+    """Run the check in releases/<tag>: a verdict, never an exception (a failing check
+    is a result). Shared by host-health and the pull agent."""
+    try:
+        hook = run_hook(command, dest.releases / tag, tag, dest.root, timeout, previous,
+                        HookPhase.HEALTH)
+        return HealthResult.of(hook, True)
+    except HookError as exc:
+        return HealthResult.of(exc.hook, False, str(exc))

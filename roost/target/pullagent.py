@@ -44,9 +44,19 @@ from typing import Any
 
 import roost
 from roost.errors import RoostError, UsageError
-from roost.target import Runner
-from roost.target.hostops import clean, deploy_dir, route_source, stop_pid
-from roost.target.protocol import ErrorKind, EventName, FetchEvent, HostStatus, ProtocolError
+from roost.target import Runner, agentargv
+from roost.target.hostops import clean, deploy_dir, health_check, route_source, stop_pid
+from roost.target.protocol import (
+    MAX_TEXT,
+    AgentReport,
+    ErrorKind,
+    EventName,
+    FetchEvent,
+    HealthResult,
+    HostStatus,
+    Instruction,
+    ProtocolError,
+)
 from roost.target.release import (
     Dest,
     HookError,
@@ -56,7 +66,6 @@ from roost.target.release import (
     activate,
     atomic_write,
     rollback,
-    run_hook,
     stage,
 )
 from roost.target.signing import Freshness, SignatureError, Verified, open_envelope
@@ -145,11 +154,15 @@ class PullAgent:
 
     def report(self, state: HostStatus, **fields: Any) -> None:
         """Tell the coordinator (best effort: silence counts as failure there) and log it."""
-        body = {"host": self.name, "deploy_id": self.state.get("deploy_id"), "state": state,
-                **fields}
-        self.log("report", **body)
+        deploy_id = self.state.get("deploy_id")
+        if isinstance(fields.get("reason"), str):  # the coordinator refuses longer text
+            fields["reason"] = fields["reason"][:MAX_TEXT]
+        report = AgentReport(self.name, state, str(deploy_id) if deploy_id else None,
+                             present=frozenset(fields), **fields)
+        body = report.to_json()
+        self.log("report", **report.to_dict())
         with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
-            self._http("POST", "/v1/report", json.dumps(body).encode(), 64 * 1024)
+            self._http("POST", "/v1/report", body.encode(), 64 * 1024)
 
     def _http(self, method: str, path: str, data: bytes | None, limit: int,
               timeout: float = HTTP_TIMEOUT) -> bytes:
@@ -227,8 +240,13 @@ class PullAgent:
         self.fresh.accept(v)
         self.done.add(digest)
         self.save()
-        action = {"release": self.on_release, "activate": self.on_activate,
-                  "rollback": self.on_rollback, "finish": self.on_finish}.get(v.kind)
+        try:
+            instruction = Instruction(v.kind)
+        except ValueError:
+            instruction = Instruction.PROBE  # never published: refused below
+        action = {Instruction.RELEASE: self.on_release, Instruction.ACTIVATE: self.on_activate,
+                  Instruction.ROLLBACK: self.on_rollback,
+                  Instruction.FINISH: self.on_finish}.get(instruction)
         if action is None:
             self.report(HostStatus.REFUSED, kind=ErrorKind.SIGNATURE,
                         reason=f"unknown instruction {v.kind!r}")
@@ -238,8 +256,7 @@ class PullAgent:
         try:
             action(v)
         except (RoostError, OSError) as exc:
-            self.report(HostStatus.FAILED, kind=ErrorKind.parse(v.kind, ErrorKind.INTERNAL),
-                        reason=str(exc), seq=v.seq)
+            self.report(HostStatus.FAILED, kind=instruction.step, reason=str(exc), seq=v.seq)
         except (KeyError, TypeError, ValueError) as exc:  # signed, yet not what we expect
             self.report(HostStatus.FAILED, kind=ErrorKind.INTERNAL, seq=v.seq,
                         reason=f"cannot apply {v.kind}: {type(exc).__name__}: {exc}")
@@ -254,6 +271,9 @@ class PullAgent:
                        if k not in b]
             if missing:
                 raise KeyError(missing[0])
+            web_seeds = b.get("web_seeds") or []
+            if not isinstance(web_seeds, list) or not all(isinstance(u, str) for u in web_seeds):
+                raise TypeError("web_seeds is not a list of URLs")
         except (KeyError, TypeError, UsageError) as exc:
             raise SignatureError(f"the signed release is malformed: {exc}") from None
         self.stop_fetch()
@@ -283,20 +303,23 @@ class PullAgent:
     def start_fetch(self) -> None:
         b = self.state["release"]
         work = deploy_dir(self.dest, self.state["deploy_id"])
-        argv = [*roost_command(), "fetch", str(work / "payload.torrent"), "-d",
-                str(work / "staging"), "--json", "--quiet", "--tracker", str(b["announce_url"]),
-                "--expected-peers", str(int(b["expected_peers"])),
-                "--port", str(b.get("port_range") or "6881-6999"),
-                "--timeout", f"{max(1.0, float(b['expires']) - time.time()):.0f}"]
+        address = None
         route = b.get("route")
         if isinstance(route, list) and len(route) == 2:
             with contextlib.suppress(OSError, ValueError, TypeError):
                 address = route_source(str(route[0]), int(route[1]))
-                if not address.startswith("127."):
-                    argv += ["--bind", address, "--announce-ip", address]
-        for flag in ("upload_rate", "download_rate"):
-            if b.get(flag):
-                argv += [f"--{flag.replace('_', '-')}", str(b[flag])]
+                if address.startswith("127."):
+                    address = None
+        argv = [*roost_command(), *agentargv.fetch(agentargv.FetchArgs(
+            str(work / "payload.torrent"), str(work / "staging"), quiet=True,
+            tracker=str(b["announce_url"]), expected_peers=int(b["expected_peers"]),
+            port=str(b.get("port_range") or "6881-6999"),
+            timeout=round(max(1.0, float(b["expires"]) - time.time())),
+            bind=address, announce_ip=address,
+            upload_rate=str(b["upload_rate"]) if b.get("upload_rate") else None,
+            download_rate=str(b["download_rate"]) if b.get("download_rate") else None,
+            # BEP 19: HTTP servers of the payload (signed with the release)
+            web_seeds=[str(url) for url in b.get("web_seeds") or []]))]
         errors = (work / "fetch.err").open("wb")
         self.fetch = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=errors, start_new_session=True)
@@ -399,24 +422,20 @@ class PullAgent:
                               hook_timeout=float(b.get("hook_timeout", 300)))
         except HookError as exc:
             self.report(HostStatus.FAILED, kind=ErrorKind.HOOK, reason=str(exc), seq=v.seq,
-                        hooks=exc.details.get("hooks", []), current=self.dest.current_tag())
+                        hooks=exc.hooks, current=self.dest.current_tag())
             return
-        previous = result["previous"] if result["changed"] else self.state.get("previous")
+        previous = result.previous if result.changed else self.state.get("previous")
         self.save(phase="activated", previous=previous)
-        health = None
+        health: HealthResult | None = None
         if b.get("health_check"):
-            try:
-                health = run_hook(str(b["health_check"]), self.dest.releases / tag, tag,
-                                  self.dest.root, float(b.get("health_timeout", 30)),
-                                  previous, "health")
-                health["ok"] = True
-            except HookError as exc:
-                health = {**exc.details, "ok": False, "reason": str(exc)}
-                self.report(HostStatus.FAILED, kind=ErrorKind.HEALTH, reason=str(exc),
-                            seq=v.seq, health=health, hooks=result["hooks"], current=tag,
+            health = health_check(self.dest, tag, str(b["health_check"]),
+                                  float(b.get("health_timeout", 30)), previous)
+            if not health.ok:
+                self.report(HostStatus.FAILED, kind=ErrorKind.HEALTH, reason=health.reason,
+                            seq=v.seq, health=health, hooks=result.hooks, current=tag,
                             previous=previous)
                 return
-        self.report(HostStatus.OK, seq=v.seq, current=tag, previous=previous, hooks=result["hooks"],
+        self.report(HostStatus.OK, seq=v.seq, current=tag, previous=previous, hooks=result.hooks,
                     health=health)
 
     def on_rollback(self, v: Verified) -> None:

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import stat
@@ -50,74 +50,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from roost.core.tree import TreeManifest, link_stays_inside, parse_manifest
+from roost.core.tree import link_stays_inside
 from roost.errors import DiskFullError as DiskFullError  # re-exported: importers name it here
-from roost.errors import MetainfoError, UsageError
 from roost.errors import ReleaseError as ReleaseError  # re-exported, as DiskFullError
+from roost.errors import UsageError
 from roost.target import Runner
 from roost.target.fsutil import atomic_write as atomic_write  # re-exported
-from roost.target.protocol import EXIT_CODES, ErrorKind
+from roost.target.protocol import (
+    EXIT_CODES,
+    ActivateResult,
+    ErrorKind,
+    HookPhase,
+    HookRecord,
+    RollbackResult,
+    StageResult,
+)
+from roost.target.protocol import FORMATS as FORMATS  # re-exported: importers name them here
+from roost.target.protocol import Manifest as Manifest
+from roost.target.protocol import check_tag as check_tag
 
 STATE_DIR = ".roost"
 STATE_FILE = "state.json"
-FORMATS = ("tar", "tar.zst", "dir", "file", "tree")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}\Z")
 HISTORY_MAX = 200
 #: beside a deploy's manifest: the SHA-256 fetch checked for each tree file, with proofs
 VERIFIED = "verified.json"
 CHUNK = 1 << 20
-
-
-def check_tag(tag: str) -> str:
-    if not _TAG.match(tag) or ".." in tag:
-        raise UsageError(f"tag {tag!r} must be 1-128 characters of [A-Za-z0-9._+-]")
-    return tag
-
-
-# --- the manifest (what the deploy host promises about the payload) ---------
-
-
-@dataclass(frozen=True)
-class Manifest:
-    tag: str
-    format: str  # one of FORMATS
-    name: str  # the payload's name inside the staging directory
-    sha256: str  # of the payload file, of the tree listing for "dir", of `tree` for "tree"
-    size: int
-    tree: TreeManifest | None = None  # format "tree": every entry of the release
-
-    @staticmethod
-    def load(data: dict[str, Any]) -> Manifest:
-        try:
-            m = Manifest(
-                str(data["tag"]), str(data["format"]), str(data["name"]),
-                str(data["sha256"]).lower(), int(data["size"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UsageError(f"bad manifest: {exc}") from None
-        check_tag(m.tag)
-        if m.format not in FORMATS:
-            raise UsageError(f"bad manifest: unknown format {m.format!r}")
-        if not re.fullmatch(r"[0-9a-f]{64}", m.sha256):
-            raise UsageError("bad manifest: sha256 is not 64 hex digits")
-        if "/" in m.name or m.name in ("", ".", ".."):
-            raise UsageError(f"bad manifest: payload name {m.name!r}")
-        if m.format == "tree":
-            try:
-                tree = parse_manifest(data.get("tree"))
-            except MetainfoError as exc:
-                raise UsageError(f"bad manifest: {exc}") from None
-            if tree.digest() != m.sha256 or tree.total_size != m.size:
-                raise UsageError("bad manifest: sha256 or size does not match its tree")
-            m = Manifest(m.tag, m.format, m.name, m.sha256, m.size, tree)
-        return m
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"tag": self.tag, "format": self.format, "name": self.name,
-               "sha256": self.sha256, "size": self.size}
-        if self.tree is not None:
-            out["tree"] = self.tree.to_dict()
-        return out
 
 
 def sha256_file(path: Path) -> str:
@@ -398,7 +355,7 @@ def _unpack_zstd(payload: Path, root: Path, *, owners: bool) -> int:
 
 
 def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None = None,
-          record: Path | None = None) -> dict[str, Any]:
+          record: Path | None = None) -> StageResult:
     """Verify the payload and make `releases/<tag>`; a no-op when it is already there."""
     owners = os.geteuid() == 0 if owners is None else owners
     with dest.locked():
@@ -408,7 +365,7 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
         if known and final.is_dir():
             if known.get("sha256") != manifest.sha256:
                 raise ReleaseError(f"release {manifest.tag} already exists with other content")
-            return {"tag": manifest.tag, "staged": False, "reason": "already present"}
+            return StageResult(manifest.tag, False, reason="already present")
         if final.exists() or final.is_symlink():
             raise ReleaseError(f"{final} exists but roost did not make it; remove it first")
         if not payload.exists():
@@ -420,7 +377,7 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
             state["history"].append({"at": time.time(), "action": "stage",
                                      "tag": manifest.tag})
             dest.save_state(state)
-            return {"tag": manifest.tag, "staged": True, "files": files}
+            return StageResult(manifest.tag, True, files)
         if manifest.format != "tar":  # a plain tar is hashed while it is unpacked
             _check_digest(payload_digest(payload, manifest.format), manifest)
         files = _unpack_fresh(dest, manifest, payload, final, owners)
@@ -428,7 +385,7 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
                                            "staged_at": time.time(), "files": files}
         state["history"].append({"at": time.time(), "action": "stage", "tag": manifest.tag})
         dest.save_state(state)
-    return {"tag": manifest.tag, "staged": True, "files": files}
+    return StageResult(manifest.tag, True, files)
 
 
 def _stage_tree(dest: Dest, manifest: Manifest, staging: Path, final: Path,
@@ -600,17 +557,20 @@ class _OutputTail:
 
 
 class HookError(ReleaseError):
-    """A hook failed; `details` (command, exit, output) goes into the JSON error."""
+    """A hook failed: `hook` is its record; `hooks` every hook this activation ran, the
+    failing one last (they go into the JSON error: protocol.ErrorRecord.hooks)."""
 
     exit_code = EXIT_CODES[ErrorKind.HOOK]  # the operator reads the kind from it
 
-    def __init__(self, message: str, details: dict[str, Any]) -> None:
+    def __init__(self, message: str, hook: HookRecord,
+                 hooks: tuple[HookRecord, ...] | None = None) -> None:
         super().__init__(message)
-        self.details = details
+        self.hook = hook
+        self.hooks = (hook,) if hooks is None else hooks
 
 
 def hook_env(tag: str, dest: Path, release: Path, previous: str | None,
-             phase: str) -> dict[str, str]:
+             phase: HookPhase) -> dict[str, str]:
     """The documented hook environment (docs/deploy.md, "Hook environment")."""
     return {
         "ROOST_TAG": tag,
@@ -618,13 +578,13 @@ def hook_env(tag: str, dest: Path, release: Path, previous: str | None,
         "ROOST_RELEASE": str(release),
         "ROOST_PREVIOUS": previous or "",
         "ROOST_PREVIOUS_RELEASE": str(dest / "releases" / previous) if previous else "",
-        "ROOST_HOOK": phase,
+        "ROOST_HOOK": phase.value,
     }
 
 
 def run_hook(command: str, cwd: Path, tag: str, dest: Path, timeout: float,
-             previous: str | None = None, phase: str = "hook") -> dict[str, Any]:
-    """Run one hook; returns {command, phase, exit, seconds, output} or raises HookError."""
+             previous: str | None = None, phase: HookPhase = HookPhase.HOOK) -> HookRecord:
+    """Run one hook; returns its record or raises HookError."""
     env = {**os.environ, **hook_env(tag, dest, cwd, previous, phase)}
     started = time.monotonic()
     # its own session, so a timeout kills the hook's children too (not just the shell)
@@ -640,10 +600,9 @@ def run_hook(command: str, cwd: Path, tag: str, dest: Path, timeout: float,
         proc.wait()
         code = None
     output = reader.finish(HOOK_OUTPUT_DRAIN_SECONDS)
-    record = {"command": command, "phase": phase, "exit": code,
-              "seconds": round(time.monotonic() - started, 3),
-              "output": output[-HOOK_OUTPUT_MAX:]}
-    what = "health check" if phase == "health" else f"{phase} hook"
+    record = HookRecord(command, phase, code, round(time.monotonic() - started, 3),
+                        output[-HOOK_OUTPUT_MAX:])
+    what = "health check" if phase is HookPhase.HEALTH else f"{phase} hook"
     if code is None:
         raise HookError(f"{what} {command!r} timed out after {timeout:g} s", record)
     if code != 0:
@@ -653,10 +612,10 @@ def run_hook(command: str, cwd: Path, tag: str, dest: Path, timeout: float,
 
 
 def activate(dest: Dest, tag: str, *, keep: int = 5, pre: list[str] | None = None,
-             post: list[str] | None = None, hook_timeout: float = 300.0) -> dict[str, Any]:
+             post: list[str] | None = None, hook_timeout: float = 300.0) -> ActivateResult:
     """pre hooks -> switch -> post hooks (a failure switches back) -> prune."""
     check_tag(tag)
-    hooks: list[dict[str, Any]] = []
+    hooks: list[HookRecord] = []
     with dest.locked():
         state = dest.load_state()
         release = dest.releases / tag
@@ -666,37 +625,38 @@ def activate(dest: Dest, tag: str, *, keep: int = 5, pre: list[str] | None = Non
         try:
             for command in pre or []:
                 hooks.append(run_hook(command, release, tag, dest.root, hook_timeout,
-                                      before, "pre"))
+                                      before, HookPhase.PRE))
         except HookError as exc:
-            exc.details = {"hooks": [*hooks, exc.details]}
+            exc.hooks = (*hooks, exc.hook)
             raise
         previous = switch(dest, tag)
         try:
             for command in post or []:
                 hooks.append(run_hook(command, release, tag, dest.root, hook_timeout,
-                                      previous, "post"))
+                                      previous, HookPhase.POST))
         except HookError as exc:
-            details = {"hooks": [*hooks, exc.details]}
+            ran = (*hooks, exc.hook)
             if previous and previous != tag:
                 switch(dest, previous)
-                raise HookError(f"{exc}; switched back to {previous}", details) from None
+                raise HookError(f"{exc}; switched back to {previous}", exc.hook, ran) from None
             if previous is None:
                 # a first deploy: there was nothing before, so nothing stays current
                 with contextlib.suppress(FileNotFoundError):
                     dest.current.unlink()
-                raise HookError(f"{exc}; no release is current (first deploy)", details) from None
-            exc.details = details
+                raise HookError(f"{exc}; no release is current (first deploy)", exc.hook,
+                                ran) from None
+            exc.hooks = ran
             raise
         if previous != tag:
             state["history"].append({"at": time.time(), "action": "switch", "tag": tag,
                                      "from": previous})
         removed = prune(dest, state, keep)
         dest.save_state(state)
-    return {"tag": tag, "previous": previous, "changed": previous != tag, "pruned": removed,
-            "hooks": hooks}
+    return ActivateResult(str(dest.root), tag=tag, previous=previous, changed=previous != tag,
+                          pruned=tuple(removed), hooks=tuple(hooks))
 
 
-def rollback(dest: Dest, to: str | None = None) -> dict[str, Any]:
+def rollback(dest: Dest, to: str | None = None) -> RollbackResult:
     with dest.locked():
         state = dest.load_state()
         target = check_tag(to) if to else previous_tag(dest, state)
@@ -706,7 +666,7 @@ def rollback(dest: Dest, to: str | None = None) -> dict[str, Any]:
         state["history"].append({"at": time.time(), "action": "switch", "tag": target,
                                  "from": previous, "rollback": True})
         dest.save_state(state)
-    return {"tag": target, "previous": previous}
+    return RollbackResult(str(dest.root), target, previous)
 
 
 # --- the agent subcommand `roost activate` -------------------------------------------
@@ -746,20 +706,21 @@ def run_activate(ns: argparse.Namespace) -> int:
     if ns.keep < 0:  # prune() would read it as 0 and delete every old release
         raise UsageError(f"--keep must be 0 or more, not {ns.keep}")
     dest = Dest(ns.dest)
-    result: dict[str, Any] = {"dest": str(ns.dest)}
+    staged = None
     tag = ns.tag
     if ns.manifest is not None:
         manifest = read_manifest(ns.manifest)
         payload = ns.payload or ns.manifest.parent / "staging" / manifest.name
-        result["stage"] = stage(dest, manifest, payload,
-                                record=ns.manifest.parent / VERIFIED)
+        staged = stage(dest, manifest, payload, record=ns.manifest.parent / VERIFIED)
         tag = tag or manifest.tag
     if tag is None:
         raise UsageError("give --tag or --manifest")
+    result = ActivateResult(str(ns.dest), stage=staged)
     if not ns.no_switch:
-        result.update(activate(dest, check_tag(tag), keep=ns.keep, pre=ns.pre, post=ns.post,
-                               hook_timeout=ns.hook_timeout))
-    emit(result, ns.json)
+        switched = activate(dest, check_tag(tag), keep=ns.keep, pre=ns.pre, post=ns.post,
+                            hook_timeout=ns.hook_timeout)
+        result = dataclasses.replace(switched, dest=str(ns.dest), stage=staged)
+    emit(result.to_dict(), ns.json)
     return 0
 
 

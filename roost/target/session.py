@@ -45,10 +45,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roost.target import Runner
+from roost.target.protocol import HostStatus
 
 STOP_GRACE = 5.0  # seconds a stopped request gets between SIGTERM and SIGKILL
-LOST = {"result": "lost", "reason": "the deploy's connection closed before it released "
-                                    "the lock; the agent cleaned up"}
+LOST = {"result": HostStatus.LOST.value,
+        "reason": "the deploy's connection closed before it released the lock; "
+                  "the agent cleaned up"}
 
 
 @dataclass

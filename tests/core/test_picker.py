@@ -499,3 +499,53 @@ def test_preload_refuses_what_does_not_fit() -> None:
     p.preload(1, [1])
     with pytest.raises(RoostError):
         p.preload(1, [2])  # no longer fresh
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32), st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3),
+                                                 st.integers(0, 99), st.integers(1, 4)),
+                                       max_size=40))
+def test_a_span_is_block_received_for_each_of_its_blocks(
+    seed: int, ops: list[tuple[int, int, int, int]]
+) -> None:
+    # twin pickers, the same picks; one takes each span block by block, the other at once
+    one, span = (make("00000", {k: "11111" for k in "abcd"}, blocks=4, last=9, seed=seed)
+                 for _ in range(2))
+    keys = list("abcd")
+    for op, who, at, count in ops:
+        key = keys[who]
+        if op == 0:
+            assert one.pick(key, count * 2) == span.pick(key, count * 2)
+            continue
+        index = at % 5
+        size = one.piece_size(index)
+        nblocks = -(-size // BS)
+        first = (at // 5) % nblocks
+        begin = first * BS
+        length = min(count * BS, size - begin)
+        outcomes = [one.block_received(key, index, b, min(BS, size - b))
+                    for b in range(begin, begin + length, BS)]
+        new, complete, cancels = span.span_received(key, index, begin, length)
+        assert new == [b for b, o in zip(range(begin, begin + length, BS), outcomes, strict=True)
+                       if o.new]
+        assert complete == any(o.piece_complete for o in outcomes)
+        assert cancels == [c for o in outcomes for c in o.cancels]
+        if complete and op == 2:
+            one.piece_verified(index)
+            span.piece_verified(index)
+        for i in range(5):
+            assert one.piece_state(i) == span.piece_state(i)
+        for k in keys:
+            assert one.requests_of(k) == span.requests_of(k)
+        assert one.in_endgame == span.in_endgame
+
+
+def test_a_span_that_does_not_fit_the_layout_is_refused() -> None:
+    p = make("00", {"a": "11"}, blocks=4, last=9)
+    with pytest.raises(RemoteProtocolError):
+        p.span_received("a", 0, 2, 4)  # not on a block boundary
+    with pytest.raises(RemoteProtocolError):
+        p.span_received("a", 0, 0, 6)  # ends inside a block, before the piece's end
+    with pytest.raises(RemoteProtocolError):
+        p.span_received("a", 1, 8, 4)  # past the short last piece's end (9 bytes)
+    assert p.span_received("a", 1, 8, 1) == ([8], False, [])

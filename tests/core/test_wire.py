@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import struct
 from collections.abc import Callable
 
@@ -463,3 +464,38 @@ def test_block_must_fit_its_piece_when_geometry_is_known() -> None:
         assert e.value.ban
     with pytest.raises(RoostError):
         PeerConnection(IH, PID_B, 4, piece_length=32768, total_length=65536 + 100)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.one_of(message_strategy, st.tuples(st.just("big"), st.integers(0, N - 1),
+                                                   st.integers(1, 5 * BLOCK_SIZE))),
+             max_size=12),
+    st.lists(st.integers(1, 70_000), max_size=30),
+)
+def test_big_blocks_split_anywhere_give_the_same_events(
+    msgs: list, cuts: list[int]  # type: ignore[type-arg]
+) -> None:
+    # bodies of STREAM_BODY or more that a read leaves incomplete are received in
+    # place: the events must be those of the whole stream parsed at once
+    a, b = pair()
+    _, ref = pair()
+    for conn in (b, ref):
+        conn.max_block = 5 * BLOCK_SIZE
+    rng = random.Random(len(msgs))
+    frames = [
+        a.send_piece(m[1], 0, rng.randbytes(m[2])) if m[0] == "big" else encode(a, m)
+        for m in msgs
+    ]
+    data = b"".join(frames)
+    expected = ref.receive(data)
+    assert len(expected) == len(msgs)
+    events, pos = [], 0
+    for c in cuts:
+        events += b.receive(data[pos : pos + c])
+        pos += min(c, len(data) - pos)
+        # what was received and is not yet an event is counted as buffered
+        assert b.buffered == pos - sum(len(f) for f in frames[: len(events)])
+    events += b.receive(data[pos:])
+    assert events == expected
+    assert b.buffered == 0

@@ -47,18 +47,26 @@ def _roost_children(marker: str) -> list[str]:
     return found
 
 
+def _own_tmpdir(tmp_path: Path) -> dict[str, str]:
+    """An environment whose TMPDIR is this test's own, so the demo's scratch and peer
+    directories (and so its processes' command lines) are told apart from any other
+    demo running on the machine."""
+    return {**os.environ, "TMPDIR": str(tmp_path)}
+
+
 @pytest.mark.slow
-def test_demo_deploys_to_local_peers_and_reports_efficiency() -> None:
+def test_demo_deploys_to_local_peers_and_reports_efficiency(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "roost", "demo", "--peers", "3", "--size", "4M", "--rate", "100mbit",
-         "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+         "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env=_own_tmpdir(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert [h["status"] for h in report["hosts"]] == ["ok"] * 3
     assert report["bound"]["bound_seconds"] > 0
     assert 0 < report["bound"]["efficiency_total"] <= 1.0
     assert report["payload"]["format"] == "tree"  # a directory is sent as itself
-    assert _roost_children("roost-demo-") == []  # every local peer and the origin stopped
+    assert _roost_children(f"{tmp_path}/roost-") == []  # every local peer and the origin stopped
 
 
 def test_demo_bad_input_is_one_line() -> None:
@@ -131,15 +139,16 @@ def test_route_source_v4_and_v6() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupting_a_demo_cleans_up(sig: signal.Signals) -> None:
+def test_interrupting_a_demo_cleans_up(sig: signal.Signals, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "roost", "demo", "--peers", "3", "--size", "48M", "--rate", "40mbit",
-         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=_own_tmpdir(tmp_path))
     base = ""
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not base:
-            fetches = [c for c in _roost_children("roost-demo-") if " fetch " in c]
+            fetches = [c for c in _roost_children(f"{tmp_path}/roost-demo-") if " fetch " in c]
             # this demo's own directory, from its peers' command lines
             mine = [re.search(r"(/\S+/roost-demo-[^/\s]+)/hosts/", c) for c in fetches]
             base = next((m.group(1) for m in mine if m), "")

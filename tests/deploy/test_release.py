@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from roost.deploy.pack import pack
+from roost.target.protocol import HookPhase
 from roost.target.release import (
     HOOK_OUTPUT_MAX,
     Dest,
@@ -67,7 +68,7 @@ def test_restage_same_tag_is_a_noop_and_other_content_is_refused(tmp_path: Path)
     work = tmp_path / "again"
     work.mkdir()
     packed = pack(src, work, "v1", fmt="tar")
-    assert stage(dest, packed.manifest, packed.payload)["staged"] is False
+    assert stage(dest, packed.manifest, packed.payload).staged is False
     (src / "new.txt").write_text("changed")
     work2 = tmp_path / "changed"
     work2.mkdir()
@@ -101,12 +102,12 @@ def test_switch_prune_rollback_and_history(tmp_path: Path) -> None:
         stage(dest, packed.manifest, packed.payload)
         result = activate(dest, f"v{i}", keep=2)
         assert (dest.current / "version").read_text() == str(i)
-        assert result["previous"] == (f"v{i - 1}" if i > 1 else None)
+        assert result.previous == (f"v{i - 1}" if i > 1 else None)
     assert dest.release_tags() == ["v4", "v5"]
     assert os.readlink(dest.current) == "releases/v5"
-    assert rollback(dest)["tag"] == "v4"
+    assert rollback(dest).tag == "v4"
     assert (dest.current / "version").read_text() == "4"
-    assert activate(dest, "v4")["changed"] is False
+    assert activate(dest, "v4").changed is False
 
 
 def test_hooks_run_in_the_release_and_a_failing_post_hook_switches_back(tmp_path: Path) -> None:
@@ -248,7 +249,7 @@ def test_a_hook_that_leaves_a_daemon_holding_its_output_does_not_hang(tmp_path: 
     command = f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & echo started"
     started = time.monotonic()
     try:
-        record = run_hook(command, tmp_path, "v1", tmp_path, timeout=30, phase="post")
+        record = run_hook(command, tmp_path, "v1", tmp_path, timeout=30, phase=HookPhase.POST)
         elapsed = time.monotonic() - started
     finally:
         for _ in range(50):
@@ -257,13 +258,13 @@ def test_a_hook_that_leaves_a_daemon_holding_its_output_does_not_hang(tmp_path: 
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
-    assert record["exit"] == 0 and record["output"].startswith("started")
+    assert record.exit == 0 and record.output.startswith("started")
     assert elapsed < 15, f"the hook returned after {elapsed:.1f} s"
 
 
 def test_a_chatty_hook_keeps_only_the_tail_of_its_output(tmp_path: Path) -> None:
     command = "head -c 20000000 /dev/zero | tr '\\0' x; echo; echo the-last-line"
-    record = run_hook(command, tmp_path, "v1", tmp_path, timeout=60, phase="post")
-    assert record["exit"] == 0
-    assert len(record["output"]) <= HOOK_OUTPUT_MAX
-    assert record["output"].endswith("x\nthe-last-line\n")
+    record = run_hook(command, tmp_path, "v1", tmp_path, timeout=60, phase=HookPhase.POST)
+    assert record.exit == 0
+    assert len(record.output) <= HOOK_OUTPUT_MAX
+    assert record.output.endswith("x\nthe-last-line\n")

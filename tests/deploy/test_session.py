@@ -22,6 +22,7 @@ from roost.deploy.session import AgentSession
 from roost.deploy.transport import AgentCommand, LocalTransport, _LocalStream
 from roost.deploy.zipapp import build_zipapp
 from roost.target.hostlock import history, inspect_lock
+from roost.target.protocol import HostStatus
 from roost.target.release import Dest
 
 
@@ -73,8 +74,8 @@ def test_requests_run_concurrently_and_reply_as_the_commands_did(tmp_path: Path)
             assert await lock.wait() == 0
         finally:
             await session.close()
-        assert inspect_lock(Dest(dest))["state"] == "free"
-        assert history(Dest(dest))[-1]["result"] == "ok"
+        assert inspect_lock(Dest(dest)).state == "free"
+        assert history(Dest(dest))[-1].result is HostStatus.OK
 
     asyncio.run(go())
 
@@ -115,6 +116,6 @@ def test_the_channel_closing_stops_the_fetch_cleans_and_releases(tmp_path: Path)
     fetch_pid = asyncio.run(go())
     assert not _alive(fetch_pid)
     assert not work.exists()
-    assert inspect_lock(Dest(dest))["state"] == "free"
+    assert inspect_lock(Dest(dest)).state == "free"
     last = history(Dest(dest))[-1]
-    assert last["deploy_id"] == "d2" and last["result"] == "lost"
+    assert last.deploy_id == "d2" and last.result is HostStatus.LOST

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from bench.efficiency import Config, build_matrix, make_payload, parse_size
 from bench.lab import host_ip, shaping
 from bench.lab.core import host_mac, neighbor_batch
 from bench.tools.metainfo import info_hash
-from bench.tools.runner import ToolResult, lower_bound_s
+from bench.tools.runner import ToolResult, loop_lags, lower_bound_s
 
 MiB = 1 << 20
 
@@ -123,3 +124,13 @@ def test_static_neighbours_cover_every_other_host() -> None:
     lines = text.splitlines()
     assert len(lines) == 299 and not any(f" {host_ip(7)} " in line for line in lines)
     assert lines[0] == f"neigh replace {host_ip(0)} lladdr {host_mac(0)} dev eth0 nud permanent"
+
+
+def test_loop_lags_per_process_from_roost_events(tmp_path: Path) -> None:
+    (tmp_path / "h0-seeder.log").write_text(
+        '{"event":"progress","t":0.5}\n{"event":"loop_lag","max_s":0.31,"stalls":0}\n')
+    (tmp_path / "h1-receiver.log").write_text(
+        'not json "loop_\n{"event":"loop_stall","lag_s":2.5,"loop_cpu_s":0.1}\n'
+        '{"event":"loop_stall","lag_s":1.2,"loop_cpu_s":1.1}\n')
+    (tmp_path / "h2-receiver.log").write_text("aria2c says nothing of its loop\n")
+    assert loop_lags(tmp_path) == ({"h0-seeder": 0.31, "h1-receiver": 2.5}, 2)

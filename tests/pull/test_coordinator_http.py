@@ -11,6 +11,7 @@ from pathlib import Path
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.coordinator import MAX_REPORT, Coordinator
 from roost.deploy.run import new_deploy
+from roost.target.protocol import Instruction
 from tests.pull.keys import make_key
 
 
@@ -36,11 +37,15 @@ def test_reports_and_queries_are_checked(tmp_path: Path) -> None:
         await coordinator.start()
         base = coordinator.url
         try:
-            await coordinator.publish("release", 60, tag="v1")
+            await coordinator.publish(Instruction.RELEASE, 60, tag="v1")
             report = {"host": "a0", "deploy_id": deploy.deploy_id, "state": "failed",
-                      "kind": "fetch", "reason": "x" * 5000}
+                      "kind": "fetch", "reason": "x" * 2000}
             calls = [
                 (f"{base}/v1/report", b"not json"),
+                # fields the protocol does not allow: one clear 400 each
+                (f"{base}/v1/report", json.dumps({**report, "reason": "x" * 5000}).encode()),
+                (f"{base}/v1/report", json.dumps({**report, "state": "melted"}).encode()),
+                (f"{base}/v1/report", json.dumps({**report, "bytes_done": "lots"}).encode()),
                 (f"{base}/v1/report", json.dumps({**report, "host": "intruder"}).encode()),
                 (f"{base}/v1/report", json.dumps({**report, "deploy_id": "other"}).encode()),
                 (f"{base}/v1/report", b"{" + b" " * (MAX_REPORT + 10) + b"}"),
@@ -54,8 +59,13 @@ def test_reports_and_queries_are_checked(tmp_path: Path) -> None:
             await coordinator.stop()
 
     answers = asyncio.run(main())
-    assert [code for code, _ in answers] == [400, 404, 409, 413, 400, 404, 200, 200]
-    channel = answers[6][1]
+    assert [code for code, _ in answers] == [400, 400, 400, 400, 404, 409, 413, 400, 404, 200,
+                                             200]
+    assert [answers[i][1]["error"] for i in (1, 2, 3)] == [
+        "agent report: field 'reason' is over 4096 characters",
+        "agent report: unknown state 'melted'",
+        "agent report: field 'bytes_done' has the wrong type"]
+    channel = answers[9][1]
     assert channel["version"] == 1 and len(channel["envelopes"]) == 1  # type: ignore[arg-type]
     run = deploy.hosts[0]
     # only the genuine report counted, and its reason is capped

@@ -137,3 +137,29 @@ def test_the_lean_assembly_changes_nothing_but_memory() -> None:
     result = world.run()
     assert not result.unfinished
     assert all(h.have is not None and h.have.all() for h in world.hosts)
+
+
+def test_members_told_n_spread_their_first_announces_over_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wiring of roost.core.tracker_scale into the simulator, at a size a test
+    can afford: the spread's budget lowered to 10 announces/s for 50 hosts."""
+    import roost.core.announce
+
+    sc = Scenario(n=50, size=1024 * 1024, rate_mbit=100.0, piece_length=256 * 1024, lean=True)
+    plain = simulate(sc)
+    assert plain.per_second[0] >= 51, "no spread below 1,500 hosts: everyone at t = 0"
+    monkeypatch.setattr(roost.core.announce, "burst_spread", lambda n: n / 10 if n else 0.0)
+    spread = simulate(sc)
+    assert spread.per_second[0] <= 10 + 5, spread.per_second  # the origin, and ~51/5.1 s
+    assert not spread.unfinished and len(spread.times) == 50
+    assert spread.summary()["announces_first_s"] == spread.per_second[0]
+    told = simulate(Scenario(**{**sc.__dict__, "spread_bursts": False}))
+    assert told.per_second[0] >= 51, "--no-spread-bursts: members are not told N"
+
+
+def test_max_time_stops_the_run() -> None:
+    sc = Scenario(n=20, size=4 * 1024 * 1024, rate_mbit=10.0, piece_length=256 * 1024,
+                  lean=True, max_time=1.0)
+    result = simulate(sc)
+    assert result.end_time <= 1.0 and len(result.unfinished) == 20
