@@ -112,8 +112,12 @@ def test_killing_the_operator_mid_fetch_makes_the_agent_clean_up(
     src.write_bytes(os.urandom(24 * 2**20))
     argv = deploy_argv(fleet, src, [h.address for h in fleet.hosts], "--tag", "v-killed",
                        "--download-rate", "2mbit", "--upload-rate", "2mbit")
+    # SIGKILL leaves the deploy's local scratch dir: in tmp_path, which pytest removes
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TMPDIR": str(scratch)})
     try:
         deadline = time.monotonic() + 60
         while not all(fleet.fetching(i) for i in range(N)) and time.monotonic() < deadline:
