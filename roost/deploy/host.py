@@ -1,7 +1,9 @@
 """One target host's part of a deploy: agent push, prepare, fetch, stage, activate, clean.
 
-Theory of operation. Every step is one shell command sent through a
-Transport (SSH, or local for the demo). The agent is `python3 -I <pyz>`:
+Theory of operation. Every step is one agent command sent through a
+Transport (SSH, or local for the demo); once the host's agent session runs
+(roost.deploy.session), that Transport sends it as a record on the session's
+one channel instead of a new SSH command. The agent is `python3 -I <pyz>`:
 the zipapp is cached on the host under ~/.cache/roost by version and
 content hash and pushed only when missing, so hosts need nothing but
 CPython >= 3.10. `fetch` writes its pid into the deploy's directory before
@@ -27,7 +29,7 @@ from typing import TypeVar
 from roost.core.metainfo import parse
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.pki import CA_FILE, CERT_FILE, KEY_FILE, DeployCA
-from roost.deploy.transport import HostFailure, Result, Stream, Transport
+from roost.deploy.transport import AgentCommand, HostFailure, Result, Stream, Transport
 from roost.target import agentargv
 from roost.target.protocol import (
     EXIT_CODES,
@@ -134,16 +136,29 @@ class HostRun:
         """Check python3 and push the zipapp if this host lacks this exact build."""
         assert self.transport is not None
         self.phase = Phase.AGENT
-        probe = (
+        result = await self.transport.run(self.probe_command(agent), timeout=60)
+        if not self.read_probe(agent, result.stdout):
+            await self.push_agent(agent)
+
+    def probe_command(self, agent: Agent, then: str = "") -> str:
+        """python3's version, $HOME, and whether this build is cached; with `then`
+        (agent arguments), a cached agent is exec'd with them on the same channel."""
+        cached = f'"$HOME/.cache/roost/{agent.name}"'
+        run = f"exec {shlex.quote(agent.python)} -I {cached} {then}; " if then else ""
+        return (
             f"command -v {shlex.quote(agent.python)} >/dev/null 2>&1 || "
             "{ echo nopython; exit 0; }; "
-            f"{shlex.quote(agent.python)} -c 'import sys; print(\"py\", *sys.version_info[:2])'; "
+            # exits 0 only for a python the agent runs on: only that one gets exec'd
+            f"{shlex.quote(agent.python)} -c 'import sys; print(\"py\", *sys.version_info[:2]); "
+            f"sys.exit(sys.version_info < {MIN_PYTHON})' && fit=1; "
             'echo "home $HOME"; '
-            f'test -f "$HOME/.cache/roost/{agent.name}" && echo have || echo missing'
+            f'if test -f {cached}; then echo have; test -n "$fit" && {run}:; else echo missing; fi'
         )
-        result = await self.transport.run(probe, timeout=60)
-        words = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
-        if "nopython" in result.stdout:
+
+    def read_probe(self, agent: Agent, stdout: str) -> bool:
+        """Check the probe's answer and set `pyz`; True when the agent is cached."""
+        words = dict(line.split(" ", 1) for line in stdout.splitlines() if " " in line)
+        if "nopython" in stdout:
             raise HostFailure(ErrorKind.PYTHON, f"no {agent.python} on this host")
         version = tuple(int(v) for v in words.get("py", "0 0").split())
         if version < MIN_PYTHON:
@@ -152,10 +167,9 @@ class HostRun:
         if not home.startswith("/"):
             raise HostFailure(ErrorKind.AGENT, "cannot find the remote home directory")
         self.pyz = f"{home}/.cache/roost/{agent.name}"
-        if "have" not in result.stdout.split():
-            await self._push_agent(agent)
+        return "have" in stdout.split()
 
-    async def _push_agent(self, agent: Agent) -> None:
+    async def push_agent(self, agent: Agent) -> None:
         assert self.transport is not None
         target = shlex.quote(self.pyz)
         # a failed copy where the free space is under the agent's size exits as a
@@ -175,8 +189,9 @@ class HostRun:
             )
         self.pushed_agent = True
 
-    def agent_cmd(self, agent: Agent, *args: str) -> str:
-        return " ".join(shlex.quote(a) for a in (agent.python, "-I", self.pyz, *args))
+    def agent_cmd(self, agent: Agent, *args: str) -> AgentCommand:
+        return AgentCommand(
+            " ".join(shlex.quote(a) for a in (agent.python, "-I", self.pyz, *args)), args)
 
     async def prepare(
         self,
@@ -243,8 +258,10 @@ class HostRun:
                                     and not self.address.startswith("127.") else None),
             allow=plan.allow, location=location or None, upload_rate=plan.upload_rate or None,
             download_rate=plan.download_rate or None, web_seeds=plan.web_seeds, tls=tls))
-        pidfile = shlex.quote(f"{self.work}/fetch.pid")
-        command = f"echo $$ > {pidfile} && exec {self.agent_cmd(agent, *args)}"
+        pidfile = f"{self.work}/fetch.pid"
+        command = AgentCommand(
+            f"echo $$ > {shlex.quote(pidfile)} && exec {self.agent_cmd(agent, *args)}",
+            args, pidfile)
         self.fetch_stream = await self.transport.start(command)
         self.mark("fetch_started")
 

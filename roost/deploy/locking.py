@@ -5,7 +5,8 @@ starting `roost host-lock` and keeping that command's SSH channel open; it
 ends the command with `release <outcome>` during cleanup, which writes the
 host's deploy history. If this process dies, the channel closes and the
 host keeps a stale record that the next deploy reports (and, with
---break-lock, takes over).
+--break-lock, takes over) - unless, as in a deploy, host-lock runs inside the
+host's agent session, which releases it (result `lost`) when its channel closes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The deploy flow: pack, metainfo, tracker + origin, hosts in parallel, policy, activate, clean.
 
 Theory of operation. Phase 0 (reach), before any byte moves: connect to
-every host, push the agent if needed and take the host's deploy lock
+every host, push the agent if needed, start its agent session (one SSH
+channel for the rest of the deploy, roost.deploy.session) and take the
+host's deploy lock
 (roost.deploy.locking); one host locked by another deploy refuses the whole
 deploy (exit 6). With --dry-run, phase 0 only connects, then runs the
 read-only preflight probe (roost.deploy.dryrun) and stops there.
@@ -52,6 +54,7 @@ from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
 from roost.deploy.pack import make_metainfo, pack
 from roost.deploy.pki import DeployCA
+from roost.deploy.session import open_session
 from roost.deploy.state import EXIT_ERROR as EXIT_ERROR  # re-exported: importers name them here
 from roost.deploy.state import Deploy as Deploy
 from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_address
@@ -391,7 +394,9 @@ async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None
                 run.mark("connected")
                 if config.dry_run:
                     return
-                await run.ensure_agent(agent)
+                # the probe starts the cached agent's session: from here on every agent
+                # command is a record on this one channel
+                run.transport = await open_session(run, agent)
                 await locking.acquire(run, agent, run.dest(config), deploy.deploy_id,
                                       deploy.tag, deploy.who, config.break_lock)
         except (HostFailure, Exception) as exc:

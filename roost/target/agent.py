@@ -31,6 +31,7 @@ AGENT_COMMANDS: dict[str, str] = {
     "host-health": "roost.target.hostops:add_health",
     "host-lock": "roost.target.hostlock:add_lock",
     "agent": "roost.target.pullagent:add_agent",
+    "session": "roost.target.session:add_session",
 }
 
 

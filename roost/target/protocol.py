@@ -127,6 +127,7 @@ class HostStatus(str, Enum):
     WOULD_SKIP = "would-skip"
     FINISHED = "finished"  # a pull agent has finished with this deploy
     DIED = "died"  # a host's deploy history: that deploy died holding the lock
+    LOST = "lost"  # a host's deploy history: its channel closed; the agent session cleaned up
 
     def __str__(self) -> str:
         return self.value

@@ -23,14 +23,30 @@ from cryptography import x509
 from roost.commands.demo import local_connector
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.run import new_deploy, run_deploy
+from roost.deploy.session import AgentSession
 from roost.deploy.transport import Result, Stream, Transport
 from tests.deploy.trees import make_sample_tree, tree_signature
 
 pytestmark = pytest.mark.slow
 
 
+def note_fetch(command: str, seen: list[dict[str, Any]]) -> None:
+    """When a fetch starts: its TLS files' modes and certificates."""
+    argv = shlex.split(command.partition("exec ")[2])
+    if "fetch" in argv:
+        files = {f: Path(argv[argv.index(f"--tls-{f}") + 1])
+                 for f in ("cert", "key", "ca") if f"--tls-{f}" in argv}
+        seen.append({
+            "flags": sorted(files),
+            "modes": {f: p.stat().st_mode & 0o777 for f, p in files.items()},
+            "cert": x509.load_pem_x509_certificate(files["cert"].read_bytes())
+            if "cert" in files else None,
+            "ca": files["ca"].read_bytes() if "ca" in files else None,
+        })
+
+
 class Recording:
-    """A Transport that notes, when a fetch starts, its TLS files' modes and certificates."""
+    """A Transport that notes every fetch started through it."""
 
     def __init__(self, inner: Transport, seen: list[dict[str, Any]]) -> None:
         self.inner = inner
@@ -41,17 +57,7 @@ class Recording:
         return await self.inner.run(command, input=input, timeout=timeout)
 
     async def start(self, command: str, *, stdin: bool = False) -> Stream:
-        argv = shlex.split(command.partition("exec ")[2])
-        if "fetch" in argv:
-            files = {f: Path(argv[argv.index(f"--tls-{f}") + 1])
-                     for f in ("cert", "key", "ca") if f"--tls-{f}" in argv}
-            self.seen.append({
-                "flags": sorted(files),
-                "modes": {f: p.stat().st_mode & 0o777 for f, p in files.items()},
-                "cert": x509.load_pem_x509_certificate(files["cert"].read_bytes())
-                if "cert" in files else None,
-                "ca": files["ca"].read_bytes() if "ca" in files else None,
-            })
+        note_fetch(command, self.seen)
         return await self.inner.start(command, stdin=stdin)
 
     async def close(self) -> None:
@@ -74,6 +80,15 @@ def test_deploy_with_peer_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     async def connect(spec: HostSpec) -> Transport:
         return Recording(await local(spec), seen)
+
+    # the fetch starts as a record on each host's agent session, above the transport
+    session_start = AgentSession.start
+
+    async def start(self: AgentSession, command: str, *, stdin: bool = False) -> Stream:
+        note_fetch(command, seen)
+        return await session_start(self, command, stdin=stdin)
+
+    monkeypatch.setattr(AgentSession, "start", start)
 
     asyncio.run(run_deploy(deploy, src, connect, listen="127.0.0.1"))
     assert deploy.exit_code == 0, [(h.status, h.reason) for h in deploy.hosts]

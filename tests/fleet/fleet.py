@@ -75,6 +75,7 @@ class Fleet:
     run_dir: Path = Path()
     started: bool = False
     users: bool = False  # add DEPLOY_USER (passwordless sudo) and APP_USER on every host
+    log_level: str = "ERROR"  # sshd's; VERBOSE logs each connection and each command
 
     # --- naming ---------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class Fleet:
             f"AuthorizedKeysFile {self.run_dir / 'authorized_keys'}",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            "PidFile none", "LogLevel ERROR", "MaxStartups 200", "MaxSessions 100",
+            "PidFile none", f"LogLevel {self.log_level}", "MaxStartups 200", "MaxSessions 100",
             "UseDNS no", "",
         ]))
         # mounts are private to this host's mount namespace: dest, /tmp and

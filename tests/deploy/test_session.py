@@ -1,0 +1,121 @@
+"""The agent session (roost/target/session.py) through AgentSession, on this machine.
+
+The session runs from the zipapp as on a host; the operator side is the
+deploy's own AgentSession over a LocalTransport. The channel closing
+without `bye` is what a dead operator or a dropped connection looks like
+to the host: the session must stop the fetch, clean the deploy's files and
+release the lock, recording `lost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from roost.deploy.pack import make_metainfo
+from roost.deploy.session import AgentSession
+from roost.deploy.transport import AgentCommand, LocalTransport, _LocalStream
+from roost.deploy.zipapp import build_zipapp
+from roost.target.hostlock import history, inspect_lock
+from roost.target.protocol import HostStatus
+from roost.target.release import Dest
+
+
+def cmd(prefix: list[str], *args: str) -> AgentCommand:
+    """An agent command as host.py builds it."""
+    return AgentCommand(shlex.join([*prefix, *args]), args)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def _open(tmp_path: Path) -> tuple[AgentSession, list[str]]:
+    pyz = build_zipapp(tmp_path / "roost.pyz")
+    prefix = [sys.executable, "-I", str(pyz)]
+    session = await AgentSession.open(LocalTransport(tmp_path / "home"), sys.executable,
+                                      str(pyz))
+    return session, prefix
+
+
+def test_requests_run_concurrently_and_reply_as_the_commands_did(tmp_path: Path) -> None:
+    dest = tmp_path / "app"
+
+    async def go() -> None:
+        session, prefix = await _open(tmp_path)
+        try:
+            lock = await session.start(cmd(
+                prefix, "host-lock", "--dest", str(dest), "--deploy-id", "d1", "--who", "me",
+                "--tag", "v1", "--json"), stdin=True)
+            first = await anext(aiter(lock.lines()))
+            assert json.loads(first) == {"locked": True, "broke": None}
+            # while the lock request runs, others come and go on the same session
+            status = await session.run(cmd(prefix, "host-status", "--dest", str(dest),
+                                           "--json"))
+            assert status.code == 0 and json.loads(status.stdout)["lock"]["state"] == "held"
+            bad = await session.run(cmd(prefix, "activate", "--dest", str(dest),
+                                        "--tag", "nope", "--json"))
+            assert bad.code != 0 and json.loads(bad.stdout.splitlines()[-1])["event"] == "error"
+            assert "roost activate: error:" in bad.stderr
+            # a shell command that is not the agent's goes to the transport as before
+            plain = await session.run("echo plain")
+            assert plain.stdout == "plain\n"
+            await lock.send('release {"result": "ok"}\n', eof=True)
+            assert await lock.wait() == 0
+        finally:
+            await session.close()
+        assert inspect_lock(Dest(dest)).state == "free"
+        assert history(Dest(dest))[-1].result is HostStatus.OK
+
+    asyncio.run(go())
+
+
+def test_the_channel_closing_stops_the_fetch_cleans_and_releases(tmp_path: Path) -> None:
+    dest = tmp_path / "app"
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(256 * 1024))
+    work = dest / ".roost" / "deploys" / "d2"
+
+    async def go() -> int:
+        session, prefix = await _open(tmp_path)
+        lock = await session.start(cmd(
+            prefix, "host-lock", "--dest", str(dest), "--deploy-id", "d2", "--who", "me",
+            "--tag", "v2", "--json"), stdin=True)
+        await anext(aiter(lock.lines()))
+        work.mkdir(parents=True)
+        (work / "payload.torrent").write_bytes(make_metainfo(payload))
+        pidfile = work / "fetch.pid"
+        # a fetch that never completes: nobody answers at its tracker
+        args = ("fetch", str(work / "payload.torrent"), "-d", str(work / "staging"), "--json",
+                "--tracker", "http://127.0.0.1:9/announce", "--timeout", "300")
+        await session.start(AgentCommand(
+            f"echo $$ > {shlex.quote(str(pidfile))} && exec {shlex.join([*prefix, *args])}",
+            args, str(pidfile)))
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        fetch_pid = int(pidfile.read_text())
+        assert _alive(fetch_pid)
+        # the operator goes away: its end of the channel closes, no `bye`
+        stream = session.stream
+        assert isinstance(stream, _LocalStream) and stream.proc.stdin is not None
+        stream.proc.stdin.close()
+        assert await asyncio.wait_for(stream.proc.wait(), 60) == 0
+        return fetch_pid
+
+    fetch_pid = asyncio.run(go())
+    assert not _alive(fetch_pid)
+    assert not work.exists()
+    assert inspect_lock(Dest(dest)).state == "free"
+    last = history(Dest(dest))[-1]
+    assert last.deploy_id == "d2" and last.result is HostStatus.LOST
