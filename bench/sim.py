@@ -79,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--startup", type=float, default=0.0, help="seconds to a host's start")
     p.add_argument("--startup-jitter", type=float, default=0.0)
     p.add_argument("--ceiling", type=_fraction, default=0.956)
-    p.add_argument("--dt", type=_positive, default=0.05)
+    p.add_argument("--dt", type=_positive, default=0.01)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--max-time",

@@ -136,7 +136,9 @@ class SwarmMember:
         self.down_bucket = TokenBucket(config.download_rate)
         self.assembly = Assembly(info.piece_length)
         self.webseeds = WebSeeds(web_seeds or [], info, self.picker)  # BEP 19
-        self.offers = Offers(self.num_pieces, self.rng) if config.super_seed else None
+        self.offers = (
+            Offers(self.num_pieces, self.rng, info.piece_length) if config.super_seed else None
+        )
         self.uploads = Uploads(
             info, have, self.offers, config.upload_rate, report_uploads=report_uploads
         )

@@ -58,6 +58,10 @@ class Pipe:
     want_writable: bool = False
     closed: bool = False
     rate: float = 0.0
+    # the step this pipe's rate was allocated for ends at live_until; its
+    # queue ran dry at free_at, so rate x (live_until - free_at) is unused
+    live_until: float = 0.0
+    free_at: float = 0.0
 
 
 class Network:
@@ -111,14 +115,30 @@ class Network:
         pipe.last_delivery = at
         return at
 
-    def send_data(self, pipe: Pipe, data: Message, size: int) -> None:
+    def send_data(
+        self, pipe: Pipe, data: Message, size: int, now: float = 0.0,
+        writable: Callable[[Pipe, float], None] | None = None,
+    ) -> list[Delivery]:
+        """Queue block data; what it finishes at once (see `_move`).
+
+        A pipe whose queue ran dry inside the current step keeps its share of
+        the step: new data moves at once at that rate until the step ends (the
+        lab's htb lends the idle share at once too), instead of waiting for the
+        next step. Without this, every time a pipe runs dry the rest of its
+        step's share was lost: 1.25x the bound at N = 8 with dt = 50 ms, 1.15x
+        with 2 ms."""
         if pipe.closed:
-            return
+            return []
+        idle = not pipe.queue
         pipe.queue.append([size, data, size])
         pipe.data_bytes += size
-        if id(pipe) not in self.active:
+        out: list[Delivery] = []
+        if idle and pipe.rate > 0 and pipe.free_at <= now < pipe.live_until:
+            self._move(pipe, now, pipe.live_until - now, out, writable or _ignore)
+        if pipe.queue and id(pipe) not in self.active:
             self.active[id(pipe)] = pipe
             self._dirty = True
+        return out
 
     def close(self, pipe: Pipe) -> None:
         pipe.closed = True
@@ -175,47 +195,63 @@ class Network:
         if self._dirty:
             self.allocate()
         out: list[Delivery] = []
-        latency = self.latency
         emptied = []
         for key, pipe in self.active.items():
-            rate = pipe.rate
-            if rate <= 0:
+            pipe.live_until = now + dt
+            if pipe.rate <= 0:
                 continue
-            budget = rate * dt
-            t = now
-            queue = pipe.queue
-            while queue:
-                item = queue[0]
-                left = item[0]
-                assert isinstance(left, (int, float))
-                if left > budget:
-                    item[0] = left - budget
-                    break
-                budget -= left
-                t += left / rate
-                queue.popleft()
-                data: Message = item[1]  # type: ignore[assignment]
-                size = item[2]
-                assert isinstance(size, int)
-                pipe.data_bytes -= size
-                at = max(t + latency, pipe.last_delivery)
-                pipe.last_delivery = at
-                out.append((pipe, at, data))
-                # control messages queued right behind go with it
-                while queue and queue[0][0] == 0:
-                    ctl: Message = queue.popleft()[1]  # type: ignore[assignment]
-                    out.append((pipe, at, ctl))
-            if not queue:
+            self._move(pipe, now, dt, out, writable)
+            if not pipe.queue:
                 emptied.append(key)
-                pipe.data_bytes = 0
-            if pipe.want_writable and pipe.data_bytes < WRITE_LOW:
-                pipe.want_writable = False
-                writable(pipe, t)
         for key in emptied:
             del self.active[key]
         if emptied:
             self._dirty = True
         return out
+
+    def _move(
+        self, pipe: Pipe, now: float, span: float, out: list[Delivery],
+        writable: Callable[[Pipe, float], None],
+    ) -> None:
+        """Move pipe.rate x span bytes of its queue from `now`; finished messages to out."""
+        rate = pipe.rate
+        latency = self.latency
+        budget = rate * span
+        t = now
+        queue = pipe.queue
+        while queue:
+            item = queue[0]
+            left = item[0]
+            assert isinstance(left, (int, float))
+            if left > budget:
+                item[0] = left - budget
+                break
+            budget -= left
+            t += left / rate
+            queue.popleft()
+            data: Message = item[1]  # type: ignore[assignment]
+            size = item[2]
+            assert isinstance(size, int)
+            pipe.data_bytes -= size
+            at = max(t + latency, pipe.last_delivery)
+            pipe.last_delivery = at
+            out.append((pipe, at, data))
+            # control messages queued right behind go with it
+            while queue and queue[0][0] == 0:
+                ctl: Message = queue.popleft()[1]  # type: ignore[assignment]
+                out.append((pipe, at, ctl))
+        if queue:
+            pipe.free_at = now + span
+        else:
+            pipe.data_bytes = 0
+            pipe.free_at = t
+        if pipe.want_writable and pipe.data_bytes < WRITE_LOW:
+            pipe.want_writable = False
+            writable(pipe, t)
+
+
+def _ignore(pipe: Pipe, at: float) -> None:
+    pass
 
 
 #: a sender that asked to be told when there is room hears so below this many queued bytes

@@ -323,8 +323,11 @@ class World:
                 if end is not None:
                     # the payload is made at delivery: queued data costs no memory
                     lazy = (action.header, action.length, host.spec.corrupt)
-                    net.send_data(end.out, lazy, action.length + len(action.header))
-                    self._want_step()
+                    size = action.length + len(action.header)
+                    for pipe, at, data in net.send_data(end.out, lazy, size, now, self._writable):
+                        self.push(at, DELIVER, pipe, data)
+                    if net.active:
+                        self._want_step()
             elif isinstance(action, WantWritable):
                 end = self.ends.get(action.conn)
                 if end is not None:

@@ -117,3 +117,13 @@ def test_refusals_are_reported_at_most_once_per_interval() -> None:
     assert adm.report(10.0) == {"address not allowed": 500}
     assert adm.last_refused["address not allowed"] == ("10.0.0.1", 499)
     assert adm.report(30.0) is None
+
+
+def test_a_fleet_starting_at_once_fits_in_the_default_pending_budget() -> None:
+    """Every host of a fleet dials ~max_peers others in the same instant: a
+    burst of 2 x max_peers handshakes from distinct hosts is held, not
+    dropped (with 32, the dropped dialers waited 5 s to try again)."""
+    adm = Admission(max_peers=60)
+    for host in range(120):
+        assert adm.arrive((f"10.0.{host // 250}.{host % 250 + 1}", 6881), now=0.0) == []
+    assert adm.refused[PENDING_FULL] == 0

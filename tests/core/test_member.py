@@ -26,7 +26,7 @@ from roost.core.member import (
     TICK,
     MemberConfig,
 )
-from roost.core.offers import OFFERS_PER_PEER
+from roost.core.offers import OFFER_BYTES, OFFERS_PER_PEER
 from roost.core.uploads import WRITE_WINDOW
 from roost.core.wire import (
     BLOCK_SIZE,
@@ -281,8 +281,27 @@ def test_a_broken_frame_closes_and_bans_only_that_connection() -> None:
 # ---- super-seeding ----
 
 
+def test_super_seeding_reveals_small_pieces_by_the_megabyte() -> None:
+    """A peer's offer slot frees only when its piece spread (about a second), so
+    4 offers of 16 KiB pieces held the origin to a fifth of its link; it offers
+    OFFER_BYTES' worth of small pieces at a time instead."""
+    kit = Kit(
+        pieces=160, piece_length=BLOCK_SIZE, complete=True, config=MemberConfig(super_seed=True)
+    )
+    a = kit.connect(interested=True)
+    b = kit.connect(interested=True)
+    offered_a = {m.index for m in a.of(Have)}
+    offered_b = {m.index for m in b.of(Have)}
+    assert len(offered_a) == len(offered_b) == OFFER_BYTES // BLOCK_SIZE
+    assert not offered_a & offered_b
+
+
 def test_super_seeding_reveals_each_piece_to_one_peer_and_serves_only_that() -> None:
-    kit = Kit(pieces=16, complete=True, config=MemberConfig(super_seed=True))
+    # pieces of OFFER_BYTES / 4: the offer count is OFFERS_PER_PEER either way
+    kit = Kit(
+        pieces=16, piece_length=OFFER_BYTES // 4, complete=True,
+        config=MemberConfig(super_seed=True),
+    )
     a = kit.connect(interested=True)
     b = kit.connect(interested=True)
     assert a.of(HaveNone) and b.of(HaveNone), "a super-seed announces nothing at first"
