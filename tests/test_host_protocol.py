@@ -529,3 +529,95 @@ def test_preflight_prints_what_the_operator_parses(tmp_path: Path) -> None:
     assert facts.python[:2] == tuple(sys.version_info[:2])
     said = set(re.findall(r'return "(\w+)"', Path(preflight.__file__).read_text()))
     assert said and said <= {s.value for s in LockState}
+
+
+# --- the pull coordinator's signed orders ------------------------------------------------
+
+_RELEASE: dict[str, Any] = {
+    "kind": "release", "deploy_id": "d1", "seq": 7,  # the envelope's own: ignored here
+    "tag": "v1", "manifest": {"tag": "v1"}, "torrent_sha256": "ab" * 32,
+    "announce_url": "http://10.0.0.1:6969/announce", "expected_peers": 3,
+    "expires": 1_900_000_000.5, "route": ["10.0.0.1", 6969], "port_range": "6881-6999",
+    "upload_rate": None, "download_rate": "10M", "web_seeds": ["http://seed/x"]}
+
+
+def test_orders_round_trip() -> None:
+    from roost.target.protocol import ActivateOrder, ReleaseOrder, RollbackOrder
+
+    release = ReleaseOrder.from_dict(_RELEASE)
+    assert release.route == ("10.0.0.1", 6969) and release.web_seeds == ("http://seed/x",)
+    assert ReleaseOrder.from_dict(release.to_dict()) == release
+    assert "kind" not in release.to_dict()  # the envelope's fields stay the envelope's
+    activate = ActivateOrder("v1", ("a0", "a1"), keep=3, pre=("make check",),
+                             health_check="true")
+    assert ActivateOrder.from_json(activate.to_json()) == activate
+    assert ActivateOrder.from_dict({"tag": "v1", "hosts": ["a0"]}).hook_timeout == 300.0
+    rollback = RollbackOrder("v1", ("a0",))
+    assert RollbackOrder.from_json(rollback.to_json()) == rollback
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"route": "10.0.0.1:6969"}, "field 'route' has the wrong type"),
+    ({"route": ["10.0.0.1", 70000]}, "route is not [address, port]"),
+    ({"route": ["10.0.0.1", True]}, "route is not [address, port]"),
+    ({"web_seeds": [1]}, "an item of 'web_seeds' has the wrong type"),
+    ({"web_seeds": ["x" * 5000]}, "an item of 'web_seeds' has the wrong type"),
+    ({"torrent_sha256": "zz" * 32}, "torrent_sha256 is not 64 hex digits"),
+    ({"tag": "../etc"}, "is not a release tag"),
+    ({"expected_peers": -1}, "field 'expected_peers' is negative"),
+    ({"expires": "soon"}, "field 'expires' has the wrong type"),
+    ({"announce_url": None}, "field 'announce_url' has the wrong type"),
+    ({"manifest": None}, "missing field 'manifest'"),
+])
+def test_a_malformed_release_order_is_one_protocol_error(change: dict[str, Any],
+                                                         words: str) -> None:
+    from roost.target.protocol import ReleaseOrder
+
+    body = {k: v for k, v in {**_RELEASE, **change}.items() if v is not None
+            or k not in ("manifest",)}
+    with pytest.raises(ProtocolError, match=re.escape(words)) as info:
+        ReleaseOrder.from_dict(body)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"tag": "v1", "hosts": "a0"}, "field 'hosts' has the wrong type"),
+    ({"tag": "v1", "hosts": [["a0"]]}, "an item of 'hosts' has the wrong type"),
+    ({"tag": "v1", "hosts": ["a0"], "pre": [3]}, "an item of 'pre' has the wrong type"),
+    ({"tag": "v1", "hosts": ["a0"], "keep": "all"}, "field 'keep' has the wrong type"),
+    ({"tag": "v1", "hosts": ["a0"], "hook_timeout": True},
+     "field 'hook_timeout' has the wrong type"),
+    ({"hosts": ["a0"]}, "missing field 'tag'"),
+])
+def test_a_malformed_activation_order_is_one_protocol_error(body: dict[str, Any],
+                                                            words: str) -> None:
+    from roost.target.protocol import ActivateOrder
+
+    with pytest.raises(ProtocolError, match=re.escape(words)):
+        ActivateOrder.from_dict(body)
+
+
+def test_the_coordinator_publishes_what_the_pull_agent_parses(tmp_path: Path) -> None:
+    """The bodies a real coordinator signs parse as the orders the agent reads."""
+    import asyncio
+
+    from roost.deploy.config import DeployConfig, HostSpec
+    from roost.deploy.coordinator import Coordinator
+    from roost.deploy.run import new_deploy
+    from roost.target.protocol import ActivateOrder, Instruction, RollbackOrder
+    from tests.pull.keys import make_key
+
+    key = make_key(tmp_path, "publisher")
+    deploy = new_deploy(DeployConfig(), [HostSpec("a0", "a0")], "v1")
+
+    async def main() -> list[dict[str, Any]]:
+        coordinator = Coordinator(deploy, key, "127.0.0.1", 0)
+        await coordinator.publish(Instruction.ACTIVATE, 60,
+                                  ActivateOrder("v1", ("a0",), pre=("true",)))
+        await coordinator.publish(Instruction.ROLLBACK, 60, RollbackOrder("v1", ("a0",)))
+        return [json.loads(e["body"]) for e in coordinator.envelopes]
+
+    activate, rollback = asyncio.run(main())
+    assert activate["kind"] == "activate" and activate["deploy_id"] == deploy.deploy_id
+    assert ActivateOrder.from_dict(activate) == ActivateOrder("v1", ("a0",), pre=("true",))
+    assert RollbackOrder.from_dict(rollback) == RollbackOrder("v1", ("a0",))

@@ -53,16 +53,20 @@ from roost.deploy.swarm import Origin, SwarmControl
 from roost.deploy.transport import HostFailure
 from roost.errors import UsageError
 from roost.target.protocol import (
+    ActivateOrder,
     AgentReport,
     ErrorKind,
     HostStatus,
     Instruction,
     Phase,
     ProtocolError,
+    ReleaseOrder,
+    RollbackOrder,
 )
 from roost.target.signing import sign
 
 MAX_REPORT = 64 * 1024
+Order = ActivateOrder | ReleaseOrder | RollbackOrder  # the bodies a coordinator signs
 MAX_WAIT = 30.0  # seconds a long poll may hang
 ANSWER_MARGIN = 30.0  # on top of hook and health timeouts, for an agent to answer
 FINISH_GRACE = 5.0  # after the last instruction, time for agents to read `finish`
@@ -205,10 +209,13 @@ class Coordinator:
 
     # --- publishing ----------------------------------------------------------------
 
-    async def publish(self, kind: Instruction, expires_in: float, **fields: Any) -> int:
+    async def publish(self, kind: Instruction, expires_in: float,
+                      order: Order | None = None) -> int:
+        """Sign `order` as instruction `kind` (the envelope's fields first) and serve it."""
         seq = self.seq.next()
         body = {"kind": Instruction(kind).value, "deploy_id": self.deploy.deploy_id, "seq": seq,
-                "expires": round(time.time() + expires_in, 3), **fields}
+                "expires": round(time.time() + expires_in, 3),
+                **(order.to_dict() if order is not None else {})}
         envelope = await asyncio.to_thread(sign, self.key, body)
         async with self.changed:
             self.envelopes.append(envelope)
@@ -264,14 +271,13 @@ async def run_publish(deploy: Deploy, src: Path, key: Path, listen: str, port: i
         now = time.monotonic()
         for run in deploy.hosts:
             run.times["connect"] = now
-        await coordinator.publish(
-            Instruction.RELEASE, config.timeout, tag=deploy.tag,
-            manifest=deploy.payload.manifest.to_dict(),
+        await coordinator.publish(Instruction.RELEASE, config.timeout, ReleaseOrder(
+            tag=deploy.tag, manifest=deploy.payload.manifest.to_dict(),
             torrent_sha256=hashlib.sha256(torrent).hexdigest(),
             announce_url=swarm.announce_url, expected_peers=swarm.expected,
-            route=list(swarm.route_target), port_range=config.port_range,
-            upload_rate=config.upload_rate, download_rate=config.download_rate,
-            web_seeds=list(config.web_seeds))
+            expires=round(time.time() + config.timeout, 3), route=swarm.route_target,
+            port_range=config.port_range, upload_rate=config.upload_rate,
+            download_rate=config.download_rate, web_seeds=tuple(config.web_seeds)))
         await _fetch_phase(deploy, coordinator, swarm)
         deploy.mark("fetched")
         await _activate_phase(deploy, coordinator)
@@ -349,7 +355,9 @@ async def _instruct(deploy: Deploy, coordinator: Coordinator, kind: Instruction,
     """Publish one instruction to `batch` and wait for each host's answer (or the deadline)."""
     timeout = _answer_timeout(deploy)
     names = [r.spec.name for r in batch]
-    seq = await coordinator.publish(kind, timeout, tag=deploy.tag, hosts=names, **fields)
+    order: Order = (ActivateOrder(deploy.tag, tuple(names), **fields)
+                    if kind is Instruction.ACTIVATE else RollbackOrder(deploy.tag, tuple(names)))
+    seq = await coordinator.publish(kind, timeout, order)
     await coordinator.wait_until(
         lambda: all(seq in coordinator.answers[n]
                     or (kind is Instruction.ACTIVATE and coordinator.runs[n].failed)
@@ -385,7 +393,8 @@ async def _activate_phase(deploy: Deploy, coordinator: Coordinator) -> None:
         deploy.phase = name
         seq = await _instruct(
             deploy, coordinator, Instruction.ACTIVATE, batch, keep=config.keep,
-            pre=config.pre_activate, post=config.post_activate, hook_timeout=config.hook_timeout,
+            pre=tuple(config.pre_activate), post=tuple(config.post_activate),
+            hook_timeout=config.hook_timeout,
             health_check=config.health_check, health_timeout=config.health_timeout)
         for run in batch:
             if seq not in coordinator.answers[run.spec.name] and not run.failed:

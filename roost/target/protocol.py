@@ -943,6 +943,116 @@ class AgentReport(_Record):
                       "present": frozenset(data)})
 
 
+# --- the pull coordinator's orders (the bodies it signs) ---------------------------------
+#
+# The envelope's own fields (kind, deploy_id, seq) are read by roost.target.signing; an
+# order is the rest of the signed body. Orders are open: a newer coordinator may add a
+# field, which an older agent ignores.
+
+
+class PullPhase(_Value):
+    """Where a pull agent is in its deploy (its state file's `phase`)."""
+
+    FETCHING = "fetching"
+    STAGED = "staged"
+    ACTIVATED = "activated"
+    FAILED = "failed"
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+@dataclass(frozen=True)
+class ReleaseOrder(_Record):
+    """`release`: what a pull agent fetches, from where, and how fast."""
+
+    tag: str
+    manifest: dict[str, Any]  # checked by Manifest.load where it is used
+    torrent_sha256: str
+    announce_url: str
+    expected_peers: int
+    expires: float  # wall-clock seconds: a fetch never runs past it
+    route: tuple[str, int] | None = None  # the address the agent routes from
+    port_range: str | None = None
+    upload_rate: str | None = None
+    download_rate: str | None = None
+    web_seeds: tuple[str, ...] = ()  # BEP 19 servers of the payload
+
+    _WHAT = "signed release"
+    _TYPES: ClassVar[_Types] = {
+        "tag": _STR, "manifest": (dict,), "torrent_sha256": _STR, "announce_url": _STR,
+        "expected_peers": _INT, "expires": _FLOAT, "route": (list, type(None)),
+        "port_range": _OPT_STR, "upload_rate": _OPT_STR, "download_rate": _OPT_STR,
+        "web_seeds": _LIST}
+    _REQUIRED = ("tag", "manifest", "torrent_sha256", "announce_url", "expected_peers",
+                 "expires")
+
+    @classmethod
+    def _build(cls, data: dict[str, Any]) -> ReleaseOrder:
+        check_tag_field(data["tag"], cls._WHAT)
+        if not _SHA256.match(data["torrent_sha256"]):
+            raise ProtocolError(f"{cls._WHAT}: torrent_sha256 is not 64 hex digits")
+        route = data.get("route")
+        if route is not None:
+            if len(route) != 2 or not isinstance(route[0], str) or len(route[0]) > MAX_TEXT \
+                    or not isinstance(route[1], int) or isinstance(route[1], bool) \
+                    or not 0 < route[1] < 65536:
+                raise ProtocolError(f"{cls._WHAT}: route is not [address, port]")
+            route = (route[0], route[1])
+        return cls(**{**data, "route": route,
+                      "web_seeds": _texts(data.get("web_seeds", []), cls._WHAT, "web_seeds")})
+
+
+@dataclass(frozen=True)
+class ActivateOrder(_Record):
+    """`activate`: which hosts switch to `tag`, with which hooks and health check."""
+
+    tag: str
+    hosts: tuple[str, ...]
+    keep: int = 5
+    pre: tuple[str, ...] = ()
+    post: tuple[str, ...] = ()
+    hook_timeout: float = 300.0
+    health_check: str | None = None
+    health_timeout: float = 30.0
+
+    _WHAT = "signed activation"
+    _TYPES: ClassVar[_Types] = {
+        "tag": _STR, "hosts": _LIST, "keep": _INT, "pre": _LIST, "post": _LIST,
+        "hook_timeout": _FLOAT, "health_check": _OPT_STR, "health_timeout": _FLOAT}
+    _REQUIRED = ("tag", "hosts")
+
+    @classmethod
+    def _build(cls, data: dict[str, Any]) -> ActivateOrder:
+        check_tag_field(data["tag"], cls._WHAT)
+        return cls(**{**data, "hosts": _texts(data["hosts"], cls._WHAT, "hosts"),
+                      "pre": _texts(data.get("pre", []), cls._WHAT, "pre"),
+                      "post": _texts(data.get("post", []), cls._WHAT, "post")})
+
+
+@dataclass(frozen=True)
+class RollbackOrder(_Record):
+    """`rollback`: which hosts leave `tag` for the release they had before."""
+
+    tag: str
+    hosts: tuple[str, ...]
+
+    _WHAT = "signed rollback"
+    _TYPES: ClassVar[_Types] = {"tag": _STR, "hosts": _LIST}
+    _REQUIRED = ("tag", "hosts")
+
+    @classmethod
+    def _build(cls, data: dict[str, Any]) -> RollbackOrder:
+        check_tag_field(data["tag"], cls._WHAT)
+        return cls(data["tag"], _texts(data["hosts"], cls._WHAT, "hosts"))
+
+
+def check_tag_field(tag: str, what: str) -> None:
+    """A tag in an order: the same rule as everywhere, as a protocol error."""
+    if not _TAG.match(tag) or ".." in tag:
+        raise ProtocolError(f"{what}: tag {tag[:40]!r} is not a release tag")
+
+
 # --- the dry run -------------------------------------------------------------------------
 
 

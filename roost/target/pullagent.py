@@ -40,7 +40,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import roost
 from roost.errors import RoostError, UsageError
@@ -48,6 +48,7 @@ from roost.target import Runner, agentargv
 from roost.target.hostops import clean, deploy_dir, health_check, route_source, stop_pid
 from roost.target.protocol import (
     MAX_TEXT,
+    ActivateOrder,
     AgentReport,
     ErrorKind,
     EventName,
@@ -56,6 +57,9 @@ from roost.target.protocol import (
     HostStatus,
     Instruction,
     ProtocolError,
+    PullPhase,
+    ReleaseOrder,
+    RollbackOrder,
 )
 from roost.target.release import (
     Dest,
@@ -128,6 +132,9 @@ def roost_command() -> list[str]:
     return [sys.executable, "-m", "roost"]
 
 
+_O = TypeVar("_O", ActivateOrder, RollbackOrder)
+
+
 class PullAgent:
     def __init__(self, ns: argparse.Namespace) -> None:
         self.base = ns.coordinator.rstrip("/")
@@ -186,6 +193,17 @@ class PullAgent:
             raise ReleaseError(f"cannot read {self.dest.meta / STATE_FILE}: {exc}") from None
         self.state = data if isinstance(data, dict) else {}
         self.fresh = Freshness(int(self.state.get("seq", 0)), str(self.state.get("seq_deploy", "")))
+
+    def _phase(self) -> PullPhase | None:
+        """The state file's phase (None: none, or one this version does not know)."""
+        try:
+            return PullPhase(self.state.get("phase"))
+        except ValueError:
+            return None
+
+    def _release(self) -> ReleaseOrder:
+        """The release this agent follows, as the state file keeps it (checked again)."""
+        return ReleaseOrder.from_dict(self.state.get("release"))
 
     def save(self, **changes: Any) -> None:
         with self.lock:
@@ -264,62 +282,51 @@ class PullAgent:
     # --- release: fetch and stage --------------------------------------------------------
 
     def on_release(self, v: Verified) -> None:
-        b = v.body
         try:
-            manifest = Manifest.load(b["manifest"])
-            missing = [k for k in ("torrent_sha256", "announce_url", "expected_peers")
-                       if k not in b]
-            if missing:
-                raise KeyError(missing[0])
-            web_seeds = b.get("web_seeds") or []
-            if not isinstance(web_seeds, list) or not all(isinstance(u, str) for u in web_seeds):
-                raise TypeError("web_seeds is not a list of URLs")
-        except (KeyError, TypeError, UsageError) as exc:
+            order = ReleaseOrder.from_dict(v.body)
+            manifest = Manifest.load(order.manifest)
+        except (ProtocolError, UsageError) as exc:
             raise SignatureError(f"the signed release is malformed: {exc}") from None
         self.stop_fetch()
-        self.save(deploy_id=v.deploy_id, release=b, phase="fetching", tag=manifest.tag,
-                  previous=self.dest.current_tag())
+        self.save(deploy_id=v.deploy_id, release=order.to_dict(), phase=PullPhase.FETCHING,
+                  tag=manifest.tag, previous=self.dest.current_tag())
         if self._have(manifest):
-            self.save(phase="staged")
+            self.save(phase=PullPhase.STAGED)
             self.report(HostStatus.STAGED, already_had=True, current=self.dest.current_tag())
             return
         work = deploy_dir(self.dest, v.deploy_id)
         (work / "staging").mkdir(parents=True, exist_ok=True)
         torrent = self._http("GET", f"/v1/torrent/{urllib.parse.quote(v.deploy_id)}", None,
                              MAX_TORRENT)
-        if hashlib.sha256(torrent).hexdigest() != b["torrent_sha256"]:
-            self.save(phase="failed")
+        if hashlib.sha256(torrent).hexdigest() != order.torrent_sha256:
+            self.save(phase=PullPhase.FAILED)
             raise SignatureError("the torrent served does not match the signed release's digest; "
                                  "nothing was fetched")
         atomic_write(work / "payload.torrent", torrent)
         atomic_write(work / "manifest.json", json.dumps(manifest.to_dict()).encode())
-        self.start_fetch()
+        self.start_fetch(order)
 
     def _have(self, manifest: Manifest) -> bool:
         known = self.dest.load_state()["releases"].get(manifest.tag)
         return bool(known and known.get("sha256") == manifest.sha256
                     and (self.dest.releases / manifest.tag).is_dir())
 
-    def start_fetch(self) -> None:
-        b = self.state["release"]
+    def start_fetch(self, order: ReleaseOrder) -> None:
         work = deploy_dir(self.dest, self.state["deploy_id"])
         address = None
-        route = b.get("route")
-        if isinstance(route, list) and len(route) == 2:
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                address = route_source(str(route[0]), int(route[1]))
+        if order.route is not None:
+            with contextlib.suppress(OSError, ValueError):
+                address = route_source(*order.route)
                 if address.startswith("127."):
                     address = None
         argv = [*roost_command(), *agentargv.fetch(agentargv.FetchArgs(
             str(work / "payload.torrent"), str(work / "staging"), quiet=True,
-            tracker=str(b["announce_url"]), expected_peers=int(b["expected_peers"]),
-            port=str(b.get("port_range") or "6881-6999"),
-            timeout=round(max(1.0, float(b["expires"]) - time.time())),
+            tracker=order.announce_url, expected_peers=order.expected_peers,
+            port=order.port_range or "6881-6999",
+            timeout=round(max(1.0, order.expires - time.time())),
             bind=address, announce_ip=address,
-            upload_rate=str(b["upload_rate"]) if b.get("upload_rate") else None,
-            download_rate=str(b["download_rate"]) if b.get("download_rate") else None,
-            # BEP 19: HTTP servers of the payload (signed with the release)
-            web_seeds=[str(url) for url in b.get("web_seeds") or []]))]
+            upload_rate=order.upload_rate or None, download_rate=order.download_rate or None,
+            web_seeds=order.web_seeds))]  # BEP 19: HTTP servers of the payload (signed)
         errors = (work / "fetch.err").open("wb")
         self.fetch = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=errors, start_new_session=True)
@@ -367,7 +374,7 @@ class PullAgent:
         tail = (deploy_dir(self.dest, deploy_id) / "fetch.err")
         with contextlib.suppress(OSError):
             error = error or (tail.read_text(errors="replace").strip().splitlines() or [""])[-1]
-        self.save(phase="failed")
+        self.save(phase=PullPhase.FAILED)
         self.report(HostStatus.FAILED, kind=kind, peer_id=peer_id,
                     reason=error or f"fetch exited with {code} before completing")
 
@@ -375,15 +382,15 @@ class PullAgent:
         with self.lock:
             if self.state.get("deploy_id") != deploy_id:
                 return
-            manifest = Manifest.load(self.state["release"]["manifest"])
+            manifest = Manifest.load(self._release().manifest)
         work = deploy_dir(self.dest, deploy_id)
         try:
             stage(self.dest, manifest, work / "staging" / manifest.name)
         except RoostError as exc:
-            self.save(phase="failed")
+            self.save(phase=PullPhase.FAILED)
             self.report(HostStatus.FAILED, kind=ErrorKind.STAGE, reason=str(exc), peer_id=peer_id)
             return
-        self.save(phase="staged")
+        self.save(phase=PullPhase.STAGED)
         self.report(HostStatus.STAGED, peer_id=peer_id, bytes_done=manifest.size,
                     bytes_total=manifest.size, current=self.dest.current_tag())
 
@@ -396,40 +403,40 @@ class PullAgent:
 
     # --- instructions ------------------------------------------------------------------
 
-    def _mine(self, v: Verified) -> bool:
-        hosts = v.body.get("hosts")
-        return isinstance(hosts, list) and self.name in hosts
+    def _order(self, v: Verified, kind: type[_O]) -> _O:
+        try:
+            return kind.from_dict(v.body)
+        except ProtocolError as exc:
+            raise SignatureError(f"the signed {v.kind} is malformed: {exc}") from None
 
-    def _for_my_release(self, v: Verified) -> str:
-        tag = v.body.get("tag")
+    def _for_my_release(self, v: Verified, tag: str) -> str:
         if v.deploy_id != self.state.get("deploy_id") or tag != self.state.get("tag"):
             raise SignatureError(
                 f"{v.kind} for deploy {v.deploy_id} ({tag}), but this host follows deploy "
                 f"{self.state.get('deploy_id')} ({self.state.get('tag')}); nothing was changed")
-        return str(tag)
+        return tag
 
     def on_activate(self, v: Verified) -> None:
-        if not self._mine(v):
+        order = self._order(v, ActivateOrder)
+        if self.name not in order.hosts:
             return
-        tag = self._for_my_release(v)
-        if self.state.get("phase") not in ("staged", "activated"):
+        tag = self._for_my_release(v, order.tag)
+        if self._phase() not in (PullPhase.STAGED, PullPhase.ACTIVATED):
             raise ReleaseError(f"{tag} is not staged here (phase {self.state.get('phase')}); "
                                "nothing was changed")
-        b = v.body
         try:
-            result = activate(self.dest, tag, keep=int(b.get("keep", 5)),
-                              pre=list(b.get("pre") or []), post=list(b.get("post") or []),
-                              hook_timeout=float(b.get("hook_timeout", 300)))
+            result = activate(self.dest, tag, keep=order.keep, pre=list(order.pre),
+                              post=list(order.post), hook_timeout=order.hook_timeout)
         except HookError as exc:
             self.report(HostStatus.FAILED, kind=ErrorKind.HOOK, reason=str(exc), seq=v.seq,
                         hooks=exc.hooks, current=self.dest.current_tag())
             return
         previous = result.previous if result.changed else self.state.get("previous")
-        self.save(phase="activated", previous=previous)
+        self.save(phase=PullPhase.ACTIVATED, previous=previous)
         health: HealthResult | None = None
-        if b.get("health_check"):
-            health = health_check(self.dest, tag, str(b["health_check"]),
-                                  float(b.get("health_timeout", 30)), previous)
+        if order.health_check:
+            health = health_check(self.dest, tag, order.health_check, order.health_timeout,
+                                  previous)
             if not health.ok:
                 self.report(HostStatus.FAILED, kind=ErrorKind.HEALTH, reason=health.reason,
                             seq=v.seq, health=health, hooks=result.hooks, current=tag,
@@ -439,9 +446,10 @@ class PullAgent:
                     health=health)
 
     def on_rollback(self, v: Verified) -> None:
-        if not self._mine(v):
+        order = self._order(v, RollbackOrder)
+        if self.name not in order.hosts:
             return
-        tag = self._for_my_release(v)
+        tag = self._for_my_release(v, order.tag)
         previous = self.state.get("previous")
         with self.dest.locked():
             now = self.dest.current_tag()
@@ -451,7 +459,7 @@ class PullAgent:
             with self.dest.locked(), contextlib.suppress(FileNotFoundError):
                 if self.dest.current_tag() == tag:
                     self.dest.current.unlink()
-        self.save(phase="staged")
+        self.save(phase=PullPhase.STAGED)
         self.report(HostStatus.ROLLED_BACK, seq=v.seq, current=self.dest.current_tag())
 
     def on_finish(self, v: Verified) -> None:
@@ -467,9 +475,9 @@ class PullAgent:
         """After a restart: no half-unpacked release stays; a fetch resumes."""
         try:
             self._recover()
-        except (KeyError, TypeError, ValueError) as exc:  # a state file from another version
+        except (KeyError, TypeError, ValueError, ProtocolError) as exc:  # another version's
             self.log("state_ignored", error=f"{type(exc).__name__}: {exc}")
-            self.save(phase="failed")
+            self.save(phase=PullPhase.FAILED)
 
     def _recover(self) -> None:
         if self.dest.releases.is_dir():
@@ -478,30 +486,31 @@ class PullAgent:
                     _remove_tree(tmp)
                     self.log("removed_partial", path=tmp.name)
         deploy_id = self.state.get("deploy_id")
-        phase = self.state.get("phase")
-        if not deploy_id or phase not in ("fetching", "staged"):
+        phase = self._phase()
+        if not deploy_id or phase not in (PullPhase.FETCHING, PullPhase.STAGED):
             return
         work = deploy_dir(self.dest, str(deploy_id))
         with contextlib.suppress(OSError, ValueError):
             stop_pid(int((work / "fetch.pid").read_text().strip()))  # the old run's fetch
         tag = str(self.state.get("tag"))
-        if phase == "staged" and (self.dest.releases / tag).is_dir():
+        if phase is PullPhase.STAGED and (self.dest.releases / tag).is_dir():
             self.report(HostStatus.STAGED, current=self.dest.current_tag())
             return
-        if time.time() > float(self.state["release"]["expires"]):
-            self.save(phase="failed")
+        order = self._release()
+        if time.time() > order.expires:
+            self.save(phase=PullPhase.FAILED)
             self.report(HostStatus.FAILED, kind=ErrorKind.STALE,
                         reason=f"the release of deploy {deploy_id} "
                         "expired while this agent was down")
             return
         if not (work / "payload.torrent").is_file():
-            self.save(phase="failed")
+            self.save(phase=PullPhase.FAILED)
             self.report(HostStatus.FAILED, kind=ErrorKind.FETCH,
                         reason="the deploy directory is gone")
             return
-        self.save(phase="fetching")
+        self.save(phase=PullPhase.FETCHING)
         self.log("resuming", deploy_id=deploy_id)
-        self.start_fetch()
+        self.start_fetch(order)
 
 
 def _claimed(envelope: Any) -> dict[str, Any]:

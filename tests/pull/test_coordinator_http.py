@@ -37,7 +37,7 @@ def test_reports_and_queries_are_checked(tmp_path: Path) -> None:
         await coordinator.start()
         base = coordinator.url
         try:
-            await coordinator.publish(Instruction.RELEASE, 60, tag="v1")
+            await coordinator.publish(Instruction.RELEASE, 60)
             report = {"host": "a0", "deploy_id": deploy.deploy_id, "state": "failed",
                       "kind": "fetch", "reason": "x" * 2000}
             calls = [

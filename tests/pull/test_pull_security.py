@@ -181,3 +181,25 @@ def test_an_unsigned_copy_does_not_hide_the_signed_original(world: World) -> Non
         fake.close()
     assert [r["reason"][:8] for r in agent.reports("refused")] == ["unsigned"]
     untouched(world)
+
+
+def test_a_signed_but_malformed_release_fetches_nothing(world: World) -> None:
+    """A trusted key signed a release whose route is not [address, port]: the agent
+    reports the malformed order in one line and fetches nothing."""
+    body = new_release_body(world)
+    body["route"] = "10.0.0.1:6969; rm -rf /"
+    fake = FakeChannel([sign(world.key, body)])
+    agent = AgentProc("a0", world.dest, world.base / "malformed.log",
+                      agent_argv("a0", world.dest, fake.url, world.signers)).start()
+    try:
+        assert agent.wait_for(lambda a: bool(a.reports("failed")), 30), agent.events()
+        time.sleep(1.0)
+    finally:
+        agent.stop()
+        fake.close()
+    failed = agent.reports("failed")
+    assert len(failed) == 1, failed
+    assert failed[0]["reason"] == ("the signed release is malformed: signed release: field "
+                                   "'route' has the wrong type")
+    assert not [e for e in agent.events() if e.get("event") == "fetch_started"]
+    untouched(world)
