@@ -26,6 +26,7 @@ from roost.target.protocol import (
     ErrorKind,
     HostStatus,
     LockState,
+    PayloadFormat,
     Phase,
     PreflightFacts,
     ProtocolError,
@@ -56,7 +57,7 @@ def need_bytes(deploy: Deploy) -> int:
     """The payload, plus as much again to unpack it (as host-prepare requires)."""
     assert deploy.payload is not None
     m = deploy.payload.manifest
-    return m.size * (1 if m.format in ("file", "tree") else 2)
+    return m.size * (1 if m.format in (PayloadFormat.FILE, PayloadFormat.TREE) else 2)
 
 
 def would_fetch(deploy: Deploy, run: HostRun, held_hex: str) -> None:

@@ -45,6 +45,7 @@ from roost.target.protocol import (
     HookRecord,
     HostStatus,
     Manifest,
+    PayloadFormat,
     Phase,
     PrepareRequest,
     PrepareResult,
@@ -53,6 +54,8 @@ from roost.target.protocol import (
 )
 
 MIN_PYTHON = (3, 10)
+# formats written in place (no archive beside its unpacked copy): half the disk
+_IN_PLACE = (PayloadFormat.FILE, PayloadFormat.TREE)
 
 
 @dataclass
@@ -220,10 +223,10 @@ class HostRun:
         self.address_local = info.address_local
         self.previous = self.current = info.current
         self.already_had = info.have
-        if manifest.format == "tree":
+        if manifest.format is PayloadFormat.TREE:
             self.staging = f"{dest.rstrip('/')}/releases/.{manifest.tag}.tmp-{deploy_id}"
         # staging holds the payload, and a tarball is unpacked beside it
-        need = manifest.size * (1 if manifest.format in ("file", "tree") else 2)
+        need = manifest.size * (1 if manifest.format in _IN_PLACE else 2)
         if not self.already_had and info.free_bytes < need:
             raise HostFailure(
                 ErrorKind.DISK_FULL,

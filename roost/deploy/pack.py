@@ -21,7 +21,7 @@ from roost.core.metainfo import build_info, build_torrent, choose_piece_length
 from roost.deploy import treepack
 from roost.engine.hashing import hash_payload, scan_payload
 from roost.errors import UsageError
-from roost.target.protocol import Manifest, check_tag
+from roost.target.protocol import Manifest, PayloadFormat, check_tag
 from roost.target.release import payload_digest
 
 
@@ -76,24 +76,24 @@ def pack(src: Path, work: Path, tag: str, *, fmt: str = "auto", compress: bool =
             if compress:
                 raise UsageError("--compress needs --format tar (a tree is sent as itself)")
             tree = treepack.build(src, tag)
-            manifest = Manifest(tag, "tree", "tree", tree.manifest.digest(),
+            manifest = Manifest(tag, PayloadFormat.TREE, "tree", tree.manifest.digest(),
                                 tree.manifest.total_size, tree.manifest)
             return Packed(src, manifest, tree.torrent, tree.padding)
         if fmt == "dir":
-            return _packed(src, "dir", tag)
+            return _packed(src, PayloadFormat.DIR, tag)
         tar_path = work / f"{tag}.tar"
         write_tar(src, tar_path)
         if compress:
-            return _packed(zstd_compress(tar_path), "tar.zst", tag)
-        return _packed(tar_path, "tar", tag)
+            return _packed(zstd_compress(tar_path), PayloadFormat.TAR_ZST, tag)
+        return _packed(tar_path, PayloadFormat.TAR, tag)
     if not src.is_file():
         raise UsageError(f"{src} is neither a file nor a directory")
     if fmt not in ("auto", "file"):
         raise UsageError(f"a file is sent as is, not as {fmt!r}")
-    return _packed(src, "file", tag)
+    return _packed(src, PayloadFormat.FILE, tag)
 
 
-def _packed(payload: Path, fmt: str, tag: str) -> Packed:
+def _packed(payload: Path, fmt: PayloadFormat, tag: str) -> Packed:
     size = (sum(p.stat().st_size for p in payload.rglob("*") if p.is_file())
             if payload.is_dir() else payload.stat().st_size)
     manifest = Manifest(tag, fmt, payload.name, payload_digest(payload, fmt), size)

@@ -62,7 +62,7 @@ from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_host
 from roost.deploy.zipapp import build_zipapp_bytes
 from roost.errors import UsageError
 from roost.target import signing
-from roost.target.protocol import ErrorKind, HostStatus, Manifest
+from roost.target.protocol import ErrorKind, HostStatus, Manifest, PayloadFormat
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -157,7 +157,7 @@ async def run_deploy(
         reached = sum(1 for h in deploy.hosts if not h.failed)
         pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
         swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached)
-        tree = deploy.payload.manifest.format == "tree"
+        tree = deploy.payload.manifest.format is PayloadFormat.TREE
         plan = FetchPlan(
             swarm.announce_url,
             *swarm.route_target,

@@ -146,7 +146,27 @@ class HostStatus(str, Enum):
 
 # --- the manifest (what the deploy host promises about the payload) ---------------------
 
-FORMATS = ("tar", "tar.zst", "dir", "file", "tree")
+class _Value(str, Enum):
+    """A str enum whose value is its JSON and its text."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __hash__ = str.__hash__
+
+
+class PayloadFormat(_Value):
+    """How the payload travels: a tarball (maybe zstd), a directory, one file, or the
+    release tree itself (the default for directories)."""
+
+    TAR = "tar"
+    TAR_ZST = "tar.zst"
+    DIR = "dir"
+    FILE = "file"
+    TREE = "tree"
+
+
+FORMATS = tuple(f.value for f in PayloadFormat)
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}\Z")
 
 
@@ -161,34 +181,39 @@ def check_tag(tag: str) -> str:
 @dataclass(frozen=True)
 class Manifest:
     tag: str
-    format: str  # one of FORMATS
+    format: PayloadFormat
     name: str  # the payload's name inside the staging directory
     sha256: str  # of the payload file, of the tree listing for "dir", of `tree` for "tree"
     size: int
     tree: TreeManifest | None = None  # format "tree": every entry of the release
+
+    def __post_init__(self) -> None:
+        # a caller may name the format by its string; the record holds the enum
+        object.__setattr__(self, "format", PayloadFormat(self.format))
 
     @staticmethod
     def load(data: dict[str, Any], *, checked: bool = False) -> Manifest:
         """Validate a manifest. `checked`: its bytes are proven to be ones host-prepare
         validated (roost.target.checked), so its tree is rebuilt without the checks."""
         try:
+            fmt = str(data["format"])
+            if fmt not in FORMATS:
+                raise UsageError(f"bad manifest: unknown format {fmt[:40]!r}")
             m = Manifest(
-                str(data["tag"]), str(data["format"]), str(data["name"]),
+                str(data["tag"]), PayloadFormat(fmt), str(data["name"]),
                 str(data["sha256"]).lower(), int(data["size"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"bad manifest: {exc}") from None
         check_tag(m.tag)
-        if m.format not in FORMATS:
-            raise UsageError(f"bad manifest: unknown format {m.format!r}")
         if not re.fullmatch(r"[0-9a-f]{64}", m.sha256):
             raise UsageError("bad manifest: sha256 is not 64 hex digits")
         if "/" in m.name or m.name in ("", ".", ".."):
             raise UsageError(f"bad manifest: payload name {m.name!r}")
-        if m.format == "tree" and checked:
+        if m.format is PayloadFormat.TREE and checked:
             return Manifest(m.tag, m.format, m.name, m.sha256, m.size,
                             checked_manifest(data["tree"]))
-        if m.format == "tree":
+        if m.format is PayloadFormat.TREE:
             try:
                 tree = parse_manifest(data.get("tree"))
             except MetainfoError as exc:
@@ -424,15 +449,6 @@ class PrepareRequest:
 
 
 # --- enums of the agent subcommands' replies -------------------------------------------
-
-
-class _Value(str, Enum):
-    """A str enum whose value is its JSON and its text."""
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-    __hash__ = str.__hash__
 
 
 class Phase(_Value):

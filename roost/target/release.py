@@ -63,6 +63,7 @@ from roost.target.protocol import (
     ErrorKind,
     HookPhase,
     HookRecord,
+    PayloadFormat,
     RollbackResult,
     StageResult,
 )
@@ -101,8 +102,8 @@ def sha256_tree(root: Path) -> str:
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 
 
-def payload_digest(path: Path, fmt: str) -> str:
-    return sha256_tree(path) if fmt == "dir" else sha256_file(path)
+def payload_digest(path: Path, fmt: PayloadFormat) -> str:
+    return sha256_tree(path) if fmt is PayloadFormat.DIR else sha256_file(path)
 
 
 # --- state and locking --------------------------------------------------------
@@ -379,7 +380,7 @@ def stage(dest: Dest, manifest: Manifest, payload: Path, *, owners: bool | None 
                                      "tag": manifest.tag})
             dest.save_state(state)
             return StageResult(manifest.tag, True, files)
-        if manifest.format != "tar":  # a plain tar is hashed while it is unpacked
+        if manifest.format is not PayloadFormat.TAR:  # a plain tar is hashed while it is unpacked
             _check_digest(payload_digest(payload, manifest.format), manifest)
         files = _unpack_fresh(dest, manifest, payload, final, owners)
         state["releases"][manifest.tag] = {"sha256": manifest.sha256, "format": manifest.format,
@@ -439,7 +440,7 @@ def _unpack_fresh(dest: Dest, manifest: Manifest, payload: Path, final: Path,
     except OSError as exc:
         raise _os_error(exc, f"cannot create a directory in {dest.releases}") from None
     try:
-        if manifest.format == "tar":
+        if manifest.format is PayloadFormat.TAR:
             with payload.open("rb") as f:
                 reader = _HashingReader(f)
                 files = unpack_tar(reader, tmp, owners=owners)  # type: ignore[arg-type]
