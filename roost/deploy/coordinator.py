@@ -28,7 +28,6 @@ import hashlib
 import json
 import shutil
 import ssl
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from roost.deploy.run import (
     _check_web_seed_format,
     _start_swarm,
 )
+from roost.deploy.scratch import make_scratch
 from roost.deploy.swarm import Origin, SwarmControl
 from roost.deploy.transport import HostFailure
 from roost.errors import UsageError
@@ -240,7 +240,7 @@ async def run_publish(deploy: Deploy, src: Path, key: Path, listen: str, port: i
     await asyncio.to_thread(sign, key, {"kind": Instruction.PROBE.value})
     for url in config.web_seeds:
         check_web_seed_url(url, UsageError)  # a bad --web-seed: fail now
-    scratch = Path(tempfile.mkdtemp(prefix="roost-publish-"))
+    scratch = make_scratch("roost-publish-")
     coordinator = Coordinator(deploy, key, listen, port, tls)
     swarm: SwarmControl | None = None
     origin: Origin | None = None

@@ -38,7 +38,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -54,6 +53,7 @@ from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
 from roost.deploy.pack import make_metainfo, pack
 from roost.deploy.pki import DeployCA
+from roost.deploy.scratch import make_scratch
 from roost.deploy.session import open_session
 from roost.deploy.state import EXIT_ERROR as EXIT_ERROR  # re-exported: importers name them here
 from roost.deploy.state import Deploy as Deploy
@@ -128,7 +128,7 @@ async def run_deploy(
     for url in config.web_seeds:
         check_web_seed_url(url, UsageError)  # a bad --web-seed: fail now
     agent = make_agent(config.python)
-    scratch = Path(tempfile.mkdtemp(prefix="roost-deploy-"))
+    scratch = make_scratch("roost-deploy-")
     swarm: SwarmControl | None = None
     origin: Origin | None = None
     deploy.mark("start")
