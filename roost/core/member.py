@@ -137,7 +137,8 @@ class SwarmMember:
         self.assembly = Assembly(info.piece_length)
         self.webseeds = WebSeeds(web_seeds or [], info, self.picker)  # BEP 19
         self.offers = (
-            Offers(self.num_pieces, self.rng, info.piece_length) if config.super_seed else None
+            Offers(self.num_pieces, self.rng, info.piece_length, config.expected_peers)
+            if config.super_seed else None
         )
         self.uploads = Uploads(
             info, have, self.offers, config.upload_rate, report_uploads=report_uploads
@@ -399,6 +400,8 @@ class SwarmMember:
         out.append(Report("announced", {"peers": len(ev.peers)}))
         if ev.expected_peers is not None:
             self.swarm_expected = ev.expected_peers
+            if self.offers is not None:
+                self.offers.expect(ev.expected_peers)
         if ev.complete_peers is not None:
             self.swarm_complete = ev.complete_peers
         self.peers.add_candidates(ev.peers)

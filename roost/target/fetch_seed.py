@@ -298,6 +298,7 @@ def run_seed(ns: argparse.Namespace) -> int:
     config = make_config(
         ns,
         super_seed=super_seed,
+        expected_peers=swarm,  # also each receiver's share of the origin's offers
         linger=None,
         stop_when_swarm_complete=ns.until_complete,
         upload_log=ns.upload_log,

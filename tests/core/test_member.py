@@ -26,7 +26,7 @@ from roost.core.member import (
     TICK,
     MemberConfig,
 )
-from roost.core.offers import OFFER_BYTES, OFFERS_PER_PEER
+from roost.core.offers import OFFER_BYTES, OFFERS_PER_PEER, TOTAL_OFFER_BYTES
 from roost.core.uploads import WRITE_WINDOW
 from roost.core.wire import (
     BLOCK_SIZE,
@@ -294,6 +294,24 @@ def test_super_seeding_reveals_small_pieces_by_the_megabyte() -> None:
     offered_b = {m.index for m in b.of(Have)}
     assert len(offered_a) == len(offered_b) == OFFER_BYTES // BLOCK_SIZE
     assert not offered_a & offered_b
+
+
+def test_a_small_swarms_origin_keeps_its_link_full_of_offers() -> None:
+    """Told the swarm has 2 receivers, the origin offers each half of TOTAL_OFFER_BYTES
+    (the per-peer megabyte alone held it to a sixth of its link at N=2), each piece
+    still to one peer only; not told, the first peer to connect gets the floor only."""
+    pieces = 2 * TOTAL_OFFER_BYTES // BLOCK_SIZE
+    told = Kit(pieces=pieces, piece_length=BLOCK_SIZE, complete=True,
+               config=MemberConfig(super_seed=True, expected_peers=2))
+    a, b = told.connect(interested=True), told.connect(interested=True)
+    offered_a = {m.index for m in a.of(Have)}
+    offered_b = {m.index for m in b.of(Have)}
+    assert len(offered_a) == len(offered_b) == TOTAL_OFFER_BYTES // 2 // BLOCK_SIZE
+    assert not offered_a & offered_b
+    unknown = Kit(pieces=pieces, piece_length=BLOCK_SIZE, complete=True,
+                  config=MemberConfig(super_seed=True))
+    first = unknown.connect(interested=True)
+    assert len({m.index for m in first.of(Have)}) == OFFER_BYTES // BLOCK_SIZE
 
 
 def test_super_seeding_reveals_each_piece_to_one_peer_and_serves_only_that() -> None:

@@ -20,7 +20,7 @@ def test_super_seeding_pays_from_the_measured_swarm_size() -> None:
 
 @pytest.mark.parametrize(("hint", "plain"), [(["--swarm-size", "2"], True),
                                              (["--expected-peers", "3"], True),
-                                             (["--swarm-size", "8"], False)])
+                                             (["--swarm-size", "4"], False)])
 def test_a_small_swarm_gets_a_plain_origin(
     tmp_path: Path, procs: Procs, hint: list[str], plain: bool
 ) -> None:
