@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,6 @@ from roost.deploy.run import Deploy, new_deploy, run_deploy
 from roost.errors import UsageError
 from tests.deploy.trees import make_sample_tree, tree_signature
 from tests.webseed.nginx import Nginx
-
-
-@pytest.fixture
-def www(tmp_path: Path) -> Iterator[tuple[Path, Nginx]]:
-    root = tmp_path / "www"
-    root.mkdir()
-    server = Nginx(root, tmp_path / "nginx")
-    try:
-        yield root, server
-    finally:
-        server.close()
 
 
 def deploy(base: Path, src: Path, tag: str, **settings: object) -> Deploy:

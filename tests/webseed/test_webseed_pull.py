@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.pull.harness import (
     AgentProc,
@@ -23,17 +20,6 @@ from tests.pull.keys import allowed_signers, make_key
 from tests.webseed.nginx import Nginx
 
 SIZE = 3_000_000
-
-
-@pytest.fixture
-def www(tmp_path: Path) -> Iterator[tuple[Path, Nginx]]:
-    root = tmp_path / "www"
-    root.mkdir()
-    server = Nginx(root, tmp_path / "nginx")
-    try:
-        yield root, server
-    finally:
-        server.close()
 
 
 def digest(path: Path) -> str:
