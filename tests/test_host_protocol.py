@@ -493,6 +493,9 @@ def test_every_argv_builder_is_accepted_by_its_subcommands_parser() -> None:
          {"command": "curl x", "timeout": 5.0, "previous": "v0"}),
         (agentargv.lock("/srv", "d1", "a@b", "v1", True),
          {"who": "a@b", "tag": "v1", "break_lock": True}),
+        (agentargv.origin("/b/app.bin", "d1", "10.0.0.1", 6969, interface="eth1"),
+         {"path": "/b/app.bin", "deploy_id": "d1", "tracker_host": "10.0.0.1",
+          "tracker_port": 6969, "interface": "eth1", "address": None}),
     ]
     cases.append((agentargv.seed("/p.torrent", "/p", "http://t/a", 4, "::1", super_seed=True,
                                  tree=True, upload_rate="1M", allow=["::1/128"], tls=fetch.tls),

@@ -96,6 +96,7 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
         "download_rate": "download_rate",
         "link_rate": "link_rate",
         "web_seeds": "web_seeds",
+        "origins": "origins",
         "super_seed": "super_seed",
         "batch": "batch",
         "canary": "canary",
@@ -124,11 +125,14 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
         "allowed_signers": "allowed_signers",
     }
     out = {mapping[k]: v for k, v in params.items() if k in mapping}
-    for key in ("pre_activate", "post_activate", "hosts", "groups", "allow", "web_seeds"):
+    for key in ("pre_activate", "post_activate", "hosts", "groups", "allow", "web_seeds",
+                "origins"):
         if key in out:
             out[key] = list(out[key] or [])
     if params.get("no_activate"):
         out["activate"] = False
+    if params.get("no_local_origin"):
+        out["local_origin"] = False
     # flags only ever switch these on
     for flag in ("sudo", "dry_run", "break_lock", "require_signature"):
         if params.get(flag):
@@ -239,6 +243,12 @@ def host_config(config_path: Path | None, params: dict[str, Any]) -> DeployConfi
               help="each host verifies the manifest's signature before fetching anything")
 @click.option("--allowed-signers", help="with --require-signature: the allowed-signers "
               "file on the hosts (absolute path)")
+@click.option("--origin", "origins", multiple=True, metavar="HOST:PATH",
+              help="a host (build machine or fleet host, reached over SSH like the hosts) "
+              "that holds the payload at PATH and seeds it too, once every piece of its "
+              "copy matched (repeatable)")
+@click.option("--no-local-origin", is_flag=True,
+              help="seed only from the --origin hosts, not from this machine")
 @deploy_options
 def command(src: Path, config_path: Path | None, as_json: bool, **params: Any) -> int:
     """Deploy SRC (a directory or a file) to every host.

@@ -56,6 +56,8 @@ class DeployConfig:
     download_rate: str | None = None
     link_rate: str | None = None  # the hosts' link rate, for the bound S·8/R only
     web_seeds: list[str] = field(default_factory=list)  # BEP 19: HTTP servers of the payload
+    origins: list[str] = field(default_factory=list)  # HOST:PATH seeders (roost.deploy.origins)
+    local_origin: bool = True  # also seed from this machine (False: --no-local-origin)
     super_seed: bool = False  # BEP 16 on the origin (see roost.deploy.swarm.Origin)
     peer_tls: bool = False  # mutual TLS between peers, per-deploy CA (roost.deploy.pki)
     tracker: str | None = None  # an external `roost tracker` base URL; default: embedded
@@ -126,6 +128,8 @@ TOML_KEYS: dict[str, dict[str, str]] = {
         "download_rate": "download_rate",
         "link_rate": "link_rate",
         "web_seeds": "web_seeds",
+        "origins": "origins",
+        "local_origin": "local_origin",
         "super_seed": "super_seed",
         "peer_tls": "peer_tls",
         "tracker": "tracker",
@@ -183,6 +187,10 @@ def _apply_toml(config: DeployConfig, data: dict[str, Any], path: Path) -> Deplo
         values["web_seeds"] = [values["web_seeds"]]
     if "web_seeds" in values and not all(isinstance(v, str) for v in values["web_seeds"]):
         raise UsageError(f"{path}: [network] web_seeds must be a list of URLs")
+    if isinstance(values.get("origins"), str):
+        values["origins"] = [values["origins"]]
+    if "origins" in values and not all(isinstance(v, str) for v in values["origins"]):
+        raise UsageError(f"{path}: [network] origins must be a list of HOST:/path")
     if isinstance(values.get("batch"), int):
         values["batch"] = str(values["batch"])
     if isinstance(values.get("min_success"), int | float):

@@ -46,7 +46,7 @@ from typing import Any
 
 from roost import __version__
 from roost.core.metainfo import check_web_seed_url, parse
-from roost.deploy import dryrun, locking, rollout
+from roost.deploy import dryrun, locking, origins, rollout
 from roost.deploy.allowlist import check_extra, fleet_allowlist, resolve
 from roost.deploy.batches import plan_batches
 from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
@@ -127,6 +127,9 @@ async def run_deploy(
     _check_signing(config)
     for url in config.web_seeds:
         check_web_seed_url(url, UsageError)  # a bad --web-seed: fail now
+    # a bad --origin: fail now, before any host is touched
+    deploy.origins = [origins.RemoteOrigin(spec) for spec in origins.parse_origins(
+        config, [h.spec for h in deploy.hosts])]
     agent = make_agent(config.python)
     scratch = make_scratch("roost-deploy-")
     swarm: SwarmControl | None = None
@@ -137,6 +140,7 @@ async def run_deploy(
             pack, src, scratch, deploy.tag, fmt=config.format, compress=config.compress
         )
         _check_web_seed_format(config, deploy.payload.manifest.format)
+        origins.check_format([o.spec for o in deploy.origins], deploy.payload.manifest.format)
         made = deploy.payload.torrent  # a tree's torrent is made with its manifest
         torrent = made if made is not None else await asyncio.to_thread(
             make_metainfo, deploy.payload.payload)
@@ -148,15 +152,17 @@ async def run_deploy(
             [replace(h.spec, address=ssh_hostname(h.spec.address, config)) for h in deploy.hosts],
             config.listen)
         deploy.phase = "preflight" if config.dry_run else "lock"
-        await _reach_phase(deploy, agent, connect)
+        await asyncio.gather(_reach_phase(deploy, agent, connect),
+                             origins.reach_all(deploy.origins, agent, connect, config))
         if config.dry_run:
             await _dry_run(deploy, where)
             return deploy
-        if _refused_by_lock(deploy):
+        if _refused_by_lock(deploy) or _no_origin(deploy):
             return deploy
         reached = sum(1 for h in deploy.hosts if not h.failed)
         pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
-        swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached)
+        seeders = int(config.local_origin) + sum(1 for o in deploy.origins if not o.failed)
+        swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached, seeders)
         tree = deploy.payload.manifest.format is PayloadFormat.TREE
         plan = FetchPlan(
             swarm.announce_url,
@@ -174,29 +180,44 @@ async def run_deploy(
         deploy.phase = "fetch"
         # every host reports the address it will announce before any peer starts:
         # the fleet-only allowlist of the origin and the peers is made of them
-        await _prepare_phase(deploy, agent, torrent, plan, swarm)
+        # meanwhile each --origin host proves its copy and says what it announces
+        await asyncio.gather(
+            _prepare_phase(deploy, agent, torrent, plan, swarm),
+            origins.check_all(deploy.origins, agent, deploy.deploy_id, deploy.payload.manifest,
+                              torrent, pki, swarm.route_target, config.timeout,
+                              swarm.one_fewer))
+        if _no_origin(deploy):
+            return deploy
         allow = _fleet_allow(deploy, config, where)
         plan = replace(plan, allow=allow)
-        origin = await Origin.start(
-            scratch / "payload.torrent",
-            deploy.payload.payload if tree else deploy.payload.payload.parent,
-            where,
-            swarm.announce_url,
-            swarm.expected,
-            config.upload_rate,
-            config.super_seed,
-            origin_tls,
-            allow=allow,
-            tree=tree,
-        )
+        if config.local_origin:
+            origin = await Origin.start(
+                scratch / "payload.torrent",
+                deploy.payload.payload if tree else deploy.payload.payload.parent,
+                where,
+                swarm.announce_url,
+                swarm.expected,
+                config.upload_rate,
+                config.super_seed,
+                origin_tls,
+                allow=allow,
+                tree=tree,
+            )
+        await origins.seed_all(deploy.origins, origins.make_order(
+            swarm.announce_url, swarm.expected, config, allow), swarm.one_fewer)
+        if _no_origin(deploy):
+            return deploy
         deploy.mark("origin_started")
         if on_ready:
             on_ready(deploy)
+        local = origin
         await _fetch_phase(
             deploy, agent, torrent, plan, swarm, connect,
-            origin_dead=lambda: origin.proc.returncode is not None,
+            origin_dead=lambda: ((local is None or local.proc.returncode is not None)
+                                 and not any(o.seeding for o in deploy.origins)),
         )
-        if origin.proc.returncode is not None:
+        if origin is not None and origin.proc.returncode is not None \
+                and not any(o.seeding for o in deploy.origins):
             _blame_dead_origin(deploy, origin.proc.returncode)
         deploy.mark("fetched")
         await _activate_phase(deploy, agent)
@@ -208,7 +229,7 @@ async def run_deploy(
         raise
     finally:
         deploy.phase = "clean"
-        await _cleanup(deploy, agent)
+        await asyncio.gather(_cleanup(deploy, agent), _stop_origins(deploy))
         if origin is not None:
             await origin.stop()
         if swarm is not None:
@@ -247,13 +268,31 @@ def _sign_manifest(config: DeployConfig, manifest: Manifest) -> str | None:
 
 
 def _fleet_allow(deploy: Deploy, config: DeployConfig, origin: str) -> list[str] | None:
-    """The swarm admits only the deploy's own hosts and origin, unless widened."""
-    addresses: list[str | None] = [origin]
-    for run in deploy.hosts:
+    """The swarm admits only the deploy's own hosts and origins, unless widened."""
+    addresses: list[str | None] = [origin, *origins.addresses(deploy.origins)]
+    for run in [*deploy.hosts, *(o.run for o in deploy.origins)]:
         if not run.failed:
             addresses.append(run.address)
             addresses += resolve(ssh_hostname(run.spec.address, config))
     return fleet_allowlist(addresses, config.allow)
+
+
+def _no_origin(deploy: Deploy) -> bool:
+    """--no-local-origin and every --origin dropped: nothing can seed, so stop here
+    (cleanup then undoes what the hosts prepared)."""
+    if deploy.config.local_origin or any(not o.failed for o in deploy.origins):
+        return False
+    deploy.exit_code = EXIT_ERROR
+    deploy.message = origins.no_origin_left(deploy.origins)
+    return True
+
+
+async def _stop_origins(deploy: Deploy) -> None:
+    """The --origin hosts' seeders stop and clean up; shielded as _cleanup is."""
+    if deploy.origins:
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(origins.stop_all(deploy.origins)),
+                                   CLEAN_TIMEOUT)
 
 
 def _peer_tls(
@@ -272,15 +311,15 @@ def _peer_tls(
 
 
 async def _start_swarm(config: DeployConfig, listen: str, info_hash: bytes, tag: str,
-                       hosts: int) -> SwarmControl:
+                       hosts: int, seeders: int = 1) -> SwarmControl:
     """The embedded tracker (default), or a swarm registered on network.tracker."""
     if not config.tracker:
-        return await Swarm.start(listen, info_hash, tag, hosts)
+        return await Swarm.start(listen, info_hash, tag, hosts, seeders)
     token = config.tracker_token or os.environ.get("ROOST_TRACKER_TOKEN", "")
     if not token:
         raise UsageError("an external tracker needs its admin token: set network.tracker_token "
                          "or ROOST_TRACKER_TOKEN")
-    return await RemoteSwarm.start(config.tracker, token, info_hash, tag, hosts)
+    return await RemoteSwarm.start(config.tracker, token, info_hash, tag, hosts, seeders)
 
 
 async def _fetch_phase(
@@ -431,12 +470,20 @@ async def _dry_run(deploy: Deploy, tracker_host: str) -> None:
             run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
 
     await asyncio.gather(*(one(run) for run in deploy.hosts))
+    assert deploy.payload is not None
+    for origin in deploy.origins:  # reached and looked at in the reach phase
+        try:
+            origin.judge(deploy.payload.manifest)
+        except HostFailure as exc:
+            origin.fail(exc)
     bad = [h for h in deploy.hosts if h.failed]
-    deploy.exit_code = EXIT_PREFLIGHT_FAILED if bad else EXIT_OK
-    deploy.message = (f"dry run: {len(bad)} of {len(deploy.hosts)} hosts would fail; "
-                      "nothing was changed" if bad else
-                      f"dry run: every check passed on {len(deploy.hosts)} hosts; "
-                      "nothing was changed")
+    bad_origins = [o for o in deploy.origins if o.failed]
+    deploy.exit_code = EXIT_PREFLIGHT_FAILED if bad or bad_origins else EXIT_OK
+    hosts = (f"{len(bad)} of {len(deploy.hosts)} hosts would fail" if bad else
+             f"every check passed on {len(deploy.hosts)} hosts")
+    if bad_origins:
+        hosts = f"{len(bad_origins)} of {len(deploy.origins)} origins could not seed; {hosts}"
+    deploy.message = f"dry run: {hosts}; nothing was changed"
 
 
 async def _first(*aws: Awaitable[Any]) -> None:

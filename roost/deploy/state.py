@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from roost.deploy import locking
 from roost.deploy.config import DeployConfig
 from roost.deploy.host import HostRun
+from roost.deploy.origins import RemoteOrigin
 from roost.deploy.pack import Packed
 from roost.target.protocol import HostStatus
 
@@ -33,6 +34,7 @@ class Deploy:
     exit_code: int = EXIT_ERROR
     message: str = ""
     who: str = field(default_factory=locking.operator)
+    origins: list[RemoteOrigin] = field(default_factory=list)  # --origin hosts
 
     def mark(self, name: str) -> None:
         self.times[name] = time.monotonic()

@@ -2,10 +2,11 @@
 
 The tracker runs in this process (roost.tracker.server's public API); the
 swarm is registered under a secret token with the number of peers expected
-to finish (hosts + the origin), so peers stop seeding once all are done,
-and hosts that fail are marked so they do not hold the others up. The
-origin is `roost seed` (`--super-seed` with network.super_seed) in its own
-process group: stopping it is one killpg of a group we made.
+to finish (hosts + the origins: this one and any --origin hosts), so peers
+stop seeding once all are done, and hosts that fail are marked so they do
+not hold the others up. The origin is `roost seed` (`--super-seed` with
+network.super_seed) in its own process group: stopping it is one killpg of
+a group we made.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class Swarm:
     expected: int
 
     @classmethod
-    async def start(cls, listen: str, info_hash: bytes, name: str, hosts: int) -> Swarm:
+    async def start(cls, listen: str, info_hash: bytes, name: str, hosts: int,
+                    seeders: int = 1) -> Swarm:
         # Hosts advertise the address the deploy configured (`ip=`), which may
         # differ from their route's source. Honouring it from anywhere is safe
         # here: the swarm is private and only holders of its secret, handed out
@@ -81,11 +83,12 @@ class Swarm:
         )
         await tracker.start()
         try:
-            summary = await tracker.register(info_hash, name=name, expected_peers=hosts + 1)
+            summary = await tracker.register(info_hash, name=name,
+                                             expected_peers=hosts + seeders)
         except BaseException:
             await tracker.stop()
             raise
-        return cls(tracker, info_hash, str(summary["announce_url"]), hosts + 1)
+        return cls(tracker, info_hash, str(summary["announce_url"]), hosts + seeders)
 
     async def one_fewer(self) -> None:
         """A host already had the release: it will not join, do not wait for it."""
@@ -148,7 +151,8 @@ class RemoteSwarm:
 
     @classmethod
     async def start(
-        cls, url: str, admin_token: str, info_hash: bytes, name: str, hosts: int
+        cls, url: str, admin_token: str, info_hash: bytes, name: str, hosts: int,
+        seeders: int = 1,
     ) -> RemoteSwarm:
         base = url.rstrip("/")
         if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).hostname:
@@ -162,12 +166,12 @@ class RemoteSwarm:
                 session,
                 "POST",
                 f"{base}/admin/swarms",
-                {"info_hash": info_hash.hex(), "name": name, "expected_peers": hosts + 1},
+                {"info_hash": info_hash.hex(), "name": name, "expected_peers": hosts + seeders},
             )
         except BaseException:
             await session.close()
             raise
-        return cls(base, session, info_hash, str(summary["announce_url"]), hosts + 1)
+        return cls(base, session, info_hash, str(summary["announce_url"]), hosts + seeders)
 
     @property
     def route_target(self) -> tuple[str, int]:

@@ -14,6 +14,7 @@ from rich.text import Text
 from roost.core.inert import inert
 from roost.deploy.config import parse_rate
 from roost.deploy.dryrun import need_bytes
+from roost.deploy.origins import origin_rows
 from roost.deploy.rollout import placement
 from roost.deploy.state import Deploy
 from roost.deploy.ui import inert_text, print_reasons
@@ -228,6 +229,8 @@ def report(deploy: Deploy) -> dict[str, Any]:
         "counts": deploy.counts(),
         "dry_run": deploy.config.dry_run,
         "hosts": host_rows(deploy),
+        "local_origin": deploy.config.local_origin,
+        "origins": origin_rows(deploy.origins),
         "placement": placement(deploy),
         "timings": timings(deploy),
         "bound": bound(deploy),
@@ -303,6 +306,7 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
         table.add_row(*map(inert_text, cells))  # host strings: no escapes reach the terminal
     console.print(table)
     print_reasons(console, ((r["host"], r["reason"], r["kind"]) for r in rows))
+    origin_lines(deploy, console)
     for h in deploy.hosts:  # what hooks and health checks printed, host by host
         ran: list[HookRecord | HealthResult] = [*h.hooks]
         if h.health is not None and h.health.command is not None:
@@ -338,6 +342,22 @@ def final_table(deploy: Deploy, console: Console, notes: list[str] | None = None
         console.print(Text(note))
     style = "green" if deploy.exit_code == 0 else "red"
     console.print(Text(inert(f"{deploy.message} (exit {deploy.exit_code})"), style=style))
+
+
+def origin_lines(deploy: Deploy, console: Console) -> None:
+    """One line per --origin host: seeded (and how much), or why it was dropped."""
+    for o in deploy.origins:
+        head = Text.assemble(("origin ", "dim"), (inert(o.name), "bold"), ": ")
+        if o.failed:
+            head.append(inert(f"dropped: {o.run.reason} [{o.run.kind}]"), style="red")
+        elif o.uploaded is not None:
+            head.append(inert(f"{o.state}; uploaded {_size(o.uploaded)}"
+                              + (f" from {o.address}" if o.address else "")))
+        else:
+            head.append(inert(o.detail or str(o.state)))
+        console.print(head)
+    if deploy.origins and not deploy.config.local_origin:
+        console.print(Text("this machine did not seed (--no-local-origin)", style="dim"))
 
 
 def _reuse_cell(h: Any) -> Text:
@@ -380,6 +400,7 @@ def dry_run_table(deploy: Deploy, console: Console) -> None:
         table.add_row(*map(inert_text, cells))
     console.print(table)
     print_reasons(console, ((h.spec.name, h.reason, h.kind) for h in deploy.hosts if h.failed))
+    origin_lines(deploy, console)
     if deploy.payload:
         console.print(f"payload {_size(deploy.payload.manifest.size)} "
                       f"({deploy.payload.manifest.format}); a host needs "

@@ -75,6 +75,7 @@ class Storage:
         *,
         preallocate: bool = True,
         max_open: int = DEFAULT_MAX_OPEN,
+        top: str | None = None,
     ) -> None:
         if max_open < 1:
             raise ValueError("max_open must be at least 1")
@@ -83,8 +84,11 @@ class Storage:
         self.preallocate = preallocate
         self.max_open = max_open
         # Components of each file relative to root (already validated by metainfo).
+        # `top`: the payload's own name under root when it is not the torrent's (an
+        # origin host that holds the artifact under another name); one plain name only
+        name = info.name if top is None else _plain_name(top)
         self._rel: list[tuple[str, ...]] = [
-            (info.name,) if info.single_file else (info.name, *f.path) for f in info.files
+            (name,) if info.single_file else (name, *f.path) for f in info.files
         ]
         self._reader = PieceReader(
             [(self.root.joinpath(*r), f.length) for r, f in zip(self._rel, info.files, strict=True)]
@@ -161,7 +165,7 @@ class Storage:
 
     def payload_path(self) -> Path:
         """The payload itself: the single file, or the top directory."""
-        return self.root / self.info.name
+        return self.root / self._rel[0][0] if self._rel else self.root / self.info.name
 
     def _safe_path(
         self,
@@ -511,3 +515,10 @@ def _fsync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _plain_name(name: str) -> str:
+    """One path component: no separator, no `.` or `..`, no NUL."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise UnsafePathError(f"{name!r} is not a plain file or directory name")
+    return name

@@ -30,6 +30,7 @@ AGENT_COMMANDS: dict[str, str] = {
     "host-rollback": "roost.target.hostops:add_rollback",
     "host-health": "roost.target.hostops:add_health",
     "host-lock": "roost.target.hostlock:add_lock",
+    "host-origin": "roost.target.originseed:add_origin",
     "agent": "roost.target.pullagent:add_agent",
     "session": "roost.target.session:add_session",
 }

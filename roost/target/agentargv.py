@@ -93,6 +93,16 @@ def seed(torrent: str, directory: str, tracker: str, expected_peers: int, bind: 
     return argv
 
 
+def origin(path: str, deploy_id: str, tracker_host: str, tracker_port: int, *,
+           address: str | None = None, interface: str | None = None) -> list[str]:
+    """host-origin: prove PATH is the payload, then seed it (driven on stdin,
+    roost.target.originseed)."""
+    return ["host-origin", "--path", path, "--deploy-id", deploy_id, "--json",
+            "--tracker-host", tracker_host, "--tracker-port", str(tracker_port),
+            *_opt("--address", address),
+            *([] if address is not None else _opt("--interface", interface))]
+
+
 def stage(dest: str, manifest: str, payload: str | None = None) -> list[str]:
     """activate --no-switch: verify and unpack the fetched payload into releases/<tag>."""
     return ["activate", "--dest", dest, "--manifest", manifest, *_opt("--payload", payload),

@@ -76,6 +76,7 @@ class ErrorKind(str, Enum):
     SSH = "ssh"
     SUDO = "sudo"
     LOCK = "lock"
+    ORIGIN = "origin"  # an --origin host that cannot seed this payload (roost.deploy.origins)
 
     def __str__(self) -> str:
         return self.value
@@ -898,6 +899,76 @@ def parse_release_line(line: str) -> DeployRecord | None:
         return DeployRecord.from_json(line[len(RELEASE_WORD):].strip() or "{}")
     except ProtocolError:
         return DeployRecord()
+
+
+# --- host-origin (roost deploy --origin) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OriginReady(_Record):
+    """`host-origin`'s first line: every piece at --path matched the deploy's torrent,
+    and the address this origin will announce (as host-prepare reports a host's)."""
+
+    pieces: int
+    address: str | None = None
+    address_local: bool = True
+
+    _WHAT = "host-origin"
+    _TYPES: ClassVar[_Types] = {"pieces": _INT, "address": _OPT_STR, "address_local": _BOOL}
+    _REQUIRED = ("pieces",)
+    _NULLS = frozenset({"address"})
+
+
+@dataclass(frozen=True)
+class OriginOrder(_Record):
+    """What the deploy writes to host-origin's stdin after `seed `, once the swarm's
+    allowlist is known: where to announce and whom to admit."""
+
+    tracker: str
+    expected_peers: int
+    port: str = "6881-6999"
+    allow: tuple[str, ...] | None = None  # None: any address (--allow any)
+    upload_rate: float | None = None  # bytes/s
+    super_seed: bool = False
+
+    _WHAT = "host-origin order"
+    _TYPES: ClassVar[_Types] = {"tracker": _STR, "expected_peers": _INT, "port": _STR,
+                                "allow": (list, type(None)), "upload_rate": _NUM,
+                                "super_seed": _BOOL}
+    _REQUIRED = ("tracker", "expected_peers")
+    _OPEN = False
+
+    @classmethod
+    def _build(cls, data: dict[str, Any]) -> OriginOrder:
+        allow = data.get("allow")
+        return cls(**{**data, "allow": None if allow is None else
+                      _texts(allow, cls._WHAT, "allow")})
+
+
+@dataclass(frozen=True)
+class OriginFacts(_Record):
+    """`roost deploy --dry-run --origin`: what a read-only look at an origin's PATH saw
+    (printed by a few lines of `python3 -I -c`, roost.deploy.origins)."""
+
+    py: bool  # python3 is 3.10 or later
+    exists: bool
+    dir: bool
+    size: int
+
+    _WHAT = "origin check"
+    _TYPES: ClassVar[_Types] = {"py": _BOOL, "exists": _BOOL, "dir": _BOOL, "size": _INT}
+    _REQUIRED = ("py", "exists", "dir", "size")
+
+
+@dataclass(frozen=True)
+class OriginSeeded(_Record):
+    """`host-origin`'s last line once it stopped seeding: what it uploaded."""
+
+    uploaded: int
+
+    _WHAT = "host-origin"
+    _TYPES: ClassVar[_Types] = {"uploaded": _INT}
+    _REQUIRED = ("uploaded",)
 
 
 # --- the pull agent's reports -----------------------------------------------------------
