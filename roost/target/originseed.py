@@ -89,6 +89,9 @@ def run_origin(ns: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
+    # as Python starts (the session's fork reset it): a peer that hangs up is an EPIPE
+    # on its own connection, never the seeder's death
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     work = Path(tempfile.mkdtemp(prefix=f"roost-origin-{_safe_id(ns.deploy_id)}-"))
     try:
         manifest, meta, tls = _read_request(work)

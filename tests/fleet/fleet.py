@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -212,9 +213,10 @@ class Fleet:
 
     # --- shaping, faults ---------------------------------------------------------------
 
-    def shape(self, rate_mbit: float, hosts: list[int] | None = None, origin: bool = True
-              ) -> None:
-        """Cap each host link (both directions) and the deploy host's link at `rate_mbit`."""
+    def shape(self, rate_mbit: float, hosts: list[int] | None = None, origin: bool = True,
+              origin_mbit: float | None = None) -> None:
+        """Cap each host link (both directions) and the deploy host's link at `rate_mbit`
+        (the deploy host's at `origin_mbit` when given: a narrow operator uplink)."""
         from bench.lab.shaping import shaping_batch
 
         peers = [h.address for h in self.hosts] + [self.gateway]
@@ -228,16 +230,30 @@ class Fleet:
                   input=shaping_batch("htb", f"v{i}", rate_mbit, others, "src"))
         if origin:
             others = [h.address for h in self.hosts]
+            rate = origin_mbit or rate_mbit
             sh("tc", "-batch", "-",
-               input=shaping_batch("htb", f"{self.tag}-r", rate_mbit, others, "dst"))
+               input=shaping_batch("htb", f"{self.tag}-r", rate, others, "dst"))
             in_ns(self.switch_ns, "tc", "-batch", "-",
-                  input=shaping_batch("htb", "up0", rate_mbit, others, "src"))
+                  input=shaping_batch("htb", "up0", rate, others, "src"))
 
     def unshape(self, hosts: list[int]) -> None:
         for i in hosts:
             in_ns(self.hosts[i].ns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
             in_ns(self.switch_ns, "tc", "qdisc", "del", "dev", f"v{i}", "root", check=False)
             self.hosts[i].rate_mbit = None
+
+    def tx_bytes(self, i: int | None = None) -> int:
+        """Bytes sent so far on host i's link (None: the deploy host's), as the kernel
+        counts them: independent of what roost reports."""
+        if i is None:
+            return int(Path(f"/sys/class/net/{self.tag}-r/statistics/tx_bytes").read_text())
+        return int(in_ns(self.hosts[i].ns, "cat", "/sys/class/net/eth0/statistics/tx_bytes"))
+
+    def put(self, i: int, path: str, data: bytes) -> None:
+        """Write `data` to `path` on host i (OpenSSH, not roost)."""
+        folder, target = shlex.quote(os.path.dirname(path)), shlex.quote(path)
+        subprocess.run(self.ssh_argv(i, f"mkdir -p -- {folder} && cat > {target}"),
+                       input=data, check=True, capture_output=True, timeout=60)
 
     def pids(self, i: int) -> list[int]:
         out = sh("ip", "netns", "pids", self.hosts[i].ns, check=False)
