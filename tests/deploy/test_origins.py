@@ -1,0 +1,109 @@
+"""`roost deploy --origin`: parsing, and a deploy through the local transport where
+the hosts get the payload from origin hosts alone (`--no-local-origin`)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from roost.commands.demo import local_connector
+from roost.deploy.config import DeployConfig, HostSpec
+from roost.deploy.origins import check_format, parse_origin, parse_origins
+from roost.deploy.run import Deploy, new_deploy, run_deploy
+from roost.deploy.view import report
+from roost.errors import UsageError
+from roost.target.protocol import OriginOrder, PayloadFormat, ProtocolError
+
+FLEET = [HostSpec(name="web1", address="10.0.0.1", port=2222, user="ops", announce="10.9.0.1")]
+
+
+def test_an_origin_is_host_colon_absolute_path() -> None:
+    config = DeployConfig(user="deploy", ssh_port=2200)
+    spec = parse_origin("build7:/srv/builds/app.bin", FLEET, config)
+    assert (spec.host.address, spec.host.user, spec.host.port, spec.path) == (
+        "build7", "deploy", 2200, "/srv/builds/app.bin")
+    spec = parse_origin("root@build7:22:/srv/app/", FLEET, config)
+    assert (spec.host.user, spec.host.port, spec.path) == ("root", 22, "/srv/app")
+    assert parse_origin("[fd00::7]:/x", FLEET, config).host.address == "fd00::7"
+    # a fleet host by its name keeps its inventory settings
+    assert parse_origin("web1:/srv/app/a.bin", FLEET, config).host == FLEET[0]
+
+
+@pytest.mark.parametrize("text", ["build7", "build7:", "build7:srv/app", ":/srv/app",
+                                  "build7:/srv/../etc/shadow", "a b:/x"])
+def test_a_bad_origin_is_one_usage_error(text: str) -> None:
+    with pytest.raises(UsageError, match=r"--origin|host"):
+        parse_origin(text, FLEET, DeployConfig())
+
+
+def test_origins_as_a_whole() -> None:
+    with pytest.raises(UsageError, match="given twice"):
+        parse_origins(DeployConfig(origins=["b:/x", "b:/x"]), FLEET)
+    with pytest.raises(UsageError, match="--no-local-origin needs"):
+        parse_origins(DeployConfig(local_origin=False), FLEET)
+    with pytest.raises(UsageError, match="not tar"):
+        check_format(parse_origins(DeployConfig(origins=["b:/x"]), FLEET), PayloadFormat.TAR)
+    check_format([], PayloadFormat.TAR)  # no origin: any format
+
+
+def test_the_origin_order_is_a_closed_record() -> None:
+    order = OriginOrder("http://t/a", 5, "0", ("10.0.0.0/24",), 1e6, True)
+    assert OriginOrder.from_json(order.to_json()) == order
+    with pytest.raises(ProtocolError):
+        OriginOrder.from_json('{"tracker": "http://t/a", "expected_peers": 1, "x": 1}')
+    with pytest.raises(ProtocolError):
+        OriginOrder.from_json('{"tracker": "http://t/a", "expected_peers": 1, "allow": [1]}')
+
+
+def deploy(base: Path, src: Path, tag: str, origins: list[str], **settings: object) -> Deploy:
+    config = DeployConfig(dest="/unused", python=sys.executable, port_range="0", timeout=60,
+                          origins=origins, **settings)  # type: ignore[arg-type]
+    hosts = [HostSpec(name=f"p{i}", address="127.0.0.1", dest=str(base / f"p{i}" / "app"))
+             for i in range(2)]
+    d = new_deploy(config, hosts, tag)
+    asyncio.run(run_deploy(d, src, local_connector(base), listen="127.0.0.1"))
+    return d
+
+
+def test_origins_alone_seed_and_a_corrupt_copy_is_dropped(tmp_path: Path) -> None:
+    data = os.urandom(1_500_000)
+    src = tmp_path / "app.bin"
+    src.write_bytes(data)
+    build = tmp_path / "build" / "artifact-77.bin"  # another name than the payload's
+    build.parent.mkdir()
+    build.write_bytes(data)
+    bad = tmp_path / "stale.bin"
+    bad.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    base = tmp_path / "hosts"
+    d = deploy(base, src, "o1", [f"o1:{build}", f"o2:{bad}"], local_origin=False)
+    assert d.exit_code == 0, d.message
+    for i in range(2):
+        got = (base / f"p{i}" / "app" / "releases" / "o1" / "app.bin").read_bytes()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    rows = {row["host"]: row for row in report(d)["origins"]}
+    assert rows["o1"]["status"] == "stopped" and rows["o1"]["uploaded"] >= len(data)
+    assert rows["o2"]["status"] == "failed" and rows["o2"]["kind"] == "origin"
+    assert re.fullmatch(f"{re.escape(str(bad))} is not this payload: 1 of [0-9]+ pieces "
+                        r"differ \(a stale or corrupt copy\); not seeding it",
+                        rows["o2"]["reason"]), rows["o2"]["reason"]
+
+
+def test_no_origin_left_stops_before_any_fetch(tmp_path: Path) -> None:
+    src = tmp_path / "app.bin"
+    src.write_bytes(os.urandom(100_000))
+    base = tmp_path / "hosts"
+    d = deploy(base, src, "o2", [f"o1:{tmp_path}/nothing.bin"], local_origin=False)
+    assert d.exit_code == 1
+    assert d.message == (f"no origin can seed the payload (o1:{tmp_path}/nothing.bin: "
+                         f"{tmp_path}/nothing.bin does not exist on this host); "
+                         "nothing was changed")
+    for i in range(2):
+        app = base / f"p{i}" / "app"
+        assert not (app / "releases" / "o2").exists()
+        assert list((app / ".roost" / "deploys").iterdir()) == []
