@@ -33,7 +33,8 @@ def one(fleet: Fleet, src: Path, hosts: list[str], tag: str, rate: float, extra:
         fleet, src, hosts, "--tag", tag, "--link-rate", f"{rate:g}mbit", "--timeout", "600",
         *extra), timeout=900)
     if code != 0:
-        print(stderr[-3000:])
+        print(report["message"], [(h["host"], h["kind"], h["reason"]) for h in report["hosts"]
+                                  if h["reason"]], stderr[-2000:])
     return {"exit": code, "transfer_s": report["timings"].get("transfer"),
             "total_s": report["timings"].get("total"),
             "bound_s": (report["bound"] or {}).get("bound_seconds"),
@@ -55,7 +56,9 @@ def main() -> None:
         src = work / "app.bin"
         data = os.urandom(ns.size_mib * 2**20)
         src.write_bytes(data)
-        with Fleet(ns.hosts + 1, dest_size=f"{ns.size_mib * 2 + 64}m") as fleet:
+        # every run's two releases stay (keep 5), and the next is staged beside them
+        dest_mib = ns.size_mib * (2 * ns.runs + 2) + 64
+        with Fleet(ns.hosts + 1, dest_size=f"{dest_mib}m") as fleet:
             wide = ns.hosts
             path = f"{fleet.dest}/build/app.bin"
             fleet.put(wide, path, data)
