@@ -107,3 +107,17 @@ def test_no_origin_left_stops_before_any_fetch(tmp_path: Path) -> None:
         app = base / f"p{i}" / "app"
         assert not (app / "releases" / "o2").exists()
         assert list((app / ".roost" / "deploys").iterdir()) == []
+
+
+def test_origins_from_roost_toml_and_flags(tmp_path: Path) -> None:
+    from roost.commands.deploy import overrides
+    from roost.deploy.config import load_config
+
+    toml = tmp_path / "roost.toml"
+    toml.write_text('[network]\norigins = "build7:/srv/app.bin"\nlocal_origin = false\n')
+    config = load_config(toml, {})
+    assert (config.origins, config.local_origin) == (["build7:/srv/app.bin"], False)
+    flags = overrides({"origins": ("a:/x", "b:/y"), "no_local_origin": True})
+    config = load_config(None, flags)
+    assert (config.origins, config.local_origin) == (["a:/x", "b:/y"], False)
+    assert load_config(None, overrides({"origins": (), "no_local_origin": False})).local_origin
