@@ -121,3 +121,18 @@ def test_origins_from_roost_toml_and_flags(tmp_path: Path) -> None:
     config = load_config(None, flags)
     assert (config.origins, config.local_origin) == (["a:/x", "b:/y"], False)
     assert load_config(None, overrides({"origins": (), "no_local_origin": False})).local_origin
+
+
+def test_a_tree_is_seeded_from_an_origins_copy_of_the_directory(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.deploy.trees import make_sample_tree, tree_signature
+
+    src = make_sample_tree(tmp_path / "src", big=1_000_000)
+    shutil.copytree(src, tmp_path / "build" / "out", symlinks=True)
+    base = tmp_path / "hosts"
+    d = deploy(base, src, "tr1", [f"o1:{tmp_path}/build/out"], local_origin=False)
+    assert d.exit_code == 0, d.message
+    for i in range(2):
+        assert tree_signature(base / f"p{i}" / "app" / "releases" / "tr1") == tree_signature(src)
+    assert d.origins[0].uploaded is not None and d.origins[0].uploaded > 1_000_000
