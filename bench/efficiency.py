@@ -208,7 +208,7 @@ def _row(base: dict[str, Any], res: ToolResult, t_min: float, n: int, ceiling: f
         "cpu_bound": cpu_bound,
         # every process of the tool (its cgroup), CPU seconds per GiB delivered to receivers
         "cpu_tool_s": res.cpu_group_s, "cpu_tool_window_s": res.cpu_group_window_s,
-        "cpu_verify_s": res.cpu_verify_s,
+        "cpu_verify_s": res.cpu_verify_s, "cpu_by_command": res.cpu_by_command,
         "cpu_s_per_gib": (res.cpu_group_s / (n * base["size"] / (1 << 30))
                           if res.cpu_group_s is not None and res.status == "ok" else None),
         "cpu_tool_note": res.cpu_group_reason,

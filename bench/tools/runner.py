@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import statistics
 import time
@@ -51,6 +52,8 @@ class ToolResult:
     cpu_group_window_s: float | None = None  # the same count from t0 only
     cpu_verify_s: float = 0.0
     cpu_group_reason: str = ""
+    # the live processes' own CPU when the last host was verified, by command
+    cpu_by_command: dict[str, float] = field(default_factory=dict)
 
     def metrics(self, t_min: float, n: int) -> dict[str, Any]:
         if self.status != "ok" or len(self.times) < n:
@@ -109,6 +112,7 @@ def run_tool(tool: Tool, lab: Lab, ctx: RunContext, timeout_s: float) -> ToolRes
             _wait_all(ctx, res, t0, timeout_s, tool.receivers_upload)
         res.cpu_avg, res.cpu_peak, res.cpu_procs = cpu.avg, cpu.peak, cpu.procs_avg
         if group is not None:
+            res.cpu_by_command = cpu_by_command(group.pids())
             used = group.usage_s()
             res.cpu_verify_s = _verify_cpu_s(ctx)
             res.cpu_group_s = used - res.cpu_verify_s
@@ -135,6 +139,27 @@ def _cpu_group(lab: Lab, tool: Tool, res: ToolResult) -> CpuGroup | None:
     except OSError as e:
         res.cpu_group_reason = f"no per-tool cgroup: {e}"
         return None
+
+
+def cpu_by_command(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (own, user + system) of live processes, summed by a short label
+    of their command line (the program, and the roost subcommand or script name)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        used = (int(fields[11]) + int(fields[12])) / tck
+        words = [Path(a.decode(errors="replace")).name for a in argv[:4] if a]
+        if words[:1] and words[0].startswith("python"):
+            words = [w for w in words[1:] if w not in ("-m", "-u")][:2]
+        label = " ".join(words[:2] if words[:1] == ["roost"] else words[:1]) or "?"
+        out[label] = round(out.get(label, 0.0) + used, 3)
+    return out
 
 
 def _verify_cpu_s(ctx: RunContext) -> float:

@@ -59,14 +59,35 @@ class Assembly:
         if index in self.checking:
             result.wasted = len(block)
             return result
-        buf = self.buffers.get(index)
-        if buf is None:
-            buf = self.buffers[index] = bytearray(size)
-            self.block_from[index] = {}
-        sources = self.block_from[index]
         new, whole, result.cancels = picker.span_received(key, index, begin, len(block))
         bs, end = picker.block_size, begin + len(block)
+        buf = self.buffers.get(index)
+        if buf is None and len(block) == size and len(new) * bs >= size \
+                and isinstance(block, bytearray):
+            # The whole piece in one message (a roost peer's big block), every
+            # block of it new: the buffer it was received into becomes the
+            # piece, without a copy. The sender hands it over (wire.Piece).
+            buf = block
+            self.block_from[index] = dict.fromkeys(new, key)
+        else:
+            if buf is None:
+                buf = self.buffers[index] = bytearray(size)
+                self.block_from[index] = {}
+            self._copy_new(buf, self.block_from[index], key, new, bs, begin, end, block)
         result.wasted = len(block) - sum(min(bs, end - at) for at in new)
+        if whole:
+            self.buffers.pop(index, None)
+            self.checking[index] = (buf, self.block_from.pop(index))
+            self.checking_bytes += len(buf)
+            result.whole = buf
+        return result
+
+    @staticmethod
+    def _copy_new(
+        buf: bytearray, sources: dict[int, int], key: int, new: list[int], bs: int,
+        begin: int, end: int, block: bytes | bytearray,
+    ) -> None:
+        """Copy the new blocks of a received span into the piece, a run at a time."""
         view = memoryview(block)  # slices without copying; the copy is into buf
         run = 0  # copy each run of contiguous new blocks at once (all of them, mostly)
         for i, at in enumerate(new):
@@ -76,12 +97,6 @@ class Assembly:
             start, stop = new[run], min(at + bs, end)
             buf[start:stop] = view[start - begin : stop - begin]
             run = i + 1
-        if whole:
-            del self.buffers[index]
-            self.checking[index] = (buf, self.block_from.pop(index))
-            self.checking_bytes += len(buf)
-            result.whole = buf
-        return result
 
     def checked(self, index: int, ok: bool) -> tuple[set[int], int]:
         """A piece's check came back: (connections to ban, distinct senders)."""

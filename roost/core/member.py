@@ -210,14 +210,33 @@ class SwarmMember:
         self._maybe_announce(out, now)
         return out
 
-    def receive(self, cid: int, data: bytes, now: float) -> list[Action]:
+    def receive(self, cid: int, data: bytes | bytearray | memoryview, now: float) -> list[Action]:
+        """Bytes from connection `cid` (the caller may reuse its buffer afterwards)."""
+        return self._receive(cid, data, 0, now)
+
+    def body_buffer(self, cid: int) -> memoryview | None:
+        """Where connection `cid`'s next bytes should be read into, when a big
+        Piece body is arriving (see PeerConnection.body_buffer); else None."""
+        conn = self.conns.get(cid)
+        if conn is None or conn.closed:
+            return None
+        return conn.wire.body_buffer()
+
+    def body_received(self, cid: int, n: int, now: float) -> list[Action]:
+        """`n` bytes were read into the view body_buffer(cid) returned."""
+        return self._receive(cid, None, n, now)
+
+    def _receive(
+        self, cid: int, data: bytes | bytearray | memoryview | None, n: int, now: float
+    ) -> list[Action]:
         out: list[Action] = []
         conn = self.conns.get(cid)
         if conn is None or conn.closed:
             return out
         conn.last_recv_at = now
+        wire = conn.wire
         try:
-            for message in conn.wire.receive(data):
+            for message in wire.receive(data) if data is not None else wire.body_received(n):
                 self._handle(conn, message, out, now)
                 if conn.closed:
                     break
