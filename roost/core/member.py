@@ -354,10 +354,14 @@ class SwarmMember:
             piece_length=info.piece_length,
             total_length=info.total_length,
         )
+        wire.alloc = self._take_buffer
         conn = Conn(ev.conn, ev.address, wire, outgoing=outgoing, now=now)
         if outgoing:
             conn.send(out, wire.handshake_bytes(), now)
         self._close_all(self.peers.arrive(conn, now), out, now)
+
+    def _take_buffer(self, size: int) -> bytearray:
+        return self.assembly.take(size)
 
     def _connect_failed(self, ev: ConnectFailed, out: list[Action], now: float) -> None:
         if self.peers.dial_failed(ev.address, ev.error, now):  # once per address and error
@@ -604,7 +608,8 @@ class SwarmMember:
             self.wasted_bytes += size
             return
         got = self.assembly.add(
-            self.picker, conn.id, index, msg.begin, block, self.info.piece_size(index)
+            self.picker, conn.id, index, msg.begin, block, self.info.piece_size(index),
+            owned=True,
         )
         self.wasted_bytes += got.wasted
         for key, req in got.cancels:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, TypeAlias
@@ -387,6 +388,9 @@ class PeerConnection:
         # body so far). The body fills in place, read by read: no partial frame to grow
         # and compact, no copy of the body out of it when it is whole.
         self._body: tuple[int, int, bytearray, int] | None = None
+        # where a big body's buffer comes from: the member recycles piece buffers
+        # (Assembly.take), so a body needs neither zeroing nor fresh pages
+        self.alloc: Callable[[int], bytearray] = bytearray
         self._state = _State.HANDSHAKE
         self._remote: Handshake | None = None
         self._fast = False
@@ -654,7 +658,7 @@ class PeerConnection:
                     self._check_span(index, begin, length - 9)
                 self._bitfield_window = False
                 if not whole:  # the rest of the body arrives in later reads
-                    body = bytearray(length - 9)
+                    body = self.alloc(length - 9)
                     body[: end - pos - 13] = mv[pos + 13 : end]
                     self._body = (index, begin, body, end - pos - 13)
                     return end
