@@ -206,6 +206,12 @@ def _row(base: dict[str, Any], res: ToolResult, t_min: float, n: int, ceiling: f
         "t_min": t_min, **m,
         "cpu_avg": res.cpu_avg, "cpu_peak": res.cpu_peak, "cpu_procs": res.cpu_procs,
         "cpu_bound": cpu_bound,
+        # every process of the tool (its cgroup), CPU seconds per GiB delivered to receivers
+        "cpu_tool_s": res.cpu_group_s, "cpu_tool_window_s": res.cpu_group_window_s,
+        "cpu_verify_s": res.cpu_verify_s, "cpu_by_command": res.cpu_by_command,
+        "cpu_s_per_gib": (res.cpu_group_s / (n * base["size"] / (1 << 30))
+                          if res.cpu_group_s is not None and res.status == "ok" else None),
+        "cpu_tool_note": res.cpu_group_reason,
         "link_ceiling": ceiling,
         "host_times": dict(sorted(res.times.items(), key=lambda kv: int(kv[0][1:]))),
         "host_t_complete": res.t_complete,
@@ -223,6 +229,8 @@ def _short(row: dict[str, Any]) -> str:
     lag = row.get("loop_lag_worst_s")
     return (f"T_all {row['t_all']:.1f}s eff {row['efficiency']:.3f} "
             f"cpu {row['cpu_avg']:.0%}/{row['cpu_peak']:.0%}"
+            + (f" tool cpu {row['cpu_tool_s']:.1f}s = {row['cpu_s_per_gib']:.2f} s/GiB"
+               if row.get("cpu_s_per_gib") is not None else "")
             + (f" loop lag max {lag:.2f}s ({row['loop_stalls']} stalls)" if lag is not None
                else ""))
 
@@ -256,13 +264,16 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], command: str) -> None
         "rate; times in seconds after the last receiver was launched; CPU is the whole "
         "machine (avg / peak over 0.5 s samples of /proc/stat) during the run, and in "
         "parentheses the share of all cores used by the run's own processes (the rest is "
-        "the kernel's packet work and anything else on the machine).  ",
+        "the kernel's packet work and anything else on the machine). Tool CPU is the "
+        "cgroup v2 count of every process the tool's run started (origin, tracker, "
+        "receivers, wrappers, hooks), from its first process until the last host was "
+        "verified, less the receivers' verification hashing, per GiB delivered (N x S).  ",
         "Measured single-flow link ceiling (iperf3, fraction of configured rate): "
         + (", ".join(f"{c:.3f}" for c in ceilings) or "not measured") + ".",
         "",
         "| scenario | N | S | R Mbit/s | tool | status | T_min | T_all | first | median "
-        "| p99 | efficiency | CPU avg / peak (own) | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| p99 | efficiency | CPU avg / peak (own) | tool CPU s/GiB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cpu = ("–" if r.get("cpu_avg") is None
@@ -281,7 +292,8 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], command: str) -> None
             f"| {r['scenario']} | {r['n']} | {r['size'] // MiB} MiB | {r['rate_mbit']:g} "
             f"| {r['tool']} | {r['status']} | {_fmt(r.get('t_min'))} | {_fmt(r.get('t_all'))} "
             f"| {_fmt(r.get('first'))} | {_fmt(r.get('median'))} | {_fmt(r.get('p99'))} "
-            f"| {_fmt(r.get('efficiency'), '.3f')} | {cpu} | {note.replace('|', '/')[:160]} |")
+            f"| {_fmt(r.get('efficiency'), '.3f')} | {cpu} | {_fmt(r.get('cpu_s_per_gib'), '.2f')} "
+            f"| {note.replace('|', '/')[:160]} |")
     lines += ["", "Exact command lines per tool are in efficiency.jsonl (`commands`).", ""]
     path.write_text("\n".join(lines))
 

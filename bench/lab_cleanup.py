@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"process {pid} (inside a lab namespace)")
     for d in found.tempdirs:
         print(f"temp dir {d}")
+    for group in found.cgroups:
+        print(f"cgroup {group}")
     if a.dry_run:
         return 0
     errors = remove(found)

@@ -2,6 +2,7 @@
 
     python -m bench.pair_cpu                           # this checkout, 1 GiB on /dev/shm
     python -m bench.pair_cpu --repo /tmp/old-checkout  # another roost, same payload
+    python -m bench.pair_cpu --piece-size 256K         # the lab's piece size
 
 Prints one JSON line: the fetcher's time to `complete`, and the CPU seconds
 (user + sys, from the kernel's accounting of each finished process) of the
@@ -42,6 +43,8 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=Path("/dev/shm/roost-pair-cpu"))
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--piece-size", default="",
+                    help="e.g. 256K (default: roost make's choice)")
     args = ap.parse_args()
     if not (args.repo / "roost" / "__init__.py").is_file():
         print(f"pair_cpu: {args.repo} is not a roost checkout", file=sys.stderr)
@@ -50,12 +53,16 @@ def main() -> int:
     roost = [sys.executable, "-m", "roost"]
     origin = args.dir / f"origin-{args.size_mib}"
     payload = origin / "payload.bin"
-    torrent = args.dir / f"payload-{args.size_mib}.torrent"
+    suffix = f"-p{args.piece_size}" if args.piece_size else ""
+    torrent = args.dir / f"payload-{args.size_mib}{suffix}.torrent"
     if not torrent.exists():
         origin.mkdir(parents=True, exist_ok=True)
-        make_payload(payload, args.size_mib)
+        if not payload.exists():
+            make_payload(payload, args.size_mib)
+        piece = ["--piece-size", args.piece_size] if args.piece_size else []
         subprocess.run([*roost, "make", str(payload), "-o", str(torrent), "--public",
-                        "--no-date", "--force"], check=True, env=env, capture_output=True)
+                        "--no-date", "--force", *piece], check=True, env=env,
+                       capture_output=True)
     dest = args.dir / f"dest-{os.getpid()}"
     seed = subprocess.Popen(
         [*roost, "seed", str(torrent), "-d", str(origin), "--skip-check", "--json",

@@ -2,7 +2,8 @@
 
 Every object a lab creates carries its prefix ``rl<pid>x<k>``: namespaces
 ``<prefix>-sw`` and ``<prefix>-h<i>``, temp dirs ``<prefix>-*`` under
-/dev/shm and the system temp dir. Interfaces live only inside those
+/dev/shm and the system temp dir, CPU-counting cgroups ``<prefix>-<tool>``
+(bench.lab.cgroup). Interfaces live only inside those
 namespaces and vanish with them; nothing is ever configured in the root
 namespace. A lab is a leftover when the process whose PID is in its prefix is
 gone (or always, with ``force``).
@@ -10,13 +11,16 @@ gone (or always, with ``force``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.lab.cgroup import unified_root
 from bench.lab.procs import NETNS_DIR, kill_pids, pid_alive, pids_in_netns
 
 PREFIX_RE = re.compile(r"^(rl(\d+)x\d+)-")
@@ -28,9 +32,10 @@ class Leftovers:
     namespaces: list[str] = field(default_factory=list)
     tempdirs: list[Path] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
+    cgroups: list[Path] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (self.namespaces or self.tempdirs or self.pids)
+        return not (self.namespaces or self.tempdirs or self.pids or self.cgroups)
 
 
 def list_netns() -> list[str]:
@@ -58,6 +63,10 @@ def find_leftovers(prefix: str | None = None, force: bool = False) -> Leftovers:
             found.tempdirs += sorted(
                 p for p in root.iterdir() if p.is_dir() and _owned(p.name, prefix, force)
             )
+    cg_root = unified_root()
+    if cg_root is not None:
+        found.cgroups = sorted(p for p in cg_root.iterdir()
+                               if p.is_dir() and _owned(p.name, prefix, force))
     found.pids = pids_in_netns(found.namespaces)
     return found
 
@@ -74,6 +83,20 @@ def remove(found: Leftovers) -> list[str]:
         )
         if r.returncode != 0 and (NETNS_DIR / ns).exists():
             errors.append(f"ip netns delete {ns}: {r.stderr.strip()}")
+    for group in found.cgroups:
+        # Emptied by the kills above (a group holds only its lab's processes).
+        kill = group / "cgroup.kill"
+        with contextlib.suppress(OSError):
+            if (group / "cgroup.procs").read_text().strip() and kill.exists():
+                kill.write_text("1")
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                group.rmdir()
+            if not group.exists():
+                break
+            time.sleep(0.05)
+        else:
+            errors.append(f"could not remove cgroup {group}")
     for d in found.tempdirs:
         shutil.rmtree(d, ignore_errors=True)
         if d.exists():

@@ -41,6 +41,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from bench.lab import cleanup, shaping
+from bench.lab.cgroup import CpuGroup
 from bench.lab.procs import stop_popen
 
 SUBNET_PREFIXLEN = 16
@@ -264,11 +265,17 @@ class Lab:
             raise LabError("the lab is not up")
         return ["ip", "netns", "exec", host.netns, *map(str, argv)]
 
-    def spawn(self, host: Host, argv: Sequence[str], **popen_kw: Any) -> subprocess.Popen[bytes]:
-        """Start `argv` inside `host` in its own session; stopped at teardown."""
+    def spawn(self, host: Host, argv: Sequence[str], cpu_group: CpuGroup | None = None,
+              **popen_kw: Any) -> subprocess.Popen[bytes]:
+        """Start `argv` inside `host` in its own session; stopped at teardown.
+        With `cpu_group`, the process joins that cgroup before it enters the
+        namespace (``ip netns exec`` hides /sys/fs/cgroup)."""
         popen_kw.setdefault("stdin", subprocess.DEVNULL)
+        full = self._argv(host, argv)
+        if cpu_group is not None:
+            full = cpu_group.enter_argv(full)
         proc: subprocess.Popen[bytes] = subprocess.Popen(
-            self._argv(host, argv), start_new_session=True, **popen_kw
+            full, start_new_session=True, **popen_kw
         )
         self._procs.append(proc)
         return proc

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.lab import Host, Lab, NotRun
+from bench.lab.cgroup import CpuGroup
 
 TOOLS_DIR = Path(__file__).resolve().parent
 VERIFY = TOOLS_DIR / "verify_done.py"
@@ -40,6 +41,8 @@ class RunContext:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     commands: dict[str, list[str]] = field(default_factory=dict)
     roles: dict[int, tuple[Host, str]] = field(default_factory=dict)  # pid -> (host, role)
+    # When set, every process spawned joins this group before it execs (bench.lab.cgroup).
+    cpu_group: CpuGroup | None = None
 
     @property
     def origin(self) -> Host:
@@ -61,7 +64,8 @@ class RunContext:
     ) -> subprocess.Popen[bytes]:
         """Start `argv` in `host`, log to run_dir, remember it and its command line."""
         with open(self.log(host, role), "ab") as logf:
-            proc = self.lab.spawn(host, argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            proc = self.lab.spawn(host, argv, cpu_group=self.cpu_group, stdout=logf,
+                                  stderr=subprocess.STDOUT, env=env)
         self.procs.append(proc)
         self.roles[proc.pid] = (host, role)
         # Record the origin-side commands and the first receiver's, verbatim.

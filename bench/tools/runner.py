@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import statistics
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.lab import Lab, NotRun
+from bench.lab.cgroup import CpuGroup
 from bench.lab.cpu import ProcessCpuSampler
 from bench.lab.procs import pids_in_netns
 from bench.tools.base import RunContext, Tool, log_tail
@@ -43,6 +45,15 @@ class ToolResult:
     # (roost's loop_stall / loop_lag events; empty for tools that report none)
     loop_lag: dict[str, float] = field(default_factory=dict)
     loop_stalls: int = 0
+    # cgroup v2 count of every process the run started (bench.lab.cgroup), seconds,
+    # from the first spawn until the last host was verified, less the verification's
+    # own SHA-256 (the same for every tool); None where no cgroup could be made
+    cpu_group_s: float | None = None
+    cpu_group_window_s: float | None = None  # the same count from t0 only
+    cpu_verify_s: float = 0.0
+    cpu_group_reason: str = ""
+    # the live processes' own CPU when the last host was verified, by command
+    cpu_by_command: dict[str, float] = field(default_factory=dict)
 
     def metrics(self, t_min: float, n: int) -> dict[str, Any]:
         if self.status != "ok" or len(self.times) < n:
@@ -88,27 +99,77 @@ def run_tool(tool: Tool, lab: Lab, ctx: RunContext, timeout_s: float) -> ToolRes
         res.status, res.reason = "not run", str(e)
         return res
     receivers = lab.receivers
+    group = _cpu_group(lab, tool, res)
+    ctx.cpu_group = group
     try:
         tool.start_origin(ctx)
         for host in receivers:
             tool.launch_receiver(ctx, host)
         t0 = time.time()
+        at_t0 = group.usage_s() if group is not None else 0.0
         namespaces = [h.netns for h in lab.hosts]
         with ProcessCpuSampler(lambda: pids_in_netns(namespaces)) as cpu:
             _wait_all(ctx, res, t0, timeout_s, tool.receivers_upload)
         res.cpu_avg, res.cpu_peak, res.cpu_procs = cpu.avg, cpu.peak, cpu.procs_avg
+        if group is not None:
+            res.cpu_by_command = cpu_by_command(group.pids())
+            used = group.usage_s()
+            res.cpu_verify_s = _verify_cpu_s(ctx)
+            res.cpu_group_s = used - res.cpu_verify_s
+            res.cpu_group_window_s = used - at_t0 - res.cpu_verify_s
     except Exception as e:  # a failing tool is a result, not a crash
         res.status, res.reason = "failed", f"{type(e).__name__}: {e}"
     finally:
         for proc in ctx.procs:
             with contextlib.suppress(Exception):
                 lab.stop(proc)
+        if group is not None:
+            group.close()
         res.commands = dict(ctx.commands)
         res.loop_lag, res.loop_stalls = loop_lags(ctx.run_dir)
         res.wall_s = time.monotonic() - start
         # Receivers' copies can be large (tmpfs): drop them now.
         shutil.rmtree(ctx.run_dir / "data", ignore_errors=True)
     return res
+
+
+def _cpu_group(lab: Lab, tool: Tool, res: ToolResult) -> CpuGroup | None:
+    try:
+        return CpuGroup(f"{lab.prefix}-{tool.name}")
+    except OSError as e:
+        res.cpu_group_reason = f"no per-tool cgroup: {e}"
+        return None
+
+
+def cpu_by_command(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (own, user + system) of live processes, summed by a short label
+    of their command line (the program, and the roost subcommand or script name)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        used = (int(fields[11]) + int(fields[12])) / tck
+        words = [Path(a.decode(errors="replace")).name for a in argv[:4] if a]
+        if words[:1] and words[0].startswith("python"):
+            words = [w for w in words[1:] if w not in ("-m", "-u")][:2]
+        label = " ".join(words[:2] if words[:1] == ["roost"] else words[:1]) or "?"
+        out[label] = round(out.get(label, 0.0) + used, 3)
+    return out
+
+
+def _verify_cpu_s(ctx: RunContext) -> float:
+    """The receivers' verification hashing, from their completion records."""
+    total = 0.0
+    for host in ctx.lab.receivers:
+        rec = _read_done(ctx.done_file(host))
+        if rec is not None and isinstance(rec.get("verify_cpu_s"), (int, float)):
+            total += float(rec["verify_cpu_s"])
+    return total
 
 
 def loop_lags(run_dir: Path) -> tuple[dict[str, float], int]:

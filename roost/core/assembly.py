@@ -33,6 +33,10 @@ class Received:
     whole: bytearray | None = None
 
 
+#: spare buffers kept for reuse (Assembly.take): at least this many bytes' worth
+SPARE_BYTES = 8 * 1024 * 1024
+MIN_SPARE = 32 * 1024  # smaller buffers are cheap to make (and bodies are streamed from 32 KiB)
+
 #: (block offset, SHA-1 of the block as received, the connection that sent it)
 Suspect = tuple[int, bytes, int]
 
@@ -46,27 +50,74 @@ class Assembly:
         self.suspects: dict[int, list[Suspect]] = {}
         # pieces waiting for hash + write may hold at most this much memory
         self.max_checking_bytes = max(64 * 1024 * 1024, 8 * piece_length)
+        # Checked pieces' buffers, reused for new pieces and big blocks: a fresh
+        # bytearray is zeroed and its pages faulted in, for bytes that are all
+        # overwritten before anyone reads them (see take).
+        self.spare: dict[int, list[bytearray]] = {}
+        self.spare_bytes = 0
+        self.max_spare_bytes = max(SPARE_BYTES, 2 * piece_length)
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of `size` bytes whose content is undefined: only for a piece or
+        a block that is filled completely before it is read."""
+        spares = self.spare.get(size)
+        if spares:
+            self.spare_bytes -= size
+            return spares.pop()
+        return bytearray(size)
+
+    def give_back(self, buf: bytearray) -> None:
+        """`buf` is no longer used by anyone: keep it for take, within a budget."""
+        size = len(buf)
+        if size >= MIN_SPARE and self.spare_bytes + size <= self.max_spare_bytes:
+            self.spare.setdefault(size, []).append(buf)
+            self.spare_bytes += size
 
     def backlogged(self) -> bool:
         return self.checking_bytes >= self.max_checking_bytes
 
     def add(
         self, picker: PiecePicker, key: int, index: int, begin: int, block: bytes | bytearray,
-        size: int,
+        size: int, *, owned: bool = False,
     ) -> Received:
-        """Copy a received block (possibly several picker blocks) into its piece."""
+        """Copy a received block (possibly several picker blocks) into its piece.
+        `owned`: the caller hands the block over (a wire body): it may become the
+        piece, or be reused once copied."""
         result = Received()
         if index in self.checking:
             result.wasted = len(block)
             return result
-        buf = self.buffers.get(index)
-        if buf is None:
-            buf = self.buffers[index] = bytearray(size)
-            self.block_from[index] = {}
-        sources = self.block_from[index]
         new, whole, result.cancels = picker.span_received(key, index, begin, len(block))
         bs, end = picker.block_size, begin + len(block)
+        buf = self.buffers.get(index)
+        if buf is None and owned and len(block) == size and len(new) * bs >= size \
+                and isinstance(block, bytearray):
+            # The whole piece in one message (a roost peer's big block), every
+            # block of it new: the buffer it was received into becomes the
+            # piece, without a copy. The sender hands it over (wire.Piece).
+            buf = block
+            self.block_from[index] = dict.fromkeys(new, key)
+        else:
+            if buf is None:
+                buf = self.buffers[index] = self.take(size)  # every block is copied in
+                self.block_from[index] = {}
+            self._copy_new(buf, self.block_from[index], key, new, bs, begin, end, block)
+            if isinstance(block, bytearray) and owned:
+                self.give_back(block)
         result.wasted = len(block) - sum(min(bs, end - at) for at in new)
+        if whole:
+            self.buffers.pop(index, None)
+            self.checking[index] = (buf, self.block_from.pop(index))
+            self.checking_bytes += len(buf)
+            result.whole = buf
+        return result
+
+    @staticmethod
+    def _copy_new(
+        buf: bytearray, sources: dict[int, int], key: int, new: list[int], bs: int,
+        begin: int, end: int, block: bytes | bytearray,
+    ) -> None:
+        """Copy the new blocks of a received span into the piece, a run at a time."""
         view = memoryview(block)  # slices without copying; the copy is into buf
         run = 0  # copy each run of contiguous new blocks at once (all of them, mostly)
         for i, at in enumerate(new):
@@ -76,28 +127,26 @@ class Assembly:
             start, stop = new[run], min(at + bs, end)
             buf[start:stop] = view[start - begin : stop - begin]
             run = i + 1
-        if whole:
-            del self.buffers[index]
-            self.checking[index] = (buf, self.block_from.pop(index))
-            self.checking_bytes += len(buf)
-            result.whole = buf
-        return result
 
     def checked(self, index: int, ok: bool) -> tuple[set[int], int]:
         """A piece's check came back: (connections to ban, distinct senders)."""
         buf, sources = self.checking.pop(index)
         self.checking_bytes -= len(buf)
         senders = set(sources.values())
-        if ok:
-            bad = set()
-            for begin, digest, key in self.suspects.pop(index, []):
-                if digest != hashlib.sha1(buf[begin : begin + BLOCK_SIZE]).digest():
-                    bad.add(key)
-            return bad, len(senders)
-        if len(senders) == 1:
-            return senders, 1
-        suspects = self.suspects.setdefault(index, [])
-        for begin, key in sources.items():
-            digest = hashlib.sha1(buf[begin : begin + BLOCK_SIZE]).digest()
-            suspects.append((begin, digest, key))
-        return set(), len(senders)
+        try:
+            if ok:
+                bad = set()
+                for begin, digest, key in self.suspects.pop(index, []):
+                    if digest != hashlib.sha1(buf[begin : begin + BLOCK_SIZE]).digest():
+                        bad.add(key)
+                return bad, len(senders)
+            if len(senders) == 1:
+                return senders, 1
+            suspects = self.suspects.setdefault(index, [])
+            for begin, key in sources.items():
+                digest = hashlib.sha1(buf[begin : begin + BLOCK_SIZE]).digest()
+                suspects.append((begin, digest, key))
+            return set(), len(senders)
+        finally:
+            # the check is done (CheckAndWrite's contract): the buffer is free
+            self.give_back(buf)

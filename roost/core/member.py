@@ -210,14 +210,33 @@ class SwarmMember:
         self._maybe_announce(out, now)
         return out
 
-    def receive(self, cid: int, data: bytes, now: float) -> list[Action]:
+    def receive(self, cid: int, data: bytes | bytearray | memoryview, now: float) -> list[Action]:
+        """Bytes from connection `cid` (the caller may reuse its buffer afterwards)."""
+        return self._receive(cid, data, 0, now)
+
+    def body_buffer(self, cid: int) -> memoryview | None:
+        """Where connection `cid`'s next bytes should be read into, when a big
+        Piece body is arriving (see PeerConnection.body_buffer); else None."""
+        conn = self.conns.get(cid)
+        if conn is None or conn.closed:
+            return None
+        return conn.wire.body_buffer()
+
+    def body_received(self, cid: int, n: int, now: float) -> list[Action]:
+        """`n` bytes were read into the view body_buffer(cid) returned."""
+        return self._receive(cid, None, n, now)
+
+    def _receive(
+        self, cid: int, data: bytes | bytearray | memoryview | None, n: int, now: float
+    ) -> list[Action]:
         out: list[Action] = []
         conn = self.conns.get(cid)
         if conn is None or conn.closed:
             return out
         conn.last_recv_at = now
+        wire = conn.wire
         try:
-            for message in conn.wire.receive(data):
+            for message in wire.receive(data) if data is not None else wire.body_received(n):
                 self._handle(conn, message, out, now)
                 if conn.closed:
                     break
@@ -335,10 +354,14 @@ class SwarmMember:
             piece_length=info.piece_length,
             total_length=info.total_length,
         )
+        wire.alloc = self._take_buffer
         conn = Conn(ev.conn, ev.address, wire, outgoing=outgoing, now=now)
         if outgoing:
             conn.send(out, wire.handshake_bytes(), now)
         self._close_all(self.peers.arrive(conn, now), out, now)
+
+    def _take_buffer(self, size: int) -> bytearray:
+        return self.assembly.take(size)
 
     def _connect_failed(self, ev: ConnectFailed, out: list[Action], now: float) -> None:
         if self.peers.dial_failed(ev.address, ev.error, now):  # once per address and error
@@ -585,7 +608,8 @@ class SwarmMember:
             self.wasted_bytes += size
             return
         got = self.assembly.add(
-            self.picker, conn.id, index, msg.begin, block, self.info.piece_size(index)
+            self.picker, conn.id, index, msg.begin, block, self.info.piece_size(index),
+            owned=True,
         )
         self.wasted_bytes += got.wasted
         for key, req in got.cancels:

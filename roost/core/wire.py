@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, TypeAlias
@@ -387,6 +388,9 @@ class PeerConnection:
         # body so far). The body fills in place, read by read: no partial frame to grow
         # and compact, no copy of the body out of it when it is whole.
         self._body: tuple[int, int, bytearray, int] | None = None
+        # where a big body's buffer comes from: the member recycles piece buffers
+        # (Assembly.take), so a body needs neither zeroing nor fresh pages
+        self.alloc: Callable[[int], bytearray] = bytearray
         self._state = _State.HANDSHAKE
         self._remote: Handshake | None = None
         self._fast = False
@@ -564,6 +568,34 @@ class PeerConnection:
             raise RemoteProtocolError("too much data before our handshake", ban=True)
         return events
 
+    def body_buffer(self, min_bytes: int = STREAM_BODY) -> memoryview | None:
+        """Where the next bytes of the Piece body being received go, when at
+        least `min_bytes` of it are still to come: the adapter reads from the
+        socket straight into it (no copy of its own), then calls body_received.
+        None when no big body is in progress (then feed `receive` as usual)."""
+        body = self._body
+        if body is None or self._state is _State.DEAD:
+            return None
+        filled, whole = body[3], body[2]
+        if len(whole) - filled < min_bytes:
+            return None
+        return memoryview(whole)[filled:]
+
+    def body_received(self, n: int) -> list[Event]:
+        """`n` bytes were written into the view body_buffer returned."""
+        if self._state is _State.DEAD:
+            raise UsageError("connection already failed with a protocol error")
+        body = self._body
+        if body is None or not 0 <= n <= len(body[2]) - body[3]:
+            raise UsageError("body_received without a body_buffer that size")
+        index, begin, whole, filled = body
+        filled += n
+        if filled < len(whole):
+            self._body = (index, begin, whole, filled)
+            return []
+        self._body = None
+        return [Piece(index, begin, whole)]
+
     def _fill_body(
         self, data: bytes | bytearray | memoryview, events: list[Event]
     ) -> memoryview:
@@ -626,11 +658,14 @@ class PeerConnection:
                     self._check_span(index, begin, length - 9)
                 self._bitfield_window = False
                 if not whole:  # the rest of the body arrives in later reads
-                    body = bytearray(length - 9)
+                    body = self.alloc(length - 9)
                     body[: end - pos - 13] = mv[pos + 13 : end]
                     self._body = (index, begin, body, end - pos - 13)
                     return end
-                append(Piece(index, begin, bytes(mv[pos + 13 : pos + 4 + length])))
+                chunk = mv[pos + 13 : pos + 4 + length]
+                # a big block as a bytearray: the assembly can keep it as its piece
+                append(Piece(index, begin, bytearray(chunk) if length - 9 >= STREAM_BODY
+                             else bytes(chunk)))
             else:
                 self._check_length(mid, length)
                 if end - pos < 4 + length:

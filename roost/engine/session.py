@@ -9,8 +9,11 @@ the tracker's HTTP. Each input becomes one member call; the actions it
 returns are carried out in order by `_execute`, the only place that acts.
 
 The path of a received block, socket to disk (docs/design.md counts the hops):
-data_received -> SwarmMember.receive -> PeerConnection.receive -> Assembly.add
--> CheckAndWrite -> the pool: SHA-1, Storage.write_piece.
+get_buffer / buffer_updated -> SwarmMember.receive (or, for the rest of a big
+Piece body, body_buffer / body_received: the socket is read straight into the
+block's buffer) -> PeerConnection -> Assembly.add (a whole-piece block is kept
+as the piece, else copied into it) -> CheckAndWrite -> the pool: SHA-1,
+Storage.write_piece.
 """
 
 from __future__ import annotations
@@ -70,11 +73,18 @@ from roost.engine.zerocopy import send_direct, socket_fd
 from roost.errors import RoostError
 
 CONNECT_TIMEOUT = 5.0
+LOWAT = 64 * 1024  # while a big body arrives, wake when this much of it is in
+READ_SIZE = 256 * 1024  # a connection's scratch read buffer (messages other than big bodies)
 STOPPED_ANNOUNCE_TIMEOUT = 3.0
 
 
-class PeerProtocol(asyncio.Protocol):
-    """One connection: bytes in to the member, bytes out from its actions."""
+class PeerProtocol(asyncio.BufferedProtocol):
+    """One connection: bytes in to the member, bytes out from its actions.
+
+    Reads go where the bytes belong: while a big Piece body is arriving,
+    straight into the buffer that becomes the piece (the kernel's copy is the
+    only one); otherwise into one scratch buffer per connection, which the
+    member parses and never keeps (it copies what outlives the call)."""
 
     def __init__(self, session: Session, dialled: tuple[str, int] | None) -> None:
         self.session = session
@@ -83,6 +93,10 @@ class PeerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.paused = False  # the transport's buffer is above its high-water mark
         self.zero_copy_fd: int | None = None
+        self.scratch = memoryview(bytearray(READ_SIZE))
+        self.into_body = False  # the last get_buffer handed out a Piece body
+        self.raw_sock: Any = None  # a plain TCP socket (not TLS): SO_RCVLOWAT may be set
+        self.lowat = 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one
@@ -94,14 +108,43 @@ class PeerProtocol(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=4 * 1024 * 1024, low=1024 * 1024)
         session = self.session
         self.zero_copy_fd = socket_fd(transport) if session.config.zero_copy else None
+        if sock is not None and transport.get_extra_info("sslcontext") is None \
+                and hasattr(socket, "SO_RCVLOWAT"):
+            self.raw_sock = sock
         name = transport.get_extra_info("peername")
         address = (str(name[0]), int(name[1])) if name else self.dialled or ("?", 0)
         self.cid = session.register(self)
         session.feed(Connected(self.cid, address, self.dialled))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        body = self.session.member.body_buffer(self.cid)
+        self.into_body = body is not None
+        return body if body is not None else self.scratch
+
+    def _set_lowat(self, lowat: int) -> None:
+        try:
+            self.raw_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+        except (OSError, AttributeError):
+            self.raw_sock = None  # not supported here: wake per read, as before
+            return
+        self.lowat = lowat
+
+    def buffer_updated(self, nbytes: int) -> None:
         session = self.session
-        session.act(session.member.receive(self.cid, data, session.loop.time()))
+        member, now = session.member, session.loop.time()
+        if self.into_body:
+            session.act(member.body_received(self.cid, nbytes, now))
+        else:
+            session.act(member.receive(self.cid, self.scratch[:nbytes], now))
+        if self.raw_sock is not None:
+            # Inside a Piece body nothing else can arrive before its end, so the
+            # kernel may wait for part of what is still to come before it wakes
+            # us: a wake-up per LOWAT bytes, not per packet on a slow link.
+            # Never more than the rest of the body, which the peer is sending.
+            body = member.body_buffer(self.cid)
+            lowat = min(len(body), LOWAT) if body is not None else 1
+            if lowat != self.lowat:
+                self._set_lowat(lowat)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.session.protocols.pop(self.cid, None)

@@ -28,7 +28,7 @@ class LeanAssembly(Assembly):
 
     def add(
         self, picker: PiecePicker, key: int, index: int, begin: int, block: bytes | bytearray,
-        size: int,
+        size: int, *, owned: bool = False,
     ) -> Received:
         result = Received()
         if index in self.checking:

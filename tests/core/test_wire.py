@@ -499,3 +499,76 @@ def test_big_blocks_split_anywhere_give_the_same_events(
     events += b.receive(data[pos:])
     assert events == expected
     assert b.buffered == 0
+
+
+@given(
+    st.lists(st.one_of(message_strategy, st.tuples(st.just("big"), st.integers(0, N - 1),
+                                                   st.integers(1, 5 * BLOCK_SIZE))),
+             max_size=12),
+    st.lists(st.integers(1, 70_000), max_size=30),
+)
+def test_reading_into_body_buffers_and_one_reused_scratch_gives_the_same_events(
+    msgs: list, cuts: list[int]  # type: ignore[type-arg]
+) -> None:
+    # as the engine reads: into body_buffer() while a big body arrives, else
+    # into one scratch buffer that the next read overwrites (so an event that
+    # kept a view of it would change under us)
+    a, b = pair()
+    _, ref = pair()
+    for conn in (b, ref):
+        conn.max_block = 5 * BLOCK_SIZE
+    rng = random.Random(len(msgs))
+    data = b"".join(
+        a.send_piece(m[1], 0, rng.randbytes(m[2])) if m[0] == "big" else encode(a, m)
+        for m in msgs
+    )
+    expected = ref.receive(data)
+    scratch = bytearray(70_000)
+    events, pos = [], 0
+    for c in [*cuts, len(data)]:
+        while pos < len(data) and c > 0:
+            view = b.body_buffer()
+            if view is not None:
+                n = min(c, len(view), len(data) - pos)
+                view[:n] = data[pos : pos + n]
+                events += b.body_received(n)
+            else:
+                n = min(c, len(scratch), len(data) - pos)
+                scratch[:n] = data[pos : pos + n]
+                events += b.receive(memoryview(scratch)[:n])
+                scratch[:n] = bytes(n)  # the engine's next read reuses it
+            pos += n
+            c -= n
+    assert events == expected
+    assert b.buffered == 0
+
+
+def test_body_buffer_only_for_a_big_body_and_body_received_checks_its_count() -> None:
+    a, b = pair()
+    b.max_block = 4 * BLOCK_SIZE
+    assert b.body_buffer() is None
+    block = bytes(range(256)) * (4 * BLOCK_SIZE // 256)
+    frame_ = a.send_piece(3, 0, block)
+    assert b.receive(frame_[:100]) == []
+    view = b.body_buffer()
+    assert view is not None and len(view) == len(block) - (100 - 13)
+    with pytest.raises(RoostError):
+        b.body_received(len(view) + 1)
+    view[:] = frame_[100:]
+    assert b.body_received(len(view)) == [Piece(3, 0, block)]
+    assert b.body_buffer() is None
+    # a body with less than the threshold left is fed as bytes
+    assert b.receive(frame_[: len(frame_) - 1000]) == []
+    assert b.body_buffer() is None
+    assert b.receive(frame_[len(frame_) - 1000 :]) == [Piece(3, 0, block)]
+
+
+def test_a_whole_big_frame_read_into_scratch_owns_its_bytes() -> None:
+    a, b = pair()
+    b.max_block = 4 * BLOCK_SIZE
+    block = bytes(range(256)) * (3 * BLOCK_SIZE // 256)
+    scratch = bytearray(a.send_piece(1, 0, block) + a.send_have(2))
+    events = b.receive(memoryview(scratch))
+    scratch[:] = bytes(len(scratch))  # the next read overwrites the scratch buffer
+    assert events == [Piece(1, 0, block), Have(2)]
+    assert isinstance(events[0], Piece) and isinstance(events[0].block, bytearray)

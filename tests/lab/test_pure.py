@@ -134,3 +134,58 @@ def test_loop_lags_per_process_from_roost_events(tmp_path: Path) -> None:
         '{"event":"loop_stall","lag_s":1.2,"loop_cpu_s":1.1}\n')
     (tmp_path / "h2-receiver.log").write_text("aria2c says nothing of its loop\n")
     assert loop_lags(tmp_path) == ({"h0-seeder": 0.31, "h1-receiver": 2.5}, 2)
+
+
+def test_cpu_by_command_labels_programs_and_python_modules() -> None:
+    import subprocess
+    import sys
+
+    from bench.tools.runner import cpu_by_command
+
+    procs = [subprocess.Popen(["sleep", "5"]),
+             subprocess.Popen([sys.executable, "-m", "timeit", "-n", "1", "-r", "1",
+                               "import time; time.sleep(5)"])]
+    try:
+        import time
+        time.sleep(0.5)  # let the interpreter exec and start
+        got = cpu_by_command([p.pid for p in procs] + [2**22 + 7])  # and one that is gone
+        assert set(got) == {"sleep", "timeit"}
+        assert all(v >= 0 for v in got.values())
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_the_verification_cpu_comes_from_the_completion_records(tmp_path: Path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from bench.tools.runner import _verify_cpu_s
+
+    done = tmp_path / "done"
+    done.mkdir()
+    hosts = [SimpleNamespace(name=f"h{i}") for i in (1, 2, 3)]
+    (done / "h1.json").write_text(json.dumps({"verify_cpu_s": 0.25}))
+    (done / "h2.json").write_text(json.dumps({"verify_cpu_s": 0.5}))
+    ctx = SimpleNamespace(lab=SimpleNamespace(receivers=hosts),
+                          done_file=lambda h: done / f"{h.name}.json")
+    assert _verify_cpu_s(ctx) == 0.75  # type: ignore[arg-type]
+
+
+def test_a_completion_record_carries_its_hashing_cpu(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "tools"))
+    try:
+        from verify_done import verify_and_record
+    finally:
+        sys.path.pop(0)
+    payload = tmp_path / "p"
+    payload.write_bytes(b"x" * (4 * MiB))
+    out = tmp_path / "rec.json"
+    assert verify_and_record(str(payload), hashlib.sha256(payload.read_bytes()).hexdigest(),
+                             str(out), "h1", 0.0)
+    rec = json.loads(out.read_text())
+    assert 0 < rec["verify_cpu_s"] < 5
