@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import tempfile
@@ -67,13 +68,30 @@ def mark(self, name):
     _mark(self, name)
     if name == "fetch_started":  # the last one: every host fetching
         counts["cpu_to_fetching"] = cpu()
+        counts["sys_to_fetching"] = resource.getrusage(resource.RUSAGE_SELF).ru_stime
         counts["channels_to_fetching"] = counts["channels"]
 HostRun.mark = mark
+from roost.deploy.state import Deploy
+_deploy_mark = Deploy.mark
+counts["cpu_at"] = {}
+def deploy_mark(self, name):  # the deploy's phases: packed, origin_started, fetched, ...
+    _deploy_mark(self, name)
+    counts["cpu_at"][name] = round(cpu(), 3)
+Deploy.mark = deploy_mark
+_profile = os.environ.get("ROOST_BENCH_PROFILE")
+if _profile:
+    import cProfile
+    import time
+    _prof = cProfile.Profile(time.process_time)  # CPU, not wall: the machine is shared
+    _prof.enable()
 def dump():
+    if _profile:
+        _prof.disable()
+        _prof.dump_stats(_profile)
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(os.environ["ROOST_BENCH_OUT"], "w") as f:
-        json.dump({**counts, "cpu_self": me.ru_utime + me.ru_stime,
+        json.dump({**counts, "cpu_self": me.ru_utime + me.ru_stime, "sys_self": me.ru_stime,
                    "cpu_children": kids.ru_utime + kids.ru_stime}, f)
 atexit.register(dump)
 sys.argv = ["roost", *sys.argv[1:]]
@@ -81,21 +99,28 @@ runpy.run_module("roost", run_name="__main__", alter_sys=True)
 """
 
 
-def one_run(n: int, src: Path, roost_src: Path, concurrency: int, timeout: float
-            ) -> dict[str, Any]:
+def one_run(n: int, src: Path, roost_src: Path, concurrency: int, timeout: float,
+            profile: Path | None = None, wrap: list[str] | None = None) -> dict[str, Any]:
     with Fleet(n, dest_size="16m") as fleet, tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "counts.json"
         argv = deploy_argv(fleet, src, [h.address for h in fleet.hosts], "--tag", "v1",
                            "--timeout", f"{timeout:g}", "--connect-timeout", "60",
                            "--concurrency", str(concurrency))
         argv[1:3] = ["-c", WRAPPER]  # python -m roost -> python -c WRAPPER
+        argv[:0] = [part.replace("{n}", str(n)) for part in wrap or []]
         env = {**os.environ, "PYTHONPATH": str(roost_src), "ROOST_BENCH_OUT": str(out)}
+        if profile is not None:  # cProfile over the whole deploy process, one file per N
+            env["ROOST_BENCH_PROFILE"] = str(profile.resolve() / f"launch-{n}.pstats")
         started = time.monotonic()
         proc = subprocess.run(argv, capture_output=True, text=True, cwd=roost_src, env=env,
                               timeout=timeout + 120)
         wall = time.monotonic() - started
+        # the report is the one JSON object on stdout (a --wrap tool may print around it)
+        lines = proc.stdout.splitlines()
+        first = next((i for i, line in enumerate(lines) if line.startswith("{")), 0)
+        last = max((i for i, line in enumerate(lines) if line.startswith("}")), default=-1)
         try:
-            report = json.loads(proc.stdout)
+            report = json.loads("\n".join(lines[first:last + 1]))
         except ValueError:
             raise SystemExit(f"N={n}: no JSON report (exit {proc.returncode}):\n"
                              f"{proc.stderr[-3000:]}") from None
@@ -117,8 +142,13 @@ def one_run(n: int, src: Path, roost_src: Path, concurrency: int, timeout: float
             "deploy_wall_s": round(wall, 3),
             "cpu_to_fetching_s": round(counts.get("cpu_to_fetching", 0.0), 3),
             "cpu_self_s": round(counts["cpu_self"], 3),
+            # of which the kernel's: on this lab's veths a send() also runs the
+            # receiving namespace's network stack, billed to the sender
+            "sys_to_fetching_s": round(counts.get("sys_to_fetching", 0.0), 3),
+            "sys_self_s": round(counts["sys_self"], 3),
             "cpu_children_s": round(counts["cpu_children"], 3),
             "cpu_ms_per_host": round(1000 * counts["cpu_self"] / n, 2),
+            "cpu_at": counts.get("cpu_at"),  # the deploy process's CPU at each phase's end
             "connections_per_host": round(counts["connections"] / n, 2),
             "channels_per_host": round(counts["channels"] / n, 2),
             "timings": t,
@@ -169,6 +199,11 @@ def main() -> None:
     parser.add_argument("--size-kib", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--out", type=Path, help="append the JSON result here")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="cProfile the deploy process: DIR/launch-<N>.pstats (slows it)")
+    parser.add_argument("--wrap", default="", metavar="CMD",
+                        help="run the deploy process under CMD ({n} is N), e.g. a sampling "
+                             "profiler: 'py-spy record -f raw -o /tmp/launch-{n}.txt --'")
     ns = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench.launch needs root (network namespaces, sshd)")
@@ -185,7 +220,8 @@ def main() -> None:
         src = Path(tmp) / "payload.bin"
         src.write_bytes(os.urandom(ns.size_kib * 1024))
         for n in sizes:
-            row = one_run(n, src, ns.roost_src.resolve(), ns.concurrency, ns.timeout)
+            row = one_run(n, src, ns.roost_src.resolve(), ns.concurrency, ns.timeout,
+                          ns.profile, shlex.split(ns.wrap))
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "timings"}), flush=True)
     result = {"roost_src": str(ns.roost_src), "concurrency": ns.concurrency,

@@ -82,6 +82,7 @@ class FetchPlan:
     signature: str | None = None  # --sign-key: the manifest's OpenSSH signature
     allowed_signers: str | None = None  # --require-signature: hosts verify against this file
     web_seeds: tuple[str, ...] = ()  # --web-seed: given to every host's fetch (BEP 19)
+    progress_every: float = 0.0  # seconds between a fetch's progress lines (roost.deploy.pace)
 
 
 @dataclass
@@ -260,7 +261,8 @@ class HostRun:
             bind=bind, announce_ip=(self.address if self.address
                                     and not self.address.startswith("127.") else None),
             allow=plan.allow, location=location or None, upload_rate=plan.upload_rate or None,
-            download_rate=plan.download_rate or None, web_seeds=plan.web_seeds, tls=tls))
+            download_rate=plan.download_rate or None, web_seeds=plan.web_seeds, tls=tls,
+            progress_every=plan.progress_every))
         pidfile = f"{self.work}/fetch.pid"
         command = AgentCommand(
             f"echo $$ > {shlex.quote(pidfile)} && exec {self.agent_cmd(agent, *args)}",

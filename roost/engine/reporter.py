@@ -17,12 +17,19 @@ from roost.engine.pipes import reader_gone
 
 
 class Reporter:
-    def __init__(self, *, as_json: bool, stream: TextIO | None = None, quiet: bool = False) -> None:
+    """`progress_every`: at least this many seconds between two JSON progress lines (0:
+    every tick). A deploy of N hosts reads N such streams over SSH, so it asks for
+    fewer lines as N grows (roost.deploy.pace); state changes always go out."""
+
+    def __init__(self, *, as_json: bool, stream: TextIO | None = None, quiet: bool = False,
+                 progress_every: float = 0.0) -> None:
         self.as_json = as_json
         self.out = stream or (sys.stdout if as_json else sys.stderr)
         self.tty = (not as_json) and not quiet and self.out.isatty()
         self.quiet = quiet
         self.started = time.monotonic()
+        self.progress_every = progress_every
+        self._progress_at: float | None = None  # when the last JSON progress line went
         self._line_open = False
         self.gone = False  # the reader of `out` went away
 
@@ -57,6 +64,10 @@ class Reporter:
     ) -> None:
         """Periodic progress: a JSON line, or a redrawn line on a terminal."""
         if self.as_json:
+            now = time.monotonic()
+            if self._progress_at is not None and now - self._progress_at < self.progress_every:
+                return
+            self._progress_at = now
             self.event(
                 "progress",
                 state=state,
