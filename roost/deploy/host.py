@@ -74,10 +74,11 @@ class Agent:
         return base64.b64encode(self.data).decode() + "\n"
 
 
-#: run by the host's python3 when the probe finds no agent: read the zipapp's base64
-#: (argv[1] characters) from stdin, check it against the SHA-256 prefix in its name
-#: (argv[3]), write it to argv[2] atomically; a full disk exits as protocol.EXIT_CODES says
-RECEIVE_AGENT = """import base64, errno, hashlib, os, sys
+#: exec'd by the probe that finds no agent: read the zipapp's base64 (argv[1] characters)
+#: from stdin, check it against the SHA-256 prefix in its name (argv[3]), write it to
+#: argv[2] atomically (a full disk exits as protocol.EXIT_CODES says), then run it with
+#: the rest of argv in this same interpreter, as `python3 -I <pyz> ARGS` would
+RECEIVE_AGENT = """import base64, errno, hashlib, os, runpy, sys
 size, target, digest = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 text = bytearray()
 while len(text) < size:
@@ -100,6 +101,8 @@ except OSError as exc:
         os.unlink(part)
     print("pusherror", exc.strerror or exc)
     sys.exit(%d if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 1)
+sys.argv = [target, *sys.argv[4:]]
+runpy.run_path(target, run_name="__main__")
 """
 
 
@@ -184,7 +187,8 @@ class HostRun:
         """python3's version, $HOME, and whether this build is cached; with `then`
         (agent arguments), a cached agent is exec'd with them on the same channel. With
         `push` too, a host without it says `push`, reads it from stdin (Agent.data_b64)
-        and execs it: a first deploy needs no second and third channel either."""
+        and runs it in the interpreter that read it (RECEIVE_AGENT): a first deploy
+        needs no second and third channel, nor a third interpreter."""
         python = shlex.quote(agent.python)
         cached = f'"$HOME/.cache/roost/{agent.name}"'
         run = f"exec {python} -I {cached} {then}; " if then else ""
@@ -192,8 +196,9 @@ class HostRun:
         if then and push:
             digest = agent.name.rsplit("-", 1)[-1].removesuffix(".pyz")
             script = RECEIVE_AGENT % EXIT_CODES[ErrorKind.DISK_FULL]
-            receive = (f'test -n "$fit" && {{ echo push; {python} -I -c {shlex.quote(script)} '
-                       f"{len(agent.data_b64)} {cached} {shlex.quote(digest)} && {run}}}; ")
+            receive = (f'test -n "$fit" && {{ echo push; exec {python} -I -c '
+                       f"{shlex.quote(script)} {len(agent.data_b64)} {cached} "
+                       f"{shlex.quote(digest)} {then}; }}; ")
         return (
             f"command -v {python} >/dev/null 2>&1 || "
             "{ echo nopython; exit 0; }; "
