@@ -71,8 +71,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument(
         "--progress-every", type=_seconds, default=0.0, metavar="SECONDS",
-        help="with --json: at least this long between two progress lines (default: every "
-             "tick, 0.5 s); a deploy asks for fewer as its fleet grows")
+        help="with --json: at least this long between two progress lines, 15 times that "
+             "once seeding (default: every tick, 0.5 s); a deploy asks for fewer as its "
+             "fleet grows")
     parser.add_argument(
         "--port",
         default="6881-6999",

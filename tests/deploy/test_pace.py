@@ -8,6 +8,7 @@ import io
 import json
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,24 @@ def test_progress_lines_are_spaced_and_events_never_held_back() -> None:
     for _ in range(3):
         _progress(reporter)
     assert len(every_tick.getvalue().splitlines()) == 3
+
+
+def test_a_seeders_lines_are_further_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # the reporter's clock
+    out = io.StringIO()
+    reporter = Reporter(as_json=True, stream=out, progress_every=1.0)
+
+    def seeding() -> None:
+        reporter.progress(done=2, total=2, down_rate=0.0, up_rate=5.0, peers=1, state="seeding")
+
+    _progress(reporter)
+    now[0] += 2.0  # past the downloading interval, within the seeding one (15 s)
+    seeding()
+    assert len(out.getvalue().splitlines()) == 1
+    now[0] += 14.0
+    seeding()
+    assert len(out.getvalue().splitlines()) == 2
 
 
 def test_progress_every_takes_seconds_only() -> None:
