@@ -471,7 +471,8 @@ def test_every_argv_builder_is_accepted_by_its_subcommands_parser() -> None:
         tree_manifest="/w/manifest.json", dest="/srv", reuse="copy", bind="::",
         announce_ip="fe80::1", allow=["10.0.0.0/8"], location="rack1", upload_rate="10M",
         download_rate="20M", web_seeds=("http://w/a",),
-        tls=agentargv.TlsFiles("/w/c.pem", "/w/k.pem", "/w/ca.pem"), quiet=True)
+        tls=agentargv.TlsFiles("/w/c.pem", "/w/k.pem", "/w/ca.pem"), quiet=True,
+        progress_every=2.5)
     cases: list[tuple[list[str], dict[str, Any]]] = [
         (agentargv.prepare("/srv", "d1", "10.0.0.1", 80, address="10.0.0.2",
                            interface="eth0", allowed_signers="/etc/s"),
@@ -479,7 +480,8 @@ def test_every_argv_builder_is_accepted_by_its_subcommands_parser() -> None:
           "allowed_signers": "/etc/s"}),
         (agentargv.prepare("/srv", "d1", "h", 0, interface="eth0"), {"interface": "eth0"}),
         (agentargv.fetch(fetch), {"expected_peers": 3, "timeout": 900.0, "bind": "::",
-                                  "reuse": "copy", "quiet": True, "location": "rack1"}),
+                                  "reuse": "copy", "quiet": True, "location": "rack1",
+                                  "progress_every": 2.5}),
         (agentargv.stage("/srv", "/w/manifest.json", "/srv/releases/.v1.tmp-d1"),
          {"no_switch": True, "tag": None}),
         (agentargv.activate("/srv", "v1", 3, 12.5, ["a"], ["b", "c"]),

@@ -270,4 +270,4 @@ def command(src: Path, config_path: Path | None, as_json: bool, **params: Any) -
     hosts = resolve_hosts(config)
     tag = config.tag or default_tag(src)
     deploy = new_deploy(config, hosts, tag)
-    return execute(deploy, src, ssh_connector(config), as_json=as_json)
+    return execute(deploy, src, ssh_connector(config, len(hosts)), as_json=as_json)

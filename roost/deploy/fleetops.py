@@ -107,7 +107,8 @@ def run_op(
     from roost.deploy.ui import inert_text, print_reasons
 
     hosts = resolve_hosts(config)
-    result = asyncio.run(run_everywhere(config, hosts, ssh_connector(config), argv, parse))
+    connect = ssh_connector(config, len(hosts))
+    result = asyncio.run(run_everywhere(config, hosts, connect, argv, parse))
     code = 1 if result.failed else 0
     if as_json:
         print(json.dumps({"hosts": [r.to_dict() for r in result.rows], "failed": result.failed,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import shlex
 import time
@@ -66,6 +67,44 @@ class Agent:
     name: str  # roost-<version>-<sha12>.pyz
     python: str = "python3"
 
+    @functools.cached_property
+    def data_b64(self) -> str:
+        """The zipapp as one line of base64: what a probe that found no agent reads on the
+        channel it already has (a text channel, on SSH, sudo and local transports alike)."""
+        return base64.b64encode(self.data).decode() + "\n"
+
+
+#: exec'd by the probe that finds no agent: read the zipapp's base64 (argv[1] characters)
+#: from stdin, check it against the SHA-256 prefix in its name (argv[3]), write it to
+#: argv[2] atomically (a full disk exits as protocol.EXIT_CODES says), then run it with
+#: the rest of argv in this same interpreter, as `python3 -I <pyz> ARGS` would
+RECEIVE_AGENT = """import base64, errno, hashlib, os, runpy, sys
+size, target, digest = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+text = bytearray()
+while len(text) < size:
+    chunk = os.read(0, size - len(text))
+    if not chunk:
+        print("pusherror the deploy stopped sending the agent"); sys.exit(1)
+    text += chunk
+data = base64.b64decode(bytes(text))
+if hashlib.sha256(data).hexdigest()[:len(digest)] != digest:
+    print("pusherror the agent arrived corrupted"); sys.exit(1)
+part = f"{target}.tmp.{os.getpid()}"
+try:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(part, "wb") as f:
+        f.write(data)
+    os.chmod(part, 0o755)
+    os.replace(part, target)
+except OSError as exc:
+    if os.path.exists(part):
+        os.unlink(part)
+    print("pusherror", exc.strerror or exc)
+    sys.exit(%d if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 1)
+sys.argv = [target, *sys.argv[4:]]
+runpy.run_path(target, run_name="__main__")
+"""
+
 
 @dataclass
 class FetchPlan:
@@ -82,6 +121,7 @@ class FetchPlan:
     signature: str | None = None  # --sign-key: the manifest's OpenSSH signature
     allowed_signers: str | None = None  # --require-signature: hosts verify against this file
     web_seeds: tuple[str, ...] = ()  # --web-seed: given to every host's fetch (BEP 19)
+    progress_every: float = 0.0  # seconds between a fetch's progress lines (roost.deploy.pace)
 
 
 @dataclass
@@ -143,19 +183,31 @@ class HostRun:
         if not self.read_probe(agent, result.stdout):
             await self.push_agent(agent)
 
-    def probe_command(self, agent: Agent, then: str = "") -> str:
+    def probe_command(self, agent: Agent, then: str = "", push: bool = False) -> str:
         """python3's version, $HOME, and whether this build is cached; with `then`
-        (agent arguments), a cached agent is exec'd with them on the same channel."""
+        (agent arguments), a cached agent is exec'd with them on the same channel. With
+        `push` too, a host without it says `push`, reads it from stdin (Agent.data_b64)
+        and runs it in the interpreter that read it (RECEIVE_AGENT): a first deploy
+        needs no second and third channel, nor a third interpreter."""
+        python = shlex.quote(agent.python)
         cached = f'"$HOME/.cache/roost/{agent.name}"'
-        run = f"exec {shlex.quote(agent.python)} -I {cached} {then}; " if then else ""
+        run = f"exec {python} -I {cached} {then}; " if then else ""
+        receive = ""
+        if then and push:
+            digest = agent.name.rsplit("-", 1)[-1].removesuffix(".pyz")
+            script = RECEIVE_AGENT % EXIT_CODES[ErrorKind.DISK_FULL]
+            receive = (f'test -n "$fit" && {{ echo push; exec {python} -I -c '
+                       f"{shlex.quote(script)} {len(agent.data_b64)} {cached} "
+                       f"{shlex.quote(digest)} {then}; }}; ")
         return (
-            f"command -v {shlex.quote(agent.python)} >/dev/null 2>&1 || "
+            f"command -v {python} >/dev/null 2>&1 || "
             "{ echo nopython; exit 0; }; "
             # exits 0 only for a python the agent runs on: only that one gets exec'd
-            f"{shlex.quote(agent.python)} -c 'import sys; print(\"py\", *sys.version_info[:2]); "
+            f"{python} -c 'import sys; print(\"py\", *sys.version_info[:2]); "
             f"sys.exit(sys.version_info < {MIN_PYTHON})' && fit=1; "
             'echo "home $HOME"; '
-            f'if test -f {cached}; then echo have; test -n "$fit" && {run}:; else echo missing; fi'
+            f'if test -f {cached}; then echo have; test -n "$fit" && {run}:; '
+            f"else echo missing; {receive}fi"
         )
 
     def read_probe(self, agent: Agent, stdout: str) -> bool:
@@ -260,7 +312,8 @@ class HostRun:
             bind=bind, announce_ip=(self.address if self.address
                                     and not self.address.startswith("127.") else None),
             allow=plan.allow, location=location or None, upload_rate=plan.upload_rate or None,
-            download_rate=plan.download_rate or None, web_seeds=plan.web_seeds, tls=tls))
+            download_rate=plan.download_rate or None, web_seeds=plan.web_seeds, tls=tls,
+            progress_every=plan.progress_every))
         pidfile = f"{self.work}/fetch.pid"
         command = AgentCommand(
             f"echo $$ > {shlex.quote(pidfile)} && exec {self.agent_cmd(agent, *args)}",

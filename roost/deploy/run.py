@@ -46,7 +46,7 @@ from typing import Any
 
 from roost import __version__
 from roost.core.metainfo import check_web_seed_url, parse
-from roost.deploy import dryrun, locking, origins, rollout
+from roost.deploy import dryrun, locking, origins, pace, rollout
 from roost.deploy.allowlist import check_extra, fleet_allowlist, resolve
 from roost.deploy.batches import plan_batches
 from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
@@ -98,9 +98,11 @@ def make_agent(python: str) -> Agent:
     return Agent(data, f"roost-{__version__}-{digest}.pyz", python)
 
 
-def ssh_connector(config: DeployConfig) -> Connector:
+def ssh_connector(config: DeployConfig, fleet: int = 1) -> Connector:
+    """Connects to one host of a fleet of `fleet` hosts."""
+
     async def connect(spec: HostSpec) -> Transport:
-        return await ssh_connect(spec, config)
+        return await ssh_connect(spec, config, fleet)
 
     return connect
 
@@ -154,6 +156,7 @@ async def run_deploy(
         deploy.phase = "preflight" if config.dry_run else "lock"
         await asyncio.gather(_reach_phase(deploy, agent, connect),
                              origins.reach_all(deploy.origins, agent, connect, config))
+        deploy.mark("reached")
         if config.dry_run:
             await _dry_run(deploy, where)
             return deploy
@@ -176,6 +179,8 @@ async def run_deploy(
             signature=signature,
             allowed_signers=config.allowed_signers if config.require_signature else None,
             web_seeds=tuple(config.web_seeds),
+            # the fleet's progress lines stay ~pace.PROGRESS_BUDGET a second whatever N is
+            progress_every=pace.progress_every(len(deploy.hosts)),
         )
         deploy.phase = "fetch"
         # every host reports the address it will announce before any peer starts:
@@ -186,6 +191,7 @@ async def run_deploy(
             origins.check_all(deploy.origins, agent, deploy.deploy_id, deploy.payload.manifest,
                               torrent, pki, swarm.route_target, config.timeout,
                               swarm.one_fewer))
+        deploy.mark("prepared")
         if _no_origin(deploy):
             return deploy
         allow = _fleet_allow(deploy, config, where)

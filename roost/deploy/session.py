@@ -30,7 +30,7 @@ from typing import Any
 
 from roost.deploy.host import Agent, HostRun
 from roost.deploy.transport import AgentCommand, HostFailure, Result, Stream, Transport
-from roost.target.protocol import ErrorKind, Phase
+from roost.target.protocol import ErrorKind, Phase, kind_of_exit
 
 READY_TIMEOUT = 60.0
 BYE_TIMEOUT = 5.0
@@ -196,15 +196,20 @@ class AgentSession:
         await self.stream.wait()
 
 
-async def _ready(stream: Stream, lines: AsyncIterator[str], before: list[str]) -> bool:
+async def _ready(stream: Stream, lines: AsyncIterator[str], before: list[str],
+                 agent: Agent | None = None) -> bool:
     """Wait for the session's first record; the lines before it go to `before`. False
-    when the command ended without starting a session."""
+    when the command ended without starting a session. With `agent`, a probe that asks
+    for it (`push`) is sent the agent."""
 
     async def first() -> bool:
         async for line in lines:
-            with contextlib.suppress(ValueError, AttributeError):
-                if json.loads(line).get("session") == 1:
-                    return True
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError, AttributeError):
+                    if json.loads(line).get("session") == 1:
+                        return True
+            elif agent is not None and line.strip() == "push":
+                await stream.send(agent.data_b64)
             before.append(line)
         return False
 
@@ -216,17 +221,19 @@ async def _ready(stream: Stream, lines: AsyncIterator[str], before: list[str]) -
 
 
 async def open_session(run: HostRun, agent: Agent) -> AgentSession:
-    """Check python3 and start the cached agent's session on one channel; only a host
-    that lacks this build gets two more (the push, then the session)."""
+    """Check python3 and start the agent's session, all on one channel: a host that
+    lacks this build reads it on that channel first (HostRun.probe_command's push)."""
     assert run.transport is not None
     inner = run.transport
     run.phase = Phase.AGENT
-    stream = await inner.start(run.probe_command(agent, then="session"), stdin=True)
+    stream = await inner.start(run.probe_command(agent, then="session", push=True),
+                               stdin=True)
     lines = stream.lines()
     before: list[str] = []
-    started = await _ready(stream, lines, before)
+    started = await _ready(stream, lines, before, agent)
+    code = None
     if not started:
-        await stream.wait()
+        code = await stream.wait()
         if not any(line.startswith("home ") for line in before):
             # the probe did not run at all (sudo refused, ...): run() names the reason
             before = [(await inner.run(run.probe_command(agent), timeout=60)).stdout]
@@ -237,11 +244,13 @@ async def open_session(run: HostRun, agent: Agent) -> AgentSession:
         raise
     prefix = [agent.python, "-I", run.pyz]
     if started:
+        run.pushed_agent = not cached
         return AgentSession.started(inner, stream, prefix, lines)
     if cached:  # cached, yet the session did not start: the agent says why on stderr
         raise HostFailure(ErrorKind.AGENT, "the agent session did not start")
-    await run.push_agent(agent)
-    return await AgentSession.open(inner, agent.python, run.pyz)
+    why = [line.split(" ", 1)[1].strip() for line in before if line.startswith("pusherror ")]
+    raise HostFailure(kind_of_exit(code or 1, ErrorKind.AGENT),
+                      f"cannot install the roost agent: {why[-1] if why else f'exit {code}'}")
 
 
 class _SessionStream:

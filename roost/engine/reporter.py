@@ -15,14 +15,26 @@ from typing import Any, TextIO
 from roost.core.inert import inert
 from roost.engine.pipes import reader_gone
 
+#: with progress_every, a seeder's lines are this many times further apart: once complete,
+#: a line says nothing a deploy reads (its bytes are the total, its download rate 0)
+SEEDING_SLOWER = 15
+
 
 class Reporter:
-    def __init__(self, *, as_json: bool, stream: TextIO | None = None, quiet: bool = False) -> None:
+    """`progress_every`: at least this many seconds between two JSON progress lines (0:
+    every tick), SEEDING_SLOWER times that once seeding. A deploy of N hosts reads N
+    such streams over SSH, so it asks for fewer lines as N grows (roost.deploy.pace);
+    state changes always go out."""
+
+    def __init__(self, *, as_json: bool, stream: TextIO | None = None, quiet: bool = False,
+                 progress_every: float = 0.0) -> None:
         self.as_json = as_json
         self.out = stream or (sys.stdout if as_json else sys.stderr)
         self.tty = (not as_json) and not quiet and self.out.isatty()
         self.quiet = quiet
         self.started = time.monotonic()
+        self.progress_every = progress_every
+        self._progress_at: float | None = None  # when the last JSON progress line went
         self._line_open = False
         self.gone = False  # the reader of `out` went away
 
@@ -57,6 +69,11 @@ class Reporter:
     ) -> None:
         """Periodic progress: a JSON line, or a redrawn line on a terminal."""
         if self.as_json:
+            now = time.monotonic()
+            every = self.progress_every * (SEEDING_SLOWER if state == "seeding" else 1)
+            if self._progress_at is not None and now - self._progress_at < every:
+                return
+            self._progress_at = now
             self.event(
                 "progress",
                 state=state,

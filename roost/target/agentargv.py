@@ -59,6 +59,7 @@ class FetchArgs:
     web_seeds: Sequence[str] = ()
     tls: TlsFiles | None = None
     quiet: bool = False
+    progress_every: float = 0.0  # 0: fetch's own default (a line every tick)
 
 
 def fetch(a: FetchArgs) -> list[str]:
@@ -71,7 +72,8 @@ def fetch(a: FetchArgs) -> list[str]:
             *_opt("--bind", a.bind), *_opt("--announce-ip", a.announce_ip),
             *_opt("--allow", ",".join(a.allow) if a.allow is not None else None),
             *_opt("--location", a.location), *_opt("--upload-rate", a.upload_rate),
-            *_opt("--download-rate", a.download_rate)]
+            *_opt("--download-rate", a.download_rate),
+            *_opt("--progress-every", f"{a.progress_every:g}" if a.progress_every else None)]
     for url in a.web_seeds:
         argv += ["--web-seed", url]
     if a.tls is not None:

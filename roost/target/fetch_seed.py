@@ -47,6 +47,17 @@ from roost.target.treestage import (
 EXIT_INCOMPLETE = 3
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds from 0 to an hour (argparse type: a bad one is one line, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not 0 <= value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected 0 to 3600 seconds, not {text}")
+    return value
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("torrent", type=Path, help="the .torrent file")
     parser.add_argument(
@@ -58,6 +69,11 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON event lines on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--progress-every", type=_seconds, default=0.0, metavar="SECONDS",
+        help="with --json: at least this long between two progress lines, 15 times that "
+             "once seeding (default: every tick, 0.5 s); a deploy asks for fewer as its "
+             "fleet grows")
     parser.add_argument(
         "--port",
         default="6881-6999",
@@ -280,7 +296,7 @@ class FetchReporter(Reporter):
 def run_fetch(ns: argparse.Namespace) -> int:
     meta = read_torrent(ns.torrent)
     config = make_config(ns, linger=ns.linger, seed=not ns.no_seed, upload_log=ns.upload_log)
-    reporter = FetchReporter(as_json=ns.json, quiet=ns.quiet)
+    reporter = FetchReporter(as_json=ns.json, quiet=ns.quiet, progress_every=ns.progress_every)
     try:
         complete = _run(meta, ns, config, reporter, create=True, check=True)
         if complete and ns.sha256:
@@ -303,7 +319,7 @@ def run_seed(ns: argparse.Namespace) -> int:
         stop_when_swarm_complete=ns.until_complete,
         upload_log=ns.upload_log,
     )
-    reporter = Reporter(as_json=ns.json, quiet=ns.quiet)
+    reporter = Reporter(as_json=ns.json, quiet=ns.quiet, progress_every=ns.progress_every)
     if ns.super_seed and not super_seed:
         why = f"fewer than {SUPER_SEED_MIN_PEERS} receivers: a plain origin is faster"
         reporter.event("super_seed_off", swarm=swarm, reason=why)

@@ -17,12 +17,21 @@ import sys
 import time
 from pathlib import Path
 
+from roost.deploy.config import HostSpec
+from roost.deploy.host import Agent, HostRun
 from roost.deploy.pack import make_metainfo
-from roost.deploy.session import AgentSession
-from roost.deploy.transport import AgentCommand, LocalTransport, _LocalStream
+from roost.deploy.run import make_agent
+from roost.deploy.session import AgentSession, open_session
+from roost.deploy.transport import (
+    AgentCommand,
+    HostFailure,
+    LocalTransport,
+    Result,
+    _LocalStream,
+)
 from roost.deploy.zipapp import build_zipapp
 from roost.target.hostlock import history, inspect_lock
-from roost.target.protocol import HostStatus
+from roost.target.protocol import ErrorKind, HostStatus
 from roost.target.release import Dest
 
 
@@ -119,3 +128,44 @@ def test_the_channel_closing_stops_the_fetch_cleans_and_releases(tmp_path: Path)
     assert inspect_lock(Dest(dest)).state == "free"
     last = history(Dest(dest))[-1]
     assert last.deploy_id == "d2" and last.result is HostStatus.LOST
+
+
+async def _first_deploy(tmp_path: Path, agent: Agent) -> tuple[HostRun, AgentSession]:
+    run = HostRun(HostSpec("local", "127.0.0.1"))
+    run.transport = LocalTransport(tmp_path / "home")
+    return run, await open_session(run, agent)
+
+
+def test_a_host_without_the_agent_reads_it_on_the_probe_channel(tmp_path: Path) -> None:
+    """The first deploy's one channel: the probe says `push`, reads the zipapp, execs it."""
+    agent = make_agent(sys.executable)
+
+    async def go() -> tuple[HostRun, Result]:
+        run, session = await _first_deploy(tmp_path, agent)
+        try:
+            return run, await session.run(cmd(
+                [sys.executable, "-I", run.pyz], "host-status", "--dest",
+                str(tmp_path / "app"), "--json"), timeout=60)
+        finally:
+            await session.close()
+
+    run, result = asyncio.run(go())
+    assert run.pushed_agent
+    assert (tmp_path / "home" / ".cache" / "roost" / agent.name).read_bytes() == agent.data
+    assert result.code == 0, result
+    assert "releases" in json.loads(result.stdout.splitlines()[-1])
+
+
+def test_an_agent_that_arrives_corrupted_is_refused_and_never_cached(tmp_path: Path) -> None:
+    good = make_agent(sys.executable)
+    # the name's SHA-256 prefix no longer matches the bytes sent
+    agent = Agent(good.data[:-1] + b"x", good.name, good.python)
+    try:
+        asyncio.run(_first_deploy(tmp_path, agent))
+    except HostFailure as exc:
+        failure = exc
+    else:
+        raise AssertionError("a corrupted agent was accepted")
+    assert failure.kind is ErrorKind.AGENT
+    assert "cannot install the roost agent: the agent arrived corrupted" in str(failure)
+    assert not any((tmp_path / "home" / ".cache" / "roost").glob("*"))

@@ -79,8 +79,10 @@ def test_a_deploy_uses_one_connection_and_one_agent_session_per_host(
         fleet: Fleet, tmp_path: Path) -> None:
     src = tmp_path / "app.bin"
     src.write_bytes(os.urandom(3 * 2**20))
-    # the probe, then (first deploy only) the push and the session; later the probe execs it
-    for tag, commands in (("v1", 3), ("v2", 1)):
+    # one command: the probe, which execs the session (after reading the agent on that
+    # same channel on the first deploy, when the host lacks it)
+    for tag, pushed in (("v1", True), ("v2", False)):
+        commands = 1
         before = [log_counts(fleet, i) for i in range(N)]
         sampler = Sampler(fleet)
         sampler.start()
@@ -92,6 +94,7 @@ def test_a_deploy_uses_one_connection_and_one_agent_session_per_host(
             sampler.stop.set()
             sampler.join()
         assert code == 0, (report.get("message"), err[-2000:])
+        assert [h["pushed_agent"] for h in report["hosts"]] == [pushed] * N
         time.sleep(0.3)  # sshd writes its last lines as the channels close
         for i in range(N):
             conns, cmds = (a - b for a, b in zip(log_counts(fleet, i), before[i], strict=True))
