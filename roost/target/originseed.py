@@ -162,8 +162,11 @@ def _check_payload(path: Path, manifest: Manifest, meta: Metainfo) -> Storage:
     if want_dir != path.is_dir():
         kind = "a directory" if want_dir else "a file"
         raise RoostError(f"{path} is not {kind}, as this payload ({manifest.format}) is")
-    storage: Storage = (TreeStorage(meta.info, path, None) if tree
-                        else Storage(meta.info, path.parent, top=path.name))
+    # PATH itself may be a link (a host's `current`): what it names is the payload, and
+    # a link inside it may not lead out of it (Storage confines them to root/top)
+    real = Path(os.path.realpath(path))
+    storage: Storage = (TreeStorage(meta.info, real, None) if tree
+                        else Storage(meta.info, real.parent, top=real.name))
     have = storage.recheck()
     pieces = meta.info.num_pieces
     if not have.all():

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -136,3 +137,34 @@ def test_a_tree_is_seeded_from_an_origins_copy_of_the_directory(tmp_path: Path) 
     for i in range(2):
         assert tree_signature(base / f"p{i}" / "app" / "releases" / "tr1") == tree_signature(src)
     assert d.origins[0].uploaded is not None and d.origins[0].uploaded > 1_000_000
+
+
+def test_an_origin_path_may_be_a_link_but_its_tree_may_not_leave_it(tmp_path: Path) -> None:
+    """`--origin web1:/srv/app/current` names a release through a link: served. A link
+    inside the directory to a file beside it (outside PATH) is refused, even when that
+    file holds the right bytes: the origin serves PATH and nothing else."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.bin").write_bytes(os.urandom(300_000))
+    (src / "b.txt").write_bytes(b"config\n")
+    build = tmp_path / "build"
+    (build / "releases" / "r1" / "sub").mkdir(parents=True)
+    (build / "releases" / "r1" / "sub" / "a.bin").write_bytes((src / "sub" / "a.bin").read_bytes())
+    (build / "releases" / "r1" / "b.txt").write_bytes(b"config\n")
+    (build / "current").symlink_to(build / "releases" / "r1")
+    (build / "beside.txt").write_bytes(b"config\n")
+    (build / "escape").mkdir()
+    shutil.copytree(build / "releases" / "r1", build / "escape" / "out")
+    os.unlink(build / "escape" / "out" / "b.txt")
+    (build / "escape" / "out" / "b.txt").symlink_to(build / "escape" / "beside.txt")
+    (build / "escape" / "beside.txt").write_bytes(b"config\n")
+    base = tmp_path / "hosts"
+    d = deploy(base, src, "l1", [f"o1:{build}/current", f"o2:{build}/escape/out"],
+               local_origin=False, format="dir")
+    assert d.exit_code == 0, d.message
+    rows = {row["host"]: row for row in report(d)["origins"]}
+    assert rows["o1"]["status"] == "stopped", rows["o1"]
+    assert rows["o2"]["status"] == "failed" and "outside" in str(rows["o2"]["reason"]), rows
+    for i in range(2):
+        got = base / f"p{i}" / "app" / "releases" / "l1"
+        assert (got / "b.txt").read_bytes() == b"config\n"
