@@ -167,7 +167,10 @@ def _check_payload(path: Path, manifest: Manifest, meta: Metainfo) -> Storage:
     real = Path(os.path.realpath(path))
     storage: Storage = (TreeStorage(meta.info, real, None) if tree
                         else Storage(meta.info, real.parent, top=real.name))
-    have = storage.recheck()
+    try:
+        have = storage.recheck()
+    except OSError as exc:  # a link loop, an unreadable file: one line, not a traceback
+        raise RoostError(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
     pieces = meta.info.num_pieces
     if not have.all():
         raise RoostError(f"{path} is not this payload: {pieces - have.count()} of {pieces} "

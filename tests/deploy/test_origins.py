@@ -168,3 +168,22 @@ def test_an_origin_path_may_be_a_link_but_its_tree_may_not_leave_it(tmp_path: Pa
     for i in range(2):
         got = base / f"p{i}" / "app" / "releases" / "l1"
         assert (got / "b.txt").read_bytes() == b"config\n"
+
+
+def test_an_unreadable_origin_copy_is_one_line(tmp_path: Path) -> None:
+    """A link loop in the origin's copy is an OSError while hashing: the origin says
+    what it could not read (not a traceback and `exit 1`)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(50_000))
+    (src / "b.txt").write_bytes(b"config\n")
+    out = tmp_path / "build" / "out"
+    shutil.copytree(src, out)
+    os.unlink(out / "b.txt")
+    (out / "b.txt").symlink_to("b.txt")  # ELOOP
+    base = tmp_path / "hosts"
+    d = deploy(base, src, "e1", [f"o1:{out}"], format="dir")
+    assert d.exit_code == 0, d.message  # this machine still seeds
+    row = report(d)["origins"][0]
+    assert row["status"] == "failed", row
+    assert row["reason"] == f"cannot read {out}/b.txt: Too many levels of symbolic links"
