@@ -47,7 +47,14 @@ from roost.engine.treestorage import TreeStorage
 from roost.errors import RoostError, UsageError
 from roost.target import Runner
 from roost.target.fetch_seed import parse_ports
-from roost.target.hostops import PEER_TLS, _address, _inflate, _peer_tls, _torrent_of, is_local
+from roost.target.hostops import (
+    PEER_TLS,
+    announce_address,
+    inflate_request,
+    is_local,
+    peer_tls_files,
+    torrent_of,
+)
 from roost.target.protocol import (
     MAX_PREPARE_INPUT,
     Manifest,
@@ -96,7 +103,7 @@ def run_origin(ns: argparse.Namespace) -> int:
     try:
         manifest, meta, tls = _read_request(work)
         storage = _check_payload(Path(ns.path), manifest, meta)
-        address = _address(ns)
+        address = announce_address(ns)
         _say(OriginReady(meta.info.num_pieces, address,
                          address is None or is_local(address)).to_json())
         order = _read_order()
@@ -133,10 +140,11 @@ def _read_request(work: Path) -> tuple[Manifest, Metainfo, dict[str, Path]]:
     if not line.strip():
         raise _Stopped
     try:
-        data = PrepareRequest.from_json(_inflate(base64.b64decode(line.strip(), validate=True)))
+        blob = base64.b64decode(line.strip(), validate=True)
+        data = PrepareRequest.from_json(inflate_request(blob))
         manifest = Manifest.load(data.manifest)
-        torrent = _torrent_of(data.to_dict(), manifest)
-        tls = _peer_tls(data.tls)
+        torrent = torrent_of(data.to_dict(), manifest)
+        tls = peer_tls_files(data.tls)
         meta = parse(torrent)
     except (ProtocolError, binascii.Error, zlib.error, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"bad host-origin request: {exc}") from None

@@ -187,3 +187,17 @@ def test_an_unreadable_origin_copy_is_one_line(tmp_path: Path) -> None:
     row = report(d)["origins"][0]
     assert row["status"] == "failed", row
     assert row["reason"] == f"cannot read {out}/b.txt: Too many levels of symbolic links"
+
+
+def test_a_bad_configured_address_is_a_usage_error_not_a_traceback() -> None:
+    """host-prepare and host-origin share announce_address: a ValueError there
+    escaped the agent's RoostError handler as a traceback."""
+    from argparse import Namespace
+
+    from roost.target.hostops import announce_address
+
+    ns = Namespace(address="10.0.0.300", interface=None, tracker_host=None, tracker_port=0)
+    with pytest.raises(UsageError, match=r"^--address '10\.0\.0\.300' is not an IP address$"):
+        announce_address(ns)
+    assert announce_address(Namespace(**{**vars(ns), "address": "::ffff:10.0.0.3"})) \
+        == "::ffff:a00:3"
