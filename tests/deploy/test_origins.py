@@ -201,3 +201,17 @@ def test_a_bad_configured_address_is_a_usage_error_not_a_traceback() -> None:
         announce_address(ns)
     assert announce_address(Namespace(**{**vars(ns), "address": "::ffff:10.0.0.3"})) \
         == "::ffff:a00:3"
+
+
+@pytest.mark.parametrize(("key", "what"), [("allow", "networks"), ("web_seeds", "URLs"),
+                                           ("origins", "HOST:/path")])
+def test_a_network_list_of_other_than_strings_is_one_line(tmp_path: Path, key: str,
+                                                         what: str) -> None:
+    from roost.deploy.config import load_config
+
+    toml = tmp_path / "roost.toml"
+    toml.write_text(f"[network]\n{key} = [1]\n")
+    with pytest.raises(UsageError, match=f"{key} must be a list of {re.escape(what)}$"):
+        load_config(toml, {})
+    toml.write_text(f'[network]\n{key} = "10.0.0.0/8"\n')
+    assert getattr(load_config(toml, {}), key) == ["10.0.0.0/8"]
