@@ -215,3 +215,18 @@ def test_a_network_list_of_other_than_strings_is_one_line(tmp_path: Path, key: s
         load_config(toml, {})
     toml.write_text(f'[network]\n{key} = "10.0.0.0/8"\n')
     assert getattr(load_config(toml, {}), key) == ["10.0.0.0/8"]
+
+
+def test_the_allowlist_is_the_hosts_the_origins_and_this_machine_only_if_it_seeds() -> None:
+    from roost.deploy.origins import RemoteOrigin
+    from roost.deploy.run import _fleet_allow
+
+    for local in (True, False):
+        config = DeployConfig(origins=["10.0.0.9:/srv/app.bin"], local_origin=local)
+        d = new_deploy(config, [HostSpec(name="h", address="10.0.0.5")], "t1")
+        d.hosts[0].address = "10.0.1.5"
+        d.origins = [RemoteOrigin(s) for s in parse_origins(config, [])]
+        d.origins[0].address = "10.0.2.9"
+        want = {"10.0.0.5/32", "10.0.1.5/32", "10.0.0.9/32", "10.0.2.9/32"}
+        assert set(_fleet_allow(d, config, "10.0.3.1") or []) == (
+            want | {"10.0.3.1/32"} if local else want)
