@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,39 @@ def test_the_allowlist_is_the_hosts_the_origins_and_this_machine_only_if_it_seed
         want = {"10.0.0.5/32", "10.0.1.5/32", "10.0.0.9/32", "10.0.2.9/32"}
         assert set(_fleet_allow(d, config, "10.0.3.1") or []) == (
             want | {"10.0.3.1/32"} if local else want)
+
+
+class _EndedStream:
+    """A seeder's stream that printed `printed` and then exited with `code`."""
+
+    def __init__(self, printed: list[str], code: int) -> None:
+        self.printed, self.code = printed, code
+
+    async def _lines(self) -> AsyncIterator[str]:
+        for line in self.printed:
+            yield line
+
+    def lines(self) -> AsyncIterator[str]:
+        return self._lines()
+
+    async def wait(self) -> int:
+        return self.code
+
+    def close(self) -> None:
+        pass
+
+    async def send(self, text: str, eof: bool = False) -> None:
+        pass
+
+
+def test_a_seeder_that_dies_says_why_in_its_row() -> None:
+    from roost.deploy.origins import RemoteOrigin
+    from roost.target.protocol import ErrorKind, ErrorRecord
+
+    origin = RemoteOrigin(parse_origin("b:/x", [], DeployConfig()))
+    stream = _EndedStream(['{"event": "started"}',
+                           ErrorRecord(ErrorKind.ERROR, "disk read failed: EIO").to_json()], 1)
+    origin.stream, origin.lines = stream, stream.lines()
+    asyncio.run(origin._follow())
+    assert origin.failed and origin.run.reason == (
+        "the origin's seeder exited with 1 during the transfer: disk read failed: EIO")
