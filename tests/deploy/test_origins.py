@@ -267,3 +267,22 @@ def test_a_seeder_that_dies_says_why_in_its_row() -> None:
     asyncio.run(origin._follow())
     assert origin.failed and origin.run.reason == (
         "the origin's seeder exited with 1 during the transfer: disk read failed: EIO")
+
+
+def test_a_hostile_origin_path_is_one_argument_not_shell(tmp_path: Path) -> None:
+    """PATH reaches the origin host through a shell (`sh -c`, as over SSH): quoted, it
+    is one argument, in the dry run's look and in host-origin alike."""
+    data = os.urandom(200_000)
+    src = tmp_path / "app.bin"
+    src.write_bytes(data)
+    odd = tmp_path / "a b;$(touch pwned)`touch pwned2`'q\"" / "art.bin"
+    odd.parent.mkdir()
+    odd.write_bytes(data)
+    base = tmp_path / "hosts"
+    dry = deploy(base, src, "q1", [f"o1:{odd}"], local_origin=False, dry_run=True)
+    assert dry.exit_code == 0, dry.message
+    assert dry.origins[0].facts is not None and dry.origins[0].facts.size == len(data)
+    d = deploy(base, src, "q1", [f"o1:{odd}"], local_origin=False)
+    assert d.exit_code == 0, d.message
+    assert d.origins[0].uploaded is not None and d.origins[0].uploaded >= len(data)
+    assert [p for p in tmp_path.rglob("pwned*")] == []
