@@ -179,18 +179,12 @@ def _apply_toml(config: DeployConfig, data: dict[str, Any], path: Path) -> Deplo
             if key not in keys:
                 raise UsageError(f"{path}: unknown key {key!r} in [{section}]")
             values[keys[key]] = value
-    if isinstance(values.get("allow"), str):
-        values["allow"] = [values["allow"]]
-    if "allow" in values and not all(isinstance(v, str) for v in values["allow"]):
-        raise UsageError(f"{path}: [network] allow must be a list of networks")
-    if isinstance(values.get("web_seeds"), str):
-        values["web_seeds"] = [values["web_seeds"]]
-    if "web_seeds" in values and not all(isinstance(v, str) for v in values["web_seeds"]):
-        raise UsageError(f"{path}: [network] web_seeds must be a list of URLs")
-    if isinstance(values.get("origins"), str):
-        values["origins"] = [values["origins"]]
-    if "origins" in values and not all(isinstance(v, str) for v in values["origins"]):
-        raise UsageError(f"{path}: [network] origins must be a list of HOST:/path")
+    # [network] lists that also take one string
+    for key, what in (("allow", "networks"), ("web_seeds", "URLs"), ("origins", "HOST:/path")):
+        if isinstance(values.get(key), str):
+            values[key] = [values[key]]
+        if key in values and not all(isinstance(v, str) for v in values[key]):
+            raise UsageError(f"{path}: [network] {key} must be a list of {what}")
     if isinstance(values.get("batch"), int):
         values["batch"] = str(values["batch"])
     if isinstance(values.get("min_success"), int | float):

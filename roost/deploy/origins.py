@@ -263,8 +263,11 @@ class RemoteOrigin:
     async def _follow(self) -> None:
         """Read the seeder's lines to its end: what it uploaded, and how it ended."""
         assert self.lines is not None and self.stream is not None
+        said = ""  # the seeder's own error line, if it ended on one
         with contextlib.suppress(HostFailure):
             async for line in self.lines:
+                with contextlib.suppress(ProtocolError):
+                    said = ErrorRecord.from_json(line).message
                 with contextlib.suppress(ProtocolError):
                     self.uploaded = OriginSeeded.from_json(line).uploaded
         try:
@@ -276,7 +279,8 @@ class RemoteOrigin:
             self.state = OriginState.STOPPED
         else:
             self.fail(HostFailure(ErrorKind.ORIGIN, f"the origin's seeder exited with "
-                                  f"{self.exit} during the transfer"))
+                                  f"{self.exit} during the transfer"
+                                  + (f": {said}" if said else "")))
 
     async def stop(self) -> None:
         """Close the origin's input: it stops, reports and removes its files; then the

@@ -274,8 +274,10 @@ def _sign_manifest(config: DeployConfig, manifest: Manifest) -> str | None:
 
 
 def _fleet_allow(deploy: Deploy, config: DeployConfig, origin: str) -> list[str] | None:
-    """The swarm admits only the deploy's own hosts and origins, unless widened."""
-    addresses: list[str | None] = [origin, *origins.addresses(deploy.origins)]
+    """The swarm admits only the deploy's own hosts and origins, unless widened; this
+    machine only if it seeds (not with --no-local-origin)."""
+    here: list[str | None] = [origin] if config.local_origin else []
+    addresses: list[str | None] = [*here, *origins.addresses(deploy.origins)]
     for run in [*deploy.hosts, *(o.run for o in deploy.origins)]:
         if not run.failed:
             addresses.append(run.address)

@@ -85,8 +85,11 @@ class Storage:
         self.max_open = max_open
         # Components of each file relative to root (already validated by metainfo).
         # `top`: the payload's own name under root when it is not the torrent's (an
-        # origin host that holds the artifact under another name); one plain name only
+        # origin host that holds the artifact under another name); one plain name only.
+        # Its symlinks are then confined to root/top, not root: root is merely the
+        # parent of what the origin was told to serve.
         name = info.name if top is None else _plain_name(top)
+        self._top = top
         self._rel: list[tuple[str, ...]] = [
             (name,) if info.single_file else (name, *f.path) for f in info.files
         ]
@@ -188,7 +191,7 @@ class Storage:
             try:
                 st = os.lstat(current)
                 if stat.S_ISLNK(st.st_mode):
-                    current = self._follow(current, real_root, rel)
+                    current = self._follow(current, self._confine(real_root), rel)
                     st = os.stat(current)
             except FileNotFoundError:
                 if is_last:
@@ -203,6 +206,10 @@ class Storage:
                 if seen is not None:
                     seen.add(rel[: depth + 1])
         return current
+
+    def _confine(self, real_root: str) -> str:
+        """Where a symlink may lead: root, or only root/top when `top` was given."""
+        return real_root if self._top is None else os.path.join(real_root, self._top)
 
     @staticmethod
     def _follow(link: str, real_root: str, rel: tuple[str, ...]) -> str:

@@ -132,15 +132,15 @@ def run_prepare(ns: argparse.Namespace) -> int:
     if len(blob) > MAX_PREPARE_INPUT:
         raise UsageError("host-prepare input is too large")
     try:
-        data = PrepareRequest.from_json(_inflate(blob)).to_dict()
+        data = PrepareRequest.from_json(inflate_request(blob)).to_dict()
     except (ProtocolError, zlib.error) as exc:
         raise UsageError(f"bad host-prepare input: {exc}") from None
     # first, before the manifest is even read: the signature is the host's own check
     signer = _check_signature(data, Path(ns.allowed_signers)) if ns.allowed_signers else None
     try:
         manifest = Manifest.load(data["manifest"])
-        torrent = _torrent_of(data, manifest)
-        tls = _peer_tls(data.get("tls"))
+        torrent = torrent_of(data, manifest)
+        tls = peer_tls_files(data.get("tls"))
     except (ValueError, KeyError, TypeError, zlib.error) as exc:
         raise UsageError(f"bad host-prepare input: {exc}") from None
     dest = Dest(ns.dest)
@@ -157,7 +157,7 @@ def run_prepare(ns: argparse.Namespace) -> int:
     have = bool(known and known.get("sha256") == manifest.sha256
                 and (dest.releases / manifest.tag).is_dir())
     vfs = os.statvfs(ns.dest)
-    address = _address(ns)
+    address = announce_address(ns)
     result = PrepareResult(
         dir=str(work), have=have, current=dest.current_tag(),
         free_bytes=vfs.f_bavail * vfs.f_frsize, address=address,
@@ -181,7 +181,7 @@ def _check_signature(data: dict[str, Any], allowed_signers: Path) -> str:
         raise SignatureError(f"signature refused: {exc}") from None
 
 
-def _inflate(blob: bytes) -> bytes:
+def inflate_request(blob: bytes) -> bytes:
     """A tree's input comes zlib-compressed (a manifest of 100,000 entries is tens of
     MB of JSON); inflated output is capped like the input, against a zip bomb."""
     if blob[:1] != b"\x78":  # zlib's header; JSON starts with "{"
@@ -193,7 +193,7 @@ def _inflate(blob: bytes) -> bytes:
     return out
 
 
-def _torrent_of(data: dict[str, Any], manifest: Manifest) -> bytes:
+def torrent_of(data: dict[str, Any], manifest: Manifest) -> bytes:
     """The torrent as sent, or for a tree rebuilt from the manifest and the piece
     hashes, and then proven by the info-hash the manifest carries."""
     if "torrent" in data:
@@ -207,7 +207,7 @@ def _torrent_of(data: dict[str, Any], manifest: Manifest) -> bytes:
         raise UsageError(f"bad host-prepare input: {exc}") from None
 
 
-def _peer_tls(tls: Any) -> dict[str, bytes]:
+def peer_tls_files(tls: Any) -> dict[str, bytes]:
     """`--peer-tls`: file name -> PEM of this host's certificate, key and the deploy CA
     (checked before anything is written; host-clean removes them with the deploy dir)."""
     if tls is None:
@@ -229,9 +229,14 @@ def is_local(address: str) -> bool:
     return True
 
 
-def _address(ns: argparse.Namespace) -> str | None:
+def announce_address(ns: argparse.Namespace) -> str | None:
+    """The address this host announces (host-prepare, host-origin): --address as
+    configured, else --interface's, else the source of the route to the tracker."""
     if ns.address:
-        return str(ipaddress.ip_address(ns.address))
+        try:
+            return str(ipaddress.ip_address(ns.address))
+        except ValueError:
+            raise UsageError(f"--address {ns.address[:80]!r} is not an IP address") from None
     v6 = bool(ns.tracker_host and ":" in ns.tracker_host)
     if ns.interface:
         return interface_address(ns.interface, v6)

@@ -47,7 +47,14 @@ from roost.engine.treestorage import TreeStorage
 from roost.errors import RoostError, UsageError
 from roost.target import Runner
 from roost.target.fetch_seed import parse_ports
-from roost.target.hostops import PEER_TLS, _address, _inflate, _peer_tls, _torrent_of, is_local
+from roost.target.hostops import (
+    PEER_TLS,
+    announce_address,
+    inflate_request,
+    is_local,
+    peer_tls_files,
+    torrent_of,
+)
 from roost.target.protocol import (
     MAX_PREPARE_INPUT,
     Manifest,
@@ -96,7 +103,7 @@ def run_origin(ns: argparse.Namespace) -> int:
     try:
         manifest, meta, tls = _read_request(work)
         storage = _check_payload(Path(ns.path), manifest, meta)
-        address = _address(ns)
+        address = announce_address(ns)
         _say(OriginReady(meta.info.num_pieces, address,
                          address is None or is_local(address)).to_json())
         order = _read_order()
@@ -133,10 +140,11 @@ def _read_request(work: Path) -> tuple[Manifest, Metainfo, dict[str, Path]]:
     if not line.strip():
         raise _Stopped
     try:
-        data = PrepareRequest.from_json(_inflate(base64.b64decode(line.strip(), validate=True)))
+        blob = base64.b64decode(line.strip(), validate=True)
+        data = PrepareRequest.from_json(inflate_request(blob))
         manifest = Manifest.load(data.manifest)
-        torrent = _torrent_of(data.to_dict(), manifest)
-        tls = _peer_tls(data.tls)
+        torrent = torrent_of(data.to_dict(), manifest)
+        tls = peer_tls_files(data.tls)
         meta = parse(torrent)
     except (ProtocolError, binascii.Error, zlib.error, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"bad host-origin request: {exc}") from None
@@ -162,9 +170,15 @@ def _check_payload(path: Path, manifest: Manifest, meta: Metainfo) -> Storage:
     if want_dir != path.is_dir():
         kind = "a directory" if want_dir else "a file"
         raise RoostError(f"{path} is not {kind}, as this payload ({manifest.format}) is")
-    storage: Storage = (TreeStorage(meta.info, path, None) if tree
-                        else Storage(meta.info, path.parent, top=path.name))
-    have = storage.recheck()
+    # PATH itself may be a link (a host's `current`): what it names is the payload, and
+    # a link inside it may not lead out of it (Storage confines them to root/top)
+    real = Path(os.path.realpath(path))
+    storage: Storage = (TreeStorage(meta.info, real, None) if tree
+                        else Storage(meta.info, real.parent, top=real.name))
+    try:
+        have = storage.recheck()
+    except OSError as exc:  # a link loop, an unreadable file: one line, not a traceback
+        raise RoostError(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
     pieces = meta.info.num_pieces
     if not have.all():
         raise RoostError(f"{path} is not this payload: {pieces - have.count()} of {pieces} "

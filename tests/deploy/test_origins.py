@@ -7,7 +7,9 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,151 @@ def test_a_tree_is_seeded_from_an_origins_copy_of_the_directory(tmp_path: Path) 
     for i in range(2):
         assert tree_signature(base / f"p{i}" / "app" / "releases" / "tr1") == tree_signature(src)
     assert d.origins[0].uploaded is not None and d.origins[0].uploaded > 1_000_000
+
+
+def test_an_origin_path_may_be_a_link_but_its_tree_may_not_leave_it(tmp_path: Path) -> None:
+    """`--origin web1:/srv/app/current` names a release through a link: served. A link
+    inside the directory to a file beside it (outside PATH) is refused, even when that
+    file holds the right bytes: the origin serves PATH and nothing else."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.bin").write_bytes(os.urandom(300_000))
+    (src / "b.txt").write_bytes(b"config\n")
+    build = tmp_path / "build"
+    (build / "releases" / "r1" / "sub").mkdir(parents=True)
+    (build / "releases" / "r1" / "sub" / "a.bin").write_bytes((src / "sub" / "a.bin").read_bytes())
+    (build / "releases" / "r1" / "b.txt").write_bytes(b"config\n")
+    (build / "current").symlink_to(build / "releases" / "r1")
+    (build / "beside.txt").write_bytes(b"config\n")
+    (build / "escape").mkdir()
+    shutil.copytree(build / "releases" / "r1", build / "escape" / "out")
+    os.unlink(build / "escape" / "out" / "b.txt")
+    (build / "escape" / "out" / "b.txt").symlink_to(build / "escape" / "beside.txt")
+    (build / "escape" / "beside.txt").write_bytes(b"config\n")
+    base = tmp_path / "hosts"
+    d = deploy(base, src, "l1", [f"o1:{build}/current", f"o2:{build}/escape/out"],
+               local_origin=False, format="dir")
+    assert d.exit_code == 0, d.message
+    rows = {row["host"]: row for row in report(d)["origins"]}
+    assert rows["o1"]["status"] == "stopped", rows["o1"]
+    assert rows["o2"]["status"] == "failed" and "outside" in str(rows["o2"]["reason"]), rows
+    for i in range(2):
+        got = base / f"p{i}" / "app" / "releases" / "l1"
+        assert (got / "b.txt").read_bytes() == b"config\n"
+
+
+def test_an_unreadable_origin_copy_is_one_line(tmp_path: Path) -> None:
+    """A link loop in the origin's copy is an OSError while hashing: the origin says
+    what it could not read (not a traceback and `exit 1`)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(50_000))
+    (src / "b.txt").write_bytes(b"config\n")
+    out = tmp_path / "build" / "out"
+    shutil.copytree(src, out)
+    os.unlink(out / "b.txt")
+    (out / "b.txt").symlink_to("b.txt")  # ELOOP
+    base = tmp_path / "hosts"
+    d = deploy(base, src, "e1", [f"o1:{out}"], format="dir")
+    assert d.exit_code == 0, d.message  # this machine still seeds
+    row = report(d)["origins"][0]
+    assert row["status"] == "failed", row
+    assert row["reason"] == f"cannot read {out}/b.txt: Too many levels of symbolic links"
+
+
+def test_a_bad_configured_address_is_a_usage_error_not_a_traceback() -> None:
+    """host-prepare and host-origin share announce_address: a ValueError there
+    escaped the agent's RoostError handler as a traceback."""
+    from argparse import Namespace
+
+    from roost.target.hostops import announce_address
+
+    ns = Namespace(address="10.0.0.300", interface=None, tracker_host=None, tracker_port=0)
+    with pytest.raises(UsageError, match=r"^--address '10\.0\.0\.300' is not an IP address$"):
+        announce_address(ns)
+    assert announce_address(Namespace(**{**vars(ns), "address": "::ffff:10.0.0.3"})) \
+        == "::ffff:a00:3"
+
+
+@pytest.mark.parametrize(("key", "what"), [("allow", "networks"), ("web_seeds", "URLs"),
+                                           ("origins", "HOST:/path")])
+def test_a_network_list_of_other_than_strings_is_one_line(tmp_path: Path, key: str,
+                                                         what: str) -> None:
+    from roost.deploy.config import load_config
+
+    toml = tmp_path / "roost.toml"
+    toml.write_text(f"[network]\n{key} = [1]\n")
+    with pytest.raises(UsageError, match=f"{key} must be a list of {re.escape(what)}$"):
+        load_config(toml, {})
+    toml.write_text(f'[network]\n{key} = "10.0.0.0/8"\n')
+    assert getattr(load_config(toml, {}), key) == ["10.0.0.0/8"]
+
+
+def test_the_allowlist_is_the_hosts_the_origins_and_this_machine_only_if_it_seeds() -> None:
+    from roost.deploy.origins import RemoteOrigin
+    from roost.deploy.run import _fleet_allow
+
+    for local in (True, False):
+        config = DeployConfig(origins=["10.0.0.9:/srv/app.bin"], local_origin=local)
+        d = new_deploy(config, [HostSpec(name="h", address="10.0.0.5")], "t1")
+        d.hosts[0].address = "10.0.1.5"
+        d.origins = [RemoteOrigin(s) for s in parse_origins(config, [])]
+        d.origins[0].address = "10.0.2.9"
+        want = {"10.0.0.5/32", "10.0.1.5/32", "10.0.0.9/32", "10.0.2.9/32"}
+        assert set(_fleet_allow(d, config, "10.0.3.1") or []) == (
+            want | {"10.0.3.1/32"} if local else want)
+
+
+class _EndedStream:
+    """A seeder's stream that printed `printed` and then exited with `code`."""
+
+    def __init__(self, printed: list[str], code: int) -> None:
+        self.printed, self.code = printed, code
+
+    async def _lines(self) -> AsyncIterator[str]:
+        for line in self.printed:
+            yield line
+
+    def lines(self) -> AsyncIterator[str]:
+        return self._lines()
+
+    async def wait(self) -> int:
+        return self.code
+
+    def close(self) -> None:
+        pass
+
+    async def send(self, text: str, eof: bool = False) -> None:
+        pass
+
+
+def test_a_seeder_that_dies_says_why_in_its_row() -> None:
+    from roost.deploy.origins import RemoteOrigin
+    from roost.target.protocol import ErrorKind, ErrorRecord
+
+    origin = RemoteOrigin(parse_origin("b:/x", [], DeployConfig()))
+    stream = _EndedStream(['{"event": "started"}',
+                           ErrorRecord(ErrorKind.ERROR, "disk read failed: EIO").to_json()], 1)
+    origin.stream, origin.lines = stream, stream.lines()
+    asyncio.run(origin._follow())
+    assert origin.failed and origin.run.reason == (
+        "the origin's seeder exited with 1 during the transfer: disk read failed: EIO")
+
+
+def test_a_hostile_origin_path_is_one_argument_not_shell(tmp_path: Path) -> None:
+    """PATH reaches the origin host through a shell (`sh -c`, as over SSH): quoted, it
+    is one argument, in the dry run's look and in host-origin alike."""
+    data = os.urandom(200_000)
+    src = tmp_path / "app.bin"
+    src.write_bytes(data)
+    odd = tmp_path / "a b;$(touch pwned)`touch pwned2`'q\"" / "art.bin"
+    odd.parent.mkdir()
+    odd.write_bytes(data)
+    base = tmp_path / "hosts"
+    dry = deploy(base, src, "q1", [f"o1:{odd}"], local_origin=False, dry_run=True)
+    assert dry.exit_code == 0, dry.message
+    assert dry.origins[0].facts is not None and dry.origins[0].facts.size == len(data)
+    d = deploy(base, src, "q1", [f"o1:{odd}"], local_origin=False)
+    assert d.exit_code == 0, d.message
+    assert d.origins[0].uploaded is not None and d.origins[0].uploaded >= len(data)
+    assert [p for p in tmp_path.rglob("pwned*")] == []

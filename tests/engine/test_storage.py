@@ -310,3 +310,28 @@ def test_file_in_the_way_of_a_directory_is_a_storage_error(tmp_path: Path) -> No
     (tmp_path / "payload" / "a").write_bytes(b"not a dir")
     with pytest.raises(StorageError, match="not a directory"):
         Storage(info, tmp_path).open()
+
+
+def test_with_top_a_symlink_may_not_leave_the_payload_for_its_parent(tmp_path: Path) -> None:
+    """An origin seeds root/top (roost.target.originseed): a symlink in that tree to a
+    file beside it, under root but outside root/top, is not part of what it was told
+    to serve, so it is neither read at the check nor served."""
+    info, payload = make_info(MULTI)
+    with Storage(info, tmp_path / "real") as st:  # the payload, laid out once
+        write_all(st, info, payload)
+    out = tmp_path / "build" / "out"
+    out.parent.mkdir()
+    os.rename(tmp_path / "real" / "payload", out)
+    first = info.files[0].path
+    beside = out.parent / "beside.bin"  # same bytes, but outside PATH
+    os.rename(out.joinpath(*first), beside)
+    out.joinpath(*first).symlink_to(beside)
+    with pytest.raises(UnsafePathError, match="outside"):
+        Storage(info, out.parent, top="out").recheck()
+    with pytest.raises(UnsafePathError, match="outside"):
+        Storage(info, out.parent, top="out").open(create=False)
+    # a link that stays inside root/top is followed as before
+    os.unlink(out.joinpath(*first))
+    os.rename(beside, out / "inside.bin")
+    out.joinpath(*first).symlink_to(out / "inside.bin")
+    assert Storage(info, out.parent, top="out").recheck().all()
