@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from roost.core.assembly import Assembly, Received
 from roost.core.picker import PiecePicker
-from roost.core.wire import BLOCK_SIZE
 
 _CLEAN = bytes(1)
 _CORRUPT = b"\x01"
@@ -38,20 +37,13 @@ class LeanAssembly(Assembly):
         if sources is None:
             sources = self.block_from[index] = {}
             self.buffers[index] = bytearray()
-        whole = False
-        any_new = False
-        for offset in range(0, len(block), BLOCK_SIZE):
-            at = begin + offset
-            n = min(BLOCK_SIZE, len(block) - offset)
-            outcome = picker.block_received(key, index, at, n)
-            if outcome.new:
-                sources[at] = key
-                any_new = True
-            else:
-                result.wasted += n
-            result.cancels.extend(outcome.cancels)
-            whole = whole or outcome.piece_complete
-        if any_new and block.find(1) != -1:
+        # one picker call for the whole span, as the engine's Assembly makes
+        new, whole, result.cancels = picker.span_received(key, index, begin, len(block))
+        bs, end = picker.block_size, begin + len(block)
+        result.wasted = len(block) - sum(min(bs, end - at) for at in new)
+        for at in new:
+            sources[at] = key
+        if new and block.find(1) != -1:
             self.corrupt.add(index)
         if whole:
             del self.buffers[index]
