@@ -218,9 +218,18 @@ class Network:
             self.allocate()
         out: list[Delivery] = []
         emptied = []
+        until = now + dt
         for key, pipe in self.active.items():
-            pipe.live_until = now + dt
-            if pipe.rate <= 0:
+            pipe.live_until = until
+            rate = pipe.rate
+            if rate <= 0:
+                continue
+            head = pipe.queue[0]
+            left: float = head[0]  # type: ignore[assignment]
+            budget = rate * dt
+            if left > budget:  # most pipes, most steps: the head message goes on
+                head[0] = left - budget
+                pipe.free_at = until
                 continue
             self._move(pipe, now, dt, out, writable)
             if not pipe.queue:
