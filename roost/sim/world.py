@@ -190,6 +190,7 @@ class World:
         self.per_second: dict[int, int] = {}
         self.events = 0
         self.errors: list[str] = []
+        self.hash_failures = 0  # pieces that failed their check (a corrupt sender's)
         self.pending_receivers = scenario.n
         self.zeros = bytes(scenario.piece_length)
         self.ones = b"\x01" * scenario.piece_length
@@ -354,6 +355,8 @@ class World:
             elif isinstance(action, Stop):
                 self._stop(host)
                 return
+            elif isinstance(action, Report) and action.name == "hash_failed":
+                self.hash_failures += 1
             elif isinstance(action, Report) and action.name == "internal_error":
                 self.errors.append(f"host {host.spec.index}: {action.fields}")
                 raise SimError(self.errors[-1])

@@ -138,6 +138,7 @@ def test_the_lean_assembly_changes_nothing_but_memory() -> None:
     result = world.run()
     assert not result.unfinished
     assert all(h.have is not None and h.have.all() for h in world.hosts)
+    assert world.hash_failures > 0  # its blocks were seen to be corrupt, lean as they are
 
 
 def test_members_told_n_spread_their_first_announces_over_the_window(
