@@ -8,8 +8,8 @@ Prints, per N, the first / p50 / p99 / last host completion time against the
 bound (S*8/R for equal links; design.md's T_min otherwise) and the tracker's
 load. The piece length is roost's own choice for the payload (roost pack:
 1 MiB for 1 GiB) unless --piece says otherwise; bigger pieces and wire
-blocks are the simulator's coarsening (docs/sim.md). `--cdf PNG` draws the
-completion-time CDFs.
+blocks are the simulator's coarsening (docs/sim.md). `--cdf SVG` draws the
+completion-time CDFs (bench/sim_plot.py, stdlib only).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from bench import sim_plot
 from bench.efficiency import parse_size
 from roost.core.metainfo import MetainfoError, check_piece_length, choose_piece_length
 from roost.sim.scenario import Scenario
@@ -97,7 +98,9 @@ def parser() -> argparse.ArgumentParser:
         "--lean", action="store_true", help="count blocks, keep no piece bytes (fleet sizes)"
     )
     p.add_argument("--json", action="store_true", help="one JSON object per N")
-    p.add_argument("--cdf", default=None, help="write a PNG of completion-time CDFs (+ .json)")
+    p.add_argument(
+        "--cdf", default=None, help="write an SVG of completion-time CDFs (+ .json of the curves)"
+    )
     p.add_argument(
         "--cdf-with",
         default=[],
@@ -186,30 +189,6 @@ def curves(results: list[Result]) -> list[dict[str, Any]]:
     ]
 
 
-def plot_cdf(path: str, data: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for curve in data:
-        xs = curve["x"]
-        if not xs:
-            continue
-        ys = [(i + 1) / len(xs) for i in range(len(xs))]
-        ax.step(xs, ys, where="post", label=curve["label"])
-    ax.axvline(1.0, color="grey", linestyle="--", label="bound S*8/R")
-    ax.set_xlabel("host completion time / bound")
-    ax.set_ylabel("fraction of hosts complete")
-    ax.set_title("roost, simulated (roost.sim): completion-time CDF")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     piece = args.piece or choose_piece_length(args.size)
@@ -231,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for n in args.n:
         started = time.perf_counter()
+        cpu = time.process_time()
         try:
             result = simulate(scenario_for(args, n))
         except SimError as exc:
@@ -239,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
         results.append(result)
         r = row(args, result, wall)
+        r["cpu_s"] = round(time.process_time() - cpu, 1)  # the measure on a shared machine
         rows.append(r)
         if args.json:
             print(json.dumps(r), flush=True)
@@ -255,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         with open(args.cdf + ".json", "w") as f:
             json.dump(curves(results), f)
-        plot_cdf(args.cdf, data)
+        sim_plot.write(args.cdf, data, sim_plot.TITLE)
     return 0
 
 

@@ -666,6 +666,14 @@ class PeerConnection:
                 # a big block as a bytearray: the assembly can keep it as its piece
                 append(Piece(index, begin, bytearray(chunk) if length - 9 >= STREAM_BODY
                              else bytes(chunk)))
+            elif mid == HAVE and length == 5:  # a swarm's most frequent message, inlined
+                if end - pos < 9:
+                    break
+                index = unpack_len(mv, pos + 5)[0]
+                if index >= num_pieces:
+                    raise _ban(f"piece index {index} out of range for {num_pieces} pieces")
+                self._bitfield_window = False
+                append(Have(index))
             else:
                 self._check_length(mid, length)
                 if end - pos < 4 + length:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import random
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,13 +61,15 @@ from roost.core.bitfield import Bitfield
 from roost.core.member import MemberConfig, SwarmMember
 from roost.core.tracker_server_codec import AnnounceRequest
 from roost.core.tracker_swarm import NO_LOCATION, Swarm, SwarmRecord, TrackerPolicy
-from roost.sim.lean import LeanAssembly
+from roost.core.wire import PeerConnection
+from roost.sim.lean import BlockFrame, LeanAssembly, LeanBlock, LeanWire
 from roost.sim.network import WRITE_LOW, Network, Pipe
 from roost.sim.scenario import MBIT, HostSpec, Scenario
 
 PORT = 6881
 NUMWANT = 200  # what the engine asks for (roost.engine.config)
 EXPIRE_EVERY = 5.0
+_PIECE_HEADER = struct.Struct(">II")  # a Piece frame's index and begin, at byte 5
 
 # event kinds, in the heap
 START, TIMER, DELIVER, EVENT, DIE, STEP, EXPIRE = range(7)
@@ -187,6 +190,7 @@ class World:
         self.per_second: dict[int, int] = {}
         self.events = 0
         self.errors: list[str] = []
+        self.hash_failures = 0  # pieces that failed their check (a corrupt sender's)
         self.pending_receivers = scenario.n
         self.zeros = bytes(scenario.piece_length)
         self.ones = b"\x01" * scenario.piece_length
@@ -221,6 +225,8 @@ class World:
                 host = self.hosts[host_index]
                 if host.gen == gen and host.member is not None:
                     self._feed(host, host.member.event(ev, at))
+                    if self.sc.lean and isinstance(ev, Connected):
+                        self._lean_wire(host, ev.conn)
             elif kind == STEP:
                 self._step()
             elif kind == START:
@@ -349,6 +355,8 @@ class World:
             elif isinstance(action, Stop):
                 self._stop(host)
                 return
+            elif isinstance(action, Report) and action.name == "hash_failed":
+                self.hash_failures += 1
             elif isinstance(action, Report) and action.name == "internal_error":
                 self.errors.append(f"host {host.spec.index}: {action.fields}")
                 raise SimError(self.errors[-1])
@@ -421,13 +429,25 @@ class World:
             return
         if isinstance(message, tuple):
             header, length, corrupt = message
+            self.net.moved += len(header) + length
+            if self.sc.lean:  # the payload's length and nothing else (roost.sim.lean)
+                index, begin = _PIECE_HEADER.unpack_from(header, 5)
+                frame = BlockFrame(index, begin, LeanBlock(length, corrupt))
+                self._feed(host, host.member.receive(pipe.dst_cid, frame, self.now))  # type: ignore[arg-type]
+                return
             fill = self.ones if corrupt else self.zeros
             data = header + (fill if length == len(fill) else fill[:length])
         else:
             data = message
-        if len(data) > 1024:
-            self.net.moved += len(data)
         self._feed(host, host.member.receive(pipe.dst_cid, data, self.now))
+
+    def _lean_wire(self, host: Host, cid: int) -> None:
+        """Give a new connection's codec the lean Piece path (roost.sim.lean.LeanWire):
+        the same class but for one method, so switching it in place is safe."""
+        member = host.member
+        conn = member.conns.get(cid) if member is not None else None
+        if conn is not None and type(conn.wire) is PeerConnection:
+            conn.wire.__class__ = LeanWire
 
     def _want_step(self) -> None:
         if self.step_at is None:

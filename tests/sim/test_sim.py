@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +138,7 @@ def test_the_lean_assembly_changes_nothing_but_memory() -> None:
     result = world.run()
     assert not result.unfinished
     assert all(h.have is not None and h.have.all() for h in world.hosts)
+    assert world.hash_failures > 0  # its blocks were seen to be corrupt, lean as they are
 
 
 def test_members_told_n_spread_their_first_announces_over_the_window(
@@ -163,3 +165,25 @@ def test_max_time_stops_the_run() -> None:
                   lean=True, max_time=1.0)
     result = simulate(sc)
     assert result.end_time <= 1.0 and len(result.unfinished) == 20
+
+
+def test_the_cdf_plot_is_an_svg_with_one_step_curve_per_run(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from bench import sim_plot
+
+    runs = tmp_path / "runs.json"
+    runs.write_text(json.dumps([{"label": "N = 3", "x": [1.2, 1.0, 1.1]},
+                                {"label": "N = 2", "x": [1.5, 1.4]}]))
+    out = tmp_path / "cdf.svg"
+    assert sim_plot.main([str(out), str(runs)]) == 0
+    svg = ET.parse(out).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    paths = [p.get("d", "") for p in svg.iter(ns + "path")]
+    assert len(paths) == 2
+    # a step per host: the first curve climbs 3 times, and its x values are sorted
+    assert paths[0].count("L") == 6
+    labels = [t.text for t in svg.iter(ns + "text")]
+    assert "N = 3" in labels and "N = 2" in labels and "bound" in labels
+    runs.write_text("{}")
+    assert sim_plot.main([str(out), str(runs)]) == 1
