@@ -133,6 +133,10 @@ class HostRun:
     def mark(self, name: str) -> None:
         self.times[name] = time.monotonic()
 
+    def mark_first(self, name: str) -> None:
+        """For the timeline: when something first happened on this host."""
+        self.times.setdefault(name, time.monotonic())
+
     # --- the steps ----------------------------------------------------------------------
 
     async def ensure_agent(self, agent: Agent) -> None:
@@ -272,6 +276,7 @@ class HostRun:
         """Read fetch's JSON events until it exits; set `completed` on `complete`."""
         assert self.fetch_stream is not None
         error: FetchEvent | None = None
+        base: int | None = None  # bytes held at the first progress event
         async for line in self.fetch_stream.lines():
             try:
                 event = FetchEvent.from_json(line)
@@ -280,12 +285,20 @@ class HostRun:
             if event is None:
                 continue
             if event.event is EventName.STARTED and event.peer_id is not None:
+                self.mark_first("fetch_running")
                 self.peer_id = event.peer_id.encode("latin-1")
+            elif event.event is EventName.ANNOUNCED:
+                self.mark_first("announced")
             elif event.event is EventName.PROGRESS:
+                if base is None:
+                    base = event.bytes_done
+                elif event.bytes_done is not None and event.bytes_done > base:
+                    self.mark_first("first_bytes")  # the first progress that gained bytes
                 self.bytes_done = _or(event.bytes_done, self.bytes_done)
                 self.bytes_total = _or(event.bytes_total, self.bytes_total)
                 self.rate = float(event.down_Bps or 0)
             elif event.event is EventName.REUSED:
+                self.mark_first("reused")
                 self.bytes_reused = event.bytes or 0
                 self.files_reused = event.files or 0
                 self.bytes_to_fetch = event.fetch_bytes or 0

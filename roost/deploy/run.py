@@ -149,6 +149,7 @@ async def run_deploy(
             config.listen)
         deploy.phase = "preflight" if config.dry_run else "lock"
         await _reach_phase(deploy, agent, connect)
+        deploy.mark("reached")
         if config.dry_run:
             await _dry_run(deploy, where)
             return deploy
@@ -157,6 +158,7 @@ async def run_deploy(
         reached = sum(1 for h in deploy.hosts if not h.failed)
         pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
         swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached)
+        deploy.mark("tracker_started")
         tree = deploy.payload.manifest.format is PayloadFormat.TREE
         plan = FetchPlan(
             swarm.announce_url,
@@ -175,6 +177,7 @@ async def run_deploy(
         # every host reports the address it will announce before any peer starts:
         # the fleet-only allowlist of the origin and the peers is made of them
         await _prepare_phase(deploy, agent, torrent, plan, swarm)
+        deploy.mark("prepared")
         allow = _fleet_allow(deploy, config, where)
         plan = replace(plan, allow=allow)
         origin = await Origin.start(
@@ -209,6 +212,7 @@ async def run_deploy(
     finally:
         deploy.phase = "clean"
         await _cleanup(deploy, agent)
+        deploy.mark("cleaned")
         if origin is not None:
             await origin.stop()
         if swarm is not None:
@@ -358,6 +362,7 @@ async def _prepare_phase(
                 await run.prepare(
                     agent, run.dest(config), deploy.deploy_id, manifest, torrent, plan
                 )
+                run.mark("prepared")
         except (HostFailure, Exception) as exc:  # one host's bug stays on that host
             run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
             run.mark("failed")
@@ -397,8 +402,10 @@ async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None
                 # the probe starts the cached agent's session: from here on every agent
                 # command is a record on this one channel
                 run.transport = await open_session(run, agent)
+                run.mark("session")
                 await locking.acquire(run, agent, run.dest(config), deploy.deploy_id,
                                       deploy.tag, deploy.who, config.break_lock)
+                run.mark("locked")
         except (HostFailure, Exception) as exc:
             run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
             run.mark("failed")
@@ -513,6 +520,7 @@ async def _cleanup(deploy: Deploy, agent: Agent) -> None:
         try:
             if not deploy.config.dry_run:
                 await run.clean(agent, run.dest(deploy.config), deploy.deploy_id)
+                run.mark("cleaned")
         except (HostFailure, Exception) as exc:
             if not run.failed:
                 run.fail(HostFailure(ErrorKind.CLEAN, f"cleanup failed: {exc}"))
@@ -520,6 +528,7 @@ async def _cleanup(deploy: Deploy, agent: Agent) -> None:
             # last: the lock covers the cleanup too; the outcome goes to the host's history
             with contextlib.suppress(Exception):
                 await locking.release(run, locking.outcome(run, deploy.exit_code))
+                run.mark("released")
             if run.fetch_stream is not None:
                 run.fetch_stream.close()
             if run.transport is not None:

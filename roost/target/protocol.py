@@ -350,6 +350,7 @@ class EventName(str, Enum):
     CHECKED = "checked"  # resuming: pieces already on disk
     PROGRESS = "progress"
     REUSED = "reused"
+    ANNOUNCED = "announced"  # a tracker answered (the operator's timeline marks the first)
     COMPLETE = "complete"
     ERROR = "error"
 
