@@ -46,12 +46,12 @@ from typing import Any
 
 from roost import __version__
 from roost.core.metainfo import check_web_seed_url, parse
-from roost.deploy import dryrun, locking, rollout
+from roost.deploy import dryrun, hashcache, locking, rollout
 from roost.deploy.allowlist import check_extra, fleet_allowlist, resolve
 from roost.deploy.batches import plan_batches
 from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
-from roost.deploy.pack import make_metainfo, pack
+from roost.deploy.pack import Packed, Source, check_source, make_metainfo, pack
 from roost.deploy.pki import DeployCA
 from roost.deploy.scratch import make_scratch
 from roost.deploy.session import open_session
@@ -127,33 +127,35 @@ async def run_deploy(
     _check_signing(config)
     for url in config.web_seeds:
         check_web_seed_url(url, UsageError)  # a bad --web-seed: fail now
-    agent = make_agent(config.python)
+    agent_build = asyncio.create_task(asyncio.to_thread(make_agent, config.python))
     scratch = make_scratch("roost-deploy-")
     swarm: SwarmControl | None = None
     origin: Origin | None = None
+    packing: asyncio.Task[tuple[Packed, bytes, str | None]] | None = None
     deploy.mark("start")
     try:
-        deploy.payload = await asyncio.to_thread(
-            pack, src, scratch, deploy.tag, fmt=config.format, compress=config.compress
-        )
-        _check_web_seed_format(config, deploy.payload.manifest.format)
-        made = deploy.payload.torrent  # a tree's torrent is made with its manifest
-        torrent = made if made is not None else await asyncio.to_thread(
-            make_metainfo, deploy.payload.payload)
-        (scratch / "payload.torrent").write_bytes(torrent)
-        signature = await asyncio.to_thread(_sign_manifest, config, deploy.payload.manifest)
-        deploy.mark("packed")
-        meta = parse(torrent)
+        # every refusal that needs no byte read comes before any host is reached;
+        # the hashing then runs while the hosts are reached and locked
+        source = await asyncio.to_thread(check_source, src, deploy.tag, fmt=config.format,
+                                         compress=config.compress)
+        _check_web_seed_format(config, source.format)
+        packing = asyncio.create_task(asyncio.to_thread(
+            _pack, config, src, scratch, deploy.tag, source))
+        packing.add_done_callback(lambda _: deploy.mark("packed"))
+        agent = await agent_build
         where = listen or listen_address(
             [replace(h.spec, address=ssh_hostname(h.spec.address, config)) for h in deploy.hosts],
             config.listen)
         deploy.phase = "preflight" if config.dry_run else "lock"
         await _reach_phase(deploy, agent, connect)
         deploy.mark("reached")
+        if not config.dry_run and _refused_by_lock(deploy):
+            return deploy
+        deploy.payload, torrent, signature = await packing
+        (scratch / "payload.torrent").write_bytes(torrent)
+        meta = parse(torrent)
         if config.dry_run:
             await _dry_run(deploy, where)
-            return deploy
-        if _refused_by_lock(deploy):
             return deploy
         reached = sum(1 for h in deploy.hosts if not h.failed)
         pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
@@ -180,6 +182,9 @@ async def run_deploy(
         deploy.mark("prepared")
         allow = _fleet_allow(deploy, config, where)
         plan = replace(plan, allow=allow)
+        # the fetches start beside the origin, not after it: a host starts its agent,
+        # places what it already holds, then announces; the origin, once up, dials
+        # every host the tracker knows (a seed dials too), whoever came first
         origin = await Origin.start(
             scratch / "payload.torrent",
             deploy.payload.payload if tree else deploy.payload.payload.parent,
@@ -191,14 +196,26 @@ async def run_deploy(
             origin_tls,
             allow=allow,
             tree=tree,
+            wait=False,
         )
-        deploy.mark("origin_started")
-        if on_ready:
-            on_ready(deploy)
-        await _fetch_phase(
+        seeding = asyncio.create_task(origin.started())
+        seeding.add_done_callback(lambda _: deploy.mark("origin_started"))
+        live = origin
+        fetching = asyncio.create_task(_fetch_phase(
             deploy, agent, torrent, plan, swarm, connect,
-            origin_dead=lambda: origin.proc.returncode is not None,
-        )
+            origin_dead=lambda: live.proc.returncode is not None,
+        ))
+        try:
+            await asyncio.wait((seeding, fetching), return_when=asyncio.FIRST_COMPLETED)
+            await seeding  # the origin failed to start: the deploy's error
+            if on_ready:
+                on_ready(deploy)
+            await fetching
+        finally:
+            for task in (seeding, fetching):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(seeding, fetching, return_exceptions=True)
         if origin.proc.returncode is not None:
             _blame_dead_origin(deploy, origin.proc.returncode)
         deploy.mark("fetched")
@@ -211,7 +228,11 @@ async def run_deploy(
         raise
     finally:
         deploy.phase = "clean"
-        await _cleanup(deploy, agent)
+        for early in (agent_build, packing):  # an early failure: their threads end alone
+            if early is not None and not early.done():
+                early.cancel()
+        if agent_build.done() and not agent_build.cancelled() and not agent_build.exception():
+            await _cleanup(deploy, agent_build.result())  # no agent: no host was reached
         deploy.mark("cleaned")
         if origin is not None:
             await origin.stop()
@@ -221,6 +242,15 @@ async def run_deploy(
         deploy.mark("end")
         deploy.phase = "done"
     return deploy
+
+
+def _pack(config: DeployConfig, src: Path, scratch: Path, tag: str, source: Source
+          ) -> tuple[Packed, bytes, str | None]:
+    """In a thread: the payload, its torrent and the manifest's signature."""
+    packed = pack(src, scratch, tag, fmt=config.format, compress=config.compress,
+                  checked=source, hash_cache=hashcache.default_dir())
+    torrent = packed.torrent if packed.torrent is not None else make_metainfo(packed.payload)
+    return packed, torrent, _sign_manifest(config, packed.manifest)
 
 
 def _check_web_seed_format(config: DeployConfig, fmt: str) -> None:
