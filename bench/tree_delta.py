@@ -9,7 +9,8 @@ host, every link htb-shaped to the rate both ways, the deploy host's too):
    small ones, symlinks, empty directories, an executable), timed from
    command start to exit, against the bound S·8/R;
 2. next: the same tree with 5 % of its files' bytes rewritten, 20 files
-   added, 20 removed and 10 renamed, deployed with `roost deploy`;
+   added, 20 removed and 10 renamed, deployed with `roost deploy` from the
+   same build directory, brought up to date in place (as a build does);
 3. rsync: every host gets a copy of the full release (host-local, no
    network), then parallel `rsync -a --delete` over SSH brings it to the
    next release, the strategy many teams use.
@@ -169,8 +170,21 @@ def wipe(fleet: Fleet) -> None:
 
 def releases(fleet: Fleet, work: Path, v1: Path, v2: Path, rate: float, extra: list[str],
              roost_src: Path | None, cache: Path | None) -> dict[str, Any]:
-    """The full release, then the next, from empty hosts; checked on every host."""
-    seconds, wire, report = deploy(fleet, v1, "v1", rate, extra, roost_src, cache)
+    """The full release, then the next, from empty hosts; checked on every host.
+
+    Both are deployed from one build directory, as an operator deploys a build
+    output: a fresh copy of v1 (new files, as a clean build makes), then brought
+    to v2 in place by `rsync -a --delete` (changed, added and renamed files are
+    written, unchanged ones left alone, as an incremental build does)."""
+    build = work / "build"
+    shutil.rmtree(build, ignore_errors=True)
+    subprocess.run(["cp", "-a", f"{v1}/.", str(build)], check=True, timeout=600)
+    copied = time.monotonic()
+    wipe(fleet)
+    # a build finished seconds ago: past the hash cache's racy window (3 s), as a
+    # real build usually is by the time its deploy reads it
+    time.sleep(max(0.0, 4.0 - (time.monotonic() - copied)))
+    seconds, wire, report = deploy(fleet, build, "v1", rate, extra, roost_src, cache)
     size = report["payload"]["size"]
     bound = size * 8 / (rate * 1e6)
     full = {"seconds": round(seconds, 2), "wire_bytes": wire, "size": size,
@@ -180,7 +194,8 @@ def releases(fleet: Fleet, work: Path, v1: Path, v2: Path, rate: float, extra: l
             "timings": report["timings"], "bytes": report["bytes"],
             "timeline": timeline(report, seconds),
             "identical": check_trees(fleet, f"{fleet.dest}/current", v1)}
-    seconds2, wire2, report2 = deploy(fleet, v2, "v2", rate, extra, roost_src, cache)
+    subprocess.run(["rsync", "-a", "--delete", f"{v2}/", f"{build}/"], check=True, timeout=600)
+    seconds2, wire2, report2 = deploy(fleet, build, "v2", rate, extra, roost_src, cache)
     nxt = {"seconds": round(seconds2, 2), "wire_bytes": wire2,
            "timings": report2["timings"], "bytes": report2["bytes"],
            "timeline": timeline(report2, seconds2),

@@ -158,12 +158,16 @@ def execute(
         async with live_view(deploy, err, enabled=not as_json and err.is_terminal):
             await run_deploy(deploy, src, connect, listen=listen)
 
+    import roost
+
+    deploy.times.setdefault("main", roost.IMPORTED_AT)  # the imports, before "start"
     try:
         asyncio.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):
         deploy.interrupted = True
         deploy.exit_code = EXIT_INTERRUPTED
         deploy.message = "interrupted; remote fetches stopped and temp files removed"
+    deploy.mark("reported")  # after the loop closed (its threads joined)
     if as_json:
         click.echo(json.dumps(report(deploy), indent=1))
     else:

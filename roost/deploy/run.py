@@ -142,12 +142,12 @@ async def run_deploy(
         packing = asyncio.create_task(asyncio.to_thread(
             _pack, config, src, scratch, deploy.tag, source))
         packing.add_done_callback(lambda _: deploy.mark("packed"))
-        agent = await agent_build
         where = listen or listen_address(
             [replace(h.spec, address=ssh_hostname(h.spec.address, config)) for h in deploy.hosts],
             config.listen)
         deploy.phase = "preflight" if config.dry_run else "lock"
-        await _reach_phase(deploy, agent, connect)
+        await _reach_phase(deploy, agent_build, connect)  # connects while the agent is built
+        agent = await agent_build
         deploy.mark("reached")
         if not config.dry_run and _refused_by_lock(deploy):
             return deploy
@@ -414,7 +414,8 @@ async def _prepare_phase(
             task.cancel()
 
 
-async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None:
+async def _reach_phase(deploy: Deploy, agent_build: Awaitable[Agent], connect: Connector
+                       ) -> None:
     """Before any byte moves: connect to every host; unless this is a dry run, put
     the agent in place and take the host's deploy lock."""
     config = deploy.config
@@ -429,6 +430,7 @@ async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None
                 run.mark("connected")
                 if config.dry_run:
                     return
+                agent = await agent_build
                 # the probe starts the cached agent's session: from here on every agent
                 # command is a record on this one channel
                 run.transport = await open_session(run, agent)
