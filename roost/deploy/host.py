@@ -118,6 +118,8 @@ class HostRun:
     files_reused: int = 0
     bytes_to_fetch: int | None = None  # what the swarm had to bring after reuse
     bytes_fetched: int | None = None  # what fetch downloaded (from its `complete` event)
+    tag: str = ""  # the release this deploy stages
+    staged_by_fetch: bool = False  # fetch made releases/<tag> itself (--stage)
 
     def dest(self, config: DeployConfig) -> str:
         return self.spec.dest or config.dest
@@ -227,6 +229,7 @@ class HostRun:
         self.address_local = info.address_local
         self.previous = self.current = info.current
         self.already_had = info.have
+        self.tag = manifest.tag
         if manifest.format is PayloadFormat.TREE:
             self.staging = f"{dest.rstrip('/')}/releases/.{manifest.tag}.tmp-{deploy_id}"
         # staging holds the payload, and a tarball is unpacked beside it
@@ -261,6 +264,7 @@ class HostRun:
             timeout=plan.timeout,
             tree_manifest=f"{self.work}/manifest.json" if self.staging else None,
             dest=dest if self.staging else None, reuse=reuse if self.staging else None,
+            stage=bool(self.staging),
             bind=bind, announce_ip=(self.address if self.address
                                     and not self.address.startswith("127.") else None),
             allow=plan.allow, location=location or None, upload_rate=plan.upload_rate or None,
@@ -303,6 +307,7 @@ class HostRun:
                 self.files_reused = event.files or 0
                 self.bytes_to_fetch = event.fetch_bytes or 0
             elif event.event is EventName.COMPLETE:
+                self.staged_by_fetch = bool(self.staging) and event.staged == self.tag
                 self.bytes_fetched = event.downloaded or 0
                 self.bytes_done = self.bytes_total = _or(event.bytes, self.bytes_total)
                 self.rate = 0.0
@@ -323,6 +328,10 @@ class HostRun:
     async def stage(self, agent: Agent, dest: str) -> None:
         assert self.transport is not None
         self.phase = Phase.STAGE
+        if self.staged_by_fetch:  # a tree's fetch made releases/<tag> before "complete"
+            self.status = HostStatus.STAGED
+            self.mark("staged")
+            return
         args = agentargv.stage(dest, f"{self.work}/manifest.json", self.staging or None)
         result = await self.transport.run(self.agent_cmd(agent, *args), timeout=1800)
         agent_reply(result, ErrorKind.STAGE, ActivateResult.from_json)

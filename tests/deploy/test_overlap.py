@@ -126,3 +126,37 @@ def test_an_origin_that_cannot_start_fails_the_deploy_and_stops_the_fetches(
         app = base / f"p{i}" / "app"
         assert not (app / "current").exists()
         assert not any((app / ".roost" / "deploys").iterdir())
+
+
+def test_a_tree_fetch_stages_its_release_before_saying_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No stage command, no second proof of every file: the fetch made releases/<tag>."""
+    from roost.target import agentargv
+
+    def no_stage(*args: Any) -> list[str]:
+        raise AssertionError("the deploy ran a stage command")
+
+    monkeypatch.setattr(agentargv, "stage", no_stage)
+    src = make_sample_tree(tmp_path / "src", big=100_000)
+    base = tmp_path / "hosts"
+    d = new_deploy(_config(), hosts(base, 2), "r1")
+    asyncio.run(run_deploy(d, src, local_connector(base), listen="127.0.0.1"))
+    assert d.exit_code == 0, [h.reason for h in d.hosts]
+    assert all(h.staged_by_fetch for h in d.hosts)
+    for i in range(2):
+        assert tree_signature(base / f"p{i}" / "app" / "current") == tree_signature(src)
+
+
+def test_when_the_fetch_cannot_stage_the_deploy_stages_and_reports_why(tmp_path: Path) -> None:
+    src = make_sample_tree(tmp_path / "src", big=100_000)
+    base = tmp_path / "hosts"
+    (base / "p0" / "app" / "releases" / "r1").mkdir(parents=True)  # not roost's
+    d = new_deploy(_config(), hosts(base, 2), "r1")
+    asyncio.run(run_deploy(d, src, local_connector(base), listen="127.0.0.1"))
+    bad, good = d.hosts
+    assert not bad.staged_by_fetch and bad.failed and bad.kind == "stage"
+    assert "roost did not make it" in bad.reason
+    # the other host staged (by its fetch); below --min-success, nothing is switched
+    assert good.staged_by_fetch and good.status == "not-activated" and d.exit_code == 3
+    assert tree_signature(base / "p1" / "app" / "releases" / "r1") == tree_signature(src)
