@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import importlib
 import os
+import random
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -489,7 +490,7 @@ def _preload(session: Session, storage: TreeStorage) -> None:
     (read back from the placed files), so the piece is hashed whole as usual."""
     member = session.member  # the core: its picker and piece assembly
     size = member.picker.block_size
-    for index, blocks in storage.local_blocks.items():
+    for index, blocks in preload_order(storage.local_blocks):
         buf = bytearray(member.info.piece_size(index))
         piece = len(buf)
         for j in blocks:
@@ -499,6 +500,20 @@ def _preload(session: Session, storage: TreeStorage) -> None:
         member.picker.preload(index, blocks)
         member.assembly.buffers[index] = buf
         member.assembly.block_from[index] = {}
+
+
+def preload_order(local: dict[int, list[int]], rng: random.Random | None = None
+                  ) -> list[tuple[int, list[int]]]:
+    """The partly held pieces in a random order of this host's own. The picker asks
+    for the rest of its started pieces oldest first, and after a release every
+    host holds the same ones: in index order, every host asked the origin for the
+    same blocks at the same time, so the origin sent each of them to every host
+    and no host had anything to give another (16 hosts drew 750 KB/s each, the
+    origin's link divided by 16). In an order of its own, each host first gets
+    other blocks from the origin, and the hosts trade the rest."""
+    order = list(local.items())
+    (rng or random.Random()).shuffle(order)
+    return order
 
 
 def _check_sha256(meta: Metainfo, root: Path, expected: str) -> None:
