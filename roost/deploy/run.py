@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import hashlib
 import os
 import shutil
 import subprocess
@@ -59,7 +58,7 @@ from roost.deploy.state import EXIT_ERROR as EXIT_ERROR  # re-exported: importer
 from roost.deploy.state import Deploy as Deploy
 from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_address
 from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_hostname
-from roost.deploy.zipapp import build_zipapp_bytes
+from roost.deploy.zipapp import build_zipapp_bytes, source_digest
 from roost.errors import UsageError
 from roost.target import signing
 from roost.target.protocol import ErrorKind, HostStatus, Manifest, PayloadFormat
@@ -94,7 +93,7 @@ def default_tag(src: Path) -> str:
 
 def make_agent(python: str) -> Agent:
     data = build_zipapp_bytes()
-    digest = hashlib.sha256(data).hexdigest()[:12]
+    digest = source_digest()[:12]
     return Agent(data, f"roost-{__version__}-{digest}.pyz", python)
 
 

@@ -16,6 +16,7 @@ as before.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import marshal
@@ -66,6 +67,19 @@ def compiled(name: str, source: bytes) -> bytes:
     code = compile(source, name, "exec", dont_inherit=True)
     return (importlib.util.MAGIC_NUMBER + (0b01).to_bytes(4, "little")
             + importlib.util.source_hash(source) + marshal.dumps(code))
+
+
+def source_digest() -> str:
+    """What names a build (hosts cache the agent by it): the SHA-256 of every module's
+    source and of the bytecode version it is compiled for. Not of the zip's bytes:
+    marshal's output for the same code can differ between processes (it marks
+    objects by their reference counts, which other threads move), and a host
+    must not get the agent pushed again for that."""
+    digest = hashlib.sha256(importlib.util.MAGIC_NUMBER + MAIN)
+    for name, source in target_side_files():
+        text = source.read_bytes()
+        digest.update(f"{name}\0{len(text)}\0".encode() + text)
+    return digest.hexdigest()
 
 
 def build_zipapp(out: Path) -> Path:
