@@ -9,7 +9,8 @@ host, every link htb-shaped to the rate both ways, the deploy host's too):
    small ones, symlinks, empty directories, an executable), timed from
    command start to exit, against the bound S·8/R;
 2. next: the same tree with 5 % of its files' bytes rewritten, 20 files
-   added, 20 removed and 10 renamed, deployed with `roost deploy`;
+   added, 20 removed and 10 renamed, deployed with `roost deploy` from the
+   same build directory, brought up to date in place (as a build does);
 3. rsync: every host gets a copy of the full release (host-local, no
    network), then parallel `rsync -a --delete` over SSH brings it to the
    next release, the strategy many teams use.
@@ -19,6 +20,18 @@ root qdisc of each switch-side veth: what each host and the deploy host
 received), not from roost. After each step every host's tree is compared
 with the source (content, modes, symlinks, empty directories) over SSH.
 The machine is shared: timings are noisy; compare ratios within one run.
+
+Before/after: `--roost-src DIR` (repeatable) runs the full and next release
+once per checkout on the same fleet, interleaved over `--rounds`, each
+starting from empty hosts and an empty operator cache, so two versions are
+measured back to back under the same load:
+
+    git archive main | tar -x -C /tmp/before
+    sudo python -m bench.tree_delta --roost-src /tmp/before --roost-src . --rounds 2
+
+Each deploy's `timeline` (from `roost deploy --json`: the deploy's marks and,
+per mark of the hosts, min/median/max, in seconds since the command's own
+start) says where the wall time went.
 """
 
 from __future__ import annotations
@@ -28,7 +41,9 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fleet.fleet import Fleet, in_ns
-from tests.fleet.helpers import deploy_argv, local_tree_digest, remote_tree_digest, run_roost
+from tests.fleet.helpers import ROOT, deploy_argv, local_tree_digest, remote_tree_digest, run_roost
 
 MIB = 2**20
 
@@ -115,14 +130,16 @@ def check_trees(fleet: Fleet, path: str, src: Path) -> bool:
     return all(g == want for g in got)
 
 
-def deploy(fleet: Fleet, src: Path, tag: str, rate: float, extra: list[str]
+def deploy(fleet: Fleet, src: Path, tag: str, rate: float, extra: list[str],
+           roost_src: Path | None = None, cache: Path | None = None
            ) -> tuple[float, int, dict[str, Any]]:
     before = wire_bytes(fleet)
     started = time.monotonic()
     code, report, err = run_roost(deploy_argv(
         fleet, src, [h.address for h in fleet.hosts], "--tag", tag,
         "--link-rate", f"{rate:g}mbit", "--timeout", "1800", "--connect-timeout", "30",
-        *extra), timeout=2400)
+        *extra), timeout=2400, src=roost_src,
+        env={"XDG_CACHE_HOME": str(cache)} if cache is not None else None)
     seconds = time.monotonic() - started
     if code != 0:
         failed = [(h["host"], h["kind"], h["reason"]) for h in report.get("hosts", [])
@@ -130,6 +147,62 @@ def deploy(fleet: Fleet, src: Path, tag: str, rate: float, extra: list[str]
         raise SystemExit(f"deploy {tag} failed (exit {code}): {report.get('message')}\n"
                          f"{failed}\n{err[-2000:]}")
     return seconds, wire_bytes(fleet) - before, report
+
+
+def timeline(report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The deploy's marks, and each host mark's min/median/max over the hosts
+    (seconds since the deploy's start); `process` is the command's whole wall time."""
+    out: dict[str, Any] = {"process": round(seconds, 2), "deploy": report.get("timeline")}
+    marks: dict[str, list[float]] = {}
+    for row in report.get("hosts", []):
+        for name, t in (row.get("timeline") or {}).items():
+            marks.setdefault(name, []).append(t)
+    out["hosts"] = {name: [round(min(v), 2), round(statistics.median(v), 2), round(max(v), 2)]
+                    for name, v in sorted(marks.items(), key=lambda kv: statistics.median(kv[1]))}
+    return out
+
+
+def wipe(fleet: Fleet) -> None:
+    """Every host back to an empty destination (releases, records, locks)."""
+    for i in range(fleet.n):
+        fleet.ssh(i, f"rm -rf {fleet.dest}/* {fleet.dest}/.[!.]*", timeout=120)
+
+
+def releases(fleet: Fleet, work: Path, v1: Path, v2: Path, rate: float, extra: list[str],
+             roost_src: Path | None, cache: Path | None) -> dict[str, Any]:
+    """The full release, then the next, from empty hosts; checked on every host.
+
+    Both are deployed from one build directory, as an operator deploys a build
+    output: a fresh copy of v1 (new files, as a clean build makes), then brought
+    to v2 in place by `rsync -a --delete` (changed, added and renamed files are
+    written, unchanged ones left alone, as an incremental build does)."""
+    build = work / "build"
+    shutil.rmtree(build, ignore_errors=True)
+    subprocess.run(["cp", "-a", f"{v1}/.", str(build)], check=True, timeout=600)
+    copied = time.monotonic()
+    wipe(fleet)
+    # a build finished seconds ago: past the hash cache's racy window (3 s), as a
+    # real build usually is by the time its deploy reads it
+    time.sleep(max(0.0, 4.0 - (time.monotonic() - copied)))
+    seconds, wire, report = deploy(fleet, build, "v1", rate, extra, roost_src, cache)
+    size = report["payload"]["size"]
+    bound = size * 8 / (rate * 1e6)
+    full = {"seconds": round(seconds, 2), "wire_bytes": wire, "size": size,
+            "padding": report["payload"].get("padding"),
+            "bound_seconds": round(bound, 2),
+            "efficiency": round(bound / seconds, 3),
+            "timings": report["timings"], "bytes": report["bytes"],
+            "timeline": timeline(report, seconds),
+            "identical": check_trees(fleet, f"{fleet.dest}/current", v1)}
+    subprocess.run(["rsync", "-a", "--delete", f"{v2}/", f"{build}/"], check=True, timeout=600)
+    seconds2, wire2, report2 = deploy(fleet, build, "v2", rate, extra, roost_src, cache)
+    nxt = {"seconds": round(seconds2, 2), "wire_bytes": wire2,
+           "timings": report2["timings"], "bytes": report2["bytes"],
+           "timeline": timeline(report2, seconds2),
+           "wire_vs_full": round(wire2 / wire, 3),
+           "time_vs_full": round(seconds2 / seconds, 3),
+           "identical": check_trees(fleet, f"{fleet.dest}/current", v2)}
+    return {"src": str(roost_src or ROOT), "full": full, "next": nxt}
 
 
 def rsync_all(fleet: Fleet, src: Path, target: str) -> float:
@@ -158,50 +231,55 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--no-rsync", action="store_true")
     parser.add_argument("--extra", default="", help="more `roost deploy` flags")
+    parser.add_argument("--roost-src", type=Path, action="append", default=[],
+                        help="a roost checkout to measure (repeatable: interleaved, "
+                        "back to back); default this one")
+    parser.add_argument("--rounds", type=int, default=1, help="full + next per checkout")
     ns = parser.parse_args()
     rng = random.Random(ns.seed)
     work = Path(tempfile.mkdtemp(prefix="roost-tree-delta-", dir="/var/tmp"))
-    out: dict[str, Any] = {"hosts": ns.hosts, "rate_mbit": ns.rate_mbit}
+    out: dict[str, Any] = {"hosts": ns.hosts, "rate_mbit": ns.rate_mbit,
+                           "load_before": os.getloadavg()}
+    srcs: list[Path | None] = [p.resolve() for p in ns.roost_src] or [None]
     try:
         v1 = make_tree(work / "v1", ns.size_mib, ns.files, rng)
-        out["next"] = next_release(v1, work / "v2", rng)
+        v2 = work / "v2"
+        out["change"] = next_release(v1, v2, rng)
         with Fleet(ns.hosts, dest_size=f"{ns.size_mib * 2 + 256}m") as fleet:
             fleet.shape(ns.rate_mbit)
             extra = ns.extra.split()
-            seconds, wire, report = deploy(fleet, v1, "v1", ns.rate_mbit, extra)
-            size = report["payload"]["size"]
-            bound = size * 8 / (ns.rate_mbit * 1e6)
-            out["full"] = {"seconds": round(seconds, 2), "wire_bytes": wire, "size": size,
-                           "padding": report["payload"].get("padding"),
-                           "bound_seconds": round(bound, 2),
-                           "efficiency": round(bound / seconds, 3),
-                           "timings": report["timings"], "bytes": report["bytes"],
-                           "identical": check_trees(fleet, f"{fleet.dest}/current", v1)}
-            seconds2, wire2, report2 = deploy(fleet, work / "v2", "v2", ns.rate_mbit, extra)
-            out["next"].update({
-                "seconds": round(seconds2, 2), "wire_bytes": wire2,
-                "timings": report2["timings"], "bytes": report2["bytes"],
-                "wire_vs_full": round(wire2 / wire, 3),
-                "time_vs_full": round(seconds2 / seconds, 3),
-                "identical": check_trees(fleet, f"{fleet.dest}/current", work / "v2")})
+            runs: list[dict[str, Any]] = []
+            for _ in range(ns.rounds):
+                for src in srcs:
+                    wipe(fleet)
+                    cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+                    runs.append(releases(fleet, work, v1, v2, ns.rate_mbit, extra, src, cache))
+                    shutil.rmtree(cache, ignore_errors=True)
+                    print(json.dumps({k: runs[-1][k] for k in ("src",)} | {
+                        r: {k: runs[-1][r][k] for k in ("seconds", "wire_bytes", "identical")}
+                        for r in ("full", "next")}), file=sys.stderr, flush=True)
+            out["runs"] = runs
             if not ns.no_rsync:
                 target = f"{fleet.dest}/rsync"
                 for i in range(fleet.n):  # the full release, copied on the host itself
-                    fleet.ssh(i, f"rm -rf {fleet.dest}/releases/v2 && "
-                                 f"cp -a {fleet.dest}/releases/v1 {target}", timeout=300)
+                    fleet.ssh(i, f"rm -rf {target} {fleet.dest}/releases/v2 && "
+                                 f"cp -a {fleet.dest}/releases/v1 {target}",
+                              timeout=300)
                 before = wire_bytes(fleet)
-                rsync_s = rsync_all(fleet, work / "v2", target)
+                rsync_s = rsync_all(fleet, v2, target)
                 out["rsync"] = {"seconds": round(rsync_s, 2),
                                 "wire_bytes": wire_bytes(fleet) - before,
-                                "identical": check_trees(fleet, target, work / "v2")}
-                out["next"]["time_vs_rsync"] = round(seconds2 / rsync_s, 3)
+                                "identical": check_trees(fleet, target, v2)}
+                for run in runs:
+                    run["next"]["time_vs_rsync"] = round(run["next"]["seconds"] / rsync_s, 3)
                 if not out["rsync"]["identical"]:  # say what differs on host 0
                     ssh = (f"ssh -i {fleet.key} -o UserKnownHostsFile={fleet.known_hosts}")
                     diff = subprocess.run(
-                        ["rsync", "-n", "-aci", "--delete", "-e", ssh, f"{work / 'v2'}/",
+                        ["rsync", "-n", "-aci", "--delete", "-e", ssh, f"{v2}/",
                          f"root@{fleet.hosts[0].address}:{target}/"],
                         capture_output=True, text=True, timeout=300)
                     out["rsync"]["differs"] = diff.stdout.splitlines()[:20]
+        out["load_after"] = os.getloadavg()
         print(json.dumps(out, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -48,7 +48,62 @@ def test_agent_runs_from_zipapp_without_third_party(tmp_path: Path) -> None:
         "import sys, zipfile; sys.path.insert(0, sys.argv[1]);"
         "import importlib;"
         "[importlib.import_module(n[:-3].replace('/', '.').removesuffix('.__init__'))"
-        " for n in zipfile.ZipFile(sys.argv[1]).namelist() if n.startswith('roost/')]"
+        " for n in zipfile.ZipFile(sys.argv[1]).namelist()"
+        " if n.startswith('roost/') and n.endswith('.py')]"
     )
     result = run_isolated("-c", code, str(pyz))
     assert result.returncode == 0, result.stderr
+
+
+IMPORT_FROM_PYZ = ("import sys; sys.path.insert(0, sys.argv[1]);"
+                   "import roost.target.agent as a, roost.engine.session as s;"
+                   "print(a.__file__); print(s.__file__)")
+
+
+def test_zipapp_modules_run_from_bytecode_built_with_them(tmp_path: Path) -> None:
+    """No agent process compiles the modules again (Python cannot cache bytecode
+    inside a zip): each .py has its .pyc, and that is what gets imported."""
+    import zipfile
+
+    pyz = build_zipapp(tmp_path / "roost.pyz")
+    names = set(zipfile.ZipFile(pyz).namelist())
+    sources = [n for n in names if n.endswith(".py") and n != "__main__.py"]
+    assert sources and all(n + "c" in names for n in sources)
+    result = run_isolated("-c", IMPORT_FROM_PYZ, str(pyz))
+    assert result.returncode == 0, result.stderr
+    assert all(line.endswith(".pyc") for line in result.stdout.split()), result.stdout
+
+
+def test_zipapp_bytecode_of_another_python_falls_back_to_source(tmp_path: Path) -> None:
+    """A host whose Python has another bytecode version compiles the source."""
+    import zipfile
+
+    pyz = build_zipapp(tmp_path / "roost.pyz")
+    other = tmp_path / "other.pyz"
+    with zipfile.ZipFile(pyz) as src, zipfile.ZipFile(other, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith(".pyc"):
+                data = b"\x00\x00\r\n" + data[4:]  # a magic no Python uses
+            dst.writestr(info, data)
+    result = run_isolated("-c", IMPORT_FROM_PYZ, str(other))
+    assert result.returncode == 0, result.stderr
+    assert all(line.endswith(".py") for line in result.stdout.split()), result.stdout
+    result = run_isolated(str(other), "fetch", "--help")
+    assert result.returncode == 0 and "roost fetch" in result.stdout, result.stderr
+
+
+def test_the_agent_keeps_its_name_whatever_the_process_does_meanwhile() -> None:
+    """Hosts cache the agent by name: a rebuild must not re-push it. The zip's bytes
+    may differ (marshal marks objects by reference count, which other threads
+    move while it runs), so the name comes from the sources."""
+    code = ("import threading, json; from roost.deploy.run import make_agent;"
+            "stop = threading.Event();"
+            "churn = lambda: [json.loads(json.dumps({'a': [1, 'x'] * 50})) for _ in iter("
+            "stop.is_set, True)];"
+            "t = threading.Thread(target=churn); t.start();"
+            "print(make_agent('python3').name); stop.set(); t.join()")
+    plain = ("from roost.deploy.run import make_agent; print(make_agent('python3').name)")
+    names = {subprocess.run([sys.executable, "-c", c], capture_output=True, text=True,
+                            timeout=120, check=True).stdout for c in (code, plain, code)}
+    assert len(names) == 1, names

@@ -200,8 +200,9 @@ _UNTYPED = [
 ]
 
 
-#: the transport's own framing (SSH, the agent session): JSON that is not an agent reply
-_TRANSPORT = {"transport.py", "session.py"}
+#: the transport's own framing (SSH, the agent session), and the deploy host's own hash
+#: cache file (roost.deploy.hashcache): JSON that is not an agent reply
+_TRANSPORT = {"transport.py", "session.py", "hashcache.py"}
 
 
 def untyped(text: str, name: str = "") -> list[str]:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -162,18 +164,36 @@ def execute(
         async with live_view(deploy, err, enabled=not as_json and err.is_terminal):
             await run_deploy(deploy, src, connect, listen=listen)
 
+    started = process_started()
+    if started is not None:
+        deploy.times.setdefault("main", started)  # the interpreter and imports, before "start"
     try:
         asyncio.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):
         deploy.interrupted = True
         deploy.exit_code = EXIT_INTERRUPTED
         deploy.message = "interrupted; remote fetches stopped and temp files removed"
+    deploy.mark("reported")  # after the loop closed (its threads joined)
     if as_json:
         click.echo(json.dumps(report(deploy), indent=1))
     else:
         console = Console(stderr=False) if sys.stdout.isatty() else err
         final_table(deploy, console, notes(deploy) if notes else None)
     return deploy.exit_code
+
+
+def process_started() -> float | None:
+    """When this process was exec'd, on the time.monotonic() clock (Linux: its start
+    in clock ticks since boot, against the uptime now); None where unknown."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rpartition(b")")[2].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        now = time.monotonic()
+        return now - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def host_options(func: Any) -> Any:

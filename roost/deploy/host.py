@@ -158,6 +158,8 @@ class HostRun:
     files_reused: int = 0
     bytes_to_fetch: int | None = None  # what the swarm had to bring after reuse
     bytes_fetched: int | None = None  # what fetch downloaded (from its `complete` event)
+    tag: str = ""  # the release this deploy stages
+    staged_by_fetch: bool = False  # fetch made releases/<tag> itself (--stage)
 
     def dest(self, config: DeployConfig) -> str:
         return self.spec.dest or config.dest
@@ -172,6 +174,10 @@ class HostRun:
 
     def mark(self, name: str) -> None:
         self.times[name] = time.monotonic()
+
+    def mark_first(self, name: str) -> None:
+        """For the timeline: when something first happened on this host."""
+        self.times.setdefault(name, time.monotonic())
 
     # --- the steps ----------------------------------------------------------------------
 
@@ -275,6 +281,7 @@ class HostRun:
         self.address_local = info.address_local
         self.previous = self.current = info.current
         self.already_had = info.have
+        self.tag = manifest.tag
         if manifest.format is PayloadFormat.TREE:
             self.staging = f"{dest.rstrip('/')}/releases/.{manifest.tag}.tmp-{deploy_id}"
         # staging holds the payload, and a tarball is unpacked beside it
@@ -309,6 +316,7 @@ class HostRun:
             timeout=plan.timeout,
             tree_manifest=f"{self.work}/manifest.json" if self.staging else None,
             dest=dest if self.staging else None, reuse=reuse if self.staging else None,
+            stage=bool(self.staging),
             bind=bind, announce_ip=(self.address if self.address
                                     and not self.address.startswith("127.") else None),
             allow=plan.allow, location=location or None, upload_rate=plan.upload_rate or None,
@@ -325,6 +333,7 @@ class HostRun:
         """Read fetch's JSON events until it exits; set `completed` on `complete`."""
         assert self.fetch_stream is not None
         error: FetchEvent | None = None
+        base: int | None = None  # bytes held at the first progress event
         async for line in self.fetch_stream.lines():
             try:
                 event = FetchEvent.from_json(line)
@@ -333,16 +342,25 @@ class HostRun:
             if event is None:
                 continue
             if event.event is EventName.STARTED and event.peer_id is not None:
+                self.mark_first("fetch_running")
                 self.peer_id = event.peer_id.encode("latin-1")
+            elif event.event is EventName.ANNOUNCED:
+                self.mark_first("announced")
             elif event.event is EventName.PROGRESS:
+                if base is None:
+                    base = event.bytes_done
+                elif event.bytes_done is not None and event.bytes_done > base:
+                    self.mark_first("first_bytes")  # the first progress that gained bytes
                 self.bytes_done = _or(event.bytes_done, self.bytes_done)
                 self.bytes_total = _or(event.bytes_total, self.bytes_total)
                 self.rate = float(event.down_Bps or 0)
             elif event.event is EventName.REUSED:
+                self.mark_first("reused")
                 self.bytes_reused = event.bytes or 0
                 self.files_reused = event.files or 0
                 self.bytes_to_fetch = event.fetch_bytes or 0
             elif event.event is EventName.COMPLETE:
+                self.staged_by_fetch = bool(self.staging) and event.staged == self.tag
                 self.bytes_fetched = event.downloaded or 0
                 self.bytes_done = self.bytes_total = _or(event.bytes, self.bytes_total)
                 self.rate = 0.0
@@ -363,6 +381,10 @@ class HostRun:
     async def stage(self, agent: Agent, dest: str) -> None:
         assert self.transport is not None
         self.phase = Phase.STAGE
+        if self.staged_by_fetch:  # a tree's fetch made releases/<tag> before "complete"
+            self.status = HostStatus.STAGED
+            self.mark("staged")
+            return
         args = agentargv.stage(dest, f"{self.work}/manifest.json", self.staging or None)
         result = await self.transport.run(self.agent_cmd(agent, *args), timeout=1800)
         agent_reply(result, ErrorKind.STAGE, ActivateResult.from_json)

@@ -19,6 +19,7 @@ from pathlib import Path
 from roost import __version__
 from roost.core.metainfo import build_info, build_torrent, choose_piece_length
 from roost.deploy import treepack
+from roost.deploy.hashcache import HashCache
 from roost.engine.hashing import hash_payload, scan_payload
 from roost.errors import UsageError
 from roost.target.protocol import Manifest, PayloadFormat, check_tag
@@ -61,9 +62,19 @@ def zstd_compress(path: Path, level: int = 3) -> Path:
     return out
 
 
-def pack(src: Path, work: Path, tag: str, *, fmt: str = "auto", compress: bool = False
-         ) -> Packed:
-    """Make the payload for `src` inside the scratch directory `work`."""
+@dataclass(frozen=True)
+class Source:
+    """A source that passed every check that reads no file's bytes (`check_source`)."""
+
+    path: Path
+    format: PayloadFormat
+    scanned: treepack.Scanned | None = None  # format tree: its entries, checked
+
+
+def check_source(src: Path, tag: str, *, fmt: str = "auto", compress: bool = False) -> Source:
+    """The source's format, and every refusal `pack` would make without reading the
+    bytes (a bad tag, a missing source, a symlink out of a tree...): quick, so a
+    deploy refuses before it reaches any host, and packs while it reaches them."""
     check_tag(tag)
     if not src.exists():
         raise UsageError(f"{src} does not exist")
@@ -75,22 +86,39 @@ def pack(src: Path, work: Path, tag: str, *, fmt: str = "auto", compress: bool =
         if fmt == "tree":
             if compress:
                 raise UsageError("--compress needs --format tar (a tree is sent as itself)")
-            tree = treepack.build(src, tag)
-            manifest = Manifest(tag, PayloadFormat.TREE, "tree", tree.manifest.digest(),
-                                tree.manifest.total_size, tree.manifest)
-            return Packed(src, manifest, tree.torrent, tree.padding)
+            return Source(src, PayloadFormat.TREE, treepack.checked_scan(src))
         if fmt == "dir":
-            return _packed(src, PayloadFormat.DIR, tag)
-        tar_path = work / f"{tag}.tar"
-        write_tar(src, tar_path)
-        if compress:
-            return _packed(zstd_compress(tar_path), PayloadFormat.TAR_ZST, tag)
-        return _packed(tar_path, PayloadFormat.TAR, tag)
+            return Source(src, PayloadFormat.DIR)
+        return Source(src, PayloadFormat.TAR_ZST if compress else PayloadFormat.TAR)
     if not src.is_file():
         raise UsageError(f"{src} is neither a file nor a directory")
     if fmt not in ("auto", "file"):
         raise UsageError(f"a file is sent as is, not as {fmt!r}")
-    return _packed(src, PayloadFormat.FILE, tag)
+    return Source(src, PayloadFormat.FILE)
+
+
+def pack(src: Path, work: Path, tag: str, *, fmt: str = "auto", compress: bool = False,
+         checked: Source | None = None, hash_cache: Path | None = None) -> Packed:
+    """Make the payload for `src` inside the scratch directory `work` (`checked`:
+    what check_source found for these arguments, when it ran already). A tree's
+    hashes proven unchanged since a pack of the same directory are taken from
+    `hash_cache`, a directory (roost.deploy.hashcache), when given."""
+    if checked is None:
+        checked = check_source(src, tag, fmt=fmt, compress=compress)
+    kind = checked.format
+    if kind is PayloadFormat.TREE:
+        cache = HashCache.load(hash_cache, src) if hash_cache is not None else None
+        tree = treepack.build(src, tag, scanned=checked.scanned, cache=cache)
+        manifest = Manifest(tag, PayloadFormat.TREE, "tree", tree.manifest.digest(),
+                            tree.manifest.total_size, tree.manifest)
+        return Packed(src, manifest, tree.torrent, tree.padding)
+    if kind in (PayloadFormat.TAR, PayloadFormat.TAR_ZST):
+        tar_path = work / f"{tag}.tar"
+        write_tar(src, tar_path)
+        if kind is PayloadFormat.TAR_ZST:
+            return _packed(zstd_compress(tar_path), PayloadFormat.TAR_ZST, tag)
+        return _packed(tar_path, PayloadFormat.TAR, tag)
+    return _packed(src, kind, tag)
 
 
 def _packed(payload: Path, fmt: PayloadFormat, tag: str) -> Packed:

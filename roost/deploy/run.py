@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import hashlib
 import os
 import shutil
 import subprocess
@@ -46,12 +45,12 @@ from typing import Any
 
 from roost import __version__
 from roost.core.metainfo import check_web_seed_url, parse
-from roost.deploy import dryrun, locking, origins, pace, rollout
+from roost.deploy import dryrun, hashcache, locking, origins, pace, rollout
 from roost.deploy.allowlist import check_extra, fleet_allowlist, resolve
 from roost.deploy.batches import plan_batches
 from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
-from roost.deploy.pack import make_metainfo, pack
+from roost.deploy.pack import Packed, Source, check_source, make_metainfo, pack
 from roost.deploy.pki import DeployCA
 from roost.deploy.scratch import make_scratch
 from roost.deploy.session import open_session
@@ -59,7 +58,7 @@ from roost.deploy.state import EXIT_ERROR as EXIT_ERROR  # re-exported: importer
 from roost.deploy.state import Deploy as Deploy
 from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_address
 from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_hostname
-from roost.deploy.zipapp import build_zipapp_bytes
+from roost.deploy.zipapp import build_zipapp_bytes, source_digest
 from roost.errors import UsageError
 from roost.target import signing
 from roost.target.protocol import ErrorKind, HostStatus, Manifest, PayloadFormat
@@ -94,7 +93,7 @@ def default_tag(src: Path) -> str:
 
 def make_agent(python: str) -> Agent:
     data = build_zipapp_bytes()
-    digest = hashlib.sha256(data).hexdigest()[:12]
+    digest = source_digest()[:12]
     return Agent(data, f"roost-{__version__}-{digest}.pyz", python)
 
 
@@ -132,40 +131,46 @@ async def run_deploy(
     # a bad --origin: fail now, before any host is touched
     deploy.origins = [origins.RemoteOrigin(spec) for spec in origins.parse_origins(
         config, [h.spec for h in deploy.hosts])]
-    agent = make_agent(config.python)
+    agent_build = asyncio.create_task(asyncio.to_thread(make_agent, config.python))
     scratch = make_scratch("roost-deploy-")
     swarm: SwarmControl | None = None
     origin: Origin | None = None
+    packing: asyncio.Task[tuple[Packed, bytes, str | None]] | None = None
     deploy.mark("start")
     try:
-        deploy.payload = await asyncio.to_thread(
-            pack, src, scratch, deploy.tag, fmt=config.format, compress=config.compress
-        )
-        _check_web_seed_format(config, deploy.payload.manifest.format)
-        origins.check_format([o.spec for o in deploy.origins], deploy.payload.manifest.format)
-        made = deploy.payload.torrent  # a tree's torrent is made with its manifest
-        torrent = made if made is not None else await asyncio.to_thread(
-            make_metainfo, deploy.payload.payload)
-        (scratch / "payload.torrent").write_bytes(torrent)
-        signature = await asyncio.to_thread(_sign_manifest, config, deploy.payload.manifest)
-        deploy.mark("packed")
-        meta = parse(torrent)
+        # every refusal that needs no byte read comes before any host is reached;
+        # the hashing then runs while the hosts are reached and locked
+        source = await asyncio.to_thread(check_source, src, deploy.tag, fmt=config.format,
+                                         compress=config.compress)
+        _check_web_seed_format(config, source.format)
+        origins.check_format([o.spec for o in deploy.origins], source.format)
+        packing = asyncio.create_task(asyncio.to_thread(
+            _pack, config, src, scratch, deploy.tag, source))
+        packing.add_done_callback(lambda _: deploy.mark("packed"))
         where = listen or listen_address(
             [replace(h.spec, address=ssh_hostname(h.spec.address, config)) for h in deploy.hosts],
             config.listen)
         deploy.phase = "preflight" if config.dry_run else "lock"
-        await asyncio.gather(_reach_phase(deploy, agent, connect),
-                             origins.reach_all(deploy.origins, agent, connect, config))
+        async def reach_origins() -> None:
+            await origins.reach_all(deploy.origins, await agent_build, connect, config)
+
+        # connects while the agent is built
+        await asyncio.gather(_reach_phase(deploy, agent_build, connect), reach_origins())
+        agent = await agent_build
         deploy.mark("reached")
+        if not config.dry_run and (_refused_by_lock(deploy) or _no_origin(deploy)):
+            return deploy
+        deploy.payload, torrent, signature = await packing
+        (scratch / "payload.torrent").write_bytes(torrent)
+        meta = parse(torrent)
         if config.dry_run:
             await _dry_run(deploy, where)
-            return deploy
-        if _refused_by_lock(deploy) or _no_origin(deploy):
             return deploy
         reached = sum(1 for h in deploy.hosts if not h.failed)
         pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
         seeders = int(config.local_origin) + sum(1 for o in deploy.origins if not o.failed)
         swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached, seeders)
+        deploy.mark("tracker_started")
         tree = deploy.payload.manifest.format is PayloadFormat.TREE
         plan = FetchPlan(
             swarm.announce_url,
@@ -196,6 +201,9 @@ async def run_deploy(
             return deploy
         allow = _fleet_allow(deploy, config, where)
         plan = replace(plan, allow=allow)
+        # the fetches start beside the origin, not after it: a host starts its agent,
+        # places what it already holds, then announces; the origin, once up, dials
+        # every host the tracker knows (a seed dials too), whoever came first
         if config.local_origin:
             origin = await Origin.start(
                 scratch / "payload.torrent",
@@ -208,20 +216,36 @@ async def run_deploy(
                 origin_tls,
                 allow=allow,
                 tree=tree,
+                wait=False,
             )
         await origins.seed_all(deploy.origins, origins.make_order(
             swarm.announce_url, swarm.expected, config, allow), swarm.one_fewer)
         if _no_origin(deploy):
             return deploy
-        deploy.mark("origin_started")
-        if on_ready:
-            on_ready(deploy)
-        local = origin
-        await _fetch_phase(
+        live = origin
+
+        async def local_started() -> None:
+            if live is not None:
+                await live.started()
+
+        seeding = asyncio.create_task(local_started())
+        seeding.add_done_callback(lambda _: deploy.mark("origin_started"))
+        fetching = asyncio.create_task(_fetch_phase(
             deploy, agent, torrent, plan, swarm, connect,
-            origin_dead=lambda: ((local is None or local.proc.returncode is not None)
+            origin_dead=lambda: ((live is None or live.proc.returncode is not None)
                                  and not any(o.seeding for o in deploy.origins)),
-        )
+        ))
+        try:
+            await asyncio.wait((seeding, fetching), return_when=asyncio.FIRST_COMPLETED)
+            await seeding  # the origin failed to start: the deploy's error
+            if on_ready:
+                on_ready(deploy)
+            await fetching
+        finally:
+            for task in (seeding, fetching):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(seeding, fetching, return_exceptions=True)
         if origin is not None and origin.proc.returncode is not None \
                 and not any(o.seeding for o in deploy.origins):
             _blame_dead_origin(deploy, origin.proc.returncode)
@@ -235,7 +259,13 @@ async def run_deploy(
         raise
     finally:
         deploy.phase = "clean"
-        await asyncio.gather(_cleanup(deploy, agent), _stop_origins(deploy))
+        for early in (agent_build, packing):  # an early failure: their threads end alone
+            if early is not None and not early.done():
+                early.cancel()
+        if agent_build.done() and not agent_build.cancelled() and not agent_build.exception():
+            # no agent: no host and no origin was reached
+            await asyncio.gather(_cleanup(deploy, agent_build.result()), _stop_origins(deploy))
+        deploy.mark("cleaned")
         if origin is not None:
             await origin.stop()
         if swarm is not None:
@@ -244,6 +274,15 @@ async def run_deploy(
         deploy.mark("end")
         deploy.phase = "done"
     return deploy
+
+
+def _pack(config: DeployConfig, src: Path, scratch: Path, tag: str, source: Source
+          ) -> tuple[Packed, bytes, str | None]:
+    """In a thread: the payload, its torrent and the manifest's signature."""
+    packed = pack(src, scratch, tag, fmt=config.format, compress=config.compress,
+                  checked=source, hash_cache=hashcache.default_dir())
+    torrent = packed.torrent if packed.torrent is not None else make_metainfo(packed.payload)
+    return packed, torrent, _sign_manifest(config, packed.manifest)
 
 
 def _check_web_seed_format(config: DeployConfig, fmt: str) -> None:
@@ -405,6 +444,7 @@ async def _prepare_phase(
                 await run.prepare(
                     agent, run.dest(config), deploy.deploy_id, manifest, torrent, plan
                 )
+                run.mark("prepared")
         except (HostFailure, Exception) as exc:  # one host's bug stays on that host
             run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
             run.mark("failed")
@@ -426,7 +466,8 @@ async def _prepare_phase(
             task.cancel()
 
 
-async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None:
+async def _reach_phase(deploy: Deploy, agent_build: Awaitable[Agent], connect: Connector
+                       ) -> None:
     """Before any byte moves: connect to every host; unless this is a dry run, put
     the agent in place and take the host's deploy lock."""
     config = deploy.config
@@ -441,11 +482,14 @@ async def _reach_phase(deploy: Deploy, agent: Agent, connect: Connector) -> None
                 run.mark("connected")
                 if config.dry_run:
                     return
+                agent = await agent_build
                 # the probe starts the cached agent's session: from here on every agent
                 # command is a record on this one channel
                 run.transport = await open_session(run, agent)
+                run.mark("session")
                 await locking.acquire(run, agent, run.dest(config), deploy.deploy_id,
                                       deploy.tag, deploy.who, config.break_lock)
+                run.mark("locked")
         except (HostFailure, Exception) as exc:
             run.fail(exc if isinstance(exc, HostFailure) else _unexpected(exc))
             run.mark("failed")
@@ -568,6 +612,7 @@ async def _cleanup(deploy: Deploy, agent: Agent) -> None:
         try:
             if not deploy.config.dry_run:
                 await run.clean(agent, run.dest(deploy.config), deploy.deploy_id)
+                run.mark("cleaned")
         except (HostFailure, Exception) as exc:
             if not run.failed:
                 run.fail(HostFailure(ErrorKind.CLEAN, f"cleanup failed: {exc}"))
@@ -575,6 +620,7 @@ async def _cleanup(deploy: Deploy, agent: Agent) -> None:
             # last: the lock covers the cleanup too; the outcome goes to the host's history
             with contextlib.suppress(Exception):
                 await locking.release(run, locking.outcome(run, deploy.exit_code))
+                run.mark("released")
             if run.fetch_stream is not None:
                 run.fetch_stream.close()
             if run.transport is not None:

@@ -252,7 +252,9 @@ class Origin:
         tls: tuple[Path, Path, Path] | None = None,
         allow: list[str] | None = None,
         tree: bool = False,
+        wait: bool = True,
     ) -> Origin:
+        """Start the seeder; with `wait`, return once it seeds (else call `started`)."""
         args = [sys.executable, "-m", "roost", *agentargv.seed(
             str(torrent), str(payload_dir), tracker_url, expected, listen,
             super_seed=super_seed, tree=tree, upload_rate=upload_rate, allow=allow,
@@ -266,10 +268,12 @@ class Origin:
             preexec_fn=die_with_parent,
         )
         origin = cls(proc)
-        await origin._wait_started()
+        if wait:
+            await origin.started()
         return origin
 
-    async def _wait_started(self) -> None:
+    async def started(self) -> None:
+        """Until the seeder says it started; RoostError (the seeder stopped) if it fails."""
         assert self.proc.stdout is not None
         while True:  # bounded by the process: it starts, or exits with an error
             try:

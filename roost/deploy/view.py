@@ -163,9 +163,18 @@ def host_rows(deploy: Deploy) -> list[dict[str, Any]]:
                 "bytes_to_fetch": h.bytes_to_fetch,
                 "bytes_fetched": h.bytes_fetched,
                 "seconds": round(end - start, 3) if start and end else None,
+                "timeline": _since(deploy, h.times),
             }
         )
     return rows
+
+
+def _since(deploy: Deploy, times: dict[str, float]) -> dict[str, float]:
+    """Marks as seconds since the deploy started, in the order they happened."""
+    zero = deploy.times.get("start")
+    if zero is None:
+        return {}
+    return {name: round(t - zero, 3) for name, t in sorted(times.items(), key=lambda kv: kv[1])}
 
 
 def timings(deploy: Deploy) -> dict[str, Any]:
@@ -233,6 +242,7 @@ def report(deploy: Deploy) -> dict[str, Any]:
         "origins": origin_rows(deploy.origins),
         "placement": placement(deploy),
         "timings": timings(deploy),
+        "timeline": _since(deploy, deploy.times),
         "bound": bound(deploy),
         "bytes": byte_totals(deploy),
     }

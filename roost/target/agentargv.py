@@ -50,6 +50,7 @@ class FetchArgs:
     tree_manifest: str | None = None  # format tree: with dest and reuse
     dest: str | None = None
     reuse: str | None = None
+    stage: bool = False  # format tree: make releases/<tag> before saying complete
     bind: str | None = None
     announce_ip: str | None = None
     allow: Sequence[str] | None = None
@@ -65,7 +66,7 @@ class FetchArgs:
 def fetch(a: FetchArgs) -> list[str]:
     argv = ["fetch", a.torrent,
             *_opt("--tree-manifest", a.tree_manifest), *_opt("--dest", a.dest),
-            *_opt("--reuse", a.reuse),
+            *_opt("--reuse", a.reuse), *(["--stage"] if a.stage else []),
             "-d", a.directory, "--json", *(["--quiet"] if a.quiet else []),
             "--tracker", a.tracker, "--expected-peers", str(a.expected_peers),
             "--port", a.port, "--timeout", f"{a.timeout:g}",

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import importlib
 import os
+import random
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from roost.engine.tls import peer_tls_from_args
 from roost.engine.treestorage import Proof, TreeStorage, proof_of
 from roost.errors import RoostError, UsageError
 from roost.target import Runner
-from roost.target.release import VERIFIED, Dest, ReleaseError, read_manifest
+from roost.target.release import VERIFIED, Dest, Manifest, ReleaseError, read_manifest, stage
 from roost.target.torrentfile import read_torrent
 from roost.target.treestage import (
     REUSE_MODES,
@@ -178,6 +179,9 @@ def add_fetch(parser: argparse.ArgumentParser) -> Runner:
     tree.add_argument("--tree-manifest", type=Path, metavar="JSON",
                       help="the deploy manifest (format tree) the torrent must match")
     tree.add_argument("--dest", type=Path, help="the destination whose releases are reused")
+    tree.add_argument("--stage", action="store_true",
+                      help="once complete, make releases/<tag> (as `activate --no-switch`) "
+                      "before reporting complete, with `staged` in that event")
     tree.add_argument("--reuse", choices=REUSE_MODES, default="copy",
                       help="place reused files by copy (reflink where possible; default), "
                       "hardlink (shares inodes with the old release), or none")
@@ -284,13 +288,41 @@ def web_seeds_of(ns: argparse.Namespace, meta: Metainfo) -> list[str]:
 
 class FetchReporter(Reporter):
     """Notices whether "complete" went out: a session stopped by its policy while
-    its final flush still ran returns complete without having said so."""
+    its final flush still ran returns complete without having said so. Adds
+    `complete_fields` (what --stage did) to that event."""
 
     completed_reported = False
+    complete_fields: dict[str, Any] | None = None
 
     def event(self, name: str, **fields: Any) -> None:
-        self.completed_reported = self.completed_reported or name == "complete"
+        if name == "complete":
+            self.completed_reported = True
+            fields = {**fields, **(self.complete_fields or {})}
         super().event(name, **fields)
+
+
+class StagingTreeStorage(TreeStorage):
+    """--stage: after the final flush (every file verified, the proofs recorded),
+    make releases/<tag> right here, as the deploy host's stage command would, so
+    "complete" says the release is staged: no round trip, no second process,
+    no second proof of every file. Any failure leaves the staging directory
+    as it was; the deploy host then runs its stage command, which reports it."""
+
+    stage_to: tuple[Dest, Manifest, Path, FetchReporter] | None = None
+    _staged = False
+
+    def flush(self) -> None:
+        super().flush()
+        if self.stage_to is None or self._staged:
+            return
+        dest, manifest, record, reporter = self.stage_to
+        self._staged = True
+        try:
+            stage(dest, manifest, self.root, record=record)
+        except (RoostError, OSError) as exc:
+            reporter.event("stage_deferred", message=str(exc)[:500])
+            return
+        reporter.complete_fields = {"staged": manifest.tag}
 
 
 def run_fetch(ns: argparse.Namespace) -> int:
@@ -459,8 +491,11 @@ def _tree_setup(meta: Metainfo, ns: argparse.Namespace, reporter: Reporter
         hashed=hashed,
         refused=refused,
     )
-    storage = TreeStorage(meta.info, staging, tree, done=set(chosen),
-                          record=ns.tree_manifest.parent / VERIFIED, proofs=proofs)
+    record = ns.tree_manifest.parent / VERIFIED
+    storage = StagingTreeStorage(meta.info, staging, tree, done=set(chosen), record=record,
+                                 proofs=proofs)
+    if getattr(ns, "stage", False) and isinstance(reporter, FetchReporter):
+        storage.stage_to = (dest, manifest, record, reporter)
     storage.local_blocks = local
     return storage, have
 
@@ -471,7 +506,7 @@ def _preload(session: Session, storage: TreeStorage) -> None:
     (read back from the placed files), so the piece is hashed whole as usual."""
     member = session.member  # the core: its picker and piece assembly
     size = member.picker.block_size
-    for index, blocks in storage.local_blocks.items():
+    for index, blocks in preload_order(storage.local_blocks):
         buf = bytearray(member.info.piece_size(index))
         piece = len(buf)
         for j in blocks:
@@ -481,6 +516,20 @@ def _preload(session: Session, storage: TreeStorage) -> None:
         member.picker.preload(index, blocks)
         member.assembly.buffers[index] = buf
         member.assembly.block_from[index] = {}
+
+
+def preload_order(local: dict[int, list[int]], rng: random.Random | None = None
+                  ) -> list[tuple[int, list[int]]]:
+    """The partly held pieces in a random order of this host's own. The picker asks
+    for the rest of its started pieces oldest first, and after a release every
+    host holds the same ones: in index order, every host asked the origin for the
+    same blocks at the same time, so the origin sent each of them to every host
+    and no host had anything to give another (16 hosts drew 750 KB/s each, the
+    origin's link divided by 16). In an order of its own, each host first gets
+    other blocks from the origin, and the hosts trade the rest."""
+    order = list(local.items())
+    (rng or random.Random()).shuffle(order)
+    return order
 
 
 def _check_sha256(meta: Metainfo, root: Path, expected: str) -> None:

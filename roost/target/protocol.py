@@ -351,6 +351,7 @@ class EventName(str, Enum):
     CHECKED = "checked"  # resuming: pieces already on disk
     PROGRESS = "progress"
     REUSED = "reused"
+    ANNOUNCED = "announced"  # a tracker answered (the operator's timeline marks the first)
     COMPLETE = "complete"
     ERROR = "error"
 
@@ -372,12 +373,13 @@ class FetchEvent:
     kind: ErrorKind | None = None
     have: int | None = None
     pieces: int | None = None
+    staged: str | None = None  # complete: the tag fetch made releases/<tag> of (--stage)
 
     _TYPES: ClassVar[_Types] = {
               "event": _STR, "peer_id": _STR, "bytes_done": _INT, "bytes_total": _INT,
               "down_Bps": _NUM, "bytes": _INT, "files": _INT, "fetch_bytes": _INT,
               "downloaded": _INT, "message": _STR, "kind": _STR, "have": _INT,
-              "pieces": _INT}
+              "pieces": _INT, "staged": _STR}
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

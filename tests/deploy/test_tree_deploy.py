@@ -52,6 +52,27 @@ def test_reused_and_fetched_bytes_per_host_and_in_total(tmp_path: Path) -> None:
     assert "entries" in out["payload"] and "tree" not in out["payload"]
     text = _table(d)
     assert "reused / fetched" in text and "reused locally" in text
+    _check_timeline(out)
+
+
+def _check_timeline(out: dict[str, object]) -> None:
+    """--json's timeline: the deploy's and each host's marks, in the order the
+    steps run, as seconds since the deploy started."""
+    deploy_marks = out["timeline"]
+    assert isinstance(deploy_marks, dict)
+    order = ["start", "reached", "prepared", "fetched", "activated", "end"]
+    assert [m for m in deploy_marks if m in order] == order
+    assert deploy_marks["start"] == 0 and deploy_marks["end"] > 0
+    # hashing runs while the hosts are reached; the origin starts beside the fetches
+    assert deploy_marks["packed"] <= deploy_marks["prepared"]
+    assert deploy_marks["prepared"] <= deploy_marks["origin_started"] <= deploy_marks["end"]
+    steps = ["connect", "session", "locked", "prepared", "fetch_started", "reused",
+             "fetch_running", "announced", "fetched", "staged", "activated", "cleaned",
+             "released"]
+    for row in out["hosts"]:  # type: ignore[attr-defined]
+        marks = row["timeline"]
+        assert [m for m in marks if m in steps] == steps, marks
+        assert list(marks.values()) == sorted(marks.values())
 
 
 def test_dry_run_says_what_each_host_would_fetch(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,10 +26,15 @@ def deploy_argv(fleet: Fleet, src: Path, hosts: list[str], *extra: str,
     return argv
 
 
-def run_roost(argv: list[str], timeout: float = 300) -> tuple[int, dict[str, Any], str]:
-    """Run roost; past `timeout` it gets SIGINT (so it cleans up), then SIGKILL."""
+def run_roost(argv: list[str], timeout: float = 300, src: Path | None = None,
+              env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
+    """Run roost (from the checkout `src`, default this one; `env` added to ours);
+    past `timeout` it gets SIGINT (so it cleans up), then SIGKILL."""
+    environ = {**os.environ, **(env or {})}
+    if src is not None:
+        environ["PYTHONPATH"] = str(src)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+                            cwd=src or ROOT, env=environ)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
