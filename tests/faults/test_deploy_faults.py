@@ -57,7 +57,7 @@ def releases_of(fleet: Fleet, i: int) -> list[str]:
 
 def assert_nothing_left(fleet: Fleet) -> None:
     for i in HOSTS:
-        assert fleet.extra_pids(i) == [], f"processes left on h{i}"
+        assert fleet.leftover_pids(i) == [], f"processes left on h{i}"
         out = fleet.ssh(i, f"ls -A {fleet.dest}/.roost/deploys 2>/dev/null || true")
         assert out.stdout.strip() == "", f"deploy files left on h{i}: {out.stdout}"
 

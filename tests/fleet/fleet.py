@@ -263,6 +263,14 @@ class Fleet:
         """Processes in host i other than its sshd listener (what a deploy left)."""
         return [p for p in self.pids(i) if p != self.hosts[i].sshd_pid]
 
+    def leftover_pids(self, i: int, grace: float = 5.0) -> list[int]:
+        """extra_pids, once they had `grace` seconds to go: a process told to stop, and
+        the sshd child serving the test's own last `ssh` command, exit a moment later."""
+        deadline = time.monotonic() + grace
+        while (left := self.extra_pids(i)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return left
+
     def fetching(self, i: int) -> bool:
         """A `roost fetch` runs on host i (not merely the deploy's lock holder)."""
         for pid in self.extra_pids(i):

@@ -119,7 +119,7 @@ def test_deploy_with_peer_tls_keeps_strangers_out(fleet4: Fleet, tmp_path: Path)
     want = local_tree_digest(src)
     for i in range(3):
         assert remote_tree_digest(fleet4, i, f"{fleet4.dest}/releases/t1") == want
-        assert fleet4.extra_pids(i) == [], f"processes left on h{i}"
+        assert fleet4.leftover_pids(i) == [], f"processes left on h{i}"
         left = fleet4.ssh(i, f"ls -A {fleet4.dest}/.roost/deploys; "
                              f"find {fleet4.dest} /tmp /root -name 'peer-*.pem'")
         assert left.stdout.strip() == "", f"left on h{i}: {left.stdout}"
