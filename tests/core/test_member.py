@@ -18,7 +18,12 @@ from roost.core.actions import (
     WriteReady,
 )
 from roost.core.bitfield import Bitfield
-from roost.core.conn import REFUSAL_SECONDS
+from roost.core.conn import (
+    MIN_PIPELINE_BYTES,
+    REFUSAL_SECONDS,
+    SMALL_PIPELINE_BYTES,
+    pipeline_floor,
+)
 from roost.core.member import (
     HANDSHAKE_TIMEOUT,
     RECHOKE_TICKS,
@@ -143,6 +148,29 @@ def test_endgame_asks_a_second_peer_and_cancels_when_the_first_delivers() -> Non
     assert Cancel(dup.index, dup.begin, dup.length) in b.of(Cancel)
     late = b.answer(dup)  # it was already on its way: wasted, not written twice
     assert not late and kit.member.wasted_bytes == dup.length
+
+
+def test_many_peers_serving_us_are_each_asked_for_less() -> None:
+    """An uploader serves each of its k peers at R/k, so every byte we queue at
+    it is a wait of k/R for the next piece at that hop: with many sources the
+    floor per peer shrinks (their floors together ~4 MiB), with few it stays."""
+    assert pipeline_floor(1) == pipeline_floor(8) == MIN_PIPELINE_BYTES
+    assert pipeline_floor(16) == MIN_PIPELINE_BYTES // 2
+    assert pipeline_floor(60) == pipeline_floor(10_000) == SMALL_PIPELINE_BYTES
+    kit = Kit(pieces=400)  # 64 KiB pieces, 16 KiB requests (no big blocks)
+    seeds = [kit.connect(have=Bitfield.full(400)) for _ in range(40)]
+    asked = []
+    for seed in seeds:
+        seed.say(seed.wire.send_unchoke())
+        asked.append(sum(r.length for r in seed.requests()))
+    assert asked[0] == MIN_PIPELINE_BYTES  # alone, as before
+    assert asked[-1] == SMALL_PIPELINE_BYTES  # the 40th source
+    for seed in seeds[4:]:  # most choke us: the floor grows back
+        seed.say(seed.wire.send_choke())
+    first = seeds[0]
+    for req in first.requests():
+        first.answer(req)
+    assert sum(r.length for r in first.requests()) == MIN_PIPELINE_BYTES
 
 
 def test_a_peer_that_sends_nothing_is_snubbed_and_its_requests_go_elsewhere() -> None:
