@@ -9,7 +9,8 @@ methods below; they take the picker and the member's action list (`out`) as
 arguments, so a transition's effect on the swarm is visible where it happens.
 
 Downloads are pipelined: `fill_requests` keeps about PIPELINE_SECONDS of the
-peer's rate requested (at least MIN_PIPELINE_BYTES), capped by its `reqq`.
+peer's rate requested (at least `floor`: MIN_PIPELINE_BYTES while few peers
+serve us, less when many do, see `pipeline_floor`), capped by its `reqq`.
 Between roost peers, adjacent 16 KiB picker blocks are merged into one wire
 request of up to `big_block` bytes (negotiated through BEP 10). A request the
 peer rejects while it unchokes us means it will not serve that piece now: the
@@ -43,6 +44,15 @@ DEFAULT_REQQ = 250  # what a peer that does not say accepts, per libtorrent's de
 MIN_PIPELINE_BYTES = 512 * 1024
 MAX_PIPELINE_BYTES = 32 * 1024 * 1024
 PIPELINE_SECONDS = 1.0
+# ... but the floors of all the peers that serve us together stay near
+# FLOOR_TOTAL_BYTES, and never below SMALL_PIPELINE_BYTES. An uploader serves each
+# of its k peers at R/k, so a floor of F bytes makes a piece wait F*k/R in its
+# queue at every hop: with 60 peers and 512 KiB, 2.5 s a hop, and a host held
+# 30 MiB of requests, half of a 64 MiB payload, so its endgame began with a
+# fifth of the pieces missing (simulated, N=100). The measured rate still
+# raises the pipeline of a fast peer (PIPELINE_SECONDS).
+FLOOR_TOTAL_BYTES = 4 * 1024 * 1024
+SMALL_PIPELINE_BYTES = 128 * 1024
 REFUSAL_SECONDS = 10.0  # a piece a peer refused is asked of it again after this
 # A request is late when the peer has not served it LATE_FLOOR_SECONDS plus the
 # time its measured rate needs for the bytes asked of it before (and with) it;
@@ -53,6 +63,14 @@ REFUSAL_SECONDS = 10.0  # a piece a peer refused is asked of it again after this
 LATE_FLOOR_SECONDS = 4.0
 LATE_MIN_RATE = 64 * 1024
 
+
+
+def pipeline_floor(sources: int) -> int:
+    """The request floor per peer, in bytes, when `sources` peers unchoke us:
+    MIN_PIPELINE_BYTES up to 8 of them, then FLOOR_TOTAL_BYTES shared, at
+    least SMALL_PIPELINE_BYTES."""
+    share = FLOOR_TOTAL_BYTES // max(1, sources)
+    return max(SMALL_PIPELINE_BYTES, min(MIN_PIPELINE_BYTES, share))
 
 
 def blocks_in(length: int) -> int:
@@ -196,6 +214,7 @@ class Conn:
         self.fast_for_it: frozenset[int] = frozenset()  # pieces we let it fetch (if we have them)
         self.refused: dict[int, float] = {}  # piece -> when it refused it while unchoking us
         self.reqq = DEFAULT_REQQ
+        self.floor = MIN_PIPELINE_BYTES  # pipeline_floor of the peers serving us (the member's)
         self.big_block = BLOCK_SIZE
         self.picked_dry: tuple[int, int] | None = None  # picker.pick_state when a pick fell short
         self.outstanding = Outstanding()
@@ -259,7 +278,7 @@ class Conn:
 
     # ---- requests we make ----
     def pipeline_blocks(self, *, capped: bool = True) -> int:
-        target = max(MIN_PIPELINE_BYTES, int(self.down.rate * PIPELINE_SECONDS))
+        target = max(self.floor, int(self.down.rate * PIPELINE_SECONDS))
         target = min(target, MAX_PIPELINE_BYTES)
         blocks = 1 if self.snubbed else target // BLOCK_SIZE
         if capped and self.late_cap is not None:

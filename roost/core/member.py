@@ -67,7 +67,14 @@ from roost.core.bitfield import Bitfield
 from roost.core.choker import Choker, PeerStat
 from roost.core.config import MemberConfig as MemberConfig
 from roost.core.config import Network as Network
-from roost.core.conn import BIG_BLOCK_KEY, OUR_REQQ, Conn, client_name
+from roost.core.conn import (
+    BIG_BLOCK_KEY,
+    MIN_PIPELINE_BYTES,
+    OUR_REQQ,
+    Conn,
+    client_name,
+    pipeline_floor,
+)
 from roost.core.inert import inert
 from roost.core.metainfo import Info
 from roost.core.offers import Offers
@@ -163,6 +170,7 @@ class SwarmMember:
         self._have_at: float | None = None  # when the Have batch goes out
         self._resume_at: float | None = None  # reading paused by the rate cap until then
         self._rechoke_soon = False
+        self._pipeline_floor = MIN_PIPELINE_BYTES
         self._ticks = 0
         self._next_tick = 0.0
         self._last_tick = 0.0
@@ -393,6 +401,8 @@ class SwarmMember:
             out.append(Report("peer_backoff", fields))
         if not conn.am_choking:
             self._rechoke_soon = True  # its upload slot is free now
+        if not conn.peer_choking:
+            self._count_sources()
         if conn.in_picker:
             conn.drop_requests(self.picker, None, now)
             self.picker.remove_peer(conn.id)
@@ -457,10 +467,14 @@ class SwarmMember:
         elif isinstance(msg, HaveNone):
             self._on_bitfield(conn, out, now)
         elif isinstance(msg, Choke):
-            conn.peer_choking = True
+            if not conn.peer_choking:
+                conn.peer_choking = True
+                self._count_sources()
             conn.drop_requests(self.picker, None, now)
         elif isinstance(msg, Unchoke):
-            conn.peer_choking = False
+            if conn.peer_choking:
+                conn.peer_choking = False
+                self._count_sources()
         elif isinstance(msg, (Interested, NotInterested)):
             conn.peer_interested = isinstance(msg, Interested)
             self._on_interest_changed(conn, out, now)
@@ -589,9 +603,15 @@ class SwarmMember:
             self._rechoke_soon = True
 
     # ---- downloading ----
+    def _count_sources(self) -> None:
+        """How deep to ask each peer, from how many serve us (conn.pipeline_floor)."""
+        sources = sum(1 for c in self.conns.values() if not c.peer_choking and not c.closed)
+        self._pipeline_floor = pipeline_floor(sources)
+
     def _fill(self, conn: Conn, out: list[Action], now: float) -> None:
         if self.assembly.backlogged() or self.picker.complete():
             return  # the disk is behind: requesting more would only grow memory
+        conn.floor = self._pipeline_floor
         conn.fill_requests(self.picker, out, now)
 
     def _on_piece(self, conn: Conn, msg: Piece, out: list[Action], now: float) -> None:

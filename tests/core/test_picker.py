@@ -219,6 +219,23 @@ def test_endgame_duplicates_and_cancels() -> None:
     assert p.block_state(r.index, r.begin) == RECEIVED
 
 
+def test_endgame_duplicates_go_to_idle_peers_one_piece_at_a_time() -> None:
+    """A duplicate is likely sent twice (it is on the wire before the Cancel):
+    only a peer with nothing else of ours to fetch gets one, a piece per pick."""
+    p = make("000", {"a": "111", "b": "111", "c": "111"}, blocks=2)
+    ra = p.pick("a", 10)
+    assert len(ra) == 6 and p.in_endgame
+    rb = p.pick("b", 10)
+    assert len(rb) == 2 and len(set(pieces(rb))) == 1  # one piece's blocks
+    assert p.pick("b", 10) == []  # busy with its duplicates: no more
+    rc = p.pick("c", 10)
+    assert len(rc) == 2 and set(pieces(rc)).isdisjoint(pieces(rb))
+    for r in rb:  # b delivers: idle again, it may take the last piece
+        p.block_received("b", r.index, r.begin, r.length)
+    rb2 = p.pick("b", 10)
+    assert len(rb2) == 2 and set(pieces(rb2)).isdisjoint(pieces(rb) + pieces(rc))
+
+
 def test_unrequested_block_accepted_when_needed() -> None:
     p = make("00", {"a": "11", "b": "11"}, blocks=2)
     out = p.block_received("b", 1, 0, BS)
