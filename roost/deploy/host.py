@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import hashlib
 import json
 import shlex
 import time
@@ -68,6 +69,13 @@ class Agent:
     python: str = "python3"
 
     @functools.cached_property
+    def data_sha256(self) -> str:
+        """What the receiving host checks the bytes against. Not the name's digest: that
+        one digests the sources (so a rebuilt agent is not pushed again), and the zip's
+        bytecode may differ from build to build."""
+        return hashlib.sha256(self.data).hexdigest()
+
+    @functools.cached_property
     def data_b64(self) -> str:
         """The zipapp as one line of base64: what a probe that found no agent reads on the
         channel it already has (a text channel, on SSH, sudo and local transports alike)."""
@@ -75,7 +83,7 @@ class Agent:
 
 
 #: exec'd by the probe that finds no agent: read the zipapp's base64 (argv[1] characters)
-#: from stdin, check it against the SHA-256 prefix in its name (argv[3]), write it to
+#: from stdin, check it against the zip's SHA-256 (argv[3]), write it to
 #: argv[2] atomically (a full disk exits as protocol.EXIT_CODES says), then run it with
 #: the rest of argv in this same interpreter, as `python3 -I <pyz> ARGS` would
 RECEIVE_AGENT = """import base64, errno, hashlib, os, runpy, sys
@@ -200,7 +208,7 @@ class HostRun:
         run = f"exec {python} -I {cached} {then}; " if then else ""
         receive = ""
         if then and push:
-            digest = agent.name.rsplit("-", 1)[-1].removesuffix(".pyz")
+            digest = agent.data_sha256
             script = RECEIVE_AGENT % EXIT_CODES[ErrorKind.DISK_FULL]
             receive = (f'test -n "$fit" && {{ echo push; exec {python} -I -c '
                        f"{shlex.quote(script)} {len(agent.data_b64)} {cached} "

@@ -158,8 +158,9 @@ def test_a_host_without_the_agent_reads_it_on_the_probe_channel(tmp_path: Path) 
 
 def test_an_agent_that_arrives_corrupted_is_refused_and_never_cached(tmp_path: Path) -> None:
     good = make_agent(sys.executable)
-    # the name's SHA-256 prefix no longer matches the bytes sent
+    # the bytes sent are no longer the ones whose SHA-256 the command carries
     agent = Agent(good.data[:-1] + b"x", good.name, good.python)
+    agent.__dict__["data_sha256"] = good.data_sha256
     try:
         asyncio.run(_first_deploy(tmp_path, agent))
     except HostFailure as exc:
