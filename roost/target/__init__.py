@@ -10,3 +10,7 @@ from collections.abc import Callable
 
 #: what a target-side command's add_* function returns: run the parsed arguments, give the exit code
 Runner = Callable[[argparse.Namespace], int]
+
+#: how `roost fetch --tree-manifest` places files reused from kept releases; here, not in
+#: roost.target.treestage, so that the fetch parser does not import the staging code
+REUSE_MODES = ("copy", "hardlink", "none")

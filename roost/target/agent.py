@@ -17,7 +17,6 @@ from roost.core.inert import inert
 from roost.engine.pipes import EXIT_BROKEN_PIPE, reader_gone
 from roost.errors import RoostError
 from roost.target import Runner
-from roost.target.protocol import MAX_TEXT, ErrorKind, ErrorRecord, HookRecord, kind_of_exit
 
 #: subcommand -> "module:function" that adds its arguments and returns a runner
 AGENT_COMMANDS: dict[str, str] = {
@@ -70,6 +69,15 @@ def _run(args: list[str]) -> int:
         return runner(ns)
     except RoostError as exc:
         if "--json" in args:
+            # imported here: its many record classes cost every fetch's start-up otherwise
+            from roost.target.protocol import (
+                MAX_TEXT,
+                ErrorKind,
+                ErrorRecord,
+                HookRecord,
+                kind_of_exit,
+            )
+
             print(f"roost {command}: error: {inert(exc)}", file=sys.stderr)
             # the kind is the exit code's: the operator never reads it from the message;
             # a failing hook's captured output travels with its error (HookError.hooks)

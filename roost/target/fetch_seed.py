@@ -13,37 +13,27 @@ import asyncio
 import contextlib
 import hashlib
 import importlib
-import os
-import random
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roost.core.bitfield import Bitfield
 from roost.core.metainfo import Metainfo, check_web_seed_url
 from roost.core.offers import SUPER_SEED_MIN_PEERS, super_seed_pays
 from roost.core.ratelimit import parse_rate
-from roost.core.tree import check_torrent
 from roost.core.wire import BLOCK_SIZE
 from roost.engine.config import SessionConfig, parse_allow
 from roost.engine.reporter import Reporter
 from roost.engine.session import Session
 from roost.engine.storage import Storage
 from roost.engine.tls import peer_tls_from_args
-from roost.engine.treestorage import Proof, TreeStorage, proof_of
 from roost.errors import RoostError, UsageError
-from roost.target import Runner
-from roost.target.release import VERIFIED, Dest, Manifest, ReleaseError, read_manifest, stage
+from roost.target import REUSE_MODES, Runner
+from roost.target.fetchreport import FetchReporter
 from roost.target.torrentfile import read_torrent
-from roost.target.treestage import (
-    REUSE_MODES,
-    Source,
-    bytes_to_fetch,
-    find_reusable,
-    held_pieces,
-    local_blocks,
-    place,
-)
+
+if TYPE_CHECKING:
+    from roost.engine.treestorage import TreeStorage
 
 EXIT_INCOMPLETE = 3
 
@@ -286,45 +276,6 @@ def web_seeds_of(ns: argparse.Namespace, meta: Metainfo) -> list[str]:
     return list(dict.fromkeys([*meta.url_list, *extra]))
 
 
-class FetchReporter(Reporter):
-    """Notices whether "complete" went out: a session stopped by its policy while
-    its final flush still ran returns complete without having said so. Adds
-    `complete_fields` (what --stage did) to that event."""
-
-    completed_reported = False
-    complete_fields: dict[str, Any] | None = None
-
-    def event(self, name: str, **fields: Any) -> None:
-        if name == "complete":
-            self.completed_reported = True
-            fields = {**fields, **(self.complete_fields or {})}
-        super().event(name, **fields)
-
-
-class StagingTreeStorage(TreeStorage):
-    """--stage: after the final flush (every file verified, the proofs recorded),
-    make releases/<tag> right here, as the deploy host's stage command would, so
-    "complete" says the release is staged: no round trip, no second process,
-    no second proof of every file. Any failure leaves the staging directory
-    as it was; the deploy host then runs its stage command, which reports it."""
-
-    stage_to: tuple[Dest, Manifest, Path, FetchReporter] | None = None
-    _staged = False
-
-    def flush(self) -> None:
-        super().flush()
-        if self.stage_to is None or self._staged:
-            return
-        dest, manifest, record, reporter = self.stage_to
-        self._staged = True
-        try:
-            stage(dest, manifest, self.root, record=record)
-        except (RoostError, OSError) as exc:
-            reporter.event("stage_deferred", message=str(exc)[:500])
-            return
-        reporter.complete_fields = {"staged": manifest.tag}
-
-
 def run_fetch(ns: argparse.Namespace) -> int:
     meta = read_torrent(ns.torrent)
     config = make_config(ns, linger=ns.linger, seed=not ns.no_seed, upload_log=ns.upload_log)
@@ -388,11 +339,19 @@ async def _session_main(
 ) -> bool:
     loop = asyncio.get_running_loop()
     tree_have: Bitfield | None = None
+    staged: TreeStorage | None = None  # a tree release being staged: its reused blocks
     storage: Storage
+    # the tree modules are imported only when used: a plain fetch's start-up is CPU per host
     if create and getattr(ns, "tree_manifest", None) is not None:
-        storage, tree_have = await loop.run_in_executor(None, _tree_setup, meta, ns, reporter)
+        from roost.target.fetch_tree import tree_setup
+
+        tree_storage, tree_have = await loop.run_in_executor(
+            None, tree_setup, meta, ns, reporter)
+        storage = staged = tree_storage
         check = False
     elif not create and getattr(ns, "tree", False):
+        from roost.engine.treestorage import TreeStorage
+
         storage = TreeStorage(meta.info, ns.dir, None)
     else:
         storage = Storage(meta.info, ns.dir)
@@ -426,10 +385,12 @@ async def _session_main(
                 return True
         session = Session(meta, storage, have, config, reporter, trackers=trackers_of(ns, meta),
                           web_seeds=web_seeds_of(ns, meta))
-        if isinstance(storage, TreeStorage) and storage.local_blocks:
+        if staged is not None and staged.local_blocks:
             if session.member.picker.block_size != BLOCK_SIZE:
                 raise RoostError("the picker's block size is not the one reuse planned for")
-            await loop.run_in_executor(None, _preload, session, storage)
+            from roost.target.fetch_tree import preload
+
+            await loop.run_in_executor(None, preload, session, staged)
         if ns.timeout:
             loop.call_later(ns.timeout, session.stop, f"timeout after {ns.timeout:g} s")
         complete = await session.run()
@@ -444,92 +405,6 @@ async def _session_main(
         return complete
     finally:
         storage.close()
-
-
-def _tree_setup(meta: Metainfo, ns: argparse.Namespace, reporter: Reporter
-                ) -> tuple[TreeStorage, Bitfield]:
-    """Check the torrent against the manifest, place reused files in the staging
-    directory, and say which pieces that already gives (held, served to others)."""
-    manifest = read_manifest(ns.tree_manifest)
-    if manifest.tree is None or ns.dest is None:
-        raise UsageError("--tree-manifest needs a manifest of format tree, and --dest")
-    tree = manifest.tree
-    check_torrent(tree, meta.info, meta.info_hash)
-    dest = Dest(ns.dest)
-    staging = Path(ns.dir)
-    if staging.parent != dest.releases or not staging.name.startswith(f".{manifest.tag}.tmp-"):
-        raise UsageError(f"-d must be {dest.releases}/.{manifest.tag}.tmp-<id>")
-    chosen: dict[tuple[str, ...], Source] = {}
-    hashed = refused = 0
-    with dest.locked():  # no prune can remove a source while it is copied
-        try:
-            staging.mkdir(mode=0o700)
-        except FileExistsError:
-            raise ReleaseError(f"{staging} already exists") from None
-        except OSError as exc:
-            raise ReleaseError(f"cannot create {staging}: {exc.strerror}") from None
-        if ns.reuse != "none":
-            tags = [t for t in dest.release_tags() if t != manifest.tag]
-            chosen, hashed, refused = find_reusable(dest.releases, dest.meta, tags, tree)
-            place(staging, tree, chosen, ns.reuse)
-    sizes = {e.path: e for e in tree.files}
-    proofs: dict[str, Proof] = {}
-    for path in chosen:
-        st = os.stat(staging.joinpath(*path), follow_symlinks=False)
-        proofs["/".join(path)] = proof_of(st, sizes[path].sha256)
-    have = held_pieces(meta.info, set(chosen))
-    # the picker's block size (16 KiB): blocks wholly inside reused files are filled locally
-    local = local_blocks(meta.info, set(chosen), BLOCK_SIZE) if meta.info.piece_length \
-        % BLOCK_SIZE == 0 else {}
-    reporter.event(
-        "reused",
-        files=len(chosen),
-        bytes=sum(sizes[p].size for p in chosen),
-        fetch_bytes=bytes_to_fetch(meta.info, have, local, BLOCK_SIZE),
-        local_blocks=sum(len(b) for b in local.values()),
-        held_pieces=have.count(),
-        hashed=hashed,
-        refused=refused,
-    )
-    record = ns.tree_manifest.parent / VERIFIED
-    storage = StagingTreeStorage(meta.info, staging, tree, done=set(chosen), record=record,
-                                 proofs=proofs)
-    if getattr(ns, "stage", False) and isinstance(reporter, FetchReporter):
-        storage.stage_to = (dest, manifest, record, reporter)
-    storage.local_blocks = local
-    return storage, have
-
-
-def _preload(session: Session, storage: TreeStorage) -> None:
-    """Give the session the blocks of partly held pieces that we hold locally: the
-    picker never requests them and the piece's buffer starts with their bytes
-    (read back from the placed files), so the piece is hashed whole as usual."""
-    member = session.member  # the core: its picker and piece assembly
-    size = member.picker.block_size
-    for index, blocks in preload_order(storage.local_blocks):
-        buf = bytearray(member.info.piece_size(index))
-        piece = len(buf)
-        for j in blocks:
-            begin = j * size
-            buf[begin : begin + min(size, piece - begin)] = storage.read_block(
-                index, begin, min(size, piece - begin))
-        member.picker.preload(index, blocks)
-        member.assembly.buffers[index] = buf
-        member.assembly.block_from[index] = {}
-
-
-def preload_order(local: dict[int, list[int]], rng: random.Random | None = None
-                  ) -> list[tuple[int, list[int]]]:
-    """The partly held pieces in a random order of this host's own. The picker asks
-    for the rest of its started pieces oldest first, and after a release every
-    host holds the same ones: in index order, every host asked the origin for the
-    same blocks at the same time, so the origin sent each of them to every host
-    and no host had anything to give another (16 hosts drew 750 KB/s each, the
-    origin's link divided by 16). In an order of its own, each host first gets
-    other blocks from the origin, and the hosts trade the rest."""
-    order = list(local.items())
-    (rng or random.Random()).shuffle(order)
-    return order
 
 
 def _check_sha256(meta: Metainfo, root: Path, expected: str) -> None:

@@ -55,10 +55,10 @@ from roost.core.bitfield import Bitfield
 from roost.core.metainfo import Info
 from roost.core.tree import Entry, TreeManifest, link_stays_inside
 from roost.errors import DiskFullError, ReleaseError
+from roost.target import REUSE_MODES as REUSE_MODES  # re-exported: importers name it here
 from roost.target.fsutil import atomic_write
 
 TREES = "trees"
-REUSE_MODES = ("copy", "hardlink", "none")
 CHUNK = 1 << 20
 FICLONE = 0x40049409
 _NOFOLLOW = os.O_NOFOLLOW

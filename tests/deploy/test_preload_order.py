@@ -1,5 +1,5 @@
 """After a release every host holds the same parts of the same pieces: each must ask
-the origin for the rest in an order of its own (roost.target.fetch_seed.preload_order),
+the origin for the rest in an order of its own (roost.target.fetch_tree.preload_order),
 or the origin sends every block to every host and no host has anything to trade."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 from roost.core.bitfield import Bitfield
 from roost.core.picker import PiecePicker
-from roost.target.fetch_seed import preload_order
+from roost.target.fetch_tree import preload_order
 
 BLOCK = 16384
 PIECES = 60
