@@ -151,7 +151,8 @@ async def run_deploy(
             [replace(h.spec, address=ssh_hostname(h.spec.address, config)) for h in deploy.hosts],
             config.listen)
         deploy.phase = "preflight" if config.dry_run else "lock"
-        async def reach_origins() -> None:
+
+        async def reach_origins() -> None:  # origins too need the agent first
             await origins.reach_all(deploy.origins, await agent_build, connect, config)
 
         # connects while the agent is built
