@@ -248,11 +248,19 @@ def announce_address(ns: argparse.Namespace) -> str | None:
 # --- host-status / host-clean / host-rollback ----------------------------------------
 
 
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
+def _read_pid(path: Path, settle: float = 0.0) -> int | None:
+    """The pid in `path`; with `settle`, a file just created and not yet written is
+    given that long to get its pid (a shell between its open and its write)."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            return int(path.read_text().strip())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
 
 
 def roost_alive(pid: int) -> bool:
@@ -329,12 +337,20 @@ def clean(dest: Dest, deploy_id: str | None) -> CleanResult:
     stopped: list[int] = []
     removed: list[str] = []
     for work in dirs:
-        for pidfile in work.glob("*.pid"):
-            pid = _read_pid(pidfile)
+        # moved aside before the pid files are read: a fetch whose shell has not yet
+        # written its pid file then cannot start (`echo $$ > pidfile && exec ...` fails
+        # on the vanished path), and one that has is found in the moved directory
+        doomed = work.with_name(f".{work.name.lstrip('.')}.del-{os.getpid()}")
+        try:
+            os.rename(work, doomed)
+        except OSError:
+            doomed = work  # already gone, or moved aside by an earlier clean
+        for pidfile in doomed.glob("*.pid"):
+            pid = _read_pid(pidfile, settle=1.0)
             if pid is not None and stop_pid(pid):
                 stopped.append(pid)
-        if work.exists():
-            _remove_tree(work)
+        if doomed.exists():
+            _remove_tree(doomed)
             removed.append(work.name)
     # half-unpacked releases of a killed stage (nobody holds the lock when we get it)
     if dest.releases.is_dir():

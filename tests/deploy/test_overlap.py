@@ -125,7 +125,8 @@ def test_an_origin_that_cannot_start_fails_the_deploy_and_stops_the_fetches(
     for i in range(2):  # cleaned up: no deploy directory, no release, nothing current
         app = base / f"p{i}" / "app"
         assert not (app / "current").exists()
-        assert not any((app / ".roost" / "deploys").iterdir())
+        left = [str(p) for p in (app / ".roost" / "deploys").rglob("*")]
+        assert not left, left
 
 
 def test_a_tree_fetch_stages_its_release_before_saying_complete(
