@@ -102,6 +102,7 @@ from roost.core.wire import (
     Request,
     Unchoke,
     allowed_fast_set,
+    have_messages,
 )
 from roost.errors import RemoteProtocolError
 
@@ -747,9 +748,10 @@ class SwarmMember:
         batch, self._unannounced = self._unannounced, []
         if not batch:
             return
+        data = have_messages(batch, self.num_pieces)
         for conn in list(self.conns.values()):
             if conn.ready and not conn.closed:
-                conn.send(out, b"".join([conn.wire.send_have(i) for i in batch]), now)
+                conn.send(out, data, now)
 
     def _flushed(self, out: list[Action], now: float) -> None:
         info = self.info
