@@ -444,12 +444,13 @@ class SwarmMember:
 
     # ---- messages from a peer ----
     def _handle(self, conn: Conn, msg: object, out: list[Action], now: float) -> None:
-        if isinstance(msg, Piece):
+        # Have first: a swarm member gets about N Haves per piece, one Piece
+        if isinstance(msg, Have):
+            self._on_have(conn, msg.index, out, now)
+        elif isinstance(msg, Piece):
             self._on_piece(conn, msg, out, now)
         elif isinstance(msg, Request):
             self.uploads.request(conn, msg, out, now)
-        elif isinstance(msg, Have):
-            self._on_have(conn, msg.index, out, now)
         elif isinstance(msg, Handshake):
             self._on_handshake(conn, msg, out, now)
         elif isinstance(msg, (BitfieldMsg, HaveAll)) and conn.in_picker:
