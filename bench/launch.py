@@ -88,6 +88,16 @@ def deploy_mark(self, name):  # the deploy's phases: packed, origin_started, fet
     _deploy_mark(self, name)
     counts["cpu_at"][name] = round(cpu(), 3)
 Deploy.mark = deploy_mark
+from roost.target.protocol import FetchEvent
+counts["fetch_events"] = {}
+_from_json = FetchEvent.from_json.__func__
+def from_json(cls, line):  # what the fetches sent the deploy process, by event
+    event = _from_json(cls, line)
+    if event is not None:
+        name = getattr(event.event, "value", str(event.event))
+        counts["fetch_events"][name] = counts["fetch_events"].get(name, 0) + 1
+    return event
+FetchEvent.from_json = classmethod(from_json)
 import roost.deploy.swarm as _swarm
 _swarm_stop = _swarm.Swarm.stop
 async def swarm_stop(self):  # the tracker in its own process reports its CPU (None: in ours)
@@ -128,7 +138,8 @@ def one_run(n: int, src: Path, roost_src: Path, concurrency: int, timeout: float
                              profile, None, suffix="-again")
             row["again"] = {k: second[k] for k in (
                 "launch_s", "deploy_wall_s", "cpu_to_fetching_s", "cpu_self_s",
-                "cpu_ms_per_host", "cpu_tracker_s", "cpu_at", "channels_per_host")}
+                "cpu_ms_per_host", "cpu_tracker_s", "cpu_at", "channels_per_host",
+                "fetch_events_per_host")}
         return row
 
 
@@ -187,6 +198,8 @@ def _deploy(fleet: Fleet, n: int, tag: str, src: Path, roost_src: Path, concurre
         "cpu_ms_per_host": round(1000 * counts["cpu_self"] / n, 2),
         "cpu_at": counts.get("cpu_at"),  # the deploy process's CPU at each phase's end
         "connections_per_host": round(counts["connections"] / n, 2),
+        "fetch_events_per_host": {k: round(v / n, 1) for k, v in
+                                  sorted(counts.get("fetch_events", {}).items())},
         "channels_per_host": round(counts["channels"] / n, 2),
         "timings": t,
     }
