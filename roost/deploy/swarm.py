@@ -152,19 +152,20 @@ class RemoteSwarm:
             await self.session.close()
 
 
-class Swarm:
-    """The deploy's own tracker (roost.deploy.trackerproc), in a child process driven
-    through its admin API: announces are not SSH work, and they get the other core."""
+class TrackerProcess:
+    """The deploy's tracker process (roost.deploy.trackerproc), spawned as soon as the
+    deploy knows its listen address, so that its interpreter start overlaps the hosts'
+    connects instead of delaying the fetches."""
 
-    def __init__(self, control: RemoteSwarm, proc: asyncio.subprocess.Process) -> None:
-        self.control = control
+    def __init__(self, proc: asyncio.subprocess.Process, token: str) -> None:
         self.proc = proc
-        self.cpu_s: float | None = None  # the tracker process's CPU time, once stopped
+        self.token = token
+        self.port: asyncio.Task[int] = asyncio.get_running_loop().create_task(
+            _tracker_port(proc, token))
+        self.cpu_s: float | None = None  # its CPU time, once ended
 
     @classmethod
-    async def start(cls, listen: str, info_hash: bytes, name: str, hosts: int,
-                    seeders: int = 1) -> Swarm:
-        token = secrets.token_urlsafe(24)
+    async def spawn(cls, listen: str) -> TrackerProcess:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "roost.deploy.trackerproc", listen,
             stdin=asyncio.subprocess.PIPE,
@@ -173,15 +174,49 @@ class Swarm:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
+        return cls(proc, secrets.token_urlsafe(24))
+
+    async def end(self) -> None:
+        """Close its stdin (it exits at once: it keeps nothing) and reap it."""
+        if not self.port.done():
+            self.port.cancel()
+        with contextlib.suppress(BaseException):
+            await self.port
+        self.cpu_s = await _end(self.proc)
+
+
+class Swarm:
+    """The deploy's own tracker, in a TrackerProcess driven through its admin API:
+    announces are not SSH work, and they get the other core."""
+
+    def __init__(self, control: RemoteSwarm, tracker: TrackerProcess) -> None:
+        self.control = control
+        self.tracker = tracker
+
+    @classmethod
+    async def start(cls, listen: str, info_hash: bytes, name: str, hosts: int,
+                    seeders: int = 1, spawned: asyncio.Task[TrackerProcess] | None = None
+                    ) -> Swarm:
+        """Register the deploy's swarm on its tracker (`spawned` early, or now)."""
+        tracker = await (spawned if spawned is not None else TrackerProcess.spawn(listen))
         try:
-            port = await _tracker_port(proc, token)
+            port = await tracker.port
             host = f"[{listen}]" if ":" in listen else listen
-            control = await RemoteSwarm.start(f"http://{host}:{port}", token, info_hash, name,
-                                              hosts, seeders)
+            control = await RemoteSwarm.start(f"http://{host}:{port}", tracker.token,
+                                              info_hash, name, hosts, seeders)
         except BaseException:
-            await _end(proc)
+            await tracker.end()
             raise
-        return cls(control, proc)
+        return cls(control, tracker)
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process:
+        return self.tracker.proc
+
+    @property
+    def cpu_s(self) -> float | None:
+        """The tracker process's CPU time, once stopped."""
+        return self.tracker.cpu_s
 
     @property
     def announce_url(self) -> str:
@@ -206,7 +241,7 @@ class Swarm:
         try:
             await self.control.session.close()
         finally:
-            self.cpu_s = await _end(self.proc)
+            await self.tracker.end()
 
 
 async def _tracker_port(proc: asyncio.subprocess.Process, token: str) -> int:
@@ -228,7 +263,7 @@ async def _tracker_port(proc: asyncio.subprocess.Process, token: str) -> int:
 
 
 async def _end(proc: asyncio.subprocess.Process) -> float | None:
-    """Close the tracker's stdin (it stops) and wait; its CPU time, if it said."""
+    """Close the tracker's stdin (it exits) and reap it; its CPU time, if it said."""
     assert proc.stdin is not None and proc.stdout is not None
     with contextlib.suppress(OSError):
         proc.stdin.close()

@@ -10,14 +10,15 @@ through the admin API, as it would an external `roost tracker`).
 Protocol with the parent: the admin token comes as the first line of stdin
 (not argv: `ps` shows argv); the child answers one JSON line `{"port": P}`
 once it listens; when stdin closes (the deploy is done, or it died) the child
-stops and prints `{"cpu_s": S}`, its own CPU time, so the deploy can tell
-what its tracker cost.
+prints `{"cpu_s": S}`, its own CPU time, so the deploy can tell what its
+tracker cost, and exits at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import sys
 from ipaddress import ip_network
@@ -41,12 +42,18 @@ async def serve(listen: str, admin_token: str) -> None:
     tracker = TrackerServer(TrackerConfig(host=listen, port=0, policy=POLICY,
                                           housekeeping_interval=0.5, admin_token=admin_token))
     await tracker.start()
-    try:
-        print(json.dumps({"port": tracker.port}), flush=True)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.buffer.read)  # until the deploy is done
-    finally:
-        await tracker.stop()
+    print(json.dumps({"port": tracker.port}), flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.buffer.read)  # until the deploy is done
+    # no graceful stop: the swarm lives in memory only and goes with the process
+    # (the deploy waits for this exit, so it is the deploy's time)
+    _report_cpu()
+    os._exit(0)
+
+
+def _report_cpu() -> None:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"cpu_s": round(me.ru_utime + me.ru_stime, 3)}), flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -55,13 +62,13 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     token = sys.stdin.readline(256).strip()
+    if not token:
+        return 0  # the deploy ended before it needed a tracker
     try:
         asyncio.run(serve(argv[0], token))
     except OSError as exc:  # the address cannot be bound: one line, the parent reports it
         print(f"cannot listen on {argv[0]}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"cpu_s": round(me.ru_utime + me.ru_stime, 3)}), flush=True)
     return 0
 
 
