@@ -4,6 +4,7 @@
     sudo python -m bench.launch --hosts 8,32 --roost-src /var/tmp/roost-before
     sudo python -m bench.launch --hosts 64 --again       # + a second deploy, agent cached
     sudo python -m bench.launch --hosts 64 --profile /tmp/prof   # cProfile (CPU time)
+                                       # (with --again, the cached deploy's: launch-64-again)
     sudo python -m bench.launch --hosts 64 --wrap 'py-spy record --gil -f raw -o /tmp/s-{n}.txt --'
 
 For each N, one fresh fleet (tests/fleet: a network namespace and a real
@@ -15,8 +16,11 @@ a child process of this bench through a thin wrapper that
   goes through SSHClientConnection.create_session), without changing roost:
   the same wrapper measures any checkout (--roost-src), before and after;
 - writes the deploy process's own CPU time (RUSAGE_SELF: asyncssh, the
-  tracker, the coordinator) when the last host's fetch starts and when it
-  exits, and its reaped children's (RUSAGE_CHILDREN: the origin seeder).
+  coordinator; the tracker too in checkouts that ran it in-process) when the
+  last host's fetch starts and when it exits, its reaped children's
+  (RUSAGE_CHILDREN: the origin seeder, and the tracker where it has a process
+  of its own), and that tracker process's own CPU (`cpu_tracker_s`, None when
+  the tracker ran inside the deploy process).
 
 Reported per N: `launch` (the deploy's own report: first SSH connect to
 the last host's fetch started, i.e. every host fetching), `to_fetching`
@@ -84,6 +88,22 @@ def deploy_mark(self, name):  # the deploy's phases: packed, origin_started, fet
     _deploy_mark(self, name)
     counts["cpu_at"][name] = round(cpu(), 3)
 Deploy.mark = deploy_mark
+from roost.target.protocol import FetchEvent
+counts["fetch_events"] = {}
+_from_json = FetchEvent.from_json.__func__
+def from_json(cls, line):  # what the fetches sent the deploy process, by event
+    event = _from_json(cls, line)
+    if event is not None:
+        name = getattr(event.event, "value", str(event.event))
+        counts["fetch_events"][name] = counts["fetch_events"].get(name, 0) + 1
+    return event
+FetchEvent.from_json = classmethod(from_json)
+import roost.deploy.swarm as _swarm
+_swarm_stop = _swarm.Swarm.stop
+async def swarm_stop(self):  # the tracker in its own process reports its CPU (None: in ours)
+    await _swarm_stop(self)
+    counts["cpu_tracker"] = getattr(self, "cpu_s", None)
+_swarm.Swarm.stop = swarm_stop
 _profile = os.environ.get("ROOST_BENCH_PROFILE")
 if _profile:
     import cProfile
@@ -115,16 +135,17 @@ def one_run(n: int, src: Path, roost_src: Path, concurrency: int, timeout: float
                       profile, wrap)
         if again:
             second = _deploy(fleet, n, "v2", src, roost_src, concurrency, timeout, Path(tmp),
-                             None, None)
+                             profile, None, suffix="-again")
             row["again"] = {k: second[k] for k in (
                 "launch_s", "deploy_wall_s", "cpu_to_fetching_s", "cpu_self_s",
-                "cpu_ms_per_host", "channels_per_host")}
+                "cpu_ms_per_host", "cpu_tracker_s", "cpu_at", "channels_per_host",
+                "fetch_events_per_host")}
         return row
 
 
 def _deploy(fleet: Fleet, n: int, tag: str, src: Path, roost_src: Path, concurrency: int,
-            timeout: float, tmp: Path, profile: Path | None, wrap: list[str] | None
-            ) -> dict[str, Any]:
+            timeout: float, tmp: Path, profile: Path | None, wrap: list[str] | None,
+            suffix: str = "") -> dict[str, Any]:
     out = tmp / f"counts-{tag}.json"
     argv = deploy_argv(fleet, src, [h.address for h in fleet.hosts], "--tag", tag,
                        "--timeout", f"{timeout:g}", "--connect-timeout", "60",
@@ -133,7 +154,7 @@ def _deploy(fleet: Fleet, n: int, tag: str, src: Path, roost_src: Path, concurre
     argv[:0] = [part.replace("{n}", str(n)) for part in wrap or []]
     env = {**os.environ, "PYTHONPATH": str(roost_src), "ROOST_BENCH_OUT": str(out)}
     if profile is not None:  # cProfile over the whole deploy process, one file per N
-        env["ROOST_BENCH_PROFILE"] = str(profile.resolve() / f"launch-{n}.pstats")
+        env["ROOST_BENCH_PROFILE"] = str(profile.resolve() / f"launch-{n}{suffix}.pstats")
     started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=roost_src, env=env,
                           timeout=timeout + 120)
@@ -169,10 +190,16 @@ def _deploy(fleet: Fleet, n: int, tag: str, src: Path, roost_src: Path, concurre
         # receiving namespace's network stack, billed to the sender
         "sys_to_fetching_s": round(counts.get("sys_to_fetching", 0.0), 3),
         "sys_self_s": round(counts["sys_self"], 3),
+        # reaped children: the origin seeder, and the tracker where it has its own process
         "cpu_children_s": round(counts["cpu_children"], 3),
+        # the tracker's own CPU when it runs in a process of its own; None: it ran
+        # inside the deploy process (older checkouts), its CPU is in cpu_self_s
+        "cpu_tracker_s": counts.get("cpu_tracker"),
         "cpu_ms_per_host": round(1000 * counts["cpu_self"] / n, 2),
         "cpu_at": counts.get("cpu_at"),  # the deploy process's CPU at each phase's end
         "connections_per_host": round(counts["connections"] / n, 2),
+        "fetch_events_per_host": {k: round(v / n, 1) for k, v in
+                                  sorted(counts.get("fetch_events", {}).items())},
         "channels_per_host": round(counts["channels"] / n, 2),
         "timings": t,
     }
@@ -206,6 +233,9 @@ def summary(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
         out["again_launch_cpu_fit"] = {"fixed_s": round(a_g, 3),
                                        "per_host_ms": round(1000 * b_g, 2)}
         out["again_cpu_fit"] = {"fixed_s": round(a_w, 3), "per_host_ms": round(1000 * b_w, 2)}
+    if all(r.get("cpu_tracker_s") is not None for r in rows):  # the tracker's own process
+        a_t, b_t = fit(xs, [float(r["cpu_tracker_s"]) for r in rows])
+        out["tracker_cpu_fit"] = {"fixed_s": round(a_t, 3), "per_host_ms": round(1000 * b_t, 2)}
     for n in (1000, 10000):
         out[f"projected_launch_{n}_s"] = round(a_l + n * b_l, 1)
         # the deploy process is one asyncio thread: its CPU to every host fetching is a

@@ -56,7 +56,14 @@ from roost.deploy.scratch import make_scratch
 from roost.deploy.session import open_session
 from roost.deploy.state import EXIT_ERROR as EXIT_ERROR  # re-exported: importers name them here
 from roost.deploy.state import Deploy as Deploy
-from roost.deploy.swarm import Origin, RemoteSwarm, Swarm, SwarmControl, listen_address
+from roost.deploy.swarm import (
+    Origin,
+    RemoteSwarm,
+    Swarm,
+    SwarmControl,
+    TrackerProcess,
+    listen_address,
+)
 from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_hostname
 from roost.deploy.zipapp import build_zipapp_bytes, source_digest
 from roost.errors import UsageError
@@ -134,6 +141,7 @@ async def run_deploy(
     agent_build = asyncio.create_task(asyncio.to_thread(make_agent, config.python))
     scratch = make_scratch("roost-deploy-")
     swarm: SwarmControl | None = None
+    tracker_proc: asyncio.Task[TrackerProcess] | None = None
     origin: Origin | None = None
     packing: asyncio.Task[tuple[Packed, bytes, str | None]] | None = None
     deploy.mark("start")
@@ -150,6 +158,8 @@ async def run_deploy(
         where = listen or listen_address(
             [replace(h.spec, address=ssh_hostname(h.spec.address, config)) for h in deploy.hosts],
             config.listen)
+        if not config.tracker and not config.dry_run:  # its start overlaps the connects
+            tracker_proc = asyncio.create_task(TrackerProcess.spawn(where))
         deploy.phase = "preflight" if config.dry_run else "lock"
 
         async def reach_origins() -> None:  # origins too need the agent first
@@ -170,7 +180,8 @@ async def run_deploy(
         reached = sum(1 for h in deploy.hosts if not h.failed)
         pki, origin_tls = _peer_tls(config, deploy.deploy_id, scratch)
         seeders = int(config.local_origin) + sum(1 for o in deploy.origins if not o.failed)
-        swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached, seeders)
+        swarm = await _start_swarm(config, where, meta.info_hash, deploy.tag, reached, seeders,
+                                   tracker_proc)
         deploy.mark("tracker_started")
         tree = deploy.payload.manifest.format is PayloadFormat.TREE
         plan = FetchPlan(
@@ -271,6 +282,9 @@ async def run_deploy(
             await origin.stop()
         if swarm is not None:
             await swarm.stop()
+        elif tracker_proc is not None:  # spawned, never used (a refusal, a failure)
+            with contextlib.suppress(Exception):
+                await (await tracker_proc).end()
         shutil.rmtree(scratch, ignore_errors=True)
         deploy.mark("end")
         deploy.phase = "done"
@@ -359,10 +373,11 @@ def _peer_tls(
 
 
 async def _start_swarm(config: DeployConfig, listen: str, info_hash: bytes, tag: str,
-                       hosts: int, seeders: int = 1) -> SwarmControl:
+                       hosts: int, seeders: int = 1,
+                       spawned: asyncio.Task[TrackerProcess] | None = None) -> SwarmControl:
     """The embedded tracker (default), or a swarm registered on network.tracker."""
     if not config.tracker:
-        return await Swarm.start(listen, info_hash, tag, hosts, seeders)
+        return await Swarm.start(listen, info_hash, tag, hosts, seeders, spawned)
     token = config.tracker_token or os.environ.get("ROOST_TRACKER_TOKEN", "")
     if not token:
         raise UsageError("an external tracker needs its admin token: set network.tracker_token "

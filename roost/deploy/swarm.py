@@ -1,6 +1,7 @@
 """The deploy host's side of the swarm: the embedded tracker and the origin seeder.
 
-The tracker runs in this process (roost.tracker.server's public API); the
+The tracker runs in a child process (roost.deploy.trackerproc), driven
+through its admin API as an external `roost tracker` is; the
 swarm is registered under a secret token with the number of peers expected
 to finish (hosts + the origins: this one and any --origin hosts), so peers
 stop seeding once all are done, and hosts that fail are marked so they do
@@ -13,27 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import secrets
 import signal
 import socket
 import sys
-from dataclasses import dataclass
-from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from roost.core.tracker_swarm import TrackerPolicy
 from roost.deploy.config import HostSpec
 from roost.deploy.transport import die_with_parent
 from roost.errors import RoostError, UsageError
 from roost.target import agentargv, hostops
 from roost.target.protocol import EventName, FetchEvent, ProtocolError
-from roost.tracker.server import TrackerConfig, TrackerServer
 
 STOP_WAIT = 5.0
+TRACKER_START_TIMEOUT = 60.0
 
 
 def route_source(address: str) -> str:
@@ -57,74 +57,13 @@ def listen_address(hosts: list[HostSpec], configured: str | None) -> str:
     raise UsageError("no route to any host; set network.listen in roost.toml")
 
 
-@dataclass
-class Swarm:
-    tracker: TrackerServer
-    info_hash: bytes
-    announce_url: str
-    expected: int
-
-    @classmethod
-    async def start(cls, listen: str, info_hash: bytes, name: str, hosts: int,
-                    seeders: int = 1) -> Swarm:
-        # Hosts advertise the address the deploy configured (`ip=`), which may
-        # differ from their route's source. Honouring it from anywhere is safe
-        # here: the swarm is private and only holders of its secret, handed out
-        # over SSH, can announce at all.
-        policy = TrackerPolicy(
-            interval=2,
-            min_interval=1,
-            peer_timeout=15.0,
-            ip_override="trusted",
-            trusted_networks=(ip_network("0.0.0.0/0"), ip_network("::/0")),
-        )
-        tracker = TrackerServer(
-            TrackerConfig(host=listen, port=0, policy=policy, housekeeping_interval=0.5)
-        )
-        await tracker.start()
-        try:
-            summary = await tracker.register(info_hash, name=name,
-                                             expected_peers=hosts + seeders)
-        except BaseException:
-            await tracker.stop()
-            raise
-        return cls(tracker, info_hash, str(summary["announce_url"]), hosts + seeders)
-
-    async def one_fewer(self) -> None:
-        """A host already had the release: it will not join, do not wait for it."""
-        self.expected = max(1, self.expected - 1)
-        record = self.tracker.tracker.swarms[self.info_hash].record
-        await self.tracker.register(
-            self.info_hash, token=record.token, name=record.name, expected_peers=self.expected
-        )
-
-    async def host_failed(self, peer_id: bytes | None, address: str | None) -> None:
-        """Count a failed host as done; by peer id when known (loopback peers share
-        an address), else by address."""
-        with contextlib.suppress(KeyError, ValueError):
-            if peer_id is not None:
-                await self.tracker.mark_failed(self.info_hash, peer_id=peer_id)
-            elif address:
-                await self.tracker.mark_failed(self.info_hash, address=address)
-
-    def totals(self) -> dict[str, object]:
-        return self.tracker.status(self.info_hash)
-
-    @property
-    def route_target(self) -> tuple[str, int]:
-        """Where hosts find their route to the tracker (for the address they announce)."""
-        return self.tracker.config.host, self.tracker.port
-
-    async def stop(self) -> None:
-        await self.tracker.stop()
-
-
 class SwarmControl(Protocol):
     """What a deploy needs from its tracker, embedded (Swarm) or external (RemoteSwarm)."""
 
-    announce_url: str
-    expected: int
-
+    @property
+    def announce_url(self) -> str: ...
+    @property
+    def expected(self) -> int: ...
     @property
     def route_target(self) -> tuple[str, int]: ...
     async def one_fewer(self) -> None: ...
@@ -211,6 +150,134 @@ class RemoteSwarm:
                 )
         finally:
             await self.session.close()
+
+
+class TrackerProcess:
+    """The deploy's tracker process (roost.deploy.trackerproc), spawned as soon as the
+    deploy knows its listen address, so that its interpreter start overlaps the hosts'
+    connects instead of delaying the fetches."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, token: str) -> None:
+        self.proc = proc
+        self.token = token
+        self.port: asyncio.Task[int] = asyncio.get_running_loop().create_task(
+            _tracker_port(proc, token))
+        self.cpu_s: float | None = None  # its CPU time, once ended
+
+    @classmethod
+    async def spawn(cls, listen: str) -> TrackerProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "roost.deploy.trackerproc", listen,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        return cls(proc, secrets.token_urlsafe(24))
+
+    async def end(self) -> None:
+        """Close its stdin (it exits at once: it keeps nothing) and reap it."""
+        if not self.port.done():
+            self.port.cancel()
+        with contextlib.suppress(BaseException):
+            await self.port
+        self.cpu_s = await _end(self.proc)
+
+
+class Swarm:
+    """The deploy's own tracker, in a TrackerProcess driven through its admin API:
+    announces are not SSH work, and they get the other core."""
+
+    def __init__(self, control: RemoteSwarm, tracker: TrackerProcess) -> None:
+        self.control = control
+        self.tracker = tracker
+
+    @classmethod
+    async def start(cls, listen: str, info_hash: bytes, name: str, hosts: int,
+                    seeders: int = 1, spawned: asyncio.Task[TrackerProcess] | None = None
+                    ) -> Swarm:
+        """Register the deploy's swarm on its tracker (`spawned` early, or now)."""
+        tracker = await (spawned if spawned is not None else TrackerProcess.spawn(listen))
+        try:
+            port = await tracker.port
+            host = f"[{listen}]" if ":" in listen else listen
+            control = await RemoteSwarm.start(f"http://{host}:{port}", tracker.token,
+                                              info_hash, name, hosts, seeders)
+        except BaseException:
+            await tracker.end()
+            raise
+        return cls(control, tracker)
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process:
+        return self.tracker.proc
+
+    @property
+    def cpu_s(self) -> float | None:
+        """The tracker process's CPU time, once stopped."""
+        return self.tracker.cpu_s
+
+    @property
+    def announce_url(self) -> str:
+        return self.control.announce_url
+
+    @property
+    def expected(self) -> int:
+        return self.control.expected
+
+    @property
+    def route_target(self) -> tuple[str, int]:
+        return self.control.route_target
+
+    async def one_fewer(self) -> None:
+        await self.control.one_fewer()
+
+    async def host_failed(self, peer_id: bytes | None, address: str | None) -> None:
+        await self.control.host_failed(peer_id, address)
+
+    async def stop(self) -> None:
+        """Stop the tracker process (its swarm, secret URL and all, goes with it)."""
+        try:
+            await self.control.session.close()
+        finally:
+            await self.tracker.end()
+
+
+async def _tracker_port(proc: asyncio.subprocess.Process, token: str) -> int:
+    """Hand the tracker its admin token; its port once it listens."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(token.encode() + b"\n")
+    await proc.stdin.drain()
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), TRACKER_START_TIMEOUT)
+    except (asyncio.TimeoutError, TimeoutError):
+        raise RoostError(f"the deploy's tracker did not start within "
+                         f"{TRACKER_START_TIMEOUT:g} s") from None
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        port = int(json.loads(line[:200])["port"])
+        if 0 < port < 65536:
+            return port
+    err = (await proc.stderr.read(4096)).decode(errors="replace").strip().splitlines()
+    raise RoostError(f"the deploy's tracker failed: {err[-1] if err else 'no output'}")
+
+
+async def _end(proc: asyncio.subprocess.Process) -> float | None:
+    """Close the tracker's stdin (it exits) and reap it; its CPU time, if it said."""
+    assert proc.stdin is not None and proc.stdout is not None
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
+    cpu: float | None = None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), STOP_WAIT)
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            cpu = float(json.loads(line[:200])["cpu_s"])
+        await asyncio.wait_for(proc.wait(), STOP_WAIT)
+    except (asyncio.TimeoutError, TimeoutError):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+    return cpu
 
 
 async def _admin(

@@ -87,6 +87,7 @@ class Session:
         self.sel = selectors.DefaultSelector()
         self.requests: dict[int, Request] = {}
         self.inbuf = b""
+        self.outbuf: list[bytes] = []  # replies of this loop turn, written at its end
         self.out_ok = True
         self.bye = False
         self.eof = False
@@ -94,9 +95,16 @@ class Session:
     # --- replies ----------------------------------------------------------------------
 
     def reply(self, record: dict[str, Any]) -> None:
-        if not self.out_ok:
+        """Queue a reply; flush() writes a loop turn's replies as one write, so a
+        request's last lines and its exit reach the deploy host as one SSH packet
+        (each packet costs the deploy process's one thread the same, whatever its size)."""
+        if self.out_ok:
+            self.outbuf.append((json.dumps(record) + "\n").encode())
+
+    def flush(self) -> None:
+        data, self.outbuf = b"".join(self.outbuf), []
+        if not data or not self.out_ok:
             return
-        data = (json.dumps(record) + "\n").encode()
         try:
             while data:
                 try:
@@ -117,6 +125,7 @@ class Session:
         # may be the same socket (sshd), which must not turn non-blocking under us
         self.sel.register(0, selectors.EVENT_READ, None)
         self.reply({"session": 1, "pid": os.getpid()})
+        self.flush()
         try:
             while not self.eof and not self.bye:
                 for key, _ in self.sel.select(timeout=1.0):
@@ -124,8 +133,10 @@ class Session:
                         self._read_stdin()
                     else:
                         self._read_child(*key.data)
+                self.flush()
         except _Stop:
             pass
+        self.flush()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # the cleanup below runs to its end
         if not self.bye:

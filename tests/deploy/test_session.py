@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from roost.deploy.config import HostSpec
 from roost.deploy.host import Agent, HostRun
 from roost.deploy.pack import make_metainfo
@@ -30,6 +32,7 @@ from roost.deploy.transport import (
     _LocalStream,
 )
 from roost.deploy.zipapp import build_zipapp
+from roost.target import session as target_session
 from roost.target.hostlock import history, inspect_lock
 from roost.target.protocol import ErrorKind, HostStatus
 from roost.target.release import Dest
@@ -170,3 +173,26 @@ def test_an_agent_that_arrives_corrupted_is_refused_and_never_cached(tmp_path: P
     assert failure.kind is ErrorKind.AGENT
     assert "cannot install the roost agent: the agent arrived corrupted" in str(failure)
     assert not any((tmp_path / "home" / ".cache" / "roost").glob("*"))
+
+
+def test_a_loop_turns_replies_go_out_as_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last lines of a request and its exit leave in one write (one SSH packet for
+    the deploy process to decrypt and dispatch), not one each."""
+    writes: list[bytes] = []
+
+    def write(fd: int, data: bytes) -> int:
+        assert fd == 1
+        writes.append(bytes(data))
+        return len(data)
+
+    monkeypatch.setattr(target_session.os, "write", write)
+    host = target_session.Session()
+    host.reply({"id": 3, "out": "{\"ok\": true}\n"})
+    host.reply({"id": 3, "exit": 0})
+    assert writes == []
+    host.flush()
+    assert len(writes) == 1
+    assert [json.loads(line) for line in writes[0].splitlines()] == [
+        {"id": 3, "out": "{\"ok\": true}\n"}, {"id": 3, "exit": 0}]
+    host.flush()
+    assert len(writes) == 1  # nothing queued, nothing written
