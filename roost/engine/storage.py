@@ -56,6 +56,8 @@ DIR_MODE = 0o755
 MAX_DIRS = 64  # directory descriptors kept; with the 256 file fds, inside a 1024 limit
 
 Span = tuple[int, int, int]
+#: a path's symlink-free components under root, and their lstat if the walk took it
+Found = tuple[tuple[str, ...], "os.stat_result | None"]
 
 
 class StorageError(RoostError):
@@ -183,8 +185,9 @@ class Storage:
         within = () if self._top is None else (self._top,)
         return _Walk(dirs, os.path.realpath(self.root), within)
 
-    def _resolve(self, walk: _Walk, index: int, create: bool) -> tuple[str, ...]:
-        """File `index`'s components under root, free of symlinks (see _Walk)."""
+    def _resolve(self, walk: _Walk, index: int, create: bool) -> Found:
+        """File `index`'s components under root, free of symlinks (see _Walk), and
+        their lstat when the walk took it."""
         return walk.file(self._rel[index], create)
 
     def _shown(self, parts: tuple[str, ...]) -> str:
@@ -195,7 +198,7 @@ class Storage:
     def _prepare_file(self, index: int, length: int) -> None:
         """Create file `index` if needed and give it its final size."""
         assert self._walk is not None
-        parts = self._real[index] = self._resolve(self._walk, index, True)
+        parts = self._real[index] = self._resolve(self._walk, index, True)[0]
         fd = self._open_at(index, parts, os.O_RDWR | os.O_CREAT)
         try:
             size = os.fstat(fd).st_size
@@ -210,18 +213,19 @@ class Storage:
 
     def _check_file(self, index: int, length: int) -> None:
         assert self._walk is not None
-        what = self._shown(self._rel[index])
         try:
-            parts = self._real[index] = self._resolve(self._walk, index, False)
-            st = self._walk.stat(parts)
+            parts, st = self._resolve(self._walk, index, False)
+            self._real[index] = parts
+            st = st or self._walk.stat(parts)
         except (FileNotFoundError, NotADirectoryError):
-            raise StorageError(f"payload file {what} is missing") from None
+            raise StorageError(f"payload file {self._shown(self._rel[index])} is missing"
+                               ) from None
         if not stat.S_ISREG(st.st_mode):
-            raise StorageError(f"payload file {what} is not a regular file")
+            raise StorageError(f"payload file {self._shown(self._rel[index])} is not a "
+                               "regular file")
         if st.st_size != length:
-            raise StorageError(
-                f"payload file {what} has {st.st_size} bytes, the torrent says {length}"
-            )
+            raise StorageError(f"payload file {self._shown(self._rel[index])} has "
+                               f"{st.st_size} bytes, the torrent says {length}")
         if length and len(self._fds) < self.max_open:
             self._adopt(index, self._reopen(index), length)
 
@@ -257,7 +261,7 @@ class Storage:
         if parts is None:  # not resolved at open() (a file that was not there then)
             assert self._walk is not None
             try:
-                parts = self._real[index] = self._resolve(self._walk, index, False)
+                parts = self._real[index] = self._resolve(self._walk, index, False)[0]
             except OSError as exc:
                 raise StorageError(f"cannot open payload file {'/'.join(self._rel[index])}: "
                                    f"{exc.strerror}") from None
@@ -442,8 +446,8 @@ class Storage:
         found: list[tuple[str, ...] | None] = []
         for index, entry in enumerate(self.info.files):
             try:
-                parts = self._resolve(walk, index, False)
-                st = walk.stat(parts)
+                parts, st = self._resolve(walk, index, False)
+                st = st or walk.stat(parts)
             except (FileNotFoundError, NotADirectoryError):
                 found.append(None)
                 continue
@@ -500,9 +504,10 @@ class _Walk:
         self._within = within
         self._dirs_done: dict[tuple[str, ...], tuple[str, ...]] = {}  # rel dir -> resolved
 
-    def file(self, rel: tuple[str, ...], create: bool) -> tuple[str, ...]:
-        """The symlink-free components of root/rel; with `create`, its missing
-        directories are made; FileNotFoundError when something is missing without."""
+    def file(self, rel: tuple[str, ...], create: bool) -> Found:
+        """The symlink-free components of root/rel, and the lstat of what they name
+        (None if it is to be created); with `create`, missing directories are made;
+        FileNotFoundError when something is missing without."""
         return self._follow(self._dir(rel[:-1], rel, create), rel[-1:], rel, create, False)
 
     def _dir(self, parts: tuple[str, ...], rel: tuple[str, ...], create: bool
@@ -512,13 +517,14 @@ class _Walk:
         found = self._dirs_done.get(parts)
         if found is None:
             head = self._dir(parts[:-1], rel, create)
-            found = self._dirs_done[parts] = self._follow(head, parts[-1:], rel, create, True)
+            found = self._dirs_done[parts] = self._follow(head, parts[-1:], rel, create, True)[0]
         return found
 
     def _follow(self, base: tuple[str, ...], rest: tuple[str, ...], rel: tuple[str, ...],
-                create: bool, want_dir: bool) -> tuple[str, ...]:
+                create: bool, want_dir: bool) -> Found:
         done, todo = list(base), list(rest)
         links, link = 0, ""
+        st: os.stat_result | None = None
         while todo:
             name = todo.pop(0)
             if name in ("", "."):
@@ -527,42 +533,47 @@ class _Walk:
                 if not done:
                     raise self._outside(link, rel)
                 done.pop()
+                st = None
                 continue
-            path = os.path.join(self._real_root, *done, name)
             with self.dirs.lock:
                 parent = self._dir_fd(tuple(done))
                 try:
-                    st: os.stat_result | None = os.stat(name, dir_fd=parent,
-                                                        follow_symlinks=False)
+                    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
                 except FileNotFoundError:
                     st = None
                 target = (os.readlink(name, dir_fd=parent)
                           if st is not None and stat.S_ISLNK(st.st_mode) else None)
             if target is not None:
-                links, link = links + 1, path
+                links, link = links + 1, self._path(done, name)
                 if links > self.MAX_LINKS:
-                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), link)
                 comps = target.split("/")
                 if target.startswith("/"):  # absolute: only as a path under root
                     comps = [c for c in comps if c]
                     if comps[: len(self._root_parts)] != self._root_parts:
                         raise self._outside(link, rel)
                     done, comps = [], comps[len(self._root_parts):]
-                todo = comps + todo
+                todo, st = comps + todo, None
                 continue
             inner = bool(todo) or want_dir
             if st is None:
                 if not create:
-                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+                    missing = self._path(done, name)
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), missing)
                 if inner:
                     with self.dirs.lock:
                         self._dir_fd((*done, name), create=True)
             elif inner and not stat.S_ISDIR(st.st_mode):
-                raise StorageError(f"{path} is in the way: it is not a directory")
+                raise StorageError(f"{self._path(done, name)} is in the way: it is not a "
+                                   "directory")
             done.append(name)
         if tuple(done[: len(self._within)]) != self._within:
             raise self._outside(link, rel)
-        return tuple(done)
+        return tuple(done), st
+
+    def _path(self, done: list[str], name: str) -> str:
+        """For messages only (a join per component would cost every walk)."""
+        return os.path.join(self._real_root, *done, name)
 
     def _outside(self, link: str, rel: tuple[str, ...]) -> UnsafePathError:
         confine = os.path.join(self._real_root, *self._within)

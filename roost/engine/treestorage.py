@@ -41,6 +41,7 @@ from roost.core.metainfo import Info
 from roost.core.tree import TreeManifest
 from roost.engine.storage import (
     DEFAULT_MAX_OPEN,
+    Found,
     Storage,
     StorageError,
     StorageFullError,
@@ -119,8 +120,8 @@ class TreeStorage(Storage):
 
     # -- files -------------------------------------------------------------
 
-    def _resolve(self, walk: _Walk, index: int, create: bool) -> tuple[str, ...]:
-        return self._rel[index]  # no link to resolve: O_NOFOLLOW refuses any on the way
+    def _resolve(self, walk: _Walk, index: int, create: bool) -> Found:
+        return self._rel[index], None  # no link to resolve: O_NOFOLLOW refuses any
 
     def _prepare_file(self, index: int, length: int) -> None:
         if index in self._pads:
