@@ -331,9 +331,13 @@ class HostRun:
             download_rate=plan.download_rate or None, web_seeds=plan.web_seeds, tls=tls,
             progress_every=plan.progress_every))
         pidfile = f"{self.work}/fetch.pid"
+        # an agent session writes the pid file itself (whole, then renamed into place)
+        # before it execs the fetch; this shell text, for a plain transport, does the same:
+        # noclobber makes `>` an O_EXCL create, and mv renames the whole file into place
+        tmp = f"{shlex.quote(f'{self.work}/.fetch.pid.')}$$.tmp"
         command = AgentCommand(
-            f"echo $$ > {shlex.quote(pidfile)} && exec {self.agent_cmd(agent, *args)}",
-            args, pidfile)
+            f"set -C && echo $$ > {tmp} && mv -f {tmp} {shlex.quote(pidfile)} && "
+            f"exec {self.agent_cmd(agent, *args)}", args, pidfile)
         self.fetch_stream = await self.transport.start(command)
         self.mark("fetch_started")
 

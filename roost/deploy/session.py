@@ -4,8 +4,9 @@ Theory of operation. After the agent is in place, the deploy starts
 `roost session` once on each host (roost/target/session.py) over the host's
 one SSH connection and wraps the host's transport in an AgentSession. Every
 command the deploy would have run as `python3 -I <pyz> ARGS` (or the fetch's
-`echo $$ > PIDFILE && exec python3 -I <pyz> ARGS`, built as AgentCommand, which
-carries ARGS so nothing parses the shell text) becomes one request
+a shell line that writes PIDFILE and execs `python3 -I <pyz> ARGS`, built as
+AgentCommand, which carries ARGS and PIDFILE so nothing parses the shell text;
+the session writes the pid file itself) becomes one request
 record on that session's channel instead of a new SSH channel and a new
 interpreter; the request's stdout lines, stderr and exit code come back as
 reply records and are handed out as the same Result and Stream the SSH

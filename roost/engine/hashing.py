@@ -84,14 +84,21 @@ def scan_payload(root: Path) -> Payload:
 class PieceReader:
     """Maps payload byte ranges onto (file, offset) and reads them."""
 
-    def __init__(self, sources: Sequence[tuple[Path, int]]) -> None:
+    def __init__(self, sources: Sequence[tuple[Path | str, int]], *,
+                 opener: Callable[[int], int] | None = None) -> None:
         self.sources = list(sources)
+        # how file i is opened for reading; by default its path (a Storage opens
+        # from directory descriptors instead, never through a symlink)
+        self.opener = opener or self._open_path
         self.offsets: list[int] = []
         total = 0
         for _, length in self.sources:
             self.offsets.append(total)
             total += length
         self.total_length = total
+
+    def _open_path(self, index: int) -> int:
+        return os.open(self.sources[index][0], os.O_RDONLY)
 
     def spans(self, start: int, length: int) -> Iterator[tuple[int, int, int]]:
         """Yield (file index, offset in file, length) covering [start, start+length)."""
@@ -122,7 +129,7 @@ class PieceReader:
             fd = fds.get(index)
             if fd is None:
                 try:
-                    fd = os.open(self.sources[index][0], os.O_RDONLY)
+                    fd = self.opener(index)
                 except FileNotFoundError:
                     return pos
                 fds[index] = fd

@@ -7,11 +7,14 @@ write is a positioned syscall (os.pread / os.pwrite) on those spans, so there
 is no shared file position and no seek race between threads.
 
 Paths: every component comes from the metainfo, where `safe_relpath` already
-refused "..", separators and absolute paths. On top of that, before a file or
-directory is opened or created, each existing component under `root` is
-lstat'ed and a symlink is refused unless it resolves inside `root`; the file
-is then opened by its resolved path with O_NOFOLLOW. Nothing is ever created
-or written outside `root`.
+refused "..", separators and absolute paths. A path is never opened whole: the
+walk goes directory by directory from a descriptor of `root` (DirFds, shared
+with TreeStorage and tree staging), each opened O_NOFOLLOW from its parent's.
+A symlink under root is still allowed where it stays inside root (or root/top),
+but it is read and resolved by this code (`_Walk`), never followed by the
+kernel; so swapping a directory for a symlink between the walk and the open
+fails the open instead of leading elsewhere. Nothing is ever created, written
+or read outside `root`.
 
 File descriptors live in a cache keyed by file index. With at most `max_open`
 non-empty files every fd is opened once and kept for the Storage's life. With
@@ -29,6 +32,7 @@ bounded by 2 x workers x 4 MiB.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -42,16 +46,18 @@ from types import TracebackType
 
 from roost.core.bitfield import Bitfield
 from roost.core.metainfo import Info
+from roost.engine.dirfds import DirFds
 from roost.engine.hashing import PieceReader, hash_pieces
 from roost.errors import DiskFullError, RoostError, UnsafePathError
 
 DEFAULT_MAX_OPEN = 256
 FILE_MODE = 0o644
 DIR_MODE = 0o755
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+MAX_DIRS = 64  # directory descriptors kept; with the 256 file fds, inside a 1024 limit
 
 Span = tuple[int, int, int]
+#: a path's symlink-free components under root, and their lstat if the walk took it
+Found = tuple[tuple[str, ...], "os.stat_result | None"]
 
 
 class StorageError(RoostError):
@@ -100,7 +106,8 @@ class Storage:
         self._fds: OrderedDict[int, int] = OrderedDict()  # file index -> fd, LRU order
         self._pins: dict[int, int] = {}  # file index -> users currently in a syscall
         self._dirty: set[int] = set()
-        self._real_root = ""  # realpath(root), fixed at open()
+        self._walk: _Walk | None = None  # directory descriptors from root, from open()
+        self._real: dict[int, tuple[str, ...]] = {}  # file index -> its symlink-free path
         self._writable = False
         self._opened = False
 
@@ -114,18 +121,17 @@ class Storage:
             raise RoostError("storage is already open")
         self._writable = create
         self._opened = True
-        seen: set[tuple[str, ...]] = set()
         try:
             if create:
                 self.root.mkdir(parents=True, exist_ok=True)
             elif not self.root.is_dir():
                 raise StorageError(f"payload directory {self.root} does not exist")
-            self._real_root = os.path.realpath(self.root)
+            self._walk = self._walker()
             for index, entry in enumerate(self.info.files):
                 if create:
-                    self._prepare_file(index, entry.length, seen)
+                    self._prepare_file(index, entry.length)
                 else:
-                    self._check_file(index, entry.length, seen)
+                    self._check_file(index, entry.length)
         except OSError as exc:  # permissions, a full disk, a read-only filesystem...
             self.close()
             detail = exc.strerror or str(exc)
@@ -144,8 +150,11 @@ class Storage:
             self._fds.clear()
             self._pins.clear()
             self._opened = False
+            walk, self._walk = self._walk, None
         for fd in fds:
             os.close(fd)
+        if walk is not None:
+            walk.close()
 
     def __enter__(self) -> Storage:
         if not self._opened:
@@ -170,88 +179,55 @@ class Storage:
         """The payload itself: the single file, or the top directory."""
         return self.root / self._rel[0][0] if self._rel else self.root / self.info.name
 
-    def _safe_path(
-        self,
-        rel: tuple[str, ...],
-        real_root: str,
-        *,
-        create_dirs: bool,
-        seen: set[tuple[str, ...]] | None = None,
-    ) -> str:
-        """Resolve root/rel, refusing symlinks that leave root; optionally mkdir parents.
+    def _walker(self) -> _Walk:
+        """Directory descriptors from root, and the resolution of its symlinks."""
+        dirs = DirFds(self.root, max_open=MAX_DIRS, mode=DIR_MODE)
+        within = () if self._top is None else (self._top,)
+        return _Walk(dirs, os.path.realpath(self.root), within)
 
-        Returns the resolved path of the file, which may not exist yet. `seen`
-        caches directories already checked during one pass (open)."""
-        current = real_root
-        for depth, name in enumerate(rel):
-            current = os.path.join(current, name)
-            is_last = depth == len(rel) - 1
-            if not is_last and seen is not None and rel[: depth + 1] in seen:
-                continue
-            try:
-                st = os.lstat(current)
-                if stat.S_ISLNK(st.st_mode):
-                    current = self._follow(current, self._confine(real_root), rel)
-                    st = os.stat(current)
-            except FileNotFoundError:
-                if is_last:
-                    return current
-                if not create_dirs:
-                    return os.path.join(current, *rel[depth + 1 :])
-                os.mkdir(current, DIR_MODE)
-                st = os.lstat(current)
-            if not is_last:
-                if not stat.S_ISDIR(st.st_mode):
-                    raise StorageError(f"{current} is in the way: it is not a directory")
-                if seen is not None:
-                    seen.add(rel[: depth + 1])
-        return current
+    def _resolve(self, walk: _Walk, index: int, create: bool) -> Found:
+        """File `index`'s components under root, free of symlinks (see _Walk), and
+        their lstat when the walk took it."""
+        return walk.file(self._rel[index], create)
 
-    def _confine(self, real_root: str) -> str:
-        """Where a symlink may lead: root, or only root/top when `top` was given."""
-        return real_root if self._top is None else os.path.join(real_root, self._top)
-
-    @staticmethod
-    def _follow(link: str, real_root: str, rel: tuple[str, ...]) -> str:
-        target = os.path.realpath(link)
-        if os.path.commonpath([real_root, target]) != real_root:
-            raise UnsafePathError(
-                f"{link} is a symlink leading outside {real_root}; refusing to use "
-                f"it for {'/'.join(rel)}"
-            )
-        return target
+    def _shown(self, parts: tuple[str, ...]) -> str:
+        return os.path.join(self.root, *parts)
 
     # -- opening files -----------------------------------------------------
 
-    def _prepare_file(self, index: int, length: int, seen: set[tuple[str, ...]]) -> None:
+    def _prepare_file(self, index: int, length: int) -> None:
         """Create file `index` if needed and give it its final size."""
-        path = self._safe_path(self._rel[index], self._real_root, create_dirs=True, seen=seen)
-        fd = self._os_open(path, os.O_RDWR | os.O_CREAT, index)
+        assert self._walk is not None
+        parts = self._real[index] = self._resolve(self._walk, index, True)[0]
+        fd = self._open_at(index, parts, os.O_RDWR | os.O_CREAT)
         try:
             size = os.fstat(fd).st_size
             if size > length:
                 os.ftruncate(fd, length)  # leftover from an older payload
             elif size < length:
-                _allocate(fd, size, length, self.preallocate, path)
+                _allocate(fd, size, length, self.preallocate, self._shown(parts))
         except BaseException:
             os.close(fd)
             raise
         self._adopt(index, fd, length)
 
-    def _check_file(self, index: int, length: int, seen: set[tuple[str, ...]]) -> None:
-        path = self._safe_path(self._rel[index], self._real_root, create_dirs=False, seen=seen)
+    def _check_file(self, index: int, length: int) -> None:
+        assert self._walk is not None
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise StorageError(f"payload file {path} is missing") from None
+            parts, st = self._resolve(self._walk, index, False)
+            self._real[index] = parts
+            st = st or self._walk.stat(parts)
+        except (FileNotFoundError, NotADirectoryError):
+            raise StorageError(f"payload file {self._shown(self._rel[index])} is missing"
+                               ) from None
         if not stat.S_ISREG(st.st_mode):
-            raise StorageError(f"payload file {path} is not a regular file")
+            raise StorageError(f"payload file {self._shown(self._rel[index])} is not a "
+                               "regular file")
         if st.st_size != length:
-            raise StorageError(
-                f"payload file {path} has {st.st_size} bytes, the torrent says {length}"
-            )
+            raise StorageError(f"payload file {self._shown(self._rel[index])} has "
+                               f"{st.st_size} bytes, the torrent says {length}")
         if length and len(self._fds) < self.max_open:
-            self._adopt(index, self._os_open(path, os.O_RDONLY, index), length)
+            self._adopt(index, self._reopen(index), length)
 
     def _adopt(self, index: int, fd: int, length: int) -> None:
         """Keep fd in the cache if there is room, else close it (reopened on use)."""
@@ -261,19 +237,35 @@ class Storage:
                 return
         os.close(fd)
 
-    def _os_open(self, path: str, flags: int, index: int) -> int:
+    def _open_at(self, index: int, parts: tuple[str, ...], flags: int) -> int:
+        """Open root/parts from its directory's descriptor, never through a symlink."""
+        if self._walk is None:
+            raise RoostError("storage is not open")
         try:
-            return os.open(path, flags | _O_NOFOLLOW, FILE_MODE)
+            return self._walk.open(parts, flags, create_dirs=bool(flags & os.O_CREAT))
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise UnsafePathError(f"{path} became a symlink; refusing it") from None
-            what = "/".join(self._rel[index])
-            raise StorageError(f"cannot open payload file {what}: {exc.strerror}") from None
+                raise UnsafePathError(f"{self._shown(parts)} became a symlink; refusing it"
+                                      ) from None
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise (StorageFullError if full else StorageError)(
+                f"cannot open payload file {'/'.join(self._rel[index])}: {exc.strerror}"
+            ) from None
+
+    def _writing(self, index: int) -> bool:
+        """Whether a reopened file `index` is opened for writing."""
+        return self._writable
 
     def _reopen(self, index: int) -> int:
-        path = self._safe_path(self._rel[index], self._real_root, create_dirs=False)
-        flags = os.O_RDWR if self._writable else os.O_RDONLY
-        return self._os_open(path, flags, index)
+        parts = self._real.get(index)
+        if parts is None:  # not resolved at open() (a file that was not there then)
+            assert self._walk is not None
+            try:
+                parts = self._real[index] = self._resolve(self._walk, index, False)[0]
+            except OSError as exc:
+                raise StorageError(f"cannot open payload file {'/'.join(self._rel[index])}: "
+                                   f"{exc.strerror}") from None
+        return self._open_at(index, parts, os.O_RDWR if self._writing(index) else os.O_RDONLY)
 
     @contextmanager
     def _pinned(self, indexes: list[int]) -> Iterator[dict[int, int]]:
@@ -420,53 +412,198 @@ class Storage:
         """Which pieces are already valid on disk (resume).
 
         Only pieces whose every file exists as a regular file of the right size
-        are read; they are hashed on `workers` threads (default: every core)."""
+        are read; they are hashed on `workers` threads (default: every core), each
+        file opened from its directory's descriptor as open() does."""
         info = self.info
-        real_root = os.path.realpath(self.root)
-        good_files: list[bool] = []
-        sources: list[tuple[Path, int]] = []
-        for rel, entry in zip(self._rel, info.files, strict=True):
-            ok, path = self._existing_file(rel, entry.length, real_root)
-            good_files.append(ok)
-            sources.append((Path(path), entry.length))
-        reader = PieceReader(sources)
-        candidates = [
-            i
-            for i in range(info.num_pieces)
-            if all(good_files[f] for f, _, _ in self._file_spans(i, 0, info.piece_size(i)))
-        ]
-        digests = hash_pieces(
-            reader, info.piece_length, progress=progress, workers=workers, pieces=candidates
-        )
         have = Bitfield(info.num_pieces)
+        try:
+            walk = self._walker()
+        except (FileNotFoundError, NotADirectoryError):
+            return have  # no payload directory: nothing is there yet
+        try:
+            found = self._usable(walk)
+            def whole(i: int) -> bool:  # every file of piece i is worth reading
+                return all(found[f] is not None for f, _, _ in
+                           self._file_spans(i, 0, info.piece_size(i)))
+
+            candidates = [i for i in range(info.num_pieces) if whole(i)]
+            sources = [(self._shown(r), f.length)
+                       for r, f in zip(self._rel, info.files, strict=True)]
+            reader = PieceReader(sources, opener=lambda i: self._open_to_hash(walk, found, i))
+            digests = hash_pieces(
+                reader, info.piece_length, progress=progress, workers=workers, pieces=candidates
+            )
+        finally:
+            walk.close()
         for index, digest in zip(candidates, digests, strict=True):
             if digest is not None and digest == info.piece_hash(index):
                 have.set(index)
         return have
 
-    def _existing_file(self, rel: tuple[str, ...], length: int, real_root: str) -> tuple[bool, str]:
-        """(usable for recheck, resolved path); refuses escaping symlinks."""
-        path = self._safe_path(rel, real_root, create_dirs=False)
-        try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return False, path
-        return stat.S_ISREG(st.st_mode) and st.st_size == length, path
+    def _usable(self, walk: _Walk) -> list[tuple[str, ...] | None]:
+        """Per file, its symlink-free path when it is a regular file of the right size
+        (worth hashing), else None; refuses symlinks that leave root."""
+        found: list[tuple[str, ...] | None] = []
+        for index, entry in enumerate(self.info.files):
+            try:
+                parts, st = self._resolve(walk, index, False)
+                st = st or walk.stat(parts)
+            except (FileNotFoundError, NotADirectoryError):
+                found.append(None)
+                continue
+            found.append(parts if stat.S_ISREG(st.st_mode) and st.st_size == entry.length
+                         else None)
+        return found
+
+    def _open_to_hash(self, walk: _Walk, found: list[tuple[str, ...] | None], index: int) -> int:
+        parts = found[index]
+        if parts is None:
+            raise FileNotFoundError(errno.ENOENT, "not a usable payload file",
+                                    self._shown(self._rel[index]))
+        return walk.open(parts, os.O_RDONLY)
 
     def flush(self) -> None:
         """fsync every file written since the last flush, then their directories."""
+        self._sync(set())
+
+    def _sync(self, dirs: set[tuple[str, ...]]) -> None:
+        """fsync the files written since the last flush, then `dirs` and every
+        directory of those files, deepest first (a new entry is durable before its
+        parent is synced), each through its descriptor."""
         with self._lock:
             dirty = sorted(self._dirty)
             self._dirty.clear()
-        dirs: set[tuple[str, ...]] = set()
         for index in dirty:
             with self._pinned([index]) as fds:
                 os.fsync(fds[index])
-            rel = self._rel[index]
-            dirs.update(rel[:depth] for depth in range(len(rel)))  # every parent, root = ()
-        # deepest first, so a new entry is durable before its parent is synced
+            parts = self._real.get(index, self._rel[index])
+            dirs.update(parts[:depth] for depth in range(len(parts)))  # every parent, root = ()
+        walk = self._walk
+        if walk is None:
+            return
         for parts in sorted(dirs, key=len, reverse=True):
-            _fsync_dir(str(self.root.joinpath(*parts)))
+            with walk.dirs.lock, contextlib.suppress(OSError):
+                os.fsync(walk.dirs.get(parts))
+
+
+class _Walk:
+    """A payload root walked through DirFds, its symlinks resolved by hand.
+
+    A symlink under root is read (readlinkat), never followed by the kernel, and
+    its target is walked in its place, component by component; where it ends must
+    stay under root/within. The resulting path holds no symlink, and it is opened
+    O_NOFOLLOW from its directory's descriptor: a directory swapped for a symlink
+    after the walk makes the open fail (ELOOP) instead of leading out of root."""
+
+    MAX_LINKS = 40  # the kernel's own limit
+
+    def __init__(self, dirs: DirFds, real_root: str, within: tuple[str, ...]) -> None:
+        self.dirs = dirs
+        self._real_root = real_root
+        self._root_parts = [c for c in real_root.split("/") if c]
+        self._within = within
+        self._dirs_done: dict[tuple[str, ...], tuple[str, ...]] = {}  # rel dir -> resolved
+
+    def file(self, rel: tuple[str, ...], create: bool) -> Found:
+        """The symlink-free components of root/rel, and the lstat of what they name
+        (None if it is to be created); with `create`, missing directories are made;
+        FileNotFoundError when something is missing without."""
+        return self._follow(self._dir(rel[:-1], rel, create), rel[-1:], rel, create, False)
+
+    def _dir(self, parts: tuple[str, ...], rel: tuple[str, ...], create: bool
+             ) -> tuple[str, ...]:
+        if not parts:
+            return ()
+        found = self._dirs_done.get(parts)
+        if found is None:
+            head = self._dir(parts[:-1], rel, create)
+            found = self._dirs_done[parts] = self._follow(head, parts[-1:], rel, create, True)[0]
+        return found
+
+    def _follow(self, base: tuple[str, ...], rest: tuple[str, ...], rel: tuple[str, ...],
+                create: bool, want_dir: bool) -> Found:
+        done, todo = list(base), list(rest)
+        links, link = 0, ""
+        st: os.stat_result | None = None
+        while todo:
+            name = todo.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":  # only from a link's target: rel itself has none
+                if not done:
+                    raise self._outside(link, rel)
+                done.pop()
+                st = None
+                continue
+            with self.dirs.lock:
+                parent = self._dir_fd(tuple(done))
+                try:
+                    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                target = (os.readlink(name, dir_fd=parent)
+                          if st is not None and stat.S_ISLNK(st.st_mode) else None)
+            if target is not None:
+                links, link = links + 1, self._path(done, name)
+                if links > self.MAX_LINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), link)
+                comps = target.split("/")
+                if target.startswith("/"):  # absolute: only as a path under root
+                    comps = [c for c in comps if c]
+                    if comps[: len(self._root_parts)] != self._root_parts:
+                        raise self._outside(link, rel)
+                    done, comps = [], comps[len(self._root_parts):]
+                todo, st = comps + todo, None
+                continue
+            inner = bool(todo) or want_dir
+            if st is None:
+                if not create:
+                    missing = self._path(done, name)
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), missing)
+                if inner:
+                    with self.dirs.lock:
+                        self._dir_fd((*done, name), create=True)
+            elif inner and not stat.S_ISDIR(st.st_mode):
+                raise StorageError(f"{self._path(done, name)} is in the way: it is not a "
+                                   "directory")
+            done.append(name)
+        if tuple(done[: len(self._within)]) != self._within:
+            raise self._outside(link, rel)
+        return tuple(done), st
+
+    def _path(self, done: list[str], name: str) -> str:
+        """For messages only (a join per component would cost every walk)."""
+        return os.path.join(self._real_root, *done, name)
+
+    def _outside(self, link: str, rel: tuple[str, ...]) -> UnsafePathError:
+        confine = os.path.join(self._real_root, *self._within)
+        return UnsafePathError(f"{link} is a symlink leading outside {confine}; refusing to "
+                               f"use it for {'/'.join(rel)}")
+
+    def _dir_fd(self, parts: tuple[str, ...], create: bool = False) -> int:
+        """The descriptor of the directory root/parts; the caller holds dirs.lock."""
+        try:
+            return self.dirs.get(parts, create)
+        except OSError as exc:  # O_NOFOLLOW | O_DIRECTORY on a symlink: ENOTDIR
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            where = os.path.join(self._real_root, *parts)
+            raise UnsafePathError(f"{where}, or a directory above it, is no longer a directory "
+                                  "(a symlink or a file took its place); refusing it") from None
+
+    def open(self, parts: tuple[str, ...], flags: int, create_dirs: bool = False) -> int:
+        """Open root/parts from its directory's descriptor, O_NOFOLLOW."""
+        with self.dirs.lock:
+            parent = self._dir_fd(parts[:-1], create_dirs)
+            return os.open(parts[-1], flags | os.O_NOFOLLOW, FILE_MODE, dir_fd=parent)
+
+    def stat(self, parts: tuple[str, ...]) -> os.stat_result:
+        with self.dirs.lock:
+            return os.stat(parts[-1], dir_fd=self._dir_fd(parts[:-1]), follow_symlinks=False)
+
+    def close(self) -> None:
+        with self.dirs.lock:
+            self.dirs.close()
 
 
 # -- syscall helpers -------------------------------------------------------
@@ -509,19 +646,6 @@ def _pwrite_all(fd: int, view: memoryview, offset: int, rel: tuple[str, ...]) ->
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             raise (StorageFullError if full else StorageError)(
                 f"cannot write {'/'.join(rel)}: {exc.strerror}") from None
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_DIRECTORY)
-    except OSError:
-        return  # some platforms cannot open directories; the file fsyncs still count
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _plain_name(name: str) -> str:

@@ -19,8 +19,9 @@ roost.core.tree, so the storage root is the staging directory itself (no
 The staging directory is renamed to releases/<tag> while this process still
 seeds from it, so files are re-opened relative to a directory descriptor of
 the root taken at open(), component by component with O_NOFOLLOW, never by
-path. Directory descriptors are kept (at most MAX_DIRS, `_DirFds`), so a tree
-of 100,000 small files costs about one openat per file, not one per path
+path, as Storage does; unlike Storage, no symlink is resolved: a tree's files
+and directories are never links. Directory descriptors are kept (DirFds), so a
+tree of 100,000 small files costs about one openat per file, not one per path
 component; a small file wholly inside the piece just written is hashed from
 that piece's bytes, and its read-write descriptor is dropped rather than
 swapped for a read-only one when the tree has more files than fit the
@@ -29,31 +30,22 @@ descriptor cache (a later read reopens it read-only).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import os
-import stat
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from roost.core.bitfield import Bitfield
 from roost.core.metainfo import Info
 from roost.core.tree import TreeManifest
-from roost.engine.hashing import PieceReader, hash_pieces
 from roost.engine.storage import (
-    _O_DIRECTORY,
-    _O_NOFOLLOW,
     DEFAULT_MAX_OPEN,
-    DIR_MODE,
-    FILE_MODE,
+    Found,
     Storage,
     StorageError,
     StorageFullError,
-    _allocate,
+    _Walk,
 )
 
 HASH_CHUNK = 1 << 20
@@ -63,48 +55,6 @@ Proof = list[object]
 
 def proof_of(st: os.stat_result, sha256: str) -> Proof:
     return [sha256, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-_DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW
-
-
-class _DirFds:
-    """Descriptors of the payload's directories, each opened once from its parent's
-    (O_NOFOLLOW: a symlink in the way is refused, never followed), at most MAX_DIRS
-    kept, least recently used closed first. Callers hold `lock`."""
-
-    MAX_DIRS = 64  # with the 256 cached file fds, well inside a 1024 fd limit
-
-    def __init__(self, root_fd: int) -> None:
-        self.lock = threading.Lock()
-        self._root = root_fd
-        self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict()
-
-    def get(self, parts: tuple[str, ...], create: bool = False) -> int:
-        if not parts:
-            return self._root
-        fd = self._fds.get(parts)
-        if fd is not None:
-            self._fds.move_to_end(parts)
-            return fd
-        parent = self.get(parts[:-1], create)
-        try:
-            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.mkdir(parts[-1], DIR_MODE, dir_fd=parent)
-            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
-        self._fds[parts] = fd
-        while len(self._fds) > self.MAX_DIRS:  # never parts itself or an ancestor of it
-            victim = next(p for p in self._fds if p != parts[: len(p)])
-            os.close(self._fds.pop(victim))
-        return fd
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
 
 
 class TreeStorage(Storage):
@@ -135,9 +85,7 @@ class TreeStorage(Storage):
             if i not in self._pads and not self._done[i] and f.length:
                 self._remaining[i] = (f.offset + f.length - 1) // plen - f.offset // plen + 1
         self._retired: dict[int, list[int]] = {}  # index -> replaced fds, closed when idle
-        self._root_fd = -1
         self._zero_fd = -1
-        self._dirs: _DirFds | None = None
         self._unsynced_dirs: set[tuple[str, ...]] = set()  # parents of files fsynced early
         # more files than cached fds: a verified file's fd is dropped, not reopened
         self._drop_verified = len(info.files) > self.max_open
@@ -150,9 +98,7 @@ class TreeStorage(Storage):
     def open(self, create: bool = True) -> None:
         if create and not self.root.is_dir():
             raise StorageError(f"staging directory {self.root} does not exist")
-        try:  # before the files: they are made and checked from these descriptors
-            self._root_fd = os.open(self.root, os.O_RDONLY | _O_DIRECTORY)
-            self._dirs = _DirFds(self._root_fd)
+        try:
             self._zero_fd = _zero_file(max(self.info.piece_length, 1))
         except OSError as exc:
             self.close()
@@ -164,79 +110,36 @@ class TreeStorage(Storage):
         with self._lock:
             retired = [fd for fds in self._retired.values() for fd in fds]
             self._retired.clear()
-        if self._dirs is not None:
-            with self._dirs.lock:
-                self._dirs.close()
-            self._dirs = None
-        for fd in (self._root_fd, self._zero_fd, *retired):
+        for fd in (self._zero_fd, *retired):
             if fd >= 0:
                 os.close(fd)
-        self._root_fd = self._zero_fd = -1
+        self._zero_fd = -1
 
     def payload_path(self) -> Path:
         return self.root
 
     # -- files -------------------------------------------------------------
 
-    def _prepare_file(self, index: int, length: int, seen: set[tuple[str, ...]]) -> None:
+    def _resolve(self, walk: _Walk, index: int, create: bool) -> Found:
+        return self._rel[index], None  # no link to resolve: O_NOFOLLOW refuses any
+
+    def _prepare_file(self, index: int, length: int) -> None:
         if index in self._pads:
             return
         if self._done[index]:  # placed from a kept release: never written, only read
-            self._check_file(index, length, seen)
+            self._check_file(index, length)
             return
-        rel = self._rel[index]
-        assert self._dirs is not None
-        with self._dirs.lock:
-            parent = self._dirs.get(rel[:-1], create=True)
-            fd = os.open(rel[-1], os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, FILE_MODE,
-                         dir_fd=parent)
         try:
-            size = os.fstat(fd).st_size
-            if size > length:
-                os.ftruncate(fd, length)
-            elif size < length:
-                _allocate(fd, size, length, self.preallocate, "/".join(rel))
+            super()._prepare_file(index, length)
         except StorageFullError as exc:
-            os.close(fd)
             raise StorageFullError(f"disk full: {exc}") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        self._adopt(index, fd, length)
 
-    def _check_file(self, index: int, length: int, seen: set[tuple[str, ...]]) -> None:
-        if index in self._pads:
-            return
-        rel = self._rel[index]
-        what = "/".join(rel)
-        assert self._dirs is not None
-        try:
-            with self._dirs.lock:
-                parent = self._dirs.get(rel[:-1])
-                st = os.stat(rel[-1], dir_fd=parent, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
-            raise StorageError(f"payload file {what} is missing") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise StorageError(f"payload file {what} is not a regular file")
-        if st.st_size != length:
-            raise StorageError(
-                f"payload file {what} has {st.st_size} bytes, the torrent says {length}")
-        if length and len(self._fds) < self.max_open:
-            self._adopt(index, self._reopen(index), length)
+    def _check_file(self, index: int, length: int) -> None:
+        if index not in self._pads:
+            super()._check_file(index, length)
 
-    def _reopen(self, index: int) -> int:
-        rel = self._rel[index]
-        writing = self._writable and not self._done[index] and self._remaining[index] > 0
-        flags = os.O_RDWR if writing else os.O_RDONLY
-        if self._dirs is None:
-            raise StorageError("storage is not open")
-        try:
-            with self._dirs.lock:
-                parent = self._dirs.get(rel[:-1])
-                return os.open(rel[-1], flags | _O_NOFOLLOW, FILE_MODE, dir_fd=parent)
-        except OSError as exc:
-            raise StorageError(f"cannot open payload file {'/'.join(rel)}: {exc.strerror}"
-                               ) from None
+    def _writing(self, index: int) -> bool:
+        return self._writable and not self._done[index] and self._remaining[index] > 0
 
     def _evict_locked(self) -> list[int]:
         if len(self._fds) <= self.max_open:  # the common case: no list copy per call
@@ -360,19 +263,14 @@ class TreeStorage(Storage):
         with self._lock:
             return ["/".join(self._rel[i]) for i, n in enumerate(self._remaining) if n]
 
-    def recheck(
-        self, progress: Callable[[int], None] | None = None, workers: int | None = None
-    ) -> Bitfield:
-        """Hash every piece (a seeder's check); pads read as zeros."""
-        sources = [(Path("/dev/zero") if f.pad else self.root.joinpath(*f.path), f.length)
-                   for f in self.info.files]
-        digests = hash_pieces(PieceReader(sources), self.info.piece_length,
-                              progress=progress, workers=workers)
-        have = Bitfield(self.info.num_pieces)
-        for index, digest in enumerate(digests):
-            if digest is not None and digest == self.info.piece_hash(index):
-                have.set(index)
-        return have
+    def _usable(self, walk: _Walk) -> list[tuple[str, ...] | None]:
+        """Hash every piece (a seeder's check): a missing file fails its pieces' hash."""
+        return list(self._rel)
+
+    def _open_to_hash(self, walk: _Walk, found: list[tuple[str, ...] | None], index: int) -> int:
+        if index in self._pads:
+            return os.open("/dev/zero", os.O_RDONLY)
+        return walk.open(self._rel[index], os.O_RDONLY)
 
     def flush(self) -> None:
         """fsync, then record the proof of every file (before "complete" is reported).
@@ -381,18 +279,8 @@ class TreeStorage(Storage):
         the verifier's thread, overlapping the network): only the rest and the
         directories are left, each directory synced through its descriptor."""
         with self._lock:
-            dirty = sorted(self._dirty)
-            self._dirty.clear()
             dirs, self._unsynced_dirs = self._unsynced_dirs, set()
-        for index in dirty:
-            with self._pinned([index]) as fds:
-                os.fsync(fds[index])
-            rel = self._rel[index]
-            dirs.update(rel[:depth] for depth in range(len(rel)))
-        if dirs and self._dirs is not None:
-            for parts in sorted(dirs, key=len, reverse=True):  # a child before its parent
-                with self._dirs.lock, contextlib.suppress(OSError):
-                    os.fsync(self._dirs.get(parts))
+        self._sync(dirs)
         if self._record is None:
             return
         with self._lock:

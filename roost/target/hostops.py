@@ -248,19 +248,12 @@ def announce_address(ns: argparse.Namespace) -> str | None:
 # --- host-status / host-clean / host-rollback ----------------------------------------
 
 
-def _read_pid(path: Path, settle: float = 0.0) -> int | None:
-    """The pid in `path`; with `settle`, a file just created and not yet written is
-    given that long to get its pid (a shell between its open and its write)."""
-    deadline = time.monotonic() + settle
-    while True:
-        try:
-            return int(path.read_text().strip())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.02)
+def _read_pid(path: Path) -> int | None:
+    """The pid in `path` (written whole or not at all: fsutil.write_pid_file)."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def roost_alive(pid: int) -> bool:
@@ -337,16 +330,18 @@ def clean(dest: Dest, deploy_id: str | None) -> CleanResult:
     stopped: list[int] = []
     removed: list[str] = []
     for work in dirs:
-        # moved aside before the pid files are read: a fetch whose shell has not yet
-        # written its pid file then cannot start (`echo $$ > pidfile && exec ...` fails
-        # on the vanished path), and one that has is found in the moved directory
+        # moved aside before the pid files are read: a fetch whose pid file is not yet
+        # written then cannot start (the agent writes it whole, under a temporary name
+        # renamed into place, before the exec: fsutil.write_pid_file, which fails on
+        # the vanished path), and one whose pid file is written is found in the moved
+        # directory, never as an empty file
         doomed = work.with_name(f".{work.name.lstrip('.')}.del-{os.getpid()}")
         try:
             os.rename(work, doomed)
         except OSError:
             doomed = work  # already gone, or moved aside by an earlier clean
         for pidfile in doomed.glob("*.pid"):
-            pid = _read_pid(pidfile, settle=1.0)
+            pid = _read_pid(pidfile)
             if pid is not None and stop_pid(pid):
                 stopped.append(pid)
         if doomed.exists():

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roost.target import Runner
+from roost.target.fsutil import write_pid_file
 from roost.target.protocol import HostStatus
 
 STOP_GRACE = 5.0  # seconds a stopped request gets between SIGTERM and SIGKILL
@@ -320,9 +321,13 @@ def _child(argv: list[str], stdin: int, stdout: int, stderr: int, pidfile: objec
         os.dup2(stderr, 2)
         os.closerange(3, 1024)
         os.set_blocking(0, True)
-        if pidfile:
-            with open(str(pidfile), "w") as f:  # as `echo $$ > pidfile && exec` did
-                f.write(f"{os.getpid()}\n")
+        if pidfile:  # whole before the exec; no fetch if host-clean moved its directory
+            try:
+                write_pid_file(str(pidfile), os.getpid())
+            except OSError as exc:
+                print(f"roost {argv[0] if argv else 'session'}: error: cannot write "
+                      f"{pidfile}: {exc.strerror}", file=sys.stderr)
+                return  # exit 1 (finally)
         if argv[:1] == ["fetch"]:
             # the long-lived fetch is its own program: seen by its pid and command line
             # (ps, host-clean's pid file), and apart from the session's memory

@@ -46,7 +46,6 @@ import hashlib
 import json
 import os
 import stat
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from typing import Any
 from roost.core.bitfield import Bitfield
 from roost.core.metainfo import Info
 from roost.core.tree import Entry, TreeManifest, link_stays_inside
+from roost.engine.dirfds import DirFds
 from roost.errors import DiskFullError, ReleaseError
 from roost.target import REUSE_MODES as REUSE_MODES  # re-exported: importers name it here
 from roost.target.fsutil import atomic_write
@@ -62,7 +62,8 @@ TREES = "trees"
 CHUNK = 1 << 20
 FICLONE = 0x40049409
 _NOFOLLOW = os.O_NOFOLLOW
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+DIRS_KEPT = 256  # directory descriptors kept while finalizing one tree
+STAGING_DIR_MODE = 0o700  # until finalize applies the manifest's modes
 
 
 @dataclass(frozen=True)
@@ -98,49 +99,6 @@ def load_record(path: Path) -> dict[str, list[Any]]:
         return {}
     return {k: v for k, v in files.items()
             if isinstance(k, str) and isinstance(v, list) and len(v) == 5}
-
-
-# --- walking without following symlinks -----------------------------------------------
-
-
-class _Dirs:
-    """Descriptors of the directories of one tree, each opened once (O_NOFOLLOW, from
-    its parent's descriptor) and kept, at most MAX_OPEN: finalizing a tree of
-    100,000 files then costs a few syscalls per entry, not one per component."""
-
-    MAX_OPEN = 256
-
-    def __init__(self, root: Path, max_open: int = MAX_OPEN) -> None:
-        self.max_open = max_open
-        self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict()
-        self._fds[()] = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-
-    def parent(self, parts: tuple[str, ...], create: bool = False) -> int:
-        return self.get(parts[:-1], create)
-
-    def get(self, parts: tuple[str, ...], create: bool = False) -> int:
-        fd = self._fds.get(parts)
-        if fd is not None:
-            self._fds.move_to_end(parts)
-            return fd
-        parent = self.get(parts[:-1], create)
-        try:
-            fd = os.open(parts[-1], _DIR, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.mkdir(parts[-1], 0o700, dir_fd=parent)
-            fd = os.open(parts[-1], _DIR, dir_fd=parent)
-        self._fds[parts] = fd
-        while len(self._fds) > self.max_open:
-            victim = next(p for p in self._fds if p and p != parts and p != parts[:-1])
-            os.close(self._fds.pop(victim))
-        return fd
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
 
 
 def _sha256_fd(fd: int) -> str:
@@ -197,13 +155,13 @@ def find_reusable(releases: Path, meta: Path, tags: list[str], manifest: TreeMan
 
 
 class _SourceDirs:
-    """Directory descriptors of the kept releases reuse reads from (one _Dirs each, a
+    """Directory descriptors of the kept releases reuse reads from (one DirFds each, a
     few dozen descriptors apiece), so a file costs one openat, not one per component."""
 
     MAX_OPEN = 32
 
     def __init__(self) -> None:
-        self._dirs: dict[Path, _Dirs] = {}
+        self._dirs: dict[Path, DirFds] = {}
 
     def __enter__(self) -> _SourceDirs:
         return self
@@ -219,7 +177,8 @@ class _SourceDirs:
     def parent(self, release: Path, parts: tuple[str, ...]) -> int:
         dirs = self._dirs.get(release)
         if dirs is None:
-            dirs = self._dirs[release] = _Dirs(release, self.MAX_OPEN)
+            dirs = self._dirs[release] = DirFds(release, max_open=self.MAX_OPEN,
+                                                mode=STAGING_DIR_MODE)
         return dirs.parent(parts)
 
 
@@ -250,7 +209,7 @@ def place(staging: Path, manifest: TreeManifest, chosen: dict[tuple[str, ...], S
         raise ReleaseError(f"reuse mode {mode!r} is not one of {', '.join(REUSE_MODES)}")
     entries = {e.path: e for e in manifest.files}
     placed: dict[str, str] = {}
-    target = _Dirs(staging, _SourceDirs.MAX_OPEN)
+    target = DirFds(staging, max_open=_SourceDirs.MAX_OPEN, mode=STAGING_DIR_MODE)
     try:
         with _SourceDirs() as sources:
             for path, src in chosen.items():
@@ -268,7 +227,7 @@ def place(staging: Path, manifest: TreeManifest, chosen: dict[tuple[str, ...], S
     return placed
 
 
-def _place_one(target: _Dirs, sources: _SourceDirs, path: tuple[str, ...], src: Source,
+def _place_one(target: DirFds, sources: _SourceDirs, path: tuple[str, ...], src: Source,
                entry: Entry, mode: str) -> None:
     source = sources.open_file(src.release, src.path)
     try:
@@ -372,7 +331,7 @@ def finalize(staging: Path, final: Path, record: Path, manifest: TreeManifest,
              checked: dict[str, list[Any]], *, owners: bool) -> int:
     """Prove every file, make the rest, apply metadata, record, rename. Returns files."""
     by_path = {e.path: e for e in manifest.entries}
-    dirs = _Dirs(staging)
+    dirs = DirFds(staging, max_open=DIRS_KEPT, mode=STAGING_DIR_MODE)
     try:
         for entry in sorted(manifest.entries, key=lambda e: (len(e.path), e.path)):
             _make(dirs.parent(entry.path), entry, checked)
@@ -400,7 +359,7 @@ def _make(dirfd: int, entry: Entry, checked: dict[str, list[Any]]) -> None:
         st = None
     if entry.type == "dir":
         if st is None:
-            os.mkdir(name, 0o700, dir_fd=dirfd)
+            os.mkdir(name, STAGING_DIR_MODE, dir_fd=dirfd)
         elif not stat.S_ISDIR(st.st_mode):
             raise ReleaseError(f"{entry.relpath!r} should be a directory")
     elif entry.type == "symlink":

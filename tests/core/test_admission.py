@@ -57,7 +57,7 @@ def test_handshake_deadline_on_the_fake_clock() -> None:
 
 def test_full_table_evicts_the_longest_idle_peer_that_does_not_trade() -> None:
     adm = Admission(max_peers=3)
-    views = []
+    views: list[PeerView] = []
     for i, (trading, useful) in enumerate([(True, 1.0), (False, 5.0), (False, 2.0)]):
         key = (f"10.0.0.{i}", 1)
         adm.arrive(key, 0.0)
@@ -71,7 +71,7 @@ def test_full_table_evicts_the_longest_idle_peer_that_does_not_trade() -> None:
 
 def test_full_table_of_trading_peers_refuses_the_newcomer() -> None:
     adm = Admission(max_peers=2)
-    views = []
+    views: list[PeerView] = []
     for i in range(2):
         key = (f"10.0.0.{i}", 1)
         adm.handshaken(key, 0.0, views)
@@ -83,13 +83,13 @@ def test_full_table_of_trading_peers_refuses_the_newcomer() -> None:
 
 def test_ready_per_address_cap_applies_outside_loopback_only() -> None:
     adm = Admission(max_peers=100, ready_per_address=2)
-    views = []
+    views: list[PeerView] = []
     for port in range(2):
         key = ("10.0.0.1", port)
         adm.handshaken(key, 0.0, views)
         views.append(PeerView(key, trading=True, last_useful=0.0))
     assert not adm.handshaken(("10.0.0.1", 5), 1.0, views).admit
-    loop_views = []
+    loop_views: list[PeerView] = []
     for port in range(5):
         key = ("127.0.0.1", port)
         assert adm.handshaken(key, 0.0, loop_views).admit

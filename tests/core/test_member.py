@@ -123,8 +123,8 @@ def test_seeding_serves_requests_in_windows_and_waits_for_room() -> None:
     assert sum(a.length for a in sent) == WRITE_WINDOW  # the rest waits for room
     assert actions[-1] == WantWritable(remote.cid)
     actions = kit.run(kit.member.event(WriteReady(remote.cid), kit.now))
-    sent = [(a.index, a.length) for a in actions if isinstance(a, SendBlock)]
-    assert sent == [(whole, BLOCK_SIZE)]
+    spans = [(a.index, a.length) for a in actions if isinstance(a, SendBlock)]
+    assert spans == [(whole, BLOCK_SIZE)]
     assert [p.index for p in remote.of(Piece)] == list(range(whole + 1))
 
 
@@ -564,7 +564,7 @@ def test_a_peer_that_hangs_up_after_the_handshake_is_redialled_with_backoff() ->
     kit = Kit(trackers=True)
     address = ("10.9.9.9", 51413)
     kit.run(kit.member.event(AnnounceAnswered([address], 1800.0), kit.now))
-    dial_times = []
+    dial_times: list[float] = []
     end = kit.now + 1000
     while kit.now < end:
         dials = [c for c in kit.of(Connect) if c.address == address]

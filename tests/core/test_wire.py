@@ -21,6 +21,7 @@ from roost.core.wire import (
     BitfieldMsg,
     Cancel,
     Choke,
+    Event,
     Extended,
     ExtendedHandshake,
     Handshake,
@@ -467,18 +468,20 @@ def test_block_must_fit_its_piece_when_geometry_is_known() -> None:
         PeerConnection(IH, PID_B, 4, piece_length=32768, total_length=65536 + 100)
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    st.lists(st.one_of(message_strategy, st.tuples(st.just("big"), st.integers(0, N - 1),
-                                                   st.integers(1, 5 * BLOCK_SIZE))),
-             max_size=12),
-    st.lists(st.integers(1, 70_000), max_size=30),
-)
-def test_big_blocks_split_anywhere_give_the_same_events(
-    msgs: list, cuts: list[int]  # type: ignore[type-arg]
-) -> None:
-    # bodies of STREAM_BODY or more that a read leaves incomplete are received in
-    # place: the events must be those of the whole stream parsed at once
+#: wire messages, some of them ("big", index, size) Pieces of up to 5 blocks
+messages_or_big_blocks = st.lists(
+    st.one_of(message_strategy, st.tuples(st.just("big"), st.integers(0, N - 1),
+                                          st.integers(1, 5 * BLOCK_SIZE))),
+    max_size=12)
+#: read sizes, up to beyond the biggest frame
+read_cuts = st.lists(st.integers(1, 70_000), max_size=30)
+
+
+def big_block_stream(
+    msgs: list,  # type: ignore[type-arg]
+) -> tuple[PeerConnection, list[bytes], list[Event]]:
+    """A receiver taking blocks of up to 5 x BLOCK_SIZE, the frames of `msgs`, and the
+    events a twin receiver gives for the whole stream parsed at once."""
     a, b = pair()
     _, ref = pair()
     for conn in (b, ref):
@@ -488,8 +491,18 @@ def test_big_blocks_split_anywhere_give_the_same_events(
         a.send_piece(m[1], 0, rng.randbytes(m[2])) if m[0] == "big" else encode(a, m)
         for m in msgs
     ]
+    return b, frames, ref.receive(b"".join(frames))
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages_or_big_blocks, read_cuts)
+def test_big_blocks_split_anywhere_give_the_same_events(
+    msgs: list, cuts: list[int]  # type: ignore[type-arg]
+) -> None:
+    # bodies of STREAM_BODY or more that a read leaves incomplete are received in
+    # place: the events must be those of the whole stream parsed at once
+    b, frames, expected = big_block_stream(msgs)
     data = b"".join(frames)
-    expected = ref.receive(data)
     assert len(expected) == len(msgs)
     events, pos = [], 0
     for c in cuts:
@@ -502,28 +515,15 @@ def test_big_blocks_split_anywhere_give_the_same_events(
     assert b.buffered == 0
 
 
-@given(
-    st.lists(st.one_of(message_strategy, st.tuples(st.just("big"), st.integers(0, N - 1),
-                                                   st.integers(1, 5 * BLOCK_SIZE))),
-             max_size=12),
-    st.lists(st.integers(1, 70_000), max_size=30),
-)
+@given(messages_or_big_blocks, read_cuts)
 def test_reading_into_body_buffers_and_one_reused_scratch_gives_the_same_events(
     msgs: list, cuts: list[int]  # type: ignore[type-arg]
 ) -> None:
     # as the engine reads: into body_buffer() while a big body arrives, else
     # into one scratch buffer that the next read overwrites (so an event that
     # kept a view of it would change under us)
-    a, b = pair()
-    _, ref = pair()
-    for conn in (b, ref):
-        conn.max_block = 5 * BLOCK_SIZE
-    rng = random.Random(len(msgs))
-    data = b"".join(
-        a.send_piece(m[1], 0, rng.randbytes(m[2])) if m[0] == "big" else encode(a, m)
-        for m in msgs
-    )
-    expected = ref.receive(data)
+    b, frames, expected = big_block_stream(msgs)
+    data = b"".join(frames)
     scratch = bytearray(70_000)
     events, pos = [], 0
     for c in [*cuts, len(data)]:

@@ -61,6 +61,17 @@ def same(a: treepack.TreePayload, b: treepack.TreePayload) -> bool:
     return a.torrent == b.torrent and a.manifest == b.manifest
 
 
+@pytest.fixture
+def cached_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A sample tree packed once, its hashes remembered as if long after its files were
+    written: (the tree's root, the cache directory)."""
+    old_files(monkeypatch)
+    root = make_tree(tmp_path / "src")
+    cache_dir = tmp_path / "cache"
+    build(root, cache_dir)
+    return root, cache_dir
+
+
 def test_a_cached_pack_is_the_fresh_pack_and_reads_only_what_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -90,13 +101,10 @@ def test_a_cached_pack_is_the_fresh_pack_and_reads_only_what_changed(
 
 
 def test_a_rewrite_with_the_same_size_and_mtime_is_not_trusted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cached_tree: tuple[Path, Path]
 ) -> None:
     """Size and mtime prove nothing: the rewrite moved ctime, so the file is hashed."""
-    old_files(monkeypatch)
-    root = make_tree(tmp_path / "src")
-    cache_dir = tmp_path / "cache"
-    build(root, cache_dir)
+    root, cache_dir = cached_tree
     blob = root / "lib" / "blob1.so"
     st = blob.stat()
     blob.write_bytes(os.urandom(st.st_size))
@@ -117,13 +125,8 @@ def test_a_file_changed_just_before_it_was_hashed_is_not_remembered(tmp_path: Pa
     assert cache is not None and cache.hits == 0
 
 
-def test_a_damaged_or_foreign_cache_is_ignored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    old_files(monkeypatch)
-    root = make_tree(tmp_path / "src")
-    cache_dir = tmp_path / "cache"
-    build(root, cache_dir)
+def test_a_damaged_or_foreign_cache_is_ignored(cached_tree: tuple[Path, Path]) -> None:
+    root, cache_dir = cached_tree
     (path,) = cache_dir.glob("*.json")
     assert path.stat().st_mode & 0o777 == 0o600
     for damage in (b"{not json", json.dumps({"version": 99}).encode(),
@@ -135,14 +138,11 @@ def test_a_damaged_or_foreign_cache_is_ignored(
 
 
 def test_a_wrong_remembered_piece_is_never_used_for_changed_content(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cached_tree: tuple[Path, Path]
 ) -> None:
     """Pieces are keyed by what they hold (file SHA-256, offset, length): a piece whose
     file changed has another key, so a stale digest cannot be picked up."""
-    old_files(monkeypatch)
-    root = make_tree(tmp_path / "src")
-    cache_dir = tmp_path / "cache"
-    build(root, cache_dir)
+    root, cache_dir = cached_tree
     (path,) = cache_dir.glob("*.json")
     data: dict[str, Any] = json.loads(path.read_bytes())
     data["pieces"] = {k: "00" * 20 for k in data["pieces"]}  # every remembered piece wrong

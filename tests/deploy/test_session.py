@@ -133,6 +133,30 @@ def test_the_channel_closing_stops_the_fetch_cleans_and_releases(tmp_path: Path)
     assert last.deploy_id == "d2" and last.result is HostStatus.LOST
 
 
+def test_a_fetch_whose_deploy_directory_was_moved_aside_does_not_start(tmp_path: Path
+                                                                     ) -> None:
+    """host-clean moves the deploy's directory aside before it reads the pid files: the
+    session cannot write the pid file there, so it never execs the fetch, and says so
+    in one line (no traceback)."""
+    work = tmp_path / "app" / ".roost" / "deploys" / "gone"
+    pidfile = work / "fetch.pid"
+    args = ("fetch", str(work / "payload.torrent"), "-d", str(work / "staging"), "--json")
+
+    async def go() -> Result:
+        session, prefix = await _open(tmp_path)
+        try:
+            return await session.run(AgentCommand(shlex.join([*prefix, *args]), args,
+                                                  str(pidfile)))
+        finally:
+            await session.close()
+
+    result = asyncio.run(go())
+    assert result.code != 0
+    assert result.stderr.strip() == (f"roost fetch: error: cannot write {pidfile}: "
+                                     "No such file or directory"), result.stderr
+    assert not work.exists()
+
+
 async def _first_deploy(tmp_path: Path, agent: Agent) -> tuple[HostRun, AgentSession]:
     run = HostRun(HostSpec("local", "127.0.0.1"))
     run.transport = LocalTransport(tmp_path / "home")

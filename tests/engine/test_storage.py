@@ -6,8 +6,9 @@ import hashlib
 import os
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,6 +200,92 @@ def test_symlink_staying_inside_root_is_allowed(tmp_path: Path) -> None:
     with Storage(info, tmp_path) as st:
         write_all(st, info, payload)
     assert (tmp_path / "real" / "one.bin").stat().st_size == PIECE + 100
+
+
+def _swap_for_link(directory: Path, outside: Path) -> None:
+    """Move `directory` aside and put a symlink to `outside` in its place."""
+    os.rename(directory, directory.with_name(directory.name + ".real"))
+    os.symlink(outside, directory)
+
+
+def _after_first(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...], basename: str,
+                 action: Callable[[], None], *, before: bool = False) -> None:
+    """Run `action` once, around the first os.<name> call whose path ends in `basename`
+    (after it returns, or `before` it runs): a racer acting between two syscalls."""
+    done: list[bool] = []
+    for name in names:
+        real = getattr(os, name)
+
+        def wrapper(path: Any, *args: Any, __real: Any = real, **kwargs: Any) -> Any:
+            hit = not done and os.path.basename(os.fsdecode(path)) == basename
+            if hit and before:
+                done.append(True)
+                action()
+            result = __real(path, *args, **kwargs)
+            if hit and not before:
+                done.append(True)
+                action()
+            return result
+
+        monkeypatch.setattr(os, name, wrapper)
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_a_directory_swapped_for_a_symlink_during_the_walk_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, create: bool
+) -> None:
+    """Someone who can write under root swaps payload/a/b for a symlink to a directory
+    outside, just after the walk looked at it: refused, and the file outside is
+    neither read nor truncated to the payload's size."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    info, payload = make_info(MULTI)
+    with Storage(info, root) as st:
+        write_all(st, info, payload)
+    outside.mkdir()
+    (outside / "tiny").write_bytes(b"precious")  # a/b/tiny has 7 bytes
+    b = root / "payload" / "a" / "b"
+    _after_first(monkeypatch, ("stat", "lstat"), "b", lambda: _swap_for_link(b, outside))
+    with pytest.raises(UnsafePathError, match="symlink"):
+        Storage(info, root).open(create=create)
+    monkeypatch.undo()
+    assert (outside / "tiny").read_bytes() == b"precious"
+    assert sorted(p.name for p in outside.iterdir()) == ["tiny"]
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_a_directory_swapped_for_a_symlink_before_a_file_open_leads_nowhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, create: bool
+) -> None:
+    """payload/a becomes a symlink to a directory outside right before a/one.bin is
+    opened: the file is opened from the descriptor of the directory the walk went
+    through, so nothing is created or read outside root."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    info, payload = make_info(MULTI)
+    if not create:
+        with Storage(info, root) as st:
+            write_all(st, info, payload)
+    outside.mkdir()
+    secret = b"s" * info.files[1].length  # a/one.bin's size: a seeder would accept it
+    (outside / "one.bin").write_bytes(secret)
+    (outside / "b").mkdir()  # and the rest of a/, so that a followed link would pass
+    (outside / "b" / "tiny").write_bytes(b"t" * 7)
+    (outside / "b" / "empty1").write_bytes(b"")
+    a = root / "payload" / "a"
+    _after_first(monkeypatch, ("open",), "one.bin", lambda: _swap_for_link(a, outside),
+                 before=True)
+    st = Storage(info, root)
+    st.open(create=create)
+    try:
+        monkeypatch.undo()
+        if create:
+            write_all(st, info, payload)
+        assert st.read_block(0, 0, PIECE) == piece(info, payload, 0)  # a/one.bin's bytes
+    finally:
+        st.close()
+    assert (outside / "one.bin").read_bytes() == secret
+    assert sorted(p.name for p in outside.iterdir()) == ["b", "one.bin"]
+    assert (outside / "b" / "tiny").read_bytes() == b"t" * 7
+    assert (root / "payload" / "a.real" / "one.bin").stat().st_size == len(secret)
 
 
 def test_seeder_open_read_only(tmp_path: Path) -> None:
