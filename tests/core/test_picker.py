@@ -356,10 +356,11 @@ def test_bigger_blocks_fixed_per_picker() -> None:
     ]  # fmt: skip
 
 
-def test_large_torrent_is_fast_enough() -> None:
-    """256 MiB in 16 KiB pieces (16k pieces) with 64 peers: a full simulated download."""
-    import time
-
+def test_large_torrent_completes_in_bounded_rounds() -> None:
+    """256 MiB in 16 KiB pieces (16k pieces) with 64 peers: a full simulated download.
+    Each round every peer delivers two blocks, so 16k pieces need at least 128 rounds;
+    a picker that stalls or re-asks needlessly runs past the bound. (Speed is the
+    benchmarks' business, not a wall-clock assertion here.)"""
     n = 16384
     rng = random.Random(7)
     p = PiecePicker(n, 16384, n * 16384, rng=rng)
@@ -368,22 +369,19 @@ def test_large_torrent_is_fast_enough() -> None:
         for i in rng.sample(range(n), n // 2):
             bf.set(i)
         p.add_peer(k, bf)
-    start = time.perf_counter()
     queues: dict[int, list[Block]] = {k: p.pick(k, 8) for k in range(64)}
-    done = 0
-    while not p.complete():
+    rounds = 0
+    while not p.complete() and rounds < 160:
+        rounds += 1
         for k in range(64):
             for r in queues[k][:2]:
                 out = p.block_received(k, r.index, r.begin, r.length)
                 if out.piece_complete:
                     p.piece_verified(r.index)
-                    done += 1
             queues[k] = [r for r in queues[k][2:] if r in p.requests_of(k)]
             queues[k] += p.pick(k, 8 - len(queues[k]))
-        if done == 0 and time.perf_counter() - start > 5:
-            break
-    assert p.complete()
-    assert time.perf_counter() - start < 10
+    assert p.complete(), f"{rounds} rounds"
+    assert rounds >= n // 128
 
 
 def test_own_partial_piece_before_older_partials() -> None:
