@@ -228,7 +228,7 @@ def spawn_timed(tmp_path: Path, procs: Procs, torrent: Path, origin: RoostProc, 
 
 def test_the_origin_dies_at_ten_percent_and_the_web_seed_alone_completes(
         tmp_path: Path, www: Path, nginx: Nginx, procs: Procs) -> None:
-    size, hosts = 6 * MIB, 3
+    size, hosts = 24 * MIB, 3  # 10 % spans a few 0.5 s progress ticks
     origin_rate = 512 * KIB
     src = www / "payload.bin"
     random_file(src, size)
