@@ -134,9 +134,12 @@ class SendBlock:
 
 @dataclass(frozen=True, slots=True)
 class WantWritable:
-    """Feed WriteReady(conn) once the connection's send buffer has room."""
+    """Feed WriteReady(conn) once the connection's send buffer has room, or,
+    with `drained`, once everything written to it has left (the end of an
+    upload turn, roost.core.uploads)."""
 
     conn: int
+    drained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
