@@ -134,12 +134,9 @@ class SendBlock:
 
 @dataclass(frozen=True, slots=True)
 class WantWritable:
-    """Feed WriteReady(conn) once the connection's send buffer has room, or,
-    with `drained`, once everything written to it has left (the end of an
-    upload turn, roost.core.uploads)."""
+    """Feed WriteReady(conn) once the connection's send buffer has room."""
 
     conn: int
-    drained: bool = False
 
 
 @dataclass(frozen=True, slots=True)

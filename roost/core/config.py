@@ -26,10 +26,6 @@ class MemberConfig:
     # rate lets the leaders pull ahead and the last host ends the deploy late
     # (lab, N=16: hosts finished 3.8 s apart with 8 slots, 0.7 s with all)
     unchoke_slots: int = 60
-    # ... but serve them in turn, this many at once (roost.core.uploads): a
-    # piece crosses a hop in piece x serve_slots / R, not piece x peers / R.
-    # None: every unchoked peer at once
-    serve_slots: int | None = None
     allow: list[Network] | None = None
     upload_rate: float | None = None
     download_rate: float | None = None

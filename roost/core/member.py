@@ -148,8 +148,7 @@ class SwarmMember:
             if config.super_seed else None
         )
         self.uploads = Uploads(
-            info, have, self.offers, config.upload_rate, report_uploads=report_uploads,
-            slots=config.serve_slots,
+            info, have, self.offers, config.upload_rate, report_uploads=report_uploads
         )
         self.schedule = schedule_for(
             enabled=trackers,
@@ -402,7 +401,6 @@ class SwarmMember:
             out.append(Report("peer_backoff", fields))
         if not conn.am_choking:
             self._rechoke_soon = True  # its upload slot is free now
-        self.uploads.forget(conn, out, now)
         if not conn.peer_choking:
             self._count_sources()
         if conn.in_picker:
@@ -792,7 +790,6 @@ class SwarmMember:
         down += self.webseeds.down.rate
         if self._ticks % RECHOKE_TICKS == 1:
             self._rechoke(out, now)
-        self.uploads.sweep(self.conns.values(), out, now)
         if self.offers is not None:
             self.offers.tick(self.conns, out, now)
         self._close_all(self.peers.overdue(now), out, now)

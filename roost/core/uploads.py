@@ -10,22 +10,10 @@ is paid for at once and waits until `serve_at` (the member's deadline,
 say when the connection can take more (WantWritable, then WriteReady), so a
 peer that asks for gigabytes never makes us queue them in memory. A whole
 piece sent to a peer feeds the super-seeder and the optional upload log.
-
-Serving in turn. At most `slots` connections hold a turn (have blocks on
-the wire) at once; the others wait in a queue. A turn ends, when someone is
-waiting, once a whole piece or TURN_BYTES went to the peer: we ask the
-adapter to say when that connection's data has left (WantWritable with
-drained=True), then the turn passes to the next in line and the peer queues
-again behind them. The link is shared by `slots` peers instead of all of
-them, so a piece reaches a peer after piece x slots / R instead of piece x k
-/ R, and the peer can pass it on that much sooner: a piece new to the swarm
-doubles its copies every piece x slots / R (the binomial pipeline) instead of
-multiplying them by k every piece x k / R, which is ~10x slower at k = 60.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 
 from roost.core.actions import Action, PieceUploaded, SendBlock, WantWritable
@@ -39,8 +27,6 @@ from roost.errors import RemoteProtocolError
 
 #: bytes of blocks handed to a connection before asking whether it has room
 WRITE_WINDOW = 4 * 1024 * 1024
-#: a turn ends after a whole piece or this many bytes, when someone is waiting
-TURN_BYTES = 1024 * 1024
 
 
 class Uploads:
@@ -52,7 +38,6 @@ class Uploads:
         rate: float | None,
         *,
         report_uploads: bool,
-        slots: int | None = None,
     ) -> None:
         self.info = info
         self.have = have
@@ -61,11 +46,6 @@ class Uploads:
         self.report_uploads = report_uploads
         self.uploaded = 0
         self.wake: float | None = None  # the earliest conn.serve_at
-        self.slots = slots  # connections served at once; None: all of them
-        self._turns: dict[int, int] = {}  # conn id -> bytes handed out in its turn
-        self._draining: set[int] = set()  # turn over, waiting for its data to leave
-        self._line: deque[Conn] = deque()  # waiting for a turn, in order
-        self._in_line: set[int] = set()
 
     def request(self, conn: Conn, req: Request, out: list[Action], now: float) -> None:
         index = req.index
@@ -87,43 +67,7 @@ class Uploads:
     def write_ready(self, conn: Conn, out: list[Action], now: float) -> None:
         conn.waiting_room = False
         conn.window_used = 0
-        if conn.id in self._draining:
-            self._end_turn(conn, out, now)
-        else:
-            self.serve(conn, out, now)
-
-    def forget(self, conn: Conn, out: list[Action], now: float) -> None:
-        """The connection closed: its turn, or its place in line, goes."""
-        self._in_line.discard(conn.id)  # its entry in _line is skipped when reached
-        if conn.id in self._turns:
-            self._end_turn(conn, out, now)
-
-    def sweep(self, conns: Iterable[Conn], out: list[Action], now: float) -> None:
-        """End the turns of connections with nothing left to send (a Cancel or
-        a choke emptied their queue between two serves): a turn never sticks."""
-        for conn in list(conns):
-            if (conn.id in self._turns and conn.id not in self._draining
-                    and not conn.upload_queue and conn.serve_at is None
-                    and not conn.waiting_room):
-                self._end_turn(conn, out, now)
-
-    def _end_turn(self, conn: Conn, out: list[Action], now: float) -> None:
-        self._turns.pop(conn.id, None)
-        self._draining.discard(conn.id)
-        if conn.upload_queue and not conn.closed and conn.id not in self._in_line:
-            self._line.append(conn)
-            self._in_line.add(conn.id)
-        self._next_turns(out, now)
-
-    def _next_turns(self, out: list[Action], now: float) -> None:
-        slots = self.slots
-        while self._line and (slots is None or len(self._turns) < slots):
-            conn = self._line.popleft()
-            if conn.id not in self._in_line:
-                continue  # closed while in line
-            self._in_line.discard(conn.id)
-            if not conn.closed and conn.upload_queue:
-                self.serve(conn, out, now)
+        self.serve(conn, out, now)
 
     def due(self, conns: Iterable[Conn], out: list[Action], now: float) -> None:
         """Serve the connections whose upload tokens are there now."""
@@ -141,19 +85,11 @@ class Uploads:
 
     def serve(self, conn: Conn, out: list[Action], now: float) -> None:
         """Hand queued blocks to the adapter as the upload tokens allow; after
-        WRITE_WINDOW bytes, wait until the adapter says the connection has room.
-        With `slots`, only while the connection holds a turn."""
+        WRITE_WINDOW bytes, wait until the adapter says the connection has room."""
         if conn.serve_at is not None or conn.waiting_room or conn.closed:
             return
-        if self.slots is not None and not self._take_turn(conn):
-            return
-        in_turn = self.slots is not None
-        turns = self._turns
         queue = conn.upload_queue
         while queue:
-            if in_turn and turns[conn.id] >= TURN_BYTES and self._in_line:
-                self._pass_turn(conn, out)
-                return
             if conn.window_used >= WRITE_WINDOW:
                 conn.waiting_room = True
                 out.append(WantWritable(conn.id))
@@ -176,44 +112,11 @@ class Uploads:
             conn.up.add(length)
             conn.last_upload_at = conn.last_send_at = now
             self.uploaded += length
-            if in_turn:
-                turns[conn.id] += length
             if conn.record_sent(index, begin, length, self.info.piece_size(index)):
                 if self.report_uploads:
                     out.append(PieceUploaded(conn.name, index, now))
                 if self.offers is not None:
                     self.offers.on_sent_piece(conn, index, out, now)
-                if in_turn and self._in_line:
-                    self._pass_turn(conn, out)  # a whole piece: the next in line
-                    return
-        if in_turn:
-            # nothing left to send: the turn ends once what we handed out has left
-            if turns[conn.id]:
-                self._pass_turn(conn, out)
-            else:
-                self._end_turn(conn, out, now)
-
-    def _take_turn(self, conn: Conn) -> bool:
-        """Whether the connection holds a turn now; else it waits in line."""
-        turns = self._turns
-        if conn.id in turns:
-            return True
-        if not conn.upload_queue:
-            return False
-        if self.slots is not None and len(turns) >= self.slots:
-            if conn.id not in self._in_line:
-                self._line.append(conn)
-                self._in_line.add(conn.id)
-            return False
-        self._in_line.discard(conn.id)
-        turns[conn.id] = 0
-        return True
-
-    def _pass_turn(self, conn: Conn, out: list[Action]) -> None:
-        """The turn ends when the connection's data has left (WriteReady)."""
-        self._draining.add(conn.id)
-        conn.waiting_room = True
-        out.append(WantWritable(conn.id, drained=True))
 
     def _wake_at(self, at: float) -> None:
         if self.wake is None or at < self.wake:

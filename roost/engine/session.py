@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
 import os
 import signal
 import socket
-import sys
-import termios
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, cast
 
@@ -79,7 +76,6 @@ CONNECT_TIMEOUT = 5.0
 LOWAT = 64 * 1024  # while a big body arrives, wake when this much of it is in
 READ_SIZE = 256 * 1024  # a connection's scratch read buffer (messages other than big bodies)
 STOPPED_ANNOUNCE_TIMEOUT = 3.0
-DRAIN_POLL = 0.002  # s between looks at a connection whose upload turn is draining
 
 
 class PeerProtocol(asyncio.BufferedProtocol):
@@ -153,20 +149,6 @@ class PeerProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.session.protocols.pop(self.cid, None)
         self.session.feed(Closed(self.cid))
-
-    def unsent(self) -> int:
-        """Bytes written to the connection that have not left: asyncio's
-        buffer plus the kernel's send queue (not yet acknowledged)."""
-        transport = self.transport
-        if transport is None:
-            return 0
-        queued = transport.get_write_buffer_size()
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, ValueError):
-                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-                queued += int.from_bytes(raw, sys.byteorder, signed=True)
-        return queued
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -376,9 +358,7 @@ class Session:
             future.add_done_callback(functools.partial(self._checked, action.index))
         elif isinstance(action, WantWritable):
             proto = self.protocols.get(action.conn)
-            if proto is not None and action.drained:
-                self._when_drained(action.conn)
-            elif proto is not None and not proto.paused:  # else resume_writing will say
+            if proto is not None and not proto.paused:  # else resume_writing will say
                 self.loop.call_soon(self.feed, WriteReady(action.conn))
         elif isinstance(action, Close):
             proto = self.protocols.pop(action.conn, None)
@@ -427,18 +407,6 @@ class Session:
             client = self.web_clients.pop(action.seed, None)
             if client is not None:
                 client.close()
-
-    def _when_drained(self, cid: int) -> None:
-        """WriteReady once all written to the connection has left, in our
-        buffer and the kernel's (the end of an upload turn); polled, as
-        neither asyncio nor the kernel calls back at zero."""
-        proto = self.protocols.get(cid)
-        if proto is None or proto.transport is None:
-            return
-        if proto.unsent() == 0:
-            self.feed(WriteReady(cid))
-        else:
-            self.loop.call_later(DRAIN_POLL, self._when_drained, cid)
 
     def _send_block(self, action: SendBlock) -> None:
         """One Piece message: zero-copy while the transport has nothing queued,

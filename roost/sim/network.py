@@ -56,7 +56,6 @@ class Pipe:
     data_bytes: int = 0  # block bytes queued, not yet delivered
     last_delivery: float = 0.0  # deliveries leave in order
     want_writable: bool = False
-    want_low: int = 0  # ... told once data_bytes is below this (WRITE_LOW, or 1: drained)
     closed: bool = False
     rate: float = 0.0
     # the step this pipe's rate was allocated for ends at live_until; its
@@ -277,7 +276,7 @@ class Network:
         else:
             pipe.data_bytes = 0
             pipe.free_at = t
-        if pipe.want_writable and pipe.data_bytes < pipe.want_low:
+        if pipe.want_writable and pipe.data_bytes < WRITE_LOW:
             pipe.want_writable = False
             writable(pipe, t)
 

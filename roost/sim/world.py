@@ -337,12 +337,10 @@ class World:
             elif isinstance(action, WantWritable):
                 end = self.ends.get(action.conn)
                 if end is not None:
-                    low = 1 if action.drained else WRITE_LOW
-                    if end.out.data_bytes < low:
+                    if end.out.data_bytes < WRITE_LOW:
                         self._event(host, WriteReady(action.conn), now)
                     else:
                         end.out.want_writable = True
-                        end.out.want_low = low
             elif isinstance(action, CheckAndWrite):
                 ok = action.data.find(1) == -1
                 self._event(host, PieceChecked(action.index, ok), now)
