@@ -46,8 +46,9 @@ MAX_PIPELINE_BYTES = 32 * 1024 * 1024
 # A piece waits behind everything its uploader was asked for, and in a swarm
 # every host is asked for about what each host keeps in flight: PIPELINE_SECONDS
 # of our download rate. So a piece takes about PIPELINE_SECONDS per hop, and
-# it crosses several hops at fleet scale: 1 s made N = 100 hosts take 2.8x
-# the bound for 16 MiB, 0.25 s 2.6x (simulated, docs/sim.md "Fifth pass").
+# it crosses several hops at fleet scale: N = 100 hosts, 64 MiB, took 1.61x
+# the bound (last host) with 1 s, 1.53x with 0.25 s (simulated, docs/sim.md
+# "Fifth pass").
 # 0.25 s still covers a round trip of up to 250 ms at the peer's rate.
 PIPELINE_SECONDS = 0.25
 # ... but the floors of all the peers that serve us together stay near
