@@ -97,3 +97,16 @@ def test_count_survives_every_path_that_changes_requests(seed: int) -> None:
         assert conn.outstanding.blocks == resummed(conn.outstanding.items())
     assert {"fill", "piece", "short piece", "reject", "choke", "snub"} <= seen
     assert merged, "no merged (multi-block) request was exercised"
+
+
+def test_a_fast_peer_is_asked_for_a_fraction_of_a_second_of_its_rate() -> None:
+    # every host is asked for about what each host keeps in flight, so a piece
+    # waits that long at every hop: a second of the rate made fleets slow
+    kit = Kit(pieces=8)
+    remote = kit.connect(have=Bitfield.full(8))
+    conn = kit.member.conns[remote.cid]
+    conn.floor = 16 * BLOCK_SIZE
+    rate = 8 * 1024 * 1024  # bytes/s, measured
+    conn.down.rate = rate
+    in_flight = conn.pipeline_blocks() * BLOCK_SIZE
+    assert rate * 0.1 <= in_flight <= rate * 0.3
