@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import importlib
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -393,7 +394,7 @@ async def _session_main(
             from roost.target.fetch_tree import preload
 
             await loop.run_in_executor(None, preload, session, staged)
-        placing = _place_late(session, staged)
+        placing = _place_late(session, staged, reporter)
         if ns.timeout:
             loop.call_later(ns.timeout, session.stop, f"timeout after {ns.timeout:g} s")
         try:
@@ -421,7 +422,7 @@ async def _session_main(
         storage.close()
 
 
-def _place_late(session: Session, staged: TreeStorage | None
+def _place_late(session: Session, staged: TreeStorage | None, reporter: Reporter
                 ) -> tuple[LatePlacer, asyncio.Future[None]] | None:
     """Start placing the wholly reused files beside the swarm (roost.target.fetch_tree):
     their pieces reserved now, held as they land; a failure stops the session."""
@@ -456,6 +457,8 @@ def _place_late(session: Session, staged: TreeStorage | None
         placer.run(held)
         if placer.error is not None:
             loop.call_soon_threadsafe(session.stop, "reusing files failed")
+        elif not placer.cancelled:
+            loop.call_soon_threadsafe(partial(reporter.event, "placed", files=len(placer.late)))
 
     return placer, loop.run_in_executor(None, run)
 

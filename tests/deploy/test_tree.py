@@ -129,6 +129,7 @@ def test_the_next_release_reuses_unchanged_and_renamed_files(tmp_path: Path,
     # the wholly reused files (data.bin's pieces) were placed while the swarm ran:
     # the session started without their pieces and held them as they landed
     assert fetch.named("started")[0]["have"] < event["held_pieces"]
+    assert fetch.named("placed")[0]["files"] >= 1
     complete = fetch.named("complete")[0]
     assert 0 < complete["downloaded"] < 200_000  # only pieces with new bytes crossed
     assert event["fetch_bytes"] < 200_000
