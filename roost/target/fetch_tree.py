@@ -66,11 +66,15 @@ def tree_setup(meta: Metainfo, ns: argparse.Namespace, reporter: Reporter
     """Check the torrent against the manifest, place reused files in the staging
     directory, and say which pieces that already gives (held, served to others).
 
-    When some pieces must still be fetched, only the reused files that share a
-    piece with bytes to fetch are placed here (their blocks preload those pieces);
-    the others, whose pieces are wholly reused, are left to a LatePlacer that
-    places them while the swarm runs (storage.placer): their pieces are reserved,
-    never requested, and held once every file in them is there."""
+    With --place-beside-swarm, when some pieces must still be fetched, only the
+    reused files that share a piece with bytes to fetch are placed here (their
+    blocks preload those pieces); the others, whose pieces are wholly reused, are
+    left to a LatePlacer that places them while the swarm runs (storage.placer):
+    their pieces are reserved, never requested, and held once every file in them
+    is there. Off by default: a super-seeding origin (BEP 16) reveals pieces the
+    host lacks by its bitfield, the reserved ones too, and waits STALE_OFFER_SECONDS
+    for requests that never come (measured: the lab's next release 2x slower).
+    Peers would need to be told which pieces are reserved (a BEP 10 extension)."""
     manifest = read_manifest(ns.tree_manifest)
     if manifest.tree is None or ns.dest is None:
         raise UsageError("--tree-manifest needs a manifest of format tree, and --dest")
@@ -97,7 +101,7 @@ def tree_setup(meta: Metainfo, ns: argparse.Namespace, reporter: Reporter
             tags = [t for t in dest.release_tags() if t != manifest.tag]
             chosen, hashed, refused = find_reusable(dest.releases, dest.meta, tags, tree)
             final = held_pieces(info, set(chosen))
-            if not final.all() and getattr(ns, "place_late", True):
+            if not final.all() and getattr(ns, "place_beside_swarm", False):
                 late = wholly_reused(info, chosen, final)
             place(staging, tree, {p: s for p, s in chosen.items() if p not in late}, ns.reuse)
             make_parents(staging, list(late))

@@ -65,7 +65,8 @@ def _prepare(tmp: Path, src: Path, dest: Path, tag: str) -> tuple[Path, Path, Pa
 
 
 def release(tmp: Path, procs: Procs, src: Path, dest: Path, tag: str, *,
-            reuse: str = "copy", seed: bool = True) -> RoostProc:
+            reuse: str = "copy", seed: bool = True, extra: tuple[str, ...] = ()
+            ) -> RoostProc:
     work, torrent, staging = _prepare(tmp, src, dest, tag)
     peer: list[str] = []
     if seed:
@@ -74,7 +75,8 @@ def release(tmp: Path, procs: Procs, src: Path, dest: Path, tag: str, *,
         peer = ["--peer", f"127.0.0.1:{origin.port}"]
     fetch = procs.start(["fetch", str(torrent), "--tree-manifest", str(work / "manifest.json"),
                          "--dest", str(dest), "--reuse", reuse, "-d", str(staging),
-                         "--no-tracker", *peer, "--no-seed", "--timeout", "60"], f"fetch {tag}")
+                         "--no-tracker", *peer, "--no-seed", "--timeout", "60", *extra],
+                        f"fetch {tag}")
     assert fetch.wait(90) == 0, "".join(fetch.stderr)[-2000:]
     done = _roost("activate", "--dest", str(dest), "--manifest", str(work / "manifest.json"),
                   "--payload", str(staging), "--json")
@@ -126,10 +128,7 @@ def test_the_next_release_reuses_unchanged_and_renamed_files(tmp_path: Path,
     # data.bin (renamed) and private/key (renamed) are reused, with the unchanged ones
     assert event["files"] == 4 and event["bytes"] >= BIG + 64  # tool, app.conf, key2, data
     assert event["refused"] == 0
-    # the wholly reused files (data.bin's pieces) were placed while the swarm ran:
-    # the session started without their pieces and held them as they landed
-    assert fetch.named("started")[0]["have"] < event["held_pieces"]
-    assert fetch.named("placed")[0]["files"] >= 1
+    assert fetch.named("started")[0]["have"] == event["held_pieces"]  # placed first
     complete = fetch.named("complete")[0]
     assert 0 < complete["downloaded"] < 200_000  # only pieces with new bytes crossed
     assert event["fetch_bytes"] < 200_000
@@ -388,6 +387,25 @@ def test_host_prepare_refuses_a_decompression_bomb(tmp_path: Path) -> None:
     assert refused.returncode == 2 and b"too large once decompressed" in refused.stderr
 
 
+def test_placed_beside_the_swarm_the_next_release_lands_the_same(tmp_path: Path,
+                                                                  procs: Procs) -> None:
+    src = make_sample_tree(tmp_path / "src", big=BIG)
+    dest = tmp_path / "dest"
+    release(tmp_path, procs, src, dest, "v1")
+    new = tmp_path / "src2"
+    _next_release(src, new)
+    fetch = release(tmp_path, procs, new, dest, "v2", extra=("--place-beside-swarm",))
+    event = reused(fetch)
+    assert event["files"] == 4 and event["refused"] == 0
+    # the wholly reused files (data.bin's pieces) were placed while the swarm ran:
+    # the session started without their pieces and held them as they landed
+    assert fetch.named("started")[0]["have"] < event["held_pieces"]
+    assert fetch.named("placed")[0]["files"] >= 1
+    assert 0 < fetch.named("complete")[0]["downloaded"] < 200_000
+    assert tree_signature(dest / "releases" / "v2") == tree_signature(new)
+    assert tree_signature(dest / "releases" / "v1") == tree_signature(src)
+
+
 def _late_setup(tmp: Path, procs: Procs) -> tuple[Path, Path, Any]:
     """v1 released; v2 (data.bin renamed, one file changed) set up in-process as fetch
     does, up to the LatePlacer that would run beside the swarm."""
@@ -404,7 +422,7 @@ def _late_setup(tmp: Path, procs: Procs) -> tuple[Path, Path, Any]:
     _next_release(src, new)
     work, torrent, staging = _prepare(tmp, new, dest, "v2")
     ns = argparse.Namespace(tree_manifest=work / "manifest.json", dest=dest, dir=staging,
-                            reuse="copy", stage=False)
+                            reuse="copy", stage=False, place_beside_swarm=True)
     meta = read_torrent(torrent)
     storage, have = tree_setup(meta, ns, Reporter(as_json=True, stream=io.StringIO()))
     placer = storage.placer
