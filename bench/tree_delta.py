@@ -241,6 +241,7 @@ def main() -> None:
     out: dict[str, Any] = {"hosts": ns.hosts, "rate_mbit": ns.rate_mbit,
                            "load_before": os.getloadavg()}
     srcs: list[Path | None] = [p.resolve() for p in ns.roost_src] or [None]
+    runs: list[dict[str, Any]] = []
     try:
         v1 = make_tree(work / "v1", ns.size_mib, ns.files, rng)
         v2 = work / "v2"
@@ -248,7 +249,7 @@ def main() -> None:
         with Fleet(ns.hosts, dest_size=f"{ns.size_mib * 2 + 256}m") as fleet:
             fleet.shape(ns.rate_mbit)
             extra = ns.extra.split()
-            runs: list[dict[str, Any]] = []
+            out["runs"] = runs  # printed even when a later step fails (see finally)
             for _ in range(ns.rounds):
                 for src in srcs:
                     wipe(fleet)
@@ -279,9 +280,14 @@ def main() -> None:
                          f"root@{fleet.hosts[0].address}:{target}/"],
                         capture_output=True, text=True, timeout=300)
                     out["rsync"]["differs"] = diff.stdout.splitlines()[:20]
+    finally:
+        # what was measured is kept when a later step fails (an ssh timeout under load,
+        # a host's rsync error): the runs done so far, and what failed
+        failed = sys.exc_info()[1]
+        if failed is not None:
+            out["failed"] = f"{type(failed).__name__}: {str(failed)[:300]}"
         out["load_after"] = os.getloadavg()
         print(json.dumps(out, indent=1))
-    finally:
         shutil.rmtree(work, ignore_errors=True)
 
 

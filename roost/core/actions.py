@@ -98,6 +98,14 @@ class WebFailed:
     status: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HeldLocally:
+    """Pieces that are now on disk by local means (their files placed from a kept
+    release, each proven): held, announced and served like pieces that passed."""
+
+    indices: tuple[int, ...]
+
+
 Event = (
     Connected
     | Closed
@@ -109,6 +117,7 @@ Event = (
     | AnnounceFailed
     | WebData
     | WebFailed
+    | HeldLocally
 )
 
 # ---- actions: what the member asks its adapter to do ----

@@ -51,6 +51,7 @@ from roost.core.actions import (
     Event,
     Flush,
     Flushed,
+    HeldLocally,
     PauseReading,
     PieceChecked,
     Progress,
@@ -295,6 +296,8 @@ class SwarmMember:
         elif isinstance(ev, WebFailed):
             self.webseeds.failed(ev, out, now)
             self._fill_web(out, now)
+        elif isinstance(ev, HeldLocally):
+            self._held_locally(ev.indices, out, now)
         self._settle(out, now)
         return out
 
@@ -715,6 +718,17 @@ class SwarmMember:
             culprit = self.conns.get(key)
             if culprit is not None:
                 self._ban(culprit, f"sent piece {index} that failed its hash check", out, now)
+
+    def _held_locally(self, indices: tuple[int, ...], out: list[Action], now: float) -> None:
+        for index in indices:
+            if not 0 <= index < self.info.num_pieces or self.have[index]:
+                continue
+            for key, req in self.picker.have(index):  # none for a reserved piece
+                other = self.conns.get(key)  # type: ignore[call-overload]
+                if other is not None:
+                    other.cancel_block(req, out, now)
+            self.have.set(index)
+            self._piece_passed(index, out, now)
 
     def _distrust_web_seed(self, key: int, index: int, out: list[Action]) -> None:
         if self.webseeds.is_web_seed(key):

@@ -604,6 +604,16 @@ class PiecePicker:
         part.free -= len(wanted)
         part.received += len(wanted)
 
+    def reserve(self, index: int) -> None:
+        """A fresh piece we are about to hold by local means (its files are being
+        placed from a kept release while the swarm runs): never requested, never
+        duplicated in the endgame; have(index) ends the reservation."""
+        if index not in self._fresh:
+            raise UsageError(f"piece {index} is not fresh; cannot reserve it")
+        self._fresh.discard(index)
+        self._unbucket(index, self._avail[index])
+        self._preferred.pop(index, None)
+
     def _start_fresh(self, index: int) -> None:
         self._fresh.discard(index)
         self._unbucket(index, self._avail[index])

@@ -371,6 +371,8 @@ class HostRun:
                 self.bytes_reused = event.bytes or 0
                 self.files_reused = event.files or 0
                 self.bytes_to_fetch = event.fetch_bytes or 0
+            elif event.event is EventName.PLACED:
+                self.mark_first("placed")
             elif event.event is EventName.COMPLETE:
                 self.staged_by_fetch = bool(self.staging) and event.staged == self.tag
                 self.bytes_fetched = event.downloaded or 0

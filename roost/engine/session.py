@@ -195,6 +195,7 @@ class Session:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
         self.stopping = asyncio.Event()
+        self.started = asyncio.Event()  # the member has started: events may be fed
         self.error: str | None = None
         self.upload_log: IO[str] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -235,6 +236,7 @@ class Session:
                 ip=config.announce_ip,
             )
         self.act(self.member.start(self.port, self.loop.time()))
+        self.started.set()
         self.loop_watch.start()
         try:
             await self.stopping.wait()

@@ -8,6 +8,9 @@ roost.core.tree, so the storage root is the staging directory itself (no
   sendfile of a pad range is served from one zero-filled memfd.
 * Files already placed from an earlier release (`done`) are never written:
   a piece that straddles one only writes the spans of the other files.
+* Files still being placed when the session starts (`pending`, a subset of
+  `done`) are not looked at by open(): their pieces are reserved, held and
+  read only once the placer has put them there (roost.target.fetch_tree).
 * Each file's SHA-256 is checked as soon as the last piece that touches it
   has been written (in the verifier's worker thread, so verification
   overlaps the transfer); a mismatch is a StorageError, which stops the
@@ -65,6 +68,7 @@ class TreeStorage(Storage):
         manifest: TreeManifest | None,
         *,
         done: set[tuple[str, ...]] | None = None,
+        pending: set[tuple[str, ...]] | None = None,
         record: Path | None = None,
         proofs: dict[str, Proof] | None = None,
         preallocate: bool = True,
@@ -77,6 +81,10 @@ class TreeStorage(Storage):
         self._sha = [sha.get(f.path, "") for f in info.files]
         done = done or set()
         self._done = [f.path in done for f in info.files]
+        pending = pending or set()
+        if not pending <= done:
+            raise ValueError("files still being placed must be among the placed ones")
+        self._pending = [f.path in pending for f in info.files]
         self._record = record
         self.proofs: dict[str, Proof] = dict(proofs or {})
         self._remaining = [0] * len(info.files)
@@ -127,7 +135,8 @@ class TreeStorage(Storage):
         if index in self._pads:
             return
         if self._done[index]:  # placed from a kept release: never written, only read
-            self._check_file(index, length)
+            if not self._pending[index]:  # (a pending one is checked by its placer)
+                self._check_file(index, length)
             return
         try:
             super()._prepare_file(index, length)

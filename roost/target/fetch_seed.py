@@ -14,9 +14,11 @@ import contextlib
 import hashlib
 import importlib
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from roost.core.actions import HeldLocally
 from roost.core.bitfield import Bitfield
 from roost.core.metainfo import Metainfo, check_web_seed_url
 from roost.core.offers import SUPER_SEED_MIN_PEERS, super_seed_pays
@@ -34,6 +36,7 @@ from roost.target.torrentfile import read_torrent
 
 if TYPE_CHECKING:
     from roost.engine.treestorage import TreeStorage
+    from roost.target.fetch_tree import LatePlacer
 
 EXIT_INCOMPLETE = 3
 
@@ -175,6 +178,10 @@ def add_fetch(parser: argparse.ArgumentParser) -> Runner:
     tree.add_argument("--reuse", choices=REUSE_MODES, default="copy",
                       help="place reused files by copy (reflink where possible; default), "
                       "hardlink (shares inodes with the old release), or none")
+    tree.add_argument("--place-beside-swarm", action="store_true",
+                      help="join the swarm at once and place the wholly reused files "
+                      "meanwhile (their pieces held as they land); off by default: a "
+                      "super-seeding origin offers those pieces and waits in vain")
     return run_fetch
 
 
@@ -391,9 +398,18 @@ async def _session_main(
             from roost.target.fetch_tree import preload
 
             await loop.run_in_executor(None, preload, session, staged)
+        placing = _place_late(session, staged, reporter)
         if ns.timeout:
             loop.call_later(ns.timeout, session.stop, f"timeout after {ns.timeout:g} s")
-        complete = await session.run()
+        try:
+            complete = await session.run()
+        finally:
+            if placing is not None:
+                placer = placing[0]
+                placer.cancelled = True  # a stopped session: no more copies
+                await placing[1]
+        if placing is not None and placing[0].error is not None:
+            raise RoostError(placing[0].error)
         if session.error:
             raise RoostError(session.error)
         if complete and isinstance(reporter, FetchReporter) and not reporter.completed_reported:
@@ -404,7 +420,51 @@ async def _session_main(
                            wasted=session.member.wasted_bytes)
         return complete
     finally:
+        late: LatePlacer | None = getattr(staged, "placer", None)
+        if late is not None:
+            late.release()
         storage.close()
+
+
+def _place_late(session: Session, staged: TreeStorage | None, reporter: Reporter
+                ) -> tuple[LatePlacer, asyncio.Future[None]] | None:
+    """Start placing the wholly reused files beside the swarm (roost.target.fetch_tree):
+    their pieces reserved now, held as they land; a failure stops the session."""
+    placer: LatePlacer | None = getattr(staged, "placer", None)
+    if placer is None:
+        return None
+    loop = session.loop
+    for index in placer.reserved():
+        session.member.picker.reserve(index)
+
+    early: list[int] = []  # held before the member started: fed once it has
+    waiting: list[asyncio.Task[None]] = []
+
+    def hold(indices: tuple[int, ...]) -> None:  # on the loop
+        if session.stopping.is_set():
+            return
+        if not session.started.is_set():
+            if not waiting:
+                waiting.append(loop.create_task(feed_when_started()))
+            early.extend(indices)
+            return
+        session.feed(HeldLocally(indices))
+
+    async def feed_when_started() -> None:
+        await session.started.wait()
+        hold(tuple(early))
+
+    def held(indices: tuple[int, ...]) -> None:  # in the placer's thread
+        loop.call_soon_threadsafe(hold, indices)
+
+    def run() -> None:  # in a worker thread
+        placer.run(held)
+        if placer.error is not None:
+            loop.call_soon_threadsafe(session.stop, "reusing files failed")
+        elif not placer.cancelled:
+            loop.call_soon_threadsafe(partial(reporter.event, "placed", files=len(placer.late)))
+
+    return placer, loop.run_in_executor(None, run)
 
 
 def _check_sha256(meta: Metainfo, root: Path, expected: str) -> None:

@@ -351,6 +351,7 @@ class EventName(str, Enum):
     CHECKED = "checked"  # resuming: pieces already on disk
     PROGRESS = "progress"
     REUSED = "reused"
+    PLACED = "placed"  # tree: the reused files placed beside the swarm are all there
     ANNOUNCED = "announced"  # a tracker answered (the operator's timeline marks the first)
     COMPLETE = "complete"
     ERROR = "error"

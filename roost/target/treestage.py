@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,11 @@ def _still_holds(src: Source, size: int, fresh_hash: bool, sources: _SourceDirs
 
 
 def place(staging: Path, manifest: TreeManifest, chosen: dict[tuple[str, ...], Source],
-          mode: str = "copy") -> dict[str, str]:
-    """Put every chosen source at its new path in `staging`; new path -> source."""
+          mode: str = "copy", *, on_placed: Callable[[tuple[str, ...]], None] | None = None,
+          cancelled: Callable[[], bool] | None = None) -> dict[str, str]:
+    """Put every chosen source at its new path in `staging`; new path -> source.
+    `on_placed` is told each path once it is there; `cancelled` is asked between
+    files (a fetch that stopped while its reused files were still being placed)."""
     if mode not in REUSE_MODES:
         raise ReleaseError(f"reuse mode {mode!r} is not one of {', '.join(REUSE_MODES)}")
     entries = {e.path: e for e in manifest.files}
@@ -213,6 +217,8 @@ def place(staging: Path, manifest: TreeManifest, chosen: dict[tuple[str, ...], S
     try:
         with _SourceDirs() as sources:
             for path, src in chosen.items():
+                if cancelled is not None and cancelled():
+                    break
                 try:
                     _place_one(target, sources, path, src, entries[path], mode)
                 except OSError as exc:
@@ -222,9 +228,22 @@ def place(staging: Path, manifest: TreeManifest, chosen: dict[tuple[str, ...], S
                     raise ReleaseError(f"cannot reuse {'/'.join(path)}: {exc.strerror}"
                                        ) from None
                 placed["/".join(path)] = f"{src.release.name}/{'/'.join(src.path)}"
+                if on_placed is not None:
+                    on_placed(path)
     finally:
         target.close()
     return placed
+
+
+def make_parents(staging: Path, paths: list[tuple[str, ...]]) -> None:
+    """Create the parent directories of `paths` in `staging` (as place would), so
+    that placing them later races no one's mkdir."""
+    target = DirFds(staging, max_open=_SourceDirs.MAX_OPEN, mode=STAGING_DIR_MODE)
+    try:
+        for path in paths:
+            target.parent(path, create=True)
+    finally:
+        target.close()
 
 
 def _place_one(target: DirFds, sources: _SourceDirs, path: tuple[str, ...], src: Source,
@@ -243,8 +262,16 @@ def _place_one(target: DirFds, sources: _SourceDirs, path: tuple[str, ...], src:
             copy_bytes(source, out, st.st_size)
         finally:
             os.close(out)
+        if _stamp(os.fstat(source)) != _stamp(st):
+            # written to while it was copied (the copy may hold a mix): never reused
+            raise ReleaseError(f"{'/'.join(src.path)} of {src.release.name} changed "
+                               "while it was being reused")
     finally:
         os.close(source)
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _same_meta(st: os.stat_result, entry: Entry) -> bool:

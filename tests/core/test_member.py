@@ -13,6 +13,7 @@ from roost.core.actions import (
     Connected,
     Flush,
     Flushed,
+    HeldLocally,
     SendBlock,
     WantWritable,
     WriteReady,
@@ -594,3 +595,27 @@ def test_backoff_resets_once_the_peer_trades_data() -> None:
     remote.answer(remote.requests()[0])
     kit.hang_up(remote)
     assert address not in conn_of.backoff
+
+
+def test_reserved_pieces_are_never_asked_for_until_held_locally_completes_them() -> None:
+    # a tree fetch places wholly reused files while the swarm runs: their pieces are
+    # reserved (never requested), then held, announced and served as they land
+    kit = Kit(pieces=4)
+    for index in (1, 2):
+        kit.member.picker.reserve(index)
+    seed = kit.connect(have=Bitfield.full(4))
+    seed.say(seed.wire.send_unchoke())
+    asked: set[int] = set()
+    for _ in range(20):
+        for req in seed.requests():
+            asked.add(req.index)
+            seed.answer(req)
+        kit.check()
+        kit.advance(TICK)
+    assert asked == {0, 3}
+    assert not kit.member.complete and not kit.of(Flush)
+    leecher = kit.connect()
+    kit.run(kit.member.event(HeldLocally((1, 2)), kit.now))
+    assert kit.member.complete and kit.of(Flush)
+    assert {1, 2} <= {h.index for h in leecher.of(Have)}
+    assert kit.member.downloaded == kit.info.piece_size(0) + kit.info.piece_size(3)

@@ -505,6 +505,22 @@ def test_preloaded_blocks_are_never_requested_and_the_piece_completes_without_th
     assert p.block_state(0, 0) == FREE
 
 
+def test_a_reserved_piece_is_never_requested_nor_duplicated_until_had() -> None:
+    p = PiecePicker(3, 4 * 16384, 12 * 16384)
+    p.add_peer("a", Bitfield.full(3))
+    p.add_peer("b", Bitfield.full(3))
+    p.reserve(1)
+    picked = p.pick("a", 100) + p.pick("b", 100)  # b gets endgame duplicates at most
+    assert picked and all(r.index != 1 for r in picked)
+    with pytest.raises(RoostError):
+        p.reserve(1)  # no longer fresh
+    assert p.have(1) == [] and not p.complete()
+    for r in [r for r in p.requests_of("a")]:
+        if p.block_received("a", r.index, r.begin, r.length).piece_complete:
+            p.piece_verified(r.index)
+    assert p.complete()
+
+
 def test_preload_refuses_what_does_not_fit() -> None:
     p = PiecePicker(2, 4 * 16384, 8 * 16384)
     with pytest.raises(RoostError):

@@ -9,6 +9,7 @@ source tree, `roost fetch --tree-manifest` (the agent's command) writes into
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from roost.deploy.pack import pack
+from roost.errors import ReleaseError
 from roost.target.checked import CHECKED, remember
 from roost.target.release import Dest
 from tests.deploy.trees import make_sample_tree, tree_signature
@@ -63,7 +65,8 @@ def _prepare(tmp: Path, src: Path, dest: Path, tag: str) -> tuple[Path, Path, Pa
 
 
 def release(tmp: Path, procs: Procs, src: Path, dest: Path, tag: str, *,
-            reuse: str = "copy", seed: bool = True) -> RoostProc:
+            reuse: str = "copy", seed: bool = True, extra: tuple[str, ...] = ()
+            ) -> RoostProc:
     work, torrent, staging = _prepare(tmp, src, dest, tag)
     peer: list[str] = []
     if seed:
@@ -72,7 +75,8 @@ def release(tmp: Path, procs: Procs, src: Path, dest: Path, tag: str, *,
         peer = ["--peer", f"127.0.0.1:{origin.port}"]
     fetch = procs.start(["fetch", str(torrent), "--tree-manifest", str(work / "manifest.json"),
                          "--dest", str(dest), "--reuse", reuse, "-d", str(staging),
-                         "--no-tracker", *peer, "--no-seed", "--timeout", "60"], f"fetch {tag}")
+                         "--no-tracker", *peer, "--no-seed", "--timeout", "60", *extra],
+                        f"fetch {tag}")
     assert fetch.wait(90) == 0, "".join(fetch.stderr)[-2000:]
     done = _roost("activate", "--dest", str(dest), "--manifest", str(work / "manifest.json"),
                   "--payload", str(staging), "--json")
@@ -124,6 +128,7 @@ def test_the_next_release_reuses_unchanged_and_renamed_files(tmp_path: Path,
     # data.bin (renamed) and private/key (renamed) are reused, with the unchanged ones
     assert event["files"] == 4 and event["bytes"] >= BIG + 64  # tool, app.conf, key2, data
     assert event["refused"] == 0
+    assert fetch.named("started")[0]["have"] == event["held_pieces"]  # placed first
     complete = fetch.named("complete")[0]
     assert 0 < complete["downloaded"] < 200_000  # only pieces with new bytes crossed
     assert event["fetch_bytes"] < 200_000
@@ -380,3 +385,109 @@ def test_host_prepare_refuses_a_decompression_bomb(tmp_path: Path) -> None:
     assert len(bomb) < 2 * 2**20
     refused = _prepare_input(tmp_path, bomb, tmp_path / "dest")
     assert refused.returncode == 2 and b"too large once decompressed" in refused.stderr
+
+
+def test_placed_beside_the_swarm_the_next_release_lands_the_same(tmp_path: Path,
+                                                                  procs: Procs) -> None:
+    src = make_sample_tree(tmp_path / "src", big=BIG)
+    dest = tmp_path / "dest"
+    release(tmp_path, procs, src, dest, "v1")
+    new = tmp_path / "src2"
+    _next_release(src, new)
+    fetch = release(tmp_path, procs, new, dest, "v2", extra=("--place-beside-swarm",))
+    event = reused(fetch)
+    assert event["files"] == 4 and event["refused"] == 0
+    # the wholly reused files (data.bin's pieces) were placed while the swarm ran:
+    # the session started without their pieces and held them as they landed
+    assert fetch.named("started")[0]["have"] < event["held_pieces"]
+    assert fetch.named("placed")[0]["files"] >= 1
+    assert 0 < fetch.named("complete")[0]["downloaded"] < 200_000
+    assert tree_signature(dest / "releases" / "v2") == tree_signature(new)
+    assert tree_signature(dest / "releases" / "v1") == tree_signature(src)
+
+
+def _late_setup(tmp: Path, procs: Procs) -> tuple[Path, Path, Any]:
+    """v1 released; v2 (data.bin renamed, one file changed) set up in-process as fetch
+    does, up to the LatePlacer that would run beside the swarm."""
+    import argparse
+
+    from roost.engine.reporter import Reporter
+    from roost.target.fetch_tree import tree_setup
+    from roost.target.torrentfile import read_torrent
+
+    src = make_sample_tree(tmp / "src", big=BIG)
+    dest = tmp / "dest"
+    release(tmp, procs, src, dest, "v1")
+    new = tmp / "src2"
+    _next_release(src, new)
+    work, torrent, staging = _prepare(tmp, new, dest, "v2")
+    ns = argparse.Namespace(tree_manifest=work / "manifest.json", dest=dest, dir=staging,
+                            reuse="copy", stage=False, place_beside_swarm=True)
+    meta = read_torrent(torrent)
+    storage, have = tree_setup(meta, ns, Reporter(as_json=True, stream=io.StringIO()))
+    placer = storage.placer
+    assert placer is not None and ("renamed-data.bin",) in placer.late
+    assert placer.reserved() and not any(have[i] for i in placer.reserved())
+    assert not (staging / "renamed-data.bin").exists()  # not yet: beside the swarm
+    return dest, staging, placer
+
+
+def _lock_is_free(dest: Path) -> bool:
+    try:
+        with Dest(dest).locked(timeout=0.5):
+            return True
+    except ReleaseError:
+        return False
+
+
+def test_late_placement_holds_each_reserved_piece_once_with_its_proof(
+        tmp_path: Path, procs: Procs) -> None:
+    dest, staging, placer = _late_setup(tmp_path, procs)
+    assert not _lock_is_free(dest)  # no prune while sources are copied
+    told: list[int] = []
+    placer.run(told.extend)
+    assert placer.error is None
+    assert sorted(told) == placer.reserved()
+    assert (staging / "renamed-data.bin").read_bytes() == \
+        (tmp_path / "src2" / "renamed-data.bin").read_bytes()
+    assert "renamed-data.bin" in placer.storage.proofs
+    assert _lock_is_free(dest)
+
+
+def test_late_placement_that_fails_says_why_holds_nothing_and_lets_go_of_the_lock(
+        tmp_path: Path, procs: Procs, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from roost.target import treestage
+
+    dest, _, placer = _late_setup(tmp_path, procs)
+
+    def full(src: int, dst: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(treestage, "copy_bytes", full)
+    told: list[int] = []
+    placer.run(told.extend)
+    assert placer.error is not None and placer.error.startswith("disk full: reusing")
+    assert not set(told) & set(placer.pieces_of[("renamed-data.bin",)])
+    assert _lock_is_free(dest)
+
+
+def test_a_source_written_while_it_is_copied_is_not_reused(
+        tmp_path: Path, procs: Procs, monkeypatch: pytest.MonkeyPatch) -> None:
+    from roost.target import treestage
+
+    dest, _, placer = _late_setup(tmp_path, procs)
+    real = treestage.copy_bytes
+
+    def copy_then_write(src: int, dst: int, size: int) -> None:
+        real(src, dst, size)
+        # the running release edited in place while its bytes were being copied
+        with open(dest / "releases" / "v1" / "data.bin", "r+b") as f:
+            f.write(b"!")
+
+    monkeypatch.setattr(treestage, "copy_bytes", copy_then_write)
+    told: list[int] = []
+    placer.run(told.extend)
+    assert placer.error is not None and "changed while it was being reused" in placer.error
+    assert not set(told) & set(placer.pieces_of[("renamed-data.bin",)])
