@@ -64,6 +64,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=_positive, default=100.0, help="link rate, Mbit/s")
     p.add_argument("--piece", type=parse_size, default=None, help="piece length (default: roost's)")
     p.add_argument("--big-block", type=parse_size, default=256 * 1024, help="wire block size")
+    p.add_argument(
+        "--picker-block", type=parse_size, default=16 * 1024,
+        help="the picker's block (16KiB as the engine; up to --big-block: a coarsening)",
+    )
     p.add_argument("--slow-frac", type=_fraction, default=0.0)
     p.add_argument("--slow-count", type=int, default=None)
     p.add_argument("--slow-factor", type=_positive, default=10.0)
@@ -117,6 +121,7 @@ def scenario_for(args: argparse.Namespace, n: int) -> Scenario:
         rate_mbit=args.rate,
         piece_length=args.piece or choose_piece_length(args.size),
         big_block=args.big_block,
+        picker_block=args.picker_block,
         ceiling=args.ceiling,
         slow_frac=args.slow_frac,
         slow_count=args.slow_count,
@@ -147,6 +152,7 @@ def row(args: argparse.Namespace, result: Result, wall: float) -> dict[str, Any]
     out["rate_mbit"] = args.rate
     out["piece"] = result.scenario.piece_length
     out["big_block"] = args.big_block
+    out["picker_block"] = args.picker_block
     out["pieces"] = result.pieces
     out["wall_s"] = round(wall, 1)
     out["sim_s"] = round(result.end_time, 2)
@@ -199,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 16 * 1024 <= args.big_block <= 1 << 20:
         print("error: --big-block must be within 16KiB..1MiB", file=sys.stderr)
+        return 2
+    if not 16 * 1024 <= args.picker_block <= args.big_block or args.picker_block % (16 * 1024):
+        print("error: --picker-block must be a multiple of 16KiB, at most --big-block",
+              file=sys.stderr)
         return 2
     if args.size < 1:
         print("error: --size must be positive", file=sys.stderr)

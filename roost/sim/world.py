@@ -268,6 +268,7 @@ class World:
             listen_host=spec.ip,
             announce_ip=spec.ip,
             big_block=self.sc.big_block,
+            picker_block=self.sc.picker_block,
             # the deploy passes --expected-peers: large swarms spread their bursts
             expected_peers=len(self.hosts) if self.sc.spread_bursts else None,
             local_nets=[ipaddress.ip_network(spec.zone_net)]
