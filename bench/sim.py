@@ -24,7 +24,7 @@ from bench import sim_plot
 from bench.efficiency import parse_size
 from roost.core.metainfo import MetainfoError, check_piece_length, choose_piece_length
 from roost.sim.scenario import Scenario
-from roost.sim.world import Result, SimError, simulate
+from roost.sim.world import Result, SimError, World, simulate
 
 
 def _csv_int(text: str) -> list[int]:
@@ -91,6 +91,14 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="stop after this many simulated seconds (default: 20 x bound + 60)",
+    )
+    p.add_argument(
+        "--wall-limit", type=_positive, default=None,
+        help="end a run after this many wall seconds, reporting the hosts done so far",
+    )
+    p.add_argument(
+        "--progress", action="store_true",
+        help="a line on stderr every 30 wall s: simulated s, hosts done, CPU s",
     )
     p.add_argument("--no-super-seed", action="store_true")
     p.add_argument(
@@ -195,6 +203,28 @@ def curves(results: list[Result]) -> list[dict[str, Any]]:
     ]
 
 
+def stopper(args: argparse.Namespace, started: float) -> Any:
+    """World.run's `stop`: progress lines and the wall-clock limit (None: neither)."""
+    if args.wall_limit is None and not args.progress:
+        return None
+
+    shown = [0.0]
+
+    def stop(world: World) -> bool:
+        wall = time.perf_counter() - started
+        if args.progress and wall - shown[0] >= 30:
+            shown[0] = wall
+            done = world.sc.n - world.pending_receivers
+            print(
+                f"progress: t={world.now:.2f} s done={done}/{world.sc.n} events={world.events}"
+                f" cpu={time.process_time():.0f} s wall={wall:.0f} s",
+                file=sys.stderr, flush=True,
+            )
+        return args.wall_limit is not None and wall > args.wall_limit
+
+    return stop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     piece = args.piece or choose_piece_length(args.size)
@@ -222,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         cpu = time.process_time()
         try:
-            result = simulate(scenario_for(args, n))
+            result = simulate(scenario_for(args, n), stopper(args, started))
         except SimError as exc:
             print(f"error: a simulated member failed: {exc}", file=sys.stderr)
             return 1
