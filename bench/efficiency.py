@@ -212,6 +212,7 @@ def _row(base: dict[str, Any], res: ToolResult, t_min: float, n: int, ceiling: f
         "cpu_s_per_gib": (res.cpu_group_s / (n * base["size"] / (1 << 30))
                           if res.cpu_group_s is not None and res.status == "ok" else None),
         "cpu_tool_note": res.cpu_group_reason,
+        "cpu_tool_user_s": res.cpu_group_user_s, "cpu_tool_sys_s": res.cpu_group_sys_s,
         "link_ceiling": ceiling,
         "host_times": dict(sorted(res.times.items(), key=lambda kv: int(kv[0][1:]))),
         "host_t_complete": res.t_complete,
@@ -231,6 +232,8 @@ def _short(row: dict[str, Any]) -> str:
             f"cpu {row['cpu_avg']:.0%}/{row['cpu_peak']:.0%}"
             + (f" tool cpu {row['cpu_tool_s']:.1f}s = {row['cpu_s_per_gib']:.2f} s/GiB"
                if row.get("cpu_s_per_gib") is not None else "")
+            + (f" (user {row['cpu_tool_user_s']:.1f}s sys {row['cpu_tool_sys_s']:.1f}s)"
+               if row.get("cpu_tool_user_s") is not None else "")
             + (f" loop lag max {lag:.2f}s ({row['loop_stalls']} stalls)" if lag is not None
                else ""))
 

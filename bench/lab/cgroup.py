@@ -31,13 +31,22 @@ def unified_root() -> Path | None:
     return None
 
 
-def read_usage_usec(group: Path) -> int:
-    """CPU microseconds (user + system) used by every process ever in `group`."""
+def read_cpu_stat(group: Path) -> dict[str, int]:
+    """`group`'s cpu.stat: usage_usec (user + system), user_usec, system_usec..."""
+    stat = {}
     for line in (group / "cpu.stat").read_text().splitlines():
         key, _, value = line.partition(" ")
-        if key == "usage_usec":
-            return int(value)
-    raise OSError(f"{group}/cpu.stat has no usage_usec")
+        if value.strip().isdigit():
+            stat[key] = int(value)
+    return stat
+
+
+def read_usage_usec(group: Path) -> int:
+    """CPU microseconds (user + system) used by every process ever in `group`."""
+    usage = read_cpu_stat(group).get("usage_usec")
+    if usage is None:
+        raise OSError(f"{group}/cpu.stat has no usage_usec")
+    return usage
 
 
 class CpuGroup:
@@ -62,6 +71,14 @@ class CpuGroup:
 
     def usage_s(self) -> float:
         return read_usage_usec(self.path) / 1e6
+
+    def user_system_s(self) -> tuple[float, float]:
+        """User and system CPU seconds. The system share includes the softirq
+        work (the lab's htb shaping, the veths) the kernel charged to whichever
+        of the group's processes was running, which moves with the machine's
+        load: the user share is the steadier measure of a change in the tool."""
+        stat = read_cpu_stat(self.path)
+        return stat.get("user_usec", 0) / 1e6, stat.get("system_usec", 0) / 1e6
 
     def pids(self) -> list[int]:
         with contextlib.suppress(OSError):

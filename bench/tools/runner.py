@@ -51,6 +51,9 @@ class ToolResult:
     cpu_group_s: float | None = None
     cpu_group_window_s: float | None = None  # the same count from t0 only
     cpu_verify_s: float = 0.0
+    # the group's user and system seconds (verification not taken out of either)
+    cpu_group_user_s: float | None = None
+    cpu_group_sys_s: float | None = None
     cpu_group_reason: str = ""
     # the live processes' own CPU when the last host was verified, by command
     cpu_by_command: dict[str, float] = field(default_factory=dict)
@@ -114,6 +117,7 @@ def run_tool(tool: Tool, lab: Lab, ctx: RunContext, timeout_s: float) -> ToolRes
         if group is not None:
             res.cpu_by_command = cpu_by_command(group.pids())
             used = group.usage_s()
+            res.cpu_group_user_s, res.cpu_group_sys_s = group.user_system_s()
             res.cpu_verify_s = _verify_cpu_s(ctx)
             res.cpu_group_s = used - res.cpu_verify_s
             res.cpu_group_window_s = used - at_t0 - res.cpu_verify_s

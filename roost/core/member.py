@@ -103,6 +103,7 @@ from roost.core.wire import (
     Request,
     Unchoke,
     allowed_fast_set,
+    have_messages,
 )
 from roost.errors import RemoteProtocolError, UsageError
 
@@ -451,12 +452,13 @@ class SwarmMember:
 
     # ---- messages from a peer ----
     def _handle(self, conn: Conn, msg: object, out: list[Action], now: float) -> None:
-        if isinstance(msg, Piece):
+        # Have first: a swarm member gets about N Haves per piece, one Piece
+        if isinstance(msg, Have):
+            self._on_have(conn, msg.index, out, now)
+        elif isinstance(msg, Piece):
             self._on_piece(conn, msg, out, now)
         elif isinstance(msg, Request):
             self.uploads.request(conn, msg, out, now)
-        elif isinstance(msg, Have):
-            self._on_have(conn, msg.index, out, now)
         elif isinstance(msg, Handshake):
             self._on_handshake(conn, msg, out, now)
         elif isinstance(msg, (BitfieldMsg, HaveAll)) and conn.in_picker:
@@ -755,9 +757,10 @@ class SwarmMember:
         batch, self._unannounced = self._unannounced, []
         if not batch:
             return
+        data = have_messages(batch, self.num_pieces)
         for conn in list(self.conns.values()):
             if conn.ready and not conn.closed:
-                conn.send(out, b"".join([conn.wire.send_have(i) for i in batch]), now)
+                conn.send(out, data, now)
 
     def _flushed(self, out: list[Action], now: float) -> None:
         info = self.info

@@ -350,6 +350,16 @@ class _State(Enum):
     DEAD = "dead"
 
 
+def have_messages(indices: list[int], num_pieces: int) -> bytes:
+    """Have messages for `indices`, one after the other. The bytes are the same
+    for every peer, so a batch is encoded once and sent to all of them."""
+    for index in indices:
+        if not 0 <= index < num_pieces:
+            raise UsageError(f"piece index {index} out of range for {num_pieces} pieces")
+    pack = _HDR_I.pack
+    return b"".join([pack(5, HAVE, index) for index in indices])
+
+
 def _ban(message: str) -> RemoteProtocolError:
     return RemoteProtocolError(message, ban=True)
 

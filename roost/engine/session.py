@@ -4,7 +4,7 @@ Theory of operation. All policy lives in the sans-IO roost.core.member
 (`SwarmMember`). This module gives it what it cannot have: sockets (one
 `PeerProtocol` per connection, a listening server, outgoing dials), the
 clock (one timer, set to the member's next deadline after every call),
-threads (hash-and-write and the final flush run in a pool), storage, and
+threads (hash-and-write on roost.engine.checker's worker, the final flush in a pool), storage, and
 the tracker's HTTP. Each input becomes one member call; the actions it
 returns are carried out in order by `_execute`, the only place that acts.
 
@@ -12,7 +12,7 @@ The path of a received block, socket to disk (docs/design.md counts the hops):
 get_buffer / buffer_updated -> SwarmMember.receive (or, for the rest of a big
 Piece body, body_buffer / body_received: the socket is read straight into the
 block's buffer) -> PeerConnection -> Assembly.add (a whole-piece block is kept
-as the piece, else copied into it) -> CheckAndWrite -> the pool: SHA-1,
+as the piece, else copied into it) -> CheckAndWrite -> the checker's thread: SHA-1,
 Storage.write_piece.
 """
 
@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
-import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +61,7 @@ from roost.core.bitfield import Bitfield
 from roost.core.member import HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT
 from roost.core.member import SwarmMember
 from roost.core.metainfo import Metainfo
+from roost.engine.checker import PieceChecker
 from roost.engine.config import SessionConfig
 from roost.engine.loopwatch import LoopWatch
 from roost.engine.reporter import Reporter
@@ -190,9 +189,8 @@ class Session:
         self.loop = asyncio.get_running_loop()
         self.protocols: dict[int, PeerProtocol] = {}
         self._next_cid = 1
-        self.pool = ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 2, thread_name_prefix="roost-verify"
-        )
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roost-flush")
+        self.checker = PieceChecker(self.loop, self._check_and_write, self._checked)
         self.tracker: TrackerClient | None = None
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
@@ -290,6 +288,7 @@ class Session:
         if stopped is not None and self.tracker is not None:
             with contextlib.suppress(TrackerError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._announce_once(stopped), STOPPED_ANNOUNCE_TIMEOUT)
+        self.checker.close()
         self.pool.shutdown(wait=True)
         self._close_log()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -352,10 +351,7 @@ class Session:
         elif isinstance(action, SendBlock):
             self._send_block(action)
         elif isinstance(action, CheckAndWrite):
-            future = self.loop.run_in_executor(
-                self.pool, self._check_and_write, action.index, action.data
-            )
-            future.add_done_callback(functools.partial(self._checked, action.index))
+            self.checker.submit(action.index, action.data)
         elif isinstance(action, WantWritable):
             proto = self.protocols.get(action.conn)
             if proto is not None and not proto.paused:  # else resume_writing will say
@@ -442,21 +438,14 @@ class Session:
         self.loop.call_soon(self.feed, Closed(cid, reason))
 
     def _check_and_write(self, index: int, data: bytearray) -> bool:
-        """In a worker thread: hash the piece and, when good, write it."""
+        """On the checker's thread: hash the piece and, when good, write it."""
         if hashlib.sha1(data).digest() != self.meta.info.piece_hash(index):
             return False
         self.storage.write_piece(index, data)
         return True
 
-    def _checked(self, index: int, future: asyncio.Future[bool]) -> None:
-        if future.cancelled():
-            return
-        try:
-            ok = future.result()
-        except (OSError, RoostError) as exc:
-            self.feed(PieceChecked(index, False, str(exc)))
-            return
-        self.feed(PieceChecked(index, ok))
+    def _checked(self, index: int, ok: bool, error: str | None) -> None:
+        self.feed(PieceChecked(index, ok, error))
 
     async def _web_fetch(self, action: WebFetch) -> None:
         """One WebFetch: its HTTP ranges, then WebData or WebFailed. The bytes are

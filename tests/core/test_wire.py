@@ -38,6 +38,7 @@ from roost.core.wire import (
     SuggestPiece,
     Unchoke,
     allowed_fast_set,
+    have_messages,
     reserved_bytes,
 )
 from roost.errors import RemoteProtocolError, RoostError
@@ -572,3 +573,14 @@ def test_a_whole_big_frame_read_into_scratch_owns_its_bytes() -> None:
     scratch[:] = bytes(len(scratch))  # the next read overwrites the scratch buffer
     assert events == [Piece(1, 0, block), Have(2)]
     assert isinstance(events[0], Piece) and isinstance(events[0].block, bytearray)
+
+
+def test_a_have_batch_is_encoded_once_for_every_peer() -> None:
+    a, b = pair()
+    batch = [3, 0, N - 1]
+    data = have_messages(batch, N)
+    assert data == b"".join(a.send_have(i) for i in batch)
+    assert b.receive(data) == [Have(3), Have(0), Have(N - 1)]
+    assert have_messages([], N) == b""
+    with pytest.raises(RoostError):
+        have_messages([1, N], N)

@@ -44,6 +44,10 @@ def test_a_group_counts_an_exited_grandchild_inside_a_lab_host(
         used = group.usage_s()
         assert used >= 0.3
         assert abs(used - reaped) < 0.1
+        user, system = group.user_system_s()
+        assert abs(user - (after.ru_utime - before.ru_utime)) < 0.1
+        assert abs(system - (after.ru_stime - before.ru_stime)) < 0.1
+        assert abs(user + system - used) < 0.01
     finally:
         group.close()
     assert not group.path.exists()
