@@ -24,7 +24,7 @@ from bench import sim_plot
 from bench.efficiency import parse_size
 from roost.core.metainfo import MetainfoError, check_piece_length, choose_piece_length
 from roost.sim.scenario import Scenario
-from roost.sim.world import Result, SimError, simulate
+from roost.sim.world import Result, SimError, World, simulate
 
 
 def _csv_int(text: str) -> list[int]:
@@ -64,6 +64,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=_positive, default=100.0, help="link rate, Mbit/s")
     p.add_argument("--piece", type=parse_size, default=None, help="piece length (default: roost's)")
     p.add_argument("--big-block", type=parse_size, default=256 * 1024, help="wire block size")
+    p.add_argument(
+        "--picker-block", type=parse_size, default=16 * 1024,
+        help="the picker's block (16KiB as the engine; up to --big-block: a coarsening)",
+    )
     p.add_argument("--slow-frac", type=_fraction, default=0.0)
     p.add_argument("--slow-count", type=int, default=None)
     p.add_argument("--slow-factor", type=_positive, default=10.0)
@@ -87,6 +91,14 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="stop after this many simulated seconds (default: 20 x bound + 60)",
+    )
+    p.add_argument(
+        "--wall-limit", type=_positive, default=None,
+        help="end a run after this many wall seconds, reporting the hosts done so far",
+    )
+    p.add_argument(
+        "--progress", action="store_true",
+        help="a line on stderr every 30 wall s: simulated s, hosts done, CPU s",
     )
     p.add_argument("--no-super-seed", action="store_true")
     p.add_argument(
@@ -117,6 +129,7 @@ def scenario_for(args: argparse.Namespace, n: int) -> Scenario:
         rate_mbit=args.rate,
         piece_length=args.piece or choose_piece_length(args.size),
         big_block=args.big_block,
+        picker_block=args.picker_block,
         ceiling=args.ceiling,
         slow_frac=args.slow_frac,
         slow_count=args.slow_count,
@@ -147,6 +160,7 @@ def row(args: argparse.Namespace, result: Result, wall: float) -> dict[str, Any]
     out["rate_mbit"] = args.rate
     out["piece"] = result.scenario.piece_length
     out["big_block"] = args.big_block
+    out["picker_block"] = args.picker_block
     out["pieces"] = result.pieces
     out["wall_s"] = round(wall, 1)
     out["sim_s"] = round(result.end_time, 2)
@@ -189,6 +203,28 @@ def curves(results: list[Result]) -> list[dict[str, Any]]:
     ]
 
 
+def stopper(args: argparse.Namespace, started: float) -> Any:
+    """World.run's `stop`: progress lines and the wall-clock limit (None: neither)."""
+    if args.wall_limit is None and not args.progress:
+        return None
+
+    shown = [0.0]
+
+    def stop(world: World) -> bool:
+        wall = time.perf_counter() - started
+        if args.progress and wall - shown[0] >= 30:
+            shown[0] = wall
+            done = world.sc.n - world.pending_receivers
+            print(
+                f"progress: t={world.now:.2f} s done={done}/{world.sc.n} events={world.events}"
+                f" cpu={time.process_time():.0f} s wall={wall:.0f} s",
+                file=sys.stderr, flush=True,
+            )
+        return args.wall_limit is not None and wall > args.wall_limit
+
+    return stop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     piece = args.piece or choose_piece_length(args.size)
@@ -199,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 16 * 1024 <= args.big_block <= 1 << 20:
         print("error: --big-block must be within 16KiB..1MiB", file=sys.stderr)
+        return 2
+    if not 16 * 1024 <= args.picker_block <= args.big_block or args.picker_block % (16 * 1024):
+        print("error: --picker-block must be a multiple of 16KiB, at most --big-block",
+              file=sys.stderr)
         return 2
     if args.size < 1:
         print("error: --size must be positive", file=sys.stderr)
@@ -212,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         cpu = time.process_time()
         try:
-            result = simulate(scenario_for(args, n))
+            result = simulate(scenario_for(args, n), stopper(args, started))
         except SimError as exc:
             print(f"error: a simulated member failed: {exc}", file=sys.stderr)
             return 1

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.efficiency import parse_size
 from roost.sim.scenario import Scenario
 from roost.sim.world import simulate
 
@@ -56,7 +57,10 @@ def lab_rows(path: Path = TABLE) -> list[dict[str, Any]]:
     return rows
 
 
-def scenario_for(row: dict[str, Any], startup: float, seed: int) -> Scenario:
+def scenario_for(
+    row: dict[str, Any], startup: float, seed: int, picker_block: int = 16 * 1024,
+    dt: float = 0.01,
+) -> Scenario:
     n = row["n"]
     return Scenario(
         n=n,
@@ -66,6 +70,9 @@ def scenario_for(row: dict[str, Any], startup: float, seed: int) -> Scenario:
         loss=row["loss"],
         startup=startup,
         seed=seed,
+        picker_block=picker_block,
+        dt=dt,
+        lean=True,  # the same run event for event (tests/sim), less memory
     )
 
 
@@ -77,8 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--skip-cpu-bound", action="store_true", help="only rows the lab ran below 70 % CPU"
     )
+    p.add_argument(
+        "--picker-block", type=parse_size, default=16 * 1024,
+        help="the picker's block (a coarsening past 16KiB, docs/sim.md)",
+    )
+    p.add_argument("--dt", type=float, default=0.01, help="the network's step")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if not 16 * 1024 <= args.picker_block <= 256 * 1024 or args.picker_block % (16 * 1024):
+        print("error: --picker-block must be a multiple of 16KiB up to 256KiB", file=sys.stderr)
+        return 2
+    if not 0 < args.dt <= 1:
+        print("error: --dt must be within (0, 1] seconds", file=sys.stderr)
+        return 2
     try:
         rows = lab_rows()
     except OSError as exc:
@@ -92,16 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(
             "| scenario | N | S MiB | R | T_min | lab first / p50 / last | "
-            "sim first / p50 / last | last: sim vs lab | lab CPU-bound |"
+            "sim first / p50 / last | last: sim vs lab | lab CPU-bound | sim CPU s |"
         )
-        print("|---" * 9 + "|")
+        print("|---" * 10 + "|")
     for row in rows:
         started = time.perf_counter()
-        result = simulate(scenario_for(row, args.startup, args.seed))
+        cpu = time.process_time()
+        result = simulate(
+            scenario_for(row, args.startup, args.seed, args.picker_block, args.dt)
+        )
         s = result.summary()
         diff = (s["last"] - row["last"]) / row["last"]
         out = {**row, "sim": s, "last_diff": round(diff, 3)}
         out["wall_s"] = round(time.perf_counter() - started, 1)
+        out["cpu_s"] = round(time.process_time() - cpu, 1)
         if args.json:
             print(json.dumps(out), flush=True)
             continue
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['scenario']} | {row['n']} | {row['size'] // MIB} | {row['rate']:g} | "
             f"{row['t_min']} | {row['first']} / {row['median']} / {row['last']} | "
             f"{s['first']:.1f} / {s['p50']:.1f} / {s['last']:.1f} | {diff:+.0%} | "
-            f"{'yes' if row['cpu_bound'] else 'no'} |",
+            f"{'yes' if row['cpu_bound'] else 'no'} | {out['cpu_s']} |",
             flush=True,
         )
     return 0

@@ -35,6 +35,10 @@ class MemberConfig:
     expected_peers: int | None = None
     stop_when_swarm_complete: bool = False
     big_block: int = 256 * 1024
+    # the picker's block: what one request asks at least. 16 KiB (BEP 3) is
+    # what any client serves; only a swarm of roost peers that all accept
+    # big_block may use more (the simulator does, to model fewer blocks)
+    picker_block: int = 16 * 1024
     initial_peers: list[Address] = field(default_factory=list)
     peer_id_prefix: bytes = b"-RO0100-"
     # how we are known, to recognise ourselves in a tracker's peer list

@@ -80,15 +80,16 @@ def pipeline_floor(sources: int) -> int:
     return max(SMALL_PIPELINE_BYTES, min(MIN_PIPELINE_BYTES, share))
 
 
-def blocks_in(length: int) -> int:
-    """16 KiB picker blocks in a request of `length` bytes (merged requests hold several)."""
-    return -(-length // BLOCK_SIZE)
+def blocks_in(length: int, block_size: int = BLOCK_SIZE) -> int:
+    """Picker blocks in a request of `length` bytes (merged requests hold several)."""
+    return -(-length // block_size)
 
 
 def release_span(picker: PiecePicker, key: int, index: int, begin: int, length: int) -> None:
     """Give the picker blocks of a (possibly merged) request back."""
-    for offset in range(0, length, BLOCK_SIZE):
-        size = min(BLOCK_SIZE, length - offset)
+    bs = picker.block_size
+    for offset in range(0, length, bs):
+        size = min(bs, length - offset)
         picker.request_rejected(key, Block(index, begin + offset, size))
 
 
@@ -98,9 +99,10 @@ class Outstanding:
     it is kept up to date by every change instead of re-summed; change the
     requests only through these methods."""
 
-    __slots__ = ("_requests", "_sent", "blocks")
+    __slots__ = ("_requests", "_sent", "block_size", "blocks")
 
-    def __init__(self) -> None:
+    def __init__(self, block_size: int = BLOCK_SIZE) -> None:
+        self.block_size = block_size  # the picker's
         self._requests: dict[tuple[int, int], int] = {}
         # when asked and the bytes in flight then (its own included), in the order asked
         self._sent: dict[tuple[int, int], tuple[float, int]] = {}
@@ -115,18 +117,18 @@ class Outstanding:
     def __setitem__(self, key: tuple[int, int], length: int) -> None:
         old = self._requests.get(key)
         if old is not None:
-            self.blocks -= blocks_in(old)
+            self.blocks -= blocks_in(old, self.block_size)
         self._requests[key] = length
-        self.blocks += blocks_in(length)
+        self.blocks += blocks_in(length, self.block_size)
 
     def add(self, key: tuple[int, int], length: int, now: float) -> None:
         """A request sent at `now`."""
         self[key] = length
         self._sent.pop(key, None)
-        self._sent[key] = (now, self.blocks * BLOCK_SIZE)
+        self._sent[key] = (now, self.blocks * self.block_size)
 
     def __delitem__(self, key: tuple[int, int]) -> None:
-        self.blocks -= blocks_in(self._requests.pop(key))
+        self.blocks -= blocks_in(self._requests.pop(key), self.block_size)
         self._sent.pop(key, None)
 
     def get(self, key: tuple[int, int]) -> int | None:
@@ -136,7 +138,7 @@ class Outstanding:
         """The length asked for at `key` and forget it; None when not asked."""
         length = self._requests.pop(key, None)
         if length is not None:
-            self.blocks -= blocks_in(length)
+            self.blocks -= blocks_in(length, self.block_size)
             self._sent.pop(key, None)
         return length
 
@@ -198,8 +200,10 @@ class Conn:
         *,
         outgoing: bool,
         now: float,
+        block_size: int = BLOCK_SIZE,
     ) -> None:
         self.id = cid
+        self.block_size = block_size  # the picker's (MemberConfig.picker_block)
         self.address = address
         self.outgoing = outgoing
         self.wire = wire
@@ -224,7 +228,7 @@ class Conn:
         self.floor = MIN_PIPELINE_BYTES  # pipeline_floor of the peers serving us (the member's)
         self.big_block = BLOCK_SIZE
         self.picked_dry: tuple[int, int] | None = None  # picker.pick_state when a pick fell short
-        self.outstanding = Outstanding()
+        self.outstanding = Outstanding(block_size)
         # at most this many blocks in flight once it was late (None: no cap);
         # halved at each lateness, grown by one per block it serves
         self.late_cap: int | None = None
@@ -287,13 +291,14 @@ class Conn:
     def pipeline_blocks(self, *, capped: bool = True) -> int:
         target = max(self.floor, int(self.down.rate * PIPELINE_SECONDS))
         target = min(target, MAX_PIPELINE_BYTES)
-        blocks = 1 if self.snubbed else target // BLOCK_SIZE
+        bs = self.block_size
+        blocks = 1 if self.snubbed else max(1, target // bs)
         if capped and self.late_cap is not None:
             blocks = min(blocks, self.late_cap)
         # the peer's reqq counts wire requests; merged requests hold several
         # blocks. One below it: Transmission 3.00 advertises 512 and refuses
         # the 512th.
-        per_request = max(1, self.big_block // BLOCK_SIZE)
+        per_request = max(1, self.big_block // bs)
         if self.remote:
             return min(blocks, per_request)
         return min(blocks, max(1, self.reqq - 1) * per_request)
@@ -329,7 +334,7 @@ class Conn:
         merged: list[Block] = []
         big = self.big_block
         for req in picks:
-            if merged and big > BLOCK_SIZE:
+            if merged and big > self.block_size:
                 last = merged[-1]
                 if (
                     last.index == req.index

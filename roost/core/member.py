@@ -86,6 +86,7 @@ from roost.core.stall import StallWatch
 from roost.core.uploads import Uploads
 from roost.core.webseed import WebSeeds
 from roost.core.wire import (
+    BLOCK_SIZE,
     AllowedFast,
     BitfieldMsg,
     Cancel,
@@ -105,7 +106,7 @@ from roost.core.wire import (
     allowed_fast_set,
     have_messages,
 )
-from roost.errors import RemoteProtocolError
+from roost.errors import RemoteProtocolError, UsageError
 
 TICK = 0.5
 HAVE_BATCH_SECONDS = 0.2  # how long a passed piece may wait to be announced
@@ -138,8 +139,12 @@ class SwarmMember:
         suffix = bytes(self.rng.getrandbits(8) for _ in range(20 - len(config.peer_id_prefix)))
         self.peer_id = config.peer_id_prefix + suffix
         self.have = have
+        if not BLOCK_SIZE <= config.picker_block <= max(BLOCK_SIZE, config.big_block) \
+                or config.picker_block % BLOCK_SIZE:
+            raise UsageError("picker_block must be a multiple of 16 KiB, at most big_block")
         self.picker = PiecePicker(
-            self.num_pieces, info.piece_length, info.total_length, have=have, rng=self.rng
+            self.num_pieces, info.piece_length, info.total_length, have=have, rng=self.rng,
+            block_size=config.picker_block,
         )
         self.choker = Choker(slots=config.unchoke_slots, rng=self.rng)
         self.down_bucket = TokenBucket(config.download_rate)
@@ -367,7 +372,10 @@ class SwarmMember:
             total_length=info.total_length,
         )
         wire.alloc = self._take_buffer
-        conn = Conn(ev.conn, ev.address, wire, outgoing=outgoing, now=now)
+        conn = Conn(
+            ev.conn, ev.address, wire, outgoing=outgoing, now=now,
+            block_size=self.config.picker_block,
+        )
         if outgoing:
             conn.send(out, wire.handshake_bytes(), now)
         self._close_all(self.peers.arrive(conn, now), out, now)

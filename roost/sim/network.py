@@ -151,41 +151,61 @@ class Network:
     def allocate(self) -> None:
         """Max-min fair rates for the active pipes (see the module doc).
 
-        Written for speed (it is most of the network's cost at fleet scale):
-        per-resource tables are lists indexed by resource id, and a pipe's
-        bottleneck is found without a generator. The arithmetic, and its order,
-        is the plain algorithm's, so the rates are the same to the last bit."""
+        Written for speed (it is most of the network's cost at fleet scale).
+        A resource only ever sits at one position of a pipe's resources (up,
+        down, zone egress, zone ingress), so the tables are walked one position
+        at a time, in comprehensions: every resource still sums its pipes in
+        the pipes' order, and the arithmetic is the plain algorithm's, so the
+        rates are the same to the last bit."""
         pipes = list(self.active.values())
         cap = self.capacity
         nres = len(cap)
-        res_of = [p.resources for p in pipes]
+        ups = [p.resources[0] for p in pipes]
+        downs = [p.resources[1] for p in pipes]
+        # pipes between zones also cross their zones' links: (pipe, egress, ingress)
+        cross = [(i, p.resources[2], p.resources[3])
+                 for i, p in enumerate(pipes) if len(p.resources) > 2]
+        egress = [c[1] for c in cross]
+        ingress = [c[2] for c in cross]
         count = [0] * nres
-        for res in res_of:
-            for r in res:
+        for column in (ups, downs, egress, ingress):
+            for r in column:
                 count[r] += 1
         touched = [r for r in range(nres) if count[r]]
         share = [0.0] * nres
         for r in touched:
             share[r] = cap[r] / count[r]
         flow_cap = self.flow_cap
-        rates = [0.0] * len(pipes)
 
-        def fill() -> None:
-            for i, res in enumerate(res_of):
-                low = share[res[0]]
-                for r in res[1:]:
-                    other = share[r]
-                    if other < low:
-                        low = other
-                rates[i] = flow_cap if flow_cap < low else low
+        def lowest(table: list[float]) -> list[float]:
+            """Per pipe, the least of table[r] over its resources."""
+            got = table.__getitem__
+            low = [x if x < y else y for x, y in zip(map(got, ups), map(got, downs), strict=True)]
+            for i, e, g in cross:
+                if table[e] < low[i]:
+                    low[i] = table[e]
+                if table[g] < low[i]:
+                    low[i] = table[g]
+            return low
+
+        def fill() -> list[float]:
+            rates = lowest(share)
+            if flow_cap < math.inf:
+                rates = [flow_cap if flow_cap < low else low for low in rates]
+            return rates
+
+        def per_column(rates: list[float]) -> list[tuple[list[float], list[int]]]:
+            """(rate of each pipe, its resource at one position), position by position."""
+            cross_rates = [rates[c[0]] for c in cross]
+            return [(rates, ups), (rates, downs), (cross_rates, egress), (cross_rates, ingress)]
 
         for _ in range(ROUNDS):
-            fill()
+            rates = fill()
             # a resource whose flows are held back elsewhere gives the rest to the others
             used = [0.0] * nres
             here = [0] * nres
-            for rate, res in zip(rates, res_of, strict=True):
-                for r in res:
+            for column_rates, column in per_column(rates):
+                for rate, r in zip(column_rates, column, strict=True):
                     if rate < share[r] * 0.999:
                         used[r] += rate
                     else:
@@ -195,18 +215,23 @@ class Network:
                     spare = (cap[r] - used[r]) / here[r]
                     if spare > share[r]:
                         share[r] = spare
-        fill()
+        rates = fill()
         load = [0.0] * nres
-        for rate, res in zip(rates, res_of, strict=True):
-            for r in res:
+        for column_rates, column in per_column(rates):
+            for rate, r in zip(column_rates, column, strict=True):
                 load[r] += rate
-        scale = {r: cap[r] / load[r] for r in touched if load[r] > cap[r] * 1.000001}
-        for i, p in enumerate(pipes):
-            rate = rates[i]
-            if scale:
-                factor = min(scale.get(r, 1.0) for r in p.resources)
-                if factor < 1.0:
-                    rate *= factor
+        factor = [1.0] * nres
+        scaled = False
+        for r in touched:
+            if load[r] > cap[r] * 1.000001:
+                factor[r] = cap[r] / load[r]
+                scaled = True
+        if scaled:
+            rates = [
+                rate * f if f < 1.0 else rate
+                for rate, f in zip(rates, lowest(factor), strict=True)
+            ]
+        for p, rate in zip(pipes, rates, strict=True):
             p.rate = rate
         self._dirty = False
 

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import math
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +119,7 @@ class Result:
     pieces: int
     digest: str = ""
     per_second: dict[int, int] = field(default_factory=dict)  # announces in each second
+    stopped_early: bool = False  # the caller's `stop` ended the run (World.run)
 
     def summary(self) -> dict[str, Any]:
         times = sorted(self.times.values())
@@ -134,9 +137,16 @@ class Result:
             "peak_second": max(self.per_second, key=lambda k: self.per_second[k], default=0),
             "events": self.events,
         }
+        if self.stopped_early:
+            out["stopped_early"] = True
+        # hosts still unfinished rank after every finished one: a quantile
+        # that falls among them is not known and is left out
+        ranked = times + [math.inf] * len(self.unfinished)
         if times:
             for name, q in (("first", 0.0), ("p50", 0.5), ("p99", 0.99), ("last", 1.0)):
-                value = quantile(times, q)
+                value = quantile(ranked, q)
+                if value == math.inf:
+                    continue
                 out[name] = round(value, 3)
                 out[name + "_x"] = round(value / self.bound, 3) if self.bound else None
         return out
@@ -200,8 +210,13 @@ class World:
         self.seq += 1
         heapq.heappush(self.heap, (at, self.seq, kind, a, b))
 
-    def run(self) -> Result:
+    def run(
+        self, stop: Callable[[World], bool] | None = None, every: int = 20_000
+    ) -> Result:
+        """Run to the end; `stop`, called every `every` events, may end the run
+        early (the bench's wall-clock limit: this module has no clock)."""
         sc = self.sc
+        stopped = False
         bound = sc.bound()
         limit = sc.max_time or (20 * bound + 60)
         for host in self.hosts:
@@ -216,6 +231,9 @@ class World:
                 break
             self.now = at
             self.events += 1
+            if stop is not None and self.events % every == 0 and stop(self):
+                stopped = True
+                break
             if kind == DELIVER:
                 self._deliver(a, b)
             elif kind == TIMER:
@@ -256,6 +274,7 @@ class World:
             self.net.moved,
             self.info.num_pieces,
             per_second=dict(self.per_second),
+            stopped_early=stopped,
         )
 
     # ---- hosts ----
@@ -268,6 +287,7 @@ class World:
             listen_host=spec.ip,
             announce_ip=spec.ip,
             big_block=self.sc.big_block,
+            picker_block=self.sc.picker_block,
             # the deploy passes --expected-peers: large swarms spread their bursts
             expected_peers=len(self.hosts) if self.sc.spread_bursts else None,
             local_nets=[ipaddress.ip_network(spec.zone_net)]
@@ -508,6 +528,8 @@ class World:
         )
 
 
-def simulate(scenario: Scenario) -> Result:
+def simulate(
+    scenario: Scenario, stop: Callable[[World], bool] | None = None
+) -> Result:
     """Run one scenario to the end (every live receiver complete, or the time limit)."""
-    return World(scenario).run()
+    return World(scenario).run(stop)

@@ -17,6 +17,7 @@ from roost.core.bitfield import Bitfield
 from roost.core.conn import Outstanding
 from roost.core.member import SNUB_SECONDS, MemberConfig
 from roost.core.wire import BLOCK_SIZE
+from roost.errors import UsageError
 from tests.core.member_kit import Kit
 
 
@@ -110,3 +111,37 @@ def test_a_fast_peer_is_asked_for_a_fraction_of_a_second_of_its_rate() -> None:
     conn.down.rate = rate
     in_flight = conn.pipeline_blocks() * BLOCK_SIZE
     assert rate * 0.1 <= in_flight <= rate * 0.3
+
+
+def test_a_coarser_picker_block_asks_whole_blocks_and_at_least_one() -> None:
+    """MemberConfig.picker_block (the simulator's coarsening): every request is
+    one or more whole picker blocks, the pipeline is never empty when a block
+    is bigger than the floor, and the payload still arrives and checks."""
+    big = 4 * BLOCK_SIZE
+    config = MemberConfig(big_block=big, picker_block=big)
+    kit = Kit(pieces=6, piece_length=2 * big, config=config)
+    remote = kit.connect(have=Bitfield.full(6), extended={b"m": {}, b"roost_block": big})
+    remote.say(remote.wire.send_unchoke())
+    conn = kit.member.conns[remote.cid]
+    assert kit.member.picker.block_size == big
+    for _ in range(50):
+        if kit.member.complete:
+            break
+        asked = remote.requests()
+        assert asked, "the pipeline ran empty"
+        for req in asked:
+            piece = kit.member.picker.piece_size(req.index)
+            assert req.begin % big == 0 and req.length == min(big, piece - req.begin)
+            remote.answer(req)
+        kit.check()
+        kit.advance(0.5)
+    assert kit.member.complete
+    # a floor below one block still asks one block
+    conn.floor, conn.down.rate = BLOCK_SIZE, 0.0
+    assert conn.pipeline_blocks() == 1
+
+
+@pytest.mark.parametrize("picker_block", [BLOCK_SIZE // 2, 3 * BLOCK_SIZE // 2, 8 * BLOCK_SIZE])
+def test_a_picker_block_must_be_whole_16k_blocks_within_big_block(picker_block: int) -> None:
+    with pytest.raises(UsageError, match="picker_block"):
+        Kit(config=MemberConfig(big_block=4 * BLOCK_SIZE, picker_block=picker_block))

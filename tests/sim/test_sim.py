@@ -187,3 +187,28 @@ def test_the_cdf_plot_is_an_svg_with_one_step_curve_per_run(tmp_path: Path) -> N
     assert "N = 3" in labels and "N = 2" in labels and "bound" in labels
     runs.write_text("{}")
     assert sim_plot.main([str(out), str(runs)]) == 1
+
+
+def test_a_coarser_picker_block_still_delivers_every_piece_to_every_host() -> None:
+    """--picker-block (docs/sim.md, "Fifth pass"): the picker's unit grows to
+    the piece; the swarm still completes, and no sooner than the links allow."""
+    sc = Scenario(**{**SMALL.__dict__, "picker_block": 128 * 1024, "lean": True})
+    world = World(sc)
+    result = world.run()
+    assert len(result.times) == 50 and not result.unfinished
+    assert all(h.have is not None and h.have.all() for h in world.hosts)
+    assert all(h.member is None or h.member.picker.block_size == 128 * 1024 for h in world.hosts)
+    assert min(result.times.values()) >= sc.size / (sc.rate * sc.ceiling)
+
+
+def test_a_caller_may_stop_a_run_and_quantiles_not_yet_known_are_left_out() -> None:
+    """bench.sim --wall-limit: the run ends where its caller says, and the
+    hosts still unfinished rank after the finished ones (no p50 from 1 of 50)."""
+    sc = Scenario(**{**SMALL.__dict__, "lean": True})
+    result = World(sc).run(lambda world: world.pending_receivers < sc.n, every=1)
+    assert result.stopped_early and len(result.times) == 1 and len(result.unfinished) == 49
+    summary = result.summary()
+    assert summary["stopped_early"] and summary["first"] == round(min(result.times.values()), 3)
+    assert "p50" not in summary and "last" not in summary
+    full = simulate(sc).summary()
+    assert not full.get("stopped_early") and full["last"] >= full["p50"] >= summary["first"]
