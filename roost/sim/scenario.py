@@ -44,7 +44,7 @@ class Scenario:
     spread_bursts: bool = True  # members know N (--expected-peers), so large swarms spread
     big_block: int = 256 * 1024  # MemberConfig.big_block: the wire request size between roost peers
     # MemberConfig.picker_block: the picker's unit (16 KiB in the engine); up to
-    # big_block, a coarsening that cuts the picker's work (docs/sim.md, "Fifth pass")
+    # big_block, a coarsening that cuts the picker's work (docs/sim.md, "Sixth pass")
     picker_block: int = 16 * 1024
 
     @property
