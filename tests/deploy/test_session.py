@@ -10,17 +10,19 @@ release the lock, recording `lost`.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shlex
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from roost.deploy.config import HostSpec
-from roost.deploy.host import Agent, HostRun
+from roost.deploy.host import PUSH_HEADER, Agent, HostRun
 from roost.deploy.pack import make_metainfo
 from roost.deploy.run import make_agent
 from roost.deploy.session import AgentSession, open_session
@@ -31,7 +33,7 @@ from roost.deploy.transport import (
     Result,
     _LocalStream,
 )
-from roost.deploy.zipapp import build_zipapp
+from roost.deploy.zipapp import build_zipapp, compiled
 from roost.target import session as target_session
 from roost.target.hostlock import history, inspect_lock
 from roost.target.protocol import ErrorKind, HostStatus
@@ -154,16 +156,43 @@ def test_a_host_without_the_agent_reads_it_on_the_probe_channel(tmp_path: Path) 
 
     run, result = asyncio.run(go())
     assert run.pushed_agent
-    assert (tmp_path / "home" / ".cache" / "roost" / agent.name).read_bytes() == agent.data
     assert result.code == 0, result
     assert "releases" in json.loads(result.stdout.splitlines()[-1])
+    # the host was sent the sources only and compiled them: the zipapp it cached holds
+    # what the operator's build does, each .pyc made from the very source beside it
+    cached = tmp_path / "home" / ".cache" / "roost" / agent.name
+    assert cached.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert os.stat(cached).st_mode & 0o777 == 0o755
+    with zipfile.ZipFile(cached) as got, zipfile.ZipFile(io.BytesIO(agent.data)) as built:
+        assert sorted(got.namelist()) == sorted(built.namelist())
+        for name in built.namelist():
+            if name.endswith(".pyc"):
+                source = got.read(name[:-1])
+                assert got.read(name)[:16] == built.read(name)[:16]
+                assert got.read(name)[:16] == compiled(name[:-1], source)[:16]
+            else:
+                assert got.read(name) == built.read(name), name
+    # a fifth of the zipapp's bytes cross the channel, not its base64
+    assert len(agent.push_text) < len(agent.data) / 3
 
 
-def test_an_agent_that_arrives_corrupted_is_refused_and_never_cached(tmp_path: Path) -> None:
+def _mangled(text: str, at: int) -> str:
+    """`text` with one base85 character changed: same length, still base85."""
+    return text[:at] + ("0" if text[at] != "0" else "1") + text[at + 1:]
+
+
+@pytest.mark.parametrize("how", ["sources", "text", "length"])
+def test_a_corrupted_push_is_refused_in_one_line_and_never_cached(
+        tmp_path: Path, how: str) -> None:
     good = make_agent(sys.executable)
-    # the bytes sent are no longer the ones whose SHA-256 the command carries
-    agent = Agent(good.data[:-1] + b"x", good.name, good.python)
-    agent.__dict__["data_sha256"] = good.data_sha256
+    agent = Agent(good.data, good.name, good.python, good.source)
+    if how == "sources":  # other sources than the ones whose SHA-256 the command carries
+        agent.__dict__["push_sha256"] = good.push_sha256
+        agent.source = good.source[:-1] + b"x"
+    elif how == "text":  # the lzma stream damaged on the way
+        agent.__dict__["push_text"] = _mangled(good.push_text, len(good.push_text) // 2)
+    else:  # a length no push has
+        agent.__dict__["push_text"] = "x" * PUSH_HEADER + good.push_text[PUSH_HEADER:]
     try:
         asyncio.run(_first_deploy(tmp_path, agent))
     except HostFailure as exc:
@@ -171,7 +200,7 @@ def test_an_agent_that_arrives_corrupted_is_refused_and_never_cached(tmp_path: P
     else:
         raise AssertionError("a corrupted agent was accepted")
     assert failure.kind is ErrorKind.AGENT
-    assert "cannot install the roost agent: the agent arrived corrupted" in str(failure)
+    assert str(failure) == "cannot install the roost agent: the agent arrived corrupted"
     assert not any((tmp_path / "home" / ".cache" / "roost").glob("*"))
 
 
