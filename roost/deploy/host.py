@@ -81,15 +81,18 @@ class Agent:
     def push_text(self) -> str:
         """What a probe that found no agent reads on the channel it already has (a text
         channel, on SSH, sudo and local transports alike): the sources' zip as one lzma
-        stream in base85 (a quarter over the bytes where base64 is a third), after its
+        stream (PUSH_PRESET) in base85 (a quarter over the bytes where base64 is a third), after its
         length in PUSH_HEADER digits. Made when the first host asks for it, so a deploy
         whose hosts all have the agent never compresses it."""
-        body = base64.b85encode(lzma.compress(self.source))
+        body = base64.b85encode(lzma.compress(self.source, preset=PUSH_PRESET))
         return f"{len(body):0{PUSH_HEADER}d}{body.decode()}\n"
 
 
 #: digits of push_text's length, which the host reads before the text
 PUSH_HEADER = 10
+#: lzma's preset for push_text: 1 takes 0.05 s of the deploy's CPU for 169 KB, the
+#: default 6 takes 0.26 s for 146 KB (the difference pays back only past ~2,000 hosts)
+PUSH_PRESET = 1
 #: the most push_text the host reads, and the most its sources unpack to
 PUSH_CAP = 64 << 20
 
