@@ -10,10 +10,13 @@ release the lock, recording `lost`.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import json
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 import time
 import zipfile
@@ -225,3 +228,46 @@ def test_a_loop_turns_replies_go_out_as_one_write(monkeypatch: pytest.MonkeyPatc
         {"id": 3, "out": "{\"ok\": true}\n"}, {"id": 3, "exit": 0}]
     host.flush()
     assert len(writes) == 1  # nothing queued, nothing written
+
+
+def _other_pythons() -> list[str]:
+    """CPython >= 3.10 interpreters on this machine whose bytecode version is not ours."""
+    found = {shutil.which(f"python3.{minor}") for minor in range(10, 20)}
+    found |= {str(p) for p in Path("/root/.pyenv/versions").glob("3.*/bin/python3")}
+    ours = importlib.util.MAGIC_NUMBER
+    other = []
+    for python in sorted(p for p in found if p):
+        probe = subprocess.run(
+            [python, "-c", "import sys, importlib.util as u; "
+             "print(u.MAGIC_NUMBER.hex() if sys.version_info >= (3, 10) else '')"],
+            capture_output=True, text=True, timeout=30)
+        if probe.returncode == 0 and probe.stdout.strip() not in ("", ours.hex()):
+            other.append(python)
+    return other
+
+
+def test_a_host_whose_python_has_another_bytecode_version_gets_its_own(tmp_path: Path) -> None:
+    """The push carries sources only: the host compiles them with its own Python."""
+    others = _other_pythons()
+    if not others:
+        pytest.skip("no CPython >= 3.10 with another bytecode version on this machine")
+    python = others[0]
+    agent = make_agent(python)
+
+    async def go() -> tuple[HostRun, Result]:
+        run, session = await _first_deploy(tmp_path, agent)
+        try:
+            return run, await session.run(cmd(
+                [python, "-I", run.pyz], "host-status", "--dest", str(tmp_path / "app"),
+                "--json"), timeout=60)
+        finally:
+            await session.close()
+
+    run, result = asyncio.run(go())
+    assert run.pushed_agent and result.code == 0, result
+    magic = subprocess.run(
+        [python, "-c", "import importlib.util as u; print(u.MAGIC_NUMBER.hex())"],
+        capture_output=True, text=True, timeout=30).stdout.strip()
+    with zipfile.ZipFile(run.pyz) as got:
+        heads = {got.read(n)[:4].hex() for n in got.namelist() if n.endswith(".pyc")}
+    assert heads == {magic} and magic != importlib.util.MAGIC_NUMBER.hex()
