@@ -5,7 +5,8 @@ Transport (SSH, or local for the demo); once the host's agent session runs
 (roost.deploy.session), that Transport sends it as a record on the session's
 one channel instead of a new SSH command. The agent is `python3 -I <pyz>`:
 the zipapp is cached on the host under ~/.cache/roost by version and
-content hash and pushed only when missing, so hosts need nothing but
+content hash and pushed only when missing (its sources, which the host
+compiles: Agent.push_text, RECEIVE_AGENT), so hosts need nothing but
 CPython >= 3.10. `fetch` writes its pid into the deploy's directory before
 exec'ing, so `host-clean` can stop exactly that process later — on success,
 failure or Ctrl-C — and nothing keyed on a process name is ever killed.
