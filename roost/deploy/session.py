@@ -210,7 +210,7 @@ async def _ready(stream: Stream, lines: AsyncIterator[str], before: list[str],
                     if json.loads(line).get("session") == 1:
                         return True
             elif agent is not None and line.strip() == "push":
-                await stream.send(agent.data_b64)
+                await stream.send(agent.push_text)
             before.append(line)
         return False
 

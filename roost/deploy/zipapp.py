@@ -12,6 +12,12 @@ CPU per process, per host, per deploy. The .pyc is an unchecked hash-based
 one (PEP 552), made from the very source beside it; a host whose Python has
 another bytecode version (magic number) skips it and compiles the source,
 as before.
+
+A host that lacks the agent is not sent this zip but `build_source_zip`'s:
+the sources alone, in one uncompressed zip that the deploy compresses as a
+whole (lzma, roost.deploy.host.Agent.push_text): a fifth of this zip's bytes,
+which the deploy process encrypts and sends once per host. The host compiles
+the bytecode itself, for its own Python (roost.deploy.host.RECEIVE_AGENT).
 """
 
 from __future__ import annotations
@@ -58,6 +64,19 @@ def build_zipapp_bytes(interpreter: str = "/usr/bin/env python3") -> bytes:
         info = zipfile.ZipInfo("__main__.py", date_time=(1980, 1, 1, 0, 0, 0))
         info.external_attr = 0o644 << 16
         zf.writestr(info, MAIN, compress_type=zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
+
+
+def build_source_zip() -> bytes:
+    """Every target-side module's source and __main__.py, stored uncompressed (one lzma
+    stream over the whole zip finds the redundancy between modules that a per-file
+    deflate cannot); deterministic for a given source tree."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, source in [*target_side_files(), ("__main__.py", None)]:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, MAIN if source is None else source.read_bytes())
     return buf.getvalue()
 
 

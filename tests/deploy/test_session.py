@@ -10,17 +10,22 @@ release the lock, recording `lost`.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import io
 import json
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from roost.deploy.config import HostSpec
-from roost.deploy.host import Agent, HostRun
+from roost.deploy.host import PUSH_HEADER, Agent, HostRun
 from roost.deploy.pack import make_metainfo
 from roost.deploy.run import make_agent
 from roost.deploy.session import AgentSession, open_session
@@ -31,7 +36,7 @@ from roost.deploy.transport import (
     Result,
     _LocalStream,
 )
-from roost.deploy.zipapp import build_zipapp
+from roost.deploy.zipapp import build_zipapp, compiled
 from roost.target import session as target_session
 from roost.target.hostlock import history, inspect_lock
 from roost.target.protocol import ErrorKind, HostStatus
@@ -178,16 +183,43 @@ def test_a_host_without_the_agent_reads_it_on_the_probe_channel(tmp_path: Path) 
 
     run, result = asyncio.run(go())
     assert run.pushed_agent
-    assert (tmp_path / "home" / ".cache" / "roost" / agent.name).read_bytes() == agent.data
     assert result.code == 0, result
     assert "releases" in json.loads(result.stdout.splitlines()[-1])
+    # the host was sent the sources only and compiled them: the zipapp it cached holds
+    # what the operator's build does, each .pyc made from the very source beside it
+    cached = tmp_path / "home" / ".cache" / "roost" / agent.name
+    assert cached.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert os.stat(cached).st_mode & 0o777 == 0o755
+    with zipfile.ZipFile(cached) as got, zipfile.ZipFile(io.BytesIO(agent.data)) as built:
+        assert sorted(got.namelist()) == sorted(built.namelist())
+        for name in built.namelist():
+            if name.endswith(".pyc"):
+                source = got.read(name[:-1])
+                assert got.read(name)[:16] == built.read(name)[:16]
+                assert got.read(name)[:16] == compiled(name[:-1], source)[:16]
+            else:
+                assert got.read(name) == built.read(name), name
+    # a fifth of the zipapp's bytes cross the channel, not its base64
+    assert len(agent.push_text) < len(agent.data) / 3
 
 
-def test_an_agent_that_arrives_corrupted_is_refused_and_never_cached(tmp_path: Path) -> None:
+def _mangled(text: str, at: int) -> str:
+    """`text` with one base85 character changed: same length, still base85."""
+    return text[:at] + ("0" if text[at] != "0" else "1") + text[at + 1:]
+
+
+@pytest.mark.parametrize("how", ["sources", "text", "length"])
+def test_a_corrupted_push_is_refused_in_one_line_and_never_cached(
+        tmp_path: Path, how: str) -> None:
     good = make_agent(sys.executable)
-    # the bytes sent are no longer the ones whose SHA-256 the command carries
-    agent = Agent(good.data[:-1] + b"x", good.name, good.python)
-    agent.__dict__["data_sha256"] = good.data_sha256
+    agent = Agent(good.data, good.name, good.python, good.source)
+    if how == "sources":  # other sources than the ones whose SHA-256 the command carries
+        agent.__dict__["push_sha256"] = good.push_sha256
+        agent.source = good.source[:-1] + b"x"
+    elif how == "text":  # the lzma stream damaged on the way
+        agent.__dict__["push_text"] = _mangled(good.push_text, len(good.push_text) // 2)
+    else:  # a length no push has
+        agent.__dict__["push_text"] = "x" * PUSH_HEADER + good.push_text[PUSH_HEADER:]
     try:
         asyncio.run(_first_deploy(tmp_path, agent))
     except HostFailure as exc:
@@ -195,7 +227,7 @@ def test_an_agent_that_arrives_corrupted_is_refused_and_never_cached(tmp_path: P
     else:
         raise AssertionError("a corrupted agent was accepted")
     assert failure.kind is ErrorKind.AGENT
-    assert "cannot install the roost agent: the agent arrived corrupted" in str(failure)
+    assert str(failure) == "cannot install the roost agent: the agent arrived corrupted"
     assert not any((tmp_path / "home" / ".cache" / "roost").glob("*"))
 
 
@@ -220,3 +252,46 @@ def test_a_loop_turns_replies_go_out_as_one_write(monkeypatch: pytest.MonkeyPatc
         {"id": 3, "out": "{\"ok\": true}\n"}, {"id": 3, "exit": 0}]
     host.flush()
     assert len(writes) == 1  # nothing queued, nothing written
+
+
+def _other_pythons() -> list[str]:
+    """CPython >= 3.10 interpreters on this machine whose bytecode version is not ours."""
+    found = {shutil.which(f"python3.{minor}") for minor in range(10, 20)}
+    found |= {str(p) for p in Path("/root/.pyenv/versions").glob("3.*/bin/python3")}
+    ours = importlib.util.MAGIC_NUMBER
+    other = []
+    for python in sorted(p for p in found if p):
+        probe = subprocess.run(
+            [python, "-c", "import sys, importlib.util as u; "
+             "print(u.MAGIC_NUMBER.hex() if sys.version_info >= (3, 10) else '')"],
+            capture_output=True, text=True, timeout=30)
+        if probe.returncode == 0 and probe.stdout.strip() not in ("", ours.hex()):
+            other.append(python)
+    return other
+
+
+def test_a_host_whose_python_has_another_bytecode_version_gets_its_own(tmp_path: Path) -> None:
+    """The push carries sources only: the host compiles them with its own Python."""
+    others = _other_pythons()
+    if not others:
+        pytest.skip("no CPython >= 3.10 with another bytecode version on this machine")
+    python = others[0]
+    agent = make_agent(python)
+
+    async def go() -> tuple[HostRun, Result]:
+        run, session = await _first_deploy(tmp_path, agent)
+        try:
+            return run, await session.run(cmd(
+                [python, "-I", run.pyz], "host-status", "--dest", str(tmp_path / "app"),
+                "--json"), timeout=60)
+        finally:
+            await session.close()
+
+    run, result = asyncio.run(go())
+    assert run.pushed_agent and result.code == 0, result
+    magic = subprocess.run(
+        [python, "-c", "import importlib.util as u; print(u.MAGIC_NUMBER.hex())"],
+        capture_output=True, text=True, timeout=30).stdout.strip()
+    with zipfile.ZipFile(run.pyz) as got:
+        heads = {got.read(n)[:4].hex() for n in got.namelist() if n.endswith(".pyc")}
+    assert heads == {magic} and magic != importlib.util.MAGIC_NUMBER.hex()
