@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -31,6 +31,8 @@ from roost.deploy.transport import die_with_parent
 from roost.errors import RoostError, UsageError
 from roost.target import agentargv, hostops
 from roost.target.protocol import EventName, FetchEvent, ProtocolError
+
+N = TypeVar("N", int, float)
 
 STOP_WAIT = 5.0
 TRACKER_START_TIMEOUT = 60.0
@@ -254,12 +256,22 @@ async def _tracker_port(proc: asyncio.subprocess.Process, token: str) -> int:
     except (asyncio.TimeoutError, TimeoutError):
         raise RoostError(f"the deploy's tracker did not start within "
                          f"{TRACKER_START_TIMEOUT:g} s") from None
-    with contextlib.suppress(ValueError, TypeError, KeyError):
-        port = int(json.loads(line[:200])["port"])
-        if 0 < port < 65536:
-            return port
+    port = _number(line, b"port", int)
+    if port is not None and 0 < port < 65536:
+        return port
     err = (await proc.stderr.read(4096)).decode(errors="replace").strip().splitlines()
     raise RoostError(f"the deploy's tracker failed: {err[-1] if err else 'no output'}")
+
+
+def _number(line: bytes, name: bytes, kind: Callable[[str], N]) -> N | None:
+    """The value of a `name value` line from the tracker process, or None."""
+    parts = line[:200].split()
+    if len(parts) != 2 or parts[0] != name:
+        return None
+    try:
+        return kind(parts[1].decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 async def _end(proc: asyncio.subprocess.Process) -> float | None:
@@ -270,8 +282,7 @@ async def _end(proc: asyncio.subprocess.Process) -> float | None:
     cpu: float | None = None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), STOP_WAIT)
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            cpu = float(json.loads(line[:200])["cpu_s"])
+        cpu = _number(line, b"cpu_s", float)
         await asyncio.wait_for(proc.wait(), STOP_WAIT)
     except (asyncio.TimeoutError, TimeoutError):
         with contextlib.suppress(ProcessLookupError):

@@ -8,16 +8,16 @@ runs here, in a child (roost.deploy.swarm.Swarm starts it and drives it
 through the admin API, as it would an external `roost tracker`).
 
 Protocol with the parent: the admin token comes as the first line of stdin
-(not argv: `ps` shows argv); the child answers one JSON line `{"port": P}`
-once it listens; when stdin closes (the deploy is done, or it died) the child
-prints `{"cpu_s": S}`, its own CPU time, so the deploy can tell what its
-tracker cost, and exits at once.
+(not argv: `ps` shows argv); the child answers one line `port P` once it
+listens; when stdin closes (the deploy is done, or it died) the child prints
+`cpu_s S`, its own CPU time, so the deploy can tell what its tracker cost,
+and exits at once. Plain `name value` lines: this is a child's two numbers,
+not the host protocol's records.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import resource
 import sys
@@ -42,7 +42,7 @@ async def serve(listen: str, admin_token: str) -> None:
     tracker = TrackerServer(TrackerConfig(host=listen, port=0, policy=POLICY,
                                           housekeeping_interval=0.5, admin_token=admin_token))
     await tracker.start()
-    print(json.dumps({"port": tracker.port}), flush=True)
+    print(f"port {tracker.port}", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.buffer.read)  # until the deploy is done
     # no graceful stop: the swarm lives in memory only and goes with the process
@@ -53,7 +53,7 @@ async def serve(listen: str, admin_token: str) -> None:
 
 def _report_cpu() -> None:
     me = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"cpu_s": round(me.ru_utime + me.ru_stime, 3)}), flush=True)
+    print(f"cpu_s {me.ru_utime + me.ru_stime:.3f}", flush=True)
 
 
 def main(argv: list[str]) -> int:
