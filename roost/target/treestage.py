@@ -40,6 +40,7 @@ every open walks from a directory descriptor with O_NOFOLLOW.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -74,6 +75,9 @@ class Source:
     release: Path
     path: tuple[str, ...]
     proof: list[Any]  # [sha256, ino, size, mtime_ns, ctime_ns]
+    # (ino, size, mtime_ns, ctime_ns) when reuse proved it: placing copies only a
+    # file still in that state (a file rewritten since would be copied unproven)
+    seen: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -136,7 +140,7 @@ def find_reusable(releases: Path, meta: Path, tags: list[str], manifest: TreeMan
     """For each non-empty manifest file, a proven source; plus (hashed, refused) counts."""
     index = index_kept(releases, meta, tags)
     chosen: dict[tuple[str, ...], Source] = {}
-    verdict: dict[tuple[Path, tuple[str, ...]], bool] = {}
+    verdict: dict[tuple[Path, tuple[str, ...]], tuple[int, int, int, int] | None] = {}
     hashed = refused = 0
     with _SourceDirs() as sources:
         for entry in manifest.files:
@@ -145,12 +149,12 @@ def find_reusable(releases: Path, meta: Path, tags: list[str], manifest: TreeMan
             for src in index.get(entry.sha256, []):
                 key = (src.release, src.path)
                 if key not in verdict:
-                    ok, was_hashed = _still_holds(src, entry.size, fresh_hash, sources)
-                    verdict[key] = ok
+                    seen, was_hashed = _still_holds(src, entry.size, fresh_hash, sources)
+                    verdict[key] = seen
                     hashed += was_hashed
-                    refused += not ok
-                if verdict[key]:
-                    chosen[entry.path] = src
+                    refused += seen is None
+                if verdict[key] is not None:
+                    chosen[entry.path] = dataclasses.replace(src, seen=verdict[key])
                     break
     return chosen, hashed, refused
 
@@ -184,21 +188,23 @@ class _SourceDirs:
 
 
 def _still_holds(src: Source, size: int, fresh_hash: bool, sources: _SourceDirs
-                 ) -> tuple[bool, bool]:
-    """(holds the recorded bytes, had to be hashed)."""
+                 ) -> tuple[tuple[int, int, int, int] | None, bool]:
+    """(the file's stamp if it holds the recorded bytes, else None; had to be hashed)."""
     try:
         fd = sources.open_file(src.release, src.path)
     except OSError:
-        return False, False
+        return None, False
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            return False, False
+            return None, False
         if proof_matches(st, src.proof):
-            return True, False
+            return _stamp(st), False
         if not fresh_hash:
-            return False, False
-        return _sha256_fd(fd) == src.proof[0], True
+            return None, False
+        same = _sha256_fd(fd) == src.proof[0]
+        # written to while it was hashed: the digest may be of a mix
+        return (_stamp(st) if same and _stamp(os.fstat(fd)) == _stamp(st) else None), True
     finally:
         os.close(fd)
 
@@ -251,6 +257,9 @@ def _place_one(target: DirFds, sources: _SourceDirs, path: tuple[str, ...], src:
     source = sources.open_file(src.release, src.path)
     try:
         st = os.fstat(source)
+        if src.seen is not None and _changed(st, src.seen, mode):
+            raise ReleaseError(f"{'/'.join(src.path)} of {src.release.name} changed "
+                               "after it was proven")
         dirfd = target.parent(path, create=True)
         if mode == "hardlink" and _same_meta(st, entry):
             os.link(src.path[-1], path[-1], src_dir_fd=sources.parent(src.release, src.path),
@@ -272,6 +281,14 @@ def _place_one(target: DirFds, sources: _SourceDirs, path: tuple[str, ...], src:
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _changed(st: os.stat_result, seen: tuple[int, int, int, int], mode: str) -> bool:
+    """Whether a proven source is no longer as it was proven. A hardlink made from it
+    (hardlink mode: one source may serve two paths) moves its ctime, so there only
+    inode, size and mtime count."""
+    now = _stamp(st)
+    return now[:3] != seen[:3] if mode == "hardlink" else now != seen
 
 
 def _same_meta(st: os.stat_result, entry: Entry) -> bool:

@@ -473,6 +473,22 @@ def test_late_placement_that_fails_says_why_holds_nothing_and_lets_go_of_the_loc
     assert _lock_is_free(dest)
 
 
+def test_a_source_rewritten_after_its_proof_is_not_placed(
+        tmp_path: Path, procs: Procs) -> None:
+    # beside the swarm, the proof and the copy are a whole transfer apart: a file
+    # of the running release rewritten in that time (same size) must not be copied
+    # in as if it were still the proven one
+    dest, staging, placer = _late_setup(tmp_path, procs)
+    data = dest / "releases" / "v1" / "data.bin"
+    old = data.read_bytes()
+    data.write_bytes(bytes(b ^ 0xFF for b in old[:16]) + old[16:])
+    told: list[int] = []
+    placer.run(told.extend)
+    assert placer.error is not None and "changed after it was proven" in placer.error
+    assert not set(told) & set(placer.pieces_of[("renamed-data.bin",)])
+    assert not (staging / "renamed-data.bin").exists()
+
+
 def test_a_source_written_while_it_is_copied_is_not_reused(
         tmp_path: Path, procs: Procs, monkeypatch: pytest.MonkeyPatch) -> None:
     from roost.target import treestage
