@@ -146,6 +146,8 @@ try:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with open(part, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # a crash must not leave a truncated agent under its name
     os.chmod(part, 0o755)
     os.replace(part, target)
 except OSError as exc:

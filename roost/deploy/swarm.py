@@ -162,9 +162,22 @@ class TrackerProcess:
     def __init__(self, proc: asyncio.subprocess.Process, token: str) -> None:
         self.proc = proc
         self.token = token
-        self.port: asyncio.Task[int] = asyncio.get_running_loop().create_task(
-            _tracker_port(proc, token))
+        loop = asyncio.get_running_loop()
+        self.port: asyncio.Task[int] = loop.create_task(_tracker_port(proc, token))
         self.cpu_s: float | None = None  # its CPU time, once ended
+        # once it listens, its stderr (warnings, logged errors) is read and dropped:
+        # a full pipe would block the tracker mid-announce
+        self._drain = loop.create_task(self._drain_stderr())
+
+    async def _drain_stderr(self) -> None:
+        with contextlib.suppress(BaseException):
+            await self.port
+        if self.port.cancelled() or self.port.exception() is not None:
+            return  # _tracker_port read it for its error
+        assert self.proc.stderr is not None
+        with contextlib.suppress(OSError, ValueError):
+            while await self.proc.stderr.read(65536):
+                pass
 
     @classmethod
     async def spawn(cls, listen: str) -> TrackerProcess:
@@ -174,7 +187,9 @@ class TrackerProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            # no preexec_fn (die_with_parent): the deploy's threads are running by
+            # now, and a fork runs no Python safely then; the tracker exits when its
+            # stdin closes, which a dying deploy's does too
         )
         return cls(proc, secrets.token_urlsafe(24))
 
@@ -185,6 +200,9 @@ class TrackerProcess:
         with contextlib.suppress(BaseException):
             await self.port
         self.cpu_s = await _end(self.proc)
+        self._drain.cancel()
+        with contextlib.suppress(BaseException):
+            await self._drain
 
 
 class Swarm:

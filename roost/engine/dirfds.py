@@ -16,6 +16,7 @@ and tree staging (roost.target.treestage).
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import OrderedDict
@@ -49,6 +50,8 @@ class DirFds:
         if fd is not None:
             self._fds.move_to_end(parts)
             return fd
+        if not parts:  # closed: the root's descriptor is gone, and nothing opens from it
+            raise OSError(errno.EBADF, "the directory tree was closed")
         parent = self.get(parts[:-1], create)
         try:
             fd = os.open(parts[-1], DIR_FLAGS, dir_fd=parent)

@@ -569,6 +569,8 @@ class _Walk:
             done.append(name)
         if tuple(done[: len(self._within)]) != self._within:
             raise self._outside(link, rel)
+        if not want_dir and not done:  # a file that is a link to the root itself
+            raise StorageError(f"payload file {'/'.join(rel)} is not a regular file")
         return tuple(done), st
 
     def _path(self, done: list[str], name: str) -> str:

@@ -422,3 +422,16 @@ def test_with_top_a_symlink_may_not_leave_the_payload_for_its_parent(tmp_path: P
     os.rename(beside, out / "inside.bin")
     out.joinpath(*first).symlink_to(out / "inside.bin")
     assert Storage(info, out.parent, top="out").recheck().all()
+
+
+@pytest.mark.parametrize("target", [".", "ROOT"])
+def test_a_payload_file_that_links_to_the_root_itself_is_one_error(
+        tmp_path: Path, target: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "art.tar").symlink_to(str(root) if target == "ROOT" else target)
+    info, _ = make_info(3 * PIECE, name="art.tar")
+    with pytest.raises(StorageError, match="not a regular file"):
+        Storage(info, root).open(create=False)
+    with pytest.raises(StorageError, match="not a regular file"):
+        Storage(info, root).open()
