@@ -49,7 +49,11 @@ MAX_PIPELINE_BYTES = 32 * 1024 * 1024
 # it crosses several hops at fleet scale: N = 100 hosts, 64 MiB, took 1.61x
 # the bound (last host) with 1 s, 1.53x with 0.25 s (simulated, docs/sim.md
 # "Fifth pass").
-# 0.25 s still covers a round trip of up to 250 ms at the peer's rate.
+# 0.25 s still covers a round trip of up to 250 ms at the peer's rate. Beyond
+# that (a fleet across oceans) a peer's pipeline settles at its floor per round
+# trip: the pipeline should then follow the round trip, measured without the
+# uploader's queue (a lone request measures its service at the uploader's share
+# too, so it overstates a busy peer's round trip); not done yet.
 PIPELINE_SECONDS = 0.25
 # ... but the floors of all the peers that serve us together stay near
 # FLOOR_TOTAL_BYTES, and never below SMALL_PIPELINE_BYTES. An uploader serves each
