@@ -67,6 +67,7 @@ from roost.target.signing import SignatureError, canonical, verify_bytes
 
 DEPLOYS = "deploys"
 STOP_WAIT = 5.0
+EXEC_WAIT = 1.0  # seconds a pid file's process gets to become the fetch it names
 #: host-prepare's `tls` keys -> files in the deploy directory (fetch's --tls-* flags)
 PEER_TLS = {"cert": "peer-cert.pem", "key": "peer-key.pem", "ca": "peer-ca.pem"}
 
@@ -309,6 +310,22 @@ def add_clean(parser: argparse.ArgumentParser) -> Runner:
     return run_clean
 
 
+def _await_exec(pid: int, wait: float = EXEC_WAIT) -> None:
+    """A pid file is written by the session's child just before it execs the fetch:
+    until then its command line is still the session's, which roost_alive does not
+    take for a fetch. Give such a child `wait` s to exec (or exit); a recycled pid
+    that stays a session is waited for, never stopped."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if b"roost" not in cmdline or b"session" not in cmdline or roost_alive(pid):
+            return
+        time.sleep(0.02)
+
+
 def stop_pid(pid: int, wait: float = STOP_WAIT) -> bool:
     """SIGTERM, then SIGKILL after `wait` s. True when it had to be stopped."""
     if not roost_alive(pid):
@@ -334,7 +351,8 @@ def clean(dest: Dest, deploy_id: str | None) -> CleanResult:
         # written then cannot start (the agent writes it whole, under a temporary name
         # renamed into place, before the exec: fsutil.write_pid_file, which fails on
         # the vanished path), and one whose pid file is written is found in the moved
-        # directory, never as an empty file
+        # directory, never as an empty file; a child that wrote it but has not yet
+        # exec'd its fetch is given EXEC_WAIT to (_await_exec)
         doomed = work.with_name(f".{work.name.lstrip('.')}.del-{os.getpid()}")
         try:
             os.rename(work, doomed)
@@ -342,6 +360,8 @@ def clean(dest: Dest, deploy_id: str | None) -> CleanResult:
             doomed = work  # already gone, or moved aside by an earlier clean
         for pidfile in doomed.glob("*.pid"):
             pid = _read_pid(pidfile)
+            if pid is not None:
+                _await_exec(pid)
             if pid is not None and stop_pid(pid):
                 stopped.append(pid)
         if doomed.exists():

@@ -58,3 +58,34 @@ def test_a_link_planted_at_the_temporary_name_is_not_followed(tmp_path: Path) ->
     assert victim.read_bytes() == b"precious"
     assert (tmp_path / "fetch.pid").read_text() == "4242\n"
     assert not (tmp_path / "fetch.pid").is_symlink()
+
+
+def test_host_clean_stops_a_child_that_execs_its_fetch_after_the_pid_file(
+        tmp_path: Path) -> None:
+    """Between writing its pid file and its exec, the session's child still has the
+    session's command line: host-clean must wait for the exec, not pass it over."""
+    import subprocess
+    import sys
+    import time
+
+    from roost.target.hostops import clean, deploy_dir
+    from roost.target.release import Dest
+
+    dest = Dest(tmp_path / "app")
+    work = deploy_dir(dest, "d1")
+    work.mkdir(parents=True)
+    # the command line says `roost ... session` until, 0.3 s on, it execs `roost fetch`
+    later = ("import os, sys, time; time.sleep(0.3); os.execv(sys.executable, "
+             "[sys.executable, '-c', 'import time; time.sleep(30)', 'roost', 'fe' + 'tch'])")
+    child = subprocess.Popen([sys.executable, "-c", later, "roost", "session"])
+    try:
+        write_pid_file(work / "fetch.pid", child.pid)
+        time.sleep(0.05)
+        result = clean(dest, "d1")
+        assert result.stopped == (child.pid,)
+        assert child.wait(10) != 0  # stopped, not left to sleep its 30 s
+        assert not work.exists()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
