@@ -116,13 +116,19 @@ def _next_release(src: Path, new: Path) -> None:
     os.rename(new / "private" / "key", new / "private" / "key2")
 
 
+def _released_and_next(tmp: Path, procs: Procs) -> tuple[Path, Path, Path]:
+    """The sample tree released as v1 to tmp/dest, and its next release (src2) beside it."""
+    src = make_sample_tree(tmp / "src", big=BIG)
+    dest = tmp / "dest"
+    release(tmp, procs, src, dest, "v1")
+    new = tmp / "src2"
+    _next_release(src, new)
+    return src, dest, new
+
+
 def test_the_next_release_reuses_unchanged_and_renamed_files(tmp_path: Path,
                                                             procs: Procs) -> None:
-    src = make_sample_tree(tmp_path / "src", big=BIG)
-    dest = tmp_path / "dest"
-    release(tmp_path, procs, src, dest, "v1")
-    new = tmp_path / "src2"
-    _next_release(src, new)
+    src, dest, new = _released_and_next(tmp_path, procs)
     fetch = release(tmp_path, procs, new, dest, "v2")
     event = reused(fetch)
     # data.bin (renamed) and private/key (renamed) are reused, with the unchanged ones
@@ -389,11 +395,7 @@ def test_host_prepare_refuses_a_decompression_bomb(tmp_path: Path) -> None:
 
 def test_placed_beside_the_swarm_the_next_release_lands_the_same(tmp_path: Path,
                                                                   procs: Procs) -> None:
-    src = make_sample_tree(tmp_path / "src", big=BIG)
-    dest = tmp_path / "dest"
-    release(tmp_path, procs, src, dest, "v1")
-    new = tmp_path / "src2"
-    _next_release(src, new)
+    src, dest, new = _released_and_next(tmp_path, procs)
     fetch = release(tmp_path, procs, new, dest, "v2", extra=("--place-beside-swarm",))
     event = reused(fetch)
     assert event["files"] == 4 and event["refused"] == 0
@@ -415,11 +417,7 @@ def _late_setup(tmp: Path, procs: Procs) -> tuple[Path, Path, Any]:
     from roost.target.fetch_tree import tree_setup
     from roost.target.torrentfile import read_torrent
 
-    src = make_sample_tree(tmp / "src", big=BIG)
-    dest = tmp / "dest"
-    release(tmp, procs, src, dest, "v1")
-    new = tmp / "src2"
-    _next_release(src, new)
+    _, dest, new = _released_and_next(tmp, procs)
     work, torrent, staging = _prepare(tmp, new, dest, "v2")
     ns = argparse.Namespace(tree_manifest=work / "manifest.json", dest=dest, dir=staging,
                             reuse="copy", stage=False, place_beside_swarm=True)
