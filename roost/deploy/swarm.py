@@ -172,7 +172,7 @@ class TrackerProcess:
     async def _drain_stderr(self) -> None:
         with contextlib.suppress(BaseException):
             await self.port
-        if self.port.cancelled() or self.port.exception() is not None:
+        if not self.port.done() or self.port.cancelled() or self.port.exception() is not None:
             return  # _tracker_port read it for its error
         assert self.proc.stderr is not None
         with contextlib.suppress(OSError, ValueError):
