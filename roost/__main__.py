@@ -16,6 +16,10 @@ from roost.target.agent import AGENT_COMMANDS
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the program itself: a deploy may have asked it to die with it
+        from roost.target.lifeline import honour_request
+
+        honour_request()
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in AGENT_COMMANDS:
         from roost.target.agent import main as agent_main

@@ -18,7 +18,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -27,7 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from roost.deploy.config import HostSpec
-from roost.deploy.transport import die_with_parent
+from roost.deploy.transport import spawn_roost_child
 from roost.errors import RoostError, UsageError
 from roost.target import agentargv, hostops
 from roost.target.protocol import EventName, FetchEvent, ProtocolError
@@ -181,16 +180,9 @@ class TrackerProcess:
 
     @classmethod
     async def spawn(cls, listen: str) -> TrackerProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "roost.deploy.trackerproc", listen,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            # no preexec_fn (die_with_parent): the deploy's threads are running by
-            # now, and a fork runs no Python safely then; the tracker exits when its
-            # stdin closes, which a dying deploy's does too
-        )
+        # it also exits when its stdin closes, which a dying deploy's does too
+        proc = await spawn_roost_child("roost.deploy.trackerproc", listen,
+                                       stdin=asyncio.subprocess.PIPE)
         return cls(proc, secrets.token_urlsafe(24))
 
     async def end(self) -> None:
@@ -351,18 +343,11 @@ class Origin:
         wait: bool = True,
     ) -> Origin:
         """Start the seeder; with `wait`, return once it seeds (else call `started`)."""
-        args = [sys.executable, "-m", "roost", *agentargv.seed(
+        args = ["roost", *agentargv.seed(
             str(torrent), str(payload_dir), tracker_url, expected, listen,
             super_seed=super_seed, tree=tree, upload_rate=upload_rate, allow=allow,
             tls=agentargv.TlsFiles(*map(str, tls)) if tls is not None else None)]
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        proc = await spawn_roost_child(*args, stdin=asyncio.subprocess.DEVNULL)
         origin = cls(proc)
         if wait:
             await origin.started()

@@ -73,4 +73,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from roost.target.lifeline import honour_request
+
+    honour_request()
     sys.exit(main(sys.argv[1:]))

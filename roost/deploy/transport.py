@@ -13,6 +13,7 @@ import contextlib
 import os
 import shlex
 import socket
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from roost.deploy import pace
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.sshlib import asyncssh
+from roost.target import lifeline
 from roost.target.protocol import ErrorKind
 
 MAX_LINE = 1 << 20
@@ -29,15 +31,22 @@ PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
 LOST_MID_TRANSFER = "the host died or its network went away mid-transfer (SSH connection lost)"
 
 
-def die_with_parent() -> None:
-    """In a child, before exec: get SIGTERM when the deploy process dies, even by SIGKILL
-    (Linux PR_SET_PDEATHSIG), so a killed deploy leaves no origin or local peer behind."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+async def spawn_roost_child(*args: str, stdin: int) -> asyncio.subprocess.Process:
+    """Start `python -m <args>` beside the deploy (its tracker, its origin): its own
+    session, so a Ctrl-C at the terminal reaches only the deploy, which stops it;
+    dying with the deploy even by SIGKILL (asked through the environment, see
+    roost.target.lifeline: no preexec_fn once the deploy's threads run); and on
+    Python 3.11+ with -P, so a roost/ folder in the operator's working directory
+    cannot shadow the installed one."""
+    safe_path = ("-P",) if sys.version_info >= (3, 11) else ()
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *safe_path, "-m", *args,
+        stdin=stdin,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        env=lifeline.asked_by(os.getpid()),
+    )
 
 
 class AgentCommand(str):
@@ -412,7 +421,7 @@ class LocalTransport:
             stderr=asyncio.subprocess.DEVNULL,
             limit=MAX_LINE,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=lifeline.die_with_parent,  # local (demo) hosts only
         )
         return _LocalStream(proc)
 

@@ -46,6 +46,7 @@ from typing import Any
 
 from roost.target import Runner
 from roost.target.fsutil import write_pid_file
+from roost.target.lifeline import die_with_parent
 from roost.target.protocol import HostStatus
 
 STOP_GRACE = 5.0  # seconds a stopped request gets between SIGTERM and SIGKILL
@@ -315,7 +316,7 @@ def _child(argv: list[str], stdin: int, stdout: int, stderr: int, pidfile: objec
     try:
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        _die_with_parent()
+        die_with_parent()
         os.dup2(stdin, 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
@@ -353,14 +354,6 @@ def _self_argv() -> list[str]:
     if sys.argv[0].endswith(".pyz"):
         return ["-I", sys.argv[0]]
     return ["-m", "roost"]
-
-
-def _die_with_parent() -> None:
-    """SIGTERM when the session dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError, ImportError):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _alive(pid: int) -> bool:
