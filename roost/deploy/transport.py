@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shlex
 import socket
@@ -142,25 +143,34 @@ def _client_keys(key: str) -> Any:
 def ssh_hostname(alias: str, config: DeployConfig) -> str:
     """The address an ~/.ssh/config alias stands for (its HostName), else `alias`:
     the deploy host needs it to pick the address its tracker binds."""
+    return str(_ssh_config_value(_ssh_config_path(config), alias, "Hostname") or alias)
+
+
+def _ssh_config_path(config: DeployConfig) -> str:
+    return str(Path(config.ssh_config or "~/.ssh/config").expanduser())
+
+
+@functools.lru_cache(maxsize=4096)
+def _ssh_config_value(path: str, alias: str, option: str) -> object:
+    """One option of ~/.ssh/config (or ssh.config) for `alias`, as asyncssh reads it;
+    None when unset or the file is missing. Cached: the file is read once per host
+    and option in a deploy, not once per connection and question."""
     import getpass
 
     from asyncssh.config import SSHClientConfig
 
-    path = Path(config.ssh_config or "~/.ssh/config").expanduser()
-    if not path.is_file():
-        return alias
+    if not Path(path).is_file():
+        return None
     with contextlib.suppress(Exception):  # a config asyncssh rejects fails at connect, clearly
-        parsed = SSHClientConfig.load(None, [path], False, False, False, getpass.getuser(),
-                                      "", alias, ())
-        return str(parsed.get("Hostname") or alias)
-    return alias
+        parsed = SSHClientConfig.load(None, [Path(path)], False, False, False,
+                                      getpass.getuser(), "", alias, ())
+        return parsed.get(option)
+    return None
 
 
-async def ssh_connect(spec: HostSpec, config: DeployConfig, fleet: int = 1) -> Transport:
-    """Connect as OpenSSH would: ~/.ssh/config (or ssh.config) supplies HostName, User,
-    Port, IdentityFile, ProxyJump and UserKnownHostsFile unless a flag overrides them;
-    keys come from ssh-agent ($SSH_AUTH_SOCK) too. `fleet`: the deploy's host count,
-    which sets how often an idle connection is checked (roost.deploy.pace)."""
+def ssh_options(spec: HostSpec, config: DeployConfig) -> dict[str, Any]:
+    """asyncssh.connect's options for one host: flags first, then what asyncssh reads
+    from the ssh config itself."""
     options: dict[str, Any] = {
         "known_hosts": _known_hosts(config),
         "connect_timeout": config.connect_timeout,
@@ -168,10 +178,12 @@ async def ssh_connect(spec: HostSpec, config: DeployConfig, fleet: int = 1) -> T
         # kernel once connected (watch_socket), by asyncssh until then
         "keepalive_interval": pace.KEEPALIVE_IDLE,
         "keepalive_count_max": 3,
-        # AES-GCM first: asyncssh's chacha20-poly1305 costs the deploy host ~17 us of
-        # CPU per packet, AES-GCM ~2 us (bench/launch.py); both are OpenSSH defaults
-        "encryption_algs": PREFERRED_CIPHERS,
     }
+    if _ssh_config_value(_ssh_config_path(config), spec.address, "Ciphers") is None:
+        # AES-GCM first: asyncssh's chacha20-poly1305 costs the deploy host ~17 us of
+        # CPU per packet, AES-GCM ~2 us (bench/launch.py); both are OpenSSH defaults.
+        # A Ciphers line in the operator's ssh config wins, as it would for ssh(1).
+        options["encryption_algs"] = PREFERRED_CIPHERS
     if spec.port is not None:
         options["port"] = spec.port
     if config.ssh_config:
@@ -182,6 +194,15 @@ async def ssh_connect(spec: HostSpec, config: DeployConfig, fleet: int = 1) -> T
         options["client_keys"] = _client_keys(config.key)
     if options["known_hosts"] == ():
         del options["known_hosts"]
+    return options
+
+
+async def ssh_connect(spec: HostSpec, config: DeployConfig, fleet: int = 1) -> Transport:
+    """Connect as OpenSSH would: ~/.ssh/config (or ssh.config) supplies HostName, User,
+    Port, IdentityFile, ProxyJump and UserKnownHostsFile unless a flag overrides them;
+    keys come from ssh-agent ($SSH_AUTH_SOCK) too. `fleet`: the deploy's host count,
+    which sets how often an idle connection is checked (roost.deploy.pace)."""
+    options = ssh_options(spec, config)
     try:
         conn = await asyncssh.connect(spec.address, **options)
     except asyncssh.PermissionDenied:

@@ -25,3 +25,26 @@ def test_no_port_given_leaves_it_to_ssh_config(tmp_path: Path) -> None:
     assert [(h.address, h.port) for h in hosts] == [("app-behind", None), ("b", 2222)]
     hosts = resolve_hosts(load_config(None, {"hosts": ["a"], "ssh_port": 2200}))
     assert hosts[0].port == 2200
+
+
+def test_a_ciphers_line_in_the_ssh_config_wins_over_roosts_preference(tmp_path: Path) -> None:
+    """AES-GCM is roost's choice only where the operator made none (as asyncssh itself
+    resolves the options it would connect with)."""
+    import asyncio
+
+    from roost.deploy.config import HostSpec
+    from roost.deploy.sshlib import asyncssh
+    from roost.deploy.transport import ssh_options
+
+    path = tmp_path / "ssh_config"
+    path.write_text("Host web-*\n  Ciphers chacha20-poly1305@openssh.com\n")
+    config = DeployConfig(ssh_config=str(path))
+
+    async def ciphers(host: str) -> list[bytes]:
+        options = ssh_options(HostSpec(name=host, address=host), config)
+        options.pop("known_hosts", None)
+        resolved = asyncssh.SSHClientConnectionOptions(host=host, known_hosts=None, **options)
+        return list(resolved.encryption_algs)
+
+    assert asyncio.run(ciphers("web-1")) == [b"chacha20-poly1305@openssh.com"]
+    assert asyncio.run(ciphers("db-1"))[0] == b"aes128-gcm@openssh.com"
