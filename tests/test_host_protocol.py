@@ -470,7 +470,8 @@ def test_every_argv_builder_is_accepted_by_its_subcommands_parser() -> None:
     fetch = agentargv.FetchArgs(
         "/w/payload.torrent", "/w/staging", "http://t:1/announce", 3, "6881-6999", 900,
         tree_manifest="/w/manifest.json", dest="/srv", reuse="copy", bind="::",
-        announce_ip="fe80::1", allow=["10.0.0.0/8"], location="rack1", upload_rate="10M",
+        announce_ip="fe80::1", allow=["10.0.0.0/8"], location="rack1",
+        local_nets=("10.1.0.0/16", "fd00::/8"), upload_rate="10M",
         download_rate="20M", web_seeds=("http://w/a",),
         tls=agentargv.TlsFiles("/w/c.pem", "/w/k.pem", "/w/ca.pem"), quiet=True,
         progress_every=2.5)
@@ -482,6 +483,7 @@ def test_every_argv_builder_is_accepted_by_its_subcommands_parser() -> None:
         (agentargv.prepare("/srv", "d1", "h", 0, interface="eth0"), {"interface": "eth0"}),
         (agentargv.fetch(fetch), {"expected_peers": 3, "timeout": 900.0, "bind": "::",
                                   "reuse": "copy", "quiet": True, "location": "rack1",
+                                  "local_net": ["10.1.0.0/16", "fd00::/8"],
                                   "progress_every": 2.5}),
         (agentargv.stage("/srv", "/w/manifest.json", "/srv/releases/.v1.tmp-d1"),
          {"no_switch": True, "tag": None}),

@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from roost.deploy.config import DeployConfig, load_config, resolve_hosts
+from roost.deploy.config import DeployConfig, load_config, parse_location_nets, resolve_hosts
 from roost.deploy.run import (
     EXIT_INTERRUPTED,
     Connector,
@@ -131,6 +131,8 @@ def overrides(params: dict[str, Any]) -> dict[str, Any]:
                 "origins"):
         if key in out:
             out[key] = list(out[key] or [])
+    if params.get("location_nets"):
+        out["location_nets"] = parse_location_nets(params["location_nets"])
     if params.get("no_activate"):
         out["activate"] = False
     if params.get("no_local_origin"):
@@ -210,6 +212,9 @@ def host_options(func: Any) -> Any:
         click.option("--hosts-file", help="file with one host per line"),
         click.option("-i", "--inventory", help="Ansible inventory (INI or YAML)"),
         click.option("-g", "--group", "groups", multiple=True, help="inventory group (repeatable)"),
+        click.option("--location-net", "location_nets", multiple=True, metavar="LABEL=CIDR",
+                     help="the networks of hosts at location LABEL (repeatable): their "
+                     "fetches ask peers outside them only for what no local peer has"),
         click.option("--dest", help="destination directory on every host (absolute)"),
         click.option("--user", help="SSH user"),
         click.option("--ssh-port", type=int, help="SSH port (default 22)"),

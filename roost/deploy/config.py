@@ -11,7 +11,9 @@ roost_location (a rack/zone label for the tracker).
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,8 @@ class DeployConfig:
     tracker_token: str | None = None  # its admin token (or $ROOST_TRACKER_TOKEN)
     interface: str | None = None
     locations: dict[str, str] = field(default_factory=dict)  # host name -> label
+    # label -> that location's networks: its hosts' fetches treat peers outside as remote
+    location_nets: dict[str, list[str]] = field(default_factory=dict)
     batch: str | None = None  # activate N hosts (or N%) at a time; None: all at once
     canary: int = 0  # hosts activated (and health-checked) alone, before the batches
     health_check: str | None = None  # run in `current` after each batch; exit 0 = healthy
@@ -107,6 +111,7 @@ TOML_KEYS: dict[str, dict[str, str]] = {
         "inventory": "inventory",
         "groups": "groups",
         "locations": "locations",
+        "location_nets": "location_nets",
     },
     "ssh": {
         "user": "user",
@@ -185,6 +190,8 @@ def _apply_toml(config: DeployConfig, data: dict[str, Any], path: Path) -> Deplo
             values[key] = [values[key]]
         if key in values and not all(isinstance(v, str) for v in values[key]):
             raise UsageError(f"{path}: [network] {key} must be a list of {what}")
+    if "location_nets" in values:
+        values["location_nets"] = _location_nets_table(values["location_nets"], path)
     if isinstance(values.get("batch"), int):
         values["batch"] = str(values["batch"])
     if isinstance(values.get("min_success"), int | float):
@@ -193,6 +200,47 @@ def _apply_toml(config: DeployConfig, data: dict[str, Any], path: Path) -> Deplo
         return replace(config, **values)
     except TypeError as exc:
         raise UsageError(f"{path}: {exc}") from None
+
+
+def _location_nets_table(table: object, path: Path) -> dict[str, list[str]]:
+    """[hosts] location_nets = { rack1 = "10.1.0.0/16", rack2 = ["10.2.0.0/16", ...] }"""
+    bad = UsageError(f"{path}: [hosts] location_nets must map location labels to networks")
+    if not isinstance(table, dict):
+        raise bad
+    out: dict[str, list[str]] = {}
+    for label, nets in table.items():
+        nets = [nets] if isinstance(nets, str) else nets
+        if not isinstance(nets, list) or not all(isinstance(n, str) for n in nets):
+            raise bad
+        out[str(label)] = nets
+    return out
+
+
+def parse_location_nets(rules: Iterable[str]) -> dict[str, list[str]]:
+    """--location-net LABEL=CIDR[,CIDR] (repeatable) as a label -> networks table."""
+    out: dict[str, list[str]] = {}
+    for rule in rules:
+        label, eq, nets = rule.partition("=")
+        if not eq or not label.strip() or not nets.strip():
+            raise UsageError(f"--location-net: {rule!r} is not LABEL=CIDR[,CIDR...]")
+        out.setdefault(label.strip(), []).append(nets)
+    return out
+
+
+def check_location_nets(table: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Every network of every location, validated before any host is touched; the
+    result has one network per entry."""
+    out: dict[str, list[str]] = {}
+    for label, entries in table.items():
+        nets = out.setdefault(label, [])
+        for entry in entries:
+            for item in entry.replace(",", " ").split():
+                try:
+                    nets.append(str(ipaddress.ip_network(item, strict=False)))
+                except ValueError:
+                    raise UsageError(f"location_nets: {item!r} (location {label!r}) is not "
+                                     "an address or a network") from None
+    return out
 
 
 # --- hosts -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import lzma
 import shlex
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -350,7 +350,8 @@ class HostRun:
         return info
 
     async def start_fetch(self, agent: Agent, plan: FetchPlan, location: str | None,
-                          dest: str = "", reuse: str = "copy") -> None:
+                          dest: str = "", reuse: str = "copy",
+                          local_nets: Sequence[str] = ()) -> None:
         assert self.transport is not None
         self.phase = Phase.FETCH
         bind = None
@@ -374,7 +375,8 @@ class HostRun:
             stage=bool(self.staging),
             bind=bind, announce_ip=(self.address if self.address
                                     and not self.address.startswith("127.") else None),
-            allow=plan.allow, location=location or None, upload_rate=plan.upload_rate or None,
+            allow=plan.allow, location=location or None, local_nets=local_nets,
+            upload_rate=plan.upload_rate or None,
             download_rate=plan.download_rate or None, web_seeds=plan.web_seeds, tls=tls,
             progress_every=plan.progress_every))
         pidfile = f"{self.work}/fetch.pid"

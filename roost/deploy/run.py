@@ -48,7 +48,7 @@ from roost.core.metainfo import check_web_seed_url, parse
 from roost.deploy import dryrun, hashcache, locking, origins, pace, rollout
 from roost.deploy.allowlist import check_extra, fleet_allowlist, resolve
 from roost.deploy.batches import plan_batches
-from roost.deploy.config import DeployConfig, HostSpec, parse_min_success
+from roost.deploy.config import DeployConfig, HostSpec, check_location_nets, parse_min_success
 from roost.deploy.host import Agent, FetchPlan, HostRun
 from roost.deploy.pack import Packed, Source, check_source, make_metainfo, pack
 from roost.deploy.pki import DeployCA
@@ -128,6 +128,7 @@ async def run_deploy(
             raise UsageError("the destination (--dest) must be an absolute path")
     plan_batches(len(deploy.hosts), config.batch, config.canary)  # bad --batch: fail now
     check_extra(config.allow)  # a bad --allow: fail now, not after the hosts are locked
+    check_location_nets(config.location_nets)  # likewise
     if config.keep < 0:
         raise UsageError(f"--keep must be 0 or more, not {config.keep}")
     if config.health_timeout <= 0:
@@ -393,6 +394,7 @@ async def _fetch_phase(
     assert deploy.payload is not None
     manifest = deploy.payload.manifest
     launch = asyncio.Semaphore(max(1, config.concurrency))
+    location_nets = check_location_nets(config.location_nets)
 
     async def one(run: HostRun) -> None:
         try:
@@ -403,7 +405,7 @@ async def _fetch_phase(
                     await swarm.one_fewer()
                     return
                 await run.start_fetch(agent, plan, run.spec.location, run.dest(config),
-                                      config.reuse)
+                                      config.reuse, location_nets.get(run.spec.location or "", []))
                 run.status = HostStatus.FETCHING
             completed = asyncio.Event()
             run.fetch_task = asyncio.create_task(run.follow_fetch(completed))

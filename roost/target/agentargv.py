@@ -55,6 +55,7 @@ class FetchArgs:
     announce_ip: str | None = None
     allow: Sequence[str] | None = None
     location: str | None = None
+    local_nets: Sequence[str] = ()  # the location's networks: peers outside are remote
     upload_rate: str | None = None
     download_rate: str | None = None
     web_seeds: Sequence[str] = ()
@@ -75,6 +76,8 @@ def fetch(a: FetchArgs) -> list[str]:
             *_opt("--location", a.location), *_opt("--upload-rate", a.upload_rate),
             *_opt("--download-rate", a.download_rate),
             *_opt("--progress-every", f"{a.progress_every:g}" if a.progress_every else None)]
+    for net in a.local_nets:
+        argv += ["--local-net", net]
     for url in a.web_seeds:
         argv += ["--web-seed", url]
     if a.tls is not None:
