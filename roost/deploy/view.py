@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from rich.text import Text
 from roost.core.inert import inert
 from roost.deploy.config import parse_rate
 from roost.deploy.dryrun import need_bytes
+from roost.deploy.host import HostRun
 from roost.deploy.origins import origin_rows
 from roost.deploy.rollout import placement
 from roost.deploy.state import Deploy
@@ -50,26 +52,48 @@ def _size(n: float) -> str:
     return f"{n:.1f}"
 
 
+_DONE = frozenset((HostStatus.STAGED, HostStatus.OK, HostStatus.ACTIVATED,
+                   HostStatus.NOT_ACTIVATED))
+_RUNNING = frozenset((HostStatus.CONNECTING, HostStatus.FETCHING))
+
+
 def progress(deploy: Deploy) -> dict[str, Any]:
+    """The live panel's figures, in one pass over the hosts (it runs every redraw)."""
     size = deploy.payload.manifest.size if deploy.payload else 0
+    done_bytes = 0
+    rate = 0.0
+    done = failed = 0
+    running: list[HostRun] = []
+    for h in deploy.hosts:
+        done_bytes += h.bytes_done if h.bytes_done < size else size
+        rate += h.rate
+        status = h.status
+        if status in _RUNNING:
+            running.append(h)
+        elif status in _DONE:
+            done += 1
+        elif status is HostStatus.FAILED:
+            failed += 1
     total = size * len(deploy.hosts)
-    done = sum(min(h.bytes_done, size) for h in deploy.hosts)
-    counts = deploy.counts()
-    running = [h for h in deploy.hosts
-               if h.status in (HostStatus.CONNECTING, HostStatus.FETCHING)]
-    slow = sorted(running, key=lambda h: h.bytes_done)[:3]
+    slow = heapq.nsmallest(3, running, key=lambda h: h.bytes_done)
     return {
-        "percent": 100.0 * done / total if total else 0.0,
-        "rate": sum(h.rate for h in deploy.hosts),
-        "done": sum(counts.get(s, 0) for s in (HostStatus.STAGED, HostStatus.OK,
-                                                HostStatus.ACTIVATED, HostStatus.NOT_ACTIVATED)),
+        "percent": 100.0 * done_bytes / total if total else 0.0,
+        "rate": rate,
+        "done": done,
         "running": len(running),
-        "failed": counts.get(HostStatus.FAILED, 0),
+        "failed": failed,
         "slowest": [
             (h.spec.name, 100.0 * h.bytes_done / h.bytes_total if h.bytes_total else 0)
             for h in slow
         ],
     }
+
+
+def redraw_every(hosts: int) -> float:
+    """Seconds between live-panel redraws: 4 a second up to 1,000 hosts, then fewer,
+    so that a 10,000-host deploy spends ~0.5 % of its one thread on the panel
+    (about 8 ms a redraw at 10,000 hosts), not 3 %."""
+    return min(2.0, max(0.25, hosts / 4000))
 
 
 def live_panel(deploy: Deploy) -> Group:
@@ -110,12 +134,14 @@ async def live_view(deploy: Deploy, console: Console, enabled: bool) -> AsyncIte
         return
     from rich.live import Live
 
-    with Live(live_panel(deploy), console=console, refresh_per_second=4, transient=True) as live:
+    every = redraw_every(len(deploy.hosts))
+    with Live(live_panel(deploy), console=console, refresh_per_second=1 / every,
+              transient=True) as live:
 
         async def refresh() -> None:
             while True:
                 live.update(live_panel(deploy))
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(every)
 
         task = asyncio.create_task(refresh())
         try:
