@@ -123,22 +123,7 @@ async def run_deploy(
 ) -> Deploy:
     """Run the whole flow; sets deploy.exit_code. Raises only for local mistakes."""
     config = deploy.config
-    for run in deploy.hosts:
-        if not run.dest(config).startswith("/"):
-            raise UsageError("the destination (--dest) must be an absolute path")
-    plan_batches(len(deploy.hosts), config.batch, config.canary)  # bad --batch: fail now
-    check_extra(config.allow)  # a bad --allow: fail now, not after the hosts are locked
-    check_location_nets(config.location_nets)  # likewise
-    if config.keep < 0:
-        raise UsageError(f"--keep must be 0 or more, not {config.keep}")
-    if config.health_timeout <= 0:
-        raise UsageError("--health-timeout must be more than 0 seconds")
-    _check_signing(config)
-    for url in config.web_seeds:
-        check_web_seed_url(url, UsageError)  # a bad --web-seed: fail now
-    # a bad --origin: fail now, before any host is touched
-    deploy.origins = [origins.RemoteOrigin(spec) for spec in origins.parse_origins(
-        config, [h.spec for h in deploy.hosts])]
+    _check_settings(deploy)
     agent_build = asyncio.create_task(asyncio.to_thread(make_agent, config.python))
     scratch = make_scratch("roost-deploy-")
     swarm: SwarmControl | None = None
@@ -185,21 +170,7 @@ async def run_deploy(
                                    tracker_proc)
         deploy.mark("tracker_started")
         tree = deploy.payload.manifest.format is PayloadFormat.TREE
-        plan = FetchPlan(
-            swarm.announce_url,
-            *swarm.route_target,
-            swarm.expected,
-            config.port_range,
-            config.upload_rate,
-            config.download_rate,
-            config.timeout,
-            pki,
-            signature=signature,
-            allowed_signers=config.allowed_signers if config.require_signature else None,
-            web_seeds=tuple(config.web_seeds),
-            # the fleet's progress lines stay ~pace.PROGRESS_BUDGET a second whatever N is
-            progress_every=pace.progress_every(len(deploy.hosts)),
-        )
+        plan = _fetch_plan(config, swarm, pki, signature, len(deploy.hosts))
         deploy.phase = "fetch"
         # every host reports the address it will announce before any peer starts:
         # the fleet-only allowlist of the origin and the peers is made of them
@@ -235,33 +206,8 @@ async def run_deploy(
             swarm.announce_url, swarm.expected, config, allow), swarm.one_fewer)
         if _no_origin(deploy):
             return deploy
-        live = origin
-
-        async def local_started() -> None:
-            if live is not None:
-                await live.started()
-
-        seeding = asyncio.create_task(local_started())
-        seeding.add_done_callback(lambda _: deploy.mark("origin_started"))
-        fetching = asyncio.create_task(_fetch_phase(
-            deploy, agent, torrent, plan, swarm, connect,
-            origin_dead=lambda: ((live is None or live.proc.returncode is not None)
-                                 and not any(o.seeding for o in deploy.origins)),
-        ))
-        try:
-            await asyncio.wait((seeding, fetching), return_when=asyncio.FIRST_COMPLETED)
-            await seeding  # the origin failed to start: the deploy's error
-            if on_ready:
-                on_ready(deploy)
-            await fetching
-        finally:
-            for task in (seeding, fetching):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(seeding, fetching, return_exceptions=True)
-        if origin is not None and origin.proc.returncode is not None \
-                and not any(o.seeding for o in deploy.origins):
-            _blame_dead_origin(deploy, origin.proc.returncode)
+        await _fetch_beside_origin(deploy, agent, torrent, plan, swarm, connect, origin,
+                                   on_ready)
         deploy.mark("fetched")
         await _activate_phase(deploy, agent)
         deploy.mark("activated")
@@ -290,6 +236,81 @@ async def run_deploy(
         deploy.mark("end")
         deploy.phase = "done"
     return deploy
+
+
+def _check_settings(deploy: Deploy) -> None:
+    """Every refusal the settings alone justify, before anything is started or touched."""
+    config = deploy.config
+    for run in deploy.hosts:
+        if not run.dest(config).startswith("/"):
+            raise UsageError("the destination (--dest) must be an absolute path")
+    plan_batches(len(deploy.hosts), config.batch, config.canary)  # a bad --batch
+    check_extra(config.allow)  # a bad --allow: now, not after the hosts are locked
+    check_location_nets(config.location_nets)
+    if config.keep < 0:
+        raise UsageError(f"--keep must be 0 or more, not {config.keep}")
+    if config.health_timeout <= 0:
+        raise UsageError("--health-timeout must be more than 0 seconds")
+    _check_signing(config)
+    for url in config.web_seeds:
+        check_web_seed_url(url, UsageError)
+    deploy.origins = [origins.RemoteOrigin(spec) for spec in origins.parse_origins(
+        config, [h.spec for h in deploy.hosts])]
+
+
+def _fetch_plan(config: DeployConfig, swarm: SwarmControl, pki: DeployCA | None,
+                signature: str | None, hosts: int) -> FetchPlan:
+    """What every host's fetch is told (its allowlist is added once all have prepared)."""
+    return FetchPlan(
+        swarm.announce_url,
+        *swarm.route_target,
+        swarm.expected,
+        config.port_range,
+        config.upload_rate,
+        config.download_rate,
+        config.timeout,
+        pki,
+        signature=signature,
+        allowed_signers=config.allowed_signers if config.require_signature else None,
+        web_seeds=tuple(config.web_seeds),
+        # the fleet's progress lines stay ~pace.PROGRESS_BUDGET a second whatever N is
+        progress_every=pace.progress_every(hosts),
+    )
+
+
+async def _fetch_beside_origin(
+    deploy: Deploy, agent: Agent, torrent: bytes, plan: FetchPlan, swarm: SwarmControl,
+    connect: Connector, origin: Origin | None, on_ready: Callable[[Deploy], None] | None,
+) -> None:
+    """Every host's fetch while the local origin (if any) finishes starting: an origin
+    that fails to start is the deploy's error; one that dies while no --origin seeds
+    is named in the hosts' reasons."""
+
+    async def local_started() -> None:
+        if origin is not None:
+            await origin.started()
+
+    seeding = asyncio.create_task(local_started())
+    seeding.add_done_callback(lambda _: deploy.mark("origin_started"))
+    fetching = asyncio.create_task(_fetch_phase(
+        deploy, agent, torrent, plan, swarm, connect,
+        origin_dead=lambda: ((origin is None or origin.proc.returncode is not None)
+                             and not any(o.seeding for o in deploy.origins)),
+    ))
+    try:
+        await asyncio.wait((seeding, fetching), return_when=asyncio.FIRST_COMPLETED)
+        await seeding  # the origin failed to start: the deploy's error
+        if on_ready:
+            on_ready(deploy)
+        await fetching
+    finally:
+        for task in (seeding, fetching):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(seeding, fetching, return_exceptions=True)
+    if origin is not None and origin.proc.returncode is not None \
+            and not any(o.seeding for o in deploy.origins):
+        _blame_dead_origin(deploy, origin.proc.returncode)
 
 
 def _pack(config: DeployConfig, src: Path, scratch: Path, tag: str, source: Source
