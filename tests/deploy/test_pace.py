@@ -73,6 +73,24 @@ def test_a_seeders_lines_are_further_apart(monkeypatch: pytest.MonkeyPatch) -> N
     assert len(out.getvalue().splitlines()) == 2
 
 
+def test_the_first_bytes_gained_are_told_at_once() -> None:
+    """A deploy marks `first_bytes` at the first line whose bytes grew past the first
+    line's: that line goes out at once, not up to progress_every later; then paced."""
+    out = io.StringIO()
+    reporter = Reporter(as_json=True, stream=out, progress_every=3600)
+
+    def progress(done: int) -> None:
+        reporter.progress(done=done, total=9, down_rate=0.0, up_rate=0.0, peers=1,
+                          state="downloading")
+
+    progress(4)  # what was held (reused) before any transfer
+    progress(4)  # nothing gained: paced
+    progress(5)  # the first bytes: at once
+    progress(6)  # paced again
+    progress(7)
+    assert [json.loads(line)["bytes_done"] for line in out.getvalue().splitlines()] == [4, 5]
+
+
 def test_progress_every_takes_seconds_only() -> None:
     assert _seconds("2.5") == 2.5
     for bad in ("-1", "nan", "4000", "soon"):
