@@ -405,6 +405,8 @@ class HostRun:
                 self.peer_id = event.peer_id.encode("latin-1")
             elif event.event is EventName.ANNOUNCED:
                 self.mark_first("announced")
+            elif event.event is EventName.CHECKED:
+                self.mark_first("opened")  # the storage is open: next, the session starts
             elif event.event is EventName.PROGRESS:
                 if base is None:
                     base = event.bytes_done
