@@ -392,7 +392,7 @@ class HostRun:
         """Read fetch's JSON events until it exits; set `completed` on `complete`."""
         assert self.fetch_stream is not None
         error: FetchEvent | None = None
-        base: int | None = None  # bytes held at the first progress event
+        base: int | None = None  # bytes held at the start (else at the first progress event)
         async for line in self.fetch_stream.lines():
             try:
                 event = FetchEvent.from_json(line)
@@ -403,6 +403,8 @@ class HostRun:
             if event.event is EventName.STARTED and event.peer_id is not None:
                 self.mark_first("fetch_running")
                 self.peer_id = event.peer_id.encode("latin-1")
+                if base is None and event.bytes_done is not None:
+                    base = event.bytes_done  # held at the start (an older fetch: the first line)
             elif event.event is EventName.ANNOUNCED:
                 self.mark_first("announced")
             elif event.event is EventName.CHECKED:
