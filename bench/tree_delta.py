@@ -29,6 +29,11 @@ measured back to back under the same load:
     git archive main | tar -x -C /tmp/before
     sudo python -m bench.tree_delta --roost-src /tmp/before --roost-src . --rounds 2
 
+`--dest-fs xfs` puts each host's destination on XFS (reflink=1, a loop
+device backed by a sparse file in /dev/shm) instead of tmpfs: reused files
+are then placed by FICLONE, as on hosts whose releases live on XFS or btrfs,
+instead of being copied byte for byte.
+
 Each deploy's `timeline` (from `roost deploy --json`: the deploy's marks and,
 per mark of the hosts, min/median/max, in seconds since the command's own
 start) says where the wall time went.
@@ -235,10 +240,15 @@ def main() -> None:
                         help="a roost checkout to measure (repeatable: interleaved, "
                         "back to back); default this one")
     parser.add_argument("--rounds", type=int, default=1, help="full + next per checkout")
+    parser.add_argument("--dest-fs", choices=("tmpfs", "xfs"), default="tmpfs",
+                        help="each host's destination: tmpfs (a reused file is a full "
+                        "copy) or XFS with reflink=1 on a loop device backed by /dev/shm "
+                        "(a reused file is a reflink, as on XFS or btrfs hosts; needs "
+                        "mkfs.xfs, and at least 300 MiB: --size-mib 22 or more)")
     ns = parser.parse_args()
     rng = random.Random(ns.seed)
     work = Path(tempfile.mkdtemp(prefix="roost-tree-delta-", dir="/var/tmp"))
-    out: dict[str, Any] = {"hosts": ns.hosts, "rate_mbit": ns.rate_mbit,
+    out: dict[str, Any] = {"hosts": ns.hosts, "rate_mbit": ns.rate_mbit, "dest_fs": ns.dest_fs,
                            "load_before": os.getloadavg()}
     srcs: list[Path | None] = [p.resolve() for p in ns.roost_src] or [None]
     runs: list[dict[str, Any]] = []
@@ -246,7 +256,8 @@ def main() -> None:
         v1 = make_tree(work / "v1", ns.size_mib, ns.files, rng)
         v2 = work / "v2"
         out["change"] = next_release(v1, v2, rng)
-        with Fleet(ns.hosts, dest_size=f"{ns.size_mib * 2 + 256}m") as fleet:
+        with Fleet(ns.hosts, dest_size=f"{ns.size_mib * 2 + 256}m",
+                   dest_fs=ns.dest_fs) as fleet:
             fleet.shape(ns.rate_mbit)
             extra = ns.extra.split()
             out["runs"] = runs  # printed even when a later step fails (see finally)

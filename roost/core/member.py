@@ -208,6 +208,9 @@ class SwarmMember:
                     "peer_id": self.peer_id.hex(),
                     "pieces": self.num_pieces,
                     "have": self.have.count(),
+                    # what is held before any transfer: a deploy's first_bytes is the
+                    # first progress past it (roost.deploy.host)
+                    "bytes_done": self.bytes_done(),
                     "state": "seeding" if self.complete else "downloading",
                 },
             )

@@ -394,7 +394,7 @@ class HostRun:
         """Read fetch's JSON events until it exits; set `completed` on `complete`."""
         assert self.fetch_stream is not None
         error: FetchEvent | None = None
-        base: int | None = None  # bytes held at the first progress event
+        base: int | None = None  # bytes held at the start (else at the first progress event)
         async for line in self.fetch_stream.lines():
             try:
                 event = FetchEvent.from_json(line)
@@ -405,8 +405,12 @@ class HostRun:
             if event.event is EventName.STARTED and event.peer_id is not None:
                 self.mark_first("fetch_running")
                 self.peer_id = event.peer_id.encode("latin-1")
+                if base is None and event.bytes_done is not None:
+                    base = event.bytes_done  # held at the start (an older fetch: the first line)
             elif event.event is EventName.ANNOUNCED:
                 self.mark_first("announced")
+            elif event.event is EventName.CHECKED:
+                self.mark_first("opened")  # the storage is open: next, the session starts
             elif event.event is EventName.PROGRESS:
                 if base is None:
                     base = event.bytes_done

@@ -24,7 +24,9 @@ class Reporter:
     """`progress_every`: at least this many seconds between two JSON progress lines (0:
     every tick), SEEDING_SLOWER times that once seeding. A deploy of N hosts reads N
     such streams over SSH, so it asks for fewer lines as N grows (roost.deploy.pace);
-    state changes always go out."""
+    state changes always go out, and so does the first line whose bytes grew past the
+    first line's (one line more per run): a deploy's `first_bytes` mark is then when
+    the first bytes came, not up to `progress_every` later."""
 
     def __init__(self, *, as_json: bool, stream: TextIO | None = None, quiet: bool = False,
                  progress_every: float = 0.0) -> None:
@@ -35,6 +37,7 @@ class Reporter:
         self.started = time.monotonic()
         self.progress_every = progress_every
         self._progress_at: float | None = None  # when the last JSON progress line went
+        self._first_done: int | None = None  # bytes of the first progress line, until grown
         self._line_open = False
         self.gone = False  # the reader of `out` went away
 
@@ -71,8 +74,15 @@ class Reporter:
         if self.as_json:
             now = time.monotonic()
             every = self.progress_every * (SEEDING_SLOWER if state == "seeding" else 1)
-            if self._progress_at is not None and now - self._progress_at < every:
+            grew = (self._first_done is not None and done > self._first_done
+                    and state != "seeding")
+            if self._progress_at is not None and now - self._progress_at < every \
+                    and not grew:
                 return
+            if self._progress_at is None:
+                self._first_done = done
+            elif grew:
+                self._first_done = None  # told once; paced from now on
             self._progress_at = now
             self.event(
                 "progress",

@@ -441,6 +441,7 @@ class Session:
 
     def _check_and_write(self, index: int, data: bytearray) -> bool:
         """On the checker's thread: hash the piece and, when good, write it."""
+        self.storage.fill_local(index, data)  # blocks held locally (a tree's reused files)
         if hashlib.sha1(data).digest() != self.meta.info.piece_hash(index):
             return False
         self.storage.write_piece(index, data)

@@ -354,6 +354,11 @@ class Storage:
         with self._pinned([s[0] for s in spans]) as fds:
             yield [(fds[f], off, n) for f, off, n in spans]
 
+    def fill_local(self, index: int, data: bytearray) -> None:
+        """On the checker's thread, before piece `index` is hashed: copy in the bytes
+        this storage holds itself for it, if any (roost.engine.treestorage: the
+        blocks of reused files, never requested). Nothing here."""
+
     def read_block(self, index: int, begin: int, length: int) -> bytes:
         """Read `length` bytes at `begin` inside piece `index`."""
         spans = self._file_spans(index, begin, length)

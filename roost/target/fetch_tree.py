@@ -229,21 +229,16 @@ class LatePlacer:
 
 
 def preload(session: Session, storage: TreeStorage) -> None:
-    """Give the session the blocks of partly held pieces that we hold locally: the
-    picker never requests them and the piece's buffer starts with their bytes
-    (read back from the placed files), so the piece is hashed whole as usual."""
-    member = session.member  # the core: its picker and piece assembly
+    """Tell the picker the blocks of partly held pieces that we hold locally: it
+    never requests them. Their bytes are read from the placed files when the piece
+    is checked (TreeStorage.fill_local, on the checker's thread, while the transfer
+    runs), not here: the session starts without those reads. The piece is hashed
+    whole as usual; if it fails, all of it is fetched again."""
+    member = session.member  # the core: its picker
     size = member.picker.block_size
     for index, blocks in preload_order(storage.local_blocks):
-        buf = bytearray(member.info.piece_size(index))
-        piece = len(buf)
-        for j in blocks:
-            begin = j * size
-            buf[begin : begin + min(size, piece - begin)] = storage.read_block(
-                index, begin, min(size, piece - begin))
         member.picker.preload(index, blocks)
-        member.assembly.buffers[index] = buf
-        member.assembly.block_from[index] = {}
+        storage.fill_at_check(index, blocks, size)
 
 
 def preload_order(local: dict[int, list[int]], rng: random.Random | None = None

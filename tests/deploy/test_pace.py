@@ -4,16 +4,20 @@ socket, the --key read once."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from roost.deploy import pace
+from roost.deploy.host import HostRun
+from roost.deploy.hosts import HostSpec
 from roost.deploy.transport import _client_keys, watch_socket
 from roost.engine.reporter import Reporter
 from roost.target.fetch_seed import _seconds
@@ -71,6 +75,58 @@ def test_a_seeders_lines_are_further_apart(monkeypatch: pytest.MonkeyPatch) -> N
     now[0] += 14.0
     seeding()
     assert len(out.getvalue().splitlines()) == 2
+
+
+def test_the_first_bytes_gained_are_told_at_once() -> None:
+    """A deploy marks `first_bytes` at the first line whose bytes grew past the first
+    line's: that line goes out at once, not up to progress_every later; then paced."""
+    out = io.StringIO()
+    reporter = Reporter(as_json=True, stream=out, progress_every=3600)
+
+    def progress(done: int) -> None:
+        reporter.progress(done=done, total=9, down_rate=0.0, up_rate=0.0, peers=1,
+                          state="downloading")
+
+    progress(4)  # what was held (reused) before any transfer
+    progress(4)  # nothing gained: paced
+    progress(5)  # the first bytes: at once
+    progress(6)  # paced again
+    progress(7)
+    assert [json.loads(line)["bytes_done"] for line in out.getvalue().splitlines()] == [4, 5]
+
+
+class _Lines:
+    """A fetch's stdout as the deploy reads it (roost.deploy.transport.Stream)."""
+
+    def __init__(self, lines: list[dict[str, object]]) -> None:
+        self._lines = [json.dumps(line) for line in lines]
+
+    async def lines(self) -> AsyncIterator[str]:
+        for line in self._lines:
+            yield line
+
+    async def wait(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    async def send(self, text: str, eof: bool = False) -> None:
+        pass
+
+
+def test_first_bytes_counts_from_what_the_fetch_held_at_its_start() -> None:
+    """The `started` event says what was held (reused) before any transfer: the first
+    progress line past it is the host's first_bytes, even when it is the first line."""
+    run = HostRun(HostSpec(name="h", address="127.0.0.1"))
+    run.fetch_stream = _Lines([
+        {"event": "started", "peer_id": "-RO0100-abcdefghijkl", "have": 1, "bytes_done": 100},
+        {"event": "progress", "bytes_done": 150, "bytes_total": 200},
+        {"event": "complete", "bytes": 200, "downloaded": 100},
+    ])
+    asyncio.run(run.follow_fetch(asyncio.Event()))
+    assert "first_bytes" in run.times
+    assert run.times["fetch_running"] <= run.times["first_bytes"] <= run.times["fetched"]
 
 
 def test_progress_every_takes_seconds_only() -> None:

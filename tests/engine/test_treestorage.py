@@ -104,3 +104,48 @@ def test_a_symlink_in_the_staging_directory_is_never_followed(tmp_path: Path) ->
         storage.open(create=True)
     storage.close()
     assert list(outside.iterdir()) == []
+
+
+def test_local_blocks_are_read_in_when_the_piece_is_checked_and_only_once(
+        tmp_path: Path) -> None:
+    """A partly held piece's blocks that lie in placed files are read from them when
+    the piece is checked (not before the session starts); once: a piece that failed
+    its check is fetched again whole, and those bytes must not be overwritten."""
+    import shutil
+
+    from roost.core.wire import BLOCK_SIZE
+    from roost.target import treestage
+
+    src = _tree(tmp_path / "src", files=40)
+    with open(src / "big.bin", "wb") as f:  # sparse: enough bytes for 32 KiB pieces
+        f.truncate(40 * 2**20)
+    packed, info, pieces = _packed(src)
+    assert info.piece_length == 2 * BLOCK_SIZE
+    changed = info.files[-1].path  # the last small file: fetched; every other one placed
+    done = {f.path for f in info.files if not f.pad and f.path != changed}
+    staging = tmp_path / "staging"
+    for path in done:
+        (staging.joinpath(*path)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src.joinpath(*path), staging.joinpath(*path))
+    local = treestage.local_blocks(info, done, BLOCK_SIZE)
+    index, blocks = next((i, b) for i, b in local.items() if len(b) < 2)
+    storage = TreeStorage(info, staging, packed.manifest, done=done)
+    storage.open(create=True)
+    try:
+        storage.fill_at_check(index, blocks, BLOCK_SIZE)
+        size = info.piece_size(index)
+        data = bytearray(pieces[index])
+        for j in blocks:  # what the network did not send: undefined bytes
+            data[j * BLOCK_SIZE : min((j + 1) * BLOCK_SIZE, size)] = b"\xff" * min(
+                BLOCK_SIZE, size - j * BLOCK_SIZE)
+        garbled = bytes(data)
+        storage.fill_local(index, data)
+        assert data == pieces[index]
+        again = bytearray(garbled)  # the piece fetched again after a failed check
+        storage.fill_local(index, again)
+        assert again == garbled
+        other = bytearray(pieces[0])
+        storage.fill_local(0, other)  # a piece with nothing local: untouched
+        assert other == pieces[0]
+    finally:
+        storage.close()

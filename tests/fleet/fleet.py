@@ -77,6 +77,10 @@ class Fleet:
     started: bool = False
     users: bool = False  # add DEPLOY_USER (passwordless sudo) and APP_USER on every host
     log_level: str = "ERROR"  # sshd's; VERBOSE logs each connection and each command
+    # the destination's filesystem: "tmpfs", or "xfs" (reflink=1, as mkfs.xfs makes it
+    # by default, in an image file in /dev/shm mounted by loop device in the host's
+    # mount namespace): where a reused file is placed by FICLONE, as on real hosts
+    dest_fs: str = "tmpfs"
 
     # --- naming ---------------------------------------------------------------------
 
@@ -179,11 +183,23 @@ class Fleet:
         ]))
         # mounts are private to this host's mount namespace: dest, /tmp and
         # /root (so ~/.cache, where the zipapp is cached, is per host)
+        if self.dest_fs == "xfs":
+            image = self._dest_image(host)
+            with image.open("wb") as f:  # sparse: memory is used only as blocks are written
+                f.truncate(_size_bytes(host.dest_size))
+            sh("mkfs.xfs", "-q", "-m", "reflink=1", str(image))
+            mount_dest = (f"mount -o loop {shlex.quote(str(image))} {self.dest} && "
+                          f"chmod 0755 {self.dest} && ")
+        elif self.dest_fs == "tmpfs":
+            mount_dest = (f"mount -t tmpfs -o size={host.dest_size},mode=0755 roost-dest "
+                          f"{self.dest} && ")
+        else:
+            raise ValueError(f"dest_fs must be tmpfs or xfs, not {self.dest_fs!r}")
         script = (
-            f"mount --make-rprivate / && "
-            f"mount -t tmpfs -o size={host.dest_size},mode=0755 roost-dest {self.dest} && "
-            f"mount -t tmpfs -o size=64m,mode=1777 roost-tmp /tmp && "
-            f"mount -t tmpfs -o size=64m,mode=0700 roost-home /root && "
+            "mount --make-rprivate / && "
+            + mount_dest +
+            "mount -t tmpfs -o size=64m,mode=1777 roost-tmp /tmp && "
+            "mount -t tmpfs -o size=64m,mode=0700 roost-home /root && "
             + (self._user_mounts() if self.users else "")
             + f"exec {SSHD} -D -e -f {config}"
         )
@@ -192,6 +208,9 @@ class Fleet:
             ["ip", "netns", "exec", host.ns, "unshare", "--mount", "sh", "-c", script],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
+
+    def _dest_image(self, host: Host) -> Path:
+        return Path("/dev/shm") / f"roost-fleet-{self.tag}-{host.name}.xfs"
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -357,6 +376,8 @@ class Fleet:
             sh("ip", "netns", "del", host.ns, check=False)
         sh("ip", "netns", "del", self.switch_ns, check=False)
         sh("ip", "link", "del", f"{self.tag}-r", check=False)
+        for host in self.hosts:  # the loop mount went with the namespace's last process
+            self._dest_image(host).unlink(missing_ok=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.started = False
         LIVE.pop(id(self), None)
@@ -370,6 +391,13 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _size_bytes(text: str) -> int:
+    """A tmpfs-style size ("768m", "2g", "1048576") in bytes."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    unit = units.get(text[-1:].lower(), 1)
+    return int(text[:-1] if unit != 1 else text) * unit
 
 
 def _free_subnet() -> int:
