@@ -160,7 +160,7 @@ def cpu_by_command(pids: list[int]) -> dict[str, float]:
         used = (int(fields[11]) + int(fields[12])) / tck
         words = [Path(a.decode(errors="replace")).name for a in argv[:4] if a]
         if words[:1] and words[0].startswith("python"):
-            words = [w for w in words[1:] if w not in ("-m", "-u")][:2]
+            words = [w for w in words[1:] if w not in ("-m", "-u", "-P")][:2]
         label = " ".join(words[:2] if words[:1] == ["roost"] else words[:1]) or "?"
         out[label] = round(out.get(label, 0.0) + used, 3)
     return out

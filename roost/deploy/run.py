@@ -128,6 +128,7 @@ async def run_deploy(
     scratch = make_scratch("roost-deploy-")
     swarm: SwarmControl | None = None
     tracker_proc: asyncio.Task[TrackerProcess] | None = None
+    warm_origin: asyncio.Task[asyncio.subprocess.Process] | None = None
     origin: Origin | None = None
     packing: asyncio.Task[tuple[Packed, bytes, str | None]] | None = None
     deploy.mark("start")
@@ -146,6 +147,8 @@ async def run_deploy(
             config.listen)
         if not config.tracker and not config.dry_run:  # its start overlaps the connects
             tracker_proc = asyncio.create_task(TrackerProcess.spawn(where))
+        if config.local_origin and not config.dry_run:  # so do the origin's imports
+            warm_origin = asyncio.create_task(Origin.prestart(scratch))
         deploy.phase = "preflight" if config.dry_run else "lock"
 
         async def reach_origins() -> None:  # origins too need the agent first
@@ -201,7 +204,9 @@ async def run_deploy(
                 allow=allow,
                 tree=tree,
                 wait=False,
+                warm=await warm_origin if warm_origin is not None else None,
             )
+            warm_origin = None
         await origins.seed_all(deploy.origins, origins.make_order(
             swarm.announce_url, swarm.expected, config, allow), swarm.one_fewer)
         if _no_origin(deploy):
@@ -232,6 +237,9 @@ async def run_deploy(
         elif tracker_proc is not None:  # spawned, never used (a refusal, a failure)
             with contextlib.suppress(Exception):
                 await (await tracker_proc).end()
+        if warm_origin is not None:  # likewise
+            with contextlib.suppress(Exception):
+                await Origin.discard(await warm_origin)
         shutil.rmtree(scratch, ignore_errors=True)
         deploy.mark("end")
         deploy.phase = "done"

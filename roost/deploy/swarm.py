@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -341,17 +342,43 @@ class Origin:
         allow: list[str] | None = None,
         tree: bool = False,
         wait: bool = True,
+        warm: asyncio.subprocess.Process | None = None,
     ) -> Origin:
-        """Start the seeder; with `wait`, return once it seeds (else call `started`)."""
-        args = ["roost", *agentargv.seed(
+        """Start the seeder; with `wait`, return once it seeds (else call `started`).
+        `warm`: a process from `prestart`, told its arguments now (else a new one)."""
+        argv = agentargv.seed(
             str(torrent), str(payload_dir), tracker_url, expected, listen,
             super_seed=super_seed, tree=tree, upload_rate=upload_rate, allow=allow,
-            tls=agentargv.TlsFiles(*map(str, tls)) if tls is not None else None)]
-        proc = await spawn_roost_child(*args, stdin=asyncio.subprocess.DEVNULL)
+            tls=agentargv.TlsFiles(*map(str, tls)) if tls is not None else None)
+        proc = None
+        if warm is not None and warm.returncode is None and warm.stdin is not None:
+            with contextlib.suppress(ConnectionError):  # it died: start one as usual
+                warm.stdin.write(json.dumps(argv).encode() + b"\n")
+                await warm.stdin.drain()
+                proc = warm
+        if proc is None:
+            if warm is not None:
+                await cls.discard(warm)
+            proc = await spawn_roost_child("roost", *argv, stdin=asyncio.subprocess.DEVNULL)
         origin = cls(proc)
         if wait:
             await origin.started()
         return origin
+
+    @staticmethod
+    async def prestart(workdir: Path) -> asyncio.subprocess.Process:
+        """An origin process that imports the engine now and waits for its arguments
+        (roost.deploy.originproc): give it to `start` once they are known. It runs in
+        `workdir` (the deploy's scratch), which is how ps tells whose origin it is."""
+        return await spawn_roost_child("roost.deploy.originproc",
+                                       stdin=asyncio.subprocess.PIPE, cwd=workdir)
+
+    @staticmethod
+    async def discard(warm: asyncio.subprocess.Process) -> None:
+        """A prestarted process that was never needed: it exits when its stdin closes."""
+        if warm.stdin is not None:
+            warm.stdin.close()
+        await _end(warm)
 
     async def started(self) -> None:
         """Until the seeder says it started; RoostError (the seeder stopped) if it fails."""

@@ -32,7 +32,8 @@ PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
 LOST_MID_TRANSFER = "the host died or its network went away mid-transfer (SSH connection lost)"
 
 
-async def spawn_roost_child(*args: str, stdin: int) -> asyncio.subprocess.Process:
+async def spawn_roost_child(*args: str, stdin: int, cwd: Path | None = None
+                            ) -> asyncio.subprocess.Process:
     """Start `python -m <args>` beside the deploy (its tracker, its origin): its own
     session, so a Ctrl-C at the terminal reaches only the deploy, which stops it;
     dying with the deploy even by SIGKILL (asked through the environment, see
@@ -47,6 +48,7 @@ async def spawn_roost_child(*args: str, stdin: int) -> asyncio.subprocess.Proces
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
         env=lifeline.asked_by(os.getpid()),
+        cwd=cwd,
     )
 
 

@@ -20,18 +20,19 @@ from roost.target.hostops import route_source
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _children_of(parent: int) -> list[str]:
-    found = []
+def _origin_workdir(parent: int) -> str:
+    """The working directory of the deploy's origin (roost.deploy.originproc): the
+    deploy's scratch directory."""
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if ppid == parent and b"roost.deploy.originproc" in cmd:
+                    return os.readlink(f"/proc/{pid}/cwd")
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == parent:
-                found.append(cmd)
-    return found
+    return ""
 
 
 def _roost_children(marker: str) -> list[str]:
@@ -155,10 +156,8 @@ def test_interrupting_a_demo_cleans_up(sig: signal.Signals, tmp_path: Path) -> N
             time.sleep(0.2)
         time.sleep(1.0)
         assert base and proc.poll() is None, "the demo ended before it could be interrupted"
-        origin = [c for c in _children_of(proc.pid) if " seed " in c]
-        found = re.search(r"(/\S+/roost-deploy-[^/\s]+)/", origin[0] if origin else "")
-        assert found, origin
-        scratch = found.group(1)
+        scratch = _origin_workdir(proc.pid)
+        assert re.fullmatch(r"/\S+/roost-deploy-[^/\s]+", scratch), scratch
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -118,10 +118,11 @@ def child_pids(parent: int) -> list[int]:
 
 
 def origin_pid(deploy: subprocess.Popen[str]) -> int:
-    """The deploy's `roost seed` child (the origin); ours, since we started the deploy."""
+    """The deploy's origin child (roost.deploy.originproc, which runs `roost seed`);
+    ours, since we started the deploy."""
     for pid in child_pids(deploy.pid):
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"seed" in cmd and b"roost" in cmd:
+        if b"roost.deploy.originproc" in cmd or (b"seed" in cmd and b"roost" in cmd):
             return pid
     raise AssertionError("the deploy has no origin seeder child")
 
