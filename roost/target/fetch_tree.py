@@ -243,7 +243,7 @@ def preload(session: Session, storage: TreeStorage) -> None:
                 index, begin, min(size, piece - begin))
         member.picker.preload(index, blocks)
         member.assembly.buffers[index] = buf
-        member.assembly.block_from[index] = {}
+        member.assembly.block_from[index] = []
 
 
 def preload_order(local: dict[int, list[int]], rng: random.Random | None = None
