@@ -321,15 +321,17 @@ class Conn:
         if state is not None and state == self.picked_dry:
             return  # nothing it has became free since the last pick came back short
         run = max(1, self.big_block // self.block_size)
-        if run > 1 and not self.remote and self.outstanding.blocks:
-            # whole runs while others are in flight: a piece asked in one
-            # request, not in parts (two messages, two bookings and a copy,
-            # maybe from two peers) that then stay out of step with the
-            # pieces. Never more than the pipeline: at N=32 asking a whole
-            # piece over a floor of half of one cost the last host 12 %
-            # (simulated, 64 MiB, 256 KiB pieces, 40 Mbit/s)
-            want -= want % run
-            if not want:
+        if run > 1 and not self.remote:
+            # whole runs: a piece is asked in one request, not in parts (two
+            # messages, two bookings and a copy, maybe from two peers) that
+            # then keep the requests out of step with the pieces. The
+            # pipeline is rounded down, never up: at N=32 asking a whole piece
+            # over a floor of half of one cost the last host 12 % (simulated,
+            # 64 MiB, 256 KiB pieces, 40 Mbit/s); less than a run is asked
+            # only when nothing is in flight.
+            if want >= run:
+                want -= want % run
+            elif self.outstanding.blocks:
                 return
         picks = picker.pick(self.id, want, allowed=allowed, run=run)
         if not picks:

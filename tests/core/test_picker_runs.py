@@ -248,3 +248,28 @@ def test_a_member_asks_a_roost_peer_in_runs_and_a_plain_peer_in_blocks() -> None
     # endgame duplicates answered before their Cancel (the same as with the
     # per-block picker, 1.1 pieces here)
     assert kit.member.wasted_bytes <= 2 * piece
+
+
+def test_a_roost_peer_is_asked_whole_pieces_and_the_pipeline_rounds_down() -> None:
+    """A pipeline of 2.5 pieces asks 2 whole pieces, not 2 and a half: a
+    piece asked in parts arrives as two messages and a copy, and the
+    requests after it stay out of step with the pieces."""
+    piece = 16 * BS
+    kit = Kit(pieces=12, piece_length=piece, config=MemberConfig(big_block=piece))
+    remote = kit.connect(have=Bitfield.full(12), extended={b"m": {}, b"roost_block": piece})
+    conn = kit.member.conns[remote.cid]
+    conn.down.rate = 40 * BS / 0.25  # PIPELINE_SECONDS of it: 40 blocks
+    remote.say(remote.wire.send_unchoke())
+    size = kit.info.piece_size
+    first = remote.requests()
+    assert len(first) == 2 and all((r.begin, r.length) == (0, size(r.index)) for r in first)
+    remote.answer(first[0])
+    again = [r for r in remote.requests() if r not in first]
+    assert len(again) == 1 and (again[0].begin, again[0].length) == (0, size(again[0].index))
+    # less than a piece of room: asked only when nothing else is in flight
+    conn.down.rate = 0.0
+    conn.floor = 8 * BS
+    kit.member._pipeline_floor = 8 * BS
+    for req in remote.requests():
+        remote.answer(req)
+    assert [r.length for r in remote.requests()] == [8 * BS]
