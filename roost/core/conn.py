@@ -14,7 +14,10 @@ serve us, less when many do, see `pipeline_floor`), capped by its `reqq`.
 Between roost peers, the picker hands out runs of adjacent 16 KiB blocks of
 up to `big_block` bytes (negotiated through BEP 10), each one wire request;
 anyone else is asked one 16 KiB block per request. What we asked
-(`outstanding`) and what the picker booked are the same requests. A request the
+(`outstanding`) and what the picker booked are the same requests. A roost
+peer's pipeline is rounded down to whole runs, so a piece is asked in one
+request and arrives in one message (less than a run only when nothing is in
+flight). A request the
 peer rejects while it unchokes us means it will not serve that piece now: the
 piece is taken off its availability for REFUSAL_SECONDS (`refused`).
 
