@@ -17,9 +17,9 @@ anyone else is asked one 16 KiB block per request. What we asked
 (`outstanding`) and what the picker booked are the same requests. A roost
 peer's pipeline is rounded down to whole runs, so a piece is asked in one
 request and arrives in one message (less than a run only when nothing is in
-flight). A request the
-peer rejects while it unchokes us means it will not serve that piece now: the
-piece is taken off its availability for REFUSAL_SECONDS (`refused`).
+flight). A request the peer rejects while it unchokes us means it will not
+serve that piece now: the piece is taken off its availability for
+REFUSAL_SECONDS (`refused`).
 
 Transitions:
 
