@@ -324,7 +324,9 @@ class Conn:
         if state is not None and state == self.picked_dry:
             return  # nothing it has became free since the last pick came back short
         run = max(1, self.big_block // self.block_size)
-        if run > 1 and not self.remote:
+        # the rounding's unit: a whole run, or a whole piece when pieces are smaller
+        unit = min(run, -(-picker.piece_length // picker.block_size))
+        if unit > 1 and not self.remote:
             # whole runs: a piece is asked in one request, not in parts (two
             # messages, two bookings and a copy, maybe from two peers) that
             # then keep the requests out of step with the pieces. The
@@ -332,8 +334,8 @@ class Conn:
             # over a floor of half of one cost the last host 12 % (simulated,
             # 64 MiB, 256 KiB pieces, 40 Mbit/s); less than a run is asked
             # only when nothing is in flight.
-            if want >= run:
-                want -= want % run
+            if want >= unit:
+                want -= want % unit
             elif self.outstanding.blocks:
                 return
         picks = picker.pick(self.id, want, allowed=allowed, run=run)
