@@ -1,7 +1,8 @@
 """Piece assembly and smart ban. Pure.
 
 Theory of operation. Downloaded blocks are copied into a per-piece buffer,
-remembering which connection sent each 16 KiB block. A full piece leaves as a
+remembering which connection sent each run of bytes (`block_from`: (start,
+stop, sender) per run that was new, in the order received). A full piece leaves as a
 CheckAndWrite action (the adapter hashes and writes it off the event loop)
 and stays counted in `checking_bytes` until its PieceChecked comes back;
 while that is at `max_checking_bytes`, the member stops requesting
@@ -39,13 +40,15 @@ MIN_SPARE = 32 * 1024  # smaller buffers are cheap to make (and bodies are strea
 
 #: (block offset, SHA-1 of the block as received, the connection that sent it)
 Suspect = tuple[int, bytes, int]
+#: (start, stop, sender): bytes [start, stop) of a piece came from `sender`
+Run = tuple[int, int, int]
 
 
 class Assembly:
     def __init__(self, piece_length: int) -> None:
         self.buffers: dict[int, bytearray] = {}
-        self.block_from: dict[int, dict[int, int]] = {}
-        self.checking: dict[int, tuple[bytearray, dict[int, int]]] = {}
+        self.block_from: dict[int, list[Run]] = {}
+        self.checking: dict[int, tuple[bytearray, list[Run]]] = {}
         self.checking_bytes = 0
         self.suspects: dict[int, list[Suspect]] = {}
         # pieces waiting for hash + write may hold at most this much memory
@@ -88,23 +91,26 @@ class Assembly:
             result.wasted = len(block)
             return result
         new, whole, result.cancels = picker.span_received(key, index, begin, len(block))
-        bs, end = picker.block_size, begin + len(block)
         buf = self.buffers.get(index)
-        if buf is None and owned and len(block) == size and len(new) * bs >= size \
+        if buf is None and owned and len(block) == size and new == [(0, size)] \
                 and isinstance(block, bytearray):
             # The whole piece in one message (a roost peer's big block), every
             # block of it new: the buffer it was received into becomes the
             # piece, without a copy. The sender hands it over (wire.Piece).
             buf = block
-            self.block_from[index] = dict.fromkeys(new, key)
+            self.block_from[index] = [(0, size, key)]
         else:
             if buf is None:
                 buf = self.buffers[index] = self.take(size)  # every block is copied in
-                self.block_from[index] = {}
-            self._copy_new(buf, self.block_from[index], key, new, bs, begin, end, block)
+                self.block_from[index] = []
+            sources = self.block_from[index]
+            view = memoryview(block)  # slices without copying; the copy is into buf
+            for start, stop in new:
+                buf[start:stop] = view[start - begin : stop - begin]
+                sources.append((start, stop, key))
             if isinstance(block, bytearray) and owned:
                 self.give_back(block)
-        result.wasted = len(block) - sum(min(bs, end - at) for at in new)
+        result.wasted = len(block) - sum(stop - start for start, stop in new)
         if whole:
             self.buffers.pop(index, None)
             self.checking[index] = (buf, self.block_from.pop(index))
@@ -112,27 +118,11 @@ class Assembly:
             result.whole = buf
         return result
 
-    @staticmethod
-    def _copy_new(
-        buf: bytearray, sources: dict[int, int], key: int, new: list[int], bs: int,
-        begin: int, end: int, block: bytes | bytearray,
-    ) -> None:
-        """Copy the new blocks of a received span into the piece, a run at a time."""
-        view = memoryview(block)  # slices without copying; the copy is into buf
-        run = 0  # copy each run of contiguous new blocks at once (all of them, mostly)
-        for i, at in enumerate(new):
-            sources[at] = key
-            if i + 1 < len(new) and new[i + 1] == at + bs:
-                continue
-            start, stop = new[run], min(at + bs, end)
-            buf[start:stop] = view[start - begin : stop - begin]
-            run = i + 1
-
     def checked(self, index: int, ok: bool) -> tuple[set[int], int]:
         """A piece's check came back: (connections to ban, distinct senders)."""
         buf, sources = self.checking.pop(index)
         self.checking_bytes -= len(buf)
-        senders = set(sources.values())
+        senders = {key for _, _, key in sources}
         try:
             if ok:
                 bad = set()
@@ -143,9 +133,10 @@ class Assembly:
             if len(senders) == 1:
                 return senders, 1
             suspects = self.suspects.setdefault(index, [])
-            for begin, key in sources.items():
-                digest = hashlib.sha1(buf[begin : begin + BLOCK_SIZE]).digest()
-                suspects.append((begin, digest, key))
+            for start, stop, key in sources:
+                for begin in range(start, stop, BLOCK_SIZE):
+                    digest = hashlib.sha1(buf[begin : min(stop, begin + BLOCK_SIZE)]).digest()
+                    suspects.append((begin, digest, key))
             return set(), len(senders)
         finally:
             # the check is done (CheckAndWrite's contract): the buffer is free

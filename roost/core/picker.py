@@ -12,7 +12,8 @@ Every piece is in exactly one state:
 
 * fresh      not started: all blocks FREE, no per-block record kept;
 * partial    started: one byte of state per block, FREE / REQUESTED /
-             RECEIVED, plus who requested each block and who delivered it;
+             RECEIVED, plus who requested each block and who delivered it
+             (lists indexed by block, written a run at a time);
 * verifying  every block RECEIVED, waiting for the engine's hash check;
 * have       verified (or known at start).
 
@@ -23,6 +24,18 @@ fewer than `random_first` pieces, otherwise the rarest (random tie-break);
 (3) endgame, once no FREE block is left anywhere: blocks already requested
 from other peers, at most `endgame_dup` requesters per block, only to a peer
 with no other request of ours and one piece per pick.
+
+Requests are runs. `pick(..., run=n)` hands out requests of up to n
+contiguous FREE blocks of one piece, each one wire request (a roost peer
+is asked for up to its big block in one Request; any other client for one
+16 KiB block, run=1). The picker keeps a peer's requests as runs, piece ->
+{begin: length}, and books a Piece message that answers a run with a few
+slice assignments (`span_received`), not a Python object per 16 KiB: in a
+1 GiB pair of 256 KiB pieces that is 4,096 bookings instead of 65,536. A
+request is dropped when it is answered, rejected or cancelled, and is
+cancelled (returned for a Cancel) once another peer delivered every block of
+it; a block delivered by another peer while a longer request still covers
+it simply stops being that request's to deliver (it is wasted if it comes).
 
 Rarest first without scanning every piece: fresh pieces sit in buckets by
 availability (an insertion-ordered dict per count; a random initial order is
@@ -55,6 +68,10 @@ from roost.errors import RemoteProtocolError, UsageError
 
 FREE, REQUESTED, RECEIVED = 0, 1, 2
 _FREE_BYTE = bytes((FREE,))
+_REQUESTED_BYTE = bytes((REQUESTED,))
+_RECEIVED_BYTE = bytes((RECEIVED,))
+_TAKEN_BYTES = (_REQUESTED_BYTE, _RECEIVED_BYTE)
+_REQUESTED_RUNS = [bytes((REQUESTED,)) * n for n in range(65)]
 #: when starting a rarest piece, consider this many equally rare candidates
 _TIE_SAMPLE = 8
 #: random tries before the random-first phase falls back to rarest-first
@@ -76,21 +93,30 @@ class BlockOutcome:
 
 
 class _Partial:
-    """Block states of one started piece."""
+    """Block states of one started piece. A REQUESTED block has an `owner`
+    (the first peer asked for it) and, in endgame, `extra` requesters; a FREE
+    or RECEIVED block has none."""
 
-    __slots__ = ("free", "owners", "received", "senders", "state")
+    __slots__ = ("extra", "free", "owner", "received", "senders", "state")
 
     def __init__(self, nblocks: int) -> None:
         self.state = bytearray(nblocks)  # FREE everywhere
-        self.owners: dict[int, list[Hashable]] = {}  # block -> peers that requested it
-        self.senders: dict[int, Hashable] = {}  # block -> peer that delivered it
+        self.owner: list[Hashable | None] = [None] * nblocks  # block -> its first requester
+        self.extra: dict[int, list[Hashable]] = {}  # block -> endgame duplicate requesters
+        self.senders: list[Hashable | None] = [None] * nblocks  # block -> who delivered it
         self.free = nblocks
         self.received = 0
+
+    def owners(self, j: int) -> list[Hashable]:
+        first = self.owner[j]
+        if first is None:
+            return []
+        return [first, *self.extra.get(j, ())]
 
 
 class _Peer:
     __slots__ = (
-        "bits", "exhausted", "local", "needed", "pieces", "requests", "seed", "version",
+        "bits", "exhausted", "local", "needed", "pieces", "seed", "version",
     )
 
     def __init__(self, bits: Bitfield | None, needed: int, local: bool = False) -> None:
@@ -98,8 +124,8 @@ class _Peer:
         self.local = local  # in our zone (see the module doc)
         self.seed = bits is None
         self.needed = needed  # pieces it has that we do not (bitfield peers only)
-        self.requests: set[Block] = set()
-        self.pieces: dict[int, int] = {}  # piece -> outstanding requests to this peer
+        # piece -> {begin: length} of the requests (runs of blocks) it has of ours
+        self.pieces: dict[int, dict[int, int]] = {}
         # no fresh piece is left that it has; fresh only shrinks, so this stays
         # true until the peer announces a new piece
         self.exhausted = False
@@ -321,33 +347,37 @@ class PiecePicker:
         *,
         allowed: set[int] | None = None,
         fresh_first: bool = False,
+        run: int = 1,
     ) -> list[Block]:
         """Choose up to `max_blocks` blocks to request from this peer, and mark
-        them requested by it. `allowed` restricts the pieces (AllowedFast set
-        while the peer chokes us). `fresh_first` starts new pieces before
-        joining partial ones (a web seed: one range per piece, and a piece it
-        alone sent names it alone when the hash fails)."""
+        them requested by it, as requests of up to `run` contiguous blocks of
+        one piece each (one Block per request). `allowed` restricts the pieces
+        (AllowedFast set while the peer chokes us). `fresh_first` starts new
+        pieces before joining partial ones (a web seed: one range per piece,
+        and a piece it alone sent names it alone when the hash fails)."""
         peer = self._peers[key]
         out: list[Block] = []
         if max_blocks <= 0:
             return out
+        run = max(1, run)
+        left = max_blocks
         if not fresh_first:
             for index in self._partials_for(peer, allowed):
-                self._take_free(key, peer, index, max_blocks, out)
-                if len(out) >= max_blocks:
+                left = self._take_free(key, peer, index, left, run, out)
+                if left <= 0:
                     return out
-        while len(out) < max_blocks:
+        while left > 0:
             started = self._start_piece(peer, allowed)
             if started is None:
                 break
-            self._take_free(key, peer, started, max_blocks, out)
-        if fresh_first and len(out) < max_blocks:
+            left = self._take_free(key, peer, started, left, run, out)
+        if fresh_first and left > 0:
             for index in self._partials_for(peer, allowed):
-                self._take_free(key, peer, index, max_blocks, out)
-                if len(out) >= max_blocks:
+                left = self._take_free(key, peer, index, left, run, out)
+                if left <= 0:
                     return out
-        if len(out) < max_blocks and not self._fresh and not self._with_free:
-            self._endgame(key, peer, max_blocks, allowed, out)
+        if left > 0 and not self._fresh and not self._with_free:
+            self._endgame(key, peer, left, run, allowed, out)
         return out
 
     def _has(self, peer: _Peer, index: int, allowed: set[int] | None) -> bool:
@@ -364,41 +394,50 @@ class PiecePicker:
         return [i for i in own + rest if self._has(peer, i, allowed)]
 
     def _take_free(
-        self, key: Hashable, peer: _Peer, index: int, max_blocks: int, out: list[Block]
-    ) -> None:
+        self, key: Hashable, peer: _Peer, index: int, left: int, run: int, out: list[Block]
+    ) -> int:
+        """Request runs of FREE blocks of a piece, `left` blocks at most; the rest."""
         part = self._partial[index]
-        state, owners, requests = part.state, part.owners, peer.requests
-        size, bs = self.piece_size(index), self.block_size
-        taken = 0
+        state, owner = part.state, part.owner
+        n, size, bs = len(state), self.piece_size(index), self.block_size
+        mine = peer.pieces.get(index)
+        if mine is None:
+            mine = peer.pieces[index] = {}
         j = state.find(_FREE_BYTE)
-        while j >= 0 and len(out) < max_blocks:
-            state[j] = REQUESTED
-            owners[j] = [key]
+        while j >= 0 and left > 0:
+            stop = min(n, j + run, j + left)
+            if stop - j > 1:  # the FREE run ends at the first block that is not
+                for other in _TAKEN_BYTES:
+                    k = state.find(other, j + 1, stop)
+                    if k >= 0:
+                        stop = k
+            count = stop - j
+            state[j:stop] = _REQUESTED_RUNS[count] if count < len(_REQUESTED_RUNS) \
+                else bytes((REQUESTED,)) * count
+            owner[j:stop] = [key] * count
             begin = j * bs
-            req = Block(index, begin, min(bs, size - begin))
-            requests.add(req)
-            out.append(req)
-            taken += 1
-            j = state.find(_FREE_BYTE, j + 1)
-        part.free -= taken
-        peer.pieces[index] = peer.pieces.get(index, 0) + taken
+            length = min(stop * bs, size) - begin
+            mine[begin] = length
+            out.append(Block(index, begin, length))
+            part.free -= count
+            left -= count
+            j = state.find(_FREE_BYTE, stop)
+        if not mine:
+            del peer.pieces[index]
         if part.free == 0:
             self._with_free.pop(index, None)
+        return left
 
-    def _add_request(self, peer: _Peer, req: Block) -> None:
-        peer.requests.add(req)
-        peer.pieces[req.index] = peer.pieces.get(req.index, 0) + 1
-
-    def _drop_request(self, peer: _Peer, req: Block) -> bool:
-        if req not in peer.requests:
-            return False
-        peer.requests.discard(req)
-        left = peer.pieces[req.index] - 1
-        if left:
-            peer.pieces[req.index] = left
-        else:
-            del peer.pieces[req.index]
-        return True
+    @staticmethod
+    def _drop_request(peer: _Peer, index: int, begin: int) -> int | None:
+        """Forget a request of the peer; its length, None when it had no such request."""
+        mine = peer.pieces.get(index)
+        if mine is None:
+            return None
+        length = mine.pop(begin, None)
+        if not mine:
+            del peer.pieces[index]
+        return length
 
     def _start_piece(self, peer: _Peer, allowed: set[int] | None) -> int | None:
         """Move one fresh piece the peer has to partial; return it or None."""
@@ -455,7 +494,8 @@ class PiecePicker:
         self,
         key: Hashable,
         peer: _Peer,
-        max_blocks: int,
+        left: int,
+        run: int,
         allowed: set[int] | None,
         out: list[Block],
     ) -> None:
@@ -466,23 +506,32 @@ class PiecePicker:
         every busy peer got duplicates of everything outstanding (up to 60
         peers' pipelines), 12 % of a 100-host fleet's traffic was endgame waste
         (simulated, 64 MiB), taken from the uploads the last hosts wait for."""
-        if peer.requests or out:
+        if peer.pieces or out:
             return
+        bs, dup = self.block_size, self.endgame_dup
         for index, part in self._partial.items():
-            if not self._has(peer, index, allowed):
+            if index in self._verifying or not self._has(peer, index, allowed):
                 continue
-            for j, owners in part.owners.items():
-                if len(owners) >= self.endgame_dup or key in owners:
-                    continue
-                if part.state[j] != REQUESTED:
-                    continue
-                owners.append(key)
-                req = self.block(index, j)
-                self._add_request(peer, req)
-                out.append(req)
-                if len(out) >= max_blocks:
-                    return
-            if out:
+            size, owner, extra = self.piece_size(index), part.owner, part.extra
+            mine: dict[int, int] = {}
+            start = -1  # the run being built: blocks start..j-1
+            for j in range(len(part.state) + 1):
+                ok = j < len(part.state) and left > 0 and owner[j] is not None and \
+                    owner[j] != key and 1 + len(extra.get(j, ())) < dup and \
+                    key not in extra.get(j, ())
+                if ok:
+                    extra.setdefault(j, []).append(key)
+                    left -= 1
+                    if start < 0:
+                        start = j
+                if start >= 0 and (not ok or j + 1 - start >= run):
+                    stop = j + 1 if ok else j
+                    length = min(stop * bs, size) - start * bs
+                    mine[start * bs] = length
+                    out.append(Block(index, start * bs, length))
+                    start = -1
+            if mine:
+                peer.pieces[index] = mine
                 return
 
     @property
@@ -503,43 +552,19 @@ class PiecePicker:
 
     def block_received(self, key: Hashable, index: int, begin: int, length: int) -> BlockOutcome:
         """A block arrived from `key`. Unrequested blocks are accepted when still needed."""
-        j = self._locate(index, begin, length)
-        peer = self._peers.get(key)
-        req = Block(index, begin, length)
-        if peer is not None:
-            self._drop_request(peer, req)
-        part = self._partial.get(index)
-        if part is None:
-            if index not in self._fresh:
-                return BlockOutcome(False, False)  # have or verifying: a late duplicate
-            self._start_fresh(index)
-            part = self._partial[index]
-        state = part.state[j]
-        if state == RECEIVED:
-            return BlockOutcome(False, False)
-        if state == FREE:
-            part.free -= 1
-        cancels: list[tuple[Hashable, Block]] = []
-        for other in part.owners.pop(j, ()):
-            if other != key and self._drop_request(self._peers[other], req):
-                cancels.append((other, req))
-        part.state[j] = RECEIVED
-        part.senders[j] = key
-        part.received += 1
-        if part.free == 0:
-            self._with_free.pop(index, None)
-        complete = part.received == len(part.state)
-        if complete:
-            self._verifying.add(index)
-        return BlockOutcome(True, complete, cancels)
+        self._locate(index, begin, length)
+        new, complete, cancels = self.span_received(key, index, begin, length)
+        return BlockOutcome(bool(new), complete, cancels)
 
     def span_received(
         self, key: Hashable, index: int, begin: int, length: int
-    ) -> tuple[list[int], bool, list[tuple[Hashable, Block]]]:
-        """A merged request's span of blocks arrived from `key` in one message:
-        block_received for each block, in one call (a 256 KiB block is 16 of
-        ours). Returns (offsets of the blocks that were new, the piece is now
-        complete, cancels)."""
+    ) -> tuple[list[tuple[int, int]], bool, list[tuple[Hashable, Block]]]:
+        """A span of blocks arrived from `key` in one message (a request of
+        several blocks, answered; unrequested blocks are accepted when still
+        needed). Returns (the byte ranges of it that were new, start and stop
+        offsets in the piece, in order; the piece is now complete; the
+        requests to cancel, (peer, request), those another peer now has
+        nothing left to deliver of)."""
         bs = self.block_size
         if not 0 <= index < self.num_pieces or begin % bs or length <= 0:
             raise RemoteProtocolError(f"block {index}:{begin} does not fit the layout", ban=True)
@@ -547,41 +572,91 @@ class PiecePicker:
         end = begin + length
         if end > size or (length % bs and end != size):
             raise RemoteProtocolError(f"block {index}:{begin}+{length} has a bad size", ban=True)
-        peer = self._peers.get(key)
         part = self._partial.get(index)
-        new: list[int] = []
-        cancels: list[tuple[Hashable, Block]] = []
-        if part is None and index in self._fresh:
+        if part is None:
+            if index not in self._fresh:  # have or verifying: a late duplicate
+                peer = self._peers.get(key)
+                if peer is not None:
+                    self._drop_request(peer, index, begin)
+                return [], False, []
             self._start_fresh(index)
             part = self._partial[index]
-        drop, peers = self._drop_request, self._peers
-        for at in range(begin, end, bs):
-            req = Block(index, at, min(bs, size - at))
-            if peer is not None:
-                drop(peer, req)
-            if part is None:
-                continue  # have or verifying: a late duplicate
-            j = at // bs
-            state = part.state[j]
-            if state == RECEIVED:
-                continue
-            if state == FREE:
-                part.free -= 1
-            for other in part.owners.pop(j, ()):
-                if other != key and drop(peers[other], req):
-                    cancels.append((other, req))
-            part.state[j] = RECEIVED
-            part.senders[j] = key
-            part.received += 1
-            new.append(at)
-        if part is None or not new:
-            return new, False, cancels
+        j, k = begin // bs, -(-end // bs)
+        state = part.state
+        peer = self._peers.get(key)
+        mine = peer.pieces.get(index) if peer is not None else None
+        if mine is not None and mine.get(begin) == length and not part.extra and \
+                state.find(_FREE_BYTE, j, k) < 0 and state.find(_RECEIVED_BYTE, j, k) < 0:
+            # the common case: the answer to its own request, nobody else asked
+            del mine[begin]
+            if not mine:
+                del peer.pieces[index]  # type: ignore[union-attr]
+            count = k - j
+            state[j:k] = bytes((RECEIVED,)) * count
+            part.owner[j:k] = [None] * count
+            part.senders[j:k] = [key] * count
+            part.received += count
+            new: list[tuple[int, int]] = [(begin, end)]
+            cancels: list[tuple[Hashable, Block]] = []
+        else:
+            new, cancels = self._book(part, key, index, j, k, end)
+            if not new:
+                return new, False, cancels
         if part.free == 0:
             self._with_free.pop(index, None)
-        complete = part.received == len(part.state)
+        complete = part.received == len(state)
         if complete:
             self._verifying.add(index)
         return new, complete, cancels
+
+    def _book(
+        self, part: _Partial, key: Hashable, index: int, j: int, k: int, end: int
+    ) -> tuple[list[tuple[int, int]], list[tuple[Hashable, Block]]]:
+        """span_received, block by block: blocks j..k-1 arrived from `key`."""
+        bs = self.block_size
+        state, owner, extra = part.state, part.owner, part.extra
+        requesters: dict[Hashable, None] = {key: None}
+        new: list[tuple[int, int]] = []
+        for b in range(j, k):
+            first = owner[b]
+            if first is not None:
+                requesters[first] = None
+                for other in extra.pop(b, ()):
+                    requesters[other] = None
+                owner[b] = None
+            if state[b] == RECEIVED:
+                continue
+            if state[b] == FREE:
+                part.free -= 1
+            state[b] = RECEIVED
+            part.senders[b] = key
+            part.received += 1
+            if new and new[-1][1] == b * bs:
+                new[-1] = (new[-1][0], min(end, (b + 1) * bs))
+            else:
+                new.append((b * bs, min(end, (b + 1) * bs)))
+        # every request that has nothing left to deliver is done: its own is
+        # answered, another peer's is cancelled
+        cancels: list[tuple[Hashable, Block]] = []
+        lo, hi = j * bs, end
+        for who in requesters:
+            peer = self._peers.get(who)
+            mine = peer.pieces.get(index) if peer is not None else None
+            if not mine:
+                continue
+            for at, n in list(mine.items()):
+                if at >= hi or at + n <= lo:
+                    continue
+                a, z = at // bs, -(-(at + n) // bs)
+                if state.find(_FREE_BYTE, a, z) >= 0 or state.find(_REQUESTED_BYTE, a, z) >= 0:
+                    continue
+                del mine[at]
+                if who != key:
+                    cancels.append((who, Block(index, at, n)))
+            if not mine:
+                del peer.pieces[index]  # type: ignore[union-attr]
+        cancels.sort(key=lambda c: c[1].begin)  # in the order of the blocks (stable)
+        return new, cancels
 
     def preload(self, index: int, blocks: Iterable[int], key: Hashable = "local") -> None:
         """Blocks of a fresh piece we already hold locally (bytes of files placed from
@@ -621,39 +696,62 @@ class PiecePicker:
         self._partial[index] = _Partial(self.num_blocks(index))
         self._with_free[index] = None
 
-    def _free_block(self, key: Hashable, req: Block) -> None:
-        """`key` no longer fetches `req`: FREE it if nobody else does."""
-        part = self._partial.get(req.index)
+    def _release(self, key: Hashable, index: int, begin: int, length: int) -> None:
+        """`key` no longer fetches these blocks: FREE those nobody else fetches."""
+        part = self._partial.get(index)
         if part is None:
             return
-        j = req.begin // self.block_size
-        owners = part.owners.get(j)
-        if owners is None or key not in owners:
-            return
-        owners.remove(key)
-        if not owners:
-            del part.owners[j]
-            if part.state[j] == REQUESTED:
-                part.state[j] = FREE
-                part.free += 1
-                self._with_free[req.index] = None
-                self._freed += 1
+        bs = self.block_size
+        owner, extra, state = part.owner, part.extra, part.state
+        freed = 0
+        for j in range(begin // bs, -(-(begin + length) // bs)):
+            others = extra.get(j)
+            if owner[j] == key:
+                if others:
+                    owner[j] = others.pop(0)
+                    if not others:
+                        del extra[j]
+                    continue
+                owner[j] = None
+                if state[j] == REQUESTED:
+                    state[j] = FREE
+                    freed += 1
+            elif others and key in others:
+                others.remove(key)
+                if not others:
+                    del extra[j]
+        if freed:
+            part.free += freed
+            self._with_free[index] = None
+            self._freed += 1
 
     def cancel_peer_requests(self, key: Hashable) -> list[Block]:
         """The peer choked us or left: its outstanding blocks go back to FREE."""
         peer = self._peers[key]
-        freed = sorted(peer.requests, key=lambda r: (r.index, r.begin))
+        freed = sorted(Block(i, b, n) for i, mine in peer.pieces.items() for b, n in mine.items())
         for req in freed:
-            self._free_block(key, req)
-        peer.requests.clear()
+            self._release(key, *req)
         peer.pieces.clear()
         return freed
 
     def request_rejected(self, key: Hashable, req: Block) -> None:
-        """The peer rejected (BEP 6) or we cancelled one request."""
+        """The peer rejected (BEP 6) or we cancelled one request: it, or every
+        request of the peer within its range, is dropped and its blocks FREE
+        unless another peer fetches them too."""
         peer = self._peers[key]
-        if self._drop_request(peer, req):
-            self._free_block(key, req)
+        mine = peer.pieces.get(req.index)
+        if not mine:
+            return
+        if mine.get(req.begin) == req.length:
+            dropped = [(req.begin, req.length)]
+        else:
+            stop = req.begin + req.length
+            dropped = [(b, n) for b, n in mine.items() if req.begin <= b and b + n <= stop]
+        for begin, length in dropped:
+            del mine[begin]
+            self._release(key, req.index, begin, length)
+        if not mine:
+            del peer.pieces[req.index]
 
     def piece_verified(self, index: int) -> None:
         """The hash matched."""
@@ -669,10 +767,13 @@ class PiecePicker:
             raise UsageError(f"piece {index} is not waiting for verification")
         self._verifying.discard(index)
         part = self._partial[index]
-        senders = set(part.senders.values())
+        senders = set(part.senders)
+        senders.discard(None)
         self._partial[index] = _Partial(len(part.state))
         self._with_free[index] = None
         self._freed += 1
+        for peer in self._peers.values():  # requests answered by others, not yet cancelled
+            peer.pieces.pop(index, None)
         return senders
 
     def have(self, index: int) -> list[tuple[Hashable, Block]]:
@@ -681,9 +782,9 @@ class PiecePicker:
             return []
         cancels: list[tuple[Hashable, Block]] = []
         for key, peer in self._peers.items():
-            for req in [r for r in peer.requests if r.index == index]:
-                self._drop_request(peer, req)
-                cancels.append((key, req))
+            mine = peer.pieces.pop(index, None)
+            if mine:
+                cancels.extend((key, Block(index, b, n)) for b, n in sorted(mine.items()))
         if index in self._fresh:
             self._fresh.discard(index)
             self._unbucket(index, self._avail[index])
@@ -701,6 +802,8 @@ class PiecePicker:
             bits = peer.bits
             if bits is not None and bits[index]:
                 peer.needed -= 1
+            if peer.pieces:  # requests answered by others, not yet cancelled
+                peer.pieces.pop(index, None)
 
     # ------------------------------------------------------------ queries
 
@@ -717,7 +820,9 @@ class PiecePicker:
         return self._have.copy()
 
     def requests_of(self, key: Hashable) -> set[Block]:
-        return set(self._peers[key].requests)
+        """Its requests, one Block per request (a run of blocks)."""
+        pieces = self._peers[key].pieces
+        return {Block(i, b, n) for i, mine in pieces.items() for b, n in mine.items()}
 
     def peers(self) -> Iterable[Hashable]:
         return self._peers.keys()

@@ -123,11 +123,12 @@ class WebSeeds:
             if seed.dropped is not None or now < seed.retry_at:
                 continue
             while len(seed.inflight) < MAX_FETCHES and seed.inflight_bytes < self.budget:
-                reqs = self.picker.pick(seed.key, self._blocks_per_fetch, fresh_first=True)
+                reqs = self.picker.pick(seed.key, self._blocks_per_fetch, fresh_first=True,
+                                        run=self._blocks_per_fetch)
                 if not reqs:
                     break
-                for run in runs(reqs):
-                    self._issue(seed, run.index, run.begin, run.length, out, now)
+                for req in reqs:  # one HTTP fetch per request the picker booked
+                    self._issue(seed, req.index, req.begin, req.length, out, now)
 
     def _issue(self, seed: WebSeed, index: int, begin: int, length: int,
                out: list[Action], now: float) -> None:
@@ -211,10 +212,7 @@ class WebSeeds:
         """The blocks of a fetch that brought nothing usable are FREE again."""
         if fetch.seed not in self.picker.peers():
             return
-        size = self.picker.block_size
-        for begin in range(fetch.begin, fetch.begin + fetch.length, size):
-            n = min(size, fetch.begin + fetch.length - begin)
-            self.picker.request_rejected(fetch.seed, Block(fetch.index, begin, n))
+        self.picker.request_rejected(fetch.seed, Block(fetch.index, fetch.begin, fetch.length))
 
     def finish(self, out: list[Action]) -> None:
         """The payload is complete: close every web seed's connections (quietly;
@@ -241,14 +239,3 @@ class WebSeeds:
         out.append(DropWebSeed(key))
         out.append(Report("web_seed_dropped", {"url": inert(seed.url), "reason": inert(reason)}))
 
-
-def runs(reqs: list[Block]) -> list[Block]:
-    """Picked blocks merged into runs of adjacent blocks of one piece."""
-    out: list[Block] = []
-    for req in sorted(reqs, key=lambda r: (r.index, r.begin)):
-        last = out[-1] if out else None
-        if last is not None and last.index == req.index and last.begin + last.length == req.begin:
-            out[-1] = Block(last.index, last.begin, last.length + req.length)
-        else:
-            out.append(req)
-    return out

@@ -39,14 +39,12 @@ class LeanAssembly(Assembly):
             return result
         sources = self.block_from.get(index)
         if sources is None:
-            sources = self.block_from[index] = {}
+            sources = self.block_from[index] = []
             self.buffers[index] = bytearray()
         # one picker call for the whole span, as the engine's Assembly makes
         new, whole, result.cancels = picker.span_received(key, index, begin, len(block))
-        bs, end = picker.block_size, begin + len(block)
-        result.wasted = len(block) - sum(min(bs, end - at) for at in new)
-        for at in new:
-            sources[at] = key
+        result.wasted = len(block) - sum(stop - start for start, stop in new)
+        sources.extend((start, stop, key) for start, stop in new)
         if new and block.find(1) != -1:
             self.corrupt.add(index)
         if whole:

@@ -54,7 +54,7 @@ def test_a_whole_piece_over_a_started_one_is_copied_and_counts_the_overlap_as_wa
     assert bytes(got.whole) == good  # the first block kept its sender's
     assert got.wasted == BLOCK_SIZE
     # smart ban still knows who sent which block
-    assert asm.checking[0][1] == {0: 1, BLOCK_SIZE: 2, 2 * BLOCK_SIZE: 2, 3 * BLOCK_SIZE: 2}
+    assert asm.checking[0][1] == [(0, BLOCK_SIZE, 1), (BLOCK_SIZE, PIECE, 2)]
     assert hashlib.sha1(got.whole).digest() == hashlib.sha1(good).digest()
 
 

@@ -96,6 +96,10 @@ def test_count_survives_every_path_that_changes_requests(seed: int) -> None:
                 seen.add("snub")
         kit.check()
         assert conn.outstanding.blocks == resummed(conn.outstanding.items())
+        if remote.cid in kit.member.conns and conn.in_picker:
+            # what we asked and what the picker booked are the same requests
+            asked = {(i, b, n) for (i, b), n in conn.outstanding.items()}
+            assert asked == set(kit.member.picker.requests_of(conn.id))
     assert {"fill", "piece", "short piece", "reject", "choke", "snub"} <= seen
     assert merged, "no merged (multi-block) request was exercised"
 
