@@ -200,9 +200,10 @@ _UNTYPED = [
 ]
 
 
-#: the transport's own framing (SSH, the agent session), and the deploy host's own hash
-#: cache file (roost.deploy.hashcache): JSON that is not an agent reply
-_TRANSPORT = {"transport.py", "session.py", "hashcache.py"}
+#: the transport's own framing (SSH, the agent session), the deploy host's own hash
+#: cache file (roost.deploy.hashcache), and the deploy's seed arguments to its warm
+#: origin (roost.deploy.originproc): JSON that is not an agent reply
+_TRANSPORT = {"transport.py", "session.py", "hashcache.py", "originproc.py"}
 
 
 def untyped(text: str, name: str = "") -> list[str]:
