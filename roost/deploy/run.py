@@ -65,7 +65,7 @@ from roost.deploy.swarm import (
     listen_address,
 )
 from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_hostname
-from roost.deploy.zipapp import build_source_zip, build_zipapp_bytes, source_digest
+from roost.deploy.zipapp import build_source_zip, source_digest
 from roost.errors import UsageError
 from roost.target import signing
 from roost.target.protocol import ErrorKind, HostStatus, Manifest, PayloadFormat
@@ -99,9 +99,8 @@ def default_tag(src: Path) -> str:
 
 
 def make_agent(python: str) -> Agent:
-    data = build_zipapp_bytes()
     digest = source_digest()[:12]
-    return Agent(data, f"roost-{__version__}-{digest}.pyz", python, build_source_zip())
+    return Agent(f"roost-{__version__}-{digest}.pyz", python, build_source_zip())
 
 
 def ssh_connector(config: DeployConfig, fleet: int = 1) -> Connector:
