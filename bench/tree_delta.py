@@ -424,14 +424,16 @@ def main() -> None:
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    """One line per deploy: seconds, efficiency, and the CPU each side used."""
+    """One line per deploy: seconds, efficiency, and the CPU each side used
+    (`bound` and `vs bound` are the full release's bound, for both lines)."""
     lines = ["release  seconds  bound  eff.   operator u+s   hosts u+s       CPU  busy  "
              "vs bound  floor s  machine busy"]
     for run in runs:
         bound = run["full"]["bound_seconds"]
         for name in ("full", "next"):
             r = run[name]
-            line = f"{name:7}  {r['seconds']:7.2f}  {bound:5.1f}  {bound / r['seconds']:5.3f}"
+            eff = f"{bound / r['seconds']:5.3f}" if name == "full" else "    -"
+            line = f"{name:7}  {r['seconds']:7.2f}  {bound:5.1f}  {eff}"
             c = r.get("cpu")
             if c:
                 op, ho = c["operator"], c["hosts"]
