@@ -37,6 +37,7 @@ import random
 from typing import Any
 
 from roost import __version__
+from roost.core import bencode
 from roost.core.actions import (
     Action,
     Announce,
@@ -178,6 +179,8 @@ class SwarmMember:
         self._resume_at: float | None = None  # reading paused by the rate cap until then
         self._rechoke_soon = False
         self._pipeline_floor = MIN_PIPELINE_BYTES
+        self._sources_changed = False  # _pipeline_floor is recounted at the next _fill
+        self._ext_handshake: tuple[int, bytes] | None = None  # (port, bencoded), made once
         self._ticks = 0
         self._next_tick = 0.0
         self._last_tick = 0.0
@@ -522,7 +525,7 @@ class SwarmMember:
             # as soon as it reads it, in the same read as its own extended
             # handshake, whose event we handle only after the wire parsed both
             wire.max_block = max(wire.max_block, self.config.big_block)
-            conn.send(out, wire.send_extended_handshake(self._extended_handshake()), now)
+            conn.send(out, wire.send_extended(0, self._extended_handshake_payload()), now)
         conn.send(out, self._initial_availability(conn), now)
         conn.ready = True
         conn.ready_at = now
@@ -534,6 +537,14 @@ class SwarmMember:
             conn.send(out, b"".join(data), now)
         if self.offers is not None:
             self.offers.offer(conn, out, now)
+
+    def _extended_handshake_payload(self) -> bytes:
+        """Ours, bencoded once: it is the same for every peer (and encoding it
+        per connection was a visible cost of a fleet's start)."""
+        cached = self._ext_handshake
+        if cached is None or cached[0] != self.port:
+            cached = self._ext_handshake = (self.port, bencode.encode(self._extended_handshake()))
+        return cached[1]
 
     def _extended_handshake(self) -> dict[bytes, Any]:
         data: dict[bytes, Any] = {
@@ -620,13 +631,20 @@ class SwarmMember:
 
     # ---- downloading ----
     def _count_sources(self) -> None:
-        """How deep to ask each peer, from how many serve us (conn.pipeline_floor)."""
-        sources = sum(1 for c in self.conns.values() if not c.peer_choking and not c.closed)
-        self._pipeline_floor = pipeline_floor(sources)
+        """How deep to ask each peer, from how many serve us (conn.pipeline_floor).
+
+        Called where a peer's choke or a connection's end may change that
+        number; it is counted when next used (_fill), not at every call: a
+        fleet's start closes and chokes many connections between two fills."""
+        self._sources_changed = True
 
     def _fill(self, conn: Conn, out: list[Action], now: float) -> None:
         if self.assembly.backlogged() or self.picker.complete():
             return  # the disk is behind: requesting more would only grow memory
+        if self._sources_changed:
+            self._sources_changed = False
+            sources = sum(1 for c in self.conns.values() if not c.peer_choking and not c.closed)
+            self._pipeline_floor = pipeline_floor(sources)
         conn.floor = self._pipeline_floor
         conn.fill_requests(self.picker, out, now)
 
@@ -865,6 +883,8 @@ class SwarmMember:
         return conn.reask_late(self.picker, out, now)
 
     def _rechoke(self, out: list[Action], now: float) -> None:
+        # only interested peers that are not seeds are candidates (Choker.rechoke
+        # drops the others, keeping the order): their stats alone are made
         stats = [
             PeerStat(
                 key=c.id,
@@ -876,11 +896,12 @@ class SwarmMember:
                 missing=self.num_pieces - c.bitfield.count(),
             )
             for c in self.conns.values()
-            if c.ready
+            if c.ready and c.peer_interested and not c.is_seed
         ]
         unchoked = self.choker.rechoke(stats, seeding=self.complete)
         for conn in list(self.conns.values()):
-            if conn.ready and not conn.closed:
+            # set_choking changes nothing (and says so) when the state stays
+            if conn.ready and not conn.closed and (conn.id not in unchoked) != conn.am_choking:
                 self._set_choking(conn, conn.id not in unchoked, out, now)
 
     def _report_refusals(self, out: list[Action], now: float) -> None:

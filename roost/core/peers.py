@@ -40,6 +40,10 @@ REPLACED = "replaced by a newer connection"
 Closing = tuple[Conn, str]
 
 
+def _first(entry: tuple[int, Conn]) -> int:
+    return entry[0]
+
+
 class PeerTable:
     def __init__(self, config: MemberConfig, peer_id: bytes, handshake_seconds: float) -> None:
         self.config = config
@@ -56,6 +60,15 @@ class PeerTable:
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[Address] = set()
         self.banned_ips: set[str] = set()
+        # indices of `conns` (change it only through arrive and remove): the
+        # connections at each address in arrival order, how many share each
+        # host, and the admitted ones with their arrival number, so that a
+        # handshake, a drop or a dial does not scan every connection
+        self._by_addr: dict[Address, list[Conn]] = {}
+        self._per_host: dict[str, int] = {}
+        self._admitted: dict[int, tuple[int, Conn]] = {}
+        self._arrival: dict[int, int] = {}
+        self._arrivals = 0
         # who gets a slot: pending budget, per-address caps, eviction
         self.admission = Admission(config.max_peers, handshake_seconds=handshake_seconds)
 
@@ -89,7 +102,15 @@ class PeerTable:
 
     def arrive(self, conn: Conn, now: float) -> list[Closing]:
         """A new connection, registered; what to close (it too, if not allowed)."""
+        old = self.conns.get(conn.id)
+        if old is not None and old is not conn:
+            self._unindex(old)
         self.conns[conn.id] = conn
+        self._by_addr.setdefault(conn.address, []).append(conn)
+        host = conn.address[0]
+        self._per_host[host] = self._per_host.get(host, 0) + 1
+        self._arrival[conn.id] = self._arrivals
+        self._arrivals += 1
         if not self.allowed_address(conn.address[0]):
             self.admission.count(NOT_ALLOWED, conn.address)
             return [(conn, "")]  # counted, not logged: a flood would flood the log
@@ -113,21 +134,45 @@ class PeerTable:
                 return DUPLICATE, []
             closing.append((other, REPLACED))
             self.admission.gone(other.address)
-        views = [v for v in self.views() if other is None or v.key != other.address]
-        decision = self.admission.handshaken(conn.address, now, views)
+
+        def views() -> list[PeerView]:
+            return [v for v in self.views() if other is None or v.key != other.address]
+
+        # the peers at its host are among the connections from there (this one too)
+        at_most = self._per_host.get(conn.address[0], 0)
+        decision = self.admission.handshaken(conn.address, now, views, same_host_at_most=at_most)
         if decision.evict is not None:
             closing += self._dropped(decision.evict)
         if not decision.admit:
             return decision.reason, closing
         self.by_id[rid] = conn
+        self._admitted[conn.id] = (self._arrival.get(conn.id, -1), conn)
         return None, closing
 
     def remove(self, conn: Conn) -> None:
         if self.conns.get(conn.id) is conn:
             del self.conns[conn.id]
+            self._unindex(conn)
             self.admission.gone(conn.address)
         if conn.remote_id is not None and self.by_id.get(conn.remote_id) is conn:
             del self.by_id[conn.remote_id]
+
+    def _unindex(self, conn: Conn) -> None:
+        at = self._by_addr.get(conn.address)
+        if at is not None and conn in at:
+            at.remove(conn)
+            if not at:
+                del self._by_addr[conn.address]
+        host = conn.address[0]
+        left = self._per_host.get(host, 0) - 1
+        if left > 0:
+            self._per_host[host] = left
+        else:
+            self._per_host.pop(host, None)
+        self._arrival.pop(conn.id, None)
+        entry = self._admitted.get(conn.id)
+        if entry is not None and entry[1] is conn:
+            del self._admitted[conn.id]
 
     def ended(self, conn: Conn, now: float) -> float | None:
         """A connection ended: the delay before dialling its address again when
@@ -152,18 +197,24 @@ class PeerTable:
         """The connections at an address the admission policy gave up on."""
         return [
             (c, "" if c.remote_id is None else EVICTED)
-            for c in self.conns.values()
-            if c.address == key and not c.closed
+            for c in self._by_addr.get(key, ())
+            if not c.closed
         ]
 
     def views(self) -> list[PeerView]:
+        """The peers with a completed handshake, in the order they connected.
+
+        Only admitted connections are ever made ready (the member marks a
+        connection ready after `handshaken` let it in), so this lists those,
+        not every connection in the table."""
+        admitted = sorted(self._admitted.values(), key=_first)
         return [
             PeerView(
                 c.address,
                 trading=c.peer_interested or c.am_interested or bool(c.upload_queue),
                 last_useful=max(c.ready_at, c.last_block_at, c.last_upload_at),
             )
-            for c in self.conns.values()
+            for _, c in admitted
             if c.ready and not c.closed
         ]
 
@@ -190,7 +241,7 @@ class PeerTable:
 
     # ---- whom to dial ----
     def add_candidates(self, peers: list[Address]) -> None:
-        connected = {c.address for c in self.conns.values()}
+        connected = self._by_addr
         for address in peers:
             if not self._is_self(address) and address not in connected:
                 self.candidates.setdefault(address, 0.0)
@@ -207,7 +258,7 @@ class PeerTable:
         room = self.admission.room_to_dial(len(self.connecting))
         if room <= 0 or (complete and not self.config.seed):
             return []
-        connected = {c.address for c in self.conns.values()}
+        connected = self._by_addr
         chosen = []
         for address, not_before in list(self.candidates.items()):
             if room <= 0:
