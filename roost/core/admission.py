@@ -33,6 +33,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 Key = tuple[str, int]
 
@@ -58,9 +59,9 @@ TABLE_FULL = "peer table full"
 EVICTED = "evicted for a peer that may trade"
 
 
-@dataclass(frozen=True)
-class PeerView:
-    """What the policy needs to know of a peer with a completed handshake."""
+class PeerView(NamedTuple):
+    """What the policy needs to know of a peer with a completed handshake.
+    (A named tuple: the table makes one per peer whenever it is full.)"""
 
     key: Key
     trading: bool  # interest in either direction, or data in flight

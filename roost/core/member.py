@@ -623,7 +623,7 @@ class SwarmMember:
         requests, which costs a round trip and bandwidth on every switch)."""
         if conn.peer_interested:
             self.last_interest_at = now
-            unchoked = sum(1 for c in self.conns.values() if c.ready and not c.am_choking)
+            unchoked = sum(1 for c in self.peers.admitted() if c.ready and not c.am_choking)
             if conn.am_choking and unchoked < self.config.unchoke_slots + 1:
                 self._set_choking(conn, False, out, now)
         elif not conn.am_choking:
@@ -768,7 +768,8 @@ class SwarmMember:
         self._unannounced.append(index)
         if self._have_at is None:
             self._have_at = now + HAVE_BATCH_SECONDS
-        for conn in list(self.conns.values()):
+        # every ready connection is an admitted one (PeerTable.admitted)
+        for conn in self.peers.admitted():
             if conn.ready and conn.am_interested and not self.picker.is_interesting(conn.id):
                 conn.update_interest(self.picker, out, now)
         if self.complete:
@@ -793,7 +794,7 @@ class SwarmMember:
         if not batch:
             return
         data = have_messages(batch, self.num_pieces)
-        for conn in list(self.conns.values()):
+        for conn in self.peers.admitted():
             if conn.ready and not conn.closed:
                 conn.send(out, data, now)
 
@@ -895,11 +896,11 @@ class SwarmMember:
                 snubbed=c.snubbed,
                 missing=self.num_pieces - c.bitfield.count(),
             )
-            for c in self.conns.values()
+            for c in self.peers.admitted()
             if c.ready and c.peer_interested and not c.is_seed
         ]
         unchoked = self.choker.rechoke(stats, seeding=self.complete)
-        for conn in list(self.conns.values()):
+        for conn in self.peers.admitted():
             # set_choking changes nothing (and says so) when the state stays
             if conn.ready and not conn.closed and (conn.id not in unchoked) != conn.am_choking:
                 self._set_choking(conn, conn.id not in unchoked, out, now)

@@ -23,6 +23,7 @@ connection to it trades data.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 
 from roost.core.actions import Address
@@ -38,10 +39,6 @@ REPLACED = "replaced by a newer connection"
 
 #: a connection to close, and the reason ("" for counted, not logged)
 Closing = tuple[Conn, str]
-
-
-def _first(entry: tuple[int, Conn]) -> int:
-    return entry[0]
 
 
 class PeerTable:
@@ -66,7 +63,10 @@ class PeerTable:
         # handshake, a drop or a dial does not scan every connection
         self._by_addr: dict[Address, list[Conn]] = {}
         self._per_host: dict[str, int] = {}
-        self._admitted: dict[int, tuple[int, Conn]] = {}
+        # admitted connections in arrival order (the order of `conns`): their
+        # arrival numbers and the connections, side by side
+        self._admitted_at: list[int] = []
+        self._admitted: list[Conn] = []
         self._arrival: dict[int, int] = {}
         self._arrivals = 0
         # who gets a slot: pending budget, per-address caps, eviction
@@ -146,7 +146,13 @@ class PeerTable:
         if not decision.admit:
             return decision.reason, closing
         self.by_id[rid] = conn
-        self._admitted[conn.id] = (self._arrival.get(conn.id, -1), conn)
+        at = self._arrival.get(conn.id)
+        if at is None:  # handshaken without arrive (not the member's way)
+            at = self._arrival[conn.id] = self._arrivals
+            self._arrivals += 1
+        i = bisect.bisect_left(self._admitted_at, at)
+        self._admitted_at.insert(i, at)
+        self._admitted.insert(i, conn)
         return None, closing
 
     def remove(self, conn: Conn) -> None:
@@ -158,10 +164,10 @@ class PeerTable:
             del self.by_id[conn.remote_id]
 
     def _unindex(self, conn: Conn) -> None:
-        at = self._by_addr.get(conn.address)
-        if at is not None and conn in at:
-            at.remove(conn)
-            if not at:
+        same = self._by_addr.get(conn.address)
+        if same is not None and conn in same:
+            same.remove(conn)
+            if not same:
                 del self._by_addr[conn.address]
         host = conn.address[0]
         left = self._per_host.get(host, 0) - 1
@@ -169,10 +175,12 @@ class PeerTable:
             self._per_host[host] = left
         else:
             self._per_host.pop(host, None)
-        self._arrival.pop(conn.id, None)
-        entry = self._admitted.get(conn.id)
-        if entry is not None and entry[1] is conn:
-            del self._admitted[conn.id]
+        arrived = self._arrival.pop(conn.id, None)
+        if arrived is not None:
+            i = bisect.bisect_left(self._admitted_at, arrived)
+            if i < len(self._admitted_at) and self._admitted_at[i] == arrived:
+                del self._admitted_at[i]
+                del self._admitted[i]
 
     def ended(self, conn: Conn, now: float) -> float | None:
         """A connection ended: the delay before dialling its address again when
@@ -207,16 +215,23 @@ class PeerTable:
         Only admitted connections are ever made ready (the member marks a
         connection ready after `handshaken` let it in), so this lists those,
         not every connection in the table."""
-        admitted = sorted(self._admitted.values(), key=_first)
         return [
             PeerView(
                 c.address,
                 trading=c.peer_interested or c.am_interested or bool(c.upload_queue),
                 last_useful=max(c.ready_at, c.last_block_at, c.last_upload_at),
             )
-            for _, c in admitted
+            for c in self._admitted
             if c.ready and not c.closed
         ]
+
+    def admitted(self) -> list[Conn]:
+        """The connections let in at their handshake and not yet removed, in
+        the order of `conns`: every connection that is `ready` is among them
+        (the member sets `ready` only on those), so a loop over the ready
+        connections need not visit the pending ones. A copy: safe to close
+        connections while looping over it."""
+        return list(self._admitted)
 
     def ban(self, conn: Conn) -> None:
         """Refuse this peer from now on: by peer id, by address, by IP unless loopback.
