@@ -179,7 +179,9 @@ class SwarmMember:
         self._resume_at: float | None = None  # reading paused by the rate cap until then
         self._rechoke_soon = False
         self._pipeline_floor = MIN_PIPELINE_BYTES
-        self._sources_changed = False  # _pipeline_floor is recounted at the next _fill
+        # connections that unchoke us and are open (not peer_choking, not closed),
+        # kept by _count_sources at every change instead of recounted
+        self._sources = 0
         self._ext_handshake: tuple[int, bytes] | None = None  # (port, bencoded), made once
         self._ticks = 0
         self._next_tick = 0.0
@@ -420,7 +422,7 @@ class SwarmMember:
         if not conn.am_choking:
             self._rechoke_soon = True  # its upload slot is free now
         if not conn.peer_choking:
-            self._count_sources()
+            self._count_sources(-1)  # it served us; closed now
         if conn.in_picker:
             conn.drop_requests(self.picker, None, now)
             self.picker.remove_peer(conn.id)
@@ -488,12 +490,12 @@ class SwarmMember:
         elif isinstance(msg, Choke):
             if not conn.peer_choking:
                 conn.peer_choking = True
-                self._count_sources()
+                self._count_sources(-1)
             conn.drop_requests(self.picker, None, now)
         elif isinstance(msg, Unchoke):
             if conn.peer_choking:
                 conn.peer_choking = False
-                self._count_sources()
+                self._count_sources(+1)
         elif isinstance(msg, (Interested, NotInterested)):
             conn.peer_interested = isinstance(msg, Interested)
             self._on_interest_changed(conn, out, now)
@@ -630,21 +632,19 @@ class SwarmMember:
             self._rechoke_soon = True
 
     # ---- downloading ----
-    def _count_sources(self) -> None:
+    def _count_sources(self, change: int) -> None:
         """How deep to ask each peer, from how many serve us (conn.pipeline_floor).
 
-        Called where a peer's choke or a connection's end may change that
-        number; it is counted when next used (_fill), not at every call: a
-        fleet's start closes and chokes many connections between two fills."""
-        self._sources_changed = True
+        Called at every change of that number: a peer's choke or unchoke (it
+        only ever changes in _handle), the end of a connection that unchoked
+        us (it is closed just before _forget). Counting every connection each
+        time was a visible cost of a fleet's start."""
+        self._sources += change
+        self._pipeline_floor = pipeline_floor(self._sources)
 
     def _fill(self, conn: Conn, out: list[Action], now: float) -> None:
         if self.assembly.backlogged() or self.picker.complete():
             return  # the disk is behind: requesting more would only grow memory
-        if self._sources_changed:
-            self._sources_changed = False
-            sources = sum(1 for c in self.conns.values() if not c.peer_choking and not c.closed)
-            self._pipeline_floor = pipeline_floor(sources)
         conn.floor = self._pipeline_floor
         conn.fill_requests(self.picker, out, now)
 
