@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Hashable
 from typing import Any
 
 from roost import __version__
@@ -885,21 +886,28 @@ class SwarmMember:
 
     def _rechoke(self, out: list[Action], now: float) -> None:
         # only interested peers that are not seeds are candidates (Choker.rechoke
-        # drops the others, keeping the order): their stats alone are made
-        stats = [
-            PeerStat(
-                key=c.id,
-                interested=c.peer_interested,
-                download_rate=c.down.rate,
-                upload_rate=c.up.rate,
-                is_seed=c.is_seed,
-                snubbed=c.snubbed,
-                missing=self.num_pieces - c.bitfield.count(),
-            )
-            for c in self.peers.admitted()
-            if c.ready and c.peer_interested and not c.is_seed
+        # drops the others, keeping the order); their stats are made only when
+        # they do not all fit in the slots
+        candidates = [
+            c for c in self.peers.admitted() if c.ready and c.peer_interested and not c.is_seed
         ]
-        unchoked = self.choker.rechoke(stats, seeding=self.complete)
+
+        def stats() -> list[PeerStat]:
+            return [
+                PeerStat(
+                    key=c.id,
+                    interested=c.peer_interested,
+                    download_rate=c.down.rate,
+                    upload_rate=c.up.rate,
+                    is_seed=c.is_seed,
+                    snubbed=c.snubbed,
+                    missing=self.num_pieces - c.bitfield.count(),
+                )
+                for c in candidates
+            ]
+
+        keys: list[Hashable] = [c.id for c in candidates]
+        unchoked = self.choker.rechoke_candidates(keys, stats, seeding=self.complete)
         for conn in self.peers.admitted():
             # set_choking changes nothing (and says so) when the state stays
             if conn.ready and not conn.closed and (conn.id not in unchoked) != conn.am_choking:
