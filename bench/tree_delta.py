@@ -37,6 +37,19 @@ instead of being copied byte for byte.
 Each deploy's `timeline` (from `roost deploy --json`: the deploy's marks and,
 per mark of the hosts, min/median/max, in seconds since the command's own
 start) says where the wall time went.
+
+Each deploy's `cpu` says what CPU it took, from two cgroup v2 groups under
+`roost-bench-<pid>` (bench.lab.cgroup; counting only, no controller): the
+operator side (`roost deploy` and everything it starts: tracker, origin, its
+ssh clients) and the hosts (every sshd of the fleet, moved into the group as
+soon as the fleet is up, so every session, agent and fetch it starts is
+counted), user and system seconds each, read from cpu.stat before and after
+the deploy. `busy` is their sum over (cores x the command's seconds),
+`vs_bound` their sum over (cores x the bound), `floor_seconds` their sum over
+the cores: no deploy on this machine can be faster while it needs that CPU.
+`machine` is every process of the machine in that time (/proc/stat), other
+users' work included. Without a writable cgroup v2 hierarchy this is said
+and the figures are left out.
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.lab.cgroup import CpuGroup, read_cpu_stat, unified_root
 from tests.fleet.fleet import Fleet, in_ns
 from tests.fleet.helpers import ROOT, deploy_argv, local_tree_digest, remote_tree_digest, run_roost
 
@@ -128,6 +142,84 @@ def wire_bytes(fleet: Fleet) -> int:
     return total
 
 
+class CpuBudget:
+    """CPU of the operator side and of the hosts, each in a cgroup of its own.
+
+    `roost-bench-<pid>/operator` holds each `roost deploy` (it joins before it
+    execs, so its tracker, origin and ssh clients are born in it);
+    `roost-bench-<pid>/hosts` holds every host's sshd (moved in by `add_fleet`
+    before any session), so everything the hosts run for a deploy is in it.
+    The kernel keeps the CPU of exited members in the group's cpu.stat."""
+
+    def __init__(self) -> None:
+        root = unified_root()
+        if root is None:
+            raise OSError("no writable cgroup v2 hierarchy under /sys/fs/cgroup")
+        self.parent = root / f"roost-bench-{os.getpid()}"
+        self.parent.mkdir()
+        self.groups: dict[str, CpuGroup] = {}
+        try:
+            for side in ("operator", "hosts"):
+                self.groups[side] = CpuGroup(f"{self.parent.name}/{side}")
+            for group in self.groups.values():
+                if "user_usec" not in read_cpu_stat(group.path):
+                    raise OSError(f"{group.path}/cpu.stat has no user_usec")
+        except BaseException:
+            self.close()
+            raise
+
+    def add_fleet(self, fleet: Fleet) -> None:
+        """Every host's sshd into `hosts`; refused if a host runs anything else yet."""
+        for i, host in enumerate(fleet.hosts):
+            others = [p for p in fleet.pids(i) if p != host.sshd_pid]
+            if host.sshd_pid is None or others:
+                raise OSError(f"host {host.name}: sshd {host.sshd_pid}, others {others}")
+            (self.groups["hosts"].path / "cgroup.procs").write_text(str(host.sshd_pid))
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return self.groups["operator"].enter_argv(argv)
+
+    def sample(self) -> dict[str, tuple[float, float]]:
+        """Per side, (user, system) CPU seconds so far; `machine`: all of it (/proc/stat)."""
+        out = {side: g.user_system_s() for side, g in self.groups.items()}
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        # user nice system idle iowait irq softirq (steal...): busy = user nice system irq softirq
+        out["machine"] = ((cpu[0] + cpu[1]) / ticks, (cpu[2] + cpu[5] + cpu[6]) / ticks)
+        return out
+
+    @staticmethod
+    def figures(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+                seconds: float, bound: float) -> dict[str, Any]:
+        cores = os.cpu_count() or 1
+        out: dict[str, Any] = {"cores": cores}
+        for side in ("operator", "hosts", "machine"):
+            user = after[side][0] - before[side][0]
+            system = after[side][1] - before[side][1]
+            out[side] = {"user": round(user, 2), "system": round(system, 2),
+                         "total": round(user + system, 2)}
+        tool = out["operator"]["total"] + out["hosts"]["total"]
+        out["total"] = round(tool, 2)
+        out["busy"] = round(tool / (cores * seconds), 3)
+        out["vs_bound"] = round(tool / (cores * bound), 3)
+        out["floor_seconds"] = round(tool / cores, 2)
+        out["machine_busy"] = round(out["machine"]["total"] / (cores * seconds), 3)
+        return out
+
+    def close(self) -> None:
+        """Kill what is left in the groups (only the bench's processes) and remove them."""
+        for group in self.groups.values():
+            group.close()
+        for _ in range(100):
+            try:
+                self.parent.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.05)
+
+
 def check_trees(fleet: Fleet, path: str, src: Path) -> bool:
     want = local_tree_digest(src)
     with ThreadPoolExecutor(4) as pool:
@@ -136,22 +228,32 @@ def check_trees(fleet: Fleet, path: str, src: Path) -> bool:
 
 
 def deploy(fleet: Fleet, src: Path, tag: str, rate: float, extra: list[str],
-           roost_src: Path | None = None, cache: Path | None = None
-           ) -> tuple[float, int, dict[str, Any]]:
-    before = wire_bytes(fleet)
-    started = time.monotonic()
-    code, report, err = run_roost(deploy_argv(
+           roost_src: Path | None = None, cache: Path | None = None,
+           budget: CpuBudget | None = None
+           ) -> tuple[float, int, dict[str, Any], dict[str, Any]]:
+    """Seconds, wire bytes, the deploy's report and its CPU (before, after samples)."""
+    argv = deploy_argv(
         fleet, src, [h.address for h in fleet.hosts], "--tag", tag,
         "--link-rate", f"{rate:g}mbit", "--timeout", "1800", "--connect-timeout", "30",
-        *extra), timeout=2400, src=roost_src,
-        env={"XDG_CACHE_HOME": str(cache)} if cache is not None else None)
+        *extra)
+    before = wire_bytes(fleet)
+    cpu: dict[str, Any] = {}
+    if budget is not None:
+        argv = budget.wrap(argv)
+        cpu["before"] = budget.sample()
+    started = time.monotonic()
+    code, report, err = run_roost(argv, timeout=2400, src=roost_src,
+                                  env={"XDG_CACHE_HOME": str(cache)} if cache is not None
+                                  else None)
     seconds = time.monotonic() - started
+    if budget is not None:
+        cpu["after"] = budget.sample()
     if code != 0:
         failed = [(h["host"], h["kind"], h["reason"]) for h in report.get("hosts", [])
                   if h.get("status") == "failed"]
         raise SystemExit(f"deploy {tag} failed (exit {code}): {report.get('message')}\n"
                          f"{failed}\n{err[-2000:]}")
-    return seconds, wire_bytes(fleet) - before, report
+    return seconds, wire_bytes(fleet) - before, report, cpu
 
 
 def timeline(report: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -174,7 +276,8 @@ def wipe(fleet: Fleet) -> None:
 
 
 def releases(fleet: Fleet, work: Path, v1: Path, v2: Path, rate: float, extra: list[str],
-             roost_src: Path | None, cache: Path | None) -> dict[str, Any]:
+             roost_src: Path | None, cache: Path | None, budget: CpuBudget | None = None
+             ) -> dict[str, Any]:
     """The full release, then the next, from empty hosts; checked on every host.
 
     Both are deployed from one build directory, as an operator deploys a build
@@ -189,7 +292,8 @@ def releases(fleet: Fleet, work: Path, v1: Path, v2: Path, rate: float, extra: l
     # a build finished seconds ago: past the hash cache's racy window (3 s), as a
     # real build usually is by the time its deploy reads it
     time.sleep(max(0.0, 4.0 - (time.monotonic() - copied)))
-    seconds, wire, report = deploy(fleet, build, "v1", rate, extra, roost_src, cache)
+    seconds, wire, report, cpu = deploy(fleet, build, "v1", rate, extra, roost_src, cache,
+                                        budget)
     size = report["payload"]["size"]
     bound = size * 8 / (rate * 1e6)
     full = {"seconds": round(seconds, 2), "wire_bytes": wire, "size": size,
@@ -199,14 +303,19 @@ def releases(fleet: Fleet, work: Path, v1: Path, v2: Path, rate: float, extra: l
             "timings": report["timings"], "bytes": report["bytes"],
             "timeline": timeline(report, seconds),
             "identical": check_trees(fleet, f"{fleet.dest}/current", v1)}
+    if cpu:
+        full["cpu"] = CpuBudget.figures(cpu["before"], cpu["after"], seconds, bound)
     subprocess.run(["rsync", "-a", "--delete", f"{v2}/", f"{build}/"], check=True, timeout=600)
-    seconds2, wire2, report2 = deploy(fleet, build, "v2", rate, extra, roost_src, cache)
+    seconds2, wire2, report2, cpu2 = deploy(fleet, build, "v2", rate, extra, roost_src, cache,
+                                            budget)
     nxt = {"seconds": round(seconds2, 2), "wire_bytes": wire2,
            "timings": report2["timings"], "bytes": report2["bytes"],
            "timeline": timeline(report2, seconds2),
            "wire_vs_full": round(wire2 / wire, 3),
            "time_vs_full": round(seconds2 / seconds, 3),
            "identical": check_trees(fleet, f"{fleet.dest}/current", v2)}
+    if cpu2:
+        nxt["cpu"] = CpuBudget.figures(cpu2["before"], cpu2["after"], seconds2, bound)
     return {"src": str(roost_src or ROOT), "full": full, "next": nxt}
 
 
@@ -252,6 +361,12 @@ def main() -> None:
                            "load_before": os.getloadavg()}
     srcs: list[Path | None] = [p.resolve() for p in ns.roost_src] or [None]
     runs: list[dict[str, Any]] = []
+    budget: CpuBudget | None = None
+    try:
+        budget = CpuBudget()
+    except OSError as e:
+        print(f"no CPU figures (cgroup v2 unavailable: {e})", file=sys.stderr, flush=True)
+        out["cpu_unavailable"] = str(e)
     try:
         v1 = make_tree(work / "v1", ns.size_mib, ns.files, rng)
         v2 = work / "v2"
@@ -259,13 +374,16 @@ def main() -> None:
         with Fleet(ns.hosts, dest_size=f"{ns.size_mib * 2 + 256}m",
                    dest_fs=ns.dest_fs) as fleet:
             fleet.shape(ns.rate_mbit)
+            if budget is not None:
+                budget.add_fleet(fleet)
             extra = ns.extra.split()
             out["runs"] = runs  # printed even when a later step fails (see finally)
             for _ in range(ns.rounds):
                 for src in srcs:
                     wipe(fleet)
                     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
-                    runs.append(releases(fleet, work, v1, v2, ns.rate_mbit, extra, src, cache))
+                    runs.append(releases(fleet, work, v1, v2, ns.rate_mbit, extra, src, cache,
+                                         budget))
                     shutil.rmtree(cache, ignore_errors=True)
                     print(json.dumps({k: runs[-1][k] for k in ("src",)} | {
                         r: {k: runs[-1][r][k] for k in ("seconds", "wire_bytes", "identical")}
@@ -298,8 +416,33 @@ def main() -> None:
         if failed is not None:
             out["failed"] = f"{type(failed).__name__}: {str(failed)[:300]}"
         out["load_after"] = os.getloadavg()
+        if budget is not None:
+            budget.close()
         print(json.dumps(out, indent=1))
+        print(table(runs), file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """One line per deploy: seconds, efficiency, and the CPU each side used
+    (`bound` and `vs bound` are the full release's bound, for both lines)."""
+    lines = ["release  seconds  bound  eff.   operator u+s   hosts u+s       CPU  busy  "
+             "vs bound  floor s  machine busy"]
+    for run in runs:
+        bound = run["full"]["bound_seconds"]
+        for name in ("full", "next"):
+            r = run[name]
+            eff = f"{bound / r['seconds']:5.3f}" if name == "full" else "    -"
+            line = f"{name:7}  {r['seconds']:7.2f}  {bound:5.1f}  {eff}"
+            c = r.get("cpu")
+            if c:
+                op, ho = c["operator"], c["hosts"]
+                line += (f"  {op['user']:6.1f}+{op['system']:5.1f}  {ho['user']:6.1f}+"
+                         f"{ho['system']:5.1f}  {c['total']:6.1f}  {c['busy']:4.2f}  "
+                         f"{c['vs_bound']:8.2f}  {c['floor_seconds']:7.1f}  "
+                         f"{c['machine_busy']:12.2f}")
+            lines.append(line)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

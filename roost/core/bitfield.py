@@ -13,7 +13,7 @@ network is a RemoteProtocolError.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from roost.errors import RemoteProtocolError
 
@@ -107,6 +107,21 @@ class Bitfield:
         self._bits[index >> 3] = byte | mask
         self._count += 1
         return True
+
+    def set_all_of(self, indices: Iterable[int]) -> list[int]:
+        """Set each of `indices`; return those that were clear before, in order."""
+        bits, length = self._bits, self._length
+        new = []
+        for index in indices:
+            if not 0 <= index < length:
+                self._check(index)
+            mask = 0x80 >> (index & 7)
+            byte = bits[index >> 3]
+            if not byte & mask:
+                bits[index >> 3] = byte | mask
+                new.append(index)
+        self._count += len(new)
+        return new
 
     def clear(self, index: int) -> bool:
         """Clear bit `index`; return True if it was set before."""

@@ -80,6 +80,19 @@ LATE_FLOOR_SECONDS = 4.0
 LATE_MIN_RATE = 64 * 1024
 
 
+# what a fill_requests call came to (counted by the member: SwarmMember.fills)
+FILL_ASKED = 0
+FILL_NOT_INTERESTED = 1
+FILL_CHOKED = 2  # and no allowed-fast piece
+FILL_FULL = 3  # the pipeline is full
+FILL_DRY = 4  # its last pick came back short and nothing it has became free since
+FILL_PART_RUN = 5  # room for less than a run while requests are in flight
+FILL_EMPTY = 6  # picked, found nothing
+FILL_BACKLOG = 7  # not tried: the disk is behind, or the payload is complete (the member's)
+FILL_OUTCOMES = (
+    "asked", "not_interested", "choked", "full", "dry", "part_run", "empty", "backlog",
+)
+
 
 def pipeline_floor(sources: int) -> int:
     """The request floor per peer, in bytes, when `sources` peers unchoke us:
@@ -309,20 +322,22 @@ class Conn:
             return min(blocks, per_request)
         return min(blocks, max(1, self.reqq - 1) * per_request)
 
-    def fill_requests(self, picker: PiecePicker, out: list[Action], now: float) -> None:
+    def fill_requests(self, picker: PiecePicker, out: list[Action], now: float) -> int:
+        """Ask for more, up to the pipeline; the outcome (FILL_ASKED, or why
+        nothing was asked: an index into FILL_OUTCOMES)."""
         if not self.am_interested:
-            return
+            return FILL_NOT_INTERESTED
         allowed: set[int] | None = None
         if self.peer_choking:
             if not self.allowed_fast:
-                return
+                return FILL_CHOKED
             allowed = self.allowed_fast
         want = self.pipeline_blocks() - self.outstanding.blocks
         if want <= 0:
-            return
+            return FILL_FULL
         state = picker.pick_state(self.id) if allowed is None else None
         if state is not None and state == self.picked_dry:
-            return  # nothing it has became free since the last pick came back short
+            return FILL_DRY  # nothing it has became free since the last pick came back short
         run = max(1, self.big_block // self.block_size)
         # the rounding's unit: a whole run, or a whole piece when pieces are smaller
         unit = min(run, -(-picker.piece_length // picker.block_size))
@@ -337,11 +352,11 @@ class Conn:
             if want >= unit:
                 want -= want % unit
             elif self.outstanding.blocks:
-                return
+                return FILL_PART_RUN
         picks = picker.pick(self.id, want, allowed=allowed, run=run)
         if not picks:
             self.picked_dry = state
-            return
+            return FILL_EMPTY
         add, request = self.outstanding.add, self.wire.send_request
         data = []
         taken = self.outstanding.blocks
@@ -350,6 +365,7 @@ class Conn:
             data.append(request(index, begin, length))
         self.picked_dry = state if self.outstanding.blocks - taken < want else None
         self.send(out, b"".join(data), now)
+        return FILL_ASKED
 
     def piece_received(
         self, picker: PiecePicker, index: int, begin: int, size: int, now: float

@@ -72,6 +72,8 @@ from roost.core.config import MemberConfig as MemberConfig
 from roost.core.config import Network as Network
 from roost.core.conn import (
     BIG_BLOCK_KEY,
+    FILL_BACKLOG,
+    FILL_OUTCOMES,
     MIN_PIPELINE_BYTES,
     OUR_REQQ,
     Conn,
@@ -98,6 +100,7 @@ from roost.core.wire import (
     Have,
     HaveAll,
     HaveNone,
+    Haves,
     Interested,
     NotInterested,
     PeerConnection,
@@ -118,6 +121,14 @@ KEEPALIVE_SECONDS = 60.0
 IDLE_SECONDS = 180.0
 HANDSHAKE_TIMEOUT = 5.0  # TLS and BitTorrent handshakes (roost.core.admission)
 ALLOWED_FAST_K = 8
+# messages after which a fill may ask for more (a Haves event: when the
+# picker says so): a Piece frees pipeline room, an Unchoke, a Reject, a
+# Bitfield, an allowed-fast piece, a handshake change what may be asked.
+# A Request, Cancel, (Not)Interested, KeepAlive or an extension message do not.
+_MAY_FILL: frozenset[type] = frozenset({
+    Piece, Have, Unchoke, Choke, RejectRequest, BitfieldMsg, HaveAll, HaveNone,
+    AllowedFast, ExtendedHandshake, Handshake,
+})
 
 
 class SwarmMember:
@@ -184,6 +195,7 @@ class SwarmMember:
         # kept by _count_sources at every change instead of recounted
         self._sources = 0
         self._ext_handshake: tuple[int, bytes] | None = None  # (port, bencoded), made once
+        self._fills = [0] * len(FILL_OUTCOMES)  # see fills()
         self._ticks = 0
         self._next_tick = 0.0
         self._last_tick = 0.0
@@ -259,13 +271,23 @@ class SwarmMember:
             return out
         conn.last_recv_at = now
         wire = conn.wire
+        # fill once after the read, and only when a message in it may let the
+        # fill ask for more (most reads in a swarm are a peer's Haves of
+        # pieces we have or fetch already, or requests to us)
+        fill = False
         try:
             for message in wire.receive(data) if data is not None else wire.body_received(n):
+                if isinstance(message, Haves):  # a swarm's most frequent read
+                    if self._on_haves(conn, message.indices, out, now):
+                        fill = True
+                    continue
                 self._handle(conn, message, out, now)
                 if conn.closed:
                     break
+                if type(message) in _MAY_FILL:
+                    fill = True
             else:
-                if conn.ready:
+                if fill and conn.ready:
                     self._fill(conn, out, now)
         except RemoteProtocolError as exc:
             if exc.ban:
@@ -381,6 +403,7 @@ class SwarmMember:
             total_length=info.total_length,
         )
         wire.alloc = self._take_buffer
+        wire.batch_haves = True
         conn = Conn(
             ev.conn, ev.address, wire, outgoing=outgoing, now=now,
             block_size=self.config.picker_block,
@@ -464,8 +487,10 @@ class SwarmMember:
 
     # ---- messages from a peer ----
     def _handle(self, conn: Conn, msg: object, out: list[Action], now: float) -> None:
-        # Have first: a swarm member gets about N Haves per piece, one Piece
-        if isinstance(msg, Have):
+        # Haves first: a swarm member gets about N Haves per piece, one Piece
+        if isinstance(msg, Haves):
+            self._on_haves(conn, msg.indices, out, now)
+        elif isinstance(msg, Have):
             self._on_have(conn, msg.index, out, now)
         elif isinstance(msg, Piece):
             self._on_piece(conn, msg, out, now)
@@ -477,9 +502,10 @@ class SwarmMember:
             # after other messages (aria2c sends one instead of several Haves):
             # each newly set piece counts as a Have; pieces are never unset
             bits = Bitfield.full(self.num_pieces) if isinstance(msg, HaveAll) else msg.bitfield
-            for index in bits.iter_set():
-                if not conn.bitfield[index]:
-                    self._on_have(conn, index, out, now)
+            known = conn.bitfield
+            new = [index for index in bits.iter_set() if not known[index]]
+            if new:
+                self._on_haves(conn, new, out, now)
         elif isinstance(msg, BitfieldMsg):
             conn.set_bitfield(msg.bitfield)
             self._on_bitfield(conn, out, now)
@@ -608,17 +634,31 @@ class SwarmMember:
         conn.remote = not local
         return local
 
-    def _on_have(self, conn: Conn, index: int, out: list[Action], now: float) -> None:
-        conn.bitfield.set(index)
-        conn.is_seed = conn.bitfield.all()
+    def _on_have(self, conn: Conn, index: int, out: list[Action], now: float) -> bool:
+        return self._on_haves(conn, (index,), out, now)
+
+    def _on_haves(
+        self, conn: Conn, indices: list[int] | tuple[int, ...], out: list[Action], now: float
+    ) -> bool:
+        """Haves of one read (wire.Haves), as one step: one availability
+        update, one interest check; the fill comes once after the read, and
+        only when this returns True: a pick for the peer may find more (see
+        PiecePicker.peer_has_all_of)."""
+        bits = conn.bitfield
+        bits.set_all_of(indices)
+        conn.is_seed = bits.all()
         if not conn.in_picker:  # a Have with no bitfield first: it had nothing before
             conn.in_picker = True
             self.picker.add_peer(conn.id, Bitfield(self.num_pieces), local=self._mark_zone(conn))
-        self.picker.peer_has(conn.id, index)
+        pickable = self.picker.peer_has_all_of(conn.id, indices)
         if self.offers is not None:
-            self.offers.on_have(conn, index, self.conns, out, now)
-        if not conn.am_interested and not self.have[index]:
-            conn.update_interest(self.picker, out, now)
+            for index in indices:
+                self.offers.on_have(conn, index, self.conns, out, now)
+        if not conn.am_interested:
+            have = self.have
+            if not all(have[index] for index in indices):
+                conn.update_interest(self.picker, out, now)
+        return pickable
 
     def _on_interest_changed(self, conn: Conn, out: list[Action], now: float) -> None:
         """Fill a free upload slot at once instead of waiting for the next round;
@@ -645,9 +685,16 @@ class SwarmMember:
 
     def _fill(self, conn: Conn, out: list[Action], now: float) -> None:
         if self.assembly.backlogged() or self.picker.complete():
-            return  # the disk is behind: requesting more would only grow memory
+            # the disk is behind: requesting more would only grow memory
+            self._fills[FILL_BACKLOG] += 1
+            return
         conn.floor = self._pipeline_floor
-        conn.fill_requests(self.picker, out, now)
+        self._fills[conn.fill_requests(self.picker, out, now)] += 1
+
+    def fills(self) -> dict[str, int]:
+        """How the fills came out, by outcome (roost.core.conn.FILL_OUTCOMES):
+        how often the member asked a peer for more, and why it did not."""
+        return dict(zip(FILL_OUTCOMES, self._fills, strict=True))
 
     def _on_piece(self, conn: Conn, msg: Piece, out: list[Action], now: float) -> None:
         index, block = msg.index, msg.block
@@ -805,6 +852,7 @@ class SwarmMember:
             "bytes": info.total_length,
             "downloaded": self.downloaded,
             "wasted": self.wasted_bytes,
+            "fills": self.fills(),
         }
         if self.webseeds.seeds:
             fields["from_web_seeds"] = self.webseeds.received

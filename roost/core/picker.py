@@ -129,7 +129,7 @@ class _Peer:
         # no fresh piece is left that it has; fresh only shrinks, so this stays
         # true until the peer announces a new piece
         self.exhausted = False
-        self.version = 0  # renewed whenever it announces a piece (see pick_state)
+        self.version = 0  # renewed when it announces a piece a pick could take (pick_state)
 
 
 class PiecePicker:
@@ -231,18 +231,53 @@ class PiecePicker:
 
     def peer_has(self, key: Hashable, index: int) -> None:
         """The peer announced Have(index)."""
+        self.peer_has_all_of(key, (index,))
+
+    def peer_has_all_of(self, key: Hashable, indices: Iterable[int]) -> bool:
+        """The peer announced Have for each of `indices` (a batch of Haves
+        from one read): one availability update for all of them. The peer's
+        pick_state changes only when one of them is a piece a pick could start
+        or join (fresh, or partial with a FREE block): a Have for a piece we
+        have, verify or fetch every block of from others cannot make a pick
+        find more, and most Haves in a swarm are such (a piece spreads to
+        every host; the first hosts to get it are the ones we hear about).
+        Returns whether a pick for the peer may now find more: its pick_state
+        changed, or we are in endgame (where duplicates of other peers'
+        requests are picked and pick_state is None)."""
         peer = self._peers[key]
-        if peer.bits is None or not peer.bits.set(index):
-            return
-        peer.version = self._next_version()
-        if not self._have[index]:
-            peer.needed += 1
-        if index in self._fresh:
+        bits = peer.bits
+        if bits is None:
+            return False
+        have, fresh, with_free = self._have, self._fresh, self._with_free
+        avail, buckets = self._avail, self._buckets
+        local = self._local_avail if peer.local else None
+        new = bits.set_all_of(indices)
+        if not new:
+            return False
+        needed = 0
+        pickable = started = False
+        for index in new:
+            if not have[index]:
+                needed += 1
+            old = avail[index]
+            avail[index] = old + 1
+            if index in fresh:  # _bump, inlined
+                pickable = started = True
+                self._unbucket(index, old)
+                if old + 1 == len(buckets):
+                    buckets.append({})
+                    self._deleted.append(0)
+                buckets[old + 1][index] = None
+            elif index in with_free:
+                pickable = True
+            if local is not None:
+                local[index] += 1
+        peer.needed += needed
+        if pickable:
+            peer.version = self._next_version()
+        if started:
             peer.exhausted = False
-        self._bump(index, 1)
-        if peer.local:
-            self._local_avail[index] += 1
-        if peer.bits.all():  # it became a seed: count it once
+        if bits.all():  # it became a seed: count it once
             for i in range(self.num_pieces):
                 self._bump(i, -1)
                 if peer.local:
@@ -250,6 +285,9 @@ class PiecePicker:
             peer.bits, peer.seed, peer.needed = None, True, 0
             self._seeds += 1
             self._local_seeds += peer.local
+            peer.version = self._next_version()
+            pickable = True
+        return pickable or self.in_endgame
 
     def peer_lacks(self, key: Hashable, index: int) -> None:
         """The peer refused a request for this piece while unchoking us (a
@@ -328,9 +366,10 @@ class PiecePicker:
     def pick_state(self, key: Hashable) -> tuple[int, int] | None:
         """A token that stays equal while a pick for this peer cannot find more
         than it last did: nothing went back to FREE and the peer announced no
-        piece. None in endgame, where other peers' requests change the answer.
-        Lets a peer skip a pick that is sure to come back empty (most calls
-        in a large swarm, where each peer's pieces are soon all taken)."""
+        piece a pick could start or join (see peer_has_all_of). None in
+        endgame, where other peers' requests change the answer. Lets a peer
+        skip a pick that is sure to come back empty (most calls in a large
+        swarm, where each peer's pieces are soon all taken)."""
         if self.in_endgame:
             return None
         return (self._freed, self._peers[key].version)

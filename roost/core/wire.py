@@ -139,6 +139,17 @@ class Have:
     index: int
 
 
+@dataclass(slots=True)
+class Haves:
+    """Consecutive Have frames of one read, in order (`PeerConnection.batch_haves`).
+
+    A swarm member gets about N Haves per piece, several per read (a peer
+    sends its Haves in batches): one event for the run of them lets the
+    member update availability once instead of once per frame."""
+
+    indices: list[int]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class BitfieldMsg:
     """Bitfield (id 5): every piece the sender has."""
@@ -287,7 +298,8 @@ class Extended:
 
 
 Message: TypeAlias = (
-    KeepAlive | Choke | Unchoke | Interested | NotInterested | Have | BitfieldMsg | Request
+    KeepAlive | Choke | Unchoke | Interested | NotInterested | Have | Haves | BitfieldMsg
+    | Request
     | Piece | Cancel | Port | SuggestPiece | HaveAll | HaveNone | RejectRequest | AllowedFast
     | ExtendedHandshake | Extended
 )  # fmt: skip
@@ -407,6 +419,8 @@ class PeerConnection:
         self._extended = False
         self._bitfield_window = True  # Bitfield/HaveAll/HaveNone still allowed
         self._sent_handshake = False
+        # consecutive Have frames of one read as one Haves event, not a Have each
+        self.batch_haves = False
 
     # ------------------------------------------------------------ properties
 
@@ -644,6 +658,9 @@ class PeerConnection:
         num_pieces = self._num_pieces
         max_piece = 9 + self._max_block
         append = events.append
+        batch = self.batch_haves
+        haves: list[int] | None = None  # the indices of the Haves event last appended
+        haves_at = -1  # len(events) just after it: still the last event while equal
         while end - pos >= 4:
             length = unpack_len(mv, pos)[0]
             if length == 0:
@@ -683,7 +700,14 @@ class PeerConnection:
                 if index >= num_pieces:
                     raise _ban(f"piece index {index} out of range for {num_pieces} pieces")
                 self._bitfield_window = False
-                append(Have(index))
+                if not batch:
+                    append(Have(index))
+                elif haves is not None and len(events) == haves_at:
+                    haves.append(index)
+                else:
+                    haves = [index]
+                    append(Haves(haves))
+                    haves_at = len(events)
             else:
                 self._check_length(mid, length)
                 if end - pos < 4 + length:

@@ -34,6 +34,7 @@ from roost.core.metainfo import parse
 from roost.deploy.config import DeployConfig, HostSpec
 from roost.deploy.pki import CA_FILE, CERT_FILE, KEY_FILE, DeployCA
 from roost.deploy.transport import AgentCommand, HostFailure, Result, Stream, Transport
+from roost.deploy.zipapp import build_zipapp_bytes
 from roost.target import agentargv
 from roost.target.protocol import (
     EXIT_CODES,
@@ -66,11 +67,17 @@ _IN_PLACE = (PayloadFormat.FILE, PayloadFormat.TREE)
 class Agent:
     """The zipapp to run on hosts."""
 
-    data: bytes
     name: str  # roost-<version>-<sha12>.pyz
     python: str = "python3"
     #: what a host without the agent is sent (roost.deploy.zipapp.build_source_zip)
     source: bytes = b""
+
+    @functools.cached_property
+    def data(self) -> bytes:
+        """The compiled zipapp, for a host that takes it whole (`push_agent`). Built
+        when first asked: 0.18 s of the operator's CPU that a deploy whose hosts have
+        the agent, or are sent its sources (push_text), never pays."""
+        return build_zipapp_bytes()
 
     @functools.cached_property
     def push_sha256(self) -> str:

@@ -65,7 +65,7 @@ from roost.deploy.swarm import (
     listen_address,
 )
 from roost.deploy.transport import HostFailure, Transport, ssh_connect, ssh_hostname
-from roost.deploy.zipapp import build_source_zip, build_zipapp_bytes, source_digest
+from roost.deploy.zipapp import build_source_zip, source_digest
 from roost.errors import UsageError
 from roost.target import signing
 from roost.target.protocol import ErrorKind, HostStatus, Manifest, PayloadFormat
@@ -99,9 +99,8 @@ def default_tag(src: Path) -> str:
 
 
 def make_agent(python: str) -> Agent:
-    data = build_zipapp_bytes()
     digest = source_digest()[:12]
-    return Agent(data, f"roost-{__version__}-{digest}.pyz", python, build_source_zip())
+    return Agent(f"roost-{__version__}-{digest}.pyz", python, build_source_zip())
 
 
 def ssh_connector(config: DeployConfig, fleet: int = 1) -> Connector:
@@ -214,6 +213,7 @@ async def run_deploy(
         await _fetch_beside_origin(deploy, agent, torrent, plan, swarm, connect, origin,
                                    on_ready)
         deploy.mark("fetched")
+        _stop_fetches(deploy)
         await _activate_phase(deploy, agent)
         deploy.mark("activated")
     except asyncio.CancelledError:
@@ -644,6 +644,20 @@ async def _activate_phase(deploy: Deploy, agent: Agent) -> None:
             f"{deploy.tag} is current on only {ok} of {len(deploy.hosts)} hosts "
             f"(need {deploy.need})"
         )
+
+
+def _stop_fetches(deploy: Deploy) -> None:
+    """The fetch phase is over: every host has staged, failed or been given up on, so
+    no fetch still serves a peer that lacks pieces (hosts serve each other: one that
+    finished early keeps seeding until the last one is done, and only then is this
+    called). Each host's fetch is told to stop now (its session's `kill`, a SIGTERM),
+    so its shutdown (the `stopped` announce, its threads, the interpreter's exit)
+    overlaps activation instead of host-clean waiting for it. Nothing a fetch does
+    after `complete` touches the staged release; host-clean still stops by pid
+    whatever is left, on every path."""
+    for run in deploy.hosts:
+        if run.fetch_stream is not None:
+            run.fetch_stream.close()  # returns at once; a fetch that exited is left alone
 
 
 async def _cleanup(deploy: Deploy, agent: Agent) -> None:

@@ -619,3 +619,31 @@ def test_reserved_pieces_are_never_asked_for_until_held_locally_completes_them()
     assert kit.member.complete and kit.of(Flush)
     assert {1, 2} <= {h.index for h in leecher.of(Have)}
     assert kit.member.downloaded == kit.info.piece_size(0) + kit.info.piece_size(3)
+
+
+def test_a_read_fills_only_when_it_may_let_the_fill_ask_for_more() -> None:
+    """Most reads in a swarm are Haves of pieces we have or fetch already, or
+    requests to us: the member does not try to ask for more after them
+    (SwarmMember.fills counts every try, and why it asked nothing)."""
+    kit = Kit(pieces=40)
+    seed = kit.connect(have=Bitfield.full(40))
+    seed.say(seed.wire.send_unchoke())
+    asked = sorted({r.index for r in seed.requests()})
+    done, busy = asked[0], asked[1]
+    for req in [r for r in seed.requests() if r.index == done]:
+        seed.answer(req)
+    kit.check()
+    assert kit.member.have[done]
+    fresh = next(i for i in range(40) if i not in asked)
+    other = next(i for i in range(40) if i not in asked and i != fresh)
+    peer = kit.connect(have=Bitfield.from_bytes(40, (1 << (39 - other)).to_bytes(5, "big")))
+    peer.say(peer.wire.send_unchoke())
+    assert {r.index for r in peer.requests()} == {other}
+    tries = sum(kit.member.fills().values())
+    peer.say(peer.wire.send_have(done) + peer.wire.send_have(busy))
+    peer.say(peer.wire.send_interested() + peer.wire.send_keepalive())
+    assert sum(kit.member.fills().values()) == tries
+    peer.say(peer.wire.send_have(busy) + peer.wire.send_have(fresh))
+    assert sum(kit.member.fills().values()) == tries + 1
+    assert {r.index for r in peer.requests()} == {other, fresh}
+    assert kit.member.fills()["asked"] >= 3

@@ -580,3 +580,34 @@ def test_a_span_that_does_not_fit_the_layout_is_refused() -> None:
     with pytest.raises(RemoteProtocolError):
         p.span_received("a", 1, 8, 4)  # past the short last piece's end (9 bytes)
     assert p.span_received("a", 1, 8, 1) == ([(8, 9)], False, [])
+
+
+def test_a_have_no_pick_can_take_leaves_the_peers_pick_state_alone() -> None:
+    # most Haves in a swarm are of pieces we have or fetch every block of from
+    # others already: they count for availability, but must not make the
+    # peer pick again (a pick that comes back empty, on every Have batch)
+    p = make("1000", {"a": "0000", "b": "0110"}, blocks=2)
+    assert len(p.pick("b", 2)) == 2  # every block of one piece b has
+    taken = next(iter(p.requests_of("b"))).index
+    state = p.pick_state("a")
+    p.peer_has("a", 0)  # we have it
+    p.peer_has("a", taken)  # every block of it is requested from b
+    assert p.pick_state("a") == state
+    assert not p.peer_has_all_of("a", [0, taken])  # again: nothing new either
+    assert p.availability(taken) == 2 and p.is_interesting("a")
+    fresh = 3 - taken  # the other piece b has: not started
+    assert p.peer_has_all_of("a", [fresh])
+    assert p.pick_state("a") != state
+    assert p.pick("a", 2) != []
+
+
+def test_a_batch_of_haves_counts_as_the_same_haves_one_by_one() -> None:
+    one, batch = make("0000", {"a": "0000"}, blocks=2), make("0000", {"a": "0000"}, blocks=2)
+    for index in (2, 0, 2, 1):
+        one.peer_has("a", index)
+    batch.peer_has_all_of("a", [2, 0, 2, 1])
+    for p in (one, batch):
+        assert [p.availability(i) for i in range(4)] == [1, 1, 1, 0]
+    batch.peer_has_all_of("a", [3])  # every piece now: a seed, counted once
+    assert [batch.availability(i) for i in range(4)] == [1, 1, 1, 1]
+    assert batch.pick("a", 8) != []

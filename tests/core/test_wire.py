@@ -28,6 +28,7 @@ from roost.core.wire import (
     Have,
     HaveAll,
     HaveNone,
+    Haves,
     Interested,
     KeepAlive,
     NotInterested,
@@ -584,3 +585,20 @@ def test_a_have_batch_is_encoded_once_for_every_peer() -> None:
     assert have_messages([], N) == b""
     with pytest.raises(RoostError):
         have_messages([1, N], N)
+
+
+def test_the_consecutive_haves_of_a_read_come_as_one_event_when_the_member_asks() -> None:
+    data = (
+        have_messages([3, 0], N) + PeerConnection(IH, PID_A, N).send_interested()
+        + have_messages([5], N)
+    )
+    _, b = pair()
+    assert b.receive(data) == [Have(3), Have(0), Interested(), Have(5)]  # the default
+    _, b = pair()
+    b.batch_haves = True
+    assert b.receive(data) == [Haves([3, 0]), Interested(), Haves([5])]
+    # a Have split across reads ends the batch; the next read starts another
+    assert b.receive(data[:7]) == [] and b.receive(data[7:12]) == [Haves([3])]
+    assert b.receive(data[12:]) == [Haves([0]), Interested(), Haves([5])]
+    with pytest.raises(RemoteProtocolError):  # each index is still checked
+        b.receive(have_messages([1], N) + have_messages([1], N + 1)[:5] + bytes([0, 0, 0, N]))

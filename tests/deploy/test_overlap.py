@@ -9,6 +9,7 @@ import asyncio
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,61 @@ def test_when_the_fetch_cannot_stage_the_deploy_stages_and_reports_why(tmp_path:
     # the other host staged (by its fetch); below --min-success, nothing is switched
     assert good.staged_by_fetch and good.status == "not-activated" and d.exit_code == 3
     assert tree_signature(base / "p1" / "app" / "releases" / "r1") == tree_signature(src)
+
+
+def test_the_fetches_are_stopped_once_every_host_has_staged_before_activation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the fetch phase ends, each host's fetch still running is told to stop (a
+    kill on its session) before its host is activated, so its shutdown overlaps the
+    activation instead of host-clean waiting for it; and never before the last host
+    staged: until then every fetch may be serving a host that lacks pieces."""
+    from roost.deploy.run import Deploy
+    from roost.deploy.session import AgentSession, _SessionStream
+
+    sent: list[tuple[AgentSession, dict[str, Any], float]] = []
+    running_at_fetched: list[HostRun] = []  # hosts whose fetch ran when the phase ended
+    judged: dict[str, bool] = {}  # host -> its fetch was told to stop (or had exited)
+    real_send, real_mark, real_activate = AgentSession._send, Deploy.mark, HostRun.activate
+
+    async def send(self: AgentSession, record: dict[str, Any]) -> None:
+        sent.append((self, dict(record), time.monotonic()))
+        await real_send(self, record)
+
+    def mark(self: Deploy, name: str) -> None:
+        real_mark(self, name)
+        if name == "fetched":
+            running_at_fetched[:] = [h for h in self.hosts if h.fetch_task is not None
+                                     and not h.fetch_task.done()]
+
+    def told_to_stop(run: HostRun) -> bool:
+        stream = run.fetch_stream
+        assert isinstance(stream, _SessionStream)
+        return any(s is stream.session and r.get("op") == "kill" and r.get("id") == stream.rid
+                   for s, r, _ in sent)
+
+    async def activate(self: HostRun, *args: Any, **kw: Any) -> None:
+        if any(self is h for h in running_at_fetched):
+            exited = self.fetch_task is not None and self.fetch_task.done()
+            judged[self.spec.name] = exited or told_to_stop(self)
+        await real_activate(self, *args, **kw)
+
+    monkeypatch.setattr(AgentSession, "_send", send)
+    monkeypatch.setattr(Deploy, "mark", mark)
+    monkeypatch.setattr(HostRun, "activate", activate)
+    src = make_sample_tree(tmp_path / "src", big=3_000_000)
+    base = tmp_path / "hosts"
+    d = new_deploy(_config(), hosts(base, 3), "r1")
+    asyncio.run(run_deploy(d, src, local_connector(base), listen="127.0.0.1"))
+    assert d.exit_code == 0, [h.reason for h in d.hosts]
+    for i in range(3):
+        assert tree_signature(base / f"p{i}" / "app" / "current") == tree_signature(src)
+    # the hosts that finished before the last one keep seeding until it is done: they
+    # learn the swarm is complete only at their next announce, seconds later
+    assert running_at_fetched, "no fetch ran at the fetch phase's end: nothing to judge"
+    assert judged == {h.spec.name: True for h in running_at_fetched}, judged
+    last_staged = max(h.times["staged"] for h in d.hosts)
+    streams = [h.fetch_stream for h in d.hosts]
+    fetches = {(id(f.session), f.rid) for f in streams if isinstance(f, _SessionStream)}
+    kills = [t for s, r, t in sent if r.get("op") == "kill" and (id(s), r.get("id")) in fetches]
+    assert all(t >= last_staged for t in kills), (kills, last_staged)

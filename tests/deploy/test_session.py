@@ -185,6 +185,8 @@ def test_a_host_without_the_agent_reads_it_on_the_probe_channel(tmp_path: Path) 
     assert run.pushed_agent
     assert result.code == 0, result
     assert "releases" in json.loads(result.stdout.splitlines()[-1])
+    # a deploy that sends sources never built the compiled zipapp (0.18 s of its CPU)
+    assert "data" not in agent.__dict__
     # the host was sent the sources only and compiled them: the zipapp it cached holds
     # what the operator's build does, each .pyc made from the very source beside it
     cached = tmp_path / "home" / ".cache" / "roost" / agent.name
@@ -212,7 +214,7 @@ def _mangled(text: str, at: int) -> str:
 def test_a_corrupted_push_is_refused_in_one_line_and_never_cached(
         tmp_path: Path, how: str) -> None:
     good = make_agent(sys.executable)
-    agent = Agent(good.data, good.name, good.python, good.source)
+    agent = Agent(good.name, good.python, good.source)
     if how == "sources":  # other sources than the ones whose SHA-256 the command carries
         agent.__dict__["push_sha256"] = good.push_sha256
         agent.source = good.source[:-1] + b"x"
