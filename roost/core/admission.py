@@ -28,9 +28,12 @@ attempt.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 Key = tuple[str, int]
 
@@ -56,9 +59,9 @@ TABLE_FULL = "peer table full"
 EVICTED = "evicted for a peer that may trade"
 
 
-@dataclass(frozen=True)
-class PeerView:
-    """What the policy needs to know of a peer with a completed handshake."""
+class PeerView(NamedTuple):
+    """What the policy needs to know of a peer with a completed handshake.
+    (A named tuple: the table makes one per peer whenever it is full.)"""
 
     key: Key
     trading: bool  # interest in either direction, or data in flight
@@ -82,13 +85,84 @@ class Admission:
     ready_per_address: int = READY_PER_ADDRESS
     handshake_seconds: float = HANDSHAKE_SECONDS
     report_seconds: float = REPORT_SECONDS
-    # key -> (arrival time, incoming); insertion order is arrival order
+    # key -> (arrival time, incoming); insertion order is arrival order. Change
+    # it only through _put and _pop, which keep the indices below up to date
     pending: dict[Key, tuple[float, bool]] = field(default_factory=dict)
     ready: set[Key] = field(default_factory=set)
     refused: Counter[str] = field(default_factory=Counter)
     last_refused: dict[str, Key] = field(default_factory=dict)
     _reported: Counter[str] = field(default_factory=Counter)
     _report_at: float | None = None
+    # indices of `pending`, so an arrival costs O(1), not a scan of every
+    # pending connection (a fleet that starts at once brings up to
+    # PENDING_BUDGET of them to a host in one instant): the incoming keys in
+    # arrival order, the same per host, the number of outgoing ones, and the
+    # earliest arrival time with how many keys have it (recounted when the
+    # last of them leaves)
+    _incoming: dict[Key, None] = field(default_factory=dict, init=False, repr=False)
+    _incoming_by_host: dict[str, dict[Key, None]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _outgoing: int = field(default=0, init=False, repr=False)
+    _earliest: float = field(default=0.0, init=False, repr=False)
+    _earliest_n: int = field(default=0, init=False, repr=False)  # 0: recount
+
+    def __post_init__(self) -> None:
+        self._reindex()
+
+    # ---- the pending table and its indices ----
+    def _reindex(self) -> None:
+        self._incoming = {}
+        self._incoming_by_host = {}
+        self._outgoing = 0
+        for key, (_, incoming) in self.pending.items():
+            if incoming:
+                self._incoming[key] = None
+                self._incoming_by_host.setdefault(key[0], {})[key] = None
+            else:
+                self._outgoing += 1
+        self._earliest_n = 0
+
+    def _put(self, key: Key, now: float, incoming: bool) -> None:
+        if key in self.pending:
+            # a key already pending keeps its place in the arrival order: rare,
+            # so the indices are rebuilt rather than patched
+            self.pending[key] = (now, incoming)
+            self._reindex()
+            return
+        self.pending[key] = (now, incoming)
+        if incoming:
+            self._incoming[key] = None
+            by_host = self._incoming_by_host.get(key[0])
+            if by_host is None:
+                self._incoming_by_host[key[0]] = {key: None}
+            else:
+                by_host[key] = None
+        else:
+            self._outgoing += 1
+        if self._earliest_n:
+            if now < self._earliest:
+                self._earliest, self._earliest_n = now, 1
+            elif now == self._earliest:
+                self._earliest_n += 1
+        elif len(self.pending) == 1:
+            self._earliest, self._earliest_n = now, 1
+
+    def _pop(self, key: Key) -> None:
+        entry = self.pending.pop(key, None)
+        if entry is None:
+            return
+        at, incoming = entry
+        if incoming:
+            del self._incoming[key]
+            by_host = self._incoming_by_host[key[0]]
+            del by_host[key]
+            if not by_host:
+                del self._incoming_by_host[key[0]]
+        else:
+            self._outgoing -= 1
+        if self._earliest_n and at == self._earliest:
+            self._earliest_n -= 1
 
     # ---- connections before the handshake ----
     def arrive(self, key: Key, now: float, *, incoming: bool = True) -> list[Key]:
@@ -96,45 +170,81 @@ class Admission:
 
         Outgoing connections (we dialled them, within our own table's room)
         get the deadline but take nothing from the incoming budget."""
-        self.pending[key] = (now, incoming)
+        self._put(key, now, incoming)
         if not incoming:
             return []
         drop: list[Key] = []
-        same = [k for k, (_, inc) in self.pending.items() if inc and k[0] == key[0]]
+        same = self._incoming_by_host[key[0]]
         if len(same) > self.pending_per_address:
-            victim = same[0]
+            victim = next(iter(same))  # the oldest from this address
             drop.append(victim)
             self._forget(victim, ADDRESS_FULL)
-        incoming_keys = [k for k, (_, inc) in self.pending.items() if inc]
-        if len(incoming_keys) > self.pending_budget:
-            victim = incoming_keys[0]
+        if len(self._incoming) > self.pending_budget:
+            victim = next(iter(self._incoming))  # the oldest incoming
             drop.append(victim)
             self._forget(victim, PENDING_FULL)
         return drop
 
     def overdue(self, now: float) -> list[Key]:
         """Pending connections past their deadline: close them (counted here)."""
+        first = self._first_arrival()
+        if first is None or now - first < self.handshake_seconds:
+            return []  # none is: the earliest arrival is not
         late = [k for k, (t, _) in self.pending.items() if now - t >= self.handshake_seconds]
         for key in late:
             self._forget(key, HANDSHAKE_LATE)
         return late
 
-    def next_deadline(self) -> float | None:
+    def _first_arrival(self) -> float | None:
         if not self.pending:
             return None
-        return min(t for t, _ in self.pending.values()) + self.handshake_seconds
+        if not self._earliest_n:
+            self._earliest = min(t for t, _ in self.pending.values())
+            self._earliest_n = sum(1 for t, _ in self.pending.values() if t == self._earliest)
+        return self._earliest
+
+    def next_deadline(self) -> float | None:
+        first = self._first_arrival()
+        if first is None:
+            return None
+        return first + self.handshake_seconds
 
     # ---- the handshake ----
-    def handshaken(self, key: Key, now: float, peers: list[PeerView]) -> Decision:
-        """`key` completed its handshake; `peers` are the ones already in the table."""
-        self.pending.pop(key, None)
+    def handshaken(
+        self,
+        key: Key,
+        now: float,
+        peers: list[PeerView] | Callable[[], list[PeerView]],
+        *,
+        same_host_at_most: int | None = None,
+    ) -> Decision:
+        """`key` completed its handshake; `peers` are the ones already in the table.
+
+        `peers` may be a function that lists them, called only when the policy
+        needs them (the table is full, or the address may be at its cap), and
+        `same_host_at_most` a bound on how many of them share the key's host:
+        below the cap the list is not needed for the per-address rule. The
+        caller keeps the table; building its list for every handshake cost
+        O(peers) each."""
+        self._pop(key)
+        listed: list[PeerView] | None = None if callable(peers) else peers
+
+        def views() -> list[PeerView]:
+            nonlocal listed
+            if listed is None:
+                assert callable(peers)
+                listed = peers()
+            return listed
+
         host = key[0]
-        if self.ready_per_address and not _loopback(host):
-            same = [p for p in peers if p.key[0] == host]
+        if self.ready_per_address and (
+            same_host_at_most is None or same_host_at_most >= self.ready_per_address
+        ) and not _loopback(host):
+            same = [p for p in views() if p.key[0] == host]
             if len(same) >= self.ready_per_address:
                 return self._make_room(key, same)
         if len(self.ready) >= self.max_peers:
-            return self._make_room(key, peers)
+            return self._make_room(key, views())
         self.ready.add(key)
         return Decision(admit=True)
 
@@ -152,7 +262,7 @@ class Admission:
     # ---- bookkeeping ----
     def gone(self, key: Key) -> None:
         """A connection closed, for whatever reason."""
-        self.pending.pop(key, None)
+        self._pop(key)
         self.ready.discard(key)
 
     def count(self, reason: str, key: Key) -> None:
@@ -160,13 +270,12 @@ class Admission:
         self.last_refused[reason] = key
 
     def _forget(self, key: Key, reason: str) -> None:
-        self.pending.pop(key, None)
+        self._pop(key)
         self.count(reason, key)
 
     def room_to_dial(self, connecting: int) -> int:
         """How many more outgoing connections the table has room for."""
-        outgoing_pending = sum(1 for _, inc in self.pending.values() if not inc)
-        return self.max_peers - len(self.ready) - outgoing_pending - connecting
+        return self.max_peers - len(self.ready) - self._outgoing - connecting
 
     def report(self, now: float) -> dict[str, int] | None:
         """Refusals since the last report, when one is due (at most once per interval)."""
@@ -180,6 +289,7 @@ class Admission:
         return dict(fresh)
 
 
+@functools.lru_cache(maxsize=4096)
 def _loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback

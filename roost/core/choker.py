@@ -33,7 +33,7 @@ was fully sent (`on_sent`) and then either another peer announced the piece
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from roost.core.bitfield import Bitfield
@@ -79,11 +79,26 @@ class Choker:
         peers furthest behind come first (then our upload rate to them): in a
         fleet the deploy waits for the last host, not the first."""
         candidates = [p for p in peers if p.interested and not p.is_seed]
+        return self.rechoke_candidates([p.key for p in candidates], lambda: candidates,
+                                       seeding=seeding)
+
+    def rechoke_candidates(
+        self,
+        keys: list[Hashable],
+        stats: Callable[[], list[PeerStat]],
+        *,
+        seeding: bool = False,
+    ) -> set[Hashable]:
+        """`rechoke` for candidates the caller already chose (interested, not
+        seeds, in its order): `stats()` lists them as PeerStats and is called
+        only when they do not all fit in the slots (a member rechokes often,
+        and usually every candidate fits)."""
         rotate = self._round % self.optimistic_every == 0
         self._round += 1
-        if len(candidates) <= self.slots:
+        if len(keys) <= self.slots:
             self._optimistic = None
-            return {p.key for p in candidates}
+            return set(keys)
+        candidates = stats()
         self._rng.shuffle(candidates)  # random order among equal rates
         if seeding:
             ranked = sorted(candidates, key=lambda p: (-p.missing, -p.upload_rate))

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Hashable
 from typing import Any
 
 from roost import __version__
+from roost.core import bencode
 from roost.core.actions import (
     Action,
     Announce,
@@ -189,6 +191,10 @@ class SwarmMember:
         self._resume_at: float | None = None  # reading paused by the rate cap until then
         self._rechoke_soon = False
         self._pipeline_floor = MIN_PIPELINE_BYTES
+        # connections that unchoke us and are open (not peer_choking, not closed),
+        # kept by _count_sources at every change instead of recounted
+        self._sources = 0
+        self._ext_handshake: tuple[int, bytes] | None = None  # (port, bencoded), made once
         self._fills = [0] * len(FILL_OUTCOMES)  # see fills()
         self._ticks = 0
         self._next_tick = 0.0
@@ -440,7 +446,7 @@ class SwarmMember:
         if not conn.am_choking:
             self._rechoke_soon = True  # its upload slot is free now
         if not conn.peer_choking:
-            self._count_sources()
+            self._count_sources(-1)  # it served us; closed now
         if conn.in_picker:
             conn.drop_requests(self.picker, None, now)
             self.picker.remove_peer(conn.id)
@@ -511,12 +517,12 @@ class SwarmMember:
         elif isinstance(msg, Choke):
             if not conn.peer_choking:
                 conn.peer_choking = True
-                self._count_sources()
+                self._count_sources(-1)
             conn.drop_requests(self.picker, None, now)
         elif isinstance(msg, Unchoke):
             if conn.peer_choking:
                 conn.peer_choking = False
-                self._count_sources()
+                self._count_sources(+1)
         elif isinstance(msg, (Interested, NotInterested)):
             conn.peer_interested = isinstance(msg, Interested)
             self._on_interest_changed(conn, out, now)
@@ -548,7 +554,7 @@ class SwarmMember:
             # as soon as it reads it, in the same read as its own extended
             # handshake, whose event we handle only after the wire parsed both
             wire.max_block = max(wire.max_block, self.config.big_block)
-            conn.send(out, wire.send_extended_handshake(self._extended_handshake()), now)
+            conn.send(out, wire.send_extended(0, self._extended_handshake_payload()), now)
         conn.send(out, self._initial_availability(conn), now)
         conn.ready = True
         conn.ready_at = now
@@ -560,6 +566,14 @@ class SwarmMember:
             conn.send(out, b"".join(data), now)
         if self.offers is not None:
             self.offers.offer(conn, out, now)
+
+    def _extended_handshake_payload(self) -> bytes:
+        """Ours, bencoded once: it is the same for every peer (and encoding it
+        per connection was a visible cost of a fleet's start)."""
+        cached = self._ext_handshake
+        if cached is None or cached[0] != self.port:
+            cached = self._ext_handshake = (self.port, bencode.encode(self._extended_handshake()))
+        return cached[1]
 
     def _extended_handshake(self) -> dict[bytes, Any]:
         data: dict[bytes, Any] = {
@@ -652,17 +666,22 @@ class SwarmMember:
         requests, which costs a round trip and bandwidth on every switch)."""
         if conn.peer_interested:
             self.last_interest_at = now
-            unchoked = sum(1 for c in self.conns.values() if c.ready and not c.am_choking)
+            unchoked = sum(1 for c in self.peers.admitted() if c.ready and not c.am_choking)
             if conn.am_choking and unchoked < self.config.unchoke_slots + 1:
                 self._set_choking(conn, False, out, now)
         elif not conn.am_choking:
             self._rechoke_soon = True
 
     # ---- downloading ----
-    def _count_sources(self) -> None:
-        """How deep to ask each peer, from how many serve us (conn.pipeline_floor)."""
-        sources = sum(1 for c in self.conns.values() if not c.peer_choking and not c.closed)
-        self._pipeline_floor = pipeline_floor(sources)
+    def _count_sources(self, change: int) -> None:
+        """How deep to ask each peer, from how many serve us (conn.pipeline_floor).
+
+        Called at every change of that number: a peer's choke or unchoke (it
+        only ever changes in _handle), the end of a connection that unchoked
+        us (it is closed just before _forget). Counting every connection each
+        time was a visible cost of a fleet's start."""
+        self._sources += change
+        self._pipeline_floor = pipeline_floor(self._sources)
 
     def _fill(self, conn: Conn, out: list[Action], now: float) -> None:
         if self.assembly.backlogged() or self.picker.complete():
@@ -797,7 +816,8 @@ class SwarmMember:
         self._unannounced.append(index)
         if self._have_at is None:
             self._have_at = now + HAVE_BATCH_SECONDS
-        for conn in list(self.conns.values()):
+        # every ready connection is an admitted one (PeerTable.admitted)
+        for conn in self.peers.admitted():
             if conn.ready and conn.am_interested and not self.picker.is_interesting(conn.id):
                 conn.update_interest(self.picker, out, now)
         if self.complete:
@@ -822,7 +842,7 @@ class SwarmMember:
         if not batch:
             return
         data = have_messages(batch, self.num_pieces)
-        for conn in list(self.conns.values()):
+        for conn in self.peers.admitted():
             if conn.ready and not conn.closed:
                 conn.send(out, data, now)
 
@@ -913,22 +933,32 @@ class SwarmMember:
         return conn.reask_late(self.picker, out, now)
 
     def _rechoke(self, out: list[Action], now: float) -> None:
-        stats = [
-            PeerStat(
-                key=c.id,
-                interested=c.peer_interested,
-                download_rate=c.down.rate,
-                upload_rate=c.up.rate,
-                is_seed=c.is_seed,
-                snubbed=c.snubbed,
-                missing=self.num_pieces - c.bitfield.count(),
-            )
-            for c in self.conns.values()
-            if c.ready
+        # only interested peers that are not seeds are candidates (Choker.rechoke
+        # drops the others, keeping the order); their stats are made only when
+        # they do not all fit in the slots
+        candidates = [
+            c for c in self.peers.admitted() if c.ready and c.peer_interested and not c.is_seed
         ]
-        unchoked = self.choker.rechoke(stats, seeding=self.complete)
-        for conn in list(self.conns.values()):
-            if conn.ready and not conn.closed:
+
+        def stats() -> list[PeerStat]:
+            return [
+                PeerStat(
+                    key=c.id,
+                    interested=c.peer_interested,
+                    download_rate=c.down.rate,
+                    upload_rate=c.up.rate,
+                    is_seed=c.is_seed,
+                    snubbed=c.snubbed,
+                    missing=self.num_pieces - c.bitfield.count(),
+                )
+                for c in candidates
+            ]
+
+        keys: list[Hashable] = [c.id for c in candidates]
+        unchoked = self.choker.rechoke_candidates(keys, stats, seeding=self.complete)
+        for conn in self.peers.admitted():
+            # set_choking changes nothing (and says so) when the state stays
+            if conn.ready and not conn.closed and (conn.id not in unchoked) != conn.am_choking:
                 self._set_choking(conn, conn.id not in unchoked, out, now)
 
     def _report_refusals(self, out: list[Action], now: float) -> None:

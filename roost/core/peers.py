@@ -23,6 +23,7 @@ connection to it trades data.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 
 from roost.core.actions import Address
@@ -56,6 +57,18 @@ class PeerTable:
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[Address] = set()
         self.banned_ips: set[str] = set()
+        # indices of `conns` (change it only through arrive and remove): the
+        # connections at each address in arrival order, how many share each
+        # host, and the admitted ones with their arrival number, so that a
+        # handshake, a drop or a dial does not scan every connection
+        self._by_addr: dict[Address, list[Conn]] = {}
+        self._per_host: dict[str, int] = {}
+        # admitted connections in arrival order (the order of `conns`): their
+        # arrival numbers and the connections, side by side
+        self._admitted_at: list[int] = []
+        self._admitted: list[Conn] = []
+        self._arrival: dict[int, int] = {}
+        self._arrivals = 0
         # who gets a slot: pending budget, per-address caps, eviction
         self.admission = Admission(config.max_peers, handshake_seconds=handshake_seconds)
 
@@ -89,7 +102,15 @@ class PeerTable:
 
     def arrive(self, conn: Conn, now: float) -> list[Closing]:
         """A new connection, registered; what to close (it too, if not allowed)."""
+        old = self.conns.get(conn.id)
+        if old is not None and old is not conn:
+            self._unindex(old)
         self.conns[conn.id] = conn
+        self._by_addr.setdefault(conn.address, []).append(conn)
+        host = conn.address[0]
+        self._per_host[host] = self._per_host.get(host, 0) + 1
+        self._arrival[conn.id] = self._arrivals
+        self._arrivals += 1
         if not self.allowed_address(conn.address[0]):
             self.admission.count(NOT_ALLOWED, conn.address)
             return [(conn, "")]  # counted, not logged: a flood would flood the log
@@ -113,21 +134,53 @@ class PeerTable:
                 return DUPLICATE, []
             closing.append((other, REPLACED))
             self.admission.gone(other.address)
-        views = [v for v in self.views() if other is None or v.key != other.address]
-        decision = self.admission.handshaken(conn.address, now, views)
+
+        def views() -> list[PeerView]:
+            return [v for v in self.views() if other is None or v.key != other.address]
+
+        # the peers at its host are among the connections from there (this one too)
+        at_most = self._per_host.get(conn.address[0], 0)
+        decision = self.admission.handshaken(conn.address, now, views, same_host_at_most=at_most)
         if decision.evict is not None:
             closing += self._dropped(decision.evict)
         if not decision.admit:
             return decision.reason, closing
         self.by_id[rid] = conn
+        at = self._arrival.get(conn.id)
+        if at is None:  # handshaken without arrive (not the member's way)
+            at = self._arrival[conn.id] = self._arrivals
+            self._arrivals += 1
+        i = bisect.bisect_left(self._admitted_at, at)
+        self._admitted_at.insert(i, at)
+        self._admitted.insert(i, conn)
         return None, closing
 
     def remove(self, conn: Conn) -> None:
         if self.conns.get(conn.id) is conn:
             del self.conns[conn.id]
+            self._unindex(conn)
             self.admission.gone(conn.address)
         if conn.remote_id is not None and self.by_id.get(conn.remote_id) is conn:
             del self.by_id[conn.remote_id]
+
+    def _unindex(self, conn: Conn) -> None:
+        same = self._by_addr.get(conn.address)
+        if same is not None and conn in same:
+            same.remove(conn)
+            if not same:
+                del self._by_addr[conn.address]
+        host = conn.address[0]
+        left = self._per_host.get(host, 0) - 1
+        if left > 0:
+            self._per_host[host] = left
+        else:
+            self._per_host.pop(host, None)
+        arrived = self._arrival.pop(conn.id, None)
+        if arrived is not None:
+            i = bisect.bisect_left(self._admitted_at, arrived)
+            if i < len(self._admitted_at) and self._admitted_at[i] == arrived:
+                del self._admitted_at[i]
+                del self._admitted[i]
 
     def ended(self, conn: Conn, now: float) -> float | None:
         """A connection ended: the delay before dialling its address again when
@@ -152,20 +205,33 @@ class PeerTable:
         """The connections at an address the admission policy gave up on."""
         return [
             (c, "" if c.remote_id is None else EVICTED)
-            for c in self.conns.values()
-            if c.address == key and not c.closed
+            for c in self._by_addr.get(key, ())
+            if not c.closed
         ]
 
     def views(self) -> list[PeerView]:
+        """The peers with a completed handshake, in the order they connected.
+
+        Only admitted connections are ever made ready (the member marks a
+        connection ready after `handshaken` let it in), so this lists those,
+        not every connection in the table."""
         return [
             PeerView(
                 c.address,
                 trading=c.peer_interested or c.am_interested or bool(c.upload_queue),
                 last_useful=max(c.ready_at, c.last_block_at, c.last_upload_at),
             )
-            for c in self.conns.values()
+            for c in self._admitted
             if c.ready and not c.closed
         ]
+
+    def admitted(self) -> list[Conn]:
+        """The connections let in at their handshake and not yet removed, in
+        the order of `conns`: every connection that is `ready` is among them
+        (the member sets `ready` only on those), so a loop over the ready
+        connections need not visit the pending ones. A copy: safe to close
+        connections while looping over it."""
+        return list(self._admitted)
 
     def ban(self, conn: Conn) -> None:
         """Refuse this peer from now on: by peer id, by address, by IP unless loopback.
@@ -190,7 +256,7 @@ class PeerTable:
 
     # ---- whom to dial ----
     def add_candidates(self, peers: list[Address]) -> None:
-        connected = {c.address for c in self.conns.values()}
+        connected = self._by_addr
         for address in peers:
             if not self._is_self(address) and address not in connected:
                 self.candidates.setdefault(address, 0.0)
@@ -207,7 +273,7 @@ class PeerTable:
         room = self.admission.room_to_dial(len(self.connecting))
         if room <= 0 or (complete and not self.config.seed):
             return []
-        connected = {c.address for c in self.conns.values()}
+        connected = self._by_addr
         chosen = []
         for address, not_before in list(self.candidates.items()):
             if room <= 0:
