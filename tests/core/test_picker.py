@@ -6,7 +6,7 @@ import random
 from collections.abc import Hashable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from roost.core.bitfield import Bitfield
@@ -533,6 +533,8 @@ def test_preload_refuses_what_does_not_fit() -> None:
 
 
 @settings(max_examples=200, deadline=None)
+@example(seed=0, ops=[(0, 0, 0, 1), (0, 2, 0, 3), (0, 0, 0, 1), (0, 0, 0, 1), (0, 0, 0, 1),
+                      (0, 0, 0, 1), (0, 0, 0, 2), (0, 1, 0, 2), (1, 0, 43, 3)])
 @given(st.integers(0, 2**32), st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3),
                                                  st.integers(0, 99), st.integers(1, 4)),
                                        max_size=40))
@@ -560,7 +562,11 @@ def test_a_span_is_block_received_for_each_of_its_blocks(
         assert [b for start, stop in new for b in range(start, stop, BS)] == [
             b for b, o in zip(range(begin, begin + length, BS), outcomes, strict=True) if o.new]
         assert complete == any(o.piece_complete for o in outcomes)
-        assert cancels == [c for o in outcomes for c in o.cancels]
+        # the same cancels, in the order of the blocks; two peers' cancels of one block
+        # are sent to different peers, so their order between them is free
+        by_block = [c for o in outcomes for c in o.cancels]
+        assert [c[1].begin for c in cancels] == sorted(c[1].begin for c in cancels)
+        assert sorted(cancels, key=repr) == sorted(by_block, key=repr)
         if complete and op == 2:
             one.piece_verified(index)
             span.piece_verified(index)
