@@ -12,8 +12,10 @@ starts once the last receiver process is launched). Reported per tool: time
 until all hosts hold a verified copy (T_all), first / median / p99 host
 completion, efficiency = T_min / T_all with T_min the fluid bound of
 design.md, and whole-machine CPU (avg and peak, /proc/stat). Results are
-appended to <out>/efficiency.jsonl; <out>/efficiency.md and
-<out>/efficiency.png are rewritten from this invocation's rows.
+appended to <out>/efficiency.jsonl. A --matrix run rewrites the published
+table and plot, <out>/efficiency.md and .png, from its rows; any other run
+writes its own to <out>/efficiency-last.md and .png (not committed), so a
+single run never replaces the matrix that the README cites.
 """
 
 from __future__ import annotations
@@ -422,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
+    stem = "efficiency" if args.matrix else "efficiency-last"
     rows: list[dict[str, Any]] = []
     for cfg, names in plan:
         log(f"{cfg.scenario}: N={cfg.n} S={cfg.size // MiB}MiB R={cfg.rate_mbit:g}Mbit/s")
@@ -432,9 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"scenario": cfg.scenario, "n": cfg.n, "size": cfg.size,
                          "rate_mbit": cfg.rate_mbit, "tool": "-", "status": "failed",
                          "reason": f"lab: {e}"})
-        write_markdown(args.out / "efficiency.md", rows, command)
-        write_plot(args.out / "efficiency.png", rows)
-    log(f"wrote {args.out / 'efficiency.jsonl'}, efficiency.md, efficiency.png")
+        write_markdown(args.out / f"{stem}.md", rows, command)
+        write_plot(args.out / f"{stem}.png", rows)
+    log(f"wrote {args.out / 'efficiency.jsonl'}, {stem}.md, {stem}.png")
     return 0 if all(r["status"] != "failed" for r in rows) else 1
 
 
