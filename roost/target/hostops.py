@@ -37,18 +37,20 @@ from roost.errors import MetainfoError, UsageError
 from roost.target import Runner
 from roost.target.checked import remember
 from roost.target.hostlock import history, inspect_lock
-from roost.target.protocol import (
+from roost.target.protocol_common import (
     MAX_PREPARE_INPUT,
     MAX_PREPARE_JSON,
+    HookPhase,
+    ProtocolError,
+    RollbackResult,
+)
+from roost.target.protocol_host import (
     CleanResult,
     HealthResult,
-    HookPhase,
     PrepareRequest,
     PrepareResult,
     ProcessInfo,
-    ProtocolError,
     ReleaseInfo,
-    RollbackResult,
     StatusResult,
 )
 from roost.target.release import (

@@ -57,7 +57,7 @@ from roost.errors import UsageError
 from roost.target import Runner
 from roost.target.checked import was_checked
 from roost.target.fsutil import atomic_write as atomic_write  # re-exported
-from roost.target.protocol import (
+from roost.target.protocol_common import (
     EXIT_CODES,
     ActivateResult,
     ErrorKind,
@@ -67,9 +67,9 @@ from roost.target.protocol import (
     RollbackResult,
     StageResult,
 )
-from roost.target.protocol import FORMATS as FORMATS  # re-exported: importers name them here
-from roost.target.protocol import Manifest as Manifest
-from roost.target.protocol import check_tag as check_tag
+from roost.target.protocol_common import FORMATS as FORMATS  # re-exported: importers name them here
+from roost.target.protocol_common import Manifest as Manifest
+from roost.target.protocol_common import check_tag as check_tag
 
 STATE_DIR = ".roost"
 STATE_FILE = "state.json"

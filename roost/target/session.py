@@ -47,7 +47,7 @@ from typing import Any
 from roost.target import Runner
 from roost.target.fsutil import write_pid_file
 from roost.target.lifeline import die_with_parent
-from roost.target.protocol import HostStatus
+from roost.target.protocol_common import HostStatus
 
 STOP_GRACE = 5.0  # seconds a stopped request gets between SIGTERM and SIGKILL
 LOST = {"result": HostStatus.LOST.value,
