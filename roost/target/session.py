@@ -350,7 +350,8 @@ def _child(argv: list[str], stdin: int, stdout: int, stderr: int, pidfile: objec
 
 
 def _self_argv() -> list[str]:
-    """How this agent was started: `-I <pyz>` from the zipapp, else `-m roost`."""
+    """How to start a fresh agent: `-I <pyz>` from the zipapp, else `-m roost`. Not `-S`,
+    though the session itself runs under it: the fetch finds uvloop in site-packages."""
     if sys.argv[0].endswith(".pyz"):
         return ["-I", sys.argv[0]]
     return ["-m", "roost"]
