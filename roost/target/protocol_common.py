@@ -5,7 +5,7 @@ it, so that a fetch (a new interpreter on every host of every deploy) builds onl
 the records it can write: the error kinds and their exit codes, host statuses,
 the deploy's Manifest, the record machinery, and the results of staging,
 activation and rollback (roost.target.release). Each frozen record costs its
-import a few code objects compiled at start-up; tests/test_fetch_startup.py
+import a few code objects compiled at start-up; tests/test_agent_startup.py
 checks that a tree fetch never loads the rest of the protocol.
 """
 

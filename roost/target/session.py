@@ -122,12 +122,14 @@ class Session:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        _preload()
         # stdin stays blocking: the selector says when a read will not block, and stdout
         # may be the same socket (sshd), which must not turn non-blocking under us
         self.sel.register(0, selectors.EVENT_READ, None)
         self.reply({"session": 1, "pid": os.getpid()})
         self.flush()
+        # after saying ready: the deploy's first request (host-lock) crosses the network
+        # while the commands' modules load; it is read once they are in
+        _preload()
         try:
             while not self.eof and not self.bye:
                 for key, _ in self.sel.select(timeout=1.0):
