@@ -257,7 +257,7 @@ def _written(tmp_path: Any) -> tuple[Any, dict[str, Any]]:
 
 def test_a_checked_manifest_is_rebuilt_without_validating_it_again(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from roost.target import protocol, release
+    from roost.target import protocol_common, release
 
     path, _ = _written(tmp_path)
     full = release.read_manifest(path)
@@ -265,7 +265,7 @@ def test_a_checked_manifest_is_rebuilt_without_validating_it_again(
     def refuse(_: Any) -> tree.TreeManifest:
         raise AssertionError("validated again")
 
-    monkeypatch.setattr(protocol, "parse_manifest", refuse)  # Manifest.load's validator
+    monkeypatch.setattr(protocol_common, "parse_manifest", refuse)  # Manifest.load's validator
     assert release.read_manifest(path) == full  # the same manifest, from the record's path
 
 

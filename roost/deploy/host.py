@@ -3,7 +3,10 @@
 Theory of operation. Every step is one agent command sent through a
 Transport (SSH, or local for the demo); once the host's agent session runs
 (roost.deploy.session), that Transport sends it as a record on the session's
-one channel instead of a new SSH command. The agent is `python3 -I <pyz>`:
+one channel instead of a new SSH command. The agent is `python3 -I <pyz>`
+(its session `python3 -I -S`: it needs nothing of site-packages, and skips
+the .pth files and sitecustomize a host's Python may run at every start;
+the fetch it execs keeps them, to find uvloop where it is installed):
 the zipapp is cached on the host under ~/.cache/roost by version and
 content hash and pushed only when missing (its sources, which the host
 compiles: Agent.push_text, RECEIVE_AGENT), so hosts need nothing but
@@ -258,20 +261,22 @@ class HostRun:
         needs no second and third channel, nor a third interpreter."""
         python = shlex.quote(agent.python)
         cached = f'"$HOME/.cache/roost/{agent.name}"'
-        run = f"exec {python} -I {cached} {then}; " if then else ""
+        # -S: the agent (the session) is the standard library alone; each host's site
+        # (its .pth files, sitecustomize) is start-up CPU it never uses
+        run = f"exec {python} -I -S {cached} {then}; " if then else ""
         receive = ""
         if then and push:
             digest = agent.push_sha256
             script = RECEIVE_AGENT % {"header": PUSH_HEADER, "cap": PUSH_CAP,
                                       "full": EXIT_CODES[ErrorKind.DISK_FULL]}
-            receive = (f'test -n "$fit" && {{ echo push; exec {python} -I -c '
+            receive = (f'test -n "$fit" && {{ echo push; exec {python} -I -S -c '
                        f"{shlex.quote(script)} {cached} "
                        f"{shlex.quote(digest)} {then}; }}; ")
         return (
             f"command -v {python} >/dev/null 2>&1 || "
             "{ echo nopython; exit 0; }; "
             # exits 0 only for a python the agent runs on: only that one gets exec'd
-            f"{python} -c 'import sys; print(\"py\", *sys.version_info[:2]); "
+            f"{python} -S -c 'import sys; print(\"py\", *sys.version_info[:2]); "
             f"sys.exit(sys.version_info < {MIN_PYTHON})' && fit=1; "
             'echo "home $HOME"; '
             f'if test -f {cached}; then echo have; test -n "$fit" && {run}:; '

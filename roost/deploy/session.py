@@ -74,7 +74,8 @@ class AgentSession:
     async def open(cls, inner: Transport, python: str, pyz: str) -> AgentSession:
         """Start `roost session` on a host where the agent is in place."""
         prefix = [python, "-I", pyz]
-        stream = await inner.start(shlex.join([*prefix, "session"]), stdin=True)
+        # -S as HostRun.probe_command's exec: the session needs nothing of site-packages
+        stream = await inner.start(shlex.join([python, "-I", "-S", pyz, "session"]), stdin=True)
         lines = stream.lines()
         if not await _ready(stream, lines, []):
             code = await stream.wait()

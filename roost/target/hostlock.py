@@ -32,16 +32,13 @@ from pathlib import Path
 
 from roost.errors import RoostError
 from roost.target import Runner
-from roost.target.protocol import (
-    EXIT_CODES,
+from roost.target.protocol_common import EXIT_CODES, ErrorKind, HostStatus, ProtocolError
+from roost.target.protocol_host import (
     DeployRecord,
-    ErrorKind,
-    HostStatus,
     LockAnswer,
     LockInfo,
     LockReleased,
     LockState,
-    ProtocolError,
     parse_release_line,
 )
 from roost.target.release import Dest, _os_error, add_dest_args

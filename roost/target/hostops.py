@@ -37,18 +37,20 @@ from roost.errors import MetainfoError, UsageError
 from roost.target import Runner
 from roost.target.checked import remember
 from roost.target.hostlock import history, inspect_lock
-from roost.target.protocol import (
+from roost.target.protocol_common import (
     MAX_PREPARE_INPUT,
     MAX_PREPARE_JSON,
+    HookPhase,
+    ProtocolError,
+    RollbackResult,
+)
+from roost.target.protocol_host import (
     CleanResult,
     HealthResult,
-    HookPhase,
     PrepareRequest,
     PrepareResult,
     ProcessInfo,
-    ProtocolError,
     ReleaseInfo,
-    RollbackResult,
     StatusResult,
 )
 from roost.target.release import (
@@ -63,7 +65,6 @@ from roost.target.release import (
     rollback,
     run_hook,
 )
-from roost.target.signing import SignatureError, canonical, verify_bytes
 
 DEPLOYS = "deploys"
 STOP_WAIT = 5.0
@@ -172,6 +173,10 @@ def run_prepare(ns: argparse.Namespace) -> int:
 def _check_signature(data: dict[str, Any], allowed_signers: Path) -> str:
     """The principal who signed the manifest exactly as sent (its canonical JSON,
     namespace "roost"), verified with this host's ssh-keygen; or a one-line refusal."""
+    # here: only --allowed-signers reads a signature, and the agent session (which
+    # imports this module once for every host-prepare) starts faster without it
+    from roost.target.signing import SignatureError, canonical, verify_bytes
+
     signature = data.get("signature")
     if not isinstance(signature, str) or not signature.strip():
         raise SignatureError("signature refused: unsigned: the deploy's manifest carries no "

@@ -41,14 +41,13 @@ import shutil
 import signal
 import stat
 import subprocess
-import tarfile
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from roost.core.tree import link_stays_inside
 from roost.errors import DiskFullError as DiskFullError  # re-exported: importers name it here
@@ -57,7 +56,7 @@ from roost.errors import UsageError
 from roost.target import Runner
 from roost.target.checked import was_checked
 from roost.target.fsutil import atomic_write as atomic_write  # re-exported
-from roost.target.protocol import (
+from roost.target.protocol_common import (
     EXIT_CODES,
     ActivateResult,
     ErrorKind,
@@ -67,9 +66,12 @@ from roost.target.protocol import (
     RollbackResult,
     StageResult,
 )
-from roost.target.protocol import FORMATS as FORMATS  # re-exported: importers name them here
-from roost.target.protocol import Manifest as Manifest
-from roost.target.protocol import check_tag as check_tag
+from roost.target.protocol_common import FORMATS as FORMATS  # re-exported: importers name them here
+from roost.target.protocol_common import Manifest as Manifest
+from roost.target.protocol_common import check_tag as check_tag
+
+if TYPE_CHECKING:
+    import tarfile
 
 STATE_DIR = ".roost"
 STATE_FILE = "state.json"
@@ -233,6 +235,10 @@ def unpack_tar(stream: IO[bytes], root: Path, *, owners: bool) -> int:
     dirs: list[_Pending] = []
     seen_files: dict[tuple[str, ...], Path] = {}
     count = 0
+    # here, not at the top: a tree release (the default) never reads a tar, and the
+    # fetch and the agent session, which import this module, start faster without it
+    import tarfile
+
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:

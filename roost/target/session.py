@@ -47,7 +47,7 @@ from typing import Any
 from roost.target import Runner
 from roost.target.fsutil import write_pid_file
 from roost.target.lifeline import die_with_parent
-from roost.target.protocol import HostStatus
+from roost.target.protocol_common import HostStatus
 
 STOP_GRACE = 5.0  # seconds a stopped request gets between SIGTERM and SIGKILL
 LOST = {"result": HostStatus.LOST.value,
@@ -122,12 +122,14 @@ class Session:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        _preload()
         # stdin stays blocking: the selector says when a read will not block, and stdout
         # may be the same socket (sshd), which must not turn non-blocking under us
         self.sel.register(0, selectors.EVENT_READ, None)
         self.reply({"session": 1, "pid": os.getpid()})
         self.flush()
+        # after saying ready: the deploy's first request (host-lock) crosses the network
+        # while the commands' modules load; it is read once they are in
+        _preload()
         try:
             while not self.eof and not self.bye:
                 for key, _ in self.sel.select(timeout=1.0):
@@ -350,7 +352,8 @@ def _child(argv: list[str], stdin: int, stdout: int, stderr: int, pidfile: objec
 
 
 def _self_argv() -> list[str]:
-    """How this agent was started: `-I <pyz>` from the zipapp, else `-m roost`."""
+    """How to start a fresh agent: `-I <pyz>` from the zipapp, else `-m roost`. Not `-S`,
+    though the session itself runs under it: the fetch finds uvloop in site-packages."""
     if sys.argv[0].endswith(".pyz"):
         return ["-I", sys.argv[0]]
     return ["-m", "roost"]

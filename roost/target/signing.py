@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.errors import RoostError
-from roost.target.protocol import EXIT_CODES, ErrorKind
+from roost.target.protocol_common import EXIT_CODES, ErrorKind
 
 NAMESPACE = "roost"
 MAX_BODY = 1 << 20  # a manifest and a few hundred host names fit many times over
