@@ -123,6 +123,11 @@ class Bitfield:
         self._count += len(new)
         return new
 
+    def unset_of(self, indices: list[int]) -> list[int]:
+        """Those of `indices` (each in range) whose bit is clear, in order."""
+        bits = self._bits
+        return [i for i in indices if not bits[i >> 3] & (0x80 >> (i & 7))]
+
     def clear(self, index: int) -> bool:
         """Clear bit `index`; return True if it was set before."""
         if not 0 <= index < self._length:

@@ -844,7 +844,19 @@ class SwarmMember:
         data = have_messages(batch, self.num_pieces)
         for conn in self.peers.admitted():
             if conn.ready and not conn.closed:
-                conn.send(out, data, now)
+                if conn.is_seed:  # a super-seeding origin counts Haves to see its pieces spread
+                    conn.send(out, data, now)
+                    continue
+                # Not to a peer that holds the piece already: it will never
+                # ask us for it, so the Have tells it nothing it acts on
+                # (libtorrent's send_redundant_have off). About half the
+                # peers hold a piece when we pass it: half the Haves of a
+                # fleet, each a parse and an availability update on receipt.
+                news = conn.bitfield.unset_of(batch)
+                if len(news) == len(batch):
+                    conn.send(out, data, now)
+                elif news:
+                    conn.send(out, have_messages(news, self.num_pieces), now)
 
     def _flushed(self, out: list[Action], now: float) -> None:
         info = self.info

@@ -254,11 +254,9 @@ class PiecePicker:
         new = bits.set_all_of(indices)
         if not new:
             return False
-        needed = 0
+        needed = len(have.unset_of(new))
         pickable = started = False
         for index in new:
-            if not have[index]:
-                needed += 1
             old = avail[index]
             avail[index] = old + 1
             if index in fresh:  # _bump, inlined

@@ -647,3 +647,27 @@ def test_a_read_fills_only_when_it_may_let_the_fill_ask_for_more() -> None:
     assert sum(kit.member.fills().values()) == tries + 1
     assert {r.index for r in peer.requests()} == {other, fresh}
     assert kit.member.fills()["asked"] >= 3
+
+
+def test_a_have_goes_only_to_peers_that_lack_the_piece_and_always_to_seeds() -> None:
+    """A peer that holds a piece never asks us for it: our Have would only cost
+    it a parse and an availability update. A seed still hears every Have (a
+    super-seeding origin counts them to see its pieces spread)."""
+    kit = Kit(pieces=4)
+    for index in (2, 3):  # only 0 and 1 are fetched: the member stays incomplete
+        kit.member.picker.reserve(index)
+    seed = kit.connect(have=Bitfield.full(4))
+    holder = Bitfield(4)
+    holder.set(0)
+    has_0 = kit.connect(have=holder)
+    has_none = kit.connect()
+    seed.say(seed.wire.send_unchoke())
+    for _ in range(10):
+        for req in seed.requests():
+            seed.answer(req)
+        kit.check()
+        kit.advance(TICK)
+    assert kit.member.have[0] and kit.member.have[1] and not kit.member.complete
+    assert sorted(h.index for h in has_none.of(Have)) == [0, 1]
+    assert sorted(h.index for h in has_0.of(Have)) == [1]
+    assert sorted(h.index for h in seed.of(Have)) == [0, 1]
