@@ -14,6 +14,7 @@ import functools
 import os
 import shlex
 import socket
+import stat
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -152,17 +153,27 @@ def _ssh_config_path(config: DeployConfig) -> str:
     return str(Path(config.ssh_config or "~/.ssh/config").expanduser())
 
 
-@functools.lru_cache(maxsize=4096)
 def _ssh_config_value(path: str, alias: str, option: str) -> object:
     """One option of ~/.ssh/config (or ssh.config) for `alias`, as asyncssh reads it;
-    None when unset or the file is missing. Cached: the file is read once per host
-    and option in a deploy, not once per connection and question."""
+    None when unset or the file is missing. Cached by the file's identity and
+    modification time: read once per host and option while the file stays the
+    same, read again once it is rewritten (a long-running caller sees the edit)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return _ssh_config_lookup(path, (st.st_ino, st.st_size, st.st_mtime_ns), alias, option)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ssh_config_lookup(path: str, _version: tuple[int, int, int], alias: str,
+                       option: str) -> object:
     import getpass
 
     from asyncssh.config import SSHClientConfig
 
-    if not Path(path).is_file():
-        return None
     with contextlib.suppress(Exception):  # a config asyncssh rejects fails at connect, clearly
         parsed = SSHClientConfig.load(None, [Path(path)], False, False, False,
                                       getpass.getuser(), "", alias, ())

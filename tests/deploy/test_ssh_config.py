@@ -48,3 +48,21 @@ def test_a_ciphers_line_in_the_ssh_config_wins_over_roosts_preference(tmp_path: 
 
     assert asyncio.run(ciphers("web-1")) == [b"chacha20-poly1305@openssh.com"]
     assert asyncio.run(ciphers("db-1"))[0] == b"aes128-gcm@openssh.com"
+
+
+def test_a_rewritten_ssh_config_is_read_again(tmp_path: Path) -> None:
+    """The lookups are cached, but by the file's identity and modification time:
+    a long-running caller sees the operator's edit."""
+    import os
+
+    path = tmp_path / "ssh_config"
+    path.write_text("Host app\n  HostName 10.1.2.3\n")
+    config = DeployConfig(ssh_config=str(path))
+    assert ssh_hostname("app", config) == "10.1.2.3"
+    assert ssh_hostname("app", config) == "10.1.2.3"  # from the cache
+    path.write_text("Host app\n  HostName 10.9.8.7\n")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert ssh_hostname("app", config) == "10.9.8.7"
+    path.unlink()
+    assert ssh_hostname("app", config) == "app"
