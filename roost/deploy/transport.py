@@ -444,6 +444,9 @@ class LocalTransport:
 
     async def start(self, command: str, *, stdin: bool = False) -> Stream:
         proc = await asyncio.create_subprocess_exec(
+            # dies with the deploy, even by SIGKILL: armed by an exec'd setpriv, not by a
+            # preexec_fn, which may deadlock in a fork of a process whose threads run
+            *lifeline.armed_argv(),
             *self.prefix,
             "/bin/sh",
             "-c",
@@ -455,7 +458,6 @@ class LocalTransport:
             stderr=asyncio.subprocess.DEVNULL,
             limit=MAX_LINE,
             start_new_session=True,
-            preexec_fn=lifeline.die_with_parent,  # local (demo) hosts only
         )
         return _LocalStream(proc)
 

@@ -25,6 +25,16 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
 
 
+def armed_argv() -> list[str]:
+    """A prefix for a command that is not roost (a shell, `ip netns exec`): util-linux's
+    setpriv arms the signal and execs it, so the parent needs no preexec_fn. Empty
+    where setpriv is missing (not Linux): the child then outlives a killed parent."""
+    import shutil  # only a deploy's local transport asks: not at every program's start
+
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
+
+
 def asked_by(parent_pid: int) -> dict[str, str]:
     """The environment for a child that should die with `parent_pid`."""
     return {**os.environ, PARENT_ENV: str(parent_pid)}

@@ -103,3 +103,43 @@ def test_a_roost_folder_in_the_working_directory_is_not_run(
     code, err = asyncio.run(run())
     assert b"the shadow ran" not in err
     assert code == 2 and b"usage: python -m roost.deploy.trackerproc" in err
+
+
+LOCAL_STARTER = textwrap.dedent("""
+    import asyncio, sys
+    from pathlib import Path
+    from roost.deploy.transport import LocalTransport
+
+    async def main():
+        stream = await LocalTransport(Path(sys.argv[1])).start("echo $$; exec sleep 60")
+        async for line in stream.lines():
+            print(line.strip(), flush=True)
+            break
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+""")
+
+
+def test_a_local_hosts_command_dies_when_the_deploy_is_killed(tmp_path: Path) -> None:
+    """The demo's local hosts: armed by an exec'd setpriv, without a preexec_fn."""
+    if not lifeline.armed_argv():
+        pytest.skip("no setpriv here (util-linux): nothing arms the signal")
+    starter = subprocess.Popen([sys.executable, "-c", LOCAL_STARTER, str(tmp_path / "home")],
+                               stdout=subprocess.PIPE, text=True)
+    child_pid = 0
+    try:
+        assert starter.stdout is not None
+        child_pid = int(starter.stdout.readline())
+        assert not _gone(child_pid)
+        starter.kill()
+        starter.wait()
+        deadline = time.monotonic() + 10
+        while not _gone(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(child_pid)
+    finally:
+        starter.kill()
+        starter.wait()
+        if child_pid and not _gone(child_pid):
+            os.kill(child_pid, signal.SIGKILL)
