@@ -60,7 +60,7 @@ def main() -> None:
                 for i in range(fleet.n):  # nothing to reuse, and room for this one
                     fleet.ssh(i, f"rm -rf {fleet.dest}/releases/* {fleet.dest}/current "
                                  f"{fleet.dest}/.roost/trees", timeout=300)
-                seconds, wire, report = deploy(fleet, src, tag, ns.rate_mbit,
+                seconds, wire, report, _cpu = deploy(fleet, src, tag, ns.rate_mbit,
                                                ["--format", fmt])
                 out[fmt] = {"seconds": round(seconds, 2), "wire_bytes": wire,
                             "size": report["payload"]["size"],
