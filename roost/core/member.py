@@ -655,9 +655,13 @@ class SwarmMember:
             for index in indices:
                 self.offers.on_have(conn, index, self.conns, out, now)
         if not conn.am_interested:
-            have = self.have
-            if not all(have[index] for index in indices):
-                conn.update_interest(self.picker, out, now)
+            # any of them a piece we lack? (bits read directly: set_all_of
+            # above checked every index)
+            have = self.have.raw()
+            for index in indices:
+                if not have[index >> 3] & (0x80 >> (index & 7)):
+                    conn.update_interest(self.picker, out, now)
+                    break
         return pickable
 
     def _on_interest_changed(self, conn: Conn, out: list[Action], now: float) -> None:
