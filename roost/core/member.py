@@ -59,6 +59,7 @@ from roost.core.actions import (
     Progress,
     Report,
     ResumeReading,
+    Send,
     Stop,
     WebData,
     WebFailed,
@@ -354,16 +355,24 @@ class SwarmMember:
         return out
 
     def next_deadline(self) -> float:
+        # asked after every batch of actions: written out, without a tuple of
+        # the candidates (the same comparisons in the same order)
         deadline = self._next_tick
-        for at in (
-            self._have_at,
-            self._resume_at,
-            self.uploads.wake,
-            self.schedule.deadline(),
-            self.peers.admission.next_deadline(),
-        ):
-            if at is not None and at < deadline:
-                deadline = at
+        at = self._have_at
+        if at is not None and at < deadline:
+            deadline = at
+        at = self._resume_at
+        if at is not None and at < deadline:
+            deadline = at
+        at = self.uploads.wake
+        if at is not None and at < deadline:
+            deadline = at
+        at = self.schedule.deadline()
+        if at is not None and at < deadline:
+            deadline = at
+        at = self.peers.admission.next_deadline()
+        if at is not None and at < deadline:
+            deadline = at
         return deadline
 
     def shutdown(self, now: float) -> list[Action]:
@@ -846,9 +855,11 @@ class SwarmMember:
         if not batch:
             return
         data = have_messages(batch, self.num_pieces)
+        append = out.append
         for conn in self.peers.admitted():
-            if conn.ready and not conn.closed:
-                conn.send(out, data, now)
+            if conn.ready and not conn.closed:  # Conn.send, inlined (data is not empty)
+                append(Send(conn.id, data))
+                conn.last_send_at = now
 
     def _flushed(self, out: list[Action], now: float) -> None:
         info = self.info

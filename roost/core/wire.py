@@ -568,6 +568,21 @@ class PeerConnection:
             if not data:
                 return events
         buf = self._buf
+        if not buf and type(data) is bytes and len(data) < STREAM_BODY \
+                and self._state is _State.MESSAGES:
+            # small reads in bytes (a swarm's Haves, requests, chokes): parsed
+            # in place, with no view to make and release; the frames and their
+            # checks are the same. (Below STREAM_BODY no slice of it is a big
+            # block, so slicing bytes copies nothing more than a view would.)
+            try:
+                pos = self._parse_frames(data, 0, events)
+            except RemoteProtocolError:
+                self._state = _State.DEAD
+                self._body = None
+                raise
+            if pos < len(data):
+                buf += data[pos:]  # keep the partial frame
+            return events
         if buf:
             buf += data
             src: bytes | bytearray | memoryview = buf
@@ -651,7 +666,7 @@ class PeerConnection:
             return pos
         return self._parse_frames(mv, pos, events)
 
-    def _parse_frames(self, mv: memoryview, pos: int, events: list[Event]) -> int:
+    def _parse_frames(self, mv: memoryview | bytes, pos: int, events: list[Event]) -> int:
         end = len(mv)
         unpack_len = _U32.unpack_from
         unpack_ii = _II.unpack_from
@@ -731,7 +746,7 @@ class PeerConnection:
         else:
             raise RemoteProtocolError(f"unknown message id {mid}")
 
-    def _message(self, mid: int, mv: memoryview, pos: int, size: int) -> Message:
+    def _message(self, mid: int, mv: memoryview | bytes, pos: int, size: int) -> Message:
         """Decode one complete non-Piece message whose payload is mv[pos:pos+size]."""
         if mid in _FAST_IDS and not self._fast:
             raise RemoteProtocolError(f"fast-extension message {mid} without negotiating it")
@@ -770,7 +785,7 @@ class PeerConnection:
             return Port(_H.unpack_from(mv, pos)[0])
         return self._extended_message(mv, pos, size)
 
-    def _extended_message(self, mv: memoryview, pos: int, size: int) -> Message:
+    def _extended_message(self, mv: memoryview | bytes, pos: int, size: int) -> Message:
         if not self._extended:
             raise RemoteProtocolError("extension-protocol message without negotiating it")
         ext_id = mv[pos]
