@@ -32,6 +32,7 @@ Have batch, the download-rate pause, upload tokens and the next announce;
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections.abc import Hashable
@@ -130,6 +131,21 @@ _MAY_FILL: frozenset[type] = frozenset({
     Piece, Have, Unchoke, Choke, RejectRequest, BitfieldMsg, HaveAll, HaveNone,
     AllowedFast, ExtendedHandshake, Handshake,
 })
+
+
+@functools.lru_cache(maxsize=4096)
+def _fast_set_for(host: str, info_hash: bytes, num_pieces: int) -> frozenset[int]:
+    """The allowed-fast set (BEP 6) of a peer at `host`, for IPv4 (none for
+    anything else). A pure function of its arguments, so it is kept: a member
+    meets the same addresses again and again (a fleet's connections churn at
+    its start), and parsing the address and hashing cost per handshake."""
+    try:
+        ip = ipaddress.ip_address(host).packed
+    except ValueError:
+        return frozenset()
+    if len(ip) != 4:
+        return frozenset()
+    return frozenset(allowed_fast_set(ip, info_hash, num_pieces, ALLOWED_FAST_K))
 
 
 class SwarmMember:
@@ -607,13 +623,7 @@ class SwarmMember:
 
     def _allowed_fast_set(self, conn: Conn) -> frozenset[int]:
         """BEP 6: pieces this peer may fetch from us while choked (when we have them)."""
-        try:
-            ip = ipaddress.ip_address(conn.address[0]).packed
-        except ValueError:
-            return frozenset()
-        if len(ip) != 4:
-            return frozenset()
-        return frozenset(allowed_fast_set(ip, self.info_hash, self.num_pieces, ALLOWED_FAST_K))
+        return _fast_set_for(conn.address[0], self.info_hash, self.num_pieces)
 
     def _on_bitfield(self, conn: Conn, out: list[Action], now: float) -> None:
         if conn.in_picker:
@@ -951,9 +961,9 @@ class SwarmMember:
         # only interested peers that are not seeds are candidates (Choker.rechoke
         # drops the others, keeping the order); their stats are made only when
         # they do not all fit in the slots
-        candidates = [
-            c for c in self.peers.admitted() if c.ready and c.peer_interested and not c.is_seed
-        ]
+        # one copy serves both loops: the choker changes no connection
+        admitted = self.peers.admitted()
+        candidates = [c for c in admitted if c.ready and c.peer_interested and not c.is_seed]
 
         def stats() -> list[PeerStat]:
             return [
@@ -971,7 +981,7 @@ class SwarmMember:
 
         keys: list[Hashable] = [c.id for c in candidates]
         unchoked = self.choker.rechoke_candidates(keys, stats, seeding=self.complete)
-        for conn in self.peers.admitted():
+        for conn in admitted:
             # set_choking changes nothing (and says so) when the state stays
             if conn.ready and not conn.closed and (conn.id not in unchoked) != conn.am_choking:
                 self._set_choking(conn, conn.id not in unchoked, out, now)
