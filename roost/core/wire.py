@@ -372,6 +372,34 @@ def have_messages(indices: list[int], num_pieces: int) -> bytes:
     return b"".join([pack(5, HAVE, index) for index in indices])
 
 
+#: extension handshakes decoded, by their bytes: the peers of a swarm send a
+#: few distinct ones (roost's differ only by the port), one per connection, so
+#: decoding each was a visible cost of a fleet's connection churn. Bounded;
+#: the values kept are never handed out, only copies of them.
+_EXT_HANDSHAKES: dict[bytes, bencode.Value] = {}
+_EXT_HANDSHAKES_MAX = 256
+
+
+def _decode_extended_handshake(payload: bytes) -> bencode.Value:
+    """bencode.decode(payload, max_depth=16), a fresh value each call."""
+    kept = _EXT_HANDSHAKES.get(payload)
+    if kept is None:
+        kept = bencode.decode(payload, max_depth=16)  # DecodeError: nothing kept
+        if len(_EXT_HANDSHAKES) >= _EXT_HANDSHAKES_MAX:
+            _EXT_HANDSHAKES.clear()
+        _EXT_HANDSHAKES[payload] = kept
+    return _copy_value(kept)
+
+
+def _copy_value(value: bencode.Value) -> bencode.Value:
+    """A copy of a decoded value that shares nothing mutable with it."""
+    if isinstance(value, dict):
+        return {k: _copy_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_value(v) for v in value]
+    return value  # int, bytes: immutable
+
+
 def _ban(message: str) -> RemoteProtocolError:
     return RemoteProtocolError(message, ban=True)
 
@@ -793,7 +821,7 @@ class PeerConnection:
         if ext_id != 0:
             return Extended(ext_id, payload)
         try:
-            value = bencode.decode(payload, max_depth=16)
+            value = _decode_extended_handshake(payload)
         except DecodeError as exc:
             raise RemoteProtocolError(f"bad extension handshake: {exc}") from None
         if not isinstance(value, dict):
