@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from roost import __version__
@@ -97,6 +97,7 @@ from roost.core.wire import (
     BitfieldMsg,
     Cancel,
     Choke,
+    Extended,
     ExtendedHandshake,
     Handshake,
     Have,
@@ -104,11 +105,14 @@ from roost.core.wire import (
     HaveNone,
     Haves,
     Interested,
+    KeepAlive,
     NotInterested,
     PeerConnection,
     Piece,
+    Port,
     RejectRequest,
     Request,
+    SuggestPiece,
     Unchoke,
     allowed_fast_set,
     have_messages,
@@ -512,18 +516,34 @@ class SwarmMember:
 
     # ---- messages from a peer ----
     def _handle(self, conn: Conn, msg: object, out: list[Action], now: float) -> None:
-        # Haves first: a swarm member gets about N Haves per piece, one Piece
-        if isinstance(msg, Haves):
-            self._on_haves(conn, msg.indices, out, now)
-        elif isinstance(msg, Have):
-            self._on_have(conn, msg.index, out, now)
-        elif isinstance(msg, Piece):
-            self._on_piece(conn, msg, out, now)
-        elif isinstance(msg, Request):
-            self.uploads.request(conn, msg, out, now)
-        elif isinstance(msg, Handshake):
-            self._on_handshake(conn, msg, out, now)
-        elif isinstance(msg, (BitfieldMsg, HaveAll)) and conn.in_picker:
+        """One message, by its type: a dict lookup, not a chain of isinstance
+        tests (this runs per message; a Choke was the tenth test). A type not
+        in the table (a subclass) goes through the table in order, as the
+        chain did."""
+        handler = _HANDLERS.get(type(msg))
+        if handler is not None:
+            handler(self, conn, msg, out, now)
+            return
+        for cls, handler in _HANDLERS.items():
+            if isinstance(msg, cls):
+                handler(self, conn, msg, out, now)
+                return
+
+    # the handlers of _HANDLERS, in the order of the chain they replaced
+    # (Haves first: a swarm member gets about N Haves per piece, one Piece)
+    def _msg_haves(self, conn: Conn, msg: Haves, out: list[Action], now: float) -> None:
+        self._on_haves(conn, msg.indices, out, now)
+
+    def _msg_have(self, conn: Conn, msg: Have, out: list[Action], now: float) -> None:
+        self._on_have(conn, msg.index, out, now)
+
+    def _msg_request(self, conn: Conn, msg: Request, out: list[Action], now: float) -> None:
+        self.uploads.request(conn, msg, out, now)
+
+    def _msg_bitfield(
+        self, conn: Conn, msg: BitfieldMsg | HaveAll, out: list[Action], now: float
+    ) -> None:
+        if conn.in_picker:
             # after other messages (aria2c sends one instead of several Haves):
             # each newly set piece counts as a Have; pieces are never unset
             bits = Bitfield.full(self.num_pieces) if isinstance(msg, HaveAll) else msg.bitfield
@@ -534,34 +554,50 @@ class SwarmMember:
         elif isinstance(msg, BitfieldMsg):
             conn.set_bitfield(msg.bitfield)
             self._on_bitfield(conn, out, now)
-        elif isinstance(msg, HaveAll):
+        else:
             conn.set_bitfield(Bitfield.full(self.num_pieces))
             self._on_bitfield(conn, out, now)
-        elif isinstance(msg, HaveNone):
-            self._on_bitfield(conn, out, now)
-        elif isinstance(msg, Choke):
-            if not conn.peer_choking:
-                conn.peer_choking = True
-                self._count_sources(-1)
-            conn.drop_requests(self.picker, None, now)
-        elif isinstance(msg, Unchoke):
-            if conn.peer_choking:
-                conn.peer_choking = False
-                self._count_sources(+1)
-        elif isinstance(msg, (Interested, NotInterested)):
-            conn.peer_interested = isinstance(msg, Interested)
-            self._on_interest_changed(conn, out, now)
-        elif isinstance(msg, Cancel):
-            conn.cancel_upload(msg.index, msg.begin, msg.length)
-        elif isinstance(msg, RejectRequest):
-            conn.rejected(self.picker, msg.index, msg.begin, out, now)
-        elif isinstance(msg, AllowedFast):
-            conn.allowed_fast.add(msg.index)
-        elif isinstance(msg, ExtendedHandshake):
-            port = conn.on_extended_handshake(msg.data, self.config.big_block)
-            if port is not None and not conn.outgoing:
-                self.peers.listens_at(conn, port)
-        # KeepAlive, SuggestPiece, Port, Extended: nothing to do
+
+    def _msg_have_none(self, conn: Conn, msg: HaveNone, out: list[Action], now: float) -> None:
+        self._on_bitfield(conn, out, now)
+
+    def _msg_choke(self, conn: Conn, msg: Choke, out: list[Action], now: float) -> None:
+        if not conn.peer_choking:
+            conn.peer_choking = True
+            self._count_sources(-1)
+        conn.drop_requests(self.picker, None, now)
+
+    def _msg_unchoke(self, conn: Conn, msg: Unchoke, out: list[Action], now: float) -> None:
+        if conn.peer_choking:
+            conn.peer_choking = False
+            self._count_sources(+1)
+
+    def _msg_interest(
+        self, conn: Conn, msg: Interested | NotInterested, out: list[Action], now: float
+    ) -> None:
+        conn.peer_interested = isinstance(msg, Interested)
+        self._on_interest_changed(conn, out, now)
+
+    def _msg_cancel(self, conn: Conn, msg: Cancel, out: list[Action], now: float) -> None:
+        conn.cancel_upload(msg.index, msg.begin, msg.length)
+
+    def _msg_reject(self, conn: Conn, msg: RejectRequest, out: list[Action], now: float) -> None:
+        conn.rejected(self.picker, msg.index, msg.begin, out, now)
+
+    def _msg_allowed_fast(
+        self, conn: Conn, msg: AllowedFast, out: list[Action], now: float
+    ) -> None:
+        conn.allowed_fast.add(msg.index)
+
+    def _msg_extended_handshake(
+        self, conn: Conn, msg: ExtendedHandshake, out: list[Action], now: float
+    ) -> None:
+        port = conn.on_extended_handshake(msg.data, self.config.big_block)
+        if port is not None and not conn.outgoing:
+            self.peers.listens_at(conn, port)
+
+    def _msg_nothing(self, conn: Conn, msg: object, out: list[Action], now: float) -> None:
+        """KeepAlive, SuggestPiece, Port, Extended: nothing to do."""
 
     def _on_handshake(self, conn: Conn, msg: Handshake, out: list[Action], now: float) -> None:
         conn.remote_id = msg.peer_id
@@ -1017,3 +1053,29 @@ class SwarmMember:
             return
         if expected is None and linger is not None and now - self.last_interest_at >= linger:
             self._stop(f"no interested peer for {linger:g} s", out)
+
+
+#: SwarmMember._handle's table: message type -> handler, in the order of the
+#: isinstance chain it replaced (a subclass takes the first that matches)
+_HANDLERS: dict[type, Callable[[SwarmMember, Conn, Any, list[Action], float], None]] = {
+    Haves: SwarmMember._msg_haves,
+    Have: SwarmMember._msg_have,
+    Piece: SwarmMember._on_piece,
+    Request: SwarmMember._msg_request,
+    Handshake: SwarmMember._on_handshake,
+    BitfieldMsg: SwarmMember._msg_bitfield,
+    HaveAll: SwarmMember._msg_bitfield,
+    HaveNone: SwarmMember._msg_have_none,
+    Choke: SwarmMember._msg_choke,
+    Unchoke: SwarmMember._msg_unchoke,
+    Interested: SwarmMember._msg_interest,
+    NotInterested: SwarmMember._msg_interest,
+    Cancel: SwarmMember._msg_cancel,
+    RejectRequest: SwarmMember._msg_reject,
+    AllowedFast: SwarmMember._msg_allowed_fast,
+    ExtendedHandshake: SwarmMember._msg_extended_handshake,
+    KeepAlive: SwarmMember._msg_nothing,
+    SuggestPiece: SwarmMember._msg_nothing,
+    Port: SwarmMember._msg_nothing,
+    Extended: SwarmMember._msg_nothing,
+}
