@@ -318,7 +318,8 @@ class SwarmMember:
             error = f"{type(exc).__name__}: {exc}"
             out.append(Report("internal_error", {"peer": conn.name, "error": error}))
             self._close(conn, f"internal error: {type(exc).__name__}", out, now)
-        self._settle(out, now)
+        if self._rechoke_soon:  # _settle's one job, tested here: this runs per call
+            self._settle(out, now)
         return out
 
     def event(self, ev: Event, now: float) -> list[Action]:
@@ -355,7 +356,8 @@ class SwarmMember:
             self._fill_web(out, now)
         elif isinstance(ev, HeldLocally):
             self._held_locally(ev.indices, out, now)
-        self._settle(out, now)
+        if self._rechoke_soon:  # _settle's one job, tested here: this runs per call
+            self._settle(out, now)
         return out
 
     def handle_timer(self, now: float) -> list[Action]:
@@ -371,7 +373,8 @@ class SwarmMember:
             self._next_tick = max(self._next_tick + TICK, now + TICK / 2)
             self._tick(out, now)
         self._maybe_announce(out, now)
-        self._settle(out, now)
+        if self._rechoke_soon:  # _settle's one job, tested here: this runs per call
+            self._settle(out, now)
         return out
 
     def next_deadline(self) -> float:
@@ -387,8 +390,9 @@ class SwarmMember:
         at = self.uploads.wake
         if at is not None and at < deadline:
             deadline = at
-        at = self.schedule.deadline()
-        if at is not None and at < deadline:
+        schedule = self.schedule  # AnnounceSchedule.deadline(), read in place
+        at = schedule.at
+        if at is not None and schedule.enabled and not schedule.in_flight and at < deadline:
             deadline = at
         at = self.peers.admission.next_deadline()
         if at is not None and at < deadline:

@@ -234,11 +234,7 @@ class PeerTable:
         """Those of `views` that are not trading, in the same order (what a
         full table's eviction looks at), without making a view of the others."""
         return [
-            PeerView(
-                c.address,
-                trading=False,
-                last_useful=max(c.ready_at, c.last_block_at, c.last_upload_at),
-            )
+            PeerView(c.address, False, max(c.ready_at, c.last_block_at, c.last_upload_at))
             for c in self._admitted
             if c.ready and not c.closed
             and not (c.peer_interested or c.am_interested or c.upload_queue)
