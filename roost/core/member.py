@@ -729,8 +729,10 @@ class SwarmMember:
         requests, which costs a round trip and bandwidth on every switch)."""
         if conn.peer_interested:
             self.last_interest_at = now
-            unchoked = sum(1 for c in self.peers.admitted() if c.ready and not c.am_choking)
-            if conn.am_choking and unchoked < self.config.unchoke_slots + 1:
+            # counted only when it matters (the count changes nothing else)
+            if conn.am_choking and len(
+                [c for c in self.peers.admitted() if c.ready and not c.am_choking]
+            ) < self.config.unchoke_slots + 1:
                 self._set_choking(conn, False, out, now)
         elif not conn.am_choking:
             self._rechoke_soon = True
