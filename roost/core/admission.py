@@ -217,6 +217,7 @@ class Admission:
         peers: list[PeerView] | Callable[[], list[PeerView]],
         *,
         same_host_at_most: int | None = None,
+        idle: Callable[[], list[PeerView]] | None = None,
     ) -> Decision:
         """`key` completed its handshake; `peers` are the ones already in the table.
 
@@ -225,7 +226,9 @@ class Admission:
         `same_host_at_most` a bound on how many of them share the key's host:
         below the cap the list is not needed for the per-address rule. The
         caller keeps the table; building its list for every handshake cost
-        O(peers) each."""
+        O(peers) each. `idle`, when given, lists only those of `peers` that
+        are not trading, in the same order: all a full table needs (building
+        a view of every peer there was the start's largest cost left)."""
         self._pop(key)
         listed: list[PeerView] | None = None if callable(peers) else peers
 
@@ -244,7 +247,8 @@ class Admission:
             if len(same) >= self.ready_per_address:
                 return self._make_room(key, same)
         if len(self.ready) >= self.max_peers:
-            return self._make_room(key, views())
+            # _make_room looks at the idle ones only
+            return self._make_room(key, idle() if idle is not None else views())
         self.ready.add(key)
         return Decision(admit=True)
 

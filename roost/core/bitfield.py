@@ -150,6 +150,12 @@ class Bitfield:
     def any(self) -> bool:
         return self._count > 0
 
+    def raw(self) -> bytearray:
+        """The bits themselves, in BEP 3 order (bit i: byte i >> 3, mask
+        0x80 >> (i & 7)), for hot loops that test many bits of indices known to
+        be in range. Read only: writing it would break count()."""
+        return self._bits
+
     def to_bytes(self) -> bytes:
         return bytes(self._bits)
 

@@ -461,11 +461,15 @@ class Conn:
         data = [wire.send_choke()]
         # allowed-fast requests survive a choke (BEP 6); the rest are rejected
         # when the peer understands Reject, else dropped (BEP 3)
-        fast = {i for i in self.fast_for_it if have[i]} if wire.fast else set()
-        if wire.fast:
-            data.extend(wire.send_reject(r.index, r.begin, r.length)
-                        for r in self.upload_queue if r.index not in fast)
-        self.upload_queue = deque(r for r in self.upload_queue if r.index in fast)
+        queue = self.upload_queue
+        if queue:
+            fast = {i for i in self.fast_for_it if have[i]} if wire.fast else set()
+            if wire.fast:
+                data.extend(wire.send_reject(r.index, r.begin, r.length)
+                            for r in queue if r.index not in fast)
+            self.upload_queue = deque(r for r in queue if r.index in fast)
+        else:  # nothing queued: nothing to reject or keep (most chokes)
+            self.upload_queue = deque()
         self.send(out, b"".join(data), now)
         return True
 

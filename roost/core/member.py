@@ -32,9 +32,10 @@ Have batch, the download-rate pause, upload tokens and the next announce;
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from roost import __version__
@@ -59,6 +60,7 @@ from roost.core.actions import (
     Progress,
     Report,
     ResumeReading,
+    Send,
     Stop,
     WebData,
     WebFailed,
@@ -95,6 +97,7 @@ from roost.core.wire import (
     BitfieldMsg,
     Cancel,
     Choke,
+    Extended,
     ExtendedHandshake,
     Handshake,
     Have,
@@ -102,11 +105,14 @@ from roost.core.wire import (
     HaveNone,
     Haves,
     Interested,
+    KeepAlive,
     NotInterested,
     PeerConnection,
     Piece,
+    Port,
     RejectRequest,
     Request,
+    SuggestPiece,
     Unchoke,
     allowed_fast_set,
     have_messages,
@@ -129,6 +135,21 @@ _MAY_FILL: frozenset[type] = frozenset({
     Piece, Have, Unchoke, Choke, RejectRequest, BitfieldMsg, HaveAll, HaveNone,
     AllowedFast, ExtendedHandshake, Handshake,
 })
+
+
+@functools.lru_cache(maxsize=4096)
+def _fast_set_for(host: str, info_hash: bytes, num_pieces: int) -> frozenset[int]:
+    """The allowed-fast set (BEP 6) of a peer at `host`, for IPv4 (none for
+    anything else). A pure function of its arguments, so it is kept: a member
+    meets the same addresses again and again (a fleet's connections churn at
+    its start), and parsing the address and hashing cost per handshake."""
+    try:
+        ip = ipaddress.ip_address(host).packed
+    except ValueError:
+        return frozenset()
+    if len(ip) != 4:
+        return frozenset()
+    return frozenset(allowed_fast_set(ip, info_hash, num_pieces, ALLOWED_FAST_K))
 
 
 class SwarmMember:
@@ -297,7 +318,8 @@ class SwarmMember:
             error = f"{type(exc).__name__}: {exc}"
             out.append(Report("internal_error", {"peer": conn.name, "error": error}))
             self._close(conn, f"internal error: {type(exc).__name__}", out, now)
-        self._settle(out, now)
+        if self._rechoke_soon:  # _settle's one job, tested here: this runs per call
+            self._settle(out, now)
         return out
 
     def event(self, ev: Event, now: float) -> list[Action]:
@@ -334,7 +356,8 @@ class SwarmMember:
             self._fill_web(out, now)
         elif isinstance(ev, HeldLocally):
             self._held_locally(ev.indices, out, now)
-        self._settle(out, now)
+        if self._rechoke_soon:  # _settle's one job, tested here: this runs per call
+            self._settle(out, now)
         return out
 
     def handle_timer(self, now: float) -> list[Action]:
@@ -350,20 +373,30 @@ class SwarmMember:
             self._next_tick = max(self._next_tick + TICK, now + TICK / 2)
             self._tick(out, now)
         self._maybe_announce(out, now)
-        self._settle(out, now)
+        if self._rechoke_soon:  # _settle's one job, tested here: this runs per call
+            self._settle(out, now)
         return out
 
     def next_deadline(self) -> float:
+        # asked after every batch of actions: written out, without a tuple of
+        # the candidates (the same comparisons in the same order)
         deadline = self._next_tick
-        for at in (
-            self._have_at,
-            self._resume_at,
-            self.uploads.wake,
-            self.schedule.deadline(),
-            self.peers.admission.next_deadline(),
-        ):
-            if at is not None and at < deadline:
-                deadline = at
+        at = self._have_at
+        if at is not None and at < deadline:
+            deadline = at
+        at = self._resume_at
+        if at is not None and at < deadline:
+            deadline = at
+        at = self.uploads.wake
+        if at is not None and at < deadline:
+            deadline = at
+        schedule = self.schedule  # AnnounceSchedule.deadline(), read in place
+        at = schedule.at
+        if at is not None and schedule.enabled and not schedule.in_flight and at < deadline:
+            deadline = at
+        at = self.peers.admission.next_deadline()
+        if at is not None and at < deadline:
+            deadline = at
         return deadline
 
     def shutdown(self, now: float) -> list[Action]:
@@ -487,18 +520,34 @@ class SwarmMember:
 
     # ---- messages from a peer ----
     def _handle(self, conn: Conn, msg: object, out: list[Action], now: float) -> None:
-        # Haves first: a swarm member gets about N Haves per piece, one Piece
-        if isinstance(msg, Haves):
-            self._on_haves(conn, msg.indices, out, now)
-        elif isinstance(msg, Have):
-            self._on_have(conn, msg.index, out, now)
-        elif isinstance(msg, Piece):
-            self._on_piece(conn, msg, out, now)
-        elif isinstance(msg, Request):
-            self.uploads.request(conn, msg, out, now)
-        elif isinstance(msg, Handshake):
-            self._on_handshake(conn, msg, out, now)
-        elif isinstance(msg, (BitfieldMsg, HaveAll)) and conn.in_picker:
+        """One message, by its type: a dict lookup, not a chain of isinstance
+        tests (this runs per message; a Choke was the tenth test). A type not
+        in the table (a subclass) goes through the table in order, as the
+        chain did."""
+        handler = _HANDLERS.get(type(msg))
+        if handler is not None:
+            handler(self, conn, msg, out, now)
+            return
+        for cls, handler in _HANDLERS.items():
+            if isinstance(msg, cls):
+                handler(self, conn, msg, out, now)
+                return
+
+    # the handlers of _HANDLERS, in the order of the chain they replaced
+    # (Haves first: a swarm member gets about N Haves per piece, one Piece)
+    def _msg_haves(self, conn: Conn, msg: Haves, out: list[Action], now: float) -> None:
+        self._on_haves(conn, msg.indices, out, now)
+
+    def _msg_have(self, conn: Conn, msg: Have, out: list[Action], now: float) -> None:
+        self._on_have(conn, msg.index, out, now)
+
+    def _msg_request(self, conn: Conn, msg: Request, out: list[Action], now: float) -> None:
+        self.uploads.request(conn, msg, out, now)
+
+    def _msg_bitfield(
+        self, conn: Conn, msg: BitfieldMsg | HaveAll, out: list[Action], now: float
+    ) -> None:
+        if conn.in_picker:
             # after other messages (aria2c sends one instead of several Haves):
             # each newly set piece counts as a Have; pieces are never unset
             bits = Bitfield.full(self.num_pieces) if isinstance(msg, HaveAll) else msg.bitfield
@@ -509,34 +558,50 @@ class SwarmMember:
         elif isinstance(msg, BitfieldMsg):
             conn.set_bitfield(msg.bitfield)
             self._on_bitfield(conn, out, now)
-        elif isinstance(msg, HaveAll):
+        else:
             conn.set_bitfield(Bitfield.full(self.num_pieces))
             self._on_bitfield(conn, out, now)
-        elif isinstance(msg, HaveNone):
-            self._on_bitfield(conn, out, now)
-        elif isinstance(msg, Choke):
-            if not conn.peer_choking:
-                conn.peer_choking = True
-                self._count_sources(-1)
-            conn.drop_requests(self.picker, None, now)
-        elif isinstance(msg, Unchoke):
-            if conn.peer_choking:
-                conn.peer_choking = False
-                self._count_sources(+1)
-        elif isinstance(msg, (Interested, NotInterested)):
-            conn.peer_interested = isinstance(msg, Interested)
-            self._on_interest_changed(conn, out, now)
-        elif isinstance(msg, Cancel):
-            conn.cancel_upload(msg.index, msg.begin, msg.length)
-        elif isinstance(msg, RejectRequest):
-            conn.rejected(self.picker, msg.index, msg.begin, out, now)
-        elif isinstance(msg, AllowedFast):
-            conn.allowed_fast.add(msg.index)
-        elif isinstance(msg, ExtendedHandshake):
-            port = conn.on_extended_handshake(msg.data, self.config.big_block)
-            if port is not None and not conn.outgoing:
-                self.peers.listens_at(conn, port)
-        # KeepAlive, SuggestPiece, Port, Extended: nothing to do
+
+    def _msg_have_none(self, conn: Conn, msg: HaveNone, out: list[Action], now: float) -> None:
+        self._on_bitfield(conn, out, now)
+
+    def _msg_choke(self, conn: Conn, msg: Choke, out: list[Action], now: float) -> None:
+        if not conn.peer_choking:
+            conn.peer_choking = True
+            self._count_sources(-1)
+        conn.drop_requests(self.picker, None, now)
+
+    def _msg_unchoke(self, conn: Conn, msg: Unchoke, out: list[Action], now: float) -> None:
+        if conn.peer_choking:
+            conn.peer_choking = False
+            self._count_sources(+1)
+
+    def _msg_interest(
+        self, conn: Conn, msg: Interested | NotInterested, out: list[Action], now: float
+    ) -> None:
+        conn.peer_interested = isinstance(msg, Interested)
+        self._on_interest_changed(conn, out, now)
+
+    def _msg_cancel(self, conn: Conn, msg: Cancel, out: list[Action], now: float) -> None:
+        conn.cancel_upload(msg.index, msg.begin, msg.length)
+
+    def _msg_reject(self, conn: Conn, msg: RejectRequest, out: list[Action], now: float) -> None:
+        conn.rejected(self.picker, msg.index, msg.begin, out, now)
+
+    def _msg_allowed_fast(
+        self, conn: Conn, msg: AllowedFast, out: list[Action], now: float
+    ) -> None:
+        conn.allowed_fast.add(msg.index)
+
+    def _msg_extended_handshake(
+        self, conn: Conn, msg: ExtendedHandshake, out: list[Action], now: float
+    ) -> None:
+        port = conn.on_extended_handshake(msg.data, self.config.big_block)
+        if port is not None and not conn.outgoing:
+            self.peers.listens_at(conn, port)
+
+    def _msg_nothing(self, conn: Conn, msg: object, out: list[Action], now: float) -> None:
+        """KeepAlive, SuggestPiece, Port, Extended: nothing to do."""
 
     def _on_handshake(self, conn: Conn, msg: Handshake, out: list[Action], now: float) -> None:
         conn.remote_id = msg.peer_id
@@ -598,13 +663,7 @@ class SwarmMember:
 
     def _allowed_fast_set(self, conn: Conn) -> frozenset[int]:
         """BEP 6: pieces this peer may fetch from us while choked (when we have them)."""
-        try:
-            ip = ipaddress.ip_address(conn.address[0]).packed
-        except ValueError:
-            return frozenset()
-        if len(ip) != 4:
-            return frozenset()
-        return frozenset(allowed_fast_set(ip, self.info_hash, self.num_pieces, ALLOWED_FAST_K))
+        return _fast_set_for(conn.address[0], self.info_hash, self.num_pieces)
 
     def _on_bitfield(self, conn: Conn, out: list[Action], now: float) -> None:
         if conn.in_picker:
@@ -655,9 +714,13 @@ class SwarmMember:
             for index in indices:
                 self.offers.on_have(conn, index, self.conns, out, now)
         if not conn.am_interested:
-            have = self.have
-            if not all(have[index] for index in indices):
-                conn.update_interest(self.picker, out, now)
+            # any of them a piece we lack? (bits read directly: set_all_of
+            # above checked every index)
+            have = self.have.raw()
+            for index in indices:
+                if not have[index >> 3] & (0x80 >> (index & 7)):
+                    conn.update_interest(self.picker, out, now)
+                    break
         return pickable
 
     def _on_interest_changed(self, conn: Conn, out: list[Action], now: float) -> None:
@@ -666,8 +729,10 @@ class SwarmMember:
         requests, which costs a round trip and bandwidth on every switch)."""
         if conn.peer_interested:
             self.last_interest_at = now
-            unchoked = sum(1 for c in self.peers.admitted() if c.ready and not c.am_choking)
-            if conn.am_choking and unchoked < self.config.unchoke_slots + 1:
+            # counted only when it matters (the count changes nothing else)
+            if conn.am_choking and len(
+                [c for c in self.peers.admitted() if c.ready and not c.am_choking]
+            ) < self.config.unchoke_slots + 1:
                 self._set_choking(conn, False, out, now)
         elif not conn.am_choking:
             self._rechoke_soon = True
@@ -842,21 +907,24 @@ class SwarmMember:
         if not batch:
             return
         data = have_messages(batch, self.num_pieces)
+        append = out.append
         for conn in self.peers.admitted():
-            if conn.ready and not conn.closed:
-                if conn.is_seed:  # a super-seeding origin counts Haves to see its pieces spread
-                    conn.send(out, data, now)
-                    continue
+            if not (conn.ready and not conn.closed):
+                continue
+            if not conn.is_seed:  # a super-seeding origin counts Haves to see its pieces spread
                 # Not to a peer that holds the piece already: it will never
                 # ask us for it, so the Have tells it nothing it acts on
                 # (libtorrent's send_redundant_have off). About half the
                 # peers hold a piece when we pass it: half the Haves of a
                 # fleet, each a parse and an availability update on receipt.
                 news = conn.bitfield.unset_of(batch)
-                if len(news) == len(batch):
-                    conn.send(out, data, now)
-                elif news:
+                if not news:
+                    continue
+                if len(news) < len(batch):
                     conn.send(out, have_messages(news, self.num_pieces), now)
+                    continue
+            append(Send(conn.id, data))  # Conn.send, inlined (data is not empty)
+            conn.last_send_at = now
 
     def _flushed(self, out: list[Action], now: float) -> None:
         info = self.info
@@ -948,9 +1016,9 @@ class SwarmMember:
         # only interested peers that are not seeds are candidates (Choker.rechoke
         # drops the others, keeping the order); their stats are made only when
         # they do not all fit in the slots
-        candidates = [
-            c for c in self.peers.admitted() if c.ready and c.peer_interested and not c.is_seed
-        ]
+        # one copy serves both loops: the choker changes no connection
+        admitted = self.peers.admitted()
+        candidates = [c for c in admitted if c.ready and c.peer_interested and not c.is_seed]
 
         def stats() -> list[PeerStat]:
             return [
@@ -968,7 +1036,7 @@ class SwarmMember:
 
         keys: list[Hashable] = [c.id for c in candidates]
         unchoked = self.choker.rechoke_candidates(keys, stats, seeding=self.complete)
-        for conn in self.peers.admitted():
+        for conn in admitted:
             # set_choking changes nothing (and says so) when the state stays
             if conn.ready and not conn.closed and (conn.id not in unchoked) != conn.am_choking:
                 self._set_choking(conn, conn.id not in unchoked, out, now)
@@ -1004,3 +1072,29 @@ class SwarmMember:
             return
         if expected is None and linger is not None and now - self.last_interest_at >= linger:
             self._stop(f"no interested peer for {linger:g} s", out)
+
+
+#: SwarmMember._handle's table: message type -> handler, in the order of the
+#: isinstance chain it replaced (a subclass takes the first that matches)
+_HANDLERS: dict[type, Callable[[SwarmMember, Conn, Any, list[Action], float], None]] = {
+    Haves: SwarmMember._msg_haves,
+    Have: SwarmMember._msg_have,
+    Piece: SwarmMember._on_piece,
+    Request: SwarmMember._msg_request,
+    Handshake: SwarmMember._on_handshake,
+    BitfieldMsg: SwarmMember._msg_bitfield,
+    HaveAll: SwarmMember._msg_bitfield,
+    HaveNone: SwarmMember._msg_have_none,
+    Choke: SwarmMember._msg_choke,
+    Unchoke: SwarmMember._msg_unchoke,
+    Interested: SwarmMember._msg_interest,
+    NotInterested: SwarmMember._msg_interest,
+    Cancel: SwarmMember._msg_cancel,
+    RejectRequest: SwarmMember._msg_reject,
+    AllowedFast: SwarmMember._msg_allowed_fast,
+    ExtendedHandshake: SwarmMember._msg_extended_handshake,
+    KeepAlive: SwarmMember._msg_nothing,
+    SuggestPiece: SwarmMember._msg_nothing,
+    Port: SwarmMember._msg_nothing,
+    Extended: SwarmMember._msg_nothing,
+}

@@ -138,9 +138,14 @@ class PeerTable:
         def views() -> list[PeerView]:
             return [v for v in self.views() if other is None or v.key != other.address]
 
+        def idle() -> list[PeerView]:
+            return [v for v in self.idle_views() if other is None or v.key != other.address]
+
         # the peers at its host are among the connections from there (this one too)
         at_most = self._per_host.get(conn.address[0], 0)
-        decision = self.admission.handshaken(conn.address, now, views, same_host_at_most=at_most)
+        decision = self.admission.handshaken(
+            conn.address, now, views, same_host_at_most=at_most, idle=idle
+        )
         if decision.evict is not None:
             closing += self._dropped(decision.evict)
         if not decision.admit:
@@ -223,6 +228,16 @@ class PeerTable:
             )
             for c in self._admitted
             if c.ready and not c.closed
+        ]
+
+    def idle_views(self) -> list[PeerView]:
+        """Those of `views` that are not trading, in the same order (what a
+        full table's eviction looks at), without making a view of the others."""
+        return [
+            PeerView(c.address, False, max(c.ready_at, c.last_block_at, c.last_upload_at))
+            for c in self._admitted
+            if c.ready and not c.closed
+            and not (c.peer_interested or c.am_interested or c.upload_queue)
         ]
 
     def admitted(self) -> list[Conn]:

@@ -248,13 +248,13 @@ class PiecePicker:
         bits = peer.bits
         if bits is None:
             return False
-        have, fresh, with_free = self._have, self._fresh, self._with_free
+        fresh, with_free = self._fresh, self._with_free
         avail, buckets = self._avail, self._buckets
         local = self._local_avail if peer.local else None
         new = bits.set_all_of(indices)
         if not new:
             return False
-        needed = len(have.unset_of(new))
+        needed = len(self._have.unset_of(new))
         pickable = started = False
         for index in new:
             old = avail[index]
@@ -835,9 +835,12 @@ class PiecePicker:
         self._with_free.pop(index, None)
         self._have.set(index)
         self._have_bytes += self.piece_size(index)
+        # every peer's bit of this piece, read directly (index is in range:
+        # _have.set checked it); this loop runs per piece over every peer
+        at, mask = index >> 3, 0x80 >> (index & 7)
         for peer in self._peers.values():
             bits = peer.bits
-            if bits is not None and bits[index]:
+            if bits is not None and bits.raw()[at] & mask:
                 peer.needed -= 1
             if peer.pieces:  # requests answered by others, not yet cancelled
                 peer.pieces.pop(index, None)

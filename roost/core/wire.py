@@ -372,6 +372,34 @@ def have_messages(indices: list[int], num_pieces: int) -> bytes:
     return b"".join([pack(5, HAVE, index) for index in indices])
 
 
+#: extension handshakes decoded, by their bytes: the peers of a swarm send a
+#: few distinct ones (roost's differ only by the port), one per connection, so
+#: decoding each was a visible cost of a fleet's connection churn. Bounded;
+#: the values kept are never handed out, only copies of them.
+_EXT_HANDSHAKES: dict[bytes, bencode.Value] = {}
+_EXT_HANDSHAKES_MAX = 256
+
+
+def _decode_extended_handshake(payload: bytes) -> bencode.Value:
+    """bencode.decode(payload, max_depth=16), a fresh value each call."""
+    kept = _EXT_HANDSHAKES.get(payload)
+    if kept is None:
+        kept = bencode.decode(payload, max_depth=16)  # DecodeError: nothing kept
+        if len(_EXT_HANDSHAKES) >= _EXT_HANDSHAKES_MAX:
+            _EXT_HANDSHAKES.clear()
+        _EXT_HANDSHAKES[payload] = kept
+    return _copy_value(kept)
+
+
+def _copy_value(value: bencode.Value) -> bencode.Value:
+    """A copy of a decoded value that shares nothing mutable with it."""
+    if isinstance(value, dict):
+        return {k: _copy_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_value(v) for v in value]
+    return value  # int, bytes: immutable
+
+
 def _ban(message: str) -> RemoteProtocolError:
     return RemoteProtocolError(message, ban=True)
 
@@ -568,6 +596,21 @@ class PeerConnection:
             if not data:
                 return events
         buf = self._buf
+        if not buf and type(data) is bytes and len(data) < STREAM_BODY \
+                and self._state is _State.MESSAGES:
+            # small reads in bytes (a swarm's Haves, requests, chokes): parsed
+            # in place, with no view to make and release; the frames and their
+            # checks are the same. (Below STREAM_BODY no slice of it is a big
+            # block, so slicing bytes copies nothing more than a view would.)
+            try:
+                pos = self._parse_frames(data, 0, events)
+            except RemoteProtocolError:
+                self._state = _State.DEAD
+                self._body = None
+                raise
+            if pos < len(data):
+                buf += data[pos:]  # keep the partial frame
+            return events
         if buf:
             buf += data
             src: bytes | bytearray | memoryview = buf
@@ -651,7 +694,7 @@ class PeerConnection:
             return pos
         return self._parse_frames(mv, pos, events)
 
-    def _parse_frames(self, mv: memoryview, pos: int, events: list[Event]) -> int:
+    def _parse_frames(self, mv: memoryview | bytes, pos: int, events: list[Event]) -> int:
         end = len(mv)
         unpack_len = _U32.unpack_from
         unpack_ii = _II.unpack_from
@@ -731,7 +774,7 @@ class PeerConnection:
         else:
             raise RemoteProtocolError(f"unknown message id {mid}")
 
-    def _message(self, mid: int, mv: memoryview, pos: int, size: int) -> Message:
+    def _message(self, mid: int, mv: memoryview | bytes, pos: int, size: int) -> Message:
         """Decode one complete non-Piece message whose payload is mv[pos:pos+size]."""
         if mid in _FAST_IDS and not self._fast:
             raise RemoteProtocolError(f"fast-extension message {mid} without negotiating it")
@@ -770,7 +813,7 @@ class PeerConnection:
             return Port(_H.unpack_from(mv, pos)[0])
         return self._extended_message(mv, pos, size)
 
-    def _extended_message(self, mv: memoryview, pos: int, size: int) -> Message:
+    def _extended_message(self, mv: memoryview | bytes, pos: int, size: int) -> Message:
         if not self._extended:
             raise RemoteProtocolError("extension-protocol message without negotiating it")
         ext_id = mv[pos]
@@ -778,7 +821,7 @@ class PeerConnection:
         if ext_id != 0:
             return Extended(ext_id, payload)
         try:
-            value = bencode.decode(payload, max_depth=16)
+            value = _decode_extended_handshake(payload)
         except DecodeError as exc:
             raise RemoteProtocolError(f"bad extension handshake: {exc}") from None
         if not isinstance(value, dict):

@@ -204,9 +204,11 @@ class Network:
             # a resource whose flows are held back elsewhere gives the rest to the others
             used = [0.0] * nres
             here = [0] * nres
+            # each resource's threshold once, not once per pipe (the same floats)
+            held = [s * 0.999 for s in share]
             for column_rates, column in per_column(rates):
                 for rate, r in zip(column_rates, column, strict=True):
-                    if rate < share[r] * 0.999:
+                    if rate < held[r]:
                         used[r] += rate
                     else:
                         here[r] += 1

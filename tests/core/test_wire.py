@@ -602,3 +602,23 @@ def test_the_consecutive_haves_of_a_read_come_as_one_event_when_the_member_asks(
     assert b.receive(data[12:]) == [Haves([0]), Interested(), Haves([5])]
     with pytest.raises(RemoteProtocolError):  # each index is still checked
         b.receive(have_messages([1], N) + have_messages([1], N + 1)[:5] + bytes([0, 0, 0, N]))
+
+
+def test_a_kept_extension_handshake_is_never_shared() -> None:
+    """Extension handshakes are decoded once per distinct payload (the eighth
+    simulator pass); every caller still gets a value of its own."""
+    from roost.core.wire import _decode_extended_handshake
+
+    payload = bencode.encode({b"m": {b"ut_metadata": 2}, b"p": 6881, b"l": [1, {b"x": 2}]})
+    first = _decode_extended_handshake(payload)
+    assert isinstance(first, dict)
+    first[b"p"] = 1
+    m = first[b"m"]
+    assert isinstance(m, dict)
+    m[b"ut_metadata"] = 99
+    listed = first[b"l"]
+    assert isinstance(listed, list)
+    listed.append(3)
+    second = _decode_extended_handshake(payload)
+    assert second == bencode.decode(payload)
+    assert second == {b"m": {b"ut_metadata": 2}, b"p": 6881, b"l": [1, {b"x": 2}]}

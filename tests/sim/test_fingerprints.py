@@ -71,6 +71,9 @@ def test_the_cores_indices_agree_with_a_full_scan_throughout_a_run() -> None:
             assert adm._outgoing == sum(1 for _, inc in pending.values() if not inc)
             for addr, at in member.peers._by_addr.items():
                 assert at == [c for c in conns if c.address == addr]
+            # the eighth pass: a full table's eviction looks at the idle views only
+            views = member.peers.views()
+            assert member.peers.idle_views() == [v for v in views if not v.trading]
             checked += 1
         return False
 
