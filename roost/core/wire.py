@@ -378,10 +378,16 @@ def have_messages(indices: list[int], num_pieces: int) -> bytes:
 #: the values kept are never handed out, only copies of them.
 _EXT_HANDSHAKES: dict[bytes, bencode.Value] = {}
 _EXT_HANDSHAKES_MAX = 256
+# only handshakes of a usual size are kept (roost's, libtorrent's: 100-300
+# bytes): peers sending distinct ones near MAX_EXTENDED must not make the
+# cache hold up to 256 MiB of them
+_EXT_HANDSHAKE_KEPT_BYTES = 2048
 
 
 def _decode_extended_handshake(payload: bytes) -> bencode.Value:
     """bencode.decode(payload, max_depth=16), a fresh value each call."""
+    if len(payload) > _EXT_HANDSHAKE_KEPT_BYTES:
+        return bencode.decode(payload, max_depth=16)
     kept = _EXT_HANDSHAKES.get(payload)
     if kept is None:
         kept = bencode.decode(payload, max_depth=16)  # DecodeError: nothing kept

@@ -622,3 +622,21 @@ def test_a_kept_extension_handshake_is_never_shared() -> None:
     second = _decode_extended_handshake(payload)
     assert second == bencode.decode(payload)
     assert second == {b"m": {b"ut_metadata": 2}, b"p": 6881, b"l": [1, {b"x": 2}]}
+
+
+def test_only_usual_sized_extension_handshakes_are_kept() -> None:
+    """A peer may send extension handshakes up to MAX_EXTENDED (1 MiB): distinct
+    big ones are decoded and dropped, so the cache never holds more than its
+    entries times a usual handshake's size."""
+    from roost.core import wire
+
+    wire._EXT_HANDSHAKES.clear()
+    big = bencode.encode({b"m": {}, b"v": b"x" * 100_000})
+    for _ in range(3):
+        value = wire._decode_extended_handshake(big)
+        assert isinstance(value, dict) and len(value[b"v"]) == 100_000  # type: ignore[arg-type]
+    assert big not in wire._EXT_HANDSHAKES
+    assert all(len(k) <= wire._EXT_HANDSHAKE_KEPT_BYTES for k in wire._EXT_HANDSHAKES)
+    small = bencode.encode({b"m": {b"ut_metadata": 2}, b"p": 6881})
+    wire._decode_extended_handshake(small)
+    assert small in wire._EXT_HANDSHAKES
