@@ -45,6 +45,23 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+def _gone_after_starter_killed(starter: subprocess.Popen[str], child_pid: int) -> bool:
+    """SIGKILL the starter (no handler of its runs), then up to 10 s for the child to end."""
+    starter.kill()
+    starter.wait()
+    deadline = time.monotonic() + 10
+    while not _gone(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _gone(child_pid)
+
+
+def _clean_up(starter: subprocess.Popen[str], child_pid: int) -> None:
+    starter.kill()
+    starter.wait()
+    if child_pid and not _gone(child_pid):
+        os.kill(child_pid, signal.SIGKILL)
+
+
 def test_a_child_that_asked_dies_when_its_starter_is_killed() -> None:
     starter = subprocess.Popen([sys.executable, "-c", STARTER, CHILD],
                                stdout=subprocess.PIPE, text=True)
@@ -55,17 +72,9 @@ def test_a_child_that_asked_dies_when_its_starter_is_killed() -> None:
         child_pid = int(pid_text)
         assert inherited == "False"  # the request is not passed on to grandchildren
         assert not _gone(child_pid)
-        starter.kill()  # SIGKILL: no handler of the starter's runs
-        starter.wait()
-        deadline = time.monotonic() + 10
-        while not _gone(child_pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _gone(child_pid)
+        assert _gone_after_starter_killed(starter, child_pid)
     finally:
-        starter.kill()
-        starter.wait()
-        if child_pid and not _gone(child_pid):
-            os.kill(child_pid, signal.SIGKILL)
+        _clean_up(starter, child_pid)
 
 
 def test_a_child_whose_starter_is_already_gone_ends_at_once() -> None:
@@ -132,14 +141,6 @@ def test_a_local_hosts_command_dies_when_the_deploy_is_killed(tmp_path: Path) ->
         assert starter.stdout is not None
         child_pid = int(starter.stdout.readline())
         assert not _gone(child_pid)
-        starter.kill()
-        starter.wait()
-        deadline = time.monotonic() + 10
-        while not _gone(child_pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _gone(child_pid)
+        assert _gone_after_starter_killed(starter, child_pid)
     finally:
-        starter.kill()
-        starter.wait()
-        if child_pid and not _gone(child_pid):
-            os.kill(child_pid, signal.SIGKILL)
+        _clean_up(starter, child_pid)
