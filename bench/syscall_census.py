@@ -16,7 +16,11 @@ process's whole life (the receivers run until the run's end):
 * the host namespace's eth0 byte counters and the process's CPU ticks, sampled
   every 0.5 s (the last sample stands for the total).
 
-Then ``--summarize DIR`` prints the table per host, per GiB received.
+Then ``--summarize DIR`` prints per host, per GiB received: calls per
+syscall, bytes per call of the read/write family, and (with ``prof``) the CPU
+seconds by place: the user library, or the syscall or interrupt under which
+the kernel ran (the process's CPU from /proc times each place's share of the
+samples; aria2c's completion hook, a child, left out).
 Nothing is signalled: perf ends when the process it watches ends.
 """
 
@@ -78,6 +82,7 @@ def _sample(pid: int) -> dict[str, float] | None:
 def watch(a: argparse.Namespace) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / a.tool).write_text("")  # which tool: the summary leaves aria2c's hook out
     hosts = a.hosts.split(",")
     attached: dict[str, tuple[int, list[subprocess.Popen[bytes]]]] = {}
     last: dict[str, dict[str, float]] = {}
@@ -155,6 +160,42 @@ def _trace_counts(txt: Path) -> dict[str, dict[str, float]]:
     return calls
 
 
+ENTRY_RE = re.compile(r"\s(__x64_sys_\w+|ksys_\w+|__sys_\w+|do_writev|do_readv|do_sendfile|"
+                      r"do_epoll_wait|asm_sysvec_\w+|asm_exc_\w+)")
+
+
+def profile_split(data: Path, skip_comms: set[str]) -> dict[str, float]:
+    """Share of a `--what prof` profile's samples by where they were: the user
+    library (``user:<dso>``), or the system call or interrupt the kernel frames
+    sit under. Samples of threads named in `skip_comms` (a completion hook, say)
+    are left out."""
+    r = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,ip,sym,dso"],
+                       capture_output=True, text=True, check=False)
+    cats: dict[str, int] = defaultdict(int)
+    total = 0
+    for block in r.stdout.split("\n\n"):
+        lines = [x.strip() for x in block.strip().splitlines()]
+        if not lines or lines[0].split()[0] in skip_comms:
+            continue
+        total += 1
+        frames = lines[1:]
+        if not frames or "kernel.kallsyms" not in frames[0]:
+            m = re.search(r"\(([^)]*)\)\s*$", frames[0]) if frames else None
+            cats["user:" + (m.group(1).rsplit("/", 1)[-1] if m else "?")] += 1
+            continue
+        key = "kernel:other"
+        for fr in frames:
+            m = ENTRY_RE.search(fr)
+            if m is not None:
+                key = m.group(1)
+                break
+        for prefix in ("__x64_sys_", "ksys_", "__sys_", "do_"):
+            if key.startswith(prefix):
+                key = "sys_" + key[len(prefix):]
+        cats[key] += 1
+    return {k: v / total for k, v in cats.items()} if total else {}
+
+
 def summarize(d: Path) -> int:
     samples = json.loads((d / "samples.json").read_text())
     rows = {}
@@ -162,8 +203,9 @@ def summarize(d: Path) -> int:
         h = pidf.stem
         s = samples.get(h, {})
         gib_rx = s.get("rx_bytes", 0) / 2**30
-        counts = _trace_counts(d / f"{h}.trace.txt")
-        sizes = _io_sizes(d / f"{h}.io.data")
+        trace, iodata = d / f"{h}.trace.txt", d / f"{h}.io.data"
+        counts = _trace_counts(trace) if trace.exists() else {}
+        sizes = _io_sizes(iodata) if iodata.exists() else {}
         per = {k: v["calls"] / gib_rx for k, v in counts.items()} if gib_rx else {}
         io = {k: {"calls": len(v), "ok": sum(1 for x in v if x > 0),
                   "eagain": sum(1 for x in v if x < 0),
@@ -171,6 +213,14 @@ def summarize(d: Path) -> int:
               for k, v in sizes.items()}
         rows[h] = {"sample": s, "per_gib_rx": per, "io": io,
                    "total_calls_per_gib": sum(per.values())}
+        prof = d / f"{h}.prof.data"
+        if prof.exists() and gib_rx:
+            cpu_per_gib = (s.get("utime_s", 0) + s.get("stime_s", 0)) / gib_rx
+            shares = profile_split(prof, {"python3", "sh", "date", "aria2-complete."}
+                                   if (d / "aria2c").exists() else set())
+            rows[h]["cpu_s_per_gib"] = cpu_per_gib
+            rows[h]["cpu_s_per_gib_by_place"] = {
+                k: round(v * cpu_per_gib, 3) for k, v in shares.items()}
     print(json.dumps(rows, indent=1, sort_keys=True))
     return 0
 
