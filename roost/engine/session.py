@@ -77,22 +77,6 @@ READ_SIZE = 256 * 1024  # a connection's scratch read buffer (messages other tha
 STOPPED_ANNOUNCE_TIMEOUT = 3.0
 
 
-def _option_socket(sock: Any) -> socket.socket | None:
-    """A socket object of the connection's own, for its SO_RCVLOWAT changes.
-
-    uvloop's transport socket makes a new socket object for every setsockopt
-    (a getsockname and a socket object's creation and detach, two or three
-    times per Piece body received: at N = 32 in the lab, 15,000 getsockname
-    calls per GiB, an eighth of a fetcher's system calls). A duplicate of the
-    descriptor, made once, costs one fd per connection; it holds the
-    connection open, so it is closed when the connection is lost."""
-    try:
-        dup = sock.dup()
-    except (OSError, AttributeError, TypeError):
-        return None
-    return dup if isinstance(dup, socket.socket) else None
-
-
 class PeerProtocol(asyncio.BufferedProtocol):
     """One connection: bytes in to the member, bytes out from its actions.
 
@@ -110,7 +94,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self.zero_copy_fd: int | None = None
         self.scratch = memoryview(bytearray(READ_SIZE))
         self.into_body = False  # the last get_buffer handed out a Piece body
-        self.raw_sock: socket.socket | None = None  # plain TCP (not TLS): SO_RCVLOWAT's
+        self.raw_sock: Any = None  # a plain TCP socket (not TLS): SO_RCVLOWAT may be set
         self.lowat = 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,7 +109,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self.zero_copy_fd = socket_fd(transport) if session.config.zero_copy else None
         if sock is not None and transport.get_extra_info("sslcontext") is None \
                 and hasattr(socket, "SO_RCVLOWAT"):
-            self.raw_sock = _option_socket(sock)
+            self.raw_sock = sock
         name = transport.get_extra_info("peername")
         address = (str(name[0]), int(name[1])) if name else self.dialled or ("?", 0)
         self.cid = session.register(self)
@@ -137,20 +121,12 @@ class PeerProtocol(asyncio.BufferedProtocol):
         return body if body is not None else self.scratch
 
     def _set_lowat(self, lowat: int) -> None:
-        raw = self.raw_sock
-        if raw is None:
-            return
         try:
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
-        except OSError:
-            self._drop_raw_sock()  # not supported here: wake per read, as before
+            self.raw_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+        except (OSError, AttributeError):
+            self.raw_sock = None  # not supported here: wake per read, as before
             return
         self.lowat = lowat
-
-    def _drop_raw_sock(self) -> None:
-        raw, self.raw_sock = self.raw_sock, None
-        if raw is not None:
-            raw.close()
 
     def buffer_updated(self, nbytes: int) -> None:
         session = self.session
@@ -170,7 +146,6 @@ class PeerProtocol(asyncio.BufferedProtocol):
                 self._set_lowat(lowat)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._drop_raw_sock()  # our descriptor keeps the connection open: close it now
         self.session.protocols.pop(self.cid, None)
         self.session.feed(Closed(self.cid))
 

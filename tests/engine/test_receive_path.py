@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -64,9 +63,7 @@ class StubSession:
         pass
 
 
-async def _run(
-    body: int, on_ready: Callable[[], None] | None = None
-) -> tuple[list[int], list[Any]]:
+async def _run(body: int) -> tuple[list[int], list[Any]]:
     loop = asyncio.get_running_loop()
     session: Any = StubSession(loop)
     server = await loop.create_server(lambda: PeerProtocol(session, None), "127.0.0.1", 0)
@@ -87,8 +84,6 @@ async def _run(
             if proto is not None and proto.lowat > 1:
                 break
         assert proto is not None and proto.raw_sock is not None
-        if on_ready is not None:
-            on_ready()
         lowats.append(proto.raw_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
         pos = FIRST
         while pos < len(frame):  # the rest in 20 KiB writes, as a slow link would
@@ -135,30 +130,3 @@ def test_the_threshold_never_exceeds_what_the_body_still_owes(monkeypatch: Any) 
     _, events = asyncio.run(_run(FIRST - 68 - 13 + 50_000))
     assert any(isinstance(e, Piece) for e in events)
     assert seen and all(lowat == 1 or lowat <= left for lowat, left in seen)
-
-
-def test_a_threshold_change_makes_no_socket_object(monkeypatch: Any) -> None:
-    """uvloop's transport socket builds a socket object (and asks the kernel
-    for its name) on every setsockopt: two or three times per Piece body. The
-    connection keeps one socket object of its own for its threshold instead."""
-    uvloop = pytest.importorskip("uvloop")
-    made: list[int] = []
-    original = socket.socket.__init__
-
-    def counting(self: socket.socket, *args: Any, **kwargs: Any) -> None:
-        made.append(1)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "__init__", counting)
-    counted: list[int] = []
-
-    async def transfer() -> tuple[list[int], list[Any]]:
-        result = await _run(BODY, on_ready=lambda: counted.append(len(made)))
-        counted.append(len(made))
-        return result
-
-    lowats, events = uvloop.run(transfer())
-    body_events = [e for e in events if isinstance(e, Piece)]
-    assert len(body_events) == 1 and len(body_events[0].block) == BODY
-    assert lowats[0] == LOWAT and lowats[-1] == 1  # the threshold did change
-    assert len(counted) == 2 and counted[1] == counted[0]  # and made no socket object
