@@ -53,7 +53,7 @@ class PeerTable:
         self.connect_errors: dict[Address, str] = {}  # the last one reported
         self.backoff: dict[Address, float] = {}  # its last redial delay, while it trades nothing
         self.fellow_seeds: set[bytes] = set()  # peer ids closed as "both seeds"
-        self.connecting: set[Address] = set()
+        self.connecting: dict[Address, float] = {}  # address -> when we dialled it
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[Address] = set()
         self.banned_ips: set[str] = set()
@@ -86,14 +86,16 @@ class PeerTable:
         return any(addr in net for net in self.config.allow)
 
     # ---- a connection's life ----
-    def dialled(self, address: Address, now: float) -> None:
-        self.connecting.discard(address)
+    def dialled(self, address: Address, now: float) -> float | None:
+        """Connected to `address`: when we dialled it (None: not by to_dial)."""
+        dialled_at = self.connecting.pop(address, None)
         self.candidates[address] = now + REDIAL_CONNECTED
         self.connect_errors.pop(address, None)
+        return dialled_at
 
     def dial_failed(self, address: Address, error: str, now: float) -> bool:
         """True when this error is news for this address (report it once)."""
-        self.connecting.discard(address)
+        self.connecting.pop(address, None)
         self.candidates[address] = now + REDIAL_FAILED
         if self.connect_errors.get(address) == error:
             return False
@@ -304,7 +306,7 @@ class PeerTable:
             ):
                 continue
             room -= 1
-            self.connecting.add(address)
+            self.connecting[address] = now
             chosen.append(address)
         return chosen
 
