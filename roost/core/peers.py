@@ -279,10 +279,13 @@ class PeerTable:
                 self.candidates.setdefault(address, 0.0)
 
     def listens_at(self, conn: Conn, port: int) -> None:
-        """An incoming peer said where it listens (BEP 10 `p`): if we would
-        dial that address, we now know it is this peer."""
+        """An incoming peer said where it listens (BEP 10 `p`): that address is
+        this peer, so we do not dial it while this connection lasts, also when
+        the tracker lists it only later (a second connection replaced the
+        first, its requests lost, in every pair of hosts at the first
+        re-announce: docs/sim.md, "Round trips")."""
         address = (conn.address[0], port)
-        if conn.remote_id is not None and address in self.candidates:
+        if conn.remote_id is not None:
             self.candidate_ids[address] = conn.remote_id
 
     def to_dial(self, now: float, *, complete: bool) -> list[Address]:
