@@ -379,12 +379,19 @@ class Conn:
         if rtt:  # a round trip worth covering (RTT_MIN_SECONDS)
             target = max(self.floor, int(rate * (PIPELINE_SECONDS + rtt)))
             unit = min(per_request, self.piece_blocks)
-            units = rtt_units(rate, rtt, unit * bs)
+            # whole runs to cover the round trip only where the floor asks whole
+            # runs already: with more sources (FLOOR_TOTAL_BYTES shared below a
+            # run each) the others keep our link busy while one idles
+            units = rtt_units(rate, rtt, unit * bs) if self.floor >= unit * bs else 1
         else:
             target = max(self.floor, int(rate * PIPELINE_SECONDS))
             unit = units = 1
         target = min(target, MAX_PIPELINE_BYTES)
-        blocks = 1 if self.snubbed else max(1, target // bs, unit * units)
+        blocks = 1 if self.snubbed else max(1, target // bs)
+        if units > 1 and not self.snubbed:
+            # whole runs only when the round trip needs more than one: below a
+            # run (many sources, a small floor) the floor stays what it was
+            blocks = max(blocks, unit * units)
         if capped and self.late_cap is not None:
             blocks = min(blocks, self.late_cap)
         if self.remote:

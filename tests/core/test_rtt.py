@@ -74,6 +74,19 @@ def test_the_pipeline_covers_the_rate_over_the_round_trip_too() -> None:
     assert conn.pipeline_blocks() * BLOCK_SIZE >= 2e7 * (PIPELINE_SECONDS + 0.3) - BLOCK_SIZE
 
 
+def test_with_many_sources_a_far_peer_keeps_the_floor_below_a_piece() -> None:
+    # the floor shares FLOOR_TOTAL_BYTES among the sources: below a piece each,
+    # the other sources keep our link busy while one idles for a round trip
+    # (whole pieces there cost zones with latency: docs/sim.md, "Round trips")
+    kit = far_kit()
+    far = kit.connect(have=Bitfield.full(16), extended=ROOST_PEER, rtt=0.3)
+    conn = kit.member.conns[far.cid]
+    conn.floor, conn.down.rate = PIECE // 2, 5e5
+    assert conn.pipeline_blocks() * BLOCK_SIZE == PIECE // 2
+    conn.floor = PIECE  # few sources: the round trip asks a second piece
+    assert conn.pipeline_blocks() * BLOCK_SIZE == 2 * PIECE
+
+
 def test_runs_in_flight_cover_the_round_trip_past_a_tolerance() -> None:
     assert rtt_units(0.0, 0.1, PIECE) == 1  # no rate measured yet
     assert rtt_units(1e6, 0.0, PIECE) == 1
