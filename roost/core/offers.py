@@ -49,7 +49,10 @@ def rtt_offers(conn: Conn, piece_length: int) -> int:
     """Offers beyond the floors that cover OFFER_RTTS of `conn`'s round trip
     at the rate we send it."""
     rtt = conn.rtt.seconds
-    if not rtt:
+    if not rtt or conn.remote:
+        # a peer in another zone gets one request in flight (conn.py): more
+        # offers there lock pieces behind the narrow link (32 hosts in 4 zones,
+        # 50 ms: 7.25x the bound with them, 6.8x without; docs/sim.md)
         return 0
     return math.ceil(conn.up.rate * rtt * OFFER_RTTS / max(1, piece_length))
 
