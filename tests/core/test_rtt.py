@@ -5,6 +5,8 @@ comes `rtt` simulated seconds after it (member_kit.Kit.connect)."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from roost.core.bitfield import Bitfield
@@ -127,3 +129,20 @@ def test_the_origin_offers_a_far_peer_its_round_trips_worth_more() -> None:
     kit.advance(0.6)  # a tick sweeps the offers
     assert offered(near) == first
     assert offered(far) > first
+
+
+def test_a_far_peer_in_another_zone_gets_no_round_trip_offers() -> None:
+    # it gets one request in flight (Conn.remote): more offers there would lock
+    # pieces behind the narrow link between zones
+    config = MemberConfig(super_seed=True, big_block=PIECE,
+                          local_nets=[ipaddress.ip_network("10.0.0.0/24")])
+    kit = Kit(pieces=64, piece_length=PIECE, complete=True, config=config)
+    here = kit.connect(ip="10.0.0.5", extended=ROOST_PEER, interested=True, rtt=0.2)
+    away = kit.connect(ip="10.7.0.5", extended=ROOST_PEER, interested=True, rtt=0.2)
+    assert kit.member.conns[away.cid].remote and not kit.member.conns[here.cid].remote
+    first = offered(away)
+    for remote in (here, away):
+        kit.member.conns[remote.cid].up.rate = 5e6
+    kit.advance(0.6)
+    assert offered(here) > first
+    assert offered(away) == first
