@@ -9,8 +9,9 @@ methods below; they take the picker and the member's action list (`out`) as
 arguments, so a transition's effect on the swarm is visible where it happens.
 
 Downloads are pipelined: `fill_requests` keeps about PIPELINE_SECONDS of the
-peer's rate requested (at least `floor`: MIN_PIPELINE_BYTES while few peers
-serve us, less when many do, see `pipeline_floor`), capped by its `reqq`.
+peer's rate requested, plus its round trip's (`rtt`, from 20 ms: `RoundTrip`;
+at least `floor`: MIN_PIPELINE_BYTES while few peers serve us, less when many
+do, see `pipeline_floor`), capped by its `reqq`.
 Between roost peers, the picker hands out runs of adjacent 16 KiB blocks of
 up to `big_block` bytes (negotiated through BEP 10), each one wire request;
 anyone else is asked one 16 KiB block per request. What we asked
