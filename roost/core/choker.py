@@ -123,10 +123,11 @@ class Choker:
 
 
 class _Offers:
-    __slots__ = ("awaiting", "bits", "offered", "unconfirmed")
+    __slots__ = ("awaiting", "bits", "extra", "offered", "unconfirmed")
 
     def __init__(self, bits: Bitfield) -> None:
         self.bits = bits
+        self.extra = 0  # offers beyond max_offers (set_extra)
         self.offered: set[int] = set()  # revealed, not yet fully sent
         self.awaiting: set[int] = set()  # sent, waiting for the piece to spread
         self.unconfirmed: set[int] = set()  # sent, its own Have not seen yet
@@ -222,6 +223,12 @@ class SuperSeeder:
                 self._uncovered += 1
                 self._pool_restore(index)
 
+    def set_extra(self, key: Hashable, extra: int) -> None:
+        """Let this peer hold `extra` offers more than max_offers (its round
+        trip's worth, roost.core.offers). Offers it holds beyond a new, smaller
+        limit stay until they are released."""
+        self._peers[key].extra = max(0, extra)
+
     def withdraw(self, key: Hashable) -> None:
         """Take back the unsent offers of a peer that does not request them
         (it choked us, or sat on an offer too long); they go to other peers."""
@@ -271,7 +278,7 @@ class SuperSeeder:
         for other in list(self._awaiting_by.get(index, ())):
             waiting = self._peers[other]
             self._release(other, waiting)
-            if len(waiting.offered) + len(waiting.awaiting) < self.max_offers:
+            if len(waiting.offered) + len(waiting.awaiting) < self.max_offers + waiting.extra:
                 freed.append(other)
         return freed
 
@@ -303,7 +310,7 @@ class SuperSeeder:
         """The piece to reveal to this peer now (send it a Have), or None to wait."""
         peer = self._peers[key]
         self._release(key, peer)
-        if len(peer.offered) + len(peer.awaiting) >= self.max_offers:
+        if len(peer.offered) + len(peer.awaiting) >= self.max_offers + peer.extra:
             return None
         if self._uncovered:
             # phase 1: only uncovered pieces nobody else is offered; no peer has

@@ -9,8 +9,9 @@ methods below; they take the picker and the member's action list (`out`) as
 arguments, so a transition's effect on the swarm is visible where it happens.
 
 Downloads are pipelined: `fill_requests` keeps about PIPELINE_SECONDS of the
-peer's rate requested (at least `floor`: MIN_PIPELINE_BYTES while few peers
-serve us, less when many do, see `pipeline_floor`), capped by its `reqq`.
+peer's rate requested, plus its round trip's (`rtt`, from 20 ms: `RoundTrip`;
+at least `floor`: MIN_PIPELINE_BYTES while few peers serve us, less when many
+do, see `pipeline_floor`), capped by its `reqq`.
 Between roost peers, the picker hands out runs of adjacent 16 KiB blocks of
 up to `big_block` bytes (negotiated through BEP 10), each one wire request;
 anyone else is asked one 16 KiB block per request. What we asked
@@ -32,6 +33,7 @@ Transitions:
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from roost.core.actions import Action, Send
@@ -54,12 +56,25 @@ MAX_PIPELINE_BYTES = 32 * 1024 * 1024
 # it crosses several hops at fleet scale: N = 100 hosts, 64 MiB, took 1.61x
 # the bound (last host) with 1 s, 1.53x with 0.25 s (simulated, docs/sim.md
 # "Fifth pass").
-# 0.25 s still covers a round trip of up to 250 ms at the peer's rate. Beyond
-# that (a fleet across oceans) a peer's pipeline settles at its floor per round
-# trip: the pipeline should then follow the round trip, measured without the
-# uploader's queue (a lone request measures its service at the uploader's share
-# too, so it overstates a busy peer's round trip); not done yet.
+# The pipeline also covers the connection's round trip (`RoundTrip`, measured
+# at the handshake, without the uploader's queue: a lone request measures its
+# service at the uploader's share too, so it overstates a busy peer's round
+# trip): rate x (PIPELINE_SECONDS + rtt), and whole runs enough that the next
+# request reaches the peer before the run it is sending ends (`rtt_units`).
+# With one 256 KiB piece in flight per peer, each piece cost the uploader's
+# link one idle round trip: 16 hosts, 64 MiB, 50 ms one way took 1.623x the
+# bound (last host) against 1.244x with no latency (docs/sim.md, "Round trips").
 PIPELINE_SECONDS = 0.25
+# Round trips below this are taken as none, so a LAN (the lab, the simulator
+# without latency, the pinned runs: corrupt-loss has 10 ms) keeps the pipeline
+# it was tuned with; a loaded host's event loop may answer a handshake a few ms
+# late. Below it the rtt would add under 8 % of PIPELINE_SECONDS; at 10 ms
+# (16 hosts, 64 MiB) following it gave 1.308x the bound against 1.321x.
+RTT_MIN_SECONDS = 0.02
+# A run in flight leaves the uploader's link to us idle for the part of a
+# round trip its sending does not cover; up to this share of a run's time the
+# idle costs less than a second run queued at every hop (see fill_requests).
+RTT_GAP_SHARE = 0.1
 # ... but the floors of all the peers that serve us together stay near
 # FLOOR_TOTAL_BYTES, and never below SMALL_PIPELINE_BYTES. An uploader serves each
 # of its k peers at R/k, so a floor of F bytes makes a piece wait F*k/R in its
@@ -100,6 +115,50 @@ def pipeline_floor(sources: int) -> int:
     least SMALL_PIPELINE_BYTES."""
     share = FLOOR_TOTAL_BYTES // max(1, sources)
     return max(SMALL_PIPELINE_BYTES, min(MIN_PIPELINE_BYTES, share))
+
+
+def rtt_units(rate: float, rtt: float, unit_bytes: int) -> int:
+    """Runs of `unit_bytes` to keep in flight so that, at `rate`, the uploader's
+    link to us is not idle for a round trip `rtt` after each run: while one run
+    is sent (unit_bytes / rate), the requests for the next must cross; so
+    1 + rate x rtt / unit_bytes, rounded up past RTT_GAP_SHARE of a run. 1 when
+    the rate or the round trip is not known."""
+    if rate <= 0 or rtt <= 0 or unit_bytes <= 0:
+        return 1
+    return 1 + max(0, math.ceil(rate * rtt / unit_bytes - RTT_GAP_SHARE))
+
+
+class RoundTrip:
+    """A connection's round trip, from exchanges the peer answers at once: the
+    dial -> Connected (TCP's handshake) and our handshake -> its answer (the
+    dialler answers our handshake with its extended handshake). Both happen
+    before any data queues on the connection, so they measure the path, not
+    the uploader's queue. Times are the member's `now` (the engine's clock, or
+    the simulator's), never read here. The lowest sample is kept, as TCP keeps
+    its minimum RTT: a busy event loop or a late answer only ever adds to a
+    sample. `seconds` is 0 below RTT_MIN_SECONDS."""
+
+    __slots__ = ("least", "probe_at")
+
+    def __init__(self) -> None:
+        self.least: float | None = None
+        self.probe_at: float | None = None  # we sent what the peer answers at once
+
+    def sample(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        if self.least is None or seconds < self.least:
+            self.least = seconds
+
+    def answered(self, now: float) -> None:
+        """Something arrived: the answer to the probe, if one is out."""
+        if self.probe_at is not None:
+            at, self.probe_at = self.probe_at, None
+            self.sample(now - at)
+
+    @property
+    def seconds(self) -> float:
+        least = self.least
+        return least if least is not None and least >= RTT_MIN_SECONDS else 0.0
 
 
 def blocks_in(length: int, block_size: int = BLOCK_SIZE) -> int:
@@ -246,6 +305,9 @@ class Conn:
         self.reqq = DEFAULT_REQQ
         self.floor = MIN_PIPELINE_BYTES  # pipeline_floor of the peers serving us (the member's)
         self.big_block = BLOCK_SIZE
+        # blocks of a piece (a run never spans two): the unit of rtt_units
+        self.piece_blocks = 1
+        self.rtt = RoundTrip()
         self.picked_dry: tuple[int, int] | None = None  # picker.pick_state when a pick fell short
         self.outstanding = Outstanding(block_size)
         # at most this many blocks in flight once it was late (None: no cap);
@@ -308,18 +370,34 @@ class Conn:
 
     # ---- requests we make ----
     def pipeline_blocks(self, *, capped: bool = True) -> int:
-        target = max(self.floor, int(self.down.rate * PIPELINE_SECONDS))
-        target = min(target, MAX_PIPELINE_BYTES)
+        rtt = self.rtt.seconds
+        rate = self.down.rate
         bs = self.block_size
-        blocks = 1 if self.snubbed else max(1, target // bs)
-        if capped and self.late_cap is not None:
-            blocks = min(blocks, self.late_cap)
         # the peer's reqq counts wire requests; merged requests hold several
         # blocks. One below it: Transmission 3.00 advertises 512 and refuses
         # the 512th.
         per_request = max(1, self.big_block // bs)
+        if rtt:  # a round trip worth covering (RTT_MIN_SECONDS)
+            target = max(self.floor, int(rate * (PIPELINE_SECONDS + rtt)))
+            unit = min(per_request, self.piece_blocks)
+            # whole runs to cover the round trip only where the floor asks whole
+            # runs already: with more sources (FLOOR_TOTAL_BYTES shared below a
+            # run each) the others keep our link busy while one idles
+            units = rtt_units(rate, rtt, unit * bs) if self.floor >= unit * bs else 1
+        else:
+            target = max(self.floor, int(rate * PIPELINE_SECONDS))
+            unit = units = 1
+        target = min(target, MAX_PIPELINE_BYTES)
+        blocks = 1 if self.snubbed else max(1, target // bs)
+        if units > 1 and not self.snubbed:
+            # whole runs only when the round trip needs more than one: below a
+            # run (many sources, a small floor) the floor stays what it was
+            blocks = max(blocks, unit * units)
+        if capped and self.late_cap is not None:
+            blocks = min(blocks, self.late_cap)
         if self.remote:
-            return min(blocks, per_request)
+            # one request in flight between zones, or as many as the round trip needs
+            return min(blocks, per_request * units)
         return min(blocks, max(1, self.reqq - 1) * per_request)
 
     def fill_requests(self, picker: PiecePicker, out: list[Action], now: float) -> int:

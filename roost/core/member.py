@@ -296,12 +296,15 @@ class SwarmMember:
         # fill ask for more (most reads in a swarm are a peer's Haves of
         # pieces we have or fetch already, or requests to us)
         fill = False
+        rtt = conn.rtt
         try:
             for message in wire.receive(data) if data is not None else wire.body_received(n):
                 if isinstance(message, Haves):  # a swarm's most frequent read
                     if self._on_haves(conn, message.indices, out, now):
                         fill = True
                     continue
+                if rtt.probe_at is not None:  # the first message after our handshake
+                    rtt.answered(now)
                 self._handle(conn, message, out, now)
                 if conn.closed:
                     break
@@ -425,8 +428,9 @@ class SwarmMember:
     # ---- connections (the rules are roost.core.peers') ----
     def _connected(self, ev: Connected, out: list[Action], now: float) -> None:
         outgoing = ev.dialled is not None
+        dialled_at = None
         if ev.dialled is not None:
-            self.peers.dialled(ev.dialled, now)
+            dialled_at = self.peers.dialled(ev.dialled, now)
         info = self.info
         wire = PeerConnection(
             self.info_hash,
@@ -441,8 +445,12 @@ class SwarmMember:
             ev.conn, ev.address, wire, outgoing=outgoing, now=now,
             block_size=self.config.picker_block,
         )
+        conn.piece_blocks = -(-info.piece_length // self.config.picker_block)
+        if dialled_at is not None:  # TCP's handshake took a round trip
+            conn.rtt.sample(now - dialled_at)
         if outgoing:
             conn.send(out, wire.handshake_bytes(), now)
+            conn.rtt.probe_at = now  # the peer answers with its handshake
         self._close_all(self.peers.arrive(conn, now), out, now)
 
     def _take_buffer(self, size: int) -> bytearray:
@@ -614,6 +622,8 @@ class SwarmMember:
         wire = conn.wire
         if not conn.outgoing:
             conn.send(out, wire.handshake_bytes(), now)
+            # a roost dialler answers ours with its extended handshake
+            conn.rtt.probe_at = now
         if wire.extended:
             # we offer big blocks in this message, so a roost peer may ask for one
             # as soon as it reads it, in the same read as its own extended

@@ -12,6 +12,7 @@ for STALE_OFFER_SECONDS are withdrawn and revealed to others (`tick`).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 
@@ -35,6 +36,25 @@ OFFER_BYTES = 1024 * 1024
 # 8 peers up the per-peer floor already offers this much, so nothing changes there.
 TOTAL_OFFER_BYTES = 8 * 1024 * 1024
 OFFER_SPREAD_PEERS = 8  # the share when the swarm's size is unknown: the floor alone
+# ... and, per peer, what we send it during OFFER_RTTS of its round trips on
+# top (conn.rtt; nothing below RTT_MIN_SECONDS). The slot's cycle (our Have,
+# its request, the piece, its Have, the spread and the next peer's Have) holds
+# a few round trips that the floors above, tuned without latency, do not
+# cover: at 50 ms one way, 16 peers, 256 KiB pieces, the origin's link went
+# idle for whole round trips (docs/sim.md, "Round trips").
+OFFER_RTTS = 3.0
+
+
+def rtt_offers(conn: Conn, piece_length: int) -> int:
+    """Offers beyond the floors that cover OFFER_RTTS of `conn`'s round trip
+    at the rate we send it."""
+    rtt = conn.rtt.seconds
+    if not rtt or conn.remote:
+        # a peer in another zone gets one request in flight (conn.py): more
+        # offers there lock pieces behind the narrow link (32 hosts in 4 zones,
+        # 50 ms: 7.25x the bound with them, 6.8x without; docs/sim.md)
+        return 0
+    return math.ceil(conn.up.rate * rtt * OFFER_RTTS / max(1, piece_length))
 
 
 def offers_per_peer(piece_length: int, peers: int = 1) -> int:
@@ -124,7 +144,10 @@ class Offers:
         """Reveal pieces one at a time, each to as few peers as possible."""
         if not conn.ready or conn.closed:
             return
-        for _ in range(self.per_peer):
+        extra = rtt_offers(conn, self.piece_length)
+        if conn.rtt.seconds:  # else the floors alone, as tuned
+            self.seeder.set_extra(conn.id, extra)
+        for _ in range(self.per_peer + extra):
             index = self.seeder.next_offer(conn.id)
             if index is None:
                 return

@@ -53,7 +53,7 @@ class PeerTable:
         self.connect_errors: dict[Address, str] = {}  # the last one reported
         self.backoff: dict[Address, float] = {}  # its last redial delay, while it trades nothing
         self.fellow_seeds: set[bytes] = set()  # peer ids closed as "both seeds"
-        self.connecting: set[Address] = set()
+        self.connecting: dict[Address, float] = {}  # address -> when we dialled it
         self.banned_ids: set[bytes] = set()
         self.banned_addrs: set[Address] = set()
         self.banned_ips: set[str] = set()
@@ -86,14 +86,16 @@ class PeerTable:
         return any(addr in net for net in self.config.allow)
 
     # ---- a connection's life ----
-    def dialled(self, address: Address, now: float) -> None:
-        self.connecting.discard(address)
+    def dialled(self, address: Address, now: float) -> float | None:
+        """Connected to `address`: when we dialled it (None: not by to_dial)."""
+        dialled_at = self.connecting.pop(address, None)
         self.candidates[address] = now + REDIAL_CONNECTED
         self.connect_errors.pop(address, None)
+        return dialled_at
 
     def dial_failed(self, address: Address, error: str, now: float) -> bool:
         """True when this error is news for this address (report it once)."""
-        self.connecting.discard(address)
+        self.connecting.pop(address, None)
         self.candidates[address] = now + REDIAL_FAILED
         if self.connect_errors.get(address) == error:
             return False
@@ -277,10 +279,13 @@ class PeerTable:
                 self.candidates.setdefault(address, 0.0)
 
     def listens_at(self, conn: Conn, port: int) -> None:
-        """An incoming peer said where it listens (BEP 10 `p`): if we would
-        dial that address, we now know it is this peer."""
+        """An incoming peer said where it listens (BEP 10 `p`): that address is
+        this peer, so we do not dial it while this connection lasts, also when
+        the tracker lists it only later (a second connection replaced the
+        first, its requests lost, in every pair of hosts at the first
+        re-announce: docs/sim.md, "Round trips")."""
         address = (conn.address[0], port)
-        if conn.remote_id is not None and address in self.candidates:
+        if conn.remote_id is not None:
             self.candidate_ids[address] = conn.remote_id
 
     def to_dial(self, now: float, *, complete: bool) -> list[Address]:
@@ -304,7 +309,7 @@ class PeerTable:
             ):
                 continue
             room -= 1
-            self.connecting.add(address)
+            self.connecting[address] = now
             chosen.append(address)
         return chosen
 

@@ -174,8 +174,10 @@ class Kit:
         ip: str | None = None,
         interested: bool = False,
         extended: dict[bytes, Any] | None = None,
+        rtt: float = 0.0,
     ) -> Remote:
-        """An incoming connection that completes both handshakes and says what it has."""
+        """An incoming connection that completes both handshakes and says what it has;
+        its answer to our handshake comes `rtt` (simulated) seconds after it."""
         cid = self._next
         self._next += 1
         address = (ip or f"10.0.0.{cid + 1}", 40000 + cid)
@@ -184,6 +186,8 @@ class Kit:
         self.run(self.member.event(Connected(cid, address), self.now))
         wire = remote.wire
         remote.say(wire.handshake_bytes())  # the member answers with its own
+        if rtt:
+            self.advance(rtt)
         data = wire.send_extended_handshake(extended or {b"m": {}})
         if have is None or not have.any():
             data += wire.send_have_none()

@@ -403,6 +403,24 @@ def test_tracker_peers_are_dialled_and_never_ourselves() -> None:
     assert [a.event for a in kit.of(Announce)] == ["started", None]
 
 
+def test_a_peer_that_dialled_us_is_not_dialled_when_the_tracker_lists_it_later() -> None:
+    # it said where it listens (BEP 10 p) before the tracker listed that address:
+    # dialling it again made a second connection that replaced the first, every
+    # request in flight lost, in every pair of hosts at the first re-announce
+    # (simulated, 16 hosts: all 136 connections at 5 s; docs/sim.md "Round trips")
+    kit = Kit(trackers=True)
+    kit.run(kit.member.event(AnnounceAnswered([], 5.0), kit.now))
+    remote = kit.connect(ip="10.1.1.7", have=Bitfield.full(8),
+                         extended={b"m": {}, b"p": 6881})
+    kit.advance(5.5)  # the re-announce lists it
+    kit.run(kit.member.event(AnnounceAnswered([("10.1.1.7", 6881)], 5.0), kit.now))
+    kit.advance(10)
+    assert not kit.of(Connect)
+    kit.hang_up(remote)  # gone: it may be dialled again
+    kit.advance(1)
+    assert [c.address for c in kit.of(Connect)] == [("10.1.1.7", 6881)]
+
+
 # ---- completion policy ----
 
 

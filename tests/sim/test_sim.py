@@ -212,3 +212,18 @@ def test_a_caller_may_stop_a_run_and_quantiles_not_yet_known_are_left_out() -> N
     assert "p50" not in summary and "last" not in summary
     full = simulate(sc).summary()
     assert not full.get("stopped_early") and full["last"] >= full["p50"] >= summary["first"]
+
+
+def test_members_measure_the_simulated_round_trip_both_ways() -> None:
+    """Conn.rtt, dialled and accepted alike, is the simulator's two latencies;
+    without latency it is none (so the pinned runs keep their pipelines)."""
+    for latency, expected in ((0.05, 0.1), (0.0, 0.0)):
+        sc = Scenario(n=6, size=2 * 1024 * 1024, rate_mbit=100.0, latency=latency,
+                      max_time=1.5)
+        world = World(sc)
+        world.run()
+        # those whose answer to our handshake arrived before the run's end
+        conns = [c for h in world.hosts if h.member for c in h.member.conns.values()
+                 if c.ready and c.rtt.probe_at is None]
+        assert {c.outgoing for c in conns} == {True, False}
+        assert all(c.rtt.seconds == pytest.approx(expected) for c in conns)
