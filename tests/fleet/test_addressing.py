@@ -2,16 +2,18 @@
 
 Each test gives one or more hosts a second address that differs from the
 source address of the host's route to the tracker, deploys with real sshd
-and the embedded tracker, and proves which address the swarm used, three
-ways that all fail if the deploy advertised the other address:
+and the embedded tracker, and proves which address the swarm used, two
+ways that both fail if the deploy advertised the other address:
 
 * the tracker's own peer list (its public status endpoint, polled during the
   deploy with the announce URL read from the host's `roost fetch` command
   line) holds exactly the expected addresses;
-* nftables counters inside the host's namespace: other peers opened TCP
-  connections to the expected address's peer port, and not one packet of
-  peer traffic (ports PEER_PORTS, either direction) used the other address;
-* the host opened its own peer connections from the expected address.
+* nftables counters inside the host's namespace: peer connections (TCP
+  SYNs on the peer ports, PEER_PORTS) went to or left from the expected
+  address, and not one packet of peer traffic, either direction, used the
+  other address. Each pair of peers holds one connection, opened by
+  whichever learnt of the other first (the other does not dial back), so a
+  host may have only incoming or only outgoing ones.
 
 The last test's configured address belongs to a NAT in front of the host
 (the bridge): the host announces it, cannot bind it, and is reached through it.
@@ -211,8 +213,12 @@ def assert_swarm_used(fleet: Fleet, watched: Watched, expected: dict[int, str],
     assert watched.advertised == {gateway, *expected.values()}, watched.advertised
     for i, address in avoided.items():
         seen = counters(fleet, i)
-        assert seen["syn_in_used"] > 0, f"no peer connected to h{i}'s {expected[i]}: {seen}"
-        assert seen["syn_out_used"] > 0, f"h{i} made no peer connection from it: {seen}"
+        # one connection per pair of peers: whichever learnt of the other first
+        # dials, the other never dials back (roost.core.peers.listens_at), so a
+        # host may have only incoming or only outgoing ones; either way they use
+        # the expected address, and the avoided one carries nothing (below)
+        assert seen["syn_in_used"] + seen["syn_out_used"] > 0, (
+            f"no peer connection to or from h{i}'s {expected[i]}: {seen}")
         assert seen["in_avoided"] == 0 and seen["out_avoided"] == 0, (
             f"peer traffic on h{i}'s {address}: {seen}")
 
