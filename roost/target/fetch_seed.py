@@ -179,10 +179,11 @@ def add_fetch(parser: argparse.ArgumentParser) -> Runner:
                       help="place reused files by copy (reflink where possible; default), "
                       "hardlink (shares inodes with the old release), or none")
     tree.add_argument("--place-beside-swarm", action=argparse.BooleanOptionalAction,
-                      default=True,
+                      default=False,
                       help="join the swarm at once and place the wholly reused files "
                       "meanwhile, their pieces held as they land and told to peers as "
-                      "reserved (default: on)")
+                      "reserved (default: off; measured no faster in the lab, "
+                      "docs/deploy.md)")
     return run_fetch
 
 

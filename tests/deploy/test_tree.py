@@ -129,8 +129,7 @@ def _released_and_next(tmp: Path, procs: Procs) -> tuple[Path, Path, Path]:
 def test_the_next_release_reuses_unchanged_and_renamed_files(tmp_path: Path,
                                                             procs: Procs) -> None:
     src, dest, new = _released_and_next(tmp_path, procs)
-    # placing every reused file before joining (the default places beside the swarm)
-    fetch = release(tmp_path, procs, new, dest, "v2", extra=("--no-place-beside-swarm",))
+    fetch = release(tmp_path, procs, new, dest, "v2")
     event = reused(fetch)
     # data.bin (renamed) and private/key (renamed) are reused, with the unchanged ones
     assert event["files"] == 4 and event["bytes"] >= BIG + 64  # tool, app.conf, key2, data
@@ -397,7 +396,7 @@ def test_host_prepare_refuses_a_decompression_bomb(tmp_path: Path) -> None:
 def test_placed_beside_the_swarm_the_next_release_lands_the_same(tmp_path: Path,
                                                                   procs: Procs) -> None:
     src, dest, new = _released_and_next(tmp_path, procs)
-    fetch = release(tmp_path, procs, new, dest, "v2")  # the default
+    fetch = release(tmp_path, procs, new, dest, "v2", extra=("--place-beside-swarm",))
     event = reused(fetch)
     assert event["files"] == 4 and event["refused"] == 0
     # the wholly reused files (data.bin's pieces) were placed while the swarm ran:
