@@ -223,6 +223,24 @@ class SuperSeeder:
                 self._uncovered += 1
                 self._pool_restore(index)
 
+    def reserve(self, key: Hashable, indices: list[int]) -> list[Hashable]:
+        """The peer will hold these pieces by local means and never request
+        them: an offer of one is taken back (the piece may go to another peer),
+        and the peer counts as a holder, as after its Have. Returns the peers
+        whose offer slot that freed, as on_peer_has does."""
+        peer = self._peers[key]
+        freed: list[Hashable] = []
+        for index in indices:
+            if not 0 <= index < self.num_pieces:
+                continue
+            if index in peer.offered:
+                peer.offered.discard(index)
+                self._pending[index] -= 1
+            for other in self.on_peer_has(key, index):
+                if other not in freed:
+                    freed.append(other)
+        return freed
+
     def set_extra(self, key: Hashable, extra: int) -> None:
         """Let this peer hold `extra` offers more than max_offers (its round
         trip's worth, roost.core.offers). Offers it holds beyond a new, smaller

@@ -37,13 +37,17 @@ import math
 from collections import deque
 
 from roost.core.actions import Action, Send
-from roost.core.bitfield import Bitfield
+from roost.core.bitfield import Bitfield, nbytes
 from roost.core.picker import PiecePicker
 from roost.core.wire import BLOCK_SIZE, MAX_BLOCK, Block, PeerConnection
+from roost.errors import RemoteProtocolError
 
 OUR_REQQ = 4096
 #: our BEP 10 handshake key for larger blocks between roost peers
 BIG_BLOCK_KEY = b"roost_block"
+#: ... and for the pieces a roost peer will hold by local means (files it is
+#: placing from a kept release): a bitfield it will never request them by
+RESERVED_KEY = b"roost_reserved"
 DEFAULT_REQQ = 250  # what a peer that does not say accepts, per libtorrent's default
 # Requests in flight per peer: about PIPELINE_SECONDS of its measured rate.
 # The floor is small on purpose: on a slow link a deep queue of requests to
@@ -299,6 +303,7 @@ class Conn:
         self.peer_interested = False
         self.bitfield = Bitfield(wire.num_pieces)
         self.is_seed = False
+        self.reserved: Bitfield | None = None  # its RESERVED_KEY, if it sent a valid one
         self.allowed_fast: set[int] = set()  # pieces it lets us fetch while choked
         self.fast_for_it: frozenset[int] = frozenset()  # pieces we let it fetch (if we have them)
         self.refused: dict[int, float] = {}  # piece -> when it refused it while unchoking us
@@ -350,6 +355,13 @@ class Conn:
             # asked for the standard 16 KiB (what we accept was set when we
             # sent our own extended handshake)
             self.big_block = min(big, big_block)
+        reserved = data.get(RESERVED_KEY)
+        if isinstance(reserved, bytes) and len(reserved) == nbytes(len(self.bitfield)):
+            try:
+                bits = Bitfield.from_bytes(len(self.bitfield), reserved)
+            except RemoteProtocolError:
+                bits = None  # spare bits set: ignored, as any malformed key is
+            self.reserved = bits if bits is not None and bits.any() else None
         port = data.get(b"p")
         return port if isinstance(port, int) and 0 < port < 65536 else None
 

@@ -78,6 +78,7 @@ from roost.core.conn import (
     FILL_OUTCOMES,
     MIN_PIPELINE_BYTES,
     OUR_REQQ,
+    RESERVED_KEY,
     Conn,
     client_name,
     pipeline_floor,
@@ -607,6 +608,8 @@ class SwarmMember:
         port = conn.on_extended_handshake(msg.data, self.config.big_block)
         if port is not None and not conn.outgoing:
             self.peers.listens_at(conn, port)
+        if conn.reserved is not None and self.offers is not None:
+            self.offers.on_reserved(conn, self.conns, out, now)
 
     def _msg_nothing(self, conn: Conn, msg: object, out: list[Action], now: float) -> None:
         """KeepAlive, SuggestPiece, Port, Extended: nothing to do."""
@@ -645,6 +648,8 @@ class SwarmMember:
     def _extended_handshake_payload(self) -> bytes:
         """Ours, bencoded once: it is the same for every peer (and encoding it
         per connection was a visible cost of a fleet's start)."""
+        if self.picker.reserved:  # while files are placed: it changes as they land
+            return bencode.encode(self._extended_handshake())
         cached = self._ext_handshake
         if cached is None or cached[0] != self.port:
             cached = self._ext_handshake = (self.port, bencode.encode(self._extended_handshake()))
@@ -659,6 +664,12 @@ class SwarmMember:
         }
         if self.port:
             data[b"p"] = self.port  # so the remote need not dial us back
+        if self.picker.reserved:
+            # a super-seeding origin must not offer us what we will never request
+            reserved = Bitfield(self.num_pieces)
+            for index in self.picker.reserved:
+                reserved.set(index)
+            data[RESERVED_KEY] = reserved.to_bytes()
         return data
 
     def _initial_availability(self, conn: Conn) -> bytes:

@@ -104,7 +104,27 @@ class Offers:
 
     def on_bitfield(self, conn: Conn, out: list[Action], now: float) -> None:
         # it was added empty at handshake time; now we know what it has
-        self.seeder.set_bitfield(conn.id, conn.bitfield)
+        bits = conn.bitfield
+        if conn.reserved is not None:  # as good as held: it never requests them
+            bits = bits.copy()
+            for index in conn.reserved.iter_set():
+                bits.set(index)
+        self.seeder.set_bitfield(conn.id, bits)
+        self.offer(conn, out, now)
+
+    def on_reserved(
+        self, conn: Conn, conns: Mapping[int, Conn], out: list[Action], now: float
+    ) -> None:
+        """A roost peer places these pieces from a kept release (conn.RESERVED_KEY)
+        and will never request them: offers of them made at handshake are taken
+        back, and it counts as holding them, so no offer waits STALE_OFFER_SECONDS
+        on it (measured before: the lab's next release 2x slower)."""
+        assert conn.reserved is not None
+        freed = self.seeder.reserve(conn.id, list(conn.reserved.iter_set()))
+        for key in freed:
+            other = conns.get(key)  # type: ignore[call-overload]
+            if other is not None and other is not conn:
+                self.offer(other, out, now)
         self.offer(conn, out, now)
 
     def on_have(

@@ -179,6 +179,8 @@ class PiecePicker:
         self._buckets: list[dict[int, None]] = [dict.fromkeys(fresh)]
         self._deleted = [0]  # deletions per bucket since its last compaction
         self._fresh: set[int] = set(fresh)
+        # pieces we will hold by local means (reserve): told to peers at handshake
+        self.reserved: set[int] = set()
 
     # ------------------------------------------------------------ geometry
 
@@ -722,6 +724,7 @@ class PiecePicker:
         duplicated in the endgame; have(index) ends the reservation."""
         if index not in self._fresh:
             raise UsageError(f"piece {index} is not fresh; cannot reserve it")
+        self.reserved.add(index)
         self._fresh.discard(index)
         self._unbucket(index, self._avail[index])
         self._preferred.pop(index, None)
@@ -817,6 +820,7 @@ class PiecePicker:
         """We have the piece by other means; returns outstanding requests to cancel."""
         if self._have[index]:
             return []
+        self.reserved.discard(index)
         cancels: list[tuple[Hashable, Block]] = []
         for key, peer in self._peers.items():
             mine = peer.pieces.pop(index, None)

@@ -71,10 +71,12 @@ def tree_setup(meta: Metainfo, ns: argparse.Namespace, reporter: Reporter
     blocks preload those pieces); the others, whose pieces are wholly reused, are
     left to a LatePlacer that places them while the swarm runs (storage.placer):
     their pieces are reserved, never requested, and held once every file in them
-    is there. Off by default: a super-seeding origin (BEP 16) reveals pieces the
-    host lacks by its bitfield, the reserved ones too, and waits STALE_OFFER_SECONDS
-    for requests that never come (measured: the lab's next release 2x slower).
-    Peers would need to be told which pieces are reserved (a BEP 10 extension)."""
+    is there. The member tells its peers the reserved pieces in its extended
+    handshake (roost.core.conn.RESERVED_KEY): without that a super-seeding origin
+    (BEP 16) revealed them to the host by its bitfield and waited
+    STALE_OFFER_SECONDS for requests that never came (the lab's next release 2x
+    slower). Off by default all the same: with it the lab's next release was no
+    faster (docs/deploy.md, "Placing beside the swarm, told to the peers")."""
     manifest = read_manifest(ns.tree_manifest)
     if manifest.tree is None or ns.dest is None:
         raise UsageError("--tree-manifest needs a manifest of format tree, and --dest")
