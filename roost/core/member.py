@@ -755,8 +755,11 @@ class SwarmMember:
                 [c for c in self.peers.admitted() if c.ready and not c.am_choking]
             ) < self.config.unchoke_slots + 1:
                 self._set_choking(conn, False, out, now)
-        elif not conn.am_choking:
-            self._rechoke_soon = True
+        else:
+            if self.offers is not None:
+                self.offers.on_not_interested(conn, self.conns, out, now)
+            if not conn.am_choking:
+                self._rechoke_soon = True
 
     # ---- downloading ----
     def _count_sources(self, change: int) -> None:

@@ -120,7 +120,29 @@ class Offers:
         back, and it counts as holding them, so no offer waits STALE_OFFER_SECONDS
         on it (measured before: the lab's next release 2x slower)."""
         assert conn.reserved is not None
-        freed = self.seeder.reserve(conn.id, list(conn.reserved.iter_set()))
+        self._held_by(conn, list(conn.reserved.iter_set()), conns, out, now)
+
+    def on_not_interested(
+        self, conn: Conn, conns: Mapping[int, Conn], out: list[Action], now: float
+    ) -> None:
+        """The peer is not interested in what we revealed to it (BEP 3): it holds
+        every piece we offered it, got elsewhere (a roost peer sends no Have for
+        a piece it believes we have, member._announce_haves). Those offers are
+        done: their slots go to new offers. Without this they stayed until the
+        peer fetched nothing for STALE_OFFER_SECONDS, and a withdrawn offer was
+        offered to it again (simulated, 32 hosts, 8 upload slots at the origin:
+        every host stuck one piece short). Offers made less than a round trip
+        ago may have crossed its message: those wait for the usual release."""
+        offered = self.seeder.offers_of(conn.id)
+        if not offered or now - conn.offered_at < conn.rtt.seconds:
+            return
+        self._held_by(conn, sorted(offered), conns, out, now)
+
+    def _held_by(
+        self, conn: Conn, indices: list[int], conns: Mapping[int, Conn], out: list[Action],
+        now: float,
+    ) -> None:
+        freed = self.seeder.reserve(conn.id, indices)
         for key in freed:
             other = conns.get(key)  # type: ignore[call-overload]
             if other is not None and other is not conn:

@@ -761,3 +761,25 @@ def test_a_malformed_reserved_key_is_ignored() -> None:
         remote = kit.connect(extended={b"m": {}, RESERVED_KEY: value})
         conn = kit.member.conns[remote.cid]
         assert conn.reserved is None and remote.closed is None
+
+
+def test_a_super_seeding_origin_renews_the_offers_of_a_peer_that_lost_interest() -> None:
+    """A peer not interested in what we revealed holds all of it (it got the
+    pieces elsewhere, and a roost peer sends no Have for a piece it believes we
+    have): those offers are done and new ones go out at once. Before, they held
+    the peer's slots until it fetched nothing for STALE_OFFER_SECONDS (simulated:
+    with 8 upload slots at the origin every host stuck one piece short)."""
+    kit = Kit(pieces=16, piece_length=OFFER_BYTES // 4, complete=True,
+              config=MemberConfig(super_seed=True))
+    a = kit.connect(interested=True)
+    first = {m.index for m in a.of(Have)}
+    assert len(first) == OFFERS_PER_PEER
+    a.say(a.wire.send_not_interested())
+    renewed = {m.index for m in a.of(Have)} - first
+    assert len(renewed) == OFFERS_PER_PEER
+    # the new offers are served; the old ones are done
+    fresh, done = min(renewed), min(first)
+    a.say(a.wire.send_interested() + a.wire.send_request(fresh, 0, BLOCK_SIZE)
+          + a.wire.send_request(done, 0, BLOCK_SIZE))
+    assert [p.index for p in a.of(Piece)] == [fresh]
+    assert RejectRequest(done, 0, BLOCK_SIZE) in a.of(RejectRequest)
