@@ -101,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
         help="a line on stderr every 30 wall s: simulated s, hosts done, CPU s",
     )
     p.add_argument("--no-super-seed", action="store_true")
+    p.add_argument("--origin-slots", type=int, default=0,
+                   help="the origin's upload slots (roost seed --unchoke-slots; default: "
+                   "every peer)")
     p.add_argument(
         "--no-spread-bursts",
         action="store_true",
@@ -148,6 +151,7 @@ def scenario_for(args: argparse.Namespace, n: int) -> Scenario:
         seed=args.seed,
         dt=args.dt,
         super_seed=not args.no_super_seed,
+        origin_slots=args.origin_slots or None,
         lean=args.lean,
         spread_bursts=not args.no_spread_bursts,
         max_time=args.max_time,
@@ -245,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.max_time < 0:
         print("error: --max-time must be 0 (no limit) or more", file=sys.stderr)
+        return 2
+    if args.origin_slots < 0:
+        print("error: --origin-slots must be 1 or more (0: every peer)", file=sys.stderr)
         return 2
     rows = []
     results = []

@@ -40,6 +40,7 @@ class Scenario:
     dt: float = 0.01  # network step (see roost.sim.network; 0.05 cost N = 32 13 %)
     max_time: float = 0.0  # give up after this many simulated seconds (0: 20 x bound + 60)
     super_seed: bool = True  # the origin as the lab runs it (`roost seed --super-seed`)
+    origin_slots: int | None = None  # the origin's upload slots (`--unchoke-slots`; None: default)
     lean: bool = False  # count blocks instead of keeping piece bytes (roost.sim.lean)
     spread_bursts: bool = True  # members know N (--expected-peers), so large swarms spread
     big_block: int = 256 * 1024  # MemberConfig.big_block: the wire request size between roost peers

@@ -28,6 +28,7 @@ parsed by the real codec.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import ipaddress
 import math
@@ -280,7 +281,7 @@ class World:
     # ---- hosts ----
     def _config(self, spec: HostSpec) -> MemberConfig:
         origin = spec.index == 0
-        return MemberConfig(
+        config = MemberConfig(
             super_seed=origin and self.sc.super_seed,
             seed=True,
             linger=None,
@@ -293,6 +294,9 @@ class World:
             local_nets=[ipaddress.ip_network(spec.zone_net)]
             if self.sc.zones > 1 and self.sc.zone_aware else None,
         )
+        if origin and self.sc.origin_slots:  # `roost seed --unchoke-slots`
+            config = dataclasses.replace(config, unchoke_slots=self.sc.origin_slots)
+        return config
 
     def _start(self, host: Host) -> None:
         spec = host.spec

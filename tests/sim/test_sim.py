@@ -227,3 +227,14 @@ def test_members_measure_the_simulated_round_trip_both_ways() -> None:
                  if c.ready and c.rtt.probe_at is None]
         assert {c.outgoing for c in conns} == {True, False}
         assert all(c.rtt.seconds == pytest.approx(expected) for c in conns)
+
+
+def test_a_super_seeding_origin_with_few_upload_slots_still_finishes() -> None:
+    """32 receivers, 8 upload slots at the origin (`roost seed --unchoke-slots 8`):
+    every host stopped one piece short, the origin's slots held by offers of
+    pieces the peers had got elsewhere, until a peer's NotInterested ended them
+    (roost.core.offers, on_not_interested; docs/sim.md)."""
+    result = simulate(Scenario(n=32, size=64 << 20, rate_mbit=100.0, lean=True,
+                               origin_slots=8, max_time=20.0))
+    assert result.summary()["completed"] == 32
+    assert not result.unfinished
