@@ -311,6 +311,9 @@ def releases(fleet: Fleet, work: Path, v1: Path, v2: Path, rate: float, extra: l
     nxt = {"seconds": round(seconds2, 2), "wire_bytes": wire2,
            "timings": report2["timings"], "bytes": report2["bytes"],
            "timeline": timeline(report2, seconds2),
+           # kept files a host hashed afresh / refused (an older roost reports neither)
+           "files_rehashed": sum(h.get("files_rehashed") or 0 for h in report2["hosts"]),
+           "files_refused": sum(h.get("files_refused") or 0 for h in report2["hosts"]),
            "wire_vs_full": round(wire2 / wire, 3),
            "time_vs_full": round(seconds2 / seconds, 3),
            "identical": check_trees(fleet, f"{fleet.dest}/current", v2)}

@@ -220,6 +220,10 @@ class HostRun:
     staging: str = ""  # format tree: releases/.<tag>.tmp-<deploy id>, where pieces land
     bytes_reused: int | None = None  # format tree: placed from kept releases, no network
     files_reused: int = 0
+    # kept files whose proof no longer held (hashed afresh), and those whose
+    # bytes had changed since (edited in place: fetched, never reused)
+    files_rehashed: int = 0
+    files_refused: int = 0
     bytes_to_fetch: int | None = None  # what the swarm had to bring after reuse
     bytes_fetched: int | None = None  # what fetch downloaded (from its `complete` event)
     tag: str = ""  # the release this deploy stages
@@ -436,6 +440,8 @@ class HostRun:
                 self.bytes_reused = event.bytes or 0
                 self.files_reused = event.files or 0
                 self.bytes_to_fetch = event.fetch_bytes or 0
+                self.files_rehashed = event.hashed or 0
+                self.files_refused = event.refused or 0
             elif event.event is EventName.PLACED:
                 self.mark_first("placed")
             elif event.event is EventName.COMPLETE:

@@ -186,6 +186,8 @@ def host_rows(deploy: Deploy) -> list[dict[str, Any]]:
                 # tree releases: placed from kept releases vs. brought by the swarm
                 "bytes_reused": h.bytes_reused,
                 "files_reused": h.files_reused,
+                "files_rehashed": h.files_rehashed,
+                "files_refused": h.files_refused,
                 "bytes_to_fetch": h.bytes_to_fetch,
                 "bytes_fetched": h.bytes_fetched,
                 "seconds": round(end - start, 3) if start and end else None,

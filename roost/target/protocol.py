@@ -162,12 +162,14 @@ class FetchEvent:
     have: int | None = None
     pieces: int | None = None
     staged: str | None = None  # complete: the tag fetch made releases/<tag> of (--stage)
+    hashed: int | None = None  # reused: kept files hashed afresh (no valid proof)
+    refused: int | None = None  # reused: ... of which the bytes had changed: fetched
 
     _TYPES: ClassVar[_Types] = {
               "event": _STR, "peer_id": _STR, "bytes_done": _INT, "bytes_total": _INT,
               "down_Bps": _NUM, "bytes": _INT, "files": _INT, "fetch_bytes": _INT,
               "downloaded": _INT, "message": _STR, "kind": _STR, "have": _INT,
-              "pieces": _INT, "staged": _STR}
+              "pieces": _INT, "staged": _STR, "hashed": _INT, "refused": _INT}
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

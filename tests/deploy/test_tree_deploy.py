@@ -41,6 +41,9 @@ def test_reused_and_fetched_bytes_per_host_and_in_total(tmp_path: Path) -> None:
     shutil.copytree(src, new, symlinks=True)
     (new / "version").write_text("2")
     os.rename(new / "data.bin", new / "moved.bin")
+    # edited in place on one host after activation: that copy is never reused
+    edited = base / "p1" / "app" / "releases" / "r1" / "etc" / "app.conf"
+    edited.write_text("port = 9090\n")
     d = deploy(base, new, "r2", n=3)
     assert d.exit_code == 0, [h.reason for h in d.hosts]
     for i in range(3):
@@ -48,6 +51,9 @@ def test_reused_and_fetched_bytes_per_host_and_in_total(tmp_path: Path) -> None:
         assert tree_signature(base / f"p{i}" / "app" / "current") == tree_signature(new)
     out = report(d)
     assert all(r["bytes_reused"] >= BIG and r["bytes_fetched"] < 100_000 for r in out["hosts"])
+    assert [(r["files_rehashed"], r["files_refused"]) for r in out["hosts"]] == \
+        [(0, 0), (1, 1), (0, 0)]
+    assert out["hosts"][1]["files_reused"] == out["hosts"][0]["files_reused"] - 1
     assert out["bytes"]["reused"] >= 3 * BIG and out["bytes"]["fetched"] < 300_000
     assert "entries" in out["payload"] and "tree" not in out["payload"]
     text = _table(d)
