@@ -15,6 +15,7 @@ completion-time CDFs (bench/sim_plot.py, stdlib only).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -287,5 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: the garbage collector's thresholds for a run from the command line. A
+#: simulated fleet holds millions of long-lived objects and makes tuples by the
+#: million; at Python's default (700, 10, 10) the collector walked them often
+#: enough to cost 12 % of the CPU at N = 1,000 (docs/sim.md, "The
+#: event-driven network"). Results do not depend on it.
+GC_THRESHOLDS = (50_000, 20, 100)
+
 if __name__ == "__main__":
+    gc.set_threshold(*GC_THRESHOLDS)
     sys.exit(main())
