@@ -18,7 +18,7 @@ scales its flows down, so the allocation is always feasible and close to
 max-min. During the step each pipe moves rate x dt bytes; a message that
 finishes inside the step is delivered at its exact finishing time (plus
 latency). New data waits for the next step, so `dt` is the coarsening of the
-model's reaction time (0.05 s by default, under one piece time on a lab link).
+model's reaction time (Scenario.dt: 0.01 s by default, well under one piece time on a lab link).
 
 Between allocations the rates do not change, so a step does not walk every
 active pipe: each pipe keeps the time `since` at which its head message's

@@ -229,12 +229,18 @@ def test_members_measure_the_simulated_round_trip_both_ways() -> None:
         assert all(c.rtt.seconds == pytest.approx(expected) for c in conns)
 
 
-def test_a_super_seeding_origin_with_few_upload_slots_still_finishes() -> None:
-    """32 receivers, 8 upload slots at the origin (`roost seed --unchoke-slots 8`):
-    every host stopped one piece short, the origin's slots held by offers of
-    pieces the peers had got elsewhere, until a peer's NotInterested ended them
-    (roost.core.offers, on_not_interested; docs/sim.md)."""
-    result = simulate(Scenario(n=32, size=64 << 20, rate_mbit=100.0, lean=True,
-                               origin_slots=8, max_time=20.0))
-    assert result.summary()["completed"] == 32
-    assert not result.unfinished
+def test_a_super_seeding_origin_with_few_upload_slots_keeps_its_pace() -> None:
+    """Fewer upload slots at the origin than receivers (`roost seed --unchoke-slots`):
+    offers of pieces the peers got elsewhere held the origin's slots until a peer's
+    NotInterested ended them (roost.core.offers, on_not_interested; docs/sim.md).
+    Without that this run took 2.925x the bound (seed 9; with the step-walking
+    network, seed 1 at 8 slots never finished). Which seed shows it depends on the
+    run's exact path; the core's own test of the rule is in tests/core/test_member.py."""
+    scenario = Scenario(n=32, size=64 << 20, rate_mbit=100.0, lean=True,
+                        origin_slots=12, seed=9, max_time=20.0)
+    world = World(scenario)
+    origin, receiver = world._config(world.hosts[0].spec), world._config(world.hosts[1].spec)
+    assert origin.unchoke_slots == 12 and receiver.unchoke_slots != 12
+    summary = world.run().summary()
+    assert summary["completed"] == 32
+    assert summary["last_x"] < 2.0
