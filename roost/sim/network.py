@@ -39,8 +39,9 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 ROUNDS = 3
 MSS = 1448
@@ -175,91 +176,9 @@ class Network:
 
     # ---- moving bytes ----
     def allocate(self) -> None:
-        """Max-min fair rates for the active pipes (see the module doc).
-
-        Written for speed (it is most of the network's cost at fleet scale).
-        A resource only ever sits at one position of a pipe's resources (up,
-        down, zone egress, zone ingress), so the tables are walked one position
-        at a time, in comprehensions: every resource still sums its pipes in
-        the pipes' order, and the arithmetic is the plain algorithm's, so the
-        rates are the same to the last bit."""
+        """Max-min fair rates for the active pipes (max_min_rates)."""
         pipes = list(self.active.values())
-        cap = self.capacity
-        nres = len(cap)
-        ups = [p.resources[0] for p in pipes]
-        downs = [p.resources[1] for p in pipes]
-        # pipes between zones also cross their zones' links: (pipe, egress, ingress)
-        cross = [(i, p.resources[2], p.resources[3])
-                 for i, p in enumerate(pipes) if len(p.resources) > 2] if self.nz else []
-        egress = [c[1] for c in cross]
-        ingress = [c[2] for c in cross]
-        count = [0] * nres
-        for column in (ups, downs, egress, ingress):
-            for r in column:
-                count[r] += 1
-        touched = [r for r in range(nres) if count[r]]
-        share = [0.0] * nres
-        for r in touched:
-            share[r] = cap[r] / count[r]
-        flow_cap = self.flow_cap
-
-        def lowest(table: list[float]) -> list[float]:
-            """Per pipe, the least of table[r] over its resources."""
-            got = table.__getitem__
-            low = [x if x < y else y for x, y in zip(map(got, ups), map(got, downs), strict=True)]
-            for i, e, g in cross:
-                if table[e] < low[i]:
-                    low[i] = table[e]
-                if table[g] < low[i]:
-                    low[i] = table[g]
-            return low
-
-        def fill() -> list[float]:
-            rates = lowest(share)
-            if flow_cap < math.inf:
-                rates = [flow_cap if flow_cap < low else low for low in rates]
-            return rates
-
-        def per_column(rates: list[float]) -> list[tuple[list[float], list[int]]]:
-            """(rate of each pipe, its resource at one position), position by position."""
-            cross_rates = [rates[c[0]] for c in cross]
-            return [(rates, ups), (rates, downs), (cross_rates, egress), (cross_rates, ingress)]
-
-        for _ in range(ROUNDS):
-            rates = fill()
-            # a resource whose flows are held back elsewhere gives the rest to the others
-            used = [0.0] * nres
-            here = [0] * nres
-            # each resource's threshold once, not once per pipe (the same floats)
-            held = [s * 0.999 for s in share]
-            for column_rates, column in per_column(rates):
-                for rate, r in zip(column_rates, column, strict=True):
-                    if rate < held[r]:
-                        used[r] += rate
-                    else:
-                        here[r] += 1
-            for r in touched:
-                if here[r]:
-                    spare = (cap[r] - used[r]) / here[r]
-                    if spare > share[r]:
-                        share[r] = spare
-        rates = fill()
-        load = [0.0] * nres
-        for column_rates, column in per_column(rates):
-            for rate, r in zip(column_rates, column, strict=True):
-                load[r] += rate
-        factor = [1.0] * nres
-        scaled = False
-        for r in touched:
-            if load[r] > cap[r] * 1.000001:
-                factor[r] = cap[r] / load[r]
-                scaled = True
-        if scaled:
-            rates = [
-                rate * f if f < 1.0 else rate
-                for rate, f in zip(rates, lowest(factor), strict=True)
-            ]
-        self._apply(pipes, rates)
+        self._apply(pipes, max_min_rates(pipes, self.capacity, self.flow_cap, zoned=self.nz > 0))
         self._dirty = False
 
     def _apply(self, pipes: list[Pipe], rates: list[float]) -> None:
@@ -387,6 +306,99 @@ class Network:
             pipe.want_writable = False
             writable(pipe, t)
 
+
+
+class _Routed(Protocol):
+    resources: tuple[int, ...]
+
+
+def max_min_rates(
+    pipes: Sequence[_Routed], capacity: list[float], flow_cap: float, *, zoned: bool
+) -> list[float]:
+    """Max-min fair rates for `pipes` over the resources' `capacity` (see the
+    module doc), each capped at `flow_cap`; `zoned`: some pipes cross zones.
+
+    Written for speed (it is most of the network's cost at fleet scale).
+    A resource only ever sits at one position of a pipe's resources (up,
+    down, zone egress, zone ingress), so the tables are walked one position
+    at a time, in comprehensions: every resource still sums its pipes in
+    the pipes' order, and the arithmetic is the plain algorithm's, so the
+    rates are the same to the last bit."""
+    cap = capacity
+    nres = len(cap)
+    ups = [p.resources[0] for p in pipes]
+    downs = [p.resources[1] for p in pipes]
+    # pipes between zones also cross their zones' links: (pipe, egress, ingress)
+    cross = [(i, p.resources[2], p.resources[3])
+             for i, p in enumerate(pipes) if len(p.resources) > 2] if zoned else []
+    egress = [c[1] for c in cross]
+    ingress = [c[2] for c in cross]
+    count = [0] * nres
+    for column in (ups, downs, egress, ingress):
+        for r in column:
+            count[r] += 1
+    touched = [r for r in range(nres) if count[r]]
+    share = [0.0] * nres
+    for r in touched:
+        share[r] = cap[r] / count[r]
+
+    def lowest(table: list[float]) -> list[float]:
+        """Per pipe, the least of table[r] over its resources."""
+        got = table.__getitem__
+        low = [x if x < y else y for x, y in zip(map(got, ups), map(got, downs), strict=True)]
+        for i, e, g in cross:
+            if table[e] < low[i]:
+                low[i] = table[e]
+            if table[g] < low[i]:
+                low[i] = table[g]
+        return low
+
+    def fill() -> list[float]:
+        rates = lowest(share)
+        if flow_cap < math.inf:
+            rates = [flow_cap if flow_cap < low else low for low in rates]
+        return rates
+
+    def per_column(rates: list[float]) -> list[tuple[list[float], list[int]]]:
+        """(rate of each pipe, its resource at one position), position by position."""
+        cross_rates = [rates[c[0]] for c in cross]
+        return [(rates, ups), (rates, downs), (cross_rates, egress), (cross_rates, ingress)]
+
+    for _ in range(ROUNDS):
+        rates = fill()
+        # a resource whose flows are held back elsewhere gives the rest to the others
+        used = [0.0] * nres
+        here = [0] * nres
+        # each resource's threshold once, not once per pipe (the same floats)
+        held = [s * 0.999 for s in share]
+        for column_rates, column in per_column(rates):
+            for rate, r in zip(column_rates, column, strict=True):
+                if rate < held[r]:
+                    used[r] += rate
+                else:
+                    here[r] += 1
+        for r in touched:
+            if here[r]:
+                spare = (cap[r] - used[r]) / here[r]
+                if spare > share[r]:
+                    share[r] = spare
+    rates = fill()
+    load = [0.0] * nres
+    for column_rates, column in per_column(rates):
+        for rate, r in zip(column_rates, column, strict=True):
+            load[r] += rate
+    factor = [1.0] * nres
+    scaled = False
+    for r in touched:
+        if load[r] > cap[r] * 1.000001:
+            factor[r] = cap[r] / load[r]
+            scaled = True
+    if scaled:
+        rates = [
+            rate * f if f < 1.0 else rate
+            for rate, f in zip(rates, lowest(factor), strict=True)
+        ]
+    return rates
 
 def _ignore(pipe: Pipe, at: float) -> None:
     pass
