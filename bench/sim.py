@@ -273,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(r), flush=True)
     if not args.json:
         print(table(rows))
+        for r in rows:
+            if "between_zones_mib" in r:
+                print(f"N={r['n']}: {r['between_zones_mib']:,} MiB crossed between zones"
+                      f" (the need: {r['between_zones_need_mib']:,} MiB)")
     if args.cdf:
         data = curves(results)
         for name in args.cdf_with:

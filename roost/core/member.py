@@ -128,6 +128,9 @@ KEEPALIVE_SECONDS = 60.0
 IDLE_SECONDS = 180.0
 HANDSHAKE_TIMEOUT = 5.0  # TLS and BitTorrent handshakes (roost.core.admission)
 ALLOWED_FAST_K = 8
+# A zoned host that has had no piece this long fetches any piece new to its
+# zone from outside, not only its share (roost.core.zone_shares)
+IMPORT_GRACE_SECONDS = 4.0
 # messages after which a fill may ask for more (a Haves event: when the
 # picker says so): a Piece frees pipeline room, an Unchoke, a Reject, a
 # Bitfield, an allowed-fast piece, a handshake change what may be asked.
@@ -180,6 +183,8 @@ class SwarmMember:
         self.picker = PiecePicker(
             self.num_pieces, info.piece_length, info.total_length, have=have, rng=self.rng,
             block_size=config.picker_block,
+            # zoned hosts split what their zone lacks among themselves by peer id
+            own_id=self.peer_id if config.local_nets is not None else None,
         )
         self.choker = Choker(slots=config.unchoke_slots, rng=self.rng)
         self.down_bucket = TokenBucket(config.download_rate)
@@ -221,6 +226,8 @@ class SwarmMember:
         self._ticks = 0
         self._next_tick = 0.0
         self._last_tick = 0.0
+        self._last_piece_at: float | None = None  # for the zone shares' grace (_tick)
+        self.zone_shares_lifted_at: float | None = None  # when we starved (zones only)
         self.stall = StallWatch()
 
     # ---- small accessors ----
@@ -692,9 +699,9 @@ class SwarmMember:
         conn.in_picker = True
         local = self._mark_zone(conn)
         if conn.is_seed:
-            self.picker.add_peer_have_all(conn.id, local=local)
+            self.picker.add_peer_have_all(conn.id, local=local, peer_id=conn.remote_id)
         else:
-            self.picker.add_peer(conn.id, conn.bitfield, local=local)
+            self.picker.add_peer(conn.id, conn.bitfield, local=local, peer_id=conn.remote_id)
         if self.offers is not None:
             self.offers.on_bitfield(conn, out, now)
         if self.complete and conn.is_seed:
@@ -729,7 +736,10 @@ class SwarmMember:
         conn.is_seed = bits.all()
         if not conn.in_picker:  # a Have with no bitfield first: it had nothing before
             conn.in_picker = True
-            self.picker.add_peer(conn.id, Bitfield(self.num_pieces), local=self._mark_zone(conn))
+            self.picker.add_peer(
+                conn.id, Bitfield(self.num_pieces), local=self._mark_zone(conn),
+                peer_id=conn.remote_id,
+            )
         pickable = self.picker.peer_has_all_of(conn.id, indices)
         if self.offers is not None:
             for index in indices:
@@ -902,6 +912,7 @@ class SwarmMember:
 
     def _piece_passed(self, index: int, out: list[Action], now: float) -> None:
         """Tell every peer (batched), drop interest where it ended, maybe complete."""
+        self._last_piece_at = now
         self._unannounced.append(index)
         if self._have_at is None:
             self._have_at = now + HAVE_BATCH_SECONDS
@@ -997,6 +1008,7 @@ class SwarmMember:
         self._connect_more(out, now)
         # a peer that sat on requests is refilled last, so what it held goes
         # to another peer that has it when there is one
+        self._check_zone_shares(now)
         late = [c for c in self.conns.values() if self._reask_late(c, out, now)]
         for conn in [c for c in self.conns.values() if c not in late] + late:
             if conn.ready and not conn.closed:
@@ -1014,6 +1026,16 @@ class SwarmMember:
         )
         self._check_stall(out, now)
         self._apply_policy(out, now)
+
+    def _check_zone_shares(self, now: float) -> None:
+        """A host that has had no piece for IMPORT_GRACE_SECONDS takes any piece
+        new to its zone from remote peers from then on: the local peer whose
+        share it is may be slow, gone, or reach no peer that has it."""
+        if self._last_piece_at is None:
+            self._last_piece_at = now  # the first tick: the wait starts here
+        elif not self.complete and now - self._last_piece_at >= IMPORT_GRACE_SECONDS:
+            if self.picker.lift_zone_shares():
+                self.zone_shares_lifted_at = now
 
     def _check_peer(self, conn: Conn, out: list[Action], now: float) -> None:
         if not conn.ready:

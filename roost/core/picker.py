@@ -53,7 +53,11 @@ address: MemberConfig.local_nets). Once any peer is local, a second count,
 `_local_avail`, says which pieces some local peer has, and a remote peer is
 only asked to start fresh pieces no local peer has: what the zone holds comes
 over the wide in-zone links, and the narrow link between zones carries only
-what is new to the zone.
+what is new to the zone. And only once: of the pieces new to the zone, a host
+starts from a remote peer only its own share (`ZoneShares`, given our peer
+id), a piece only one peer has, or any piece once the member has lifted the
+split (`lift_zone_shares`); a partial piece is not continued from a remote
+peer once a local peer has it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from dataclasses import dataclass, field
 
 from roost.core.bitfield import Bitfield
 from roost.core.wire import BLOCK_SIZE, Block
+from roost.core.zone_shares import ZoneShares
 from roost.errors import RemoteProtocolError, UsageError
 
 FREE, REQUESTED, RECEIVED = 0, 1, 2
@@ -146,6 +151,7 @@ class PiecePicker:
         rng: random.Random | None = None,
         random_first: int = 4,
         endgame_dup: int = 2,
+        own_id: bytes | None = None,
     ) -> None:
         if piece_length <= 0 or block_size <= 0 or num_pieces < 0:
             raise UsageError("piece_length and block_size must be positive")
@@ -167,6 +173,10 @@ class PiecePicker:
         self._local_avail = [0] * num_pieces  # local non-seed peers having each piece
         self._local_seeds = 0
         self._zoned = False  # some peer was added as local
+        # our share of what the zone lacks (None: no peer id given, no split)
+        self._shares = ZoneShares(own_id, num_pieces) if own_id is not None else None
+        self._shares_lifted = False
+        self._zone_epoch = 0  # grows when a remote peer's picks may find more (see pick_state)
         self._peers: dict[Hashable, _Peer] = {}
         self._partial: dict[int, _Partial] = {}  # started (verifying ones too)
         self._with_free: dict[int, None] = {}  # partial pieces with a FREE block, oldest first
@@ -200,15 +210,20 @@ class PiecePicker:
 
     # ------------------------------------------------------------ availability
 
-    def add_peer(self, key: Hashable, bitfield: Bitfield, *, local: bool = False) -> None:
+    def add_peer(
+        self, key: Hashable, bitfield: Bitfield, *, local: bool = False,
+        peer_id: bytes | None = None,
+    ) -> None:
         """A peer joined with this bitfield (an empty one if it sent none);
-        `local`: it is in our zone."""
+        `local`: it is in our zone; `peer_id`: its id, for the zone's shares."""
         if key in self._peers:
             raise UsageError(f"peer {key!r} already added")
+        if local and peer_id is not None and self._shares is not None:
+            self._shares.add(key, peer_id)
         if len(bitfield) != self.num_pieces:
             raise UsageError("bitfield does not match the piece count")
         if bitfield.all() and self.num_pieces:
-            self.add_peer_have_all(key, local=local)
+            self._add_seed(key, local)
             return
         bits = bitfield.copy()
         mine = int.from_bytes(self._have.to_bytes(), "big")
@@ -221,9 +236,16 @@ class PiecePicker:
             if local:
                 self._local_avail[index] += 1
 
-    def add_peer_have_all(self, key: Hashable, *, local: bool = False) -> None:
+    def add_peer_have_all(
+        self, key: Hashable, *, local: bool = False, peer_id: bytes | None = None
+    ) -> None:
         if key in self._peers:
             raise UsageError(f"peer {key!r} already added")
+        if local and peer_id is not None and self._shares is not None:
+            self._shares.add(key, peer_id)
+        self._add_seed(key, local)
+
+    def _add_seed(self, key: Hashable, local: bool) -> None:
         self._peers[key] = _Peer(None, 0, local)
         self._peers[key].version = self._next_version()
         self._seeds += 1
@@ -308,6 +330,11 @@ class PiecePicker:
         """The peer left; its outstanding requests become FREE again (returned)."""
         freed = self.cancel_peer_requests(key)
         peer = self._peers.pop(key)
+        if peer.local:
+            # what it had may be new to the zone again, and our share grew
+            self._zone_epoch += 1
+            if self._shares is not None:
+                self._shares.remove(key)
         if peer.bits is None:
             self._seeds -= 1
             self._local_seeds -= peer.local
@@ -372,7 +399,8 @@ class PiecePicker:
         swarm, where each peer's pieces are soon all taken)."""
         if self.in_endgame:
             return None
-        return (self._freed, self._peers[key].version)
+        # both counters only grow, so the sum changes whenever either does
+        return (self._freed + self._zone_epoch, self._peers[key].version)
 
     def prefer(self, index: int) -> None:
         """Start this piece before others when a peer has it (SuggestPiece, super-seed offers)."""
@@ -430,6 +458,10 @@ class PiecePicker:
             return []
         own = [i for i in peer.pieces if i in self._with_free]
         rest = [i for i in self._with_free if i not in peer.pieces]
+        if self._zoned and not peer.local:
+            # what a local peer has comes over the wide link, not this one
+            local = self._local_avail
+            return [i for i in own + rest if self._has(peer, i, allowed) and not local[i]]
         return [i for i in own + rest if self._has(peer, i, allowed)]
 
     def _take_free(
@@ -491,15 +523,14 @@ class PiecePicker:
         zone_only = self._zoned and not peer.local
         if zone_only and self._local_seeds:
             return None  # a local seed has every piece: nothing is new to the zone
-        local = self._local_avail
         for index in self._preferred:
-            if self._has(peer, index, allowed) and not (zone_only and local[index]):
+            if self._has(peer, index, allowed) and not (zone_only and not self._importable(index)):
                 return index
         if self._have.count() < self.random_first:
             for _ in range(_RANDOM_TRIES):
                 index = self._rng.randrange(self.num_pieces)
                 if index in self._fresh and self._has(peer, index, allowed) and \
-                        not (zone_only and local[index]):
+                        not (zone_only and not self._importable(index)):
                     return index
         rarest = self._rarest(peer, allowed, zone_only)
         if rarest is None and allowed is None and not zone_only:
@@ -508,18 +539,46 @@ class PiecePicker:
             peer.exhausted = True
         return rarest
 
+    def _importable(self, index: int) -> bool:
+        """Whether a remote peer may be asked to start this piece: no local
+        peer has it, and it is ours to bring in (ZoneShares), or only one peer
+        has it (a super-seeding origin offers a piece to one peer and waits for
+        it: a host that never took its offer would hold the piece back for
+        ever), or the split is lifted."""
+        if self._local_avail[index]:
+            return False
+        shares = self._shares
+        return (
+            shares is None
+            or self._shares_lifted
+            or shares.ours(index)
+            or self._avail[index] + self._seeds <= 1
+        )
+
+    def lift_zone_shares(self) -> bool:
+        """Start anything new to the zone from remote peers from now on (the
+        member's call, when we starve); whether this changed anything."""
+        if self._shares is None or self._shares_lifted or not self._zoned:
+            return False
+        self._shares_lifted = True
+        self._zone_epoch += 1
+        return True
+
+    @property
+    def zone_shares_lifted(self) -> bool:
+        return self._shares_lifted
+
     def _rarest(
         self, peer: _Peer, allowed: set[int] | None, zone_only: bool = False
     ) -> int | None:
         """Rarest fresh piece the peer has; random among the first few equals
         (the buckets start in a random order, so this only adds spread).
-        `zone_only`: only pieces no peer of our zone has."""
+        `zone_only`: only pieces a remote peer may start (_importable)."""
         bits = peer.bits
-        local = self._local_avail
         for bucket in self._buckets[0 if bits is None else 1 :]:
             found: list[int] = []
             for index in bucket:
-                if zone_only and local[index]:
+                if zone_only and not self._importable(index):
                     continue
                 if (allowed is None or index in allowed) and (bits is None or bits[index]):
                     found.append(index)

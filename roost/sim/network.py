@@ -107,6 +107,7 @@ class Network:
             self.flow_cap = MSS * 1.22 / (rtt * math.sqrt(loss))
         self.active: dict[int, Pipe] = {}  # id(pipe) -> pipe, insertion ordered
         self.moved = 0  # block bytes delivered in total
+        self.between_zones = 0  # ... of them over a link between zones
         self._dirty = True
         # (head's finishing time, ticket, pipe) for the running pipes with a rate;
         # an entry whose ticket is no longer its pipe's is stale and skipped

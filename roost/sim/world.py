@@ -121,6 +121,7 @@ class Result:
     digest: str = ""
     per_second: dict[int, int] = field(default_factory=dict)  # announces in each second
     stopped_early: bool = False  # the caller's `stop` ended the run (World.run)
+    between_zones: int = 0  # block bytes delivered over the links between zones
 
     def summary(self) -> dict[str, Any]:
         times = sorted(self.times.values())
@@ -140,6 +141,11 @@ class Result:
         }
         if self.stopped_early:
             out["stopped_early"] = True
+        if self.scenario.zones > 1:
+            # the need is the payload once into every zone the origin is not in
+            out["between_zones_mib"] = round(self.between_zones / 2**20, 1)
+            out["between_zones_need_mib"] = round(
+                (self.scenario.zones - 1) * self.scenario.size / 2**20, 1)
         # hosts still unfinished rank after every finished one: a quantile
         # that falls among them is not known and is left out
         ranked = times + [math.inf] * len(self.unfinished)
@@ -276,6 +282,7 @@ class World:
             self.info.num_pieces,
             per_second=dict(self.per_second),
             stopped_early=stopped,
+            between_zones=self.net.between_zones,
         )
 
     # ---- hosts ----
@@ -470,6 +477,8 @@ class World:
         if isinstance(message, tuple):
             header, length, corrupt = message
             self.net.moved += len(header) + length
+            if len(pipe.resources) > 2:  # it crossed the links between zones
+                self.net.between_zones += len(header) + length
             if self.sc.lean:  # the payload's length and nothing else (roost.sim.lean)
                 index, begin = _PIECE_HEADER.unpack_from(header, 5)
                 frame = BlockFrame(index, begin, LeanBlock(length, corrupt))
