@@ -304,6 +304,7 @@ class Conn:
         self.bitfield = Bitfield(wire.num_pieces)
         self.is_seed = False
         self.reserved: Bitfield | None = None  # its RESERVED_KEY, if it sent a valid one
+        self.upload_only = False  # BEP 21: it said it will not download (a super-seeding origin)
         self.allowed_fast: set[int] = set()  # pieces it lets us fetch while choked
         self.fast_for_it: frozenset[int] = frozenset()  # pieces we let it fetch (if we have them)
         self.refused: dict[int, float] = {}  # piece -> when it refused it while unchoking us
@@ -362,6 +363,8 @@ class Conn:
             except RemoteProtocolError:
                 bits = None  # spare bits set: ignored, as any malformed key is
             self.reserved = bits if bits is not None and bits.any() else None
+        # BEP 21; a super-seeding origin shows few pieces, but never fetches any
+        self.upload_only = data.get(b"upload_only") == 1
         port = data.get(b"p")
         return port if isinstance(port, int) and 0 < port < 65536 else None
 

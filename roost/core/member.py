@@ -617,6 +617,8 @@ class SwarmMember:
             self.peers.listens_at(conn, port)
         if conn.reserved is not None and self.offers is not None:
             self.offers.on_reserved(conn, self.conns, out, now)
+        if conn.upload_only and conn.in_picker:
+            self.picker.upload_only(conn.id)  # it said so after its bitfield
 
     def _msg_nothing(self, conn: Conn, msg: object, out: list[Action], now: float) -> None:
         """KeepAlive, SuggestPiece, Port, Extended: nothing to do."""
@@ -671,6 +673,11 @@ class SwarmMember:
         }
         if self.port:
             data[b"p"] = self.port  # so the remote need not dial us back
+        if self.offers is not None:
+            # BEP 21: we only upload. A super-seeding origin's bitfield looks
+            # like a leecher's; a zone's peers must not count on it to bring a
+            # piece into the zone (roost.core.zone_shares)
+            data[b"upload_only"] = 1
         if self.picker.reserved:
             # a super-seeding origin must not offer us what we will never request
             reserved = Bitfield(self.num_pieces)
@@ -699,15 +706,23 @@ class SwarmMember:
         conn.in_picker = True
         local = self._mark_zone(conn)
         if conn.is_seed:
-            self.picker.add_peer_have_all(conn.id, local=local, peer_id=conn.remote_id)
+            self.picker.add_peer_have_all(conn.id, local=local, peer_id=self._importer_id(conn))
         else:
-            self.picker.add_peer(conn.id, conn.bitfield, local=local, peer_id=conn.remote_id)
+            self.picker.add_peer(conn.id, conn.bitfield, local=local, peer_id=self._importer_id(conn))
+        if conn.upload_only:
+            self.picker.upload_only(conn.id)
         if self.offers is not None:
             self.offers.on_bitfield(conn, out, now)
         if self.complete and conn.is_seed:
             self._close_fellow_seed(conn, out, now)
             return
         conn.update_interest(self.picker, out, now)
+
+    @staticmethod
+    def _importer_id(conn: Conn) -> bytes | None:
+        """The peer's id for the zone's import shares; None for a peer that
+        will not download (BEP 21 upload_only), so it has no share."""
+        return None if conn.upload_only else conn.remote_id
 
     def _mark_zone(self, conn: Conn) -> bool:
         """Whether the peer is in our zone (MemberConfig.local_nets); a remote
@@ -738,8 +753,10 @@ class SwarmMember:
             conn.in_picker = True
             self.picker.add_peer(
                 conn.id, Bitfield(self.num_pieces), local=self._mark_zone(conn),
-                peer_id=conn.remote_id,
+                peer_id=self._importer_id(conn),
             )
+            if conn.upload_only:
+                self.picker.upload_only(conn.id)
         pickable = self.picker.peer_has_all_of(conn.id, indices)
         if self.offers is not None:
             for index in indices:

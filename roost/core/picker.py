@@ -121,7 +121,7 @@ class _Partial:
 
 class _Peer:
     __slots__ = (
-        "bits", "exhausted", "local", "needed", "pieces", "seed", "version",
+        "bits", "exhausted", "local", "needed", "pieces", "seed", "upload_only", "version",
     )
 
     def __init__(self, bits: Bitfield | None, needed: int, local: bool = False) -> None:
@@ -135,6 +135,8 @@ class _Peer:
         # true until the peer announces a new piece
         self.exhausted = False
         self.version = 0  # renewed when it announces a piece a pick could take (pick_state)
+        # it never downloads (BEP 21): what it shows are a super-seeding origin's offers
+        self.upload_only = False
 
 
 class PiecePicker:
@@ -523,37 +525,46 @@ class PiecePicker:
         zone_only = self._zoned and not peer.local
         if zone_only and self._local_seeds:
             return None  # a local seed has every piece: nothing is new to the zone
+        # an origin offers each piece to one peer and waits for it: its offers
+        # are taken whoever's share they are, or it would wait for ever
+        split = zone_only and not peer.upload_only
+        local = self._local_avail
         for index in self._preferred:
-            if self._has(peer, index, allowed) and not (zone_only and not self._importable(index)):
+            if self._has(peer, index, allowed) and not (
+                zone_only and (local[index] or (split and not self._ours(index)))
+            ):
                 return index
         if self._have.count() < self.random_first:
             for _ in range(_RANDOM_TRIES):
                 index = self._rng.randrange(self.num_pieces)
-                if index in self._fresh and self._has(peer, index, allowed) and \
-                        not (zone_only and not self._importable(index)):
+                if index in self._fresh and self._has(peer, index, allowed) and not (
+                    zone_only and (local[index] or (split and not self._ours(index)))
+                ):
                     return index
-        rarest = self._rarest(peer, allowed, zone_only)
+        rarest = self._rarest(peer, allowed, zone_only, split)
         if rarest is None and allowed is None and not zone_only:
             # (a remote peer is not: the zone lacking a piece can change back
             # when a local peer leaves)
             peer.exhausted = True
         return rarest
 
-    def _importable(self, index: int) -> bool:
-        """Whether a remote peer may be asked to start this piece: no local
-        peer has it, and it is ours to bring in (ZoneShares), or only one peer
-        has it (a super-seeding origin offers a piece to one peer and waits for
-        it: a host that never took its offer would hold the piece back for
-        ever), or the split is lifted."""
-        if self._local_avail[index]:
-            return False
+    def _ours(self, index: int) -> bool:
+        """Whether we bring this piece into our zone: our share (ZoneShares),
+        or anything once the split is lifted or when there is none."""
         shares = self._shares
-        return (
-            shares is None
-            or self._shares_lifted
-            or shares.ours(index)
-            or self._avail[index] + self._seeds <= 1
-        )
+        return shares is None or self._shares_lifted or shares.ours(index)
+
+    def upload_only(self, key: Hashable) -> None:
+        """The peer said it never downloads (BEP 21 upload_only, a super-seeding
+        origin): a local one has no share to bring in, and a remote one's
+        offers are taken whoever's share they are."""
+        peer = self._peers[key]
+        if peer.upload_only:
+            return
+        peer.upload_only = True
+        peer.version = self._next_version()
+        if self._shares is not None and self._shares.remove(key):
+            self._zone_epoch += 1
 
     def lift_zone_shares(self) -> bool:
         """Start anything new to the zone from remote peers from now on (the
@@ -569,16 +580,19 @@ class PiecePicker:
         return self._shares_lifted
 
     def _rarest(
-        self, peer: _Peer, allowed: set[int] | None, zone_only: bool = False
+        self, peer: _Peer, allowed: set[int] | None, zone_only: bool = False,
+        split: bool = False,
     ) -> int | None:
         """Rarest fresh piece the peer has; random among the first few equals
         (the buckets start in a random order, so this only adds spread).
-        `zone_only`: only pieces a remote peer may start (_importable)."""
+        `zone_only`: only pieces no peer of our zone has; `split`: only our
+        share of them (_ours)."""
         bits = peer.bits
+        local = self._local_avail
         for bucket in self._buckets[0 if bits is None else 1 :]:
             found: list[int] = []
             for index in bucket:
-                if zone_only and not self._importable(index):
+                if zone_only and (local[index] or (split and not self._ours(index))):
                     continue
                 if (allowed is None or index in allowed) and (bits is None or bits[index]):
                     found.append(index)

@@ -78,12 +78,29 @@ def test_a_remote_peer_is_asked_only_for_our_share_until_the_split_is_lifted() -
     assert {r.index for r in p.pick("far-2", 100)} == set(range(16)) - ours
 
 
-def test_a_piece_only_one_peer_has_is_taken_whoever_its_share_is() -> None:
+def test_an_upload_only_peers_offers_are_taken_whoever_its_share_is() -> None:
     # a super-seeding origin offers each piece to one peer and waits for it
     p = picker(16)
     p.add_peer("near", Bitfield(16), local=True, peer_id=IDS[1])
     p.add_peer("origin", Bitfield.full(16))
-    assert {r.index for r in p.pick("origin", 100)} == set(range(16))
+    p.add_peer("far", Bitfield.full(16))
+    ours = {i for i in range(16) if shares_of(0, [1], 16).ours(i)}
+    assert {r.index for r in p.pick("far", 100)} == ours
+    p.upload_only("origin")
+    assert {r.index for r in p.pick("origin", 100)} == set(range(16)) - ours
+
+
+def test_a_local_upload_only_peer_has_no_share() -> None:
+    p = picker(16)
+    p.add_peer("origin", Bitfield(16), local=True, peer_id=IDS[1])  # shows nothing yet
+    p.add_peer("far-1", Bitfield.full(16))
+    p.add_peer("far-2", Bitfield.full(16))
+    first = {r.index for r in p.pick("far-1", 100)}
+    assert 0 < len(first) < 16
+    state = p.pick_state("far-2")
+    p.upload_only("origin")  # its BEP 10 handshake said so after its bitfield
+    assert p.pick_state("far-2") != state
+    assert {r.index for r in p.pick("far-2", 100)} == set(range(16)) - first
 
 
 def test_without_an_id_or_local_peers_there_is_no_split() -> None:
@@ -131,3 +148,18 @@ def test_a_zoned_member_that_starves_takes_any_piece_its_zone_lacks() -> None:
     assert kit.member.zone_shares_lifted_at is not None
     later = {q.index for r in far for q in r.requests()} - share
     assert later, "after the grace, pieces outside our share are asked too"
+
+
+def test_a_super_seeding_member_says_it_only_uploads_and_peers_read_it() -> None:
+    origin = Kit(pieces=8, complete=True, config=MemberConfig(super_seed=True))
+    leecher = origin.connect()
+    hs = [m for m in leecher.messages if type(m).__name__ == "ExtendedHandshake"]
+    assert hs and hs[0].data.get(b"upload_only") == 1
+    zone = [ipaddress.ip_network("10.1.0.0/16")]
+    kit = Kit(pieces=8, config=MemberConfig(local_nets=zone))
+    near = kit.connect(have=Bitfield(8), ip="10.1.0.5", extended={b"m": {}, b"upload_only": 1})
+    other = kit.connect(have=Bitfield(8), ip="10.1.0.6")
+    assert kit.member.conns[near.cid].upload_only
+    assert not kit.member.conns[other.cid].upload_only
+    shares = kit.member.picker._shares
+    assert shares is not None and set(shares._peers) == {other.cid}
