@@ -48,6 +48,10 @@ BIG_BLOCK_KEY = b"roost_block"
 #: ... and for the pieces a roost peer will hold by local means (files it is
 #: placing from a kept release): a bitfield it will never request them by
 RESERVED_KEY = b"roost_reserved"
+#: ... and for "I never download" (a super-seeding origin): not BEP 21's
+#: `upload_only`, because libtorrent drops an upload-only peer that shows it
+#: nothing of interest, which a super-seeding origin does at the start
+UPLOAD_ONLY_KEY = b"roost_upload_only"
 DEFAULT_REQQ = 250  # what a peer that does not say accepts, per libtorrent's default
 # Requests in flight per peer: about PIPELINE_SECONDS of its measured rate.
 # The floor is small on purpose: on a slow link a deep queue of requests to
@@ -304,7 +308,7 @@ class Conn:
         self.bitfield = Bitfield(wire.num_pieces)
         self.is_seed = False
         self.reserved: Bitfield | None = None  # its RESERVED_KEY, if it sent a valid one
-        self.upload_only = False  # BEP 21: it said it will not download (a super-seeding origin)
+        self.upload_only = False  # it said it never downloads (UPLOAD_ONLY_KEY)
         self.allowed_fast: set[int] = set()  # pieces it lets us fetch while choked
         self.fast_for_it: frozenset[int] = frozenset()  # pieces we let it fetch (if we have them)
         self.refused: dict[int, float] = {}  # piece -> when it refused it while unchoking us
@@ -363,8 +367,8 @@ class Conn:
             except RemoteProtocolError:
                 bits = None  # spare bits set: ignored, as any malformed key is
             self.reserved = bits if bits is not None and bits.any() else None
-        # BEP 21; a super-seeding origin shows few pieces, but never fetches any
-        self.upload_only = data.get(b"upload_only") == 1
+        # a super-seeding origin shows few pieces, but never fetches any
+        self.upload_only = data.get(UPLOAD_ONLY_KEY) == 1
         port = data.get(b"p")
         return port if isinstance(port, int) and 0 < port < 65536 else None
 

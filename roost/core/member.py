@@ -79,6 +79,7 @@ from roost.core.conn import (
     MIN_PIPELINE_BYTES,
     OUR_REQQ,
     RESERVED_KEY,
+    UPLOAD_ONLY_KEY,
     Conn,
     client_name,
     pipeline_floor,
@@ -674,10 +675,10 @@ class SwarmMember:
         if self.port:
             data[b"p"] = self.port  # so the remote need not dial us back
         if self.offers is not None:
-            # BEP 21: we only upload. A super-seeding origin's bitfield looks
-            # like a leecher's; a zone's peers must not count on it to bring a
+            # we only upload: a super-seeding origin's bitfield looks like a
+            # leecher's, and a zone's peers must not count on it to bring a
             # piece into the zone (roost.core.zone_shares)
-            data[b"upload_only"] = 1
+            data[UPLOAD_ONLY_KEY] = 1
         if self.picker.reserved:
             # a super-seeding origin must not offer us what we will never request
             reserved = Bitfield(self.num_pieces)
@@ -708,7 +709,9 @@ class SwarmMember:
         if conn.is_seed:
             self.picker.add_peer_have_all(conn.id, local=local, peer_id=self._importer_id(conn))
         else:
-            self.picker.add_peer(conn.id, conn.bitfield, local=local, peer_id=self._importer_id(conn))
+            self.picker.add_peer(
+                conn.id, conn.bitfield, local=local, peer_id=self._importer_id(conn)
+            )
         if conn.upload_only:
             self.picker.upload_only(conn.id)
         if self.offers is not None:
@@ -721,7 +724,7 @@ class SwarmMember:
     @staticmethod
     def _importer_id(conn: Conn) -> bytes | None:
         """The peer's id for the zone's import shares; None for a peer that
-        will not download (BEP 21 upload_only), so it has no share."""
+        never downloads (UPLOAD_ONLY_KEY), so it has no share."""
         return None if conn.upload_only else conn.remote_id
 
     def _mark_zone(self, conn: Conn) -> bool:
@@ -1050,9 +1053,12 @@ class SwarmMember:
         share it is may be slow, gone, or reach no peer that has it."""
         if self._last_piece_at is None:
             self._last_piece_at = now  # the first tick: the wait starts here
-        elif not self.complete and now - self._last_piece_at >= IMPORT_GRACE_SECONDS:
-            if self.picker.lift_zone_shares():
-                self.zone_shares_lifted_at = now
+        elif (
+            not self.complete
+            and now - self._last_piece_at >= IMPORT_GRACE_SECONDS
+            and self.picker.lift_zone_shares()
+        ):
+            self.zone_shares_lifted_at = now
 
     def _check_peer(self, conn: Conn, out: list[Action], now: float) -> None:
         if not conn.ready:

@@ -135,7 +135,8 @@ class _Peer:
         # true until the peer announces a new piece
         self.exhausted = False
         self.version = 0  # renewed when it announces a piece a pick could take (pick_state)
-        # it never downloads (BEP 21): what it shows are a super-seeding origin's offers
+        # it never downloads (conn.UPLOAD_ONLY_KEY): what it shows are a
+        # super-seeding origin's offers
         self.upload_only = False
 
 
@@ -555,7 +556,7 @@ class PiecePicker:
         return shares is None or self._shares_lifted or shares.ours(index)
 
     def upload_only(self, key: Hashable) -> None:
-        """The peer said it never downloads (BEP 21 upload_only, a super-seeding
+        """The peer said it never downloads (conn.UPLOAD_ONLY_KEY: a super-seeding
         origin): a local one has no share to bring in, and a remote one's
         offers are taken whoever's share they are."""
         peer = self._peers[key]

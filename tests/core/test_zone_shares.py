@@ -7,6 +7,7 @@ import ipaddress
 import random
 
 from roost.core.bitfield import Bitfield
+from roost.core.conn import UPLOAD_ONLY_KEY
 from roost.core.member import IMPORT_GRACE_SECONDS, MemberConfig
 from roost.core.picker import PiecePicker
 from roost.core.zone_shares import ZoneShares, ranks
@@ -154,10 +155,10 @@ def test_a_super_seeding_member_says_it_only_uploads_and_peers_read_it() -> None
     origin = Kit(pieces=8, complete=True, config=MemberConfig(super_seed=True))
     leecher = origin.connect()
     hs = [m for m in leecher.messages if type(m).__name__ == "ExtendedHandshake"]
-    assert hs and hs[0].data.get(b"upload_only") == 1
+    assert hs and hs[0].data.get(UPLOAD_ONLY_KEY) == 1
     zone = [ipaddress.ip_network("10.1.0.0/16")]
     kit = Kit(pieces=8, config=MemberConfig(local_nets=zone))
-    near = kit.connect(have=Bitfield(8), ip="10.1.0.5", extended={b"m": {}, b"upload_only": 1})
+    near = kit.connect(have=Bitfield(8), ip="10.1.0.5", extended={b"m": {}, UPLOAD_ONLY_KEY: 1})
     other = kit.connect(have=Bitfield(8), ip="10.1.0.6")
     assert kit.member.conns[near.cid].upload_only
     assert not kit.member.conns[other.cid].upload_only
