@@ -1026,9 +1026,9 @@ class SwarmMember:
         self._close_all(self.peers.overdue(now), out, now)
         self._report_refusals(out, now)
         self._connect_more(out, now)
+        self._check_zone_shares(now)
         # a peer that sat on requests is refilled last, so what it held goes
         # to another peer that has it when there is one
-        self._check_zone_shares(now)
         late = [c for c in self.conns.values() if self._reask_late(c, out, now)]
         for conn in [c for c in self.conns.values() if c not in late] + late:
             if conn.ready and not conn.closed:

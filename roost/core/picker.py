@@ -55,9 +55,9 @@ only asked to start fresh pieces no local peer has: what the zone holds comes
 over the wide in-zone links, and the narrow link between zones carries only
 what is new to the zone. And only once: of the pieces new to the zone, a host
 starts from a remote peer only its own share (`ZoneShares`, given our peer
-id), a piece only one peer has, or any piece once the member has lifted the
-split (`lift_zone_shares`); a partial piece is not continued from a remote
-peer once a local peer has it.
+id), what an upload-only peer (a super-seeding origin) offers, or any piece
+once the member has lifted the split (`lift_zone_shares`); a partial piece
+is not continued from a remote peer once a local peer has it.
 """
 
 from __future__ import annotations
@@ -221,10 +221,10 @@ class PiecePicker:
         `local`: it is in our zone; `peer_id`: its id, for the zone's shares."""
         if key in self._peers:
             raise UsageError(f"peer {key!r} already added")
-        if local and peer_id is not None and self._shares is not None:
-            self._shares.add(key, peer_id)
         if len(bitfield) != self.num_pieces:
             raise UsageError("bitfield does not match the piece count")
+        if local and peer_id is not None and self._shares is not None:
+            self._shares.add(key, peer_id)
         if bitfield.all() and self.num_pieces:
             self._add_seed(key, local)
             return
@@ -575,10 +575,6 @@ class PiecePicker:
         self._shares_lifted = True
         self._zone_epoch += 1
         return True
-
-    @property
-    def zone_shares_lifted(self) -> bool:
-        return self._shares_lifted
 
     def _rarest(
         self, peer: _Peer, allowed: set[int] | None, zone_only: bool = False,
