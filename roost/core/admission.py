@@ -17,9 +17,7 @@ caller passes `now`), so that a fake clock can test them:
   full, a new peer replaces the least useful one: a peer that trades with us
   in neither direction (no interest either way), the one idle the longest.
   Peers that trade are never evicted; when every peer trades, the newcomer is
-  refused. Among idle peers that never traded with us, the victim is one in
-  the table's own pseudo-random order (not the oldest: a fleet that starts at
-  once would evict the same first hosts everywhere). Outside loopback, one address may hold at most
+  refused. Outside loopback, one address may hold at most
   `ready_per_address` peers (loopback is where local swarms and tests run many
   peers from one address, so it is exempt, as from IP bans).
 
@@ -31,7 +29,6 @@ attempt.
 from __future__ import annotations
 
 import functools
-import hashlib
 import ipaddress
 from collections import Counter
 from collections.abc import Callable
@@ -69,7 +66,6 @@ class PeerView(NamedTuple):
     key: Key
     trading: bool  # interest in either direction, or data in flight
     last_useful: float  # when it last traded (or joined, if it never did)
-    traded: bool = True  # a block passed between us, either way, at some time
 
 
 @dataclass(frozen=True)
@@ -89,9 +85,6 @@ class Admission:
     ready_per_address: int = READY_PER_ADDRESS
     handshake_seconds: float = HANDSHAKE_SECONDS
     report_seconds: float = REPORT_SECONDS
-    # ours (the table's peer id): orders the peers that never traded with us,
-    # differently on every host (see _make_room)
-    salt: bytes = b""
     # key -> (arrival time, incoming); insertion order is arrival order. Change
     # it only through _put and _pop, which keep the indices below up to date
     pending: dict[Key, tuple[float, bool]] = field(default_factory=dict)
@@ -225,7 +218,6 @@ class Admission:
         *,
         same_host_at_most: int | None = None,
         idle: Callable[[], list[PeerView]] | None = None,
-        connecting: int = 0,
     ) -> Decision:
         """`key` completed its handshake; `peers` are the ones already in the table.
 
@@ -236,12 +228,7 @@ class Admission:
         caller keeps the table; building its list for every handshake cost
         O(peers) each. `idle`, when given, lists only those of `peers` that
         are not trading, in the same order: all a full table needs (building
-        a view of every peer there was the start's largest cost left).
-        `connecting`: our dials whose TCP connection is not up yet; with our
-        dialled connections awaiting their handshake, they hold slots that an
-        incoming peer may not take (see `_full_for`)."""
-        entry = self.pending.get(key)
-        incoming = entry is None or entry[1]
+        a view of every peer there was the start's largest cost left)."""
         self._pop(key)
         listed: list[PeerView] | None = None if callable(peers) else peers
 
@@ -259,56 +246,22 @@ class Admission:
             same = [p for p in views() if p.key[0] == host]
             if len(same) >= self.ready_per_address:
                 return self._make_room(key, same)
-        if self._full_for(incoming, connecting):
+        if len(self.ready) >= self.max_peers:
             # _make_room looks at the idle ones only
             return self._make_room(key, idle() if idle is not None else views())
         self.ready.add(key)
         return Decision(admit=True)
-
-    def _full_for(self, incoming: bool, connecting: int) -> bool:
-        """No slot for this peer. A dial holds its slot from the moment we make
-        it (room_to_dial counts it), as libtorrent counts a half-open
-        connection among a torrent's peers: an incoming peer may take only the
-        slots that neither ready peers nor our dials in flight hold. Without
-        this, a fleet's incoming handshakes (half a round trip) beat the
-        answers to our own dials (a round trip) to the last slots, and the
-        peers we dialled, the first hosts to start, which every later host
-        dials, were refused by nearly all of them: at N = 64 they held 5-8
-        peers for the whole deploy (docs/sim.md, "Peer tables above 60
-        hosts"). Our dials were made within room, so they find a slot."""
-        held = len(self.ready)
-        if incoming:
-            held += self._outgoing + connecting
-        return held >= self.max_peers
 
     def _make_room(self, key: Key, among: list[PeerView]) -> Decision:
         idle = [p for p in among if not p.trading and p.key in self.ready]
         if not idle:
             self.count(TABLE_FULL, key)
             return Decision(admit=False, reason=TABLE_FULL)
-        fresh = [p for p in idle if not p.traded]
-        if fresh:
-            # none of them has shown anything: when it joined is only when it
-            # started, the same order on every host of a fleet that starts at
-            # once. Evicting the oldest made every host evict the same few
-            # hosts, the first to start, which were left with 5-8 peers for
-            # the whole deploy (N = 64: docs/sim.md, "Peer tables above 60
-            # hosts"). Each host's own order (a hash salted with its peer id)
-            # spreads the evictions over the fleet instead.
-            victim = min(fresh, key=lambda p: self._order(p.key)).key
-        else:
-            victim = min(idle, key=lambda p: p.last_useful).key
+        victim = min(idle, key=lambda p: p.last_useful).key
         self.ready.discard(victim)
         self.count(EVICTED, victim)
         self.ready.add(key)
         return Decision(admit=True, evict=victim)
-
-    def _order(self, key: Key) -> int:
-        """This table's own pseudo-random rank of a peer (stable, no RNG state)."""
-        # a real hash: crc32 is linear, and a salt only flipped the same bits
-        # of every key's value, so the tables' orders barely differed
-        digest = hashlib.blake2b(f"{key[0]}:{key[1]}".encode(), digest_size=8, key=self.salt[:64])
-        return int.from_bytes(digest.digest(), "big")
 
     # ---- bookkeeping ----
     def gone(self, key: Key) -> None:

@@ -70,9 +70,7 @@ class PeerTable:
         self._arrival: dict[int, int] = {}
         self._arrivals = 0
         # who gets a slot: pending budget, per-address caps, eviction
-        self.admission = Admission(
-            config.max_peers, handshake_seconds=handshake_seconds, salt=peer_id
-        )
+        self.admission = Admission(config.max_peers, handshake_seconds=handshake_seconds)
 
     def allowed_address(self, host: str) -> bool:
         if host in self.banned_ips:
@@ -148,8 +146,7 @@ class PeerTable:
         # the peers at its host are among the connections from there (this one too)
         at_most = self._per_host.get(conn.address[0], 0)
         decision = self.admission.handshaken(
-            conn.address, now, views, same_host_at_most=at_most, idle=idle,
-            connecting=len(self.connecting),
+            conn.address, now, views, same_host_at_most=at_most, idle=idle
         )
         if decision.evict is not None:
             closing += self._dropped(decision.evict)
@@ -230,7 +227,6 @@ class PeerTable:
                 c.address,
                 trading=c.peer_interested or c.am_interested or bool(c.upload_queue),
                 last_useful=max(c.ready_at, c.last_block_at, c.last_upload_at),
-                traded=bool(c.down.total or c.up.total),
             )
             for c in self._admitted
             if c.ready and not c.closed
@@ -240,10 +236,7 @@ class PeerTable:
         """Those of `views` that are not trading, in the same order (what a
         full table's eviction looks at), without making a view of the others."""
         return [
-            PeerView(
-                c.address, False, max(c.ready_at, c.last_block_at, c.last_upload_at),
-                bool(c.down.total or c.up.total),
-            )
+            PeerView(c.address, False, max(c.ready_at, c.last_block_at, c.last_upload_at))
             for c in self._admitted
             if c.ready and not c.closed
             and not (c.peer_interested or c.am_interested or c.upload_queue)

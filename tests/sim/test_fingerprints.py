@@ -33,14 +33,7 @@ a zone's hosts split what the zone lacks instead of each fetching it from
 outside) changed faults-zones on purpose, the only zoned one: 34,271 ->
 28,129 events, p50 2.746 -> 1.317 s, last 5.984 -> 5.404 s (over seeds 1-8
 of the same scenario p50 fell in all 8, the last host from -0.71 to +1.45 s;
-docs/sim.md, "Zones: one importer per piece"). Then issue-18conn (peer
-tables above 60 hosts, 2026-12-08) changed crowd-lean on purpose, the only
-one whose tables fill (N = 80 > max_peers = 60): a full table evicts an idle
-peer that never traded in its own pseudo-random order instead of the oldest,
-and an incoming peer may not take a slot our dials in flight hold. 60,813 ->
-63,499 events, p50 1.546 -> 1.286 s, last 1.553 -> 1.384 s (first 0.098 s
-unchanged); the other three, whose tables never fill, kept their digests
-(docs/sim.md, "Peer tables above 60 hosts"). A change
+docs/sim.md, "Zones: one importer per piece"). A change
 that alters results on purpose updates them here and says why in its commit
 and in docs/sim.md.
 """
@@ -53,7 +46,7 @@ from bench.sim_fingerprint import SCENARIOS, fingerprint
 
 PINNED = {
     "small-full": ("169961770dc75d4eb79224bac003541cfa6368986ddbde709539e0ca5547aeb8", 41245),
-    "crowd-lean": ("7dad7f61dc8524689486039e8e72d7ab24f5a18f1de34844ea3ee45a4615e900", 63499),
+    "crowd-lean": ("519e84aac54050df5af4179a695d783bc8794bd24ba41a471cf3206e64fcf908", 60813),
     "faults-zones": ("51e39b541613d5d2ef57e70a09e10ed926f1b0f711402f3ebea21691e1d81d18", 28129),
     "corrupt-loss": ("8902b45b479e86302743b9a52caf77358948b8424e9200c90e251d4a69045e5e", 16820),
 }
