@@ -13,10 +13,11 @@ knows. A piece is ours to bring in when our rank for it beats every local
 peer's; the others wait for our Have and fetch it over the wide in-zone
 links. Hosts that know the same local peers agree on every piece. Where
 their views differ, the host ranked highest in its own view always imports,
-so no piece is left without an importer; the picker still lets anyone take a
-piece only one peer has (a super-seeding origin's offer), and the member
-lifts the split when a host starves (IMPORT_GRACE_SECONDS), for an importer
-that is slow, dead or reaches no holder.
+so no piece is left without an importer; the picker still lets anyone take
+what an upload-only peer offers (a super-seeding origin offers a piece to one
+peer and waits for it), and the member lifts the split when a host starves
+(IMPORT_GRACE_SECONDS), for an importer that is slow, dead or reaches no
+holder.
 """
 
 from __future__ import annotations
