@@ -704,16 +704,7 @@ class SwarmMember:
     def _on_bitfield(self, conn: Conn, out: list[Action], now: float) -> None:
         if conn.in_picker:
             self.picker.remove_peer(conn.id)
-        conn.in_picker = True
-        local = self._mark_zone(conn)
-        if conn.is_seed:
-            self.picker.add_peer_have_all(conn.id, local=local, peer_id=self._importer_id(conn))
-        else:
-            self.picker.add_peer(
-                conn.id, conn.bitfield, local=local, peer_id=self._importer_id(conn)
-            )
-        if conn.upload_only:
-            self.picker.upload_only(conn.id)
+        self._add_to_picker(conn, None if conn.is_seed else conn.bitfield)
         if self.offers is not None:
             self.offers.on_bitfield(conn, out, now)
         if self.complete and conn.is_seed:
@@ -721,11 +712,19 @@ class SwarmMember:
             return
         conn.update_interest(self.picker, out, now)
 
-    @staticmethod
-    def _importer_id(conn: Conn) -> bytes | None:
-        """The peer's id for the zone's import shares; None for a peer that
-        never downloads (UPLOAD_ONLY_KEY), so it has no share."""
-        return None if conn.upload_only else conn.remote_id
+    def _add_to_picker(self, conn: Conn, bits: Bitfield | None) -> None:
+        """The peer's availability into the picker (None: it has every piece),
+        with its zone and, for the zone's import shares, its id: none for a
+        peer that never downloads (UPLOAD_ONLY_KEY), which has no share."""
+        conn.in_picker = True
+        local = self._mark_zone(conn)
+        peer_id = None if conn.upload_only else conn.remote_id
+        if bits is None:
+            self.picker.add_peer_have_all(conn.id, local=local, peer_id=peer_id)
+        else:
+            self.picker.add_peer(conn.id, bits, local=local, peer_id=peer_id)
+        if conn.upload_only:
+            self.picker.upload_only(conn.id)
 
     def _mark_zone(self, conn: Conn) -> bool:
         """Whether the peer is in our zone (MemberConfig.local_nets); a remote
@@ -753,13 +752,7 @@ class SwarmMember:
         bits.set_all_of(indices)
         conn.is_seed = bits.all()
         if not conn.in_picker:  # a Have with no bitfield first: it had nothing before
-            conn.in_picker = True
-            self.picker.add_peer(
-                conn.id, Bitfield(self.num_pieces), local=self._mark_zone(conn),
-                peer_id=self._importer_id(conn),
-            )
-            if conn.upload_only:
-                self.picker.upload_only(conn.id)
+            self._add_to_picker(conn, Bitfield(self.num_pieces))
         pickable = self.picker.peer_has_all_of(conn.id, indices)
         if self.offers is not None:
             for index in indices:
