@@ -17,7 +17,9 @@ caller passes `now`), so that a fake clock can test them:
   full, a new peer replaces the least useful one: a peer that trades with us
   in neither direction (no interest either way), the one idle the longest.
   Peers that trade are never evicted; when every peer trades, the newcomer is
-  refused. Outside loopback, one address may hold at most
+  refused. Among idle peers that never traded with us, the victim is one in
+  the table's own pseudo-random order (not the oldest: a fleet that starts at
+  once would evict the same first hosts everywhere). Outside loopback, one address may hold at most
   `ready_per_address` peers (loopback is where local swarms and tests run many
   peers from one address, so it is exempt, as from IP bans).
 
@@ -29,6 +31,7 @@ attempt.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 from collections import Counter
 from collections.abc import Callable
@@ -66,6 +69,7 @@ class PeerView(NamedTuple):
     key: Key
     trading: bool  # interest in either direction, or data in flight
     last_useful: float  # when it last traded (or joined, if it never did)
+    traded: bool = True  # a block passed between us, either way, at some time
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,9 @@ class Admission:
     ready_per_address: int = READY_PER_ADDRESS
     handshake_seconds: float = HANDSHAKE_SECONDS
     report_seconds: float = REPORT_SECONDS
+    # ours (the table's peer id): orders the peers that never traded with us,
+    # differently on every host (see _make_room)
+    salt: bytes = b""
     # key -> (arrival time, incoming); insertion order is arrival order. Change
     # it only through _put and _pop, which keep the indices below up to date
     pending: dict[Key, tuple[float, bool]] = field(default_factory=dict)
@@ -257,11 +264,29 @@ class Admission:
         if not idle:
             self.count(TABLE_FULL, key)
             return Decision(admit=False, reason=TABLE_FULL)
-        victim = min(idle, key=lambda p: p.last_useful).key
+        fresh = [p for p in idle if not p.traded]
+        if fresh:
+            # none of them has shown anything: when it joined is only when it
+            # started, the same order on every host of a fleet that starts at
+            # once. Evicting the oldest made every host evict the same few
+            # hosts, the first to start, which were left with 5-8 peers for
+            # the whole deploy (N = 64: docs/sim.md, "Peer tables above 60
+            # hosts"). Each host's own order (a hash salted with its peer id)
+            # spreads the evictions over the fleet instead.
+            victim = min(fresh, key=lambda p: self._order(p.key)).key
+        else:
+            victim = min(idle, key=lambda p: p.last_useful).key
         self.ready.discard(victim)
         self.count(EVICTED, victim)
         self.ready.add(key)
         return Decision(admit=True, evict=victim)
+
+    def _order(self, key: Key) -> int:
+        """This table's own pseudo-random rank of a peer (stable, no RNG state)."""
+        # a real hash: crc32 is linear, and a salt only flipped the same bits
+        # of every key's value, so the tables' orders barely differed
+        digest = hashlib.blake2b(f"{key[0]}:{key[1]}".encode(), digest_size=8, key=self.salt[:64])
+        return int.from_bytes(digest.digest(), "big")
 
     # ---- bookkeeping ----
     def gone(self, key: Key) -> None:

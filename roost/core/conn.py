@@ -337,8 +337,11 @@ class Conn:
         self.snubbed = False
         self.last_upload_at = 0.0  # when we last sent it a block
         self.offered_at = 0.0  # super-seeding: when we last revealed a piece to it
-        # blocks of each piece we uploaded to it, distinct (super-seeding, upload log)
+        self.last_asked_at = 0.0  # when we last queued a request of its
+        # blocks of each piece we uploaded to it, distinct (the upload log)
         self.sent_blocks: dict[int, set[int]] = {}
+        # blocks of each piece it asked for and we queued, distinct (super-seeding)
+        self.queued_blocks: dict[int, set[int]] = {}
 
     @property
     def name(self) -> str:
@@ -575,16 +578,26 @@ class Conn:
         if item in self.upload_queue:
             self.upload_queue.remove(item)
 
+    def record_queued(self, index: int, begin: int, length: int, piece_size: int) -> bool:
+        """As record_sent, for the blocks of a piece it asked for and we queued."""
+        return _record(self.queued_blocks, index, begin, length, piece_size)
+
     def record_sent(self, index: int, begin: int, length: int, piece_size: int) -> bool:
         """Count the distinct blocks of a piece sent to it; True when that
         completes the piece (a block sent twice, after a snub or in endgame,
         must not make a half-sent piece count as sent)."""
-        blocks = self.sent_blocks.setdefault(index, set())
-        blocks.update(range(begin // BLOCK_SIZE, -(-(begin + length) // BLOCK_SIZE)))
-        if len(blocks) * BLOCK_SIZE >= piece_size:
-            del self.sent_blocks[index]
-            return True
-        return False
+        return _record(self.sent_blocks, index, begin, length, piece_size)
+
+
+def _record(
+    pieces: dict[int, set[int]], index: int, begin: int, length: int, piece_size: int
+) -> bool:
+    blocks = pieces.setdefault(index, set())
+    blocks.update(range(begin // BLOCK_SIZE, -(-(begin + length) // BLOCK_SIZE)))
+    if len(blocks) * BLOCK_SIZE >= piece_size:
+        del pieces[index]
+        return True
+    return False
 
 
 def client_name(peer_id: bytes) -> str:

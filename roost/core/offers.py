@@ -6,7 +6,7 @@ this module sends them as Have messages, `offers_per_peer` at a time,
 preferring peers we upload to (unchoked). A peer may fetch only what was
 revealed to it (`may_serve`). A whole piece sent to a peer (`on_sent_piece`)
 frees its slot for the next offer; so does a Have from a peer that got an
-offered piece elsewhere (`on_have`). Offers to a peer that fetched nothing
+offered piece elsewhere (`on_have`). Offers to a peer that asked for nothing
 for STALE_OFFER_SECONDS are withdrawn and revealed to others (`tick`).
 """
 
@@ -171,7 +171,13 @@ class Offers:
         for STALE_OFFER_SECONDS (it is choked, slow or gone) are revealed to
         others instead; otherwise the last uncovered pieces can wait forever."""
         for conn in conns.values():
-            idle_since = max(conn.last_upload_at, conn.offered_at)
+            # when it last asked, not when we last sent: a slow peer whose
+            # pipeline to us is full asks nothing, while we keep sending it
+            # what it asked for at its pace. Its offers sat there and every
+            # other peer waited for them (N = 32, 10 % slow hosts: the fast
+            # ones finished at 27 s, not 7; docs/sim.md, "Control messages
+            # wait behind queued uploads")
+            idle_since = max(conn.last_asked_at, conn.offered_at)
             if (
                 conn.ready
                 and now - idle_since > STALE_OFFER_SECONDS

@@ -70,7 +70,9 @@ class PeerTable:
         self._arrival: dict[int, int] = {}
         self._arrivals = 0
         # who gets a slot: pending budget, per-address caps, eviction
-        self.admission = Admission(config.max_peers, handshake_seconds=handshake_seconds)
+        self.admission = Admission(
+            config.max_peers, handshake_seconds=handshake_seconds, salt=peer_id
+        )
 
     def allowed_address(self, host: str) -> bool:
         if host in self.banned_ips:
@@ -227,6 +229,7 @@ class PeerTable:
                 c.address,
                 trading=c.peer_interested or c.am_interested or bool(c.upload_queue),
                 last_useful=max(c.ready_at, c.last_block_at, c.last_upload_at),
+                traded=bool(c.down.total or c.up.total),
             )
             for c in self._admitted
             if c.ready and not c.closed
@@ -236,7 +239,10 @@ class PeerTable:
         """Those of `views` that are not trading, in the same order (what a
         full table's eviction looks at), without making a view of the others."""
         return [
-            PeerView(c.address, False, max(c.ready_at, c.last_block_at, c.last_upload_at))
+            PeerView(
+                c.address, False, max(c.ready_at, c.last_block_at, c.last_upload_at),
+                bool(c.down.total or c.up.total),
+            )
             for c in self._admitted
             if c.ready and not c.closed
             and not (c.peer_interested or c.am_interested or c.upload_queue)

@@ -72,9 +72,21 @@ from roost.engine.zerocopy import send_direct, socket_fd
 from roost.errors import RoostError
 
 CONNECT_TIMEOUT = 5.0
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number
 LOWAT = 64 * 1024  # while a big body arrives, wake when this much of it is in
 READ_SIZE = 256 * 1024  # a connection's scratch read buffer (messages other than big bodies)
 STOPPED_ANNOUNCE_TIMEOUT = 3.0
+# How much may wait, unsent, in front of a message to a peer. Everything to a
+# peer goes down one TCP stream, so an Interested, a Request or a Have waits
+# behind every block queued to that peer before it. With megabytes queued per
+# peer a host's own requests sat seconds behind its uploads (at N = 100 the
+# last hosts finished 1.5x the bound late: docs/sim.md, "Control messages
+# wait behind queued uploads"). The kernel holds at most UNSENT_LOWAT unsent
+# bytes per socket (TCP_NOTSENT_LOWAT: bytes in flight, which keep the link
+# busy, do not count), the transport at most WRITE_HIGH, and the member hands
+# out WRITE_WINDOW (roost.core.uploads) before it asks for room again.
+UNSENT_LOWAT = 64 * 1024
+WRITE_HIGH = 64 * 1024
 
 
 class PeerProtocol(asyncio.BufferedProtocol):
@@ -104,7 +116,9 @@ class PeerProtocol(asyncio.BufferedProtocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.transport.set_write_buffer_limits(high=4 * 1024 * 1024, low=1024 * 1024)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, UNSENT_LOWAT)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
         session = self.session
         self.zero_copy_fd = socket_fd(transport) if session.config.zero_copy else None
         if sock is not None and transport.get_extra_info("sslcontext") is None \

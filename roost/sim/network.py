@@ -405,5 +405,7 @@ def _ignore(pipe: Pipe, at: float) -> None:
     pass
 
 
-#: a sender that asked to be told when there is room hears so below this many queued bytes
-WRITE_LOW = 1024 * 1024
+#: a sender that asked to be told when there is room hears so below this many
+#: queued bytes: the engine's unsent limit per socket (roost.engine.session's
+#: UNSENT_LOWAT). Was 1 MiB, when the engine queued megabytes per peer
+WRITE_LOW = 64 * 1024

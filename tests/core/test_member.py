@@ -33,7 +33,12 @@ from roost.core.member import (
     TICK,
     MemberConfig,
 )
-from roost.core.offers import OFFER_BYTES, OFFERS_PER_PEER, TOTAL_OFFER_BYTES
+from roost.core.offers import (
+    OFFER_BYTES,
+    OFFERS_PER_PEER,
+    STALE_OFFER_SECONDS,
+    TOTAL_OFFER_BYTES,
+)
 from roost.core.uploads import WRITE_WINDOW
 from roost.core.wire import (
     BLOCK_SIZE,
@@ -115,14 +120,15 @@ def test_rechoke_rounds_come_every_rechoke_ticks() -> None:
 
 
 def test_seeding_serves_requests_in_windows_and_waits_for_room() -> None:
-    kit = Kit(pieces=40, piece_length=16 * BLOCK_SIZE, complete=True)
+    kit = Kit(pieces=40, piece_length=BLOCK_SIZE, complete=True)
     remote = kit.connect(interested=True)
     assert unchoked(remote)
-    whole = WRITE_WINDOW // (16 * BLOCK_SIZE)  # pieces that fill one window
-    data = b"".join(remote.wire.send_request(i, 0, 16 * BLOCK_SIZE) for i in range(whole))
+    whole = WRITE_WINDOW // BLOCK_SIZE  # pieces that fill one window
+    data = b"".join(remote.wire.send_request(i, 0, BLOCK_SIZE) for i in range(whole))
     data += remote.wire.send_request(whole, 0, BLOCK_SIZE)
     actions = remote.say(data)
     sent = [a for a in actions if isinstance(a, SendBlock)]
+    assert whole >= 2
     assert sum(a.length for a in sent) == WRITE_WINDOW  # the rest waits for room
     assert actions[-1] == WantWritable(remote.cid)
     actions = kit.run(kit.member.event(WriteReady(remote.cid), kit.now))
@@ -369,6 +375,8 @@ def test_super_seeding_reveals_each_piece_to_one_peer_and_serves_only_that() -> 
     piece = min(offered_a)
     size = kit.info.piece_size(piece)
     a.say(b"".join(a.wire.send_request(piece, o, BLOCK_SIZE) for o in range(0, size, BLOCK_SIZE)))
+    for _ in range(size // WRITE_WINDOW):  # a window at a time, as the adapter makes room
+        kit.run(kit.member.event(WriteReady(a.cid), kit.now))
     assert sum(len(p.block) for p in a.of(Piece) if p.index == piece) == size
     before = len(a.of(Have))
     b.say(b.wire.send_have(piece))
@@ -783,3 +791,47 @@ def test_a_super_seeding_origin_renews_the_offers_of_a_peer_that_lost_interest()
           + a.wire.send_request(done, 0, BLOCK_SIZE))
     assert [p.index for p in a.of(Piece)] == [fresh]
     assert RejectRequest(done, 0, BLOCK_SIZE) in a.of(RejectRequest)
+
+
+def test_a_super_seeding_origin_counts_a_piece_given_once_the_peer_asked_for_all_of_it() -> None:
+    """The blocks go out a window at a time at the peer's pace; the super-seeder
+    moves on when the peer has asked for the whole piece, as it did when the
+    whole piece went to the socket at once. Counting it only once the last
+    byte left let a slow peer hold uncovered pieces back from the fast ones."""
+    kit = Kit(pieces=16, piece_length=OFFER_BYTES // 4, complete=True,
+              config=MemberConfig(super_seed=True))
+    a = kit.connect(interested=True)
+    b = kit.connect(interested=True)
+    piece = min(m.index for m in a.of(Have))
+    size = kit.info.piece_size(piece)
+    assert size > WRITE_WINDOW  # the piece is not all sent at once
+    a.say(b"".join(a.wire.send_request(piece, o, BLOCK_SIZE) for o in range(0, size, BLOCK_SIZE)))
+    assert sum(len(p.block) for p in a.of(Piece)) < size
+    before = len(a.of(Have))
+    b.say(b.wire.send_have(piece))  # the piece spread: a's slot takes a new offer
+    assert len(a.of(Have)) == before + 1
+
+
+def test_offers_of_a_peer_that_asks_for_nothing_are_withdrawn_while_we_still_send_it() -> None:
+    """A slow peer's pipeline to us is full of what it asked for first: we keep
+    sending it that, at its pace, and it asks nothing more. Its other offers go
+    to other peers after STALE_OFFER_SECONDS without a request, however
+    recently we sent it a block."""
+    kit = Kit(pieces=16, piece_length=OFFER_BYTES // 4, complete=True,
+              config=MemberConfig(super_seed=True))
+    a = kit.connect(interested=True)
+    offered = sorted(m.index for m in a.of(Have))
+    piece = offered[0]
+    size = kit.info.piece_size(piece)
+    a.say(b"".join(a.wire.send_request(piece, o, BLOCK_SIZE) for o in range(0, size, BLOCK_SIZE)))
+    haves = len(a.of(Have))
+    sent = 0
+    for _ in range(int(STALE_OFFER_SECONDS) + 2):  # a window a second: a slow link
+        kit.advance(1.0)
+        kit.run(kit.member.event(WriteReady(a.cid), kit.now))
+        now_sent = sum(len(p.block) for p in a.of(Piece))
+        assert now_sent > sent or now_sent == size
+        sent = now_sent
+    # withdrawn (they went to the pool) and offered anew: more Haves to it;
+    # held, they would have kept its slots full and no Have would have come
+    assert len(a.of(Have)) > haves

@@ -244,3 +244,29 @@ def test_a_super_seeding_origin_with_few_upload_slots_keeps_its_pace() -> None:
     summary = world.run().summary()
     assert summary["completed"] == 32
     assert summary["last_x"] < 2.0
+
+
+def test_with_more_hosts_than_table_slots_no_host_is_left_with_a_few_peers() -> None:
+    # issue 18: 64 receivers and the origin, tables of 60. Every host's first
+    # connections are to the first hosts to start; when full tables evicted
+    # their oldest idle peer, they all evicted those hosts, which held 5-8
+    # peers for the whole deploy and finished far behind (docs/sim.md, "Peer
+    # tables above 60 hosts"). A short payload: the peer tables settle at once
+    sc = Scenario(
+        n=64, size=1024 * 1024, rate_mbit=100.0, piece_length=64 * 1024,
+        picker_block=64 * 1024, lean=True,
+    )
+    world = World(sc)
+    fewest: list[int] = []
+
+    def sample(w: World) -> bool:
+        if not fewest and w.now > 0.01:
+            fewest.append(min(
+                sum(1 for c in h.member.peers.conns.values() if c.ready and not c.closed)
+                for h in w.hosts if h.member is not None
+            ))
+        return False
+
+    result = world.run(sample, every=50)
+    assert len(result.times) == 64
+    assert fewest and fewest[0] >= 40, fewest

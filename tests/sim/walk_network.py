@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from roost.sim import network as _network
 from roost.sim.network import max_min_rates
 
 MSS = 1448
@@ -236,5 +237,6 @@ def _ignore(pipe: Pipe, at: float) -> None:
     pass
 
 
-#: a sender that asked to be told when there is room hears so below this many queued bytes
-WRITE_LOW = 1024 * 1024
+#: the threshold is the simulator's (it has changed since 5a5cc6f: a model
+#: constant, not part of how pipes are walked)
+WRITE_LOW = _network.WRITE_LOW
