@@ -19,9 +19,10 @@ caller passes `now`), so that a fake clock can test them:
   Peers that trade are never evicted; when every peer trades, the newcomer is
   refused. Among idle peers that never traded with us, the victim is one in
   the table's own pseudo-random order (not the oldest: a fleet that starts at
-  once would evict the same first hosts everywhere). Outside loopback, one address may hold at most
-  `ready_per_address` peers (loopback is where local swarms and tests run many
-  peers from one address, so it is exempt, as from IP bans).
+  once would evict the same first hosts everywhere). Outside loopback, one
+  address may hold at most `ready_per_address` peers (loopback is where local
+  swarms and tests run many peers from one address, so it is exempt, as from
+  IP bans).
 
 Every refusal is counted by reason, and `report` hands the counts out at most
 once per interval, so a flood costs one log line per interval, not one per

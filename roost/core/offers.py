@@ -176,7 +176,7 @@ class Offers:
             # what it asked for at its pace. Its offers sat there and every
             # other peer waited for them (N = 32, 10 % slow hosts: the fast
             # ones finished at 27 s, not 7; docs/sim.md, "Control messages
-            # wait behind queued uploads")
+            # no longer wait behind queued uploads")
             idle_since = max(conn.last_asked_at, conn.offered_at)
             if (
                 conn.ready

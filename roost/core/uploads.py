@@ -74,7 +74,8 @@ class Uploads:
             # all of it: it goes out at the peer's pace, and a slow peer held
             # its offers back from the others until the last byte left (N = 32
             # with 10 % slow hosts: the fast hosts finished at 27 s, not 7 s;
-            # docs/sim.md, "Control messages wait behind queued uploads")
+            # docs/sim.md, "Control messages no longer wait behind queued
+            # uploads")
             offers.on_sent_piece(conn, index, out, now)
         self.serve(conn, out, now)
 

@@ -5,8 +5,8 @@ A real seeding Session on loopback and a raw peer that asks for 2 MiB and
 then reads nothing. Before the limits (roost.engine.session.UNSENT_LOWAT and
 WRITE_HIGH, roost.core.uploads.WRITE_WINDOW) the seeder pushed megabytes into
 the transport and the kernel, and an Interested or a Request of its own to
-that peer waited behind all of them (docs/sim.md, "Control messages wait
-behind queued uploads"). Now the requests wait in the member, and the peer
+that peer waited behind all of them (docs/sim.md, "Control messages no
+longer wait behind queued uploads"). Now the requests wait in the member, and the peer
 still gets every block, byte-exact, once it reads."""
 
 from __future__ import annotations
