@@ -315,9 +315,16 @@ class SuperSeeder:
     # ------------------------------------------------------------ decisions
 
     def may_serve(self, key: Hashable, index: int) -> bool:
-        """BEP 16: serve only pieces revealed to this peer and not yet sent to it."""
+        """BEP 16: serve only pieces revealed to this peer and not yet sent to it,
+        or counted as given to it but not announced by it: a piece counts as
+        given once the peer asked for all of it (roost.core.uploads), and a
+        choke or a Cancel may drop what it asked for before it went out; it
+        asks again, or the piece would be held by nobody and offered to
+        nobody."""
         peer = self._peers.get(key)
-        return peer is not None and index in peer.offered
+        return peer is not None and (
+            index in peer.offered or (index in peer.unconfirmed and not peer.bits[index])
+        )
 
     def _released(self, peer: _Offers, index: int) -> bool:
         others = len(self._peers) - 1

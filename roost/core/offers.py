@@ -167,7 +167,7 @@ class Offers:
 
     def tick(self, conns: Mapping[int, Conn], out: list[Action], now: float) -> None:
         """Withdraw stale offers, then offer again (a sweep, in case a release was
-        missed). Pieces revealed to a peer that has not fetched anything from us
+        missed). Pieces revealed to a peer that has not asked us for anything
         for STALE_OFFER_SECONDS (it is choked, slow or gone) are revealed to
         others instead; otherwise the last uncovered pieces can wait forever."""
         for conn in conns.values():

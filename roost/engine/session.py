@@ -24,6 +24,7 @@ import hashlib
 import json
 import signal
 import socket
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, cast
 
@@ -72,7 +73,10 @@ from roost.engine.zerocopy import send_direct, socket_fd
 from roost.errors import RoostError
 
 CONNECT_TIMEOUT = 5.0
-TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number
+# Linux's option number where Python lacks the name; elsewhere, none
+TCP_NOTSENT_LOWAT: int | None = getattr(
+    socket, "TCP_NOTSENT_LOWAT", 25 if sys.platform.startswith("linux") else None
+)
 LOWAT = 64 * 1024  # while a big body arrives, wake when this much of it is in
 READ_SIZE = 256 * 1024  # a connection's scratch read buffer (messages other than big bodies)
 STOPPED_ANNOUNCE_TIMEOUT = 3.0
@@ -116,8 +120,9 @@ class PeerProtocol(asyncio.BufferedProtocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, UNSENT_LOWAT)
+            if TCP_NOTSENT_LOWAT is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, UNSENT_LOWAT)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
         session = self.session
         self.zero_copy_fd = socket_fd(transport) if session.config.zero_copy else None

@@ -113,9 +113,12 @@ def test_offers_one_piece_at_a_time_and_serves_only_offers() -> None:
     assert pb is not None and pb != pa
     assert s.may_serve("a", pa) and not s.may_serve("a", pb) and not s.may_serve("x", pa)
     s.on_sent("a", pa)
-    assert not s.may_serve("a", pa)
+    # given to a: a may ask again (a choke or Cancel dropped what it asked)
+    # until it says it has it
+    assert s.may_serve("a", pa) and not s.may_serve("b", pa)
     assert s.next_offer("a") is None  # waits until pa spreads
     s.on_peer_has("a", pa)
+    assert not s.may_serve("a", pa)
     assert s.next_offer("a") is None  # its own Have is not spreading
     s.on_peer_has("b", pa)  # b got it from a
     pa2 = s.next_offer("a")

@@ -817,7 +817,9 @@ def test_offers_of_a_peer_that_asks_for_nothing_are_withdrawn_while_we_still_sen
     sending it that, at its pace, and it asks nothing more. Its other offers go
     to other peers after STALE_OFFER_SECONDS without a request, however
     recently we sent it a block."""
-    kit = Kit(pieces=16, piece_length=OFFER_BYTES // 4, complete=True,
+    # pieces long enough that the first one is still going out at the end:
+    # its completion would free a slot and make a Have of its own
+    kit = Kit(pieces=16, piece_length=OFFER_BYTES, complete=True,
               config=MemberConfig(super_seed=True))
     a = kit.connect(interested=True)
     offered = sorted(m.index for m in a.of(Have))
@@ -830,8 +832,30 @@ def test_offers_of_a_peer_that_asks_for_nothing_are_withdrawn_while_we_still_sen
         kit.advance(1.0)
         kit.run(kit.member.event(WriteReady(a.cid), kit.now))
         now_sent = sum(len(p.block) for p in a.of(Piece))
-        assert now_sent > sent or now_sent == size
+        assert sent < now_sent < size  # we keep sending it, and are not done
         sent = now_sent
     # withdrawn (they went to the pool) and offered anew: more Haves to it;
     # held, they would have kept its slots full and no Have would have come
     assert len(a.of(Have)) > haves
+
+
+def test_a_piece_asked_for_then_cancelled_is_served_when_asked_again() -> None:
+    """A piece counts as given once the peer asked for all of it; a Cancel (or a
+    choke) may drop what was not sent yet. Asked again, it is served: refused,
+    the piece would be held by nobody and offered to nobody else."""
+    kit = Kit(pieces=16, piece_length=OFFER_BYTES // 4, complete=True,
+              config=MemberConfig(super_seed=True))
+    a = kit.connect(interested=True)
+    piece = min(m.index for m in a.of(Have))
+    size = kit.info.piece_size(piece)
+    offsets = range(0, size, BLOCK_SIZE)
+    a.say(b"".join(a.wire.send_request(piece, o, BLOCK_SIZE) for o in offsets))
+    sent = {p.begin for p in a.of(Piece)}
+    assert sent and len(sent) < len(offsets)  # a window went out, the rest waits
+    rest = [o for o in offsets if o not in sent]
+    a.say(b"".join(a.wire.send_cancel(piece, o, BLOCK_SIZE) for o in rest))
+    a.say(b"".join(a.wire.send_request(piece, o, BLOCK_SIZE) for o in rest))
+    for _ in range(len(offsets)):
+        kit.run(kit.member.event(WriteReady(a.cid), kit.now))
+    assert not [r for r in a.of(RejectRequest) if r.index == piece]
+    assert sorted(p.begin for p in a.of(Piece) if p.index == piece) == list(offsets)
