@@ -64,6 +64,7 @@ def test_host_clean_stops_a_child_that_execs_its_fetch_after_the_pid_file(
         tmp_path: Path) -> None:
     """Between writing its pid file and its exec, the session's child still has the
     session's command line: host-clean must wait for the exec, not pass it over."""
+    import os
     import subprocess
     import sys
     import time
@@ -75,10 +76,19 @@ def test_host_clean_stops_a_child_that_execs_its_fetch_after_the_pid_file(
     work = deploy_dir(dest, "d1")
     work.mkdir(parents=True)
     # the command line says `roost ... session` until, 0.3 s on, it execs `roost fetch`
-    later = ("import os, sys, time; time.sleep(0.3); os.execv(sys.executable, "
+    # (it says when it is up: on a loaded machine the interpreter's start alone
+    # took longer than host-clean waits for the exec)
+    ready = tmp_path / "ready"
+    later = ("import os, sys, time; open(os.environ['READY'], 'w').close(); "
+             "time.sleep(0.3); os.execv(sys.executable, "
              "[sys.executable, '-c', 'import time; time.sleep(30)', 'roost', 'fe' + 'tch'])")
-    child = subprocess.Popen([sys.executable, "-c", later, "roost", "session"])
+    child = subprocess.Popen([sys.executable, "-c", later, "roost", "session"],
+                             env={**os.environ, "READY": str(ready)})
     try:
+        for _ in range(1000):
+            if ready.exists():
+                break
+            time.sleep(0.01)
         write_pid_file(work / "fetch.pid", child.pid)
         time.sleep(0.05)
         result = clean(dest, "d1")
