@@ -301,7 +301,8 @@ class SuperSeeder:
         return freed
 
     def on_sent(self, key: Hashable, index: int) -> None:
-        """We uploaded the whole piece to the peer."""
+        """The whole piece is the peer's: it asked for all of it (its blocks go
+        out at its pace, roost.core.uploads)."""
         self._sent[index] += 1
         peer = self._peers.get(key)
         if peer is None or peer.bits[index] or index in peer.unconfirmed:

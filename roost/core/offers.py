@@ -4,8 +4,9 @@ Theory of operation. With super-seeding on, the origin advertises nothing at
 handshake; SuperSeeder decides which pieces to reveal to which peer, and
 this module sends them as Have messages, `offers_per_peer` at a time,
 preferring peers we upload to (unchoked). A peer may fetch only what was
-revealed to it (`may_serve`). A whole piece sent to a peer (`on_sent_piece`)
-frees its slot for the next offer; so does a Have from a peer that got an
+revealed to it (`may_serve`). A piece the peer has asked for whole
+(`on_piece_given`: it goes out at the peer's pace) frees its slot for the
+next offer; so does a Have from a peer that got an
 offered piece elsewhere (`on_have`). Offers to a peer that asked for nothing
 for STALE_OFFER_SECONDS are withdrawn and revealed to others (`tick`).
 """
@@ -161,7 +162,7 @@ class Offers:
     def may_serve(self, conn: Conn, index: int) -> bool:
         return bool(self.seeder.may_serve(conn.id, index))
 
-    def on_sent_piece(self, conn: Conn, index: int, out: list[Action], now: float) -> None:
+    def on_piece_given(self, conn: Conn, index: int, out: list[Action], now: float) -> None:
         self.seeder.on_sent(conn.id, index)
         self.offer(conn, out, now)
 

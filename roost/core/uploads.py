@@ -76,7 +76,7 @@ class Uploads:
             # with 10 % slow hosts: the fast hosts finished at 27 s, not 7 s;
             # docs/sim.md, "Control messages no longer wait behind queued
             # uploads")
-            offers.on_sent_piece(conn, index, out, now)
+            offers.on_piece_given(conn, index, out, now)
         self.serve(conn, out, now)
 
     def write_ready(self, conn: Conn, out: list[Action], now: float) -> None:

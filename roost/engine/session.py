@@ -85,10 +85,11 @@ STOPPED_ANNOUNCE_TIMEOUT = 3.0
 # behind every block queued to that peer before it. With megabytes queued per
 # peer a host's own requests sat seconds behind its uploads (at N = 100 the
 # last hosts finished 1.5x the bound late: docs/sim.md, "Control messages
-# no longer wait behind queued uploads"). The kernel holds at most UNSENT_LOWAT unsent
-# bytes per socket (TCP_NOTSENT_LOWAT: bytes in flight, which keep the link
-# busy, do not count), the transport at most WRITE_HIGH, and the member hands
-# out WRITE_WINDOW (roost.core.uploads) before it asks for room again.
+# no longer wait behind queued uploads"). The kernel holds at most
+# UNSENT_LOWAT unsent bytes per socket (TCP_NOTSENT_LOWAT: bytes in flight,
+# which keep the link busy, do not count), the transport at most WRITE_HIGH,
+# and the member hands out WRITE_WINDOW (roost.core.uploads) before it asks
+# for room again.
 UNSENT_LOWAT = 64 * 1024
 WRITE_HIGH = 64 * 1024
 
